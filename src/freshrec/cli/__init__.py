@@ -1,0 +1,1 @@
+"""The ``freshrec`` command line: parses arguments and calls the packages."""

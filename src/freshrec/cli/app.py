@@ -1,0 +1,166 @@
+"""Entry point of the ``freshrec`` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from freshrec.cli import imports
+from freshrec.cli.context import App, app_of, console, fail, out
+from freshrec.datasets.files import read_records
+from freshrec.datasets.synthetic import GeneratorSettings, generate
+from freshrec.domain import iso
+from freshrec.encoders import embed_items
+from freshrec.ingest.importer import import_events, import_items
+from freshrec.serve.fallback import popular_for
+from freshrec.settings import SettingsError, load_settings
+
+app = typer.Typer(
+    help="freshrec: a real-time recommender that learns from every event.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(imports.app, name="import")
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", envvar="FRESHREC_DATA", help="Data directory: store, caches, checkpoints. [default: ./freshrec-data]"),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", envvar="FRESHREC_CONFIG", help="TOML settings file (see freshrec.toml).")
+    ] = None,
+) -> None:
+    try:
+        ctx.obj = App(load_settings(config=config, data_dir=data))
+    except SettingsError as exc:
+        fail(str(exc), 2)
+
+
+@app.command()
+def stats(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Counts of items, embeddings, users and events in the store."""
+    state = app_of(ctx)
+    store = state.store()
+    try:
+        c = store.counts(state.encoder_key)
+    finally:
+        store.close()
+    report = {
+        "items": c.items,
+        "items_embedded": c.items_embedded,
+        "users": c.users,
+        "events": c.events,
+        "events_by_type": c.events_by_type,
+        "first_timestamp": iso(c.first_timestamp),
+        "last_timestamp": iso(c.last_timestamp),
+    }
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    table = Table(title=f"freshrec store {state.settings.store_url}", show_header=False)
+    for key in ("items", "items_embedded", "users", "events"):
+        table.add_row(key.replace("_", " "), f"{report[key]:,}")
+    for kind, n in c.events_by_type.items():
+        table.add_row(f"  {kind}", f"{n:,}")
+    table.add_row("first event", str(report["first_timestamp"]))
+    table.add_row("last event", str(report["last_timestamp"]))
+    out.print(table)
+
+
+@app.command()
+def config(ctx: typer.Context) -> None:
+    """Print the effective settings (defaults, file and environment combined) as JSON."""
+    out.print_json(app_of(ctx).settings.model_dump_json())
+
+
+@app.command()
+def embed(ctx: typer.Context) -> None:
+    """Encode every item text that has no cached embedding for the configured encoder."""
+    state = app_of(ctx)
+    store = state.store()
+    try:
+        todo = len(store.items_to_embed(state.encoder_key))
+        if not todo:
+            console.print("all item texts are already encoded")
+            return
+        result = embed_items(store, state.encoder(), progress=True)
+    finally:
+        store.close()
+    console.print(f"encoded {result.encoded:,} item texts in {result.seconds:.1f} s ({result.per_second:,.0f} items/s)")
+
+
+def _generator(items: int, users: int, events: int, seed: int, days: float) -> GeneratorSettings:
+    try:
+        return GeneratorSettings(items=items, users=users, events=events, seed=seed, days=days)
+    except ValueError as exc:
+        fail(str(exc), 2)
+
+
+@app.command("generate")
+def generate_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for items.jsonl, events.jsonl, users.jsonl.")],
+    items: Annotated[int, typer.Option(help="Catalog size.")] = 1_000,
+    users: Annotated[int, typer.Option(help="Number of simulated users.")] = 200,
+    events: Annotated[int, typer.Option(help="Number of events.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
+    days: Annotated[float, typer.Option(help="Time span of the event stream.")] = 30.0,
+) -> None:
+    """Write a synthetic catalog and an event stream from users whose tastes drift."""
+    paths = generate(_generator(items, users, events, seed, days), out_dir)
+    for name, path in paths.items():
+        console.print(f"wrote {name}: {path}")
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    items: Annotated[int, typer.Option(help="Catalog size.")] = 500,
+    users: Annotated[int, typer.Option(help="Number of simulated users.")] = 100,
+    events: Annotated[int, typer.Option(help="Number of events.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    show: Annotated[int, typer.Option(help="Users to print recommendations for.")] = 3,
+) -> None:
+    """Generate a synthetic shop into the data directory, import it and show recommendations."""
+    state = app_of(ctx)
+    folder = state.settings.data_dir / "demo"
+    paths = generate(_generator(items, users, events, seed, 30.0), folder)
+    console.print(f"generated {items:,} items, {users:,} users and {events:,} events in {folder}")
+    store = state.store()
+    try:
+        validator = state.validator()
+        for report in (
+            import_items(store, read_records(paths["items"]), validator),
+            import_events(store, read_records(paths["events"]), validator, progress=True),
+        ):
+            console.print(report.summary())
+        if store.items_to_embed(state.encoder_key):
+            result = embed_items(store, state.encoder(), progress=True)
+            console.print(f"encoded {result.encoded:,} item texts ({result.per_second:,.0f} items/s)")
+        user_ids = [json.loads(line)["user_id"] for line in paths["users"].read_text().splitlines()[:show]]
+        for user_id in user_ids:
+            history = store.user_history(user_id, 3)
+            table = Table(title=f"user {user_id}: popular items not yet seen (popularity fallback)")
+            table.add_column("#", justify="right")
+            table.add_column("item")
+            table.add_column("title")
+            table.add_column("why")
+            for rank, rec in enumerate(popular_for(store, user_id, k=5), start=1):
+                table.add_row(str(rank), rec.item.item_id, rec.item.title, rec.explanation)
+            recent = ", ".join(f"{e.type.value} {e.item_id}" for e in history) or "none"
+            out.print(table)
+            out.print(f"  recent activity: {recent}\n", highlight=False)
+    finally:
+        store.close()
+    console.print(f"store: {state.settings.store_url}; try `freshrec --data {state.settings.data_dir} stats`")
+
+
+def main() -> None:
+    app()

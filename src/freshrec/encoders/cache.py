@@ -1,0 +1,41 @@
+"""Embedding the catalog, with the store as a cache keyed by text hash.
+
+Re-importing unchanged items encodes nothing; editing one title re-encodes
+that item only; items sharing the same text are encoded once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from freshrec.encoders.base import TextEncoder
+from freshrec.storage.base import Store
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedReport:
+    encoded: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.encoded / self.seconds if self.seconds > 0 else 0.0
+
+
+def embed_items(store: Store, encoder: TextEncoder, progress: bool = False, chunk: int = 256) -> EmbedReport:
+    """Encode every catalog text that has no cached embedding for ``encoder``.
+
+    Each chunk is committed as it is done, so an interrupted run keeps its work.
+    """
+    todo = store.items_to_embed(encoder.name)
+    start = time.perf_counter()
+    with tqdm(total=len(todo), unit="item", desc="encoding items", disable=not progress or not todo) as bar:
+        for i in range(0, len(todo), chunk):
+            part = todo[i : i + chunk]
+            vectors = encoder.encode([text for _, text in part])
+            store.put_embeddings(encoder.name, [h for h, _ in part], vectors)
+            bar.update(len(part))
+    return EmbedReport(encoded=len(todo), seconds=time.perf_counter() - start)

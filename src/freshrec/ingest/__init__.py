@@ -1,0 +1,1 @@
+"""Domain rules for incoming data: validation, feedback weights, import."""

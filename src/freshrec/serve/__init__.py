@@ -1,0 +1,1 @@
+"""Serving: ranked recommendations for users (reads the store, never trains)."""

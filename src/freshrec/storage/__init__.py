@@ -1,0 +1,17 @@
+"""Stores behind one protocol, chosen by URL."""
+
+from __future__ import annotations
+
+from freshrec.settings import StorageSettings
+from freshrec.storage.base import AppendResult, Counts, Store, UpsertResult, iter_log
+from freshrec.storage.sqlite import SQLiteStore
+
+__all__ = ["AppendResult", "Counts", "SQLiteStore", "Store", "UpsertResult", "iter_log", "open_store"]
+
+
+def open_store(url: str, settings: StorageSettings | None = None) -> Store:
+    """Open the store a URL names: ``sqlite:///path/to/file.db`` or ``sqlite:///:memory:``."""
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(url.removeprefix("sqlite:///"), settings)
+    scheme = url.split("://", 1)[0] if "://" in url else url
+    raise ValueError(f"unsupported store URL scheme {scheme!r}; expected sqlite:///PATH")

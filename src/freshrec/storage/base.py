@@ -1,0 +1,113 @@
+"""The storage protocol: the event log (source of truth) and its views.
+
+Every backend implements :class:`Store` and passes the same contract tests
+(``tests/storage/test_contract.py``). Nothing outside ``storage/`` writes SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from freshrec.domain import Event, Item, ItemId, Offset, UserId
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    accepted: int
+    duplicates: int
+    last_offset: Offset
+    """Offset of the newest event in the log after the append (0 if empty)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertResult:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    items: int
+    items_embedded: int
+    users: int
+    events: int
+    events_by_type: dict[str, int] = field(default_factory=dict)
+    first_timestamp: float | None = None
+    last_timestamp: float | None = None
+
+
+class Store(Protocol):
+    """Durable home of events, items and item embeddings.
+
+    Writes are acknowledged only once durable. Methods called inside
+    ``with store.transaction():`` commit together or not at all.
+    """
+
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+    # -- the log -----------------------------------------------------------
+    def append_events(self, events: Sequence[Event]) -> AppendResult:
+        """Append in order; events whose ``event_id`` is already stored are skipped."""
+        ...
+
+    def read_events(self, after: Offset = 0, limit: int = 10_000) -> list[Event]:
+        """Up to ``limit`` events with offset greater than ``after``, in log order."""
+        ...
+
+    def user_history(self, user_id: UserId, n: int) -> list[Event]:
+        """The user's last ``n`` events, oldest first."""
+        ...
+
+    def delete_user(self, user_id: UserId) -> int:
+        """Forget everything stored about a user; returns the number of events removed."""
+        ...
+
+    def popular_items(self, limit: int, since: float | None = None) -> list[tuple[ItemId, int]]:
+        """Catalog items by number of events (optionally since an epoch time), most first."""
+        ...
+
+    # -- the catalog -------------------------------------------------------
+    def upsert_items(self, items: Sequence[Item]) -> UpsertResult: ...
+
+    def get_item(self, item_id: ItemId) -> Item | None: ...
+
+    def iter_items(self) -> Iterator[Item]: ...
+
+    def delete_item(self, item_id: ItemId) -> bool: ...
+
+    # -- embeddings (a cache keyed by encoder and text hash) -----------------
+    def items_to_embed(self, encoder: str) -> list[tuple[str, str]]:
+        """``(text_hash, text)`` of catalog texts with no embedding cached for
+        ``encoder``, one per distinct text; items with a precomputed vector are
+        not included."""
+        ...
+
+    def put_embeddings(self, encoder: str, hashes: Sequence[str], vectors: npt.NDArray[np.float32]) -> None: ...
+
+    def item_vectors(self, encoder: str) -> tuple[list[ItemId], npt.NDArray[np.float32]]:
+        """Ids and vectors of every catalog item that has one (precomputed or cached)."""
+        ...
+
+    # -- summary -----------------------------------------------------------
+    def counts(self, encoder: str) -> Counts: ...
+
+    def close(self) -> None: ...
+
+
+def iter_log(store: Store, after: Offset = 0, batch: int = 10_000) -> Iterator[Event]:
+    """Every event after ``after``, in log order, read in batches."""
+    while True:
+        events = store.read_events(after, batch)
+        if not events:
+            return
+        yield from events
+        last = events[-1].offset
+        assert last is not None
+        after = last
