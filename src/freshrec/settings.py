@@ -43,6 +43,11 @@ class StorageSettings(Section):
     """SQLite durability. ``full`` survives power loss; ``normal`` (WAL) survives
     a process crash but may lose the last commits on power loss."""
     busy_timeout_ms: int = Field(default=10_000, ge=0)
+    cache_mb: int = Field(default=64, ge=1)
+    """SQLite page cache. Secondary indexes (a user's history) take random
+    inserts; a cache that holds their hot pages roughly doubles ingest speed."""
+    wal_autocheckpoint: int = Field(default=10_000, ge=100)
+    """WAL pages between checkpoints; larger means fewer, bigger syncs."""
 
 
 class EncoderSettings(Section):
@@ -70,9 +75,7 @@ class IngestSettings(Section):
     @model_validator(mode="after")
     def _scale(self) -> IngestSettings:
         if not self.rating_min < self.rating_max:
-            raise ValueError(
-                f"rating_min ({self.rating_min}) must be below rating_max ({self.rating_max})"
-            )
+            raise ValueError(f"rating_min ({self.rating_min}) must be below rating_max ({self.rating_max})")
         return self
 
 
@@ -117,8 +120,7 @@ class Settings(BaseModel):
         lo, hi = self.ingest.rating_min, self.ingest.rating_max
         if not lo <= self.feedback.rating_neutral <= hi:
             raise ValueError(
-                f"feedback.rating_neutral ({self.feedback.rating_neutral}) must lie on "
-                f"the rating scale [{lo}, {hi}]"
+                f"feedback.rating_neutral ({self.feedback.rating_neutral}) must lie on the rating scale [{lo}, {hi}]"
             )
         return self
 
@@ -154,8 +156,7 @@ def load_settings(
         return Settings.model_validate(layers)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
         )
         raise SettingsError(f"invalid settings ({path or 'no config file'}): {problems}") from exc
 
@@ -167,9 +168,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
             continue
         keys = name[len(ENV_PREFIX) :].lower().split("__")
         if len(keys) < 2 or not all(keys):
-            raise SettingsError(
-                f"{name}: expected FRESHREC_<SECTION>__<KEY>, e.g. FRESHREC_ENCODER__BATCH_SIZE"
-            )
+            raise SettingsError(f"{name}: expected FRESHREC_<SECTION>__<KEY>, e.g. FRESHREC_ENCODER__BATCH_SIZE")
         value: Any = raw
         if raw.strip()[:1] in ("{", "["):
             try:

@@ -32,7 +32,11 @@ def root(
     ctx: typer.Context,
     data: Annotated[
         Path | None,
-        typer.Option("--data", envvar="FRESHREC_DATA", help="Data directory: store, caches, checkpoints. [default: ./freshrec-data]"),
+        typer.Option(
+            "--data",
+            envvar="FRESHREC_DATA",
+            help="Data directory: store, caches, checkpoints. [default: ./freshrec-data]",
+        ),
     ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", envvar="FRESHREC_CONFIG", help="TOML settings file (see freshrec.toml).")

@@ -16,9 +16,7 @@ from freshrec.ingest.importer import ImportAborted, ImportReport, import_events,
 
 app = typer.Typer(help="Import items and events from files.", no_args_is_help=True)
 
-FormatOpt = Annotated[
-    str | None, typer.Option("--format", help="csv, jsonl or parquet; default: from the file name.")
-]
+FormatOpt = Annotated[str | None, typer.Option("--format", help="csv, jsonl or parquet; default: from the file name.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Abort on the first bad record; nothing is stored.")]
 EmbedOpt = Annotated[bool, typer.Option("--embed/--no-embed", help="Encode new or changed item texts.")]
 
@@ -46,8 +44,10 @@ def _embed(state: App) -> None:
             console.print("embeddings: all item texts already encoded")
             return
         result = embed_items(store, state.encoder(), progress=True)
-        console.print(f"embeddings: encoded {result.encoded:,} item texts in {result.seconds:.1f} s "
-                      f"({result.per_second:,.0f} items/s)")
+        console.print(
+            f"embeddings: encoded {result.encoded:,} item texts in {result.seconds:.1f} s "
+            f"({result.per_second:,.0f} items/s)"
+        )
     finally:
         store.close()
 
@@ -55,7 +55,9 @@ def _embed(state: App) -> None:
 @app.command("items")
 def items_cmd(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="Items file: item_id, title, description, categories, attributes, vector.")],
+    file: Annotated[
+        Path, typer.Argument(help="Items file: item_id, title, description, categories, attributes, vector.")
+    ],
     fmt: FormatOpt = None,
     strict: StrictOpt = False,
     embed: EmbedOpt = True,
@@ -76,11 +78,17 @@ def items_cmd(
 @app.command("events")
 def events_cmd(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="Events file: user_id, item_id, type, value, timestamp, event_id, context.")],
+    file: Annotated[
+        Path, typer.Argument(help="Events file: user_id, item_id, type, value, timestamp, event_id, context.")
+    ],
     fmt: FormatOpt = None,
     strict: StrictOpt = False,
     derive_ids: Annotated[
-        bool, typer.Option("--derive-ids/--no-derive-ids", help="Give events without event_id one derived from their content, so re-imports add nothing.")
+        bool,
+        typer.Option(
+            "--derive-ids/--no-derive-ids",
+            help="Give events without event_id one derived from their content, so re-imports add nothing.",
+        ),
     ] = True,
 ) -> None:
     """Append feedback events to the log."""
@@ -88,7 +96,12 @@ def events_cmd(
     store = state.store()
     try:
         report = import_events(
-            store, read_records(file, _format(fmt)), state.validator(), strict=strict, derive_ids=derive_ids, progress=True
+            store,
+            read_records(file, _format(fmt)),
+            state.validator(),
+            strict=strict,
+            derive_ids=derive_ids,
+            progress=True,
         )
         _report(report)
     except (DataFileError, ImportAborted) as exc:

@@ -54,7 +54,9 @@ def detect_format(path: Path) -> Format:
     fmt = _SUFFIXES.get(suffixes[-1]) if suffixes else None
     if fmt is None:
         known = ", ".join(sorted(_SUFFIXES))
-        raise DataFileError(f"{path}: cannot tell the format from the name; use one of {known} (optionally .gz) or --format")
+        raise DataFileError(
+            f"{path}: cannot tell the format from the name; use one of {known} (optionally .gz) or --format"
+        )
     return fmt
 
 
@@ -76,7 +78,7 @@ def read_records(path: Path, fmt: Format | None = None) -> Iterator[Record]:
 
 
 def _open_text(path: Path) -> io.TextIOBase:
-    raw: Any = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+    raw: Any = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")  # noqa: SIM115
     return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 

@@ -128,7 +128,9 @@ def _ml100k_items(path: Path, genres: tuple[str, ...]) -> Iterator[Record]:
     for number, line in _lines(path, "latin-1"):
         parts = line.split("|")
         if len(parts) != 5 + len(genres):
-            yield Record(path.name, number, None, f"expected {5 + len(genres)} '|'-separated fields, found {len(parts)}")
+            yield Record(
+                path.name, number, None, f"expected {5 + len(genres)} '|'-separated fields, found {len(parts)}"
+            )
             continue
         flags = parts[5:]
         categories = [g for g, flag in zip(genres, flags, strict=True) if flag.strip() == "1" and g not in _NO_GENRE]

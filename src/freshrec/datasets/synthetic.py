@@ -8,8 +8,9 @@ How users behave (the hidden truth a good recommender should recover):
 
 * each user has two taste distributions over topics, an early one and a late
   one, and moves from the first to the second around a personal drift time;
-* within a topic, items are chosen by a Zipf popularity, and only once they
-  exist (a share of the catalog appears while the stream runs: cold items);
+* a user first picks a topic from their current taste, then an item of that
+  topic by a Zipf popularity, among items that already exist (a share of the
+  catalog appears while the stream runs: cold items);
 * a third of the time a user continues in the sub-category of their previous
   item, which gives the stream sequential structure;
 * the event type follows a shopping funnel; ratings are higher for items of
@@ -85,7 +86,7 @@ class World:
         """The user's topic distribution at time ``t``."""
         width = (self.end - self.settings.start) / 20
         w = 1.0 / (1.0 + np.exp(-(t - self.drift_time[user]) / width))
-        return (1 - w) * self.taste_early[user] + w * self.taste_late[user]
+        return np.asarray((1 - w) * self.taste_early[user] + w * self.taste_late[user])
 
     def _item(self, i: int) -> dict[str, Any]:
         rng = self.rng
@@ -95,9 +96,7 @@ class World:
         if rng.random() < 0.5:
             title = f"The {title}"
         themes = rng.choice(len(topic.themes), size=2, replace=False)
-        description = (
-            f"A {fmt} about {topic.themes[themes[0]]}, with a chapter on {topic.themes[themes[1]]}."
-        )
+        description = f"A {fmt} about {topic.themes[themes[0]]}, with a chapter on {topic.themes[themes[1]]}."
         price = float(np.round(topic.price * rng.lognormal(0.0, 0.4), 2))
         return {
             "item_id": f"i{i:06d}",
@@ -119,8 +118,10 @@ class World:
             if same.any():
                 weights = self.item_popularity * same
                 return int(rng.choice(len(weights), p=weights / weights.sum()))
-        topic_p = self.taste(user, t)
-        weights = self.item_popularity * topic_p[self.item_topic] * live
+        taste = self.taste(user, t)
+        topic = rng.choice(len(taste), p=taste)
+        in_topic = live & (self.item_topic == topic)
+        weights = self.item_popularity * (in_topic if in_topic.any() else live * taste[self.item_topic])
         return int(rng.choice(len(weights), p=weights / weights.sum()))
 
     def events(self) -> list[dict[str, Any]]:

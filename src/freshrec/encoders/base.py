@@ -45,6 +45,6 @@ def build_encoder(settings: EncoderSettings) -> TextEncoder:
 
 
 def normalise(vectors: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
+    out = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.asarray(out / np.maximum(norms, 1e-12), dtype=np.float32)

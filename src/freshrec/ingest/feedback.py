@@ -15,8 +15,8 @@ purchase       +1.5    the strongest implicit signal; money was spent
 dislike        -1.0    an explicit rejection, as strong as a favorite
 rating         scaled  ``weight * (value - neutral) / (max - neutral)`` above the
                        neutral value, ``weight * (value - neutral) / (neutral - min)``
-                       below it: 5 stars -> +1, 4 -> +0.5, 3 -> 0, 1 -> -1 on the
-                       default 0.5-5 scale with neutral 3
+                       below it: 5 stars -> +1, 4 -> +0.5, 3 -> 0, 2 -> -0.4,
+                       0.5 -> -1 on the default 0.5-5 scale with neutral 3
 =============  ======  ==============================================================
 
 The sign says whether the user liked the item. Whether an event is an
@@ -57,7 +57,7 @@ class FeedbackWeights:
 
     def weights(self, codes: npt.NDArray[np.integer], values: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         """Vectorised :meth:`weight` over type codes and values (NaN where absent)."""
-        base = self._by_code[codes]
+        base: npt.NDArray[np.float32] = self._by_code[codes]
         is_rating = codes == TYPE_CODES[EventType.RATING]
         if not is_rating.any():
             return base
@@ -65,7 +65,8 @@ class FeedbackWeights:
         above = (v - self.neutral) / max(self.hi - self.neutral, 1e-9)
         below = (v - self.neutral) / max(self.neutral - self.lo, 1e-9)
         scaled = np.where(v >= self.neutral, above, below)
-        return np.where(is_rating, base * np.nan_to_num(scaled), base).astype(np.float32)
+        out: npt.NDArray[np.float32] = np.where(is_rating, base * np.nan_to_num(scaled), base).astype(np.float32)
+        return out
 
     def of(self, event: Event) -> float:
         return self.weight(event.type, event.value)

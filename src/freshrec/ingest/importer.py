@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -56,15 +56,19 @@ class ImportReport:
 
 
 def derive_event_id(event: Event) -> str:
-    """A content-derived idempotency key for events that arrive without one."""
-    key = "\x1f".join(
-        (event.user_id, event.item_id, event.type.value, repr(event.timestamp), repr(event.value))
-    )
-    return "d:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    """A content-derived idempotency key for events that arrive without one.
+
+    It starts with the event time in hex, so that keys of a time-ordered file
+    arrive in nearly sorted order and the store's unique index grows at its
+    end instead of taking a random page write per event.
+    """
+    key = "\x1f".join((event.user_id, event.item_id, event.type.value, repr(event.timestamp), repr(event.value)))
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+    return f"d:{int(event.timestamp):09x}{digest}"
 
 
 def _validated(
-    records: Iterable[Record], check: Callable[[dict], T], report: ImportReport, strict: bool
+    records: Iterable[Record], check: Callable[[dict[str, Any]], T], report: ImportReport, strict: bool
 ) -> Iterable[T]:
     for record in records:
         report.read += 1
@@ -104,7 +108,7 @@ def import_events(
 ) -> ImportReport:
     report = ImportReport("events")
 
-    def check(data: dict) -> Event:
+    def check(data: dict[str, Any]) -> Event:
         event = validator.event(data)
         return replace(event, event_id=derive_event_id(event)) if derive_ids and event.event_id is None else event
 
@@ -134,4 +138,3 @@ def import_items(
             report.duplicates += result.unchanged
             bar.update(len(items))
     return report
-

@@ -104,9 +104,7 @@ def parse_timestamp(value: Any, now: float, max_future_skew_s: float) -> float:
             try:
                 parsed = datetime.fromisoformat(text)
             except ValueError as exc:
-                raise ValueError(
-                    f"{value!r} is neither epoch seconds nor an ISO 8601 date-time"
-                ) from exc
+                raise ValueError(f"{value!r} is neither epoch seconds nor an ISO 8601 date-time") from exc
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=UTC)
             ts = parsed.timestamp()
@@ -123,9 +121,7 @@ def parse_timestamp(value: Any, now: float, max_future_skew_s: float) -> float:
     if ts > _MS_HINT:
         raise ValueError(f"{ts:.0f} is far in the future; epoch timestamps must be in seconds, not milliseconds")
     if ts > now + max_future_skew_s:
-        raise ValueError(
-            f"is {ts - now:.0f} s in the future; the allowed clock skew is {max_future_skew_s:.0f} s"
-        )
+        raise ValueError(f"is {ts - now:.0f} s in the future; the allowed clock skew is {max_future_skew_s:.0f} s")
     return ts
 
 
@@ -327,13 +323,15 @@ class Validator:
             if not lo <= parsed.value <= hi:
                 raise InvalidRecord([FieldError("value", f"{parsed.value} is outside the rating scale [{lo}, {hi}]")])
         elif parsed.value is not None:
-            raise InvalidRecord([
-                FieldError(
-                    "value",
-                    f"is only allowed for type 'rating', not {parsed.type.value!r}; "
-                    "put other numbers (price, quantity, dwell time) in context",
-                )
-            ])
+            raise InvalidRecord(
+                [
+                    FieldError(
+                        "value",
+                        f"is only allowed for type 'rating', not {parsed.type.value!r}; "
+                        "put other numbers (price, quantity, dwell time) in context",
+                    )
+                ]
+            )
 
     def item(self, raw: Mapping[str, Any]) -> Item:
         if not isinstance(raw, Mapping):

@@ -1,0 +1,91 @@
+"""The command line, run in-process through Typer's runner on real files and a real store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from freshrec.cli.app import app
+from tests.datasets.test_movielens import ml100k
+
+HASHING = {"FRESHREC_ENCODER__MODEL": "hashing"}
+
+
+def run(*args: str, env: dict[str, str] | None = None, code: int = 0) -> str:
+    result = CliRunner().invoke(app, list(args), env={**HASHING, **(env or {})})
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def stats(data: Path) -> dict[str, object]:
+    return json.loads(run("--data", str(data), "stats", "--json"))
+
+
+def test_stats_of_an_empty_store_has_exactly_the_documented_keys(tmp_path: Path) -> None:
+    assert stats(tmp_path) == {
+        "items": 0, "items_embedded": 0, "users": 0, "events": 0,
+        "events_by_type": {}, "first_timestamp": None, "last_timestamp": None,
+    }  # fmt: skip
+
+
+def test_import_movielens_twice_adds_nothing(tmp_path: Path) -> None:
+    folder = ml100k(tmp_path / "ml")
+    data = tmp_path / "data"
+    first = run("--data", str(data), "import", "movielens", str(folder))
+    assert "u.data:3: value: 7.0 is outside the rating scale" in first
+    s = stats(data)
+    assert (s["items"], s["items_embedded"], s["events"], s["users"]) == (2, 2, 2, 1)
+    assert s["first_timestamp"] == "1997-12-04T15:55:49Z" and s["events_by_type"] == {"rating": 2}
+    second = run("--data", str(data), "import", "movielens", str(folder))
+    assert "stored 0" in second and "all item texts already encoded" in second
+    assert stats(data) == s
+
+
+def test_strict_import_fails_and_leaves_the_store_unchanged(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"user_id": "u", "item_id": "i", "type": "click", "timestamp": 1}\n{"user_id": "u"}\n')
+    out = run("--data", str(tmp_path), "import", "events", str(events), "--strict", code=1)
+    assert "events.jsonl:2: item_id: is required" in out
+    assert stats(tmp_path)["events"] == 0
+    run("--data", str(tmp_path), "import", "events", str(events))
+    assert stats(tmp_path)["events"] == 1
+
+
+def test_import_items_and_events_from_generated_data(tmp_path: Path) -> None:
+    gen = tmp_path / "gen"
+    run("generate", "--out", str(gen), "--items", "50", "--users", "5", "--events", "300", "--seed", "1")
+    data = tmp_path / "data"
+    run("--data", str(data), "import", "items", str(gen / "items.jsonl"))
+    run("--data", str(data), "import", "events", str(gen / "events.jsonl"))
+    s = stats(data)
+    assert (s["items"], s["items_embedded"], s["events"]) == (50, 50, 300)
+
+
+def test_demo_prints_recommendations(tmp_path: Path) -> None:
+    out = run("--data", str(tmp_path), "demo", "--items", "60", "--users", "10", "--events", "500")
+    assert "popularity fallback" in out and "u00000" in out
+    assert stats(tmp_path)["events"] == 500
+
+
+def test_bad_settings_and_arguments_are_clear(tmp_path: Path) -> None:
+    out = run("--data", str(tmp_path), "stats", env={"FRESHREC_ENCODER__BATCH_SIZE": "0"}, code=2)
+    assert "encoder.batch_size" in out
+    assert "no such file" in run("--data", str(tmp_path), "import", "items", str(tmp_path / "nope.csv"), code=1)
+    assert "not a MovieLens folder" in run("--data", str(tmp_path), "import", "movielens", str(tmp_path), code=1)
+    assert "items must be at least 1" in run("generate", "--out", str(tmp_path), "--items", "0", code=2)
+
+
+def test_console_script_is_installed() -> None:
+    result = subprocess.run(["freshrec", "--help"], capture_output=True, text=True, check=True)
+    assert "import" in result.stdout and "stats" in result.stdout
+    module = subprocess.run(
+        [sys.executable, "-c", "import freshrec; print(freshrec.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert module.stdout.strip()

@@ -1,0 +1,191 @@
+"""The storage contract: every backend must pass these tests unchanged.
+
+A new backend is added by extending the ``store`` fixture's parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from freshrec.domain import EventType, item_text, text_hash
+from freshrec.storage import Store, iter_log, open_store
+from tests.conftest import T0, make_event, make_item
+
+ENC = "test-encoder"
+
+
+@pytest.fixture(params=["sqlite-file", "sqlite-memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    url = {"sqlite-file": f"sqlite:///{tmp_path / 'db' / 'store.db'}", "sqlite-memory": "sqlite:///:memory:"}[
+        request.param
+    ]
+    s = open_store(url)
+    yield s
+    s.close()
+
+
+def test_append_assigns_increasing_offsets_and_reads_back_in_order(store: Store) -> None:
+    events = [make_event(f"u{i % 3}", f"i{i}", t=T0 + i, context={"n": i}) for i in range(10)]
+    result = store.append_events(events)
+    assert (result.accepted, result.duplicates) == (10, 0)
+    back = store.read_events(0, 100)
+    assert [e.item_id for e in back] == [f"i{i}" for i in range(10)]
+    offsets = [e.offset for e in back]
+    assert offsets == sorted(offsets) and len(set(offsets)) == 10
+    assert result.last_offset == offsets[-1]
+    assert back[3].context == {"n": 3} and back[3].timestamp == T0 + 3 and back[3].type is EventType.CLICK
+
+
+def test_read_from_offset_and_limit(store: Store) -> None:
+    store.append_events([make_event(item=f"i{i}") for i in range(25)])
+    first = store.read_events(0, 10)
+    rest = store.read_events(first[-1].offset, 100)
+    assert len(first) == 10 and len(rest) == 15
+    assert [e.item_id for e in first + rest] == [f"i{i}" for i in range(25)]
+    assert [e.item_id for e in iter_log(store, 0, batch=7)] == [f"i{i}" for i in range(25)]
+    assert store.read_events(rest[-1].offset, 10) == []
+
+
+def test_append_is_idempotent_on_event_id(store: Store) -> None:
+    a = make_event(item="a", event_id="e1")
+    b = make_event(item="b", event_id="e2")
+    anonymous = make_event(item="c")
+    assert store.append_events([a, b, anonymous]).accepted == 3
+    again = store.append_events([a, make_event(item="changed", event_id="e2"), anonymous, a])
+    assert (again.accepted, again.duplicates) == (1, 3)  # only the event without an id is new
+    items = [e.item_id for e in store.read_events(0, 100)]
+    assert items == ["a", "b", "c", "c"]
+
+
+def test_values_survive_the_round_trip(store: Store) -> None:
+    e = make_event(type_=EventType.RATING, value=4.5, event_id="x", context={"page": "home", "pos": [1, 2]})
+    store.append_events([e])
+    (back,) = store.read_events()
+    assert (back.value, back.event_id, back.context, back.type) == (
+        4.5,
+        "x",
+        {"page": "home", "pos": [1, 2]},
+        EventType.RATING,
+    )
+
+
+def test_user_history_is_the_last_n_oldest_first(store: Store) -> None:
+    store.append_events([make_event("u1" if i % 2 else "u2", f"i{i}", t=T0 + i) for i in range(20)])
+    history = store.user_history("u1", 3)
+    assert [e.item_id for e in history] == ["i15", "i17", "i19"]
+    assert store.user_history("nobody", 5) == []
+
+
+def test_delete_user_removes_all_their_events_only(store: Store) -> None:
+    store.append_events([make_event("u1", "a"), make_event("u2", "b"), make_event("u1", "c")])
+    assert store.delete_user("u1") == 2
+    assert [e.user_id for e in store.read_events()] == ["u2"]
+    assert store.user_history("u1", 10) == []
+    assert store.delete_user("u1") == 0
+
+
+def test_upsert_items_reports_inserted_updated_unchanged(store: Store) -> None:
+    first = store.upsert_items([make_item("a", "Alpha"), make_item("b", "Beta", categories=("x", "y"))])
+    assert (first.inserted, first.updated, first.unchanged) == (2, 0, 0)
+    second = store.upsert_items([make_item("a", "Alpha"), make_item("b", "Beta 2", categories=("x", "y"))])
+    assert (second.inserted, second.updated, second.unchanged) == (0, 1, 1)
+    b = store.get_item("b")
+    assert b is not None and b.title == "Beta 2" and b.categories == ("x", "y")
+    assert b.created_at is not None and b.updated_at is not None and b.updated_at >= b.created_at
+
+
+def test_item_round_trip_and_delete(store: Store) -> None:
+    item = make_item("a", "Alpha", description="d", attributes={"price": 3.5, "tags": ["t"]}, vector=(1.0, 0.5))
+    store.upsert_items([item])
+    back = store.get_item("a")
+    assert back is not None
+    assert (back.title, back.description, back.attributes, back.vector) == (
+        "Alpha",
+        "d",
+        {"price": 3.5, "tags": ["t"]},
+        (1.0, 0.5),
+    )
+    assert [i.item_id for i in store.iter_items()] == ["a"]
+    assert store.delete_item("a") and not store.delete_item("a")
+    assert store.get_item("a") is None
+
+
+def test_embedding_cache_by_text_hash(store: Store) -> None:
+    store.upsert_items(
+        [
+            make_item("a", "Same"),
+            make_item("b", "Same"),
+            make_item("c", "Other"),
+            make_item("v", "Vec", vector=(0.0, 1.0)),
+        ]
+    )
+    todo = store.items_to_embed(ENC)
+    assert sorted(text for _, text in todo) == ["Other.", "Same."]  # one per distinct text; not the precomputed one
+    hashes = [h for h, _ in todo]
+    assert hashes == [text_hash(t) for _, t in todo]
+    store.put_embeddings(ENC, hashes, np.eye(2, dtype=np.float32))
+    assert store.items_to_embed(ENC) == []
+    assert len(store.items_to_embed("another-encoder")) == 2
+    ids, vectors = store.item_vectors(ENC)
+    assert ids == ["a", "b", "c", "v"] and vectors.shape == (4, 2) and vectors.dtype == np.float32
+    np.testing.assert_array_equal(vectors[0], vectors[1])
+    np.testing.assert_array_equal(vectors[3], [0.0, 1.0])
+    store.upsert_items([make_item("c", "Changed")])
+    assert [t for _, t in store.items_to_embed(ENC)] == [item_text("Changed")]
+
+
+def test_counts(store: Store) -> None:
+    empty = store.counts(ENC)
+    assert (empty.items, empty.events, empty.users, empty.first_timestamp) == (0, 0, 0, None)
+    store.upsert_items([make_item("a"), make_item("b", "B")])
+    store.put_embeddings(ENC, [h for h, _ in store.items_to_embed(ENC)][:1], np.ones((1, 3), dtype=np.float32))
+    store.append_events(
+        [make_event("u1", t=T0 + 5), make_event("u2", type_=EventType.VIEW, t=T0), make_event("u1", t=T0 + 1)]
+    )
+    c = store.counts(ENC)
+    assert (c.items, c.items_embedded, c.users, c.events) == (2, 1, 2, 3)
+    assert c.events_by_type == {"click": 2, "view": 1}
+    assert (c.first_timestamp, c.last_timestamp) == (T0, T0 + 5)
+
+
+def test_popular_items_counts_catalog_items_only(store: Store) -> None:
+    store.upsert_items([make_item("a"), make_item("b")])
+    store.append_events(
+        [
+            make_event(item="a"),
+            make_event(item="b"),
+            make_event(item="b"),
+            make_event(item="ghost"),
+            make_event(item="a", type_=EventType.DISLIKE),
+            make_event(item="a", type_=EventType.IMPRESSION),
+        ]
+    )
+    assert store.popular_items(10) == [("b", 2), ("a", 1)]
+    assert store.popular_items(1) == [("b", 2)]
+    assert store.popular_items(10, since=T0 + 1) == []
+
+
+def test_transaction_rolls_back_everything(store: Store) -> None:
+    store.append_events([make_event(item="kept")])
+    with pytest.raises(RuntimeError), store.transaction():
+        store.append_events([make_event(item="lost")])
+        store.upsert_items([make_item("lost")])
+        with store.transaction():
+            store.append_events([make_event(item="lost-nested")])
+        raise RuntimeError("abort")
+    assert [e.item_id for e in store.read_events()] == ["kept"]
+    assert store.get_item("lost") is None
+    store.append_events([make_event(item="after")])
+    assert [e.item_id for e in store.read_events()] == ["kept", "after"]
+
+
+def test_offsets_are_never_reused_after_deleting_the_newest_events(store: Store) -> None:
+    store.append_events([make_event("u1", "a"), make_event("gone", "b")])
+    newest = store.read_events()[-1].offset
+    store.delete_user("gone")
+    store.append_events([make_event("u1", "c")])
+    assert store.read_events()[-1].offset > newest

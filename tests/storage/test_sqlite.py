@@ -1,0 +1,56 @@
+"""What is specific to the SQLite backend: the file, WAL mode, reopening."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from freshrec.settings import StorageSettings
+from freshrec.storage import SQLiteStore, open_store
+from freshrec.storage.sqlite import SchemaError
+from tests.conftest import make_event
+
+
+def test_data_survives_reopening_and_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SQLiteStore(path, StorageSettings(synchronous="full")) as store:
+        store.append_events([make_event(event_id="e1")])
+    with SQLiteStore(path) as store:
+        assert [e.event_id for e in store.read_events()] == ["e1"]
+        assert store.append_events([make_event(event_id="e1")]).duplicates == 1
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_refuses_a_file_of_another_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    sqlite3.connect(path).execute("PRAGMA user_version = 99")
+    with pytest.raises(SchemaError, match="schema version 99"):
+        SQLiteStore(path)
+
+
+def test_unknown_url_scheme_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unsupported store URL scheme 'mysql'"):
+        open_store("mysql://localhost/db")
+
+
+def test_history_and_deletion_across_many_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny segments, so that a user's events spread over dozens of them."""
+    import random
+
+    from freshrec.storage import sqlite as module
+
+    monkeypatch.setattr(module, "SEGMENT_BITS", 2)
+    store = SQLiteStore(":memory:")
+    rng = random.Random(1)
+    users = [f"u{rng.randrange(6)}" for _ in range(300)]
+    for start in range(0, 300, 7):
+        store.append_events([make_event(u, f"i{n}") for n, u in enumerate(users[start : start + 7], start=start)])
+    log = store.read_events(0, 1_000)
+    for user in sorted(set(users)):
+        mine = [e for e in log if e.user_id == user]
+        for n in (1, 5, 40, 1_000):
+            assert store.user_history(user, n) == mine[-n:]
+    assert store.delete_user("u3") == users.count("u3")
+    assert all(e.user_id != "u3" for e in store.read_events(0, 1_000))
