@@ -50,7 +50,8 @@ def main() -> None:
         start = time.perf_counter()
         vectors = encoder.encode(texts)
         elapsed = time.perf_counter() - start
-        print(f"{args.model} batch {batch}: {len(texts) / elapsed:,.0f} items/s (dim {vectors.shape[1]}, load {loaded:.1f} s)")
+        rate = len(texts) / elapsed
+        print(f"{args.model} batch {batch}: {rate:,.0f} items/s (dim {vectors.shape[1]}, load {loaded:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -136,7 +136,14 @@ def _parquet(path: Path) -> Iterator[Record]:
     except (pa.ArrowException, OSError) as exc:
         raise DataFileError(f"{path.name}: not a readable Parquet file: {exc}") from exc
     row = 0
-    for batch in handle.iter_batches(batch_size=8192):
+    batches = handle.iter_batches(batch_size=8192)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as exc:
+            raise DataFileError(f"{path.name}: unreadable after row {row}: {exc}") from exc
         for data in batch.to_pylist():
             row += 1
             yield Record(path.name, row, {k.strip().lower(): v for k, v in data.items() if v is not None})
