@@ -14,10 +14,10 @@ from freshrec.cli.context import App, app_of, console, fail, out
 from freshrec.datasets.files import read_records
 from freshrec.datasets.synthetic import GeneratorSettings, generate
 from freshrec.domain import iso
-from freshrec.encoders import embed_items
 from freshrec.ingest.importer import import_events, import_items
 from freshrec.serve.fallback import popular_for
 from freshrec.settings import SettingsError, load_settings
+from freshrec.storage import Store
 
 app = typer.Typer(
     help="freshrec: a real-time recommender that learns from every event.",
@@ -52,11 +52,8 @@ def root(
 def stats(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Counts of items, embeddings, users and events in the store."""
     state = app_of(ctx)
-    store = state.store()
-    try:
+    with state.store() as store:
         c = store.counts(state.encoder_key)
-    finally:
-        store.close()
     report = {
         "items": c.items,
         "items_embedded": c.items_embedded,
@@ -89,16 +86,8 @@ def config(ctx: typer.Context) -> None:
 def embed(ctx: typer.Context) -> None:
     """Encode every item text that has no cached embedding for the configured encoder."""
     state = app_of(ctx)
-    store = state.store()
-    try:
-        todo = len(store.items_to_embed(state.encoder_key))
-        if not todo:
-            console.print("all item texts are already encoded")
-            return
-        result = embed_items(store, state.encoder(), progress=True)
-    finally:
-        store.close()
-    console.print(f"encoded {result.encoded:,} item texts in {result.seconds:.1f} s ({result.per_second:,.0f} items/s)")
+    with state.store() as store:
+        state.embed(store)
 
 
 def _generator(items: int, users: int, events: int, seed: int, days: float) -> GeneratorSettings:
@@ -137,33 +126,29 @@ def demo(
     folder = state.settings.data_dir / "demo"
     paths = generate(_generator(items, users, events, seed, 30.0), folder)
     console.print(f"generated {items:,} items, {users:,} users and {events:,} events in {folder}")
-    store = state.store()
-    try:
+    with state.store() as store:
         validator = state.validator()
         for report in (
             import_items(store, read_records(paths["items"]), validator),
             import_events(store, read_records(paths["events"]), validator, progress=True),
         ):
             console.print(report.summary())
-        if store.items_to_embed(state.encoder_key):
-            result = embed_items(store, state.encoder(), progress=True)
-            console.print(f"encoded {result.encoded:,} item texts ({result.per_second:,.0f} items/s)")
+        state.embed(store)
         user_ids = [json.loads(line)["user_id"] for line in paths["users"].read_text().splitlines()[:show]]
         for user_id in user_ids:
-            history = store.user_history(user_id, 3)
-            table = Table(title=f"user {user_id}: popular items not yet seen (popularity fallback)")
-            table.add_column("#", justify="right")
-            table.add_column("item")
-            table.add_column("title")
-            table.add_column("why")
-            for rank, rec in enumerate(popular_for(store, user_id, k=5), start=1):
-                table.add_row(str(rank), rec.item.item_id, rec.item.title, rec.explanation)
-            recent = ", ".join(f"{e.type.value} {e.item_id}" for e in history) or "none"
-            out.print(table)
-            out.print(f"  recent activity: {recent}\n", highlight=False)
-    finally:
-        store.close()
+            _show_recommendations(store, user_id)
     console.print(f"store: {state.settings.store_url}; try `freshrec --data {state.settings.data_dir} stats`")
+
+
+def _show_recommendations(store: Store, user_id: str) -> None:
+    table = Table(title=f"user {user_id}: popular items not yet seen (popularity fallback)")
+    for column in ("#", "item", "title", "why"):
+        table.add_column(column)
+    for rank, rec in enumerate(popular_for(store, user_id, k=5), start=1):
+        table.add_row(str(rank), rec.item.item_id, rec.item.title, rec.explanation)
+    out.print(table)
+    recent = ", ".join(f"{e.type.value} {e.item_id}" for e in store.user_history(user_id, 3)) or "none"
+    out.print(f"  recent activity: {recent}\n", highlight=False)
 
 
 def main() -> None:
