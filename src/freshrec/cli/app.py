@@ -11,6 +11,7 @@ from rich.table import Table
 
 from freshrec.cli import imports
 from freshrec.cli.context import App, app_of, console, fail, out
+from freshrec.cli.evaluate import evaluate_cmd
 from freshrec.datasets.files import read_records
 from freshrec.datasets.synthetic import GeneratorSettings, generate
 from freshrec.domain import iso
@@ -25,6 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(imports.app, name="import")
+app.command("evaluate")(evaluate_cmd)
 
 
 @app.callback()

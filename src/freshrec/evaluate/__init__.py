@@ -1,0 +1,1 @@
+"""Prequential (test-then-learn) evaluation, as ``../shared/BENCHMARK.md`` defines it."""
