@@ -111,10 +111,21 @@ def rank_targets(
     others = ~removed
     others[rows, targets] = False
     ranks = ((s >= target_scores[:, None]) & others).sum(axis=1)
-    k = min(k, s.shape[1])
-    masked = np.where(removed, -np.inf, s)
-    top = np.argpartition(-masked, k - 1, axis=1)[:, :k] if k < s.shape[1] else np.tile(np.arange(k), (len(s), 1))
-    return ranks.astype(np.int64), top.astype(np.int64)
+    # removed items go below every remaining one, even one scored minus infinity
+    lowest = np.finfo(np.float64).min
+    return ranks.astype(np.int64), top_k(np.where(removed, -np.inf, np.maximum(s, lowest)), k)
+
+
+def top_k(scores: npt.NDArray[np.floating], k: int) -> npt.NDArray[np.int64]:
+    """The ``k`` best items of each row, in item order; ties at the cut go to
+    the lower item code, so the lists (and coverage) are deterministic."""
+    k = min(k, scores.shape[1])
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
+    above = scores > kth
+    tied = scores == kth
+    need = k - above.sum(axis=1, keepdims=True)
+    chosen = above | (tied & (np.cumsum(tied, axis=1) <= need))
+    return np.nonzero(chosen)[1].reshape(len(scores), k).astype(np.int64)
 
 
 @dataclass(frozen=True, slots=True)

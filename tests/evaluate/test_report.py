@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from freshrec.cli.app import app
+from freshrec.datasets.synthetic import GeneratorSettings, generate
+from freshrec.evaluate.log import load_log
+from freshrec.evaluate.report import ReportJSON, to_json, write_report
+from freshrec.evaluate.runner import UnknownModel, evaluate
+
+RESULT_KEYS = {
+    "model", "hr_at_10", "ndcg_at_10", "scored", "cold_item_hr_at_10", "cold_user_hr_at_10",
+    "wall_s", "events_per_s", "peak_rss_mb", "params",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return generate(GeneratorSettings(items=80, users=30, events=3_000, seed=5), tmp_path_factory.mktemp("gen"))
+
+
+def test_cli_writes_json_with_exactly_the_documented_keys_and_a_report(
+    generated: dict[str, Path], tmp_path: Path
+) -> None:
+    out, report = tmp_path / "r.json", tmp_path / "r.md"
+    args = ["evaluate", "--dataset", str(generated["events"]), "--items", str(generated["items"])]
+    args += ["--out", str(out), "--report", str(report), "--limit", "2000", "--in-process"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert set(data) == {"protocol", "dataset", "events", "warmup_events", "k", "results"}
+    assert (data["protocol"], data["events"], data["warmup_events"], data["k"]) == ("prequential-v1", 2000, 400, 10)
+    assert [r["model"] for r in data["results"]] == ["pop", "recent-pop", "transitions"]
+    for r in data["results"]:
+        assert set(r) == RESULT_KEYS
+        assert r["scored"] == 1600 and 0 <= r["hr_at_10"] <= 1 and r["peak_rss_mb"] > 0
+    ReportJSON.model_validate(data)
+    text = report.read_text()
+    assert "| transitions |" in text and "![NDCG@10 along the stream](r.png)" in text
+    assert (tmp_path / "r.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_html_report_inlines_the_plot(generated: dict[str, Path], tmp_path: Path) -> None:
+    log = load_log(generated["events"], generated["items"]).head(1_500)
+    runs = evaluate(["pop"], log, isolate=False)
+    write_report(tmp_path / "r.html", log, runs, 0.2, 10)
+    html = (tmp_path / "r.html").read_text()
+    assert "<table>" in html and "data:image/png;base64," in html
+
+
+def test_isolated_runs_measure_their_own_memory(generated: dict[str, Path]) -> None:
+    log = load_log(generated["events"], generated["items"]).head(1_000)
+    (run,) = evaluate(["transitions"], log, isolate=True)
+    report = to_json(log, [run], 0.2, 10)
+    assert report.results[0].scored == 800 and 0 < report.results[0].peak_rss_mb < 2_000
+
+
+def test_freshrec_model_is_a_clear_error_until_it_exists(generated: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(UnknownModel, match="does not exist yet"):
+        evaluate(["freshrec"], load_log(generated["events"], generated["items"]))
+    args = ["evaluate", "--dataset", str(generated["events"]), "--items", str(generated["items"])]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x.json"), "--models", "pop,freshrec"])
+    assert result.exit_code == 2 and "does not exist yet" in result.output
+    assert not (tmp_path / "x.json").exists()

@@ -1,0 +1,79 @@
+"""The contract every model must pass (cf. river/checks, implicit's recommender_base_test)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from freshrec.evaluate.log import EventLog
+from freshrec.evaluate.replay import Sequences
+from freshrec.evaluate.runner import MODELS
+from freshrec.model.base import Interactions, Recommender
+from tests.evaluate.helpers import tiny_log
+
+
+@pytest.fixture(scope="module")
+def log() -> EventLog:
+    rng = np.random.default_rng(0)
+    rows = [(f"u{rng.integers(20)}", f"i{rng.integers(40)}", float(t)) for t in range(600)]
+    return tiny_log(rows, items=[f"i{n}" for n in range(40)])
+
+
+@pytest.fixture(params=sorted(MODELS))
+def factory(request: pytest.FixtureRequest) -> Callable[[EventLog], Recommender]:
+    return MODELS[request.param]
+
+
+def batches(model: Recommender, log: EventLog) -> tuple[Interactions, Interactions, Interactions]:
+    seqs = Sequences(log)
+    n = model.history_length
+    return seqs.batch(np.arange(400), n), seqs.batch(np.arange(400, 600), n), seqs.batch(np.arange(580, 600), n, True)
+
+
+def test_scores_have_the_catalog_shape_and_are_finite(
+    factory: Callable[[EventLog], Recommender], log: EventLog
+) -> None:
+    model = factory(log)
+    warm, _stream, queries = batches(model, log)
+    model.fit(warm)
+    scores = model.score(queries)
+    assert scores.shape == (len(queries), log.n_items) and np.isfinite(scores).all()
+
+
+def test_same_inputs_same_scores(factory: Callable[[EventLog], Recommender], log: EventLog) -> None:
+    results = []
+    for _ in range(2):
+        model = factory(log)
+        warm, stream, queries = batches(model, log)
+        model.fit(warm)
+        model.learn(stream)
+        results.append(np.array(model.score(queries)))
+    np.testing.assert_array_equal(*results)
+
+
+def test_inputs_are_not_mutated_and_scoring_changes_nothing(
+    factory: Callable[[EventLog], Recommender], log: EventLog
+) -> None:
+    model = factory(log)
+    warm, stream, queries = batches(model, log)
+    before = copy.deepcopy((warm, stream, queries))
+    model.fit(warm)
+    model.learn(stream)
+    first = np.array(model.score(queries))
+    second = np.array(model.score(queries))
+    np.testing.assert_array_equal(first, second)
+    for a, b in zip((warm, stream, queries), before, strict=True):
+        for field in a.__dataclass_fields__:
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_learning_an_event_changes_scores(factory: Callable[[EventLog], Recommender], log: EventLog) -> None:
+    model = factory(log)
+    warm, stream, queries = batches(model, log)
+    model.fit(warm)
+    before = np.array(model.score(queries))
+    model.learn(stream)
+    assert not np.array_equal(before, model.score(queries))
