@@ -106,6 +106,77 @@ class FeedbackSettings(Section):
         return self
 
 
+class ModelSettings(Section):
+    """The sequence recommender's shape (see :mod:`freshrec.model.sequence`)."""
+
+    dim: int = Field(default=64, ge=8, le=1024)
+    history_length: int = Field(default=20, ge=1, le=1000)
+    layers: int = Field(default=1, ge=1, le=12)
+    heads: int = Field(default=2, ge=1, le=16)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    use_text: bool = True
+    """Item text embeddings through a trainable adapter (what makes cold items work)."""
+    use_ids: bool = True
+    """Per-item ID embeddings, created when an item first appears."""
+    adapter: Literal["linear", "mlp"] = "linear"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads(self) -> ModelSettings:
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if not (self.use_text or self.use_ids):
+            raise ValueError("at least one of use_text and use_ids must be on")
+        return self
+
+
+class OptimizerSettings(Section):
+    name: Literal["adam", "adamw", "adagrad", "ftrl", "sgd"]
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    l1: float = Field(default=0.0, ge=0)
+    """FTRL only."""
+    l2: float = Field(default=0.0, ge=0)
+    """FTRL only."""
+
+
+class LearnSettings(Section):
+    """Warm-start and online training (see :mod:`freshrec.learn`)."""
+
+    batch_size: int = Field(default=256, ge=1, le=256)
+    """Events per online micro-batch; at most 256, the parameter lag the protocol allows."""
+    max_wait_ms: int = Field(default=200, ge=1)
+    """The online learner steps at the latest this long after an event arrived."""
+    dense: OptimizerSettings = OptimizerSettings(name="adam", lr=0.002)
+    """Optimizer of the dense layers (adapter, attention)."""
+    embeddings: OptimizerSettings = OptimizerSettings(name="adagrad", lr=0.05)
+    """Optimizer of the per-item tables (ID embeddings, biases)."""
+    schedule: Literal["constant", "warmup", "inverse_sqrt"] = "constant"
+    warmup_steps: int = Field(default=100, ge=1)
+    clip_norm: float = Field(default=1.0, gt=0)
+    epochs: int = Field(default=5, ge=1)
+    """Warm-start epochs at most; early stopping on a time-ordered validation slice."""
+    patience: int = Field(default=1, ge=0)
+    validation_share: float = Field(default=0.1, ge=0, lt=1)
+    positions_per_row: int = Field(default=20, ge=1)
+    """Warm start: history positions per example that also predict their next item."""
+    full_softmax_max: int = Field(default=50_000, ge=1)
+    """Catalogs up to this size are trained with a softmax over every item."""
+    negatives: int = Field(default=4096, ge=1)
+    """Sampled negatives (plus in-batch ones) for larger catalogs."""
+    replay_share: float = Field(default=0.25, ge=0, le=4)
+    """Older examples mixed into each online micro-batch, as a share of its size."""
+    replay_capacity: int = Field(default=50_000, ge=0)
+    spike_factor: float = Field(default=4.0, gt=1)
+    """A micro-batch loss this many times the running mean reverts to the last good state."""
+    low_ratings: Literal["positive", "negative"] = "positive"
+    """``positive``: a low rating still says what the user chose to consume (right when
+    every rated item counts, as in the MovieLens benchmark); ``negative``: it pushes the
+    item down, like a dislike."""
+    online: bool = True
+    """Off: the model is frozen after warm start (an ablation)."""
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -114,6 +185,8 @@ class Settings(BaseModel):
     encoder: EncoderSettings = EncoderSettings()
     ingest: IngestSettings = IngestSettings()
     feedback: FeedbackSettings = FeedbackSettings()
+    model: ModelSettings = ModelSettings()
+    learn: LearnSettings = LearnSettings()
 
     @model_validator(mode="after")
     def _neutral_in_scale(self) -> Settings:

@@ -8,11 +8,16 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from freshrec.encoders.hashing import HashingEncoder
 from freshrec.evaluate.log import EventLog
 from freshrec.evaluate.replay import Sequences
-from freshrec.evaluate.runner import MODELS
+from freshrec.evaluate.runner import MODELS, Inputs
 from freshrec.model.base import Interactions, Recommender
+from freshrec.settings import LearnSettings, ModelSettings, Settings
 from tests.evaluate.helpers import tiny_log
+
+# small enough for a unit test; the shape of the network is the same
+SMALL = Settings(model=ModelSettings(dim=16, history_length=6, heads=2), learn=LearnSettings(epochs=2, batch_size=64))
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +28,9 @@ def log() -> EventLog:
 
 
 @pytest.fixture(params=sorted(MODELS))
-def factory(request: pytest.FixtureRequest) -> Callable[[EventLog], Recommender]:
-    return MODELS[request.param]
+def factory(request: pytest.FixtureRequest, log: EventLog) -> Callable[[EventLog], Recommender]:
+    inputs = Inputs(SMALL, HashingEncoder(32).encode(log.catalog.texts))
+    return lambda log: MODELS[request.param](log, inputs)
 
 
 def batches(model: Recommender, log: EventLog) -> tuple[Interactions, Interactions, Interactions]:

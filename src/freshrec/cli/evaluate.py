@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -9,9 +10,11 @@ import typer
 
 from freshrec.cli.context import app_of, console, fail, out
 from freshrec.datasets.files import DataFileError
+from freshrec.encoders import build_encoder, encoder_key
+from freshrec.encoders.cache import encode_cached
 from freshrec.evaluate.log import load_log
 from freshrec.evaluate.report import table, to_json, write_json, write_report
-from freshrec.evaluate.runner import MODELS, UnknownModel, check_models, evaluate
+from freshrec.evaluate.runner import MODELS, NEEDS_TEXT, Inputs, UnknownModel, check_models, evaluate
 
 
 def evaluate_cmd(
@@ -19,7 +22,9 @@ def evaluate_cmd(
     dataset: Annotated[Path, typer.Option(help="A MovieLens folder (100K, 1M, latest) or an events file.")],
     out_path: Annotated[Path, typer.Option("--out", help="Where to write the JSON results.")],
     items: Annotated[Path | None, typer.Option(help="Items file, when --dataset is an events file.")] = None,
-    models: Annotated[str, typer.Option(help="Comma-separated models.")] = ",".join(MODELS),
+    models: Annotated[
+        str, typer.Option(help="Comma-separated models; ablations: freshrec-frozen, freshrec-ids-only, ...")
+    ] = ",".join(MODELS),
     warmup: Annotated[float, typer.Option(help="Share of the log used for warm-up, not scored.")] = 0.2,
     k: Annotated[int, typer.Option(help="Cut-off of HR@K, NDCG@K and coverage@K in the report.")] = 10,
     limit: Annotated[int | None, typer.Option(help="Replay only the first N events of the time-ordered log.")] = None,
@@ -43,7 +48,22 @@ def evaluate_cmd(
     if limit is not None:
         log = log.head(min(limit, len(log)))
     console.print(f"{log.name}: {len(log):,} events, {log.n_users:,} users, {log.n_items:,} items")
-    runs = evaluate(names, log, warmup=warmup, k=k, isolate=isolate, progress=True)
+    settings = app_of(ctx).settings
+    text = None
+    if NEEDS_TEXT & set(names):
+        with console.status(f"encoding {log.n_items:,} item texts with {settings.encoder.model} ..."):
+            started = time.perf_counter()
+            text = encode_cached(
+                log.catalog.texts,
+                encoder_key(settings.encoder),
+                lambda: build_encoder(settings.encoder),
+                settings.data_dir / "cache",
+            )
+        console.print(
+            f"item text vectors ready in {time.perf_counter() - started:.1f} s (cached in the data directory)"
+        )
+    inputs = Inputs(settings, text)
+    runs = evaluate(names, log, warmup=warmup, k=k, isolate=isolate, progress=True, inputs=inputs)
     write_json(out_path, to_json(log, runs, warmup, k))
     console.print(f"wrote {out_path}")
     if report is not None:

@@ -6,9 +6,13 @@ that item only; items sharing the same text are encoded once.
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from freshrec.encoders.base import TextEncoder
@@ -39,3 +43,19 @@ def embed_items(store: Store, encoder: TextEncoder, progress: bool = False, chun
             store.put_embeddings(encoder.name, [h for h, _ in part], vectors)
             bar.update(len(part))
     return EmbedReport(encoded=len(todo), seconds=time.perf_counter() - start)
+
+
+def encode_cached(texts: list[str], key: str, make_encoder: Callable[[], TextEncoder], folder: Path) -> np.ndarray:
+    """Encode a list of texts once: the result is kept in ``folder`` under a hash
+    of the encoder key and every text, so a rerun of a benchmark reuses it."""
+    digest = hashlib.sha256("\x1e".join([key, *texts]).encode("utf-8", "surrogatepass")).hexdigest()[:24]
+    path = folder / f"text-{digest}.npy"
+    if path.is_file():
+        cached: np.ndarray = np.load(path)
+        return cached
+    vectors = make_encoder().encode(texts)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, vectors)
+    tmp.replace(path)
+    return vectors

@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from freshrec.evaluate.log import EventLog
@@ -22,15 +23,48 @@ from freshrec.evaluate.metrics import Summary, summarise
 from freshrec.evaluate.replay import Step, replay, warmup_size
 from freshrec.model.base import Recommender
 from freshrec.model.baselines import Popularity, RecentPopularity, Transitions
+from freshrec.settings import OptimizerSettings, Settings
 
-MODELS: dict[str, Callable[[EventLog], Recommender]] = {
-    "pop": lambda log: Popularity(log.n_items),
-    "recent-pop": lambda log: RecentPopularity(log.n_items),
-    "transitions": lambda log: Transitions(log.n_items),
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a model may need besides the log: settings and the catalog's text vectors."""
+
+    settings: Settings
+    text: np.ndarray | None = None
+
+
+def _freshrec(**overrides: Any) -> Callable[[EventLog, Inputs], Recommender]:
+    """The freshrec model with some settings changed (for ablations)."""
+
+    def build(log: EventLog, inputs: Inputs) -> Recommender:
+        from freshrec.learn.recommender import FreshRec
+
+        s = inputs.settings
+        model = s.model.model_copy(update=overrides.get("model", {}))
+        learn = s.learn.model_copy(update=overrides.get("learn", {}))
+        text = inputs.text if model.use_text else None
+        return FreshRec(log.n_items, text, model, learn, s.feedback, s.ingest)
+
+    return build
+
+
+MODELS: dict[str, Callable[[EventLog, Inputs], Recommender]] = {
+    "pop": lambda log, _: Popularity(log.n_items),
+    "recent-pop": lambda log, _: RecentPopularity(log.n_items),
+    "transitions": lambda log, _: Transitions(log.n_items),
+    "freshrec": _freshrec(),
 }
-NOT_YET: dict[str, str] = {
-    "freshrec": "the online freshrec model does not exist yet (issue 4); available: " + ", ".join(MODELS),
+ABLATIONS: dict[str, Callable[[EventLog, Inputs], Recommender]] = {
+    "freshrec-frozen": _freshrec(learn={"online": False}),
+    "freshrec-ids-only": _freshrec(model={"use_text": False}),
+    "freshrec-text-only": _freshrec(model={"use_ids": False}),
+    "freshrec-ftrl": _freshrec(learn={"embeddings": OptimizerSettings(name="ftrl", lr=0.05)}),
+    "freshrec-adam": _freshrec(learn={"embeddings": OptimizerSettings(name="adam", lr=0.002)}),
+    "freshrec-adamw": _freshrec(learn={"dense": OptimizerSettings(name="adamw", lr=0.002, weight_decay=0.01)}),
+    "freshrec-adagrad": _freshrec(learn={"dense": OptimizerSettings(name="adagrad", lr=0.05)}),
 }
+NEEDS_TEXT = {"freshrec", *ABLATIONS}
 
 
 class UnknownModel(ValueError):
@@ -39,10 +73,8 @@ class UnknownModel(ValueError):
 
 def check_models(names: list[str]) -> None:
     for name in names:
-        if name in NOT_YET:
-            raise UnknownModel(f"model {name!r}: {NOT_YET[name]}")
-        if name not in MODELS:
-            raise UnknownModel(f"unknown model {name!r}; available: {', '.join(MODELS)}")
+        if name not in MODELS and name not in ABLATIONS:
+            raise UnknownModel(f"unknown model {name!r}; available: {', '.join([*MODELS, *ABLATIONS])}")
 
 
 @dataclass(frozen=True)
@@ -55,11 +87,13 @@ class ModelRun:
     params: dict[str, Any]
 
 
-def run_model(name: str, log: EventLog, warmup: float = 0.2, k: int = 10, progress: bool = False) -> ModelRun:
+def run_model(
+    name: str, log: EventLog, inputs: Inputs, warmup: float = 0.2, k: int = 10, progress: bool = False
+) -> ModelRun:
     """Replay ``log`` through a freshly built model, in this process."""
     check_models([name])
     start = time.perf_counter()
-    model = MODELS[name](log)
+    model = {**MODELS, **ABLATIONS}[name](log, inputs)
     steps = replay(model, log, warmup=warmup, k=k)
     scored = len(log) - warmup_size(len(log), warmup)
     summary = summarise(_progress(steps, scored, name, progress), log.n_items, k=k)
@@ -98,15 +132,19 @@ def evaluate(
     k: int = 10,
     isolate: bool = True,
     progress: bool = False,
+    inputs: Inputs | None = None,
 ) -> list[ModelRun]:
     """Run each model on the same log, one after the other."""
     check_models(names)
     warmup_size(len(log), warmup)  # validates the share before any work
+    inputs = inputs or Inputs(Settings())
+    if any(name in NEEDS_TEXT for name in names) and inputs.text is None and inputs.settings.model.use_text:
+        raise ValueError("the freshrec models need the catalog's text vectors (Inputs.text)")
     if not isolate:
-        return [run_model(name, log, warmup, k, progress) for name in names]
+        return [run_model(name, log, inputs, warmup, k, progress) for name in names]
     runs = []
     context = multiprocessing.get_context("spawn")
     for name in names:
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            runs.append(pool.submit(run_model, name, log, warmup, k, progress).result())
+            runs.append(pool.submit(run_model, name, log, inputs, warmup, k, progress).result())
     return runs

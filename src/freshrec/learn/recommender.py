@@ -1,0 +1,174 @@
+"""The freshrec model behind the evaluator's and the server's interface.
+
+``fit`` warm-starts on a time-ordered log (epochs, early stopping on the most
+recent slice), ``learn`` makes one optimizer step per micro-batch, mixing in
+older examples from a replay buffer, and ``score`` ranks the whole catalog.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from freshrec.ingest.feedback import FeedbackWeights
+from freshrec.learn.buffer import ReplayBuffer, concat
+from freshrec.learn.trainer import Trainer, tensors
+from freshrec.model.base import FloatArray, Interactions
+from freshrec.model.sequence import SequenceNet
+from freshrec.settings import FeedbackSettings, IngestSettings, LearnSettings, ModelSettings
+
+_FIELDS = ("user", "item", "type", "value", "time", "hist_item", "hist_type", "hist_value", "hist_time", "position")
+
+
+def take(batch: Interactions, rows: np.ndarray) -> Interactions:
+    return Interactions(**{f: getattr(batch, f)[rows] for f in _FIELDS})
+
+
+class FreshRec:
+    """Text-aware sequence recommender, learned online.
+
+    Parameters
+    ----------
+    n_items
+        Catalog size (item codes ``0 .. n_items - 1``).
+    text
+        ``(n_items, width)`` frozen text embeddings, or ``None`` (IDs only).
+    """
+
+    name = "freshrec"
+
+    def __init__(
+        self,
+        n_items: int,
+        text: np.ndarray | None,
+        model: ModelSettings | None = None,
+        learn: LearnSettings | None = None,
+        feedback: FeedbackSettings | None = None,
+        scale: IngestSettings | None = None,
+        progress: bool = False,
+    ):
+        self.model_settings = model or ModelSettings()
+        self.learn_settings = learn or LearnSettings()
+        scale = scale or IngestSettings()
+        torch.manual_seed(self.model_settings.seed)
+        self.history_length = self.model_settings.history_length
+        text_tensor = torch.from_numpy(np.asarray(text, dtype=np.float32)) if text is not None else None
+        self.net = SequenceNet(n_items, text_tensor, self.model_settings, rating_scale=scale.rating_max)
+        self.trainer = Trainer(
+            self.net,
+            self.learn_settings,
+            FeedbackWeights(feedback or FeedbackSettings(), scale),
+            self.model_settings.seed,
+        )
+        self.buffer = ReplayBuffer(self.learn_settings.replay_capacity, seed=self.model_settings.seed)
+        self.rng = np.random.default_rng(self.model_settings.seed)
+        self.progress = progress
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- the Recommender interface ------------------------------------------
+    def fit(self, events: Interactions) -> None:
+        """Warm start: shuffled epochs on all but the most recent slice, early
+        stopping on that slice, then one in-order pass over it."""
+        s = self.learn_settings
+        self._activate(events)
+        n_val = int(len(events) * s.validation_share)
+        train, val = np.arange(len(events) - n_val), np.arange(len(events) - n_val, len(events))
+        best, best_state, patience = float("inf"), None, s.patience
+        for _ in tqdm(range(s.epochs), desc="warm start", unit="epoch", disable=not self.progress):
+            order = self.rng.permutation(train)
+            for i in range(0, len(order), s.batch_size):
+                self.trainer.step(take(events, order[i : i + s.batch_size]), every_position=True)
+            if not n_val:
+                continue
+            loss = self._evaluate(take(events, val))
+            if loss < best - 1e-4:
+                best, best_state, patience = loss, self.trainer.snapshot(), s.patience
+            elif patience == 0:
+                break
+            else:
+                patience -= 1
+        if best_state is not None:
+            self.trainer.restore(best_state)
+        for i in range(0, n_val, s.batch_size):
+            self.trainer.step(take(events, val[i : i + s.batch_size]))
+        self.buffer.add(events)
+        self._table = None
+
+    def learn(self, events: Interactions) -> None:
+        if not self.learn_settings.online or not len(events):
+            return
+        self._activate(events)
+        extra = round(len(events) * self.learn_settings.replay_share)
+        batch = concat(events, self.buffer.sample(extra))
+        self.trainer.step(batch, dropout=False)
+        self.buffer.add(events)
+        self._table = None
+
+    @torch.no_grad()
+    def score(self, queries: Interactions) -> FloatArray:
+        self.net.eval()
+        if self._table is None:
+            self._table = self.net.item_table()
+        table, bias = self._table
+        users = self.net.users(table, **tensors(queries))
+        return self.net.scores(users, table, bias).numpy().astype(np.float32, copy=False)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "model": self.model_settings.model_dump(),
+            "learn": self.learn_settings.model_dump(),
+            "health": vars(self.trainer.health).copy(),
+        }
+
+    # -- internals -----------------------------------------------------------
+    def _activate(self, events: Interactions) -> None:
+        self.net.active[torch.from_numpy(events.item.astype(np.int64))] = True
+
+    @torch.no_grad()
+    def _evaluate(self, events: Interactions) -> float:
+        self.net.eval()
+        return float(self.trainer.loss(events))
+
+    # -- persistence -------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: parameters, item activity,
+        optimizer and schedule state, random generators and the replay buffer."""
+        return {
+            "trainer": self.trainer.snapshot(),
+            "rng": self.rng.bit_generator.state,
+            "trainer_rng": self.trainer._rng.bit_generator.state,
+            "generator": self.trainer.generator.get_state(),
+            "buffer": self.buffer.state(),
+            "health": vars(self.trainer.health).copy(),
+        }
+
+    def save(self, path: Path) -> None:
+        """Atomically: written to a temporary file, then renamed over ``path``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(self.state(), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load(self, path: Path) -> None:
+        state = torch.load(path, weights_only=False)
+        self.trainer.restore(state["trainer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.trainer._rng.bit_generator.state = state["trainer_rng"]
+        self.trainer.generator.set_state(state["generator"])
+        self.buffer.restore(state["buffer"])
+        for key, value in state["health"].items():
+            setattr(self.trainer.health, key, value)
+        self._table = None

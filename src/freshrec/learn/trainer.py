@@ -1,0 +1,191 @@
+"""One optimisation step on a batch of events, with its safeguards.
+
+Examples: each event is the next-item target after its history. Events with
+a positive weight (views .. purchases, ratings) are trained with a softmax
+over the whole catalog (or over in-batch plus sampled negatives when the
+catalog is large); events with a negative weight (dislikes, impressions
+without a click, and low ratings if so configured) push their own item's
+score down. Weights come from :mod:`freshrec.ingest.feedback`.
+
+Safeguards: a batch whose loss or gradients are not finite is skipped and
+counted; a loss far above its running mean (a spike, e.g. from a burst of
+junk events) restores the last good state; the gradient norm is clipped.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from freshrec.domain import EventType
+from freshrec.ingest.feedback import TYPE_CODES, FeedbackWeights
+from freshrec.learn.optim import build_optimizer, build_schedule
+from freshrec.model.base import Interactions
+from freshrec.model.sequence import SequenceNet
+from freshrec.settings import LearnSettings
+
+RATING = TYPE_CODES[EventType.RATING]
+
+
+@dataclass
+class Health:
+    steps: int = 0
+    skipped_non_finite: int = 0
+    reverted_spikes: int = 0
+    last_loss: float = float("nan")
+    mean_loss: float = float("nan")
+
+
+class HistoryTensors(TypedDict):
+    hist_item: Tensor
+    hist_type: Tensor
+    hist_value: Tensor
+    hist_time: Tensor
+    time: Tensor
+
+
+def tensors(batch: Interactions) -> HistoryTensors:
+    return {
+        "hist_item": torch.from_numpy(np.ascontiguousarray(batch.hist_item)).long(),
+        "hist_type": torch.from_numpy(np.ascontiguousarray(batch.hist_type)).long(),
+        "hist_value": torch.from_numpy(np.ascontiguousarray(batch.hist_value)).float(),
+        "hist_time": torch.from_numpy(np.ascontiguousarray(batch.hist_time)).double(),
+        "time": torch.from_numpy(np.ascontiguousarray(batch.time)).double(),
+    }
+
+
+class Trainer:
+    def __init__(self, net: SequenceNet, settings: LearnSettings, feedback: FeedbackWeights, seed: int = 0):
+        self.net = net
+        self.settings = settings
+        self.feedback = feedback
+        self.generator = torch.Generator().manual_seed(seed)
+        self._rng = np.random.default_rng(seed)
+        tables = [net.item_id.weight, net.item_bias.weight]
+        ids = {id(p) for p in tables}
+        dense = [p for p in net.parameters() if id(p) not in ids]
+        self.optimizers = [build_optimizer(dense, settings.dense), build_optimizer(tables, settings.embeddings)]
+        self.schedules = [build_schedule(o, settings.schedule, settings.warmup_steps) for o in self.optimizers]
+        self.health = Health()
+        self._good: dict[str, Any] | None = None
+
+    # -- examples ----------------------------------------------------------
+    def weights(self, batch: Interactions) -> np.ndarray:
+        """Signed example weights: positive trains the item as the next one, negative pushes it down."""
+        return self._weights(batch.type, batch.value)
+
+    def _weights(self, types: np.ndarray, values: np.ndarray) -> np.ndarray:
+        pref = self.feedback.weights(types.astype(np.int64), values)
+        if self.settings.low_ratings == "positive":
+            pref = np.where(types == RATING, 0.5 + 0.5 * np.clip(pref, 0.0, 1.0), pref)
+        return pref.astype(np.float32)
+
+    def loss(self, batch: Interactions, every_position: bool = False) -> Tensor:
+        """Weighted next-item loss of the batch's events; with ``every_position``
+        each history token also predicts the token after it (SASRec-style), which
+        multiplies the training signal of a warm start."""
+        net = self.net
+        t = tensors(batch)
+        table, bias = net.item_table()
+        states = net.users(table, **t, every_position=every_position)
+        target = torch.from_numpy(batch.item.astype(np.int64))
+        w = torch.from_numpy(self.weights(batch))
+        if every_position:
+            nxt = np.concatenate([batch.hist_item[:, 1:], batch.item[:, None]], axis=1)
+            nxt_w = self._weights(
+                np.concatenate([batch.hist_type[:, 1:], batch.type[:, None]], axis=1),
+                np.concatenate([batch.hist_value[:, 1:], batch.value[:, None]], axis=1),
+            )
+            valid = (batch.hist_item >= 0) & (nxt >= 0)
+            valid[:, -1] = False  # the last history token's next item is the target, predicted by the query
+            per_row = self.settings.positions_per_row
+            if per_row < valid.shape[1]:
+                # a random subset of positions per row: the softmax over the catalog
+                # for every position costs more than it teaches
+                noise = np.where(valid, self._rng.random(valid.shape), -1.0)
+                cut = -np.partition(-noise, per_row - 1, axis=1)[:, per_row - 1 : per_row]
+                valid &= noise >= cut
+            users = torch.cat([states[:, :-1][torch.from_numpy(valid)], states[:, -1]])
+            target = torch.cat([torch.from_numpy(nxt[valid].astype(np.int64)), target])
+            w = torch.cat([torch.from_numpy(nxt_w[valid]), w])
+        else:
+            users = states
+        n_items = table.shape[0]
+        candidates, column = None, target
+        if n_items > self.settings.full_softmax_max:
+            sampled = torch.randint(0, n_items, (self.settings.negatives,), generator=self.generator)
+            candidates, where = torch.unique(torch.cat([target, sampled]), return_inverse=True)
+            column = where[: len(target)]
+        logits = net.scores(users, table, bias, items=candidates)
+        target_logit = logits.gather(1, column.unsqueeze(1)).squeeze(1)
+        log_softmax = target_logit - torch.logsumexp(logits, dim=1)
+        positive = w > 0
+        terms = torch.where(positive, -log_softmax * w, F.softplus(target_logit) * (-w))
+        return terms.sum() / w.abs().sum().clamp(min=1e-6)
+
+    # -- one step ------------------------------------------------------------
+    def step(self, batch: Interactions, every_position: bool = False, dropout: bool = True) -> float | None:
+        """One update; returns the loss, or ``None`` when the batch was skipped.
+
+        ``dropout=False`` trains without dropout: a regulariser for the epochs of
+        a warm start, it only adds noise (and a third of the cost) to single-pass
+        online updates."""
+        if not len(batch):
+            return None
+        self.net.train(dropout)
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
+        loss = self.loss(batch, every_position)
+        value = float(loss.detach())
+        if not np.isfinite(value):
+            self.health.skipped_non_finite += 1
+            return None
+        loss.backward()  # type: ignore[no-untyped-call]
+        norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.settings.clip_norm)
+        if not torch.isfinite(norm):
+            self.health.skipped_non_finite += 1
+            for o in self.optimizers:
+                o.zero_grad(set_to_none=True)
+            return None
+        if self._spike(value):
+            return None
+        for o, s in zip(self.optimizers, self.schedules, strict=True):
+            o.step()
+            s.step()
+        self.health.steps += 1
+        self.health.last_loss = value
+        return value
+
+    def _spike(self, value: float) -> bool:
+        h = self.health
+        if h.steps >= 20 and value > self.settings.spike_factor * h.mean_loss and self._good is not None:
+            self.restore(self._good)
+            h.reverted_spikes += 1
+            return True
+        h.mean_loss = value if np.isnan(h.mean_loss) else 0.95 * h.mean_loss + 0.05 * value
+        if h.steps % 50 == 0:
+            self._good = self.snapshot()
+        return False
+
+    # -- state -------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        return copy.deepcopy(
+            {
+                "net": self.net.state_dict(),
+                "optimizers": [o.state_dict() for o in self.optimizers],
+                "schedules": [s.state_dict() for s in self.schedules],
+            }
+        )
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        for o, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            o.load_state_dict(saved)
+        for s, saved in zip(self.schedules, state["schedules"], strict=True):
+            s.load_state_dict(saved)

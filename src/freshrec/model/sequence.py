@@ -1,0 +1,136 @@
+"""The freshrec network: text-aware items and a causal self-attention user encoder.
+
+Items. Each item is ``adapter(text embedding) + id embedding``. The text
+embedding comes frozen from the sentence encoder; the adapter (linear or a
+small MLP) maps it into the model's space, so an item nobody has touched yet
+already sits near the items it resembles. The ID embedding row (and the ID
+bias) of an item switches on when the item first appears in the stream and
+stays exactly zero before: an untouched item is judged on its text alone and
+is not pushed down as a negative before anyone could react to it.
+
+Users. The user's last ``L`` events become tokens ``item + event type +
+features(rating, time gap) + position``, followed by a query token that
+carries the time since the last event; a causal Transformer encoder
+(SASRec, Kang and McAuley 2018) reads them, and the query token's output is
+the user vector. A user with no history gets the query token alone, a
+learned default.
+
+Score = ``user . item + bias(item)``, where the bias has a text part and an
+ID part.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from freshrec.domain import EventType
+from freshrec.settings import ModelSettings
+
+N_TYPES = len(EventType)
+SECONDS_PER_HOUR = 3600.0
+
+
+class SequenceNet(nn.Module):
+    text: Tensor
+    active: Tensor
+    causal: Tensor
+    eye: Tensor
+
+    def __init__(self, n_items: int, text: Tensor | None, settings: ModelSettings, rating_scale: float = 5.0):
+        super().__init__()
+        s = settings
+        d = s.dim
+        self.settings = s
+        self.rating_scale = rating_scale
+        self.use_text = s.use_text and text is not None
+        self.use_ids = s.use_ids or not self.use_text
+        text = text if text is not None else torch.zeros(n_items, 1)
+        self.register_buffer("text", text.float(), persistent=True)
+        self.register_buffer("active", torch.zeros(n_items, dtype=torch.bool), persistent=True)
+        width = text.shape[1]
+        if s.adapter == "mlp":
+            self.adapter: nn.Module = nn.Sequential(nn.Linear(width, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        else:
+            self.adapter = nn.Linear(width, d)
+        self.text_bias = nn.Linear(width, 1)
+        self.item_id = nn.Embedding(n_items, d)
+        self.item_bias = nn.Embedding(n_items, 1)
+        nn.init.zeros_(self.item_id.weight)
+        nn.init.zeros_(self.item_bias.weight)
+        self.type_emb = nn.Embedding(N_TYPES + 1, d)  # 0: padding and the query token
+        self.features = nn.Linear(3, d)
+        self.position = nn.Embedding(s.history_length + 1, d)
+        self.query = nn.Parameter(torch.zeros(d))
+        layer = nn.TransformerEncoderLayer(
+            d, s.heads, dim_feedforward=2 * d, dropout=s.dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, s.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        size = s.history_length + 1
+        self.register_buffer("causal", torch.ones(size, size, dtype=torch.bool).tril(), persistent=False)
+        self.register_buffer("eye", torch.eye(size, dtype=torch.bool), persistent=False)
+
+    # -- items -------------------------------------------------------------
+    def item_table(self) -> tuple[Tensor, Tensor]:
+        """Vectors ``(n_items, d)`` and biases ``(n_items,)`` of every item."""
+        active = self.active.unsqueeze(1).float()
+        vectors = torch.zeros_like(self.item_id.weight)
+        bias = torch.zeros(self.item_id.num_embeddings, device=vectors.device)
+        if self.use_text:
+            vectors = vectors + self.adapter(self.text)
+            bias = bias + self.text_bias(self.text).squeeze(1)
+        if self.use_ids:
+            vectors = vectors + self.item_id.weight * active
+        bias = bias + (self.item_bias.weight * active).squeeze(1)
+        return vectors, bias
+
+    # -- users -------------------------------------------------------------
+    def users(
+        self,
+        table: Tensor,
+        hist_item: Tensor,
+        hist_type: Tensor,
+        hist_value: Tensor,
+        hist_time: Tensor,
+        time: Tensor,
+        every_position: bool = False,
+    ) -> Tensor:
+        """User vectors ``(B, d)`` from right-aligned, left-padded histories; with
+        ``every_position``, the states ``(B, L + 1, d)`` after each history token
+        and the query (SASRec trains each of them to predict the next item)."""
+        batch, length = hist_item.shape
+        pad = hist_item < 0
+        items = table[hist_item.clamp(min=0)] * (~pad).unsqueeze(2)
+        value = torch.nan_to_num(hist_value, nan=0.0) / self.rating_scale
+        has_value = (~torch.isnan(hist_value)).float()
+        previous = torch.cat([hist_time[:, :1], hist_time[:, :-1]], dim=1)
+        gap = torch.log1p(torch.nan_to_num((hist_time - previous).clamp(min=0), nan=0.0) / SECONDS_PER_HOUR)
+        feats = torch.stack([value, has_value, gap.float()], dim=2)
+        tokens = items + self.type_emb(hist_type.long() + 1) + self.features(feats)
+        last = torch.nan_to_num(hist_time[:, -1], nan=0.0)
+        since = torch.where(pad[:, -1], torch.zeros_like(time), (time - last).clamp(min=0))
+        q_feats = torch.stack(
+            [torch.zeros_like(time), torch.zeros_like(time), torch.log1p(since / SECONDS_PER_HOUR)], 1
+        )
+        query = (self.query + self.features(q_feats.float())).unsqueeze(1)
+        seq = torch.cat([tokens, query], dim=1)
+        size = length + 1
+        offset = self.position.num_embeddings - size
+        seq = seq + self.position.weight[offset:].unsqueeze(0)
+        padding = torch.cat([pad, torch.zeros(batch, 1, dtype=torch.bool, device=pad.device)], dim=1)
+        # causal, padding hidden, and every position may see itself: a padded
+        # position with nothing to attend to would otherwise produce NaNs
+        allowed = self.causal[offset:, offset:].unsqueeze(0) & (~padding.unsqueeze(1) | self.eye[:size, :size])
+        mask = torch.zeros(allowed.shape, device=seq.device).masked_fill(~allowed, float("-inf"))
+        mask = mask.repeat_interleave(self.settings.heads, dim=0)
+        out: Tensor = self.encoder(seq, mask=mask)
+        states: Tensor = self.norm(out if every_position else out[:, -1])
+        return states
+
+    def scores(self, users: Tensor, table: Tensor, bias: Tensor, items: Tensor | None = None) -> Tensor:
+        """Scores of ``items`` (default: every item) for each user."""
+        if items is not None:
+            table, bias = table[items], bias[items]
+        out: Tensor = users @ table.T + bias
+        return out

@@ -1,0 +1,96 @@
+"""What the freshrec model promises beyond the shared contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from freshrec.encoders.hashing import HashingEncoder
+from freshrec.evaluate.log import EventLog
+from freshrec.evaluate.replay import Sequences
+from freshrec.learn.recommender import FreshRec
+from freshrec.settings import LearnSettings, ModelSettings
+from tests.evaluate.helpers import tiny_log
+
+MODEL = ModelSettings(dim=16, history_length=6, heads=2)
+LEARN = LearnSettings(epochs=2, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def log() -> EventLog:
+    rng = np.random.default_rng(1)
+    rows = [(f"u{rng.integers(15)}", f"i{rng.integers(30)}", float(t)) for t in range(500)]
+    return tiny_log(rows, items=[f"i{n}" for n in range(40)])  # i30..i39: never touched
+
+
+def model(log: EventLog, **learn: object) -> FreshRec:
+    text = HashingEncoder(32).encode(log.catalog.texts)
+    return FreshRec(log.n_items, text, MODEL, LEARN.model_copy(update=learn))
+
+
+def test_save_and_load_round_trip(log: EventLog, tmp_path: Path) -> None:
+    seqs = Sequences(log)
+    a = model(log)
+    a.fit(seqs.batch(np.arange(300), 6))
+    a.learn(seqs.batch(np.arange(300, 400), 6))
+    a.save(tmp_path / "m.pt")
+    b = model(log, epochs=1)
+    b.load(tmp_path / "m.pt")
+    queries = seqs.batch(np.arange(400, 500), 6, queries=True)
+    np.testing.assert_array_equal(a.score(queries), b.score(queries))
+    # and they keep learning the same way: optimizer state and RNG travelled too
+    a.learn(seqs.batch(np.arange(400, 450), 6))
+    b.learn(seqs.batch(np.arange(400, 450), 6))
+    np.testing.assert_allclose(a.score(queries), b.score(queries), rtol=1e-5, atol=1e-5)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_untouched_items_are_scored_by_text_alone(log: EventLog) -> None:
+    seqs = Sequences(log)
+    m = model(log)
+    m.fit(seqs.batch(np.arange(400), 6))
+    assert not m.net.active[30:].any() and m.net.active[:30].all()
+    assert torch.count_nonzero(m.net.item_id.weight[30:]) == 0  # no ID row, no push-down
+    scores = m.score(seqs.batch(np.arange(400, 410), 6, queries=True))
+    assert np.isfinite(scores[:, 30:]).all() and np.ptp(scores[:, 30:]) > 0  # text still tells them apart
+
+
+def test_frozen_model_does_not_learn(log: EventLog) -> None:
+    seqs = Sequences(log)
+    m = model(log, online=False)
+    m.fit(seqs.batch(np.arange(300), 6))
+    queries = seqs.batch(np.arange(400, 420), 6, queries=True)
+    before = m.score(queries)
+    m.learn(seqs.batch(np.arange(300, 400), 6))
+    np.testing.assert_array_equal(before, m.score(queries))
+
+
+def test_non_finite_batches_are_skipped_and_counted(log: EventLog) -> None:
+    seqs = Sequences(log)
+    m = model(log)
+    m.fit(seqs.batch(np.arange(300), 6))
+    state = {k: v.clone() for k, v in m.net.state_dict().items()}
+    with torch.no_grad():
+        m.net.text_bias.bias.fill_(float("inf"))
+    state["text_bias.bias"] = m.net.text_bias.bias.clone()
+    assert m.trainer.step(seqs.batch(np.arange(300, 364), 6)) is None
+    assert m.trainer.health.skipped_non_finite == 1
+    for name, value in m.net.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
+def test_a_loss_spike_restores_the_last_good_state(log: EventLog) -> None:
+    seqs = Sequences(log)
+    m = model(log, spike_factor=1.5, epochs=4, batch_size=32, patience=4)
+    m.fit(seqs.batch(np.arange(400), 6))
+    assert m.trainer.health.steps >= 20
+    good = m.trainer._good
+    assert good is not None
+    with torch.no_grad():  # wreck the model: every target now scores lowest
+        m.net.item_bias.weight.fill_(-50.0)
+    assert m.trainer.step(seqs.batch(np.arange(400, 464), 6)) is None
+    assert m.trainer.health.reverted_spikes == 1
+    assert torch.equal(m.net.item_bias.weight, good["net"]["item_bias.weight"])
