@@ -29,6 +29,7 @@ def test_cli_writes_json_with_exactly_the_documented_keys_and_a_report(
     out, report = tmp_path / "r.json", tmp_path / "r.md"
     args = ["evaluate", "--dataset", str(generated["events"]), "--items", str(generated["items"])]
     args += ["--out", str(out), "--report", str(report), "--limit", "2000", "--in-process"]
+    args += ["--models", "pop,recent-pop,transitions"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
@@ -59,10 +60,27 @@ def test_isolated_runs_measure_their_own_memory(generated: dict[str, Path]) -> N
     assert report.results[0].scored == 800 and 0 < report.results[0].peak_rss_mb < 2_000
 
 
-def test_freshrec_model_is_a_clear_error_until_it_exists(generated: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(UnknownModel, match="does not exist yet"):
-        evaluate(["freshrec"], load_log(generated["events"], generated["items"]))
+def test_unknown_models_are_a_clear_error(generated: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(UnknownModel, match="unknown model 'nope'"):
+        evaluate(["nope"], load_log(generated["events"], generated["items"]))
     args = ["evaluate", "--dataset", str(generated["events"]), "--items", str(generated["items"])]
-    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x.json"), "--models", "pop,freshrec"])
-    assert result.exit_code == 2 and "does not exist yet" in result.output
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x.json"), "--models", "pop,nope"])
+    assert result.exit_code == 2 and "unknown model 'nope'" in result.output
     assert not (tmp_path / "x.json").exists()
+
+
+def test_cli_runs_freshrec_with_its_text_vectors(generated: dict[str, Path], tmp_path: Path) -> None:
+    env = {
+        "FRESHREC_ENCODER__MODEL": "hashing",
+        "FRESHREC_MODEL__DIM": "16",
+        "FRESHREC_MODEL__HISTORY_LENGTH": "5",
+        "FRESHREC_LEARN__EPOCHS": "1",
+    }
+    args = ["--data", str(tmp_path), "evaluate", "--dataset", str(generated["events"]), "--items"]
+    args += [str(generated["items"]), "--out", str(tmp_path / "f.json"), "--limit", "1500", "--in-process"]
+    result = CliRunner().invoke(app, [*args, "--models", "freshrec,freshrec-frozen"], env=env)
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "f.json").read_text())["results"]
+    assert [r["model"] for r in results] == ["freshrec", "freshrec-frozen"]
+    assert results[0]["params"]["model"]["dim"] == 16 and results[1]["params"]["learn"]["online"] is False
+    assert list((tmp_path / "cache").glob("text-*.npy"))  # the text vectors are cached for the next run
