@@ -19,7 +19,8 @@ from pathlib import Path
 
 from freshrec.evaluate.log import load_log
 from freshrec.evaluate.report import plot_png, to_json, write_json
-from freshrec.evaluate.runner import MODELS, evaluate
+from freshrec.evaluate.runner import MODELS, NEEDS_TEXT, Inputs, catalog_text, evaluate
+from freshrec.settings import load_settings
 
 HERE = Path(__file__).resolve().parent
 DEFAULT = HERE.parents[1] / "shared" / "data" / "ml-100k"
@@ -35,8 +36,11 @@ def main() -> None:
     if not args.dataset.is_dir():
         raise SystemExit(f"{args.dataset}: no MovieLens folder there; nothing to benchmark")
     log = load_log(args.dataset)
+    names = args.models.split(",")
+    settings = load_settings()
+    text = catalog_text(log, settings) if NEEDS_TEXT & set(names) else None
     started = time.perf_counter()
-    runs = evaluate(args.models.split(","), log, progress=True)
+    runs = evaluate(names, log, progress=True, inputs=Inputs(settings, text))
     total = time.perf_counter() - started
     write_json(HERE / "out" / f"{log.name}.json", to_json(log, runs, 0.2, 10))
     png = HERE / f"{log.name.replace('movielens-', 'ml')}-ndcg.png"

@@ -154,7 +154,7 @@ class LearnSettings(Section):
     schedule: Literal["constant", "warmup", "inverse_sqrt"] = "constant"
     warmup_steps: int = Field(default=100, ge=1)
     clip_norm: float = Field(default=1.0, gt=0)
-    epochs: int = Field(default=5, ge=1)
+    epochs: int = Field(default=4, ge=1)
     """Warm-start epochs at most; early stopping on a time-ordered validation slice."""
     patience: int = Field(default=1, ge=0)
     validation_share: float = Field(default=0.1, ge=0, lt=1)

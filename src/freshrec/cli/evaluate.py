@@ -10,11 +10,9 @@ import typer
 
 from freshrec.cli.context import app_of, console, fail, out
 from freshrec.datasets.files import DataFileError
-from freshrec.encoders import build_encoder, encoder_key
-from freshrec.encoders.cache import encode_cached
 from freshrec.evaluate.log import load_log
 from freshrec.evaluate.report import table, to_json, write_json, write_report
-from freshrec.evaluate.runner import MODELS, NEEDS_TEXT, Inputs, UnknownModel, check_models, evaluate
+from freshrec.evaluate.runner import MODELS, NEEDS_TEXT, Inputs, UnknownModel, catalog_text, check_models, evaluate
 
 
 def evaluate_cmd(
@@ -53,12 +51,7 @@ def evaluate_cmd(
     if NEEDS_TEXT & set(names):
         with console.status(f"encoding {log.n_items:,} item texts with {settings.encoder.model} ..."):
             started = time.perf_counter()
-            text = encode_cached(
-                log.catalog.texts,
-                encoder_key(settings.encoder),
-                lambda: build_encoder(settings.encoder),
-                settings.data_dir / "cache",
-            )
+            text = catalog_text(log, settings)
         console.print(
             f"item text vectors ready in {time.perf_counter() - started:.1f} s (cached in the data directory)"
         )

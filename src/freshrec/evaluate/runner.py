@@ -34,6 +34,19 @@ class Inputs:
     text: np.ndarray | None = None
 
 
+def catalog_text(log: EventLog, settings: Settings) -> np.ndarray:
+    """The catalog's text vectors from the configured encoder, cached in the data directory."""
+    from freshrec.encoders import build_encoder, encoder_key
+    from freshrec.encoders.cache import encode_cached
+
+    return encode_cached(
+        log.catalog.texts,
+        encoder_key(settings.encoder),
+        lambda: build_encoder(settings.encoder),
+        settings.data_dir / "cache",
+    )
+
+
 def _freshrec(**overrides: Any) -> Callable[[EventLog, Inputs], Recommender]:
     """The freshrec model with some settings changed (for ablations)."""
 

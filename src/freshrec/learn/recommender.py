@@ -128,7 +128,7 @@ class FreshRec:
 
     # -- internals -----------------------------------------------------------
     def _activate(self, events: Interactions) -> None:
-        self.net.active[torch.from_numpy(events.item.astype(np.int64))] = True
+        self.net.observe(torch.from_numpy(events.item.astype(np.int64)))
 
     @torch.no_grad()
     def _evaluate(self, events: Interactions) -> float:

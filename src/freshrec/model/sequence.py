@@ -34,6 +34,7 @@ SECONDS_PER_HOUR = 3600.0
 class SequenceNet(nn.Module):
     text: Tensor
     active: Tensor
+    interactions: Tensor
     causal: Tensor
     eye: Tensor
 
@@ -48,6 +49,7 @@ class SequenceNet(nn.Module):
         text = text if text is not None else torch.zeros(n_items, 1)
         self.register_buffer("text", text.float(), persistent=True)
         self.register_buffer("active", torch.zeros(n_items, dtype=torch.bool), persistent=True)
+        self.register_buffer("interactions", torch.zeros(n_items), persistent=True)
         width = text.shape[1]
         if s.adapter == "mlp":
             self.adapter: nn.Module = nn.Sequential(nn.Linear(width, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
@@ -72,6 +74,11 @@ class SequenceNet(nn.Module):
         self.register_buffer("eye", torch.eye(size, dtype=torch.bool), persistent=False)
 
     # -- items -------------------------------------------------------------
+    def observe(self, items: Tensor) -> None:
+        """Count interactions; an item's ID parts switch on at its first."""
+        self.interactions += torch.bincount(items, minlength=self.interactions.numel()).float()
+        self.active |= self.interactions > 0
+
     def item_table(self) -> tuple[Tensor, Tensor]:
         """Vectors ``(n_items, d)`` and biases ``(n_items,)`` of every item."""
         active = self.active.unsqueeze(1).float()
