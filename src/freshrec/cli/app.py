@@ -12,6 +12,7 @@ from rich.table import Table
 from freshrec.cli import imports
 from freshrec.cli.context import App, app_of, console, fail, out
 from freshrec.cli.evaluate import evaluate_cmd
+from freshrec.cli.train import learn_cmd, model_app, train_cmd
 from freshrec.datasets.files import read_records
 from freshrec.datasets.synthetic import GeneratorSettings, generate
 from freshrec.domain import iso
@@ -27,6 +28,9 @@ app = typer.Typer(
 )
 app.add_typer(imports.app, name="import")
 app.command("evaluate")(evaluate_cmd)
+app.command("train")(train_cmd)
+app.command("learn")(learn_cmd)
+app.add_typer(model_app, name="model")
 
 
 @app.callback()

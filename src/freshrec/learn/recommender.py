@@ -163,7 +163,9 @@ class FreshRec:
             raise
 
     def load(self, path: Path) -> None:
-        state = torch.load(path, weights_only=False)
+        self.load_state(torch.load(path, weights_only=False))
+
+    def load_state(self, state: dict[str, Any]) -> None:
         self.trainer.restore(state["trainer"])
         self.rng.bit_generator.state = state["rng"]
         self.trainer._rng.bit_generator.state = state["trainer_rng"]

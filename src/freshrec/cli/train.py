@@ -1,0 +1,92 @@
+"""``freshrec train``, ``freshrec learn`` and ``freshrec model ...``: the model's life cycle."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from freshrec.cli.context import App, app_of, console, fail, out
+from freshrec.learn.checkpoints import Checkpoints
+from freshrec.learn.online import Learner, NoCatalog
+
+model_app = typer.Typer(help="Model versions: list them, roll back.", no_args_is_help=True)
+
+
+def _checkpoints(state: App) -> Checkpoints:
+    return Checkpoints(state.settings.data_dir / "checkpoints")
+
+
+def train_cmd(
+    ctx: typer.Context,
+    epochs: Annotated[int | None, typer.Option(help="Warm-start epochs at most (default: [learn] epochs).")] = None,
+) -> None:
+    """Warm-start the model on the whole stored log and save a new version."""
+    state = app_of(ctx)
+    if epochs is not None:
+        if epochs < 1:
+            fail("--epochs must be positive", 2)
+        learn = state.settings.learn.model_copy(update={"epochs": epochs})
+        state = App(state.settings.model_copy(update={"learn": learn}))
+    started = time.perf_counter()
+    with state.store() as store:
+        try:
+            version = Learner(store, state.settings, _checkpoints(state), progress=True).train()
+        except NoCatalog as exc:
+            fail(str(exc))
+    console.print(
+        f"model version {version.version}: learned {version.events_learned:,} events up to offset "
+        f"{version.offset:,} in {time.perf_counter() - started:.1f} s (last loss {version.loss})"
+    )
+
+
+def learn_cmd(ctx: typer.Context) -> None:
+    """Resume from the current version and learn every event logged since; save a new version."""
+    state = app_of(ctx)
+    with state.store() as store:
+        learner = Learner(store, state.settings, _checkpoints(state))
+        try:
+            start = learner.resume()
+            learned = learner.catch_up()
+        except (FileNotFoundError, NoCatalog) as exc:
+            fail(str(exc))
+    current = _checkpoints(state).current()
+    if not learned or current is None:
+        console.print(f"nothing new after offset {start.offset:,}; model version {start.version} is current")
+        return
+    skipped = learner.state.skipped_unknown_items
+    note = (
+        f" ({skipped:,} events for items outside the model's catalog skipped; retrain to add them)" if skipped else ""
+    )
+    console.print(f"learned {learned:,} events; model version {current.version} at offset {current.offset:,}{note}")
+
+
+@model_app.command("list")
+def list_cmd(ctx: typer.Context) -> None:
+    """Every saved version, the current one marked."""
+    checkpoints = _checkpoints(app_of(ctx))
+    current = checkpoints.current()
+    table = Table(title=f"model versions in {checkpoints.folder}")
+    for column in ("", "version", "created (UTC)", "log offset", "events learned", "last loss", "note"):
+        table.add_column(column)
+    for v in checkpoints.list():
+        created = dt.datetime.fromtimestamp(v.created, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        mark = "*" if current is not None and v.version == current.version else ""
+        loss = "" if v.loss is None else f"{v.loss:.4f}"
+        table.add_row(mark, str(v.version), created, f"{v.offset:,}", f"{v.events_learned:,}", loss, v.note)
+    out.print(table)
+
+
+@model_app.command("rollback")
+def rollback_cmd(
+    ctx: typer.Context, version: Annotated[int, typer.Argument(help="The version to go back to.")]
+) -> None:
+    """Make an earlier version current; the learner resumes from it and replays the log after its offset."""
+    try:
+        chosen = _checkpoints(app_of(ctx)).rollback(version)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    console.print(f"model version {chosen.version} is current (log offset {chosen.offset:,})")

@@ -1,0 +1,111 @@
+"""Versioned, atomic checkpoints of the online model.
+
+``<data>/checkpoints/model-000007.pt`` holds the model state (parameters,
+item tables, optimizer and schedule state, random generators, replay buffer),
+the catalog's item ids (the meaning of each table row) and the log offset it
+has learned up to; ``model-000007.json`` beside it holds the same metadata in
+readable form. Both are written to a temporary file and renamed, the JSON
+last, so a version is listed only once it is complete. ``CURRENT`` names the
+version to resume from (the newest unless rolled back).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_NAME = re.compile(r"^model-(\d{6})\.json$")
+
+
+@dataclass(frozen=True)
+class Version:
+    version: int
+    offset: int
+    created: float
+    events_learned: int
+    loss: float | None
+    note: str = ""
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Checkpoints:
+    def __init__(self, folder: Path, keep: int = 20):
+        self.folder = folder
+        self.keep = keep
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def list(self) -> list[Version]:
+        out = []
+        for path in sorted(self.folder.glob("model-*.json")):
+            if _NAME.match(path.name) and path.with_suffix(".pt").is_file():
+                out.append(Version(**json.loads(path.read_text())))
+        return out
+
+    def current(self) -> Version | None:
+        versions = {v.version: v for v in self.list()}
+        pointer = self.folder / "CURRENT"
+        if pointer.is_file():
+            chosen = versions.get(int(pointer.read_text().strip() or 0))
+            if chosen is not None:
+                return chosen
+        return versions[max(versions)] if versions else None
+
+    def save(
+        self, state: dict[str, Any], offset: int, events_learned: int, loss: float | None, note: str = ""
+    ) -> Version:
+        latest = max((v.version for v in self.list()), default=0)
+        version = Version(latest + 1, offset, time.time(), events_learned, loss, note)
+        stem = self.folder / f"model-{version.version:06d}"
+        buffer = io.BytesIO()
+        torch.save({"state": state, "meta": asdict(version)}, buffer)
+        _atomic_write(stem.with_suffix(".pt"), buffer.getvalue())
+        _atomic_write(stem.with_suffix(".json"), json.dumps(asdict(version)).encode())
+        _atomic_write(self.folder / "CURRENT", str(version.version).encode())
+        self._prune()
+        return version
+
+    def load(self, version: int) -> tuple[Version, dict[str, Any]]:
+        path = self.folder / f"model-{version:06d}.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint version {version} in {self.folder}")
+        data = torch.load(path, weights_only=False)
+        return Version(**data["meta"]), data["state"]
+
+    def rollback(self, version: int) -> Version:
+        """Resume from ``version`` from now on; newer versions stay listed until pruned."""
+        chosen = {v.version: v for v in self.list()}.get(version)
+        if chosen is None:
+            raise FileNotFoundError(f"no checkpoint version {version} in {self.folder}")
+        _atomic_write(self.folder / "CURRENT", str(version).encode())
+        return chosen
+
+    def _prune(self) -> None:
+        versions = self.list()
+        current = self.current()
+        for v in versions[: max(0, len(versions) - self.keep)]:
+            if current is not None and v.version == current.version:
+                continue
+            stem = self.folder / f"model-{v.version:06d}"
+            stem.with_suffix(".json").unlink(missing_ok=True)
+            stem.with_suffix(".pt").unlink(missing_ok=True)

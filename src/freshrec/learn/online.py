@@ -1,0 +1,182 @@
+"""The learner: trains the freshrec model from the store's event log.
+
+``train`` warm-starts on the whole log; ``catch_up`` resumes from the current
+checkpoint and learns, in micro-batches, every event after its offset. Each
+event is learned exactly once in log order: a crash between two checkpoints
+replays the events after the last checkpoint's offset (the log is the source
+of truth, the model a view of it at an offset).
+
+User histories are rebuilt from the log when the learner starts and then
+kept current in memory, event by event.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from freshrec.domain import Event
+from freshrec.encoders import encoder_key
+from freshrec.ingest.feedback import TYPE_CODES
+from freshrec.learn.checkpoints import Checkpoints, Version
+from freshrec.learn.recommender import FreshRec
+from freshrec.model.base import Interactions
+from freshrec.settings import Settings
+from freshrec.storage.base import Store, iter_log
+
+
+class NoCatalog(RuntimeError):
+    """There is nothing to learn about: no item has an embedding yet."""
+
+
+@dataclass
+class Progress:
+    offset: int = 0
+    learned: int = 0
+    skipped_unknown_items: int = 0
+
+
+class Learner:
+    def __init__(self, store: Store, settings: Settings, checkpoints: Checkpoints, progress: bool = False):
+        self.store = store
+        self.settings = settings
+        self.checkpoints = checkpoints
+        self.progress = progress
+        self.length = settings.model.history_length
+        self.histories: dict[str, deque[tuple[int, int, float, float]]] = {}
+        self.state = Progress()
+        self.item_ids: list[str] = []
+        self.codes: dict[str, int] = {}
+        self.model: FreshRec | None = None
+
+    # -- set-up -------------------------------------------------------------
+    def _catalog(self, item_ids: list[str] | None = None) -> np.ndarray:
+        ids, vectors = self.store.item_vectors(encoder_key(self.settings.encoder))
+        if not ids:
+            raise NoCatalog("no item has a text embedding yet: import items first (freshrec import items ...)")
+        if item_ids is not None:  # a checkpoint fixes the meaning of each table row
+            index = {item_id: n for n, item_id in enumerate(ids)}
+            vectors = np.stack([vectors[index[i]] if i in index else np.zeros(vectors.shape[1]) for i in item_ids])
+            ids = item_ids
+        self.item_ids = list(ids)
+        self.codes = {item_id: n for n, item_id in enumerate(self.item_ids)}
+        return vectors.astype(np.float32)
+
+    def _new_model(self, text: np.ndarray) -> FreshRec:
+        s = self.settings
+        return FreshRec(len(text), text, s.model, s.learn, s.feedback, s.ingest, progress=self.progress)
+
+    # -- histories ----------------------------------------------------------
+    def _batch(self, events: Iterable[Event]) -> Interactions:
+        """Events with their users' histories before each of them; histories advance."""
+        rows = []
+        length = self.length
+        for e in events:
+            code = self.codes.get(e.item_id)
+            if code is None:
+                self.state.skipped_unknown_items += 1
+                continue
+            history = self.histories.setdefault(e.user_id, deque(maxlen=length))
+            value = np.nan if e.value is None else e.value
+            rows.append((list(history), code, TYPE_CODES[e.type], value, e.timestamp, e.offset or 0))
+            history.append((code, TYPE_CODES[e.type], value, e.timestamp))
+        n = len(rows)
+        hist = np.full((n, length), -1, dtype=np.int32)
+        htype = np.full((n, length), -1, dtype=np.int8)
+        hvalue = np.full((n, length), np.nan, dtype=np.float32)
+        htime = np.full((n, length), np.nan, dtype=np.float64)
+        for r, (past, *_rest) in enumerate(rows):
+            if past:
+                k = len(past)
+                cols = np.array(past, dtype=np.float64)
+                hist[r, -k:], htype[r, -k:] = cols[:, 0], cols[:, 1]
+                hvalue[r, -k:], htime[r, -k:] = cols[:, 2], cols[:, 3]
+        return Interactions(
+            user=np.zeros(n, dtype=np.int32),
+            item=np.array([r[1] for r in rows], dtype=np.int32),
+            type=np.array([r[2] for r in rows], dtype=np.int8),
+            value=np.array([r[3] for r in rows], dtype=np.float32),
+            time=np.array([r[4] for r in rows], dtype=np.float64),
+            hist_item=hist,
+            hist_type=htype,
+            hist_value=hvalue,
+            hist_time=htime,
+            position=np.array([r[5] for r in rows], dtype=np.int64),
+        )
+
+    # -- the two jobs ---------------------------------------------------------
+    def train(self) -> Version:
+        """Warm start on the whole stored log; writes a new checkpoint version."""
+        text = self._catalog()
+        self.histories.clear()
+        self.state = Progress()
+        events = list(iter_log(self.store))
+        if not events:
+            raise NoCatalog("the event log is empty: import events first (freshrec import events ...)")
+        batch = self._batch(events)
+        self.model = self._new_model(text)
+        self.model.fit(batch)
+        self.state.offset = events[-1].offset or 0
+        self.state.learned = len(batch)
+        return self._checkpoint("warm start")
+
+    def resume(self) -> Version:
+        """Load the current checkpoint and rebuild histories up to its offset."""
+        current = self.checkpoints.current()
+        if current is None:
+            raise FileNotFoundError("no checkpoint yet: run `freshrec train` first")
+        version, state = self.checkpoints.load(current.version)
+        text = self._catalog(state["item_ids"])
+        self.model = self._new_model(text)
+        self.model.load_state(state["model"])
+        self.histories.clear()
+        self.state = Progress(offset=version.offset, learned=version.events_learned)
+        for events in _chunks(e for e in iter_log(self.store) if (e.offset or 0) <= version.offset):
+            self._batch(events)  # histories only
+        self.state.skipped_unknown_items = 0
+        return version
+
+    def catch_up(self, checkpoint_every: int = 10_000) -> int:
+        """Learn every event after the current offset; returns how many."""
+        if self.model is None:
+            self.resume()
+        assert self.model is not None
+        size = self.settings.learn.batch_size
+        learned = since = 0
+        while True:
+            events = self.store.read_events(self.state.offset, size)
+            if not events:
+                break
+            batch = self._batch(events)
+            self.model.learn(batch)
+            self.state.offset = events[-1].offset or self.state.offset
+            learned += len(batch)
+            since += len(batch)
+            self.state.learned += len(batch)
+            if since >= checkpoint_every:
+                self._checkpoint("online")
+                since = 0
+        if since:
+            self._checkpoint("online")
+        return learned
+
+    def _checkpoint(self, note: str) -> Version:
+        assert self.model is not None
+        health = self.model.trainer.health
+        state = {"model": self.model.state(), "item_ids": self.item_ids}
+        loss = None if np.isnan(health.last_loss) else float(health.last_loss)
+        return self.checkpoints.save(state, self.state.offset, self.state.learned, loss, note)
+
+
+def _chunks(events: Iterable[Event], size: int = 10_000) -> Iterable[list[Event]]:
+    chunk: list[Event] = []
+    for e in events:
+        chunk.append(e)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,100 @@
+"""The learner over a real SQLite store: warm start, catch-up, resume, rollback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from freshrec.cli.app import app
+from freshrec.datasets.files import read_records
+from freshrec.datasets.synthetic import GeneratorSettings, generate
+from freshrec.encoders import build_encoder, embed_items
+from freshrec.ingest.importer import import_events, import_items
+from freshrec.ingest.validate import Validator
+from freshrec.learn.checkpoints import Checkpoints
+from freshrec.learn.online import Learner
+from freshrec.settings import EncoderSettings, IngestSettings, LearnSettings, ModelSettings, Settings
+from freshrec.storage import SQLiteStore
+
+SETTINGS = Settings(
+    encoder=EncoderSettings(model="hashing", hashing_dim=32),
+    model=ModelSettings(dim=16, history_length=5, heads=2),
+    learn=LearnSettings(epochs=1, batch_size=64),
+)
+ENV = {
+    "FRESHREC_ENCODER__MODEL": "hashing",
+    "FRESHREC_ENCODER__HASHING_DIM": "32",
+    "FRESHREC_MODEL__DIM": "16",
+    "FRESHREC_MODEL__HISTORY_LENGTH": "5",
+    "FRESHREC_LEARN__EPOCHS": "1",
+}
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[SQLiteStore, list[dict[str, object]], Path]:
+    paths = generate(GeneratorSettings(items=60, users=12, events=900, seed=2), tmp_path / "gen")
+    store = SQLiteStore(tmp_path / "data" / "freshrec.db")
+    validator = Validator(IngestSettings())
+    import_items(store, read_records(paths["items"]), validator)
+    embed_items(store, build_encoder(SETTINGS.encoder))
+    records = list(read_records(paths["events"]))
+    import_events(store, records[:600], validator)
+    return store, records[600:], tmp_path
+
+
+def test_warm_start_catch_up_resume_and_rollback(world: tuple[SQLiteStore, list, Path]) -> None:  # type: ignore[type-arg]
+    store, later, tmp = world
+    checkpoints = Checkpoints(tmp / "checkpoints")
+    learner = Learner(store, SETTINGS, checkpoints)
+    first = learner.train()
+    assert (first.version, first.events_learned) == (1, 600)
+    assert first.offset == store.read_events(0, 10_000)[-1].offset
+
+    import_events(store, later[:200], Validator(IngestSettings()))
+    assert learner.catch_up(checkpoint_every=100) == 200
+    versions = checkpoints.list()
+    assert [v.version for v in versions] == [1, 2, 3] and versions[-1].events_learned == 800
+
+    # a fresh process resumes from the current version and scores exactly as before
+    assert learner.model is not None
+    queries = learner._batch(store.read_events(0, 50))
+    expected = learner.model.score(queries)
+    again = Learner(store, SETTINGS, checkpoints)
+    assert again.resume().version == 3 and again.catch_up() == 0
+    assert again.model is not None
+    np.testing.assert_array_equal(again.model.score(queries), expected)
+
+    # rolling back replays what came after that version's offset
+    checkpoints.rollback(1)
+    rolled = Learner(store, SETTINGS, checkpoints)
+    assert rolled.resume().offset == first.offset
+    assert rolled.catch_up() == 200
+    assert checkpoints.current().version == 4  # type: ignore[union-attr]
+    assert not list((tmp / "checkpoints").glob("*.tmp"))
+
+
+def test_cli_train_learn_list_rollback(world: tuple[SQLiteStore, list, Path]) -> None:  # type: ignore[type-arg]
+    store, later, tmp = world
+    store.close()
+    data = str(tmp / "data")
+    runner = CliRunner()
+
+    def run(*args: str, code: int = 0) -> str:
+        result = runner.invoke(app, ["--data", data, *args], env=ENV)
+        assert result.exit_code == code, result.output
+        return result.output
+
+    assert "no checkpoint yet" in run("learn", code=1)
+    assert "model version 1: learned 600 events" in run("train")
+    assert "nothing new" in run("learn")
+    events = tmp / "later.jsonl"
+    events.write_text("".join(f"{__import__('json').dumps(r.data)}\n" for r in later))
+    run("import", "events", str(events))
+    assert "learned 300 events; model version 2" in run("learn")
+    listing = run("model", "list")
+    assert "warm start" in listing and "online" in listing
+    assert "model version 1 is current" in run("model", "rollback", "1")
+    assert "no checkpoint version 9" in run("model", "rollback", "9", code=1)
