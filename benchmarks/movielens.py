@@ -1,11 +1,12 @@
 """The prequential benchmark on MovieLens, written into benchmarks/RESULTS.md.
 
-    python benchmarks/movielens.py [--dataset ../shared/data/ml-100k] [--models pop,recent-pop,transitions]
+    python benchmarks/movielens.py [--dataset ../shared/data/ml-100k] [--models pop,...] [--section prequential]
 
 Runs the replay of ``../shared/BENCHMARK.md`` (the same code as ``freshrec
 evaluate``), each model in its own process, then replaces the section between
-the ``prequential`` markers in RESULTS.md with a table, the reference figures
-of the protocol, and the NDCG@10 plot (``benchmarks/ml100k-ndcg.png``).
+the ``<!-- SECTION:begin -->`` and ``<!-- SECTION:end -->`` markers in RESULTS.md
+with a table, the reference figures of the protocol, and the NDCG@10 plot
+(``benchmarks/ml100k-SECTION.png``).
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ from freshrec.settings import load_settings
 HERE = Path(__file__).resolve().parent
 DEFAULT = HERE.parents[1] / "shared" / "data" / "ml-100k"
 REFERENCE = {"pop": (0.0765, 0.0365), "recent-pop": (0.0748, 0.0376), "transitions": (0.1602, 0.0825)}
-BEGIN, END = "<!-- prequential:begin -->", "<!-- prequential:end -->"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, default=DEFAULT)
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--section", default="prequential", help="Which marked section of RESULTS.md to replace.")
     args = parser.parse_args()
+    begin, end = f"<!-- {args.section}:begin -->", f"<!-- {args.section}:end -->"
     if not args.dataset.is_dir():
         raise SystemExit(f"{args.dataset}: no MovieLens folder there; nothing to benchmark")
     log = load_log(args.dataset)
@@ -43,12 +45,15 @@ def main() -> None:
     runs = evaluate(names, log, progress=True, inputs=Inputs(settings, text))
     total = time.perf_counter() - started
     write_json(HERE / "out" / f"{log.name}.json", to_json(log, runs, 0.2, 10))
-    png = HERE / f"{log.name.replace('movielens-', 'ml')}-ndcg.png"
+    png = HERE / f"{log.name.replace('movielens-', 'ml')}-{args.section}.png"
     png.write_bytes(plot_png(runs, f"prequential-v1 on {log.name}"))
     today = dt.date.today().isoformat()
+    command = f"python benchmarks/movielens.py --dataset {os.path.relpath(args.dataset)}"
+    if args.models != ",".join(MODELS):
+        command += f" --models {args.models} --section {args.section}"
     lines = [
-        BEGIN,
-        f"`python benchmarks/movielens.py --dataset {os.path.relpath(args.dataset)}`, run on {today}: {log.name}, "
+        begin,
+        f"`{command}`, run on {today}: {log.name}, "
         f"{len(log):,} events, {log.n_users:,} users, {log.n_items:,} items, {runs[0].summary.scored:,} scored. "
         f"All models together: {total:.1f} s (each in its own process, warm-up included).",
         "",
@@ -66,14 +71,14 @@ def main() -> None:
             f"| {run.name} | {s.hr_at_10:.4f} | {s.ndcg_at_10:.4f} | {ref_text} | {cold_item} | {cold_user} "
             f"| {s.mrr:.4f} | {s.coverage_at_k:.3f} | {run.events_per_s:,.0f} | {run.peak_rss_mb:,.0f} | {today} |"
         )
-    lines += ["", f"![NDCG@10 along the stream]({png.name})", END]
+    lines += ["", f"![NDCG@10 along the stream]({png.name})", end]
     results = HERE / "RESULTS.md"
     text = results.read_text()
     section = "\n".join(lines)
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: section, text, flags=re.S)
     else:
-        text += "\n## Prequential replay on MovieLens (issue 3)\n\n" + section + "\n"
+        text += f"\n## {args.section}\n\n" + section + "\n"
     results.write_text(text)
     print(section)
 
