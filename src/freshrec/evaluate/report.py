@@ -84,9 +84,9 @@ def plot_png(runs: list[ModelRun], title: str) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
-    colors = plt.get_cmap("tab20").colors  # distinct colours for up to 20 models
+    colors = plt.get_cmap("tab20")  # distinct colours for up to 20 models: dark shades first
     for n, run in enumerate(runs):
-        color = colors[(2 * n) % 20 if n < 10 else (2 * n + 1) % 20]
+        color = colors((2 * n) % 20 if n < 10 else (2 * n + 1) % 20)
         ax.plot(run.summary.curve_x, run.summary.curve_ndcg_at_10, label=run.name, linewidth=1.4, color=color)
     ax.set_xlabel("position in the stream (events)")
     ax.set_ylabel(f"NDCG@10, moving mean over {CURVE_WINDOW:,} events")

@@ -36,7 +36,8 @@ class Version:
     note: str = ""
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, sync it, then rename over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -79,9 +80,9 @@ class Checkpoints:
         stem = self.folder / f"model-{version.version:06d}"
         buffer = io.BytesIO()
         torch.save({"state": state, "meta": asdict(version)}, buffer)
-        _atomic_write(stem.with_suffix(".pt"), buffer.getvalue())
-        _atomic_write(stem.with_suffix(".json"), json.dumps(asdict(version)).encode())
-        _atomic_write(self.folder / "CURRENT", str(version.version).encode())
+        atomic_write(stem.with_suffix(".pt"), buffer.getvalue())
+        atomic_write(stem.with_suffix(".json"), json.dumps(asdict(version)).encode())
+        atomic_write(self.folder / "CURRENT", str(version.version).encode())
         self._prune()
         return version
 
@@ -97,7 +98,7 @@ class Checkpoints:
         chosen = {v.version: v for v in self.list()}.get(version)
         if chosen is None:
             raise FileNotFoundError(f"no checkpoint version {version} in {self.folder}")
-        _atomic_write(self.folder / "CURRENT", str(version).encode())
+        atomic_write(self.folder / "CURRENT", str(version).encode())
         return chosen
 
     def _prune(self) -> None:

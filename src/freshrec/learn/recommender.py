@@ -7,8 +7,7 @@ older examples from a replay buffer, and ``score`` ranks the whole catalog.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 
 from freshrec.ingest.feedback import FeedbackWeights
 from freshrec.learn.buffer import ReplayBuffer, concat
+from freshrec.learn.checkpoints import atomic_write
 from freshrec.learn.trainer import Trainer, tensors
 from freshrec.model.base import FloatArray, Interactions
 from freshrec.model.sequence import SequenceNet
@@ -151,16 +151,9 @@ class FreshRec:
     def save(self, path: Path) -> None:
         """Atomically: written to a temporary file, then renamed over ``path``."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(self.state(), fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        torch.save(self.state(), buffer)
+        atomic_write(path, buffer.getvalue())
 
     def load(self, path: Path) -> None:
         self.load_state(torch.load(path, weights_only=False))
