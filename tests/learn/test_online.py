@@ -98,3 +98,27 @@ def test_cli_train_learn_list_rollback(world: tuple[SQLiteStore, list, Path]) ->
     assert "warm start" in listing and "online" in listing
     assert "model version 1 is current" in run("model", "rollback", "1")
     assert "no checkpoint version 9" in run("model", "rollback", "9", code=1)
+
+
+def test_follow_learns_events_as_they_arrive(world: tuple[SQLiteStore, list, Path]) -> None:  # type: ignore[type-arg]
+    import threading
+    import time
+
+    store, later, tmp = world
+    checkpoints = Checkpoints(tmp / "checkpoints")
+    settings = SETTINGS.model_copy(update={"learn": SETTINGS.learn.model_copy(update={"max_wait_ms": 50})})
+    Learner(store, settings, checkpoints).train()
+    follower = Learner(store, settings, checkpoints)
+    follower.resume()
+    stop = threading.Event()
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(follower.follow(stop)))
+    thread.start()
+    import_events(store, later[:10], Validator(IngestSettings()))  # fewer than a batch: learned after max_wait
+    deadline = time.monotonic() + 10
+    while follower.state.learned < 610 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    thread.join(timeout=10)
+    assert result == [10] and follower.state.offset == store.read_events(0, 10_000)[-1].offset
+    assert checkpoints.current().events_learned == 610  # type: ignore[union-attr]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import signal
+import threading
 import time
 from typing import Annotated
 
@@ -43,7 +45,10 @@ def train_cmd(
     )
 
 
-def learn_cmd(ctx: typer.Context) -> None:
+def learn_cmd(
+    ctx: typer.Context,
+    follow: Annotated[bool, typer.Option("--follow", help="Keep learning new events until interrupted.")] = False,
+) -> None:
     """Resume from the current version and learn every event logged since; save a new version."""
     state = app_of(ctx)
     with state.store() as store:
@@ -51,6 +56,12 @@ def learn_cmd(ctx: typer.Context) -> None:
         try:
             start = learner.resume()
             learned = learner.catch_up()
+            if follow:
+                console.print(f"following the log from offset {learner.state.offset:,}; Ctrl-C to stop")
+                stop = threading.Event()
+                for sig in (signal.SIGINT, signal.SIGTERM):  # stop cleanly: finish the batch, checkpoint
+                    signal.signal(sig, lambda *_: stop.set())
+                learned += learner.follow(stop)
         except (FileNotFoundError, NoCatalog) as exc:
             fail(str(exc))
     current = _checkpoints(state).current()

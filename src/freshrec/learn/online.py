@@ -12,6 +12,8 @@ kept current in memory, event by event.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -156,6 +158,42 @@ class Learner:
             learned += len(batch)
             since += len(batch)
             self.state.learned += len(batch)
+            if since >= checkpoint_every:
+                self._checkpoint("online")
+                since = 0
+        if since:
+            self._checkpoint("online")
+        return learned
+
+    def follow(self, stop: threading.Event, checkpoint_every: int = 10_000, poll_s: float = 0.02) -> int:
+        """Learn new events as they are logged until ``stop`` is set.
+
+        A micro-batch is learned when ``batch_size`` events are waiting or the
+        oldest waiting one has waited ``max_wait_ms``, whichever comes first.
+        """
+        if self.model is None:
+            self.resume()
+        assert self.model is not None
+        size, max_wait = self.settings.learn.batch_size, self.settings.learn.max_wait_ms / 1000
+        learned = since = 0
+        waiting_since: float | None = None
+        while not stop.is_set():
+            events = self.store.read_events(self.state.offset, size)
+            if not events:
+                waiting_since = None
+                stop.wait(poll_s)
+                continue
+            waiting_since = waiting_since or time.monotonic()
+            if len(events) < size and time.monotonic() - waiting_since < max_wait:
+                stop.wait(poll_s)
+                continue
+            batch = self._batch(events)
+            self.model.learn(batch)
+            self.state.offset = events[-1].offset or self.state.offset
+            self.state.learned += len(batch)
+            learned += len(batch)
+            since += len(batch)
+            waiting_since = None
             if since >= checkpoint_every:
                 self._checkpoint("online")
                 since = 0
