@@ -119,6 +119,9 @@ class ModelSettings(Section):
     use_ids: bool = True
     """Per-item ID embeddings, created when an item first appears."""
     adapter: Literal["linear", "mlp"] = "linear"
+    new_item_seed: float = Field(default=0.1, ge=0)
+    """An item first seen online starts its ID embedding at this multiple of the
+    state of the user who chose it (0: at zero)."""
     seed: int = 0
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ from freshrec.encoders.hashing import HashingEncoder
 from freshrec.evaluate.log import EventLog
 from freshrec.evaluate.replay import Sequences
 from freshrec.learn.recommender import FreshRec
+from freshrec.learn.trainer import tensors
 from freshrec.settings import LearnSettings, ModelSettings
 from tests.evaluate.helpers import tiny_log
 
@@ -94,3 +95,24 @@ def test_a_loss_spike_restores_the_last_good_state(log: EventLog) -> None:
     assert m.trainer.step(seqs.batch(np.arange(400, 464), 6)) is None
     assert m.trainer.health.reverted_spikes == 1
     assert torch.equal(m.net.item_bias.weight, good["net"]["item_bias.weight"])
+
+
+def test_an_item_first_seen_online_starts_near_its_first_user(log: EventLog) -> None:
+    seqs = Sequences(log)
+    m = model(log)
+    m.fit(seqs.batch(np.arange(400), 6))
+    first = 400
+    event = seqs.batch(np.array([first]), 6)
+    item = int(event.item[0])
+    with torch.no_grad():  # pretend the item was never seen, to watch it being seeded
+        m.net.interactions[item] = 0
+        m.net.active[item] = False
+        m.net.item_id.weight[item] = 0
+        m.net.eval()
+        table, _ = m.net.item_table()
+        state = m.net.users(table, **tensors(event))[0]
+    m.model_settings = MODEL.model_copy(update={"new_item_seed": 0.5})
+    m._seed_new_items(event)
+    torch.testing.assert_close(m.net.item_id.weight[item], 0.5 * state)
+    untouched = m.net.item_id.weight[35]
+    assert torch.count_nonzero(untouched) == 0

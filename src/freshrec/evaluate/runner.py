@@ -70,6 +70,7 @@ MODELS: dict[str, Callable[[EventLog, Inputs], Recommender]] = {
 }
 ABLATIONS: dict[str, Callable[[EventLog, Inputs], Recommender]] = {
     "freshrec-frozen": _freshrec(learn={"online": False}),
+    "freshrec-no-seed": _freshrec(model={"new_item_seed": 0.0}),
     "freshrec-ids-only": _freshrec(model={"use_text": False}),
     "freshrec-text-only": _freshrec(model={"use_ids": False}),
     "freshrec-ftrl": _freshrec(learn={"embeddings": OptimizerSettings(name="ftrl", lr=0.05)}),
