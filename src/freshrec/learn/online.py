@@ -53,6 +53,8 @@ class Learner:
         self.item_ids: list[str] = []
         self.codes: dict[str, int] = {}
         self.model: FreshRec | None = None
+        self.checkpoint_every = 10_000
+        self._unsaved = 0
 
     # -- set-up -------------------------------------------------------------
     def _catalog(self, item_ids: list[str] | None = None) -> np.ndarray:
@@ -136,6 +138,7 @@ class Learner:
         self.model.load_state(state["model"])
         self.histories.clear()
         self.state = Progress(offset=version.offset, learned=version.events_learned)
+        self._unsaved = 0
         for events in _chunks(e for e in iter_log(self.store) if (e.offset or 0) <= version.offset):
             self._batch(events)  # histories only
         self.state.skipped_unknown_items = 0
@@ -143,26 +146,11 @@ class Learner:
 
     def catch_up(self, checkpoint_every: int = 10_000) -> int:
         """Learn every event after the current offset; returns how many."""
-        if self.model is None:
-            self.resume()
-        assert self.model is not None
-        size = self.settings.learn.batch_size
-        learned = since = 0
-        while True:
-            events = self.store.read_events(self.state.offset, size)
-            if not events:
-                break
-            batch = self._batch(events)
-            self.model.learn(batch)
-            self.state.offset = events[-1].offset or self.state.offset
-            learned += len(batch)
-            since += len(batch)
-            self.state.learned += len(batch)
-            if since >= checkpoint_every:
-                self._checkpoint("online")
-                since = 0
-        if since:
-            self._checkpoint("online")
+        self._ready(checkpoint_every)
+        learned = 0
+        while events := self.store.read_events(self.state.offset, self.settings.learn.batch_size):
+            learned += self._learn(events)
+        self._flush()
         return learned
 
     def follow(self, stop: threading.Event, checkpoint_every: int = 10_000, poll_s: float = 0.02) -> int:
@@ -171,41 +159,51 @@ class Learner:
         A micro-batch is learned when ``batch_size`` events are waiting or the
         oldest waiting one has waited ``max_wait_ms``, whichever comes first.
         """
-        if self.model is None:
-            self.resume()
-        assert self.model is not None
+        self._ready(checkpoint_every)
         size, max_wait = self.settings.learn.batch_size, self.settings.learn.max_wait_ms / 1000
-        learned = since = 0
+        learned = 0
         waiting_since: float | None = None
         while not stop.is_set():
             events = self.store.read_events(self.state.offset, size)
-            if not events:
+            if events:
+                waiting_since = waiting_since or time.monotonic()
+                if len(events) == size or time.monotonic() - waiting_since >= max_wait:
+                    learned += self._learn(events)
+                    waiting_since = None
+                    continue
+            else:
                 waiting_since = None
-                stop.wait(poll_s)
-                continue
-            waiting_since = waiting_since or time.monotonic()
-            if len(events) < size and time.monotonic() - waiting_since < max_wait:
-                stop.wait(poll_s)
-                continue
-            batch = self._batch(events)
-            self.model.learn(batch)
-            self.state.offset = events[-1].offset or self.state.offset
-            self.state.learned += len(batch)
-            learned += len(batch)
-            since += len(batch)
-            waiting_since = None
-            if since >= checkpoint_every:
-                self._checkpoint("online")
-                since = 0
-        if since:
-            self._checkpoint("online")
+            stop.wait(poll_s)
+        self._flush()
         return learned
+
+    def _ready(self, checkpoint_every: int) -> None:
+        if self.model is None:
+            self.resume()
+        self.checkpoint_every = checkpoint_every
+
+    def _learn(self, events: list[Event]) -> int:
+        """One micro-batch: learn it, advance the offset, checkpoint when due."""
+        assert self.model is not None
+        batch = self._batch(events)
+        self.model.learn(batch)
+        self.state.offset = events[-1].offset or self.state.offset
+        self.state.learned += len(batch)
+        self._unsaved += len(batch)
+        if self._unsaved >= self.checkpoint_every:
+            self._checkpoint("online")
+        return len(batch)
+
+    def _flush(self) -> None:
+        if self._unsaved:
+            self._checkpoint("online")
 
     def _checkpoint(self, note: str) -> Version:
         assert self.model is not None
         health = self.model.trainer.health
         state = {"model": self.model.state(), "item_ids": self.item_ids}
         loss = None if np.isnan(health.last_loss) else float(health.last_loss)
+        self._unsaved = 0
         return self.checkpoints.save(state, self.state.offset, self.state.learned, loss, note)
 
 
