@@ -119,6 +119,9 @@ class ModelSettings(Section):
     use_ids: bool = True
     """Per-item ID embeddings, created when an item first appears."""
     adapter: Literal["linear", "mlp"] = "linear"
+    id_ttl_s: float | None = Field(default=None, gt=0)
+    """Forget the ID embedding of an item unused for this many seconds of event
+    time (Monolith's expiring rows); it starts over from its text. None: never."""
     new_item_seed: float = Field(default=0.1, ge=0)
     """An item first seen online starts its ID embedding at this multiple of the
     state of the user who chose it (0: at zero)."""

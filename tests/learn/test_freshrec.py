@@ -116,3 +116,21 @@ def test_an_item_first_seen_online_starts_near_its_first_user(log: EventLog) -> 
     torch.testing.assert_close(m.net.item_id.weight[item], 0.5 * state)
     untouched = m.net.item_id.weight[35]
     assert torch.count_nonzero(untouched) == 0
+
+
+def test_unused_item_rows_expire_and_start_over_from_text(log: EventLog) -> None:
+    seqs = Sequences(log)
+    text = HashingEncoder(32).encode(log.catalog.texts)
+    m = FreshRec(log.n_items, text, MODEL.model_copy(update={"id_ttl_s": 50.0}), LEARN)
+    m.fit(seqs.batch(np.arange(300), 6))  # events at t = 0 .. 299
+    m.learn(seqs.batch(np.arange(400, 450), 6))
+    m.learn(seqs.batch(np.arange(450, 500), 6))  # now t = 499: rows unused since before t = 449 expire
+    recent = {int(log.item[i]) for i in range(500) if log.time[i] >= 449}
+    table = m.trainer.optimizers[1].state[m.net.item_id.weight]["sum"]  # Adagrad's accumulator
+    for item in range(30):
+        if item in recent:
+            assert m.net.active[item]
+        else:
+            assert not m.net.active[item] and torch.count_nonzero(m.net.item_id.weight[item]) == 0
+            assert torch.count_nonzero(table[item]) == 0
+    assert (~m.net.active).sum() > 10

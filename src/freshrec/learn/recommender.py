@@ -152,7 +152,11 @@ class FreshRec:
         self.net.item_id.weight[torch.from_numpy(items.astype(np.int64))] = scale * users
 
     def _activate(self, events: Interactions) -> None:
-        self.net.observe(torch.from_numpy(events.item.astype(np.int64)))
+        expired = self.net.observe(
+            torch.from_numpy(events.item.astype(np.int64)), torch.from_numpy(events.time.astype(np.float64))
+        )
+        if len(expired):
+            self.trainer.forget_rows(expired)
 
     @torch.no_grad()
     def _evaluate(self, events: Interactions) -> float:

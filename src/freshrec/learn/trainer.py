@@ -173,6 +173,15 @@ class Trainer:
             self._good = self.snapshot()
         return False
 
+    @torch.no_grad()
+    def forget_rows(self, rows: Tensor) -> None:
+        """Reset the optimizer state of expired item rows, so they start afresh."""
+        for table in (self.net.item_id.weight, self.net.item_bias.weight):
+            for optimizer in self.optimizers:
+                for value in optimizer.state.get(table, {}).values():
+                    if isinstance(value, Tensor) and value.shape == table.shape:
+                        value[rows] = 0
+
     # -- state -------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         return copy.deepcopy(

@@ -35,6 +35,7 @@ class SequenceNet(nn.Module):
     text: Tensor
     active: Tensor
     interactions: Tensor
+    last_seen: Tensor
     causal: Tensor
     eye: Tensor
 
@@ -50,6 +51,7 @@ class SequenceNet(nn.Module):
         self.register_buffer("text", text.float(), persistent=True)
         self.register_buffer("active", torch.zeros(n_items, dtype=torch.bool), persistent=True)
         self.register_buffer("interactions", torch.zeros(n_items), persistent=True)
+        self.register_buffer("last_seen", torch.full((n_items,), float("-inf"), dtype=torch.float64), persistent=True)
         width = text.shape[1]
         if s.adapter == "mlp":
             self.adapter: nn.Module = nn.Sequential(nn.Linear(width, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
@@ -74,10 +76,23 @@ class SequenceNet(nn.Module):
         self.register_buffer("eye", torch.eye(size, dtype=torch.bool), persistent=False)
 
     # -- items -------------------------------------------------------------
-    def observe(self, items: Tensor) -> None:
-        """Count interactions; an item's ID parts switch on at its first."""
+    def observe(self, items: Tensor, times: Tensor) -> Tensor:
+        """Count interactions (an item's ID parts switch on at its first) and,
+        with ``id_ttl_s``, switch off the rows unused for longer; returns the
+        expired rows, whose ID parts are now zero."""
         self.interactions += torch.bincount(items, minlength=self.interactions.numel()).float()
         self.active |= self.interactions > 0
+        self.last_seen[items] = torch.maximum(self.last_seen[items], times)
+        ttl = self.settings.id_ttl_s
+        if ttl is None:
+            return torch.zeros(0, dtype=torch.long)
+        expired = torch.nonzero(self.active & (self.last_seen < times.max() - ttl)).squeeze(1)
+        with torch.no_grad():
+            self.item_id.weight[expired] = 0
+            self.item_bias.weight[expired] = 0
+        self.active[expired] = False
+        self.interactions[expired] = 0
+        return expired
 
     def item_table(self) -> tuple[Tensor, Tensor]:
         """Vectors ``(n_items, d)`` and biases ``(n_items,)`` of every item."""
