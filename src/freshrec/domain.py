@@ -56,10 +56,6 @@ class Event:
     context: dict[str, Any] | None = None
     offset: Offset | None = None
 
-    @property
-    def time(self) -> datetime:
-        return datetime.fromtimestamp(self.timestamp, tz=UTC)
-
 
 @dataclass(frozen=True, slots=True)
 class Item:

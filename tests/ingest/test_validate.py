@@ -150,6 +150,16 @@ def test_non_mapping_input_is_rejected(validator: Validator) -> None:
 
 # -- properties ---------------------------------------------------------------
 
+
+def valid_or_field_errors(check: Any, raw: Any) -> Any:
+    """The validated object, or ``None`` after checking that every error names a field and says why."""
+    try:
+        return check(raw)
+    except InvalidRecord as exc:
+        assert exc.errors and all(e.field and e.message for e in exc.errors)
+        return None
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
@@ -161,11 +171,8 @@ field_names = st.sampled_from(["user_id", "item_id", "type", "value", "timestamp
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(field_names, json_values, max_size=8))
 def test_arbitrary_input_gives_an_event_or_a_field_error(raw: dict[str, Any]) -> None:
-    validator = Validator(IngestSettings(), clock=lambda: NOW)
-    try:
-        event = validator.event(raw)
-    except InvalidRecord as exc:
-        assert exc.errors and all(e.field and e.message for e in exc.errors)
+    event = valid_or_field_errors(Validator(IngestSettings(), clock=lambda: NOW).event, raw)
+    if event is None:
         return
     assert event.user_id and event.item_id and math.isfinite(event.timestamp)
     assert 0 <= event.timestamp <= NOW + 300
@@ -217,11 +224,8 @@ def test_rating_values_are_accepted_exactly_on_the_scale(value: float) -> None:
     )
 )
 def test_arbitrary_items_give_an_item_or_a_field_error(raw: dict[str, Any]) -> None:
-    validator = Validator(IngestSettings(), clock=lambda: NOW)
-    try:
-        item = validator.item(raw)
-    except InvalidRecord as exc:
-        assert exc.errors and all(e.field and e.message for e in exc.errors)
+    item = valid_or_field_errors(Validator(IngestSettings(), clock=lambda: NOW).item, raw)
+    if item is None:
         return
     assert item.item_id
     assert item.vector is None or all(math.isfinite(x) for x in item.vector)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from freshrec.domain import Event, EventType
+from freshrec.domain import EventType
 from freshrec.settings import FeedbackSettings, IngestSettings
 
 TYPE_CODES: dict[EventType, int] = {t: i for i, t in enumerate(EventType)}
@@ -67,6 +67,3 @@ class FeedbackWeights:
         scaled = np.where(v >= self.neutral, above, below)
         out: npt.NDArray[np.float32] = np.where(is_rating, base * np.nan_to_num(scaled), base).astype(np.float32)
         return out
-
-    def of(self, event: Event) -> float:
-        return self.weight(event.type, event.value)

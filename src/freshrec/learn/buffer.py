@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from freshrec.model.base import Interactions
-
-_FIELDS = ("user", "item", "type", "value", "time", "hist_item", "hist_type", "hist_value", "hist_time", "position")
+from freshrec.model.base import FIELDS, Interactions
 
 
 class ReplayBuffer:
@@ -29,13 +27,13 @@ class ReplayBuffer:
         if not self.data:
             self.data = {
                 f: np.zeros((self.capacity, *getattr(batch, f).shape[1:]), dtype=getattr(batch, f).dtype)
-                for f in _FIELDS
+                for f in FIELDS
             }
         n = len(batch)
         counters = self.seen + np.arange(n)
         slots = np.where(counters < self.capacity, counters, self.rng.integers(0, counters + 1))
         keep = slots < self.capacity
-        for f in _FIELDS:
+        for f in FIELDS:
             self.data[f][slots[keep]] = getattr(batch, f)[keep]
         self.seen += n
 
@@ -56,12 +54,4 @@ class ReplayBuffer:
         if not size or n < 1:
             return None
         rows = self.rng.integers(0, size, n)
-        return Interactions(**{f: self.data[f][rows] for f in _FIELDS})
-
-
-def concat(a: Interactions, b: Interactions | None) -> Interactions:
-    if b is None:
-        return a
-    if a.hist_item.shape[1] != b.hist_item.shape[1]:
-        raise ValueError("cannot mix batches with different history lengths")
-    return Interactions(**{f: np.concatenate([getattr(a, f), getattr(b, f)]) for f in _FIELDS})
+        return Interactions(**{f: self.data[f][rows] for f in FIELDS})

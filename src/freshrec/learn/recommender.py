@@ -16,18 +16,12 @@ import torch
 from tqdm.auto import tqdm
 
 from freshrec.ingest.feedback import FeedbackWeights
-from freshrec.learn.buffer import ReplayBuffer, concat
+from freshrec.learn.buffer import ReplayBuffer
 from freshrec.learn.checkpoints import atomic_write
 from freshrec.learn.trainer import Trainer, tensors
 from freshrec.model.base import FloatArray, Interactions
 from freshrec.model.sequence import SequenceNet
 from freshrec.settings import FeedbackSettings, IngestSettings, LearnSettings, ModelSettings
-
-_FIELDS = ("user", "item", "type", "value", "time", "hist_item", "hist_type", "hist_value", "hist_time", "position")
-
-
-def take(batch: Interactions, rows: np.ndarray) -> Interactions:
-    return Interactions(**{f: getattr(batch, f)[rows] for f in _FIELDS})
 
 
 class FreshRec:
@@ -83,10 +77,10 @@ class FreshRec:
         for _ in tqdm(range(s.epochs), desc="warm start", unit="epoch", disable=not self.progress):
             order = self.rng.permutation(train)
             for i in range(0, len(order), s.batch_size):
-                self.trainer.step(take(events, order[i : i + s.batch_size]), every_position=True)
+                self.trainer.step(events.take(order[i : i + s.batch_size]), every_position=True)
             if not n_val:
                 continue
-            loss = self._evaluate(take(events, val))
+            loss = self._evaluate(events.take(val))
             if loss < best - 1e-4:
                 best, best_state, patience = loss, self.trainer.snapshot(), s.patience
             elif patience == 0:
@@ -96,7 +90,7 @@ class FreshRec:
         if best_state is not None:
             self.trainer.restore(best_state)
         for i in range(0, n_val, s.batch_size):
-            self.trainer.step(take(events, val[i : i + s.batch_size]))
+            self.trainer.step(events.take(val[i : i + s.batch_size]))
         self.buffer.add(events)
         self._table = None
 
@@ -106,7 +100,7 @@ class FreshRec:
         self._seed_new_items(events)
         self._activate(events)
         extra = round(len(events) * self.learn_settings.replay_share)
-        batch = concat(events, self.buffer.sample(extra))
+        batch = events.concat(self.buffer.sample(extra))
         self.trainer.step(batch, dropout=False)
         self.buffer.add(events)
         self._table = None
@@ -148,7 +142,7 @@ class FreshRec:
         rows = np.flatnonzero(fresh)[first]
         self.net.eval()
         table, _ = self.net.item_table()
-        users = self.net.users(table, **tensors(take(events, rows)))
+        users = self.net.users(table, **tensors(events.take(rows)))
         self.net.item_id.weight[torch.from_numpy(items.astype(np.int64))] = scale * users
 
     def _activate(self, events: Interactions) -> None:

@@ -51,6 +51,21 @@ class Interactions:
     def history_length(self) -> int:
         return int(self.hist_item.shape[1])
 
+    def take(self, rows: npt.NDArray[np.integer]) -> Interactions:
+        """The rows ``rows`` of every field."""
+        return Interactions(**{f: getattr(self, f)[rows] for f in FIELDS})
+
+    def concat(self, other: Interactions | None) -> Interactions:
+        """This batch followed by ``other`` (same history length)."""
+        if other is None:
+            return self
+        if self.history_length != other.history_length:
+            raise ValueError("cannot join batches with different history lengths")
+        return Interactions(**{f: np.concatenate([getattr(self, f), getattr(other, f)]) for f in FIELDS})
+
+
+FIELDS = tuple(Interactions.__dataclass_fields__)
+
 
 class Recommender(Protocol):
     """What the evaluator and the server need from a model.
