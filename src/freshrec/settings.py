@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from freshrec.domain import EventType
 
@@ -183,6 +183,32 @@ class LearnSettings(Section):
     """Off: the model is frozen after warm start (an ablation)."""
 
 
+class ServeSettings(Section):
+    """The HTTP service (``freshrec serve``). See :mod:`freshrec.serve`."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    read_keys: list[SecretStr] = Field(default_factory=list)
+    """API keys for recommendations and lookups (``Authorization: Bearer KEY`` or
+    ``X-API-Key: KEY``). Write and admin keys can read too."""
+    write_keys: list[SecretStr] = Field(default_factory=list)
+    """API keys that may also send events and items."""
+    admin_keys: list[SecretStr] = Field(default_factory=list)
+    """API keys that may also delete users and items."""
+    cors_origins: list[str] = Field(default_factory=list)
+    """Browser origins allowed to call the API; none by default."""
+    max_body_mb: float = Field(default=32.0, gt=0)
+    """Requests with a larger body are refused with 413."""
+    max_events_per_request: int = Field(default=10_000, ge=1)
+    background_items: int = Field(default=256, ge=1)
+    """Item batches larger than this are embedded in the background (a job)."""
+    max_k: int = Field(default=200, ge=1)
+    """Largest list a recommendation or similar-items request may ask for."""
+    torch_threads: int = Field(default=1, ge=1)
+    """Torch threads of the serving process; the learner and request threads share
+    the cores, and one thread each keeps request latency flat."""
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -193,6 +219,7 @@ class Settings(BaseModel):
     feedback: FeedbackSettings = FeedbackSettings()
     model: ModelSettings = ModelSettings()
     learn: LearnSettings = LearnSettings()
+    serve: ServeSettings = ServeSettings()
 
     @model_validator(mode="after")
     def _neutral_in_scale(self) -> Settings:

@@ -36,11 +36,12 @@ def test_append_assigns_increasing_offsets_and_reads_back_in_order(store: Store)
     assert [e.item_id for e in back] == [f"i{i}" for i in range(10)]
     offsets = [e.offset for e in back]
     assert offsets == sorted(offsets) and len(set(offsets)) == 10
-    assert result.last_offset == offsets[-1]
+    assert result.last_offset == offsets[-1] == store.last_offset()
     assert back[3].context == {"n": 3} and back[3].timestamp == T0 + 3 and back[3].type is EventType.CLICK
 
 
 def test_read_from_offset_and_limit(store: Store) -> None:
+    assert store.last_offset() == 0
     store.append_events([make_event(item=f"i{i}") for i in range(25)])
     first = store.read_events(0, 10)
     rest = store.read_events(first[-1].offset, 100)
@@ -134,6 +135,9 @@ def test_embedding_cache_by_text_hash(store: Store) -> None:
     assert ids == ["a", "b", "c", "v"] and vectors.shape == (4, 2) and vectors.dtype == np.float32
     np.testing.assert_array_equal(vectors[0], vectors[1])
     np.testing.assert_array_equal(vectors[3], [0.0, 1.0])
+    some, part = store.item_vectors(ENC, ["v", "b", "missing"])
+    assert some == ["b", "v"]
+    np.testing.assert_array_equal(part, vectors[[1, 3]])
     store.upsert_items([make_item("c", "Changed")])
     assert [t for _, t in store.items_to_embed(ENC)] == [item_text("Changed")]
 

@@ -11,15 +11,13 @@ from rich.table import Table
 
 from freshrec.cli import imports
 from freshrec.cli.context import App, app_of, console, fail, out
+from freshrec.cli.demo import demo_cmd
 from freshrec.cli.evaluate import evaluate_cmd
+from freshrec.cli.serve import serve_cmd
 from freshrec.cli.train import learn_cmd, model_app, train_cmd
-from freshrec.datasets.files import read_records
 from freshrec.datasets.synthetic import GeneratorSettings, generate
 from freshrec.domain import iso
-from freshrec.ingest.importer import import_events, import_items
-from freshrec.serve.fallback import popular_for
 from freshrec.settings import SettingsError, load_settings
-from freshrec.storage import Store
 
 app = typer.Typer(
     help="freshrec: a real-time recommender that learns from every event.",
@@ -30,6 +28,8 @@ app.add_typer(imports.app, name="import")
 app.command("evaluate")(evaluate_cmd)
 app.command("train")(train_cmd)
 app.command("learn")(learn_cmd)
+app.command("serve")(serve_cmd)
+app.command("demo")(demo_cmd)
 app.add_typer(model_app, name="model")
 
 
@@ -116,45 +116,6 @@ def generate_cmd(
     paths = generate(_generator(items, users, events, seed, days), out_dir)
     for name, path in paths.items():
         console.print(f"wrote {name}: {path}")
-
-
-@app.command()
-def demo(
-    ctx: typer.Context,
-    items: Annotated[int, typer.Option(help="Catalog size.")] = 500,
-    users: Annotated[int, typer.Option(help="Number of simulated users.")] = 100,
-    events: Annotated[int, typer.Option(help="Number of events.")] = 10_000,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    show: Annotated[int, typer.Option(help="Users to print recommendations for.")] = 3,
-) -> None:
-    """Generate a synthetic shop into the data directory, import it and show recommendations."""
-    state = app_of(ctx)
-    folder = state.settings.data_dir / "demo"
-    paths = generate(_generator(items, users, events, seed, 30.0), folder)
-    console.print(f"generated {items:,} items, {users:,} users and {events:,} events in {folder}")
-    with state.store() as store:
-        validator = state.validator()
-        for report in (
-            import_items(store, read_records(paths["items"]), validator),
-            import_events(store, read_records(paths["events"]), validator, progress=True),
-        ):
-            console.print(report.summary())
-        state.embed(store)
-        user_ids = [json.loads(line)["user_id"] for line in paths["users"].read_text().splitlines()[:show]]
-        for user_id in user_ids:
-            _show_recommendations(store, user_id)
-    console.print(f"store: {state.settings.store_url}; try `freshrec --data {state.settings.data_dir} stats`")
-
-
-def _show_recommendations(store: Store, user_id: str) -> None:
-    table = Table(title=f"user {user_id}: popular items not yet seen (popularity fallback)")
-    for column in ("#", "item", "title", "why"):
-        table.add_column(column)
-    for rank, rec in enumerate(popular_for(store, user_id, k=5), start=1):
-        table.add_row(str(rank), rec.item.item_id, rec.item.title, rec.explanation)
-    out.print(table)
-    recent = ", ".join(f"{e.type.value} {e.item_id}" for e in store.user_history(user_id, 3)) or "none"
-    out.print(f"  recent activity: {recent}\n", highlight=False)
 
 
 def main() -> None:

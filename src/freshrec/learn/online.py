@@ -8,6 +8,12 @@ of truth, the model a view of it at an offset).
 
 User histories are rebuilt from the log when the learner starts and then
 kept current in memory, event by event.
+
+Items added to the catalog after the checkpoint join the model as soon as an
+event names them: the learner reads their embeddings from the store and
+grows the model's tables. After every update the learner hands a
+:class:`~freshrec.model.snapshot.Snapshot` to ``on_update`` (the server
+publishes it to its request handlers).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +32,7 @@ from freshrec.ingest.feedback import TYPE_CODES
 from freshrec.learn.checkpoints import Checkpoints, Version
 from freshrec.learn.recommender import FreshRec
 from freshrec.model.base import Interactions
+from freshrec.model.snapshot import Snapshot
 from freshrec.settings import Settings
 from freshrec.storage.base import Store, iter_log
 
@@ -42,7 +49,14 @@ class Progress:
 
 
 class Learner:
-    def __init__(self, store: Store, settings: Settings, checkpoints: Checkpoints, progress: bool = False):
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        checkpoints: Checkpoints,
+        progress: bool = False,
+        on_update: Callable[[Snapshot], None] | None = None,
+    ):
         self.store = store
         self.settings = settings
         self.checkpoints = checkpoints
@@ -54,7 +68,12 @@ class Learner:
         self.codes: dict[str, int] = {}
         self.model: FreshRec | None = None
         self.checkpoint_every = 10_000
+        self.on_update = on_update
+        self.checkpoint_version = 0
+        self.updates = 0
         self._unsaved = 0
+        self._absent: set[str] = set()
+        self._absent_since = time.monotonic()
 
     # -- set-up -------------------------------------------------------------
     def _catalog(self, item_ids: list[str] | None = None) -> np.ndarray:
@@ -68,6 +87,25 @@ class Learner:
         self.item_ids = list(ids)
         self.codes = {item_id: n for n, item_id in enumerate(self.item_ids)}
         return vectors.astype(np.float32)
+
+    def _add_new_items(self, events: list[Event]) -> None:
+        """Grow the model by the catalog items these events name that it lacks.
+
+        Ids found missing from the store are remembered for a while, so a
+        stream of events for items that were never imported does not reread
+        the catalog on every micro-batch."""
+        if time.monotonic() - self._absent_since > 10.0:
+            self._absent, self._absent_since = set(), time.monotonic()
+        unknown = {e.item_id for e in events if e.item_id not in self.codes} - self._absent
+        if not unknown or self.model is None:
+            return
+        ids, vectors = self.store.item_vectors(encoder_key(self.settings.encoder), sorted(unknown))
+        if ids:
+            self.model.add_items(vectors)
+            for item_id in ids:
+                self.codes[item_id] = len(self.item_ids)
+                self.item_ids.append(item_id)
+        self._absent |= {i for i in unknown if i not in self.codes}
 
     def _new_model(self, text: np.ndarray) -> FreshRec:
         s = self.settings
@@ -111,6 +149,10 @@ class Learner:
             position=np.array([r[5] for r in rows], dtype=np.int64),
         )
 
+    def forget_user(self, user_id: str) -> None:
+        """Drop the user's in-memory history (their events are deleted from the store)."""
+        self.histories.pop(user_id, None)
+
     # -- the two jobs ---------------------------------------------------------
     def train(self) -> Version:
         """Warm start on the whole stored log; writes a new checkpoint version."""
@@ -125,7 +167,9 @@ class Learner:
         self.model.fit(batch)
         self.state.offset = events[-1].offset or 0
         self.state.learned = len(batch)
-        return self._checkpoint("warm start")
+        version = self._checkpoint("warm start")
+        self._publish()
+        return version
 
     def resume(self) -> Version:
         """Load the current checkpoint and rebuild histories up to its offset."""
@@ -138,10 +182,11 @@ class Learner:
         self.model.load_state(state["model"])
         self.histories.clear()
         self.state = Progress(offset=version.offset, learned=version.events_learned)
-        self._unsaved = 0
+        self.checkpoint_version, self.updates, self._unsaved = version.version, 0, 0
         for events in _chunks(e for e in iter_log(self.store) if (e.offset or 0) <= version.offset):
             self._batch(events)  # histories only
         self.state.skipped_unknown_items = 0
+        self._publish()
         return version
 
     def catch_up(self, checkpoint_every: int = 10_000) -> int:
@@ -185,13 +230,16 @@ class Learner:
     def _learn(self, events: list[Event]) -> int:
         """One micro-batch: learn it, advance the offset, checkpoint when due."""
         assert self.model is not None
+        self._add_new_items(events)
         batch = self._batch(events)
         self.model.learn(batch)
         self.state.offset = events[-1].offset or self.state.offset
         self.state.learned += len(batch)
         self._unsaved += len(batch)
+        self.updates += 1
         if self._unsaved >= self.checkpoint_every:
             self._checkpoint("online")
+        self._publish()
         return len(batch)
 
     def _flush(self) -> None:
@@ -204,7 +252,26 @@ class Learner:
         state = {"model": self.model.state(), "item_ids": self.item_ids}
         loss = None if np.isnan(health.last_loss) else float(health.last_loss)
         self._unsaved = 0
-        return self.checkpoints.save(state, self.state.offset, self.state.learned, loss, note)
+        version = self.checkpoints.save(state, self.state.offset, self.state.learned, loss, note)
+        self.checkpoint_version, self.updates = version.version, 0
+        return version
+
+    def snapshot(self) -> Snapshot:
+        """The current parameters, for serving."""
+        assert self.model is not None
+        loss = self.model.trainer.health.last_loss
+        return Snapshot.of(
+            self.model.net,
+            self.item_ids,
+            checkpoint=self.checkpoint_version,
+            updates=self.updates,
+            offset=self.state.offset,
+            loss=None if np.isnan(loss) else float(loss),
+        )
+
+    def _publish(self) -> None:
+        if self.on_update is not None:
+            self.on_update(self.snapshot())
 
 
 def _chunks(events: Iterable[Event], size: int = 10_000) -> Iterable[list[Event]]:

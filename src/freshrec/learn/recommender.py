@@ -121,6 +121,16 @@ class FreshRec:
             "health": vars(self.trainer.health).copy(),
         }
 
+    def add_items(self, text: np.ndarray) -> None:
+        """Grow the catalog by ``len(text)`` items (codes continue from ``n_items``)."""
+        if len(text):
+            self.trainer.grow(torch.from_numpy(np.asarray(text, dtype=np.float32)))
+            self._table = None
+
+    @property
+    def n_items(self) -> int:
+        return int(self.net.item_id.num_embeddings)
+
     # -- internals -----------------------------------------------------------
     @torch.no_grad()
     def _seed_new_items(self, events: Interactions) -> None:

@@ -182,6 +182,20 @@ class Trainer:
                     if isinstance(value, Tensor) and value.shape == table.shape:
                         value[rows] = 0
 
+    @torch.no_grad()
+    def grow(self, text: Tensor) -> None:
+        """Append items to the network and zero rows to the tables' optimizer state."""
+        tables = (self.net.item_id.weight, self.net.item_bias.weight)
+        before = tables[0].shape[0]
+        self.net.grow(text)
+        for table in tables:
+            for optimizer in self.optimizers:
+                state = optimizer.state.get(table, {})
+                for key, value in state.items():
+                    if isinstance(value, Tensor) and value.dim() and value.shape[0] == before:
+                        state[key] = torch.cat([value, value.new_zeros(table.shape[0] - before, *value.shape[1:])])
+        self._good = None  # a smaller network's state can no longer be restored
+
     # -- state -------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         return copy.deepcopy(

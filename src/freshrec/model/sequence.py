@@ -94,6 +94,26 @@ class SequenceNet(nn.Module):
         self.interactions[expired] = 0
         return expired
 
+    @torch.no_grad()
+    def grow(self, text: Tensor) -> None:
+        """Append items (rows of frozen text embeddings) to the catalog.
+
+        The new ID rows start at zero and inactive, like every untouched item;
+        parameters keep their identity, so optimizers keep tracking them
+        (their per-row state is grown by the trainer)."""
+        n = text.shape[0]
+        if not self.use_text:
+            text = torch.zeros(n, self.text.shape[1])
+        if text.shape[1] != self.text.shape[1]:
+            raise ValueError(f"text rows have width {text.shape[1]}, the catalog {self.text.shape[1]}")
+        self.text = torch.cat([self.text, text.float()])
+        self.active = torch.cat([self.active, torch.zeros(n, dtype=torch.bool)])
+        self.interactions = torch.cat([self.interactions, torch.zeros(n)])
+        self.last_seen = torch.cat([self.last_seen, torch.full((n,), float("-inf"), dtype=torch.float64)])
+        for table in (self.item_id, self.item_bias):
+            table.weight.data = torch.cat([table.weight.data, table.weight.new_zeros(n, table.embedding_dim)])
+            table.num_embeddings += n
+
     def item_table(self) -> tuple[Tensor, Tensor]:
         """Vectors ``(n_items, d)`` and biases ``(n_items,)`` of every item."""
         active = self.active.unsqueeze(1).float()

@@ -1,36 +1,75 @@
-"""Popularity fallback: what to show when no model can say better.
+"""Popularity, kept in memory: what a user without history is shown.
 
-Used for users without history and, until the online model is trained, for
-everyone. Items the user already interacted with are left out.
+Counts decay with a half-life of arrival time, so "popular" means popular
+lately. The store seeds the counts once at start; every acknowledged event
+then adds to them, with no query on the request path.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
 
-from freshrec.domain import Item, UserId
+from freshrec.domain import Event, EventType, ItemId
 from freshrec.storage.base import Store
 
-
-@dataclass(frozen=True, slots=True)
-class Recommendation:
-    item: Item
-    score: float
-    explanation: str
+NOT_POPULARITY = (EventType.IMPRESSION, EventType.DISLIKE)
 
 
-def popular_for(store: Store, user_id: UserId, k: int = 10, history: int = 1_000) -> list[Recommendation]:
-    """The ``k`` most interacted-with catalog items the user has not touched yet."""
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    seen = {e.item_id for e in store.user_history(user_id, history)}
-    out: list[Recommendation] = []
-    for item_id, count in store.popular_items(k + len(seen)):
-        if item_id in seen:
-            continue
-        item = store.get_item(item_id)
-        if item is not None:
-            out.append(Recommendation(item, float(count), f"popular: {count:,} interactions"))
-        if len(out) == k:
-            break
-    return out
+class Popularity:
+    """Exponentially decayed event counts per item.
+
+    Parameters
+    ----------
+    half_life_s
+        A count loses half its weight in this time.
+    clock
+        Wall-clock seconds; injected so tests control time.
+    """
+
+    def __init__(self, half_life_s: float = 86_400.0, clock: Callable[[], float] = time.time, size: int = 500):
+        if half_life_s <= 0:
+            raise ValueError(f"half_life_s must be positive, got {half_life_s}")
+        self.rate = math.log(2) / half_life_s
+        self.clock = clock
+        self.size = size
+        self.origin = clock()
+        self.counts: dict[ItemId, float] = {}
+        self._top: list[tuple[ItemId, float]] = []
+        self._top_at = -math.inf
+        self._lock = threading.Lock()
+
+    def seed(self, store: Store) -> None:
+        """Start from the store's all-time counts (one query, at start-up)."""
+        with self._lock:
+            for item_id, count in store.popular_items(self.size * 4):
+                self.counts[item_id] = self.counts.get(item_id, 0.0) + float(count)
+            self._top_at = -math.inf
+
+    def add(self, events: Iterable[Event]) -> None:
+        # Growing weights instead of decaying counts: one multiplication per event
+        # rather than one per item per tick; rescaled now and then to stay finite.
+        weight = math.exp(self.rate * (self.clock() - self.origin))
+        with self._lock:
+            for e in events:
+                if e.type not in NOT_POPULARITY:
+                    self.counts[e.item_id] = self.counts.get(e.item_id, 0.0) + weight
+            if weight > 1e6:
+                self.counts = {k: v / weight for k, v in self.counts.items()}
+                self.origin = self.clock()
+
+    def forget(self, item_id: ItemId) -> None:
+        with self._lock:
+            self.counts.pop(item_id, None)
+            self._top_at = -math.inf
+
+    def top(self) -> list[tuple[ItemId, float]]:
+        """The most popular items, best first; recomputed at most once a second."""
+        now = time.monotonic()
+        if now - self._top_at > 1.0:
+            with self._lock:
+                ranked = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.size]
+                self._top, self._top_at = ranked, now
+        return self._top

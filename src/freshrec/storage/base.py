@@ -57,6 +57,10 @@ class Store(Protocol):
         """Append in order; events whose ``event_id`` is already stored are skipped."""
         ...
 
+    def last_offset(self) -> Offset:
+        """Offset of the newest event in the log (0 if empty)."""
+        ...
+
     def read_events(self, after: Offset = 0, limit: int = 10_000) -> list[Event]:
         """Up to ``limit`` events with offset greater than ``after``, in log order."""
         ...
@@ -91,8 +95,11 @@ class Store(Protocol):
 
     def put_embeddings(self, encoder: str, hashes: Sequence[str], vectors: npt.NDArray[np.float32]) -> None: ...
 
-    def item_vectors(self, encoder: str) -> tuple[list[ItemId], npt.NDArray[np.float32]]:
-        """Ids and vectors of every catalog item that has one (precomputed or cached)."""
+    def item_vectors(
+        self, encoder: str, ids: Sequence[ItemId] | None = None
+    ) -> tuple[list[ItemId], npt.NDArray[np.float32]]:
+        """Ids and vectors of every catalog item that has one (precomputed or
+        cached), in id order; with ``ids``, of those items only."""
         ...
 
     # -- summary -----------------------------------------------------------

@@ -178,6 +178,10 @@ class SQLiteStore:
         """Every segment that may hold events, newest first."""
         return range(self._high_water() >> SEGMENT_BITS, -1, -1)
 
+    def last_offset(self) -> Offset:
+        with self._lock:
+            return int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
     def read_events(self, after: Offset = 0, limit: int = 10_000) -> list[Event]:
         with self._lock:
             rows = self._conn.execute(
@@ -298,14 +302,26 @@ class SQLiteStore:
                 "INSERT OR REPLACE INTO embeddings (encoder, text_hash, vector) VALUES (?, ?, ?)", rows
             )
 
-    def item_vectors(self, encoder: str) -> tuple[list[ItemId], npt.NDArray[np.float32]]:
+    def item_vectors(
+        self, encoder: str, ids: Sequence[ItemId] | None = None
+    ) -> tuple[list[ItemId], npt.NDArray[np.float32]]:
+        query = (
+            "SELECT i.item_id, COALESCE(i.vector, e.vector) FROM items i"
+            " LEFT JOIN embeddings e ON e.encoder = ? AND e.text_hash = i.text_hash"
+            " WHERE (i.vector IS NOT NULL OR e.vector IS NOT NULL)"
+        )
+        rows: list[tuple[str, bytes]] = []
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT i.item_id, COALESCE(i.vector, e.vector) FROM items i"
-                " LEFT JOIN embeddings e ON e.encoder = ? AND e.text_hash = i.text_hash"
-                " WHERE i.vector IS NOT NULL OR e.vector IS NOT NULL ORDER BY i.item_id",
-                (encoder,),
-            ).fetchall()
+            if ids is None:
+                rows = self._conn.execute(query + " ORDER BY i.item_id", (encoder,)).fetchall()
+            else:
+                wanted = sorted(set(ids))
+                for start in range(0, len(wanted), _CHUNK):
+                    chunk = wanted[start : start + _CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    rows += self._conn.execute(
+                        query + f" AND i.item_id IN ({marks}) ORDER BY i.item_id", (encoder, *chunk)
+                    ).fetchall()
         if not rows:
             return [], np.zeros((0, 0), dtype=np.float32)
         dims = {len(r[1]) for r in rows}

@@ -1,0 +1,110 @@
+"""The catalog as serving sees it: items with their text embeddings, in memory.
+
+A :class:`CatalogView` is immutable; a write builds a new view and swaps it in,
+so a request reads one consistent catalog from start to end without locks.
+Deleted items keep their row (codes stay stable for the model's tables) but
+are marked dead and never recommended.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from freshrec.domain import Item, ItemId
+from freshrec.storage.base import Store
+
+
+@dataclass(frozen=True)
+class CatalogView:
+    ids: list[ItemId]
+    text: npt.NDArray[np.float32]
+    """``(n, width)`` frozen text embeddings."""
+    titles: list[str]
+    categories: list[tuple[str, ...]]
+    alive: npt.NDArray[np.bool_]
+    codes: dict[ItemId, int] = field(init=False)
+    by_category: dict[str, npt.NDArray[np.int64]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "codes", {item_id: n for n, item_id in enumerate(self.ids)})
+        index: dict[str, list[int]] = {}
+        for n, cats in enumerate(self.categories):
+            for c in cats:
+                index.setdefault(c.casefold(), []).append(n)
+        object.__setattr__(self, "by_category", {c: np.array(v, dtype=np.int64) for c, v in index.items()})
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def in_categories(self, names: Sequence[str]) -> npt.NDArray[np.bool_]:
+        """Mask of the items in any of ``names`` (case-insensitive)."""
+        mask = np.zeros(len(self.ids), dtype=bool)
+        for name in names:
+            rows = self.by_category.get(name.casefold())
+            if rows is not None:
+                mask[rows] = True
+        return mask
+
+
+def _empty() -> CatalogView:
+    return CatalogView([], np.zeros((0, 0), dtype=np.float32), [], [], np.zeros(0, dtype=bool))
+
+
+class Catalog:
+    """Holder of the current :class:`CatalogView`; writers take a lock, readers don't."""
+
+    def __init__(self) -> None:
+        self.view = _empty()
+        self._lock = threading.Lock()
+
+    def load(self, store: Store, encoder: str) -> None:
+        """Every embedded item of the store."""
+        ids, vectors = store.item_vectors(encoder)
+        items = {item.item_id: item for item in store.iter_items()}
+        with self._lock:
+            self.view = _empty()
+            self._put([items[i] for i in ids], vectors)
+
+    def put(self, items: Sequence[Item], vectors: npt.NDArray[np.float32]) -> None:
+        """Add or replace items (row ``n`` of ``vectors`` belongs to ``items[n]``)."""
+        with self._lock:
+            self._put(items, vectors)
+
+    def _put(self, items: Sequence[Item], vectors: npt.NDArray[np.float32]) -> None:
+        if not items:
+            return
+        old = self.view
+        if len(old) and vectors.shape[1] != old.text.shape[1]:
+            raise ValueError(f"item vectors have width {vectors.shape[1]}, the catalog {old.text.shape[1]}")
+        ids, titles, cats = list(old.ids), list(old.titles), list(old.categories)
+        new = list(dict.fromkeys(item.item_id for item in items if item.item_id not in old.codes))
+        width = vectors.shape[1]
+        base = old.text if len(old) else np.zeros((0, width), np.float32)
+        text = np.concatenate([base, np.zeros((len(new), width), np.float32)])
+        alive = np.concatenate([old.alive, np.ones(len(new), dtype=bool)])
+        codes = dict(old.codes)
+        for item_id in new:
+            codes[item_id] = len(ids)
+            ids.append(item_id)
+            titles.append("")
+            cats.append(())
+        for item, vector in zip(items, vectors, strict=True):
+            n = codes[item.item_id]
+            text[n], titles[n], cats[n], alive[n] = vector, item.title, item.categories, True
+        self.view = CatalogView(ids, text, titles, cats, alive)
+
+    def remove(self, item_id: ItemId) -> bool:
+        with self._lock:
+            old = self.view
+            n = old.codes.get(item_id)
+            if n is None or not old.alive[n]:
+                return False
+            alive = old.alive.copy()
+            alive[n] = False
+            self.view = CatalogView(old.ids, old.text, old.titles, old.categories, alive)
+            return True

@@ -1,0 +1,52 @@
+"""Prometheus metrics of the service; every name starts with ``freshrec_``.
+
+Each service has its own registry (two servers in one test process must not
+share counters).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Histogram(
+            "freshrec_http_request_duration_seconds",
+            "HTTP request latency by route and status",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.events = Counter("freshrec_events_ingested", "Events stored, by type", ["type"], registry=r)
+        self.duplicates = Counter("freshrec_events_duplicate", "Events skipped as already stored", registry=r)
+        self.rejected = Counter("freshrec_events_rejected", "Events refused by validation", registry=r)
+        self.recommendations = Counter(
+            "freshrec_recommendations", "Recommendation lists served, by source", ["source"], registry=r
+        )
+        self.lag_events = Gauge(
+            "freshrec_learner_lag_events", "Stored events the served model has not learned", registry=r
+        )
+        self.lag_seconds = Gauge(
+            "freshrec_learner_lag_seconds",
+            "Age of the oldest stored event the served model has not learned",
+            registry=r,
+        )
+        self.model_version = Gauge("freshrec_model_version", "Checkpoint version of the served model", registry=r)
+        self.model_updates = Gauge(
+            "freshrec_model_updates", "Online updates of the served model since its checkpoint", registry=r
+        )
+        self.training_loss = Gauge("freshrec_training_loss", "Loss of the learner's last micro-batch", registry=r)
+        self.publish_seconds = Histogram(
+            "freshrec_model_publish_seconds",
+            "Time to make a new model snapshot servable",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.catalog_items = Gauge("freshrec_catalog_items", "Recommendable items", registry=r)
+        self.hit_rate = Gauge(
+            "freshrec_online_hit_rate", "Share of positive feedback on items just served (last 5 minutes)", registry=r
+        )

@@ -1,0 +1,317 @@
+"""Ranking for requests: the published model applied to the serving catalog.
+
+A :class:`Scoring` pairs one model snapshot with one catalog view and holds
+everything derived from them (an inference copy of the network, the item
+table, unit item vectors for similarity). The learner's thread builds a new
+one on every publish and swaps it in with one assignment; request threads
+read ``ranker.scoring`` once and use that object to the end, so a request
+never mixes two model versions and never waits for a publish.
+
+Explanations are leave-one-out attributions: the user vector is recomputed
+with each history event hidden (one batched forward pass), and the event
+whose absence lowers an item's score most is the one named in "because you
+rated X". They say what the model actually used, not a similarity guessed
+after the fact.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from freshrec.domain import Event, EventType, ItemId
+from freshrec.ingest.feedback import TYPE_CODES
+from freshrec.model.sequence import SequenceNet
+from freshrec.model.snapshot import Snapshot
+from freshrec.serve.catalog import Catalog, CatalogView
+
+ROW_STATE = ("item_id.weight", "item_bias.weight", "active", "interactions", "last_seen")
+"""Per-item entries of the network's state, mapped from the learner's rows to the catalog's."""
+
+DIVERSITY = 0.5
+"""Weight of the redundancy penalty in the fallback's maximal-marginal-relevance picking."""
+
+
+@dataclass(frozen=True, slots=True)
+class Because:
+    item_id: ItemId
+    title: str
+    type: EventType
+    value: float | None
+    weight: float
+    """How much the item's score drops without this history event."""
+
+    def sentence(self) -> str:
+        title = self.title or self.item_id
+        if self.type is EventType.RATING and self.value is not None:
+            return f"because you rated {title} {self.value:g}"
+        return f"because you {_VERBS[self.type]} {title}"
+
+
+_VERBS = {
+    EventType.VIEW: "viewed",
+    EventType.CLICK: "clicked",
+    EventType.FAVORITE: "saved",
+    EventType.CART: "put in your cart",
+    EventType.PURCHASE: "bought",
+    EventType.RATING: "rated",
+    EventType.DISLIKE: "disliked",
+    EventType.IMPRESSION: "were shown",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    item_id: ItemId
+    score: float
+    title: str
+    explanation: str | None
+    because: tuple[Because, ...] = ()
+
+
+@dataclass(frozen=True)
+class Scoring:
+    view: CatalogView
+    snapshot: Snapshot | None
+    net: SequenceNet | None
+    vectors: torch.Tensor | None
+    bias: torch.Tensor | None
+    unit: npt.NDArray[np.float32]
+    """Unit item vectors: the model's when there is one, else the text embeddings."""
+
+    @property
+    def version(self) -> str | None:
+        return self.snapshot.version if self.snapshot is not None else None
+
+
+def _unit(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.asarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+@torch.no_grad()
+def build_scoring(snapshot: Snapshot | None, view: CatalogView) -> Scoring:
+    if snapshot is None or not len(view):
+        return Scoring(view, None, None, None, None, _unit(view.text))
+    s = snapshot.settings
+    text = torch.from_numpy(view.text) if s.use_text else None
+    net = SequenceNet(len(view), text, s, rating_scale=snapshot.rating_scale)
+    state = dict(snapshot.state)
+    pairs = [(k, view.codes[i]) for k, i in enumerate(snapshot.item_ids) if i in view.codes]
+    model_rows = torch.tensor([k for k, _ in pairs], dtype=torch.long)
+    view_rows = torch.tensor([n for _, n in pairs], dtype=torch.long)
+    defaults = net.state_dict()
+    for name in ROW_STATE:
+        rows = defaults[name].clone()
+        rows[view_rows] = state[name][model_rows]
+        state[name] = rows
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if set(missing) != {"text"} or unexpected:
+        raise ValueError(f"snapshot does not fit the network: missing {missing}, unexpected {unexpected}")
+    net.eval()
+    vectors, bias = net.item_table()
+    return Scoring(view, snapshot, net, vectors, bias, _unit(vectors.numpy()))
+
+
+class Ranker:
+    """Recommendations and similar items from the current :class:`Scoring`."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self._snapshot: Snapshot | None = None
+        self._lock = threading.Lock()
+        self.scoring = build_scoring(None, catalog.view)
+
+    def publish(self, snapshot: Snapshot | None) -> None:
+        """Serve ``snapshot`` from now on (called from the learner's thread)."""
+        with self._lock:
+            self._snapshot = snapshot
+            self.scoring = build_scoring(snapshot, self.catalog.view)
+
+    def refresh(self) -> None:
+        """Pick up catalog changes with the current model."""
+        with self._lock:
+            self.scoring = build_scoring(self._snapshot, self.catalog.view)
+
+    # -- recommendations -------------------------------------------------------
+    def recommend(
+        self,
+        history: Sequence[Event],
+        now: float,
+        k: int,
+        *,
+        exclude: Iterable[ItemId] = (),
+        categories: Sequence[str] = (),
+        exclude_seen: bool = True,
+        explain: bool = False,
+        popular: Sequence[tuple[ItemId, float]] = (),
+    ) -> list[Ranked]:
+        """Top ``k`` items for a user with this history (oldest first).
+
+        A user without a usable history gets popular items, diversified;
+        before any model is published, a user with history gets the items
+        whose text is closest to what they interacted with.
+        """
+        sc = self.scoring
+        view = sc.view
+        known = [e for e in history if e.item_id in view.codes]
+        allowed = view.alive.copy()
+        if categories:
+            allowed &= view.in_categories(categories)
+        for item_id in exclude:
+            if (n := view.codes.get(item_id)) is not None:
+                allowed[n] = False
+        if exclude_seen:
+            allowed[[view.codes[e.item_id] for e in known]] = False
+        if not known:
+            return _diversified(sc, popular, allowed, k)
+        if sc.net is None:
+            return _by_text(sc, known, allowed, k, explain)
+        return _by_model(sc, known, now, allowed, k, explain)
+
+    def similar(self, item_id: ItemId, k: int, categories: Sequence[str] = ()) -> list[Ranked] | None:
+        """The ``k`` items closest to ``item_id`` (cosine of item vectors); ``None`` if unknown."""
+        sc = self.scoring
+        n = sc.view.codes.get(item_id)
+        if n is None or not sc.view.alive[n]:
+            return None
+        allowed = sc.view.alive.copy()
+        if categories:
+            allowed &= sc.view.in_categories(categories)
+        allowed[n] = False
+        scores = sc.unit @ sc.unit[n]
+        return [Ranked(sc.view.ids[c], float(scores[c]), sc.view.titles[c], None) for c in _top(scores, allowed, k)]
+
+
+def _top(scores: npt.NDArray[np.floating], allowed: npt.NDArray[np.bool_], k: int) -> list[int]:
+    """Codes of the ``k`` best allowed scores, best first (ties: lower code first)."""
+    candidates = np.flatnonzero(allowed)
+    if not len(candidates) or k < 1:
+        return []
+    values = scores[candidates]
+    if len(candidates) > k:
+        keep = np.argpartition(-values, k - 1)[:k]
+        candidates, values = candidates[keep], values[keep]
+    order = np.lexsort((candidates, -values))
+    return [int(c) for c in candidates[order]]
+
+
+def _history_tensors(sc: Scoring, known: Sequence[Event], now: float, length: int) -> dict[str, torch.Tensor]:
+    past = known[-length:]
+    m = len(past)
+    hist = torch.full((1, length), -1, dtype=torch.long)
+    htype = torch.full((1, length), -1, dtype=torch.long)
+    hvalue = torch.full((1, length), float("nan"))
+    htime = torch.full((1, length), float("nan"), dtype=torch.float64)
+    if m:
+        hist[0, -m:] = torch.tensor([sc.view.codes[e.item_id] for e in past])
+        htype[0, -m:] = torch.tensor([TYPE_CODES[e.type] for e in past])
+        hvalue[0, -m:] = torch.tensor([np.nan if e.value is None else e.value for e in past], dtype=torch.float32)
+        htime[0, -m:] = torch.tensor([e.timestamp for e in past], dtype=torch.float64)
+    return {
+        "hist_item": hist,
+        "hist_type": htype,
+        "hist_value": hvalue,
+        "hist_time": htime,
+        "time": torch.tensor([max(now, float(htime[0, -1]) if m else now)], dtype=torch.float64),
+    }
+
+
+@torch.no_grad()
+def _by_model(
+    sc: Scoring, known: Sequence[Event], now: float, allowed: npt.NDArray[np.bool_], k: int, explain: bool
+) -> list[Ranked]:
+    assert sc.net is not None and sc.vectors is not None and sc.bias is not None and sc.snapshot is not None
+    length = sc.snapshot.settings.history_length
+    past = list(known[-length:])
+    t = _history_tensors(sc, past, now, length)
+    if explain:  # row 0: the full history; row 1 + j: the history without event j
+        m = len(past)
+        variants = {
+            name: value.repeat(m + 1, 1) if value.dim() == 2 else value.repeat(m + 1) for name, value in t.items()
+        }
+        for j in range(m):
+            variants["hist_item"][1 + j, length - m + j] = -1
+        t = variants
+    users = sc.net.users(sc.vectors, t["hist_item"], t["hist_type"], t["hist_value"], t["hist_time"], t["time"])
+    scores = (users @ sc.vectors.T + sc.bias).numpy()
+    top = _top(scores[0], allowed, k)
+    out = []
+    for c in top:
+        because: tuple[Because, ...] = ()
+        if explain:
+            drops = scores[0, c] - scores[1:, c]
+            ranked = [j for j in np.argsort(-drops, kind="stable")[:3] if drops[j] > 0]
+            because = tuple(_because(sc, past[j], float(drops[j])) for j in ranked)
+        out.append(_ranked(sc, c, float(scores[0, c]), because, explain))
+    return out
+
+
+def _by_text(
+    sc: Scoring, known: Sequence[Event], allowed: npt.NDArray[np.bool_], k: int, explain: bool
+) -> list[Ranked]:
+    """Before a model exists: closeness of each item's text to the recent history's."""
+    past = [e for e in known[-20:] if e.type not in (EventType.DISLIKE, EventType.IMPRESSION)] or list(known[-20:])
+    rows = [sc.view.codes[e.item_id] for e in past]
+    weights = np.linspace(0.5, 1.0, len(rows), dtype=np.float32)  # recent events count more
+    user = (sc.unit[rows] * weights[:, None]).sum(0)
+    scores = sc.unit @ (user / max(float(np.linalg.norm(user)), 1e-12))
+    out = []
+    for c in _top(scores, allowed, k):
+        because: tuple[Because, ...] = ()
+        if explain:
+            sims = sc.unit[rows] @ sc.unit[c]
+            j = int(np.argmax(sims))
+            because = (_because(sc, past[j], float(sims[j])),)
+        out.append(_ranked(sc, c, float(scores[c]), because, explain))
+    return out
+
+
+def _diversified(
+    sc: Scoring, popular: Sequence[tuple[ItemId, float]], allowed: npt.NDArray[np.bool_], k: int
+) -> list[Ranked]:
+    """Popular items, picked by maximal marginal relevance (Carbonell and Goldstein,
+    1998) so that the list does not fill up with near-duplicates of the top seller."""
+    view = sc.view
+    codes, counts = [], []
+    for item_id, count in popular:
+        n = view.codes.get(item_id)
+        if n is not None and allowed[n]:
+            codes.append(n)
+            counts.append(count)
+    if len(codes) < k:  # a new shop: top up with the newest items
+        taken = set(codes)
+        extra = [int(c) for c in np.flatnonzero(allowed)[::-1] if c not in taken][: k - len(codes)]
+        codes += extra
+        counts += [0.0] * len(extra)
+    if not codes:
+        return []
+    relevance = np.asarray(counts, dtype=np.float64)
+    relevance = relevance / relevance.max() if relevance.max() > 0 else relevance
+    vectors = sc.unit[codes]
+    chosen: list[int] = []
+    redundancy = np.full(len(codes), -np.inf)
+    for _ in range(min(k, len(codes))):
+        gain = relevance - DIVERSITY * np.maximum(redundancy, 0.0)
+        gain[chosen] = -np.inf
+        best = int(np.argmax(gain))
+        chosen.append(best)
+        redundancy = np.maximum(redundancy, vectors @ vectors[best])
+    return [Ranked(view.ids[codes[i]], float(relevance[i]), view.titles[codes[i]], "popular right now") for i in chosen]
+
+
+def _because(sc: Scoring, event: Event, weight: float) -> Because:
+    n = sc.view.codes[event.item_id]
+    return Because(event.item_id, sc.view.titles[n], event.type, event.value, weight)
+
+
+def _ranked(sc: Scoring, code: int, score: float, because: tuple[Because, ...], explain: bool) -> Ranked:
+    explanation = None
+    if explain:
+        explanation = because[0].sentence() if because else "matches your recent activity"
+    return Ranked(sc.view.ids[code], score, sc.view.titles[code], explanation, because)

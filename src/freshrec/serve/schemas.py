@@ -1,0 +1,88 @@
+"""Response bodies of the HTTP API (request bodies are the ingest models)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from freshrec.domain import EventType
+
+
+class Accepted(BaseModel):
+    accepted: int = Field(description="Events stored by this request.")
+    duplicates: int = Field(description="Events skipped because their event_id was already stored.")
+
+
+class RecordError(BaseModel):
+    index: int = Field(description="Position of the record in the request's list (0 for a single object).")
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    errors: list[RecordError] = []
+
+
+class BecauseOut(BaseModel):
+    item_id: str
+    title: str
+    type: EventType
+    value: float | None
+    weight: float = Field(description="How much this item's score drops without that history event.")
+
+
+class RankedItem(BaseModel):
+    item_id: str
+    score: float
+    title: str
+    explanation: str | None = None
+    because: list[BecauseOut] | None = Field(
+        default=None, description="With explain=true: the history events that raised this item most."
+    )
+
+
+class Recommendations(BaseModel):
+    user_id: str
+    model_version: str | None = Field(description="'<checkpoint>.<online updates>'; null before a model exists.")
+    items: list[RankedItem]
+
+
+class Similar(BaseModel):
+    item_id: str
+    model_version: str | None
+    items: list[RankedItem]
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    title: str
+    description: str
+    categories: list[str]
+    attributes: dict[str, Any]
+    has_vector: bool
+    created_at: float | None
+    updated_at: float | None
+
+
+class ItemsWritten(BaseModel):
+    items: int
+    job: dict[str, Any] | None = Field(
+        default=None, description="For a large batch: the background embedding job (GET /v1/jobs/{job_id})."
+    )
+
+
+class EventOut(BaseModel):
+    event_id: str | None
+    item_id: str
+    title: str | None
+    type: EventType
+    value: float | None
+    timestamp: float
+    offset: int | None
+
+
+class History(BaseModel):
+    user_id: str
+    events: list[EventOut]

@@ -1,0 +1,284 @@
+"""The service behind the HTTP API: ingest, catalog writes, ranking, live figures.
+
+It owns no training code. In ``freshrec serve`` a learner runs beside it
+(wired by the command) and hands it model snapshots through :meth:`publish`;
+everything else it reads from the store, so an acknowledged event is in the
+user's history for the very next request.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from freshrec.domain import Event, Item, ItemId, UserId
+from freshrec.encoders import TextEncoder, build_encoder, encoder_key
+from freshrec.ingest.importer import derive_event_id
+from freshrec.ingest.validate import InvalidRecord, Validator
+from freshrec.model.snapshot import Snapshot
+from freshrec.serve.catalog import Catalog
+from freshrec.serve.fallback import Popularity
+from freshrec.serve.jobs import Job, Jobs
+from freshrec.serve.live import Live
+from freshrec.serve.metrics import Metrics
+from freshrec.serve.ranker import Ranked, Ranker
+from freshrec.settings import Settings
+from freshrec.storage.base import Store
+
+SEEN_WINDOW = 500
+"""Most recent events of a user whose items ``exclude_seen`` leaves out."""
+
+
+@dataclass(frozen=True)
+class Problem(Exception):
+    """A request the service refuses; ``errors`` locate each bad record."""
+
+    status: int
+    detail: str
+    errors: tuple[dict[str, Any], ...] = ()
+
+
+def _problems(raw: Sequence[Any], check: Callable[[Any], Any]) -> tuple[list[Any], list[dict[str, Any]]]:
+    good, errors = [], []
+    for index, record in enumerate(raw):
+        try:
+            good.append(check(record))
+        except InvalidRecord as exc:
+            errors += [{"index": index, "field": e.field, "message": e.message} for e in exc.errors]
+    return good, errors
+
+
+class Service:
+    def __init__(self, store: Store, settings: Settings, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.validator = Validator(settings.ingest, clock)
+        self.encoder_key = encoder_key(settings.encoder)
+        self.catalog = Catalog()
+        self.catalog.load(store, self.encoder_key)
+        self.ranker = Ranker(self.catalog)
+        self.popularity = Popularity(clock=clock)
+        self.popularity.seed(store)
+        self.live = Live(clock=clock)
+        self.metrics = Metrics()
+        self.jobs = Jobs()
+        self.learner_state = "starting"
+        self.model_wanted = True
+        """False while there is nothing to train on (the service is ready without a model)."""
+        self.forget_hooks: list[Callable[[UserId], None]] = []
+        self.head = store.last_offset()
+        self._acks: deque[tuple[int, float]] = deque()
+        self._encoder: TextEncoder | None = None
+        self._encoder_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self.metrics.catalog_items.set(int(self.catalog.view.alive.sum()))
+
+    # -- model -------------------------------------------------------------------
+    def publish(self, snapshot: Snapshot) -> None:
+        started = time.perf_counter()
+        self.ranker.publish(snapshot)
+        self.metrics.publish_seconds.observe(time.perf_counter() - started)
+        self.metrics.model_version.set(snapshot.checkpoint)
+        self.metrics.model_updates.set(snapshot.updates)
+        if snapshot.loss is not None:
+            self.metrics.training_loss.set(snapshot.loss)
+
+    @property
+    def model_version(self) -> str | None:
+        return self.ranker.scoring.version
+
+    @property
+    def ready(self) -> bool:
+        return self.ranker.scoring.snapshot is not None or not self.model_wanted
+
+    # -- events ------------------------------------------------------------------
+    def ingest(self, payload: Any) -> tuple[int, int]:
+        """Validate every event, then store all of them in one transaction, or none."""
+        raw = payload if isinstance(payload, list) else [payload]
+        limit = self.settings.serve.max_events_per_request
+        if len(raw) > limit:
+            raise Problem(413, f"{len(raw):,} events in one request; at most {limit:,}")
+        if not raw:
+            return 0, 0
+        events, errors = _problems(raw, self.validator.event)
+        if errors:
+            self.metrics.rejected.inc(len(raw) - len(events))
+            raise Problem(
+                422, f"{len(raw) - len(events)} of {len(raw)} events are invalid; nothing was stored", tuple(errors)
+            )
+        events = [e if e.event_id else replace(e, event_id=derive_event_id(e)) for e in events]
+        result = self.store.append_events(events)
+        with self._write_lock:
+            self.head = max(self.head, result.last_offset)
+            self._acks.append((result.last_offset, time.monotonic()))
+        if not result.duplicates:  # a retried request must not count twice
+            for e in events:
+                self.metrics.events.labels(e.type.value).inc()
+            self.popularity.add(events)
+            self.live.events(events)
+        self.metrics.duplicates.inc(result.duplicates)
+        return result.accepted, result.duplicates
+
+    # -- items -------------------------------------------------------------------
+    def encoder(self) -> TextEncoder:
+        with self._encoder_lock:
+            if self._encoder is None:
+                self._encoder = build_encoder(self.settings.encoder)
+            return self._encoder
+
+    def write_items(self, payload: Any) -> tuple[int, Job | None]:
+        """Store items at once; embed them now, or in a background job for large batches."""
+        raw = payload if isinstance(payload, list) else [payload]
+        items, errors = _problems(raw, self.validator.item)
+        if errors:
+            raise Problem(
+                422, f"{len(raw) - len(items)} of {len(raw)} items are invalid; nothing was stored", tuple(errors)
+            )
+        width = self.catalog.view.text.shape[1] if len(self.catalog.view) else None
+        wrong = [
+            {
+                "index": n,
+                "field": "vector",
+                "message": f"has {len(i.vector)} numbers; the catalog's vectors have {width}",
+            }
+            for n, i in enumerate(items)
+            if i.vector is not None and width is not None and len(i.vector) != width
+        ]
+        if wrong:
+            raise Problem(422, f"{len(wrong)} items have a vector of the wrong size; nothing was stored", tuple(wrong))
+        if not items:
+            return 0, None
+        self.store.upsert_items(items)
+        if len(items) > self.settings.serve.background_items:
+            return len(items), self.jobs.start(f"embed {len(items):,} items", lambda job: self._embed(items, job))
+        self._embed(items, None)
+        return len(items), None
+
+    def _embed(self, items: Sequence[Item], job: Job | None) -> None:
+        todo = self.store.items_to_embed(self.encoder_key)
+        if job is not None:
+            job.total = len(todo)
+        chunk = self.settings.encoder.batch_size * 4
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            self.store.put_embeddings(
+                self.encoder_key, [h for h, _ in part], self.encoder().encode([t for _, t in part])
+            )
+            if job is not None:
+                job.done += len(part)
+        latest = {i.item_id: i for i in items}
+        ids, vectors = self.store.item_vectors(self.encoder_key, list(latest))
+        self.catalog.put([latest[i] for i in ids], vectors)
+        self.ranker.refresh()
+        self.metrics.catalog_items.set(int(self.catalog.view.alive.sum()))
+
+    def get_item(self, item_id: ItemId) -> Item | None:
+        return self.store.get_item(item_id)
+
+    def delete_item(self, item_id: ItemId) -> bool:
+        found = self.store.delete_item(item_id)
+        if self.catalog.remove(item_id):
+            self.ranker.refresh()
+        self.popularity.forget(item_id)
+        self.metrics.catalog_items.set(int(self.catalog.view.alive.sum()))
+        return found
+
+    # -- users -------------------------------------------------------------------
+    def recommend(
+        self,
+        user_id: UserId,
+        k: int,
+        *,
+        exclude_seen: bool = True,
+        categories: Sequence[str] = (),
+        exclude: Sequence[ItemId] = (),
+        explain: bool = False,
+    ) -> tuple[str | None, list[Ranked]]:
+        scoring = self.ranker.scoring
+        history = self.store.user_history(user_id, SEEN_WINDOW)
+        known = any(e.item_id in scoring.view.codes for e in history)
+        items = self.ranker.recommend(
+            history,
+            self.clock(),
+            k,
+            exclude=exclude,
+            categories=categories,
+            exclude_seen=exclude_seen,
+            explain=explain,
+            popular=() if known else self.popularity.top(),
+        )
+        source = "model" if known and scoring.net is not None else "text" if known else "popular"
+        self.metrics.recommendations.labels(source).inc()
+        self.live.served_list(user_id, [r.item_id for r in items])
+        return scoring.version, items
+
+    def history(self, user_id: UserId, n: int) -> list[Event]:
+        return self.store.user_history(user_id, n)
+
+    def delete_user(self, user_id: UserId) -> int:
+        removed = self.store.delete_user(user_id)
+        self.live.forget(user_id)
+        for hook in self.forget_hooks:
+            hook(user_id)
+        return removed
+
+    # -- live figures ------------------------------------------------------------------
+    def tick(self) -> dict[str, Any]:
+        """Sample the gauges (called once a second by the server)."""
+        scoring = self.ranker.scoring
+        learned = scoring.snapshot.offset if scoring.snapshot is not None else 0
+        now = time.monotonic()
+        with self._write_lock:
+            while self._acks and self._acks[0][0] <= learned:
+                self._acks.popleft()
+            lag_s = now - self._acks[0][1] if self._acks and scoring.snapshot is not None else 0.0
+            head = self.head
+        lag = max(head - learned, 0) if scoring.snapshot is not None else head
+        hit_rate = self.live.hit_rate()
+        self.metrics.lag_events.set(lag)
+        self.metrics.lag_seconds.set(lag_s)
+        if hit_rate is not None:
+            self.metrics.hit_rate.set(hit_rate)
+        gauges: dict[str, Any] = {
+            "lag_events": lag,
+            "lag_seconds": round(lag_s, 3),
+            "loss": scoring.snapshot.loss if scoring.snapshot is not None else None,
+            "model_version": scoring.version,
+            "hit_rate": hit_rate,
+        }
+        self.live.gauges(gauges)
+        return gauges
+
+    def status(self) -> dict[str, Any]:
+        scoring = self.ranker.scoring
+        snap = scoring.snapshot
+        return {
+            "model_version": scoring.version,
+            "model_created": snap.created if snap is not None else None,
+            "learned_offset": snap.offset if snap is not None else 0,
+            "log_offset": self.head,
+            "learner": self.learner_state,
+            "catalog_items": int(scoring.view.alive.sum()),
+            "ready": self.ready,
+            "hit_rate": self.live.hit_rate(),
+            "hits_total": self.live.hits_total,
+            "trials_total": self.live.trials_total,
+        }
+
+
+def item_dict(item: Item) -> dict[str, Any]:
+    return {
+        "item_id": item.item_id,
+        "title": item.title,
+        "description": item.description,
+        "categories": list(item.categories),
+        "attributes": item.attributes,
+        "has_vector": item.vector is not None,
+        "created_at": item.created_at,
+        "updated_at": item.updated_at,
+    }
