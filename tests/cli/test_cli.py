@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,10 +67,29 @@ def test_import_items_and_events_from_generated_data(tmp_path: Path) -> None:
     assert (s["items"], s["items_embedded"], s["events"]) == (50, 50, 300)
 
 
-def test_demo_prints_recommendations(tmp_path: Path) -> None:
-    out = run("--data", str(tmp_path), "demo", "--items", "60", "--users", "10", "--events", "500")
-    assert "popularity fallback" in out and "u00000" in out
-    assert stats(tmp_path)["events"] == 500
+def test_demo_serves_simulated_shoppers(tmp_path: Path) -> None:
+    """The README's first command, as a real process, for a few seconds."""
+    freshrec = Path(sys.executable).parent / "freshrec"
+    args = ["--items", "80", "--users", "15", "--history", "600", "--port", "0", "--duration", "8", "--rate", "25"]
+    done = subprocess.run(
+        [str(freshrec), "--data", str(tmp_path), "demo", *args],
+        env={**os.environ, **HASHING},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"freshrec demo running at http://127\.0\.0\.1:\d+/", done.stdout)
+    clicks = re.search(r"\(([\d,]+) clicks, 0 errors\)", done.stdout)
+    assert clicks and int(clicks.group(1).replace(",", "")) > 20, done.stdout
+    assert stats(tmp_path)["events"] > 600  # the simulated clicks were stored
+    assert list((tmp_path / "checkpoints").glob("model-*.pt"))  # the learner checkpointed on the way out
+
+
+def test_serve_refuses_to_run_open_or_without_keys(tmp_path: Path) -> None:
+    out = run("--data", str(tmp_path), "serve", "--host", "0.0.0.0", "--insecure-no-auth", code=2)
+    assert "only allowed on a loopback address" in out
+    assert "no API key is configured" in run("--data", str(tmp_path), "serve", code=2)
 
 
 def test_bad_settings_and_arguments_are_clear(tmp_path: Path) -> None:

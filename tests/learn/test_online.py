@@ -122,3 +122,34 @@ def test_follow_learns_events_as_they_arrive(world: tuple[SQLiteStore, list, Pat
     thread.join(timeout=10)
     assert result == [10] and follower.state.offset == store.read_events(0, 10_000)[-1].offset
     assert checkpoints.current().events_learned == 610  # type: ignore[union-attr]
+
+
+def test_items_added_after_the_checkpoint_join_the_model(world: tuple[SQLiteStore, list, Path]) -> None:  # type: ignore[type-arg]
+    store, _later, tmp = world
+    checkpoints = Checkpoints(tmp / "checkpoints")
+    published: list[object] = []
+    learner = Learner(store, SETTINGS, checkpoints, on_update=published.append)
+    learner.train()
+    assert len(published) == 1
+    n = len(learner.item_ids)
+    validator = Validator(IngestSettings())
+    store.upsert_items([validator.item({"item_id": "late-1", "title": "A late arrival"})])
+    embed_items(store, build_encoder(SETTINGS.encoder))
+    events = [
+        {"user_id": "u00001", "item_id": "late-1", "type": "click", "timestamp": 1_790_000_000 + s} for s in range(3)
+    ]
+    events.append({"user_id": "u00001", "item_id": "never-imported", "type": "click", "timestamp": 1_790_000_010})
+    store.append_events([validator.event(e) for e in events])
+    assert learner.catch_up() == 3
+    assert learner.item_ids[n:] == ["late-1"] and learner.state.skipped_unknown_items == 1
+    model = learner.model
+    assert model is not None and model.n_items == n + 1 and bool(model.net.active[n])
+    for optimizer in model.trainer.optimizers:  # per-row optimizer state grew with the table
+        for value in optimizer.state.get(model.net.item_id.weight, {}).values():
+            assert not value.dim() or value.shape[0] == n + 1
+    snapshot = published[-1]
+    assert snapshot.item_ids[-1] == "late-1" and snapshot.offset == store.last_offset()  # type: ignore[attr-defined]
+    # the checkpoint keeps the grown table; a restarted learner resumes with it
+    again = Learner(store, SETTINGS, checkpoints)
+    again.resume()
+    assert again.item_ids == learner.item_ids

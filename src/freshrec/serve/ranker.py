@@ -8,10 +8,10 @@ read ``ranker.scoring`` once and use that object to the end, so a request
 never mixes two model versions and never waits for a publish.
 
 Explanations are leave-one-out attributions: the user vector is recomputed
-with each history event hidden (one batched forward pass), and the event
-whose absence lowers an item's score most is the one named in "because you
-rated X". They say what the model actually used, not a similarity guessed
-after the fact.
+for the history without each of its events (one batched forward pass), and
+the event whose absence lowers an item's score most is the one named in
+"because you rated X", with that drop as its weight. They say what the
+model actually used, not a similarity guessed after the fact.
 """
 
 from __future__ import annotations
@@ -201,24 +201,32 @@ def _top(scores: npt.NDArray[np.floating], allowed: npt.NDArray[np.bool_], k: in
     return [int(c) for c in candidates[order]]
 
 
-def _history_tensors(sc: Scoring, known: Sequence[Event], now: float, length: int) -> dict[str, torch.Tensor]:
-    past = known[-length:]
-    m = len(past)
-    hist = torch.full((1, length), -1, dtype=torch.long)
-    htype = torch.full((1, length), -1, dtype=torch.long)
-    hvalue = torch.full((1, length), float("nan"))
-    htime = torch.full((1, length), float("nan"), dtype=torch.float64)
-    if m:
-        hist[0, -m:] = torch.tensor([sc.view.codes[e.item_id] for e in past])
-        htype[0, -m:] = torch.tensor([TYPE_CODES[e.type] for e in past])
-        hvalue[0, -m:] = torch.tensor([np.nan if e.value is None else e.value for e in past], dtype=torch.float32)
-        htime[0, -m:] = torch.tensor([e.timestamp for e in past], dtype=torch.float64)
+def _history_tensors(
+    sc: Scoring, histories: Sequence[Sequence[Event]], now: float, length: int
+) -> dict[str, torch.Tensor]:
+    """Right-aligned, left-padded tensors of several histories (oldest event first)."""
+    rows = len(histories)
+    hist = torch.full((rows, length), -1, dtype=torch.long)
+    htype = torch.full((rows, length), -1, dtype=torch.long)
+    hvalue = torch.full((rows, length), float("nan"))
+    htime = torch.full((rows, length), float("nan"), dtype=torch.float64)
+    latest = now
+    for r, events in enumerate(histories):
+        past = events[-length:]
+        if not past:
+            continue
+        m = len(past)
+        hist[r, -m:] = torch.tensor([sc.view.codes[e.item_id] for e in past])
+        htype[r, -m:] = torch.tensor([TYPE_CODES[e.type] for e in past])
+        hvalue[r, -m:] = torch.tensor([np.nan if e.value is None else e.value for e in past], dtype=torch.float32)
+        htime[r, -m:] = torch.tensor([e.timestamp for e in past], dtype=torch.float64)
+        latest = max(latest, past[-1].timestamp)
     return {
         "hist_item": hist,
         "hist_type": htype,
         "hist_value": hvalue,
         "hist_time": htime,
-        "time": torch.tensor([max(now, float(htime[0, -1]) if m else now)], dtype=torch.float64),
+        "time": torch.full((rows,), latest, dtype=torch.float64),
     }
 
 
@@ -229,15 +237,10 @@ def _by_model(
     assert sc.net is not None and sc.vectors is not None and sc.bias is not None and sc.snapshot is not None
     length = sc.snapshot.settings.history_length
     past = list(known[-length:])
-    t = _history_tensors(sc, past, now, length)
-    if explain:  # row 0: the full history; row 1 + j: the history without event j
-        m = len(past)
-        variants = {
-            name: value.repeat(m + 1, 1) if value.dim() == 2 else value.repeat(m + 1) for name, value in t.items()
-        }
-        for j in range(m):
-            variants["hist_item"][1 + j, length - m + j] = -1
-        t = variants
+    histories = [past]
+    if explain:  # row 1 + j: the history as if event j had not happened
+        histories += [past[:j] + past[j + 1 :] for j in range(len(past))]
+    t = _history_tensors(sc, histories, now, length)
     users = sc.net.users(sc.vectors, t["hist_item"], t["hist_type"], t["hist_value"], t["hist_time"], t["time"])
     scores = (users @ sc.vectors.T + sc.bias).numpy()
     top = _top(scores[0], allowed, k)

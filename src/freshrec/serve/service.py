@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from freshrec.domain import Event, Item, ItemId, UserId
@@ -33,13 +33,14 @@ SEEN_WINDOW = 500
 """Most recent events of a user whose items ``exclude_seen`` leaves out."""
 
 
-@dataclass(frozen=True)
 class Problem(Exception):
     """A request the service refuses; ``errors`` locate each bad record."""
 
-    status: int
-    detail: str
-    errors: tuple[dict[str, Any], ...] = ()
+    def __init__(self, status: int, detail: str, errors: Sequence[dict[str, Any]] = ()):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = list(errors)
 
 
 def _problems(raw: Sequence[Any], check: Callable[[Any], Any]) -> tuple[list[Any], list[dict[str, Any]]]:

@@ -1,0 +1,214 @@
+"""The HTTP API against a real server: auth, ingest, items, recommendations, freshness."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import httpx
+
+from tests.serve.conftest import ADMIN, READ, WRITE, Server, wait_for
+
+
+def busy_user(server: Server) -> str:
+    return Counter(str(e["user_id"]) for e in server.events).most_common(1)[0][0]
+
+
+def test_keys_gate_every_role(server: Server) -> None:
+    recs = "/v1/users/u00001/recommendations"
+    with server.client(None) as anonymous:
+        r = anonymous.get(recs)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and "API key" in r.json()["detail"]
+        assert anonymous.get("/health/live").status_code == 200
+    with server.client("wrong-key-0123456789") as wrong:
+        assert wrong.get(recs).status_code == 401
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {READ}"}) as bearer:
+        assert bearer.get(recs).status_code == 200
+    event = {"user_id": "auth-user", "item_id": "i000001", "type": "click"}
+    with server.client(READ) as reader:
+        assert reader.get(recs).status_code == 200
+        r = reader.post("/v1/events", json=event)
+        assert r.status_code == 403 and "write" in r.json()["detail"]
+    with server.client(WRITE) as writer:
+        assert writer.post("/v1/events", json=event).status_code == 202
+        assert writer.delete("/v1/users/auth-user").status_code == 403
+        assert writer.delete("/v1/items/i000001").status_code == 403
+    with server.client(ADMIN) as admin:
+        assert admin.delete("/v1/users/auth-user").status_code == 204
+
+
+def test_events_are_stored_once_and_counted(server: Server) -> None:
+    with server.client() as c:
+        one = {"user_id": "ingest-user", "item_id": "i000002", "type": "view", "event_id": "ingest-1"}
+        assert c.post("/v1/events", json=one).json() == {"accepted": 1, "duplicates": 0}
+        assert c.post("/v1/events", json=one).json() == {"accepted": 0, "duplicates": 1}
+        batch = [{**one, "event_id": f"ingest-{n}", "type": "click"} for n in range(2, 12)]
+        r = c.post("/v1/events", json=batch)
+        assert r.status_code == 202 and r.json() == {"accepted": 10, "duplicates": 0}
+        history = c.get("/v1/users/ingest-user/history").json()["events"]
+        assert [e["event_id"] for e in history] == [f"ingest-{n}" for n in range(11, 0, -1)]
+        metrics = c.get("/metrics").text
+        assert re.search(r'freshrec_events_ingested_total\{type="click"\} \d+', metrics)
+
+
+def test_a_bad_event_rejects_the_whole_request(server: Server) -> None:
+    with server.client() as c:
+        before = c.get("/v1/stats").json()["status"]["log_offset"]
+        batch = [
+            {"user_id": "reject-user", "item_id": "i000003", "type": "click"},
+            {"user_id": "reject-user", "item_id": "i000003", "type": "rating", "value": 11},
+            {"user_id": "reject-user", "item_id": "i000003", "type": "teleport"},
+        ]
+        r = c.post("/v1/events", json=batch)
+        assert r.status_code == 422
+        body = r.json()
+        assert body["detail"] == "2 of 3 events are invalid; nothing was stored"
+        assert [(e["index"], e["field"]) for e in body["errors"]] == [(1, "value"), (2, "type")]
+        assert "rating scale" in body["errors"][0]["message"]
+        assert c.get("/v1/users/reject-user/history").json()["events"] == []
+        assert c.get("/v1/stats").json()["status"]["log_offset"] == before
+
+
+def test_malformed_and_oversized_requests_get_clear_errors(server: Server) -> None:
+    with server.client() as c:
+        r = c.post("/v1/events", content=b'{"user_id": "u", "item_id": "i", "type": "rating", "value": NaN}')
+        assert r.status_code == 400 and "NaN" in r.json()["detail"]
+        r = c.post("/v1/events", content=b'{"user_id": "\xff"}')
+        assert r.status_code == 400 and "UTF-8" in r.json()["detail"]
+        many = [{"user_id": "u", "item_id": "i", "type": "click"}] * 101
+        r = c.post("/v1/events", json=many)
+        assert r.status_code == 413 and "at most 100" in r.json()["detail"]
+        r = c.post("/v1/events", content=b"[" + b" " * (2 * 1024 * 1024) + b"]")
+        assert r.status_code == 413 and "larger than" in r.json()["detail"]
+        r = c.get("/v1/users/bad%01id/recommendations")
+        assert r.status_code == 422 and "control" in r.json()["detail"]
+        assert c.get("/v1/users/u00001/recommendations?k=0").status_code == 422
+        assert c.get("/v1/users/u00001/recommendations?k=100000").status_code == 422
+
+
+def test_recommendations_follow_the_filters(server: Server) -> None:
+    user = busy_user(server)
+    with server.client(READ) as c:
+        r = c.get(f"/v1/users/{user}/recommendations?k=7&explain=true").json()
+        assert set(r) == {"user_id", "model_version", "items"} and r["user_id"] == user
+        assert re.fullmatch(r"\d+\.\d+", r["model_version"])
+        items = r["items"]
+        assert len(items) == 7 and len({i["item_id"] for i in items}) == 7
+        scores = [i["score"] for i in items]
+        assert scores == sorted(scores, reverse=True)
+        seen = {e["item_id"] for e in c.get(f"/v1/users/{user}/history?n=1000").json()["events"]}
+        assert not seen & {i["item_id"] for i in items}
+        assert all(i["explanation"] and i["title"] for i in items)
+        # explanations only ever name this user's own history
+        assert {b["item_id"] for i in items for b in i["because"]} <= seen
+        assert seen & {
+            i["item_id"] for i in c.get(f"/v1/users/{user}/recommendations?k=50&exclude_seen=false").json()["items"]
+        }
+
+        category = c.get(f"/v1/items/{items[0]['item_id']}").json()["categories"][0]
+        in_cat = c.get(f"/v1/users/{user}/recommendations", params={"k": 5, "categories": category}).json()["items"]
+        assert in_cat and all(category in c.get(f"/v1/items/{i['item_id']}").json()["categories"] for i in in_cat)
+        first = items[0]["item_id"]
+        without = c.get(f"/v1/users/{user}/recommendations", params={"k": 7, "exclude": f"{first},nothing"}).json()
+        assert first not in {i["item_id"] for i in without["items"]}
+
+
+def test_a_new_user_gets_popular_diverse_items(server: Server) -> None:
+    with server.client(READ) as c:
+        items = c.get("/v1/users/never-seen-before/recommendations?k=10&explain=true").json()["items"]
+        assert len(items) == 10 and all(i["explanation"] == "popular right now" for i in items)
+        top_categories = {c.get(f"/v1/items/{i['item_id']}").json()["categories"][0] for i in items}
+        assert len(top_categories) >= 3
+
+
+def test_an_event_changes_the_very_next_recommendation(server: Server) -> None:
+    user = busy_user(server)
+    with server.client() as c:
+        before = c.get(f"/v1/users/{user}/recommendations?k=10").json()["items"]
+        clicked = before[0]["item_id"]
+        assert c.post("/v1/events", json={"user_id": user, "item_id": clicked, "type": "purchase"}).status_code == 202
+        after = c.get(f"/v1/users/{user}/recommendations?k=10&explain=true").json()["items"]
+        assert clicked not in {i["item_id"] for i in after}
+        assert [i["score"] for i in after[:5]] != [i["score"] for i in before[1:6]]
+        assert c.get(f"/v1/users/{user}/history?n=1").json()["events"][0]["item_id"] == clicked
+
+
+def test_online_updates_reach_serving(server: Server) -> None:
+    with server.client() as c:
+        version = c.get("/v1/stats").json()["status"]["model_version"]
+        events = [{"user_id": f"learn-{n % 7}", "item_id": f"i{n % 90:06d}", "type": "click"} for n in range(100)]
+        assert c.post("/v1/events", json=events).status_code == 202
+
+        def learned() -> bool:
+            status = c.get("/v1/stats").json()["status"]
+            return bool(status["learned_offset"] >= status["log_offset"] and status["model_version"] != version)
+
+        wait_for(learned, timeout=30)
+        metrics = c.get("/metrics").text
+        assert "freshrec_learner_lag_events" in metrics and "freshrec_model_version" in metrics
+
+
+def test_items_are_recommendable_at_once_and_gone_when_deleted(server: Server) -> None:
+    with server.client() as c:
+        item = {"title": "Zeppelin spare parts", "description": "Airship hull fabric", "categories": ["Airships"]}
+        r = c.put("/v1/items/airship-1", json=item)
+        assert r.status_code == 200 and r.json()["categories"] == ["Airships"]
+        assert c.get("/v1/items/airship-1").json()["title"] == "Zeppelin spare parts"
+        picks = c.get(f"/v1/users/{busy_user(server)}/recommendations", params={"categories": "airships"}).json()
+        assert [i["item_id"] for i in picks["items"]] == ["airship-1"]
+        r = c.put("/v1/items/airship-1", json={"item_id": "other", "title": "x"})
+        assert r.status_code == 422 and "differs" in r.json()["detail"]
+        assert c.delete("/v1/items/airship-1").status_code == 204
+        assert c.get("/v1/items/airship-1").status_code == 404
+        assert c.get("/v1/items/airship-1/similar").status_code == 404
+        picks = c.get(f"/v1/users/{busy_user(server)}/recommendations", params={"categories": "airships"}).json()
+        assert picks["items"] == []
+        assert c.delete("/v1/items/airship-1").status_code == 404
+
+
+def test_a_large_item_batch_is_embedded_in_the_background(server: Server) -> None:
+    with server.client() as c:
+        batch = [{"item_id": f"kite-{n}", "title": f"Kite number {n}", "categories": ["Kites"]} for n in range(8)]
+        r = c.post("/v1/items", json=batch)
+        assert r.status_code == 202 and r.json()["items"] == 8
+        job = r.json()["job"]["job_id"]
+        wait_for(lambda: c.get(f"/v1/jobs/{job}").json()["state"] == "done")
+        assert c.get(f"/v1/jobs/{job}").json()["done"] == 8
+        similar = c.get("/v1/items/kite-0/similar?k=3").json()
+        assert len(similar["items"]) == 3 and similar["items"][0]["item_id"].startswith("kite-")
+        small = c.post("/v1/items", json={"item_id": "kite-x", "title": "Kite"})
+        assert small.status_code == 200 and small.json() == {"items": 1, "job": None}
+        bad = c.post("/v1/items", json=[{"item_id": "ok", "title": "fine"}, {"item_id": "", "title": "no id"}])
+        assert bad.status_code == 422 and bad.json()["errors"][0]["index"] == 1
+        assert c.get("/v1/items/ok").status_code == 404
+
+
+def test_deleting_a_user_forgets_their_history(server: Server) -> None:
+    with server.client() as c:
+        events = [{"user_id": "leaving", "item_id": f"i{n:06d}", "type": "click"} for n in range(5)]
+        c.post("/v1/events", json=events).raise_for_status()
+        assert len(c.get("/v1/users/leaving/history").json()["events"]) == 5
+        assert c.delete("/v1/users/leaving").status_code == 204
+        assert c.get("/v1/users/leaving/history").json()["events"] == []
+        items = c.get("/v1/users/leaving/recommendations?explain=true").json()["items"]
+        assert all(i["explanation"] == "popular right now" for i in items)
+
+
+def test_health_metrics_and_openapi(server: Server) -> None:
+    with server.client(None) as c:
+        assert c.get("/health/ready").json()["status"] == "ready"
+        metrics = c.get("/metrics").text
+        names = {line.split("{")[0].split(" ")[0] for line in metrics.splitlines() if line and not line.startswith("#")}
+        assert names and all(n.startswith("freshrec_") for n in names)
+        for wanted in (
+            "freshrec_http_request_duration_seconds_bucket",
+            "freshrec_learner_lag_seconds",
+            "freshrec_training_loss",
+        ):
+            assert wanted in names
+        assert 'route="/v1/users/{user_id}/recommendations"' in metrics
+        spec = c.get("/openapi.json").json()
+        body = spec["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["anyOf"][1]["maxItems"] == 100 and "user_id" in json.dumps(body)
+        assert "/v1/users/{user_id}/recommendations" in spec["paths"]

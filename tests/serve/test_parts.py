@@ -1,0 +1,100 @@
+"""The service's small parts: popularity, live figures, catalog, keys."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import SecretStr
+
+from freshrec.domain import Event, EventType, Item
+from freshrec.serve.auth import AuthError, Keys, Role, is_loopback
+from freshrec.serve.catalog import Catalog
+from freshrec.serve.fallback import Popularity
+from freshrec.serve.live import Live
+from freshrec.settings import ServeSettings
+
+
+class Clock:
+    def __init__(self, t: float = 1_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def click(user: str, item: str, type_: EventType = EventType.CLICK) -> Event:
+    return Event(user, item, type_, 0.0)
+
+
+def test_popularity_decays_with_a_half_life() -> None:
+    clock = Clock()
+    pop = Popularity(half_life_s=100.0, clock=clock)
+    pop.add([click("u", "old")] * 4)
+    clock.t += 200  # two half-lives: the four old events weigh one new one
+    pop.add([click("u", "new")] * 2 + [click("u", "x", EventType.DISLIKE)] * 9)
+    top = dict(pop.top())
+    assert top["new"] / top["old"] == pytest.approx(2.0) and "x" not in top
+    pop.forget("new")
+    assert [i for i, _ in pop.top()] == ["old"]
+
+
+def test_hit_rate_counts_positive_feedback_on_served_items() -> None:
+    clock = Clock()
+    live = Live(clock=clock)
+    live.events([click("a", "i1")])  # nothing served yet: not a trial
+    live.served_list("a", ["i1", "i2"])
+    live.events([click("a", "i2"), click("a", "i9"), click("a", "i1", EventType.IMPRESSION)])
+    assert live.hit_rate() == 0.5
+    clock.t += 1_000
+    assert live.hit_rate() is None  # outside the window
+    series = live.series()
+    assert series["events"]["click"] == [2, 0] or sum(series["events"]["click"]) == 3
+    live.forget("a")
+    live.events([click("a", "i2")])
+    assert live.trials_total == 2
+
+
+def test_catalog_views_are_copies_on_write() -> None:
+    catalog = Catalog()
+    catalog.put([Item("a", "A", categories=("X",)), Item("b", "B")], np.eye(2, dtype=np.float32))
+    before = catalog.view
+    catalog.put([Item("b", "B2", categories=("Y",)), Item("c", "C")], np.ones((2, 2), dtype=np.float32))
+    view = catalog.view
+    assert before.ids == ["a", "b"] and before.titles == ["A", "B"]
+    assert view.ids == ["a", "b", "c"] and view.titles == ["A", "B2", "C"]
+    np.testing.assert_array_equal(view.text[1], [1.0, 1.0])
+    assert view.in_categories(["y", "x"]).tolist() == [True, True, False]
+    assert catalog.remove("a") and not catalog.remove("a") and not catalog.remove("zzz")
+    assert catalog.view.alive.tolist() == [False, True, True] and view.alive.all()
+    with pytest.raises(ValueError, match="width"):
+        catalog.put([Item("d")], np.ones((1, 3), dtype=np.float32))
+
+
+def test_keys_and_roles() -> None:
+    keys = Keys(
+        ServeSettings(
+            read_keys=[SecretStr("r" * 16)], write_keys=[SecretStr("w" * 16)], admin_keys=[SecretStr("a" * 16)]
+        )
+    )
+    assert keys.role_of("r" * 16) is Role.READ and keys.role_of("a" * 16) is Role.ADMIN
+    assert keys.role_of("r" * 15) is None and keys.role_of(None) is None
+    keys.check("w" * 16, Role.READ)
+    with pytest.raises(AuthError) as denied:
+        keys.check("w" * 16, Role.ADMIN)
+    assert denied.value.status == 403
+    with pytest.raises(AuthError) as unknown:
+        keys.check("nope", Role.READ)
+    assert unknown.value.status == 401
+    assert Keys(ServeSettings(), open=True).role_of(None) is Role.ADMIN
+    with pytest.raises(ValueError, match="no API key"):
+        Keys(ServeSettings())
+    with pytest.raises(ValueError, match="16 characters"):
+        Keys(ServeSettings(read_keys=[SecretStr("short")]))
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False), ("10.0.0.1", False)],
+)
+def test_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback

@@ -1,0 +1,140 @@
+"""Ranking from a published snapshot: row mapping, explanations, filters, fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from freshrec.domain import Event, EventType, Item
+from freshrec.encoders.hashing import HashingEncoder
+from freshrec.learn.recommender import FreshRec
+from freshrec.model.base import Interactions
+from freshrec.model.snapshot import Snapshot
+from freshrec.serve.catalog import Catalog
+from freshrec.serve.ranker import Ranker, _top, build_scoring
+from freshrec.settings import LearnSettings, ModelSettings
+
+MODEL = ModelSettings(dim=16, history_length=6, heads=2)
+TOPICS = ["garden", "kitchen", "space"]
+IDS = [f"{TOPICS[n % 3]}-{n}" for n in range(30)]
+T0 = 1_700_000_000.0
+
+
+def items() -> list[Item]:
+    return [Item(i, title=f"{i.split('-')[0]} thing {i}", categories=(i.split("-")[0].title(),)) for i in IDS]
+
+
+def text(ids: list[str]) -> np.ndarray:
+    return HashingEncoder(32).encode([f"{i.split('-')[0]} thing {i}" for i in ids])
+
+
+def trained_snapshot() -> tuple[FreshRec, Snapshot]:
+    rng = np.random.default_rng(0)
+    model = FreshRec(len(IDS), text(IDS), MODEL, LearnSettings(epochs=1))
+    n, length = 400, MODEL.history_length
+    users = rng.integers(0, 3, n)
+    item = (users + 3 * rng.integers(0, 10, n)).astype(np.int32)  # each "user kind" sticks to one topic
+    hist = (users[:, None] + 3 * rng.integers(0, 10, (n, length))).astype(np.int32)
+    batch = Interactions(
+        user=users.astype(np.int32),
+        item=item,
+        type=np.full(n, 1, dtype=np.int8),
+        value=np.full(n, np.nan, dtype=np.float32),
+        time=T0 + np.arange(n, dtype=np.float64),
+        hist_item=hist,
+        hist_type=np.full((n, length), 1, dtype=np.int8),
+        hist_value=np.full((n, length), np.nan, dtype=np.float32),
+        hist_time=T0 + np.arange(n, dtype=np.float64)[:, None] - np.arange(length, 0, -1),
+        position=np.arange(n, dtype=np.int64),
+    )
+    model.fit(batch)
+    return model, Snapshot.of(model.net, IDS, checkpoint=1, updates=0, offset=n)
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[FreshRec, Snapshot]:
+    return trained_snapshot()
+
+
+def shuffled_catalog() -> Catalog:
+    catalog = Catalog()
+    order = list(reversed(range(len(IDS))))  # serving's rows in another order than the learner's
+    catalog.put([items()[n] for n in order], text([IDS[n] for n in order]))
+    return catalog
+
+
+def history(*ids: str) -> list[Event]:
+    return [Event("u", i, EventType.CLICK, T0 + n) for n, i in enumerate(ids)]
+
+
+def test_serving_rows_follow_item_ids_not_positions(trained: tuple[FreshRec, Snapshot]) -> None:
+    model, snapshot = trained
+    catalog = shuffled_catalog()
+    scoring = build_scoring(snapshot, catalog.view)
+    assert scoring.vectors is not None and scoring.version == "1.0"
+    with torch.no_grad():
+        vectors, _ = model.net.item_table()
+    for n, item_id in enumerate(IDS):
+        torch.testing.assert_close(scoring.vectors[catalog.view.codes[item_id]], vectors[n])
+
+
+def test_explanations_are_the_score_drop_without_each_event(trained: tuple[FreshRec, Snapshot]) -> None:
+    _, snapshot = trained
+    ranker = Ranker(shuffled_catalog())
+    ranker.publish(snapshot)
+    past = history("garden-0", "garden-3", "space-2", "garden-6")
+    recs = ranker.recommend(past, T0 + 100, 5, explain=True)
+    assert len(recs) == 5 and not {r.item_id for r in recs} & {e.item_id for e in past}
+    top = recs[0]
+    assert top.because and top.explanation == f"because you clicked {top.because[0].title}"
+    named = top.because[0]
+    without = [e for e in past if e.item_id != named.item_id]
+    rescored = {r.item_id: r.score for r in ranker.recommend(without, T0 + 100, 30, exclude_seen=False)}
+    assert rescored[top.item_id] == pytest.approx(top.score - named.weight, abs=1e-4)
+    assert [b.weight for b in top.because] == sorted((b.weight for b in top.because), reverse=True)
+
+
+def test_filters_and_a_deleted_item(trained: tuple[FreshRec, Snapshot]) -> None:
+    _, snapshot = trained
+    catalog = shuffled_catalog()
+    ranker = Ranker(catalog)
+    ranker.publish(snapshot)
+    past = history("garden-0")
+    kitchen = ranker.recommend(past, T0, 20, categories=["KITCHEN"])
+    assert len(kitchen) == 10 and all(r.item_id.startswith("kitchen") for r in kitchen)
+    catalog.remove("kitchen-1")
+    ranker.refresh()
+    rest = ranker.recommend(past, T0, 20, categories=["kitchen"], exclude=["kitchen-4"])
+    assert {r.item_id for r in rest} == {f"kitchen-{n}" for n in range(1, 30, 3)} - {"kitchen-1", "kitchen-4"}
+    assert ranker.similar("kitchen-1", 5) is None
+    similar = ranker.similar("garden-0", 29)
+    assert similar is not None and "garden-0" not in {r.item_id for r in similar} and len(similar) == 28
+
+
+def test_before_any_model_text_similarity_and_popularity_serve() -> None:
+    ranker = Ranker(shuffled_catalog())
+    assert ranker.scoring.net is None
+    by_text = ranker.recommend(history("space-2", "space-5"), T0, 3, explain=True)
+    assert len(by_text) == 3 and by_text[0].explanation is not None
+    popular = [(i, 100.0 - n) for n, i in enumerate(IDS)]
+    picks = ranker.recommend([], T0, 3, popular=popular)
+    assert picks[0].item_id == IDS[0] and all(r.explanation == "popular right now" for r in picks)
+
+
+def test_popular_picks_skip_near_duplicates() -> None:
+    catalog = Catalog()
+    twins = [Item(f"twin-{n}", title="same") for n in range(5)] + [Item("other", title="other")]
+    vectors = np.array([[1.0, 0.0]] * 5 + [[0.0, 1.0]], dtype=np.float32)
+    catalog.put(twins, vectors)
+    ranker = Ranker(catalog)
+    popular = [(f"twin-{n}", 10.0 - n) for n in range(5)] + [("other", 6.0)]
+    picks = [r.item_id for r in ranker.recommend([], T0, 2, popular=popular)]
+    assert picks == ["twin-0", "other"]  # not the second twin, though it is more popular
+
+
+def test_top_breaks_ties_by_lower_code() -> None:
+    scores = np.array([1.0, 3.0, 3.0, 2.0, 3.0])
+    allowed = np.array([True, True, False, True, True])
+    assert _top(scores, allowed, 3) == [1, 4, 3]
+    assert _top(scores, np.zeros(5, dtype=bool), 3) == []
