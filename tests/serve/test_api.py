@@ -54,7 +54,7 @@ def test_events_are_stored_once_and_counted(server: Server) -> None:
 
 def test_a_bad_event_rejects_the_whole_request(server: Server) -> None:
     with server.client() as c:
-        before = c.get("/v1/stats").json()["status"]["log_offset"]
+        before = c.get("/v1/status").json()["log_offset"]
         batch = [
             {"user_id": "reject-user", "item_id": "i000003", "type": "click"},
             {"user_id": "reject-user", "item_id": "i000003", "type": "rating", "value": 11},
@@ -67,7 +67,7 @@ def test_a_bad_event_rejects_the_whole_request(server: Server) -> None:
         assert [(e["index"], e["field"]) for e in body["errors"]] == [(1, "value"), (2, "type")]
         assert "rating scale" in body["errors"][0]["message"]
         assert c.get("/v1/users/reject-user/history").json()["events"] == []
-        assert c.get("/v1/stats").json()["status"]["log_offset"] == before
+        assert c.get("/v1/status").json()["log_offset"] == before
 
 
 def test_malformed_and_oversized_requests_get_clear_errors(server: Server) -> None:
@@ -136,12 +136,12 @@ def test_an_event_changes_the_very_next_recommendation(server: Server) -> None:
 
 def test_online_updates_reach_serving(server: Server) -> None:
     with server.client() as c:
-        version = c.get("/v1/stats").json()["status"]["model_version"]
+        version = c.get("/v1/status").json()["model_version"]
         events = [{"user_id": f"learn-{n % 7}", "item_id": f"i{n % 90:06d}", "type": "click"} for n in range(100)]
         assert c.post("/v1/events", json=events).status_code == 202
 
         def learned() -> bool:
-            status = c.get("/v1/stats").json()["status"]
+            status = c.get("/v1/status").json()
             return bool(status["learned_offset"] >= status["log_offset"] and status["model_version"] != version)
 
         wait_for(learned, timeout=30)

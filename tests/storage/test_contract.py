@@ -79,6 +79,8 @@ def test_user_history_is_the_last_n_oldest_first(store: Store) -> None:
     history = store.user_history("u1", 3)
     assert [e.item_id for e in history] == ["i15", "i17", "i19"]
     assert store.user_history("nobody", 5) == []
+    assert store.user_items("u1", 3) == {"i15", "i17", "i19"}
+    assert store.user_items("u1", 100) == {f"i{i}" for i in range(1, 20, 2)} and store.user_items("nobody", 5) == set()
 
 
 def test_delete_user_removes_all_their_events_only(store: Store) -> None:

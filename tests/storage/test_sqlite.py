@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -52,5 +53,32 @@ def test_history_and_deletion_across_many_segments(monkeypatch: pytest.MonkeyPat
         mine = [e for e in log if e.user_id == user]
         for n in (1, 5, 40, 1_000):
             assert store.user_history(user, n) == mine[-n:]
+            assert store.user_items(user, n) == {e.item_id for e in mine[-n:]}
     assert store.delete_user("u3") == users.count("u3")
     assert all(e.user_id != "u3" for e in store.read_events(0, 1_000))
+
+
+def test_readers_do_not_wait_for_a_writers_transaction(tmp_path: Path) -> None:
+    import threading
+
+    store = SQLiteStore(tmp_path / "s.db")
+    store.append_events([make_event("u", "committed")])
+    inside, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with store.transaction():
+            store.append_events([make_event("u", "pending")])
+            assert [e.item_id for e in store.user_history("u", 10)] == ["committed", "pending"]  # own writes
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert inside.wait(10)
+    started = time.monotonic()
+    assert [e.item_id for e in store.user_history("u", 10)] == ["committed"]  # the last committed state
+    assert store.last_offset() == 1 and time.monotonic() - started < 1.0
+    release.set()
+    thread.join()
+    assert [e.item_id for e in store.user_history("u", 10)] == ["committed", "pending"]
+    store.close()

@@ -7,6 +7,7 @@ the other.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from typing import Annotated
@@ -61,6 +62,7 @@ class Engine:
                         service.learner_state = "loading checkpoint"
                         learner.resume()
                 service.learner_state = "following"
+                gc.freeze()  # the model and catalog are long-lived: keep them out of the collector's scans
                 learner.follow(self.halt)
             except NoCatalog as exc:
                 service.model_wanted = False

@@ -28,13 +28,11 @@ from freshrec.serve.metrics import Metrics
 from freshrec.serve.ranker import Ranked
 from freshrec.serve.schemas import (
     Accepted,
-    BecauseOut,
     ErrorBody,
     EventOut,
     History,
     ItemOut,
     ItemsWritten,
-    RankedItem,
     Recommendations,
     Similar,
 )
@@ -140,22 +138,18 @@ def _body_schema(model: type[Any], many: int) -> dict[str, Any]:
     }
 
 
-def _ranked(items: list[Ranked], explain: bool) -> list[RankedItem]:
-    return [
-        RankedItem(
-            item_id=r.item_id,
-            score=r.score,
-            title=r.title,
-            explanation=r.explanation,
-            because=[
-                BecauseOut(item_id=b.item_id, title=b.title, type=b.type, value=b.value, weight=b.weight)
+def _ranked(items: list[Ranked], explain: bool) -> list[dict[str, Any]]:
+    """The ``items`` of a response, as plain JSON (the hot path skips pydantic)."""
+    out = []
+    for r in items:
+        row: dict[str, Any] = {"item_id": r.item_id, "score": r.score, "title": r.title, "explanation": r.explanation}
+        if explain:
+            row["because"] = [
+                {"item_id": b.item_id, "title": b.title, "type": b.type.value, "value": b.value, "weight": b.weight}
                 for b in r.because
             ]
-            if explain
-            else None,
-        )
-        for r in items
-    ]
+        out.append(row)
+    return out
 
 
 def _split(values: list[str]) -> list[str]:
@@ -191,7 +185,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
     header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
 
     def need(role: Role) -> Any:
-        def check(
+        async def check(
             credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
             key: Annotated[str | None, Security(header)],
         ) -> None:
@@ -278,7 +272,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
     @app.get(
         "/v1/items/{item_id}", response_model=ItemOut, dependencies=[reader], responses={404: {"model": ErrorBody}}
     )
-    def get_item(item_id: str) -> ItemOut:
+    async def get_item(item_id: str) -> ItemOut:
         item = service.get_item(valid_id(item_id, "item_id"))
         if item is None:
             raise Problem(404, f"no item {item_id!r}")
@@ -292,7 +286,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
         return Response(status_code=204)
 
     @app.get("/v1/jobs/{job_id}", dependencies=[reader], responses={404: {"model": ErrorBody}})
-    def get_job(job_id: str) -> dict[str, Any]:
+    async def get_job(job_id: str) -> dict[str, Any]:
         job = service.jobs.get(job_id)
         if job is None:
             raise Problem(404, f"no job {job_id!r}")
@@ -302,16 +296,19 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
     K = Annotated[int, Query(ge=1, le=settings.max_k, description="Length of the list.")]
 
     @app.get("/v1/users/{user_id}/recommendations", response_model=Recommendations, dependencies=[reader])
-    def recommendations(
+    async def recommendations(
         user_id: Annotated[str, Path()],
         k: K = 10,
         exclude_seen: bool = True,
         categories: Annotated[list[str], Query(description="Only items in any of these (comma-separated).")] = [],  # noqa: B006
         exclude: Annotated[list[str], Query(description="Item ids never to return (comma-separated).")] = [],  # noqa: B006
         explain: bool = False,
-    ) -> Recommendations:
+    ) -> JSONResponse:
+        # Runs on the event loop, not in the thread pool: it only reads (from this
+        # thread's own SQLite connection, which never waits for a writer) and
+        # computes, and the hop to a worker thread cost more than it saved.
         user_id = valid_id(user_id, "user_id")
-        version, items = service.recommend(
+        version, items = await service.recommend_async(
             user_id,
             k,
             exclude_seen=exclude_seen,
@@ -319,7 +316,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
             exclude=_split(exclude),
             explain=explain,
         )
-        return Recommendations(user_id=user_id, model_version=version, items=_ranked(items, explain))
+        return JSONResponse({"user_id": user_id, "model_version": version, "items": _ranked(items, explain)})
 
     @app.get(
         "/v1/items/{item_id}/similar",
@@ -327,20 +324,20 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
         dependencies=[reader],
         responses={404: {"model": ErrorBody}},
     )
-    def similar(
+    async def similar(
         item_id: str,
         k: K = 10,
         categories: Annotated[list[str], Query(description="Only items in any of these (comma-separated).")] = [],  # noqa: B006
-    ) -> Similar:
+    ) -> JSONResponse:
         item_id = valid_id(item_id, "item_id")
         scoring = service.ranker.scoring
         items = service.ranker.similar(item_id, k, _split(categories))
         if items is None:
             raise Problem(404, f"no recommendable item {item_id!r}")
-        return Similar(item_id=item_id, model_version=scoring.version, items=_ranked(items, False))
+        return JSONResponse({"item_id": item_id, "model_version": scoring.version, "items": _ranked(items, False)})
 
     @app.get("/v1/users/{user_id}/history", response_model=History, dependencies=[reader])
-    def history(user_id: str, n: Annotated[int, Query(ge=1, le=1000)] = 50) -> History:
+    async def history(user_id: str, n: Annotated[int, Query(ge=1, le=1000)] = 50) -> History:
         """The user's last ``n`` events, newest first."""
         user_id = valid_id(user_id, "user_id")
         view = service.catalog.view
@@ -365,17 +362,22 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
         return Response(status_code=204)
 
     # -- operations --------------------------------------------------------------------
+    @app.get("/v1/status", dependencies=[reader])
+    async def status() -> dict[str, Any]:
+        """Model version, log and learned offsets, learner state, online hit rate."""
+        return service.status()
+
     @app.get("/v1/stats", dependencies=[reader])
-    def stats() -> dict[str, Any]:
+    async def stats() -> dict[str, Any]:
         """The dashboard's data: current status and per-second series."""
         return {"status": service.status(), "series": service.live.series()}
 
     @app.get("/health/live")
-    def live() -> dict[str, str]:
+    async def live() -> dict[str, str]:
         return {"status": "alive"}
 
     @app.get("/health/ready", responses={503: {"model": ErrorBody}})
-    def ready() -> JSONResponse:
+    async def ready() -> JSONResponse:
         """200 once the store answers and a model is served (or there is nothing to train on yet)."""
         try:
             service.store.last_offset()
@@ -387,11 +389,11 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
         return JSONResponse({"status": "ready", **status})
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
+    async def metrics() -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
-    def dashboard() -> HTMLResponse:
+    async def dashboard() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")

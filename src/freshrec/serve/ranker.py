@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,9 @@ from freshrec.serve.catalog import Catalog, CatalogView
 
 ROW_STATE = ("item_id.weight", "item_bias.weight", "active", "interactions", "last_seen")
 """Per-item entries of the network's state, mapped from the learner's rows to the catalog's."""
+
+POPULAR = "popular right now"
+"""The explanation of the fallback's picks."""
 
 DIVERSITY = 0.5
 """Weight of the redundancy penalty in the fallback's maximal-marginal-relevance picking."""
@@ -83,6 +86,9 @@ class Scoring:
     bias: torch.Tensor | None
     unit: npt.NDArray[np.float32]
     """Unit item vectors: the model's when there is one, else the text embeddings."""
+    table: npt.NDArray[np.float32] | None = None
+    """``vectors`` and ``bias`` as NumPy arrays: the final dot products cost less there."""
+    table_bias: npt.NDArray[np.float32] | None = None
 
     @property
     def version(self) -> str | None:
@@ -115,7 +121,8 @@ def build_scoring(snapshot: Snapshot | None, view: CatalogView) -> Scoring:
         raise ValueError(f"snapshot does not fit the network: missing {missing}, unexpected {unexpected}")
     net.eval()
     vectors, bias = net.item_table()
-    return Scoring(view, snapshot, net, vectors, bias, _unit(vectors.numpy()))
+    table = vectors.numpy()
+    return Scoring(view, snapshot, net, vectors, bias, _unit(table), table, bias.numpy())
 
 
 class Ranker:
@@ -157,6 +164,27 @@ class Ranker:
         before any model is published, a user with history gets the items
         whose text is closest to what they interacted with.
         """
+        request = self.plan(
+            history, now, k, exclude=exclude, categories=categories, exclude_seen=exclude_seen, explain=explain,
+            popular=popular,
+        )  # fmt: skip
+        encode([request])
+        return finish(request)
+
+    def plan(
+        self,
+        history: Sequence[Event],
+        now: float,
+        k: int,
+        *,
+        exclude: Iterable[ItemId] = (),
+        categories: Sequence[str] = (),
+        exclude_seen: bool = True,
+        explain: bool = False,
+        popular: Sequence[tuple[ItemId, float]] = (),
+    ) -> Request:
+        """Everything of :meth:`recommend` up to the model's forward pass, which
+        :func:`encode` then runs for many requests at once."""
         sc = self.scoring
         view = sc.view
         known = [e for e in history if e.item_id in view.codes]
@@ -168,11 +196,15 @@ class Ranker:
                 allowed[n] = False
         if exclude_seen:
             allowed[[view.codes[e.item_id] for e in known]] = False
+        request = Request(sc, allowed, k, explain, now)
         if not known:
-            return _diversified(sc, popular, allowed, k)
-        if sc.net is None:
-            return _by_text(sc, known, allowed, k, explain)
-        return _by_model(sc, known, now, allowed, k, explain)
+            request.source, request.result = "popular", _diversified(sc, popular, allowed, k)
+        elif sc.net is None:
+            request.source, request.result = "text", _by_text(sc, known, allowed, k, explain)
+        else:
+            assert sc.snapshot is not None
+            request.past = list(known[-sc.snapshot.settings.history_length :])
+        return request
 
     def similar(self, item_id: ItemId, k: int, categories: Sequence[str] = ()) -> list[Ranked] | None:
         """The ``k`` items closest to ``item_id`` (cosine of item vectors); ``None`` if unknown."""
@@ -202,17 +234,21 @@ def _top(scores: npt.NDArray[np.floating], allowed: npt.NDArray[np.bool_], k: in
 
 
 def _history_tensors(
-    sc: Scoring, histories: Sequence[Sequence[Event]], now: float, length: int
+    sc: Scoring, rows: Sequence[tuple[Sequence[Event], float]], length: int
 ) -> dict[str, torch.Tensor]:
-    """Right-aligned, left-padded tensors of several histories (oldest event first)."""
-    rows = len(histories)
-    hist = torch.full((rows, length), -1, dtype=torch.long)
-    htype = torch.full((rows, length), -1, dtype=torch.long)
-    hvalue = torch.full((rows, length), float("nan"))
-    htime = torch.full((rows, length), float("nan"), dtype=torch.float64)
-    latest = now
-    for r, events in enumerate(histories):
+    """Right-aligned, left-padded tensors of several ``(history, now)`` rows (oldest
+    event first), as wide as the longest history: the encoder reads a shorter
+    history in fewer steps."""
+    n = len(rows)
+    length = max(1, min(length, max(len(h) for h, _ in rows)))
+    hist = torch.full((n, length), -1, dtype=torch.long)
+    htype = torch.full((n, length), -1, dtype=torch.long)
+    hvalue = torch.full((n, length), float("nan"))
+    htime = torch.full((n, length), float("nan"), dtype=torch.float64)
+    now = torch.empty(n, dtype=torch.float64)
+    for r, (events, at) in enumerate(rows):
         past = events[-length:]
+        now[r] = max(at, past[-1].timestamp) if past else at
         if not past:
             continue
         m = len(past)
@@ -220,38 +256,70 @@ def _history_tensors(
         htype[r, -m:] = torch.tensor([TYPE_CODES[e.type] for e in past])
         hvalue[r, -m:] = torch.tensor([np.nan if e.value is None else e.value for e in past], dtype=torch.float32)
         htime[r, -m:] = torch.tensor([e.timestamp for e in past], dtype=torch.float64)
-        latest = max(latest, past[-1].timestamp)
-    return {
-        "hist_item": hist,
-        "hist_type": htype,
-        "hist_value": hvalue,
-        "hist_time": htime,
-        "time": torch.full((rows,), latest, dtype=torch.float64),
-    }
+    return {"hist_item": hist, "hist_type": htype, "hist_value": hvalue, "hist_time": htime, "time": now}
 
 
-@torch.no_grad()
-def _by_model(
-    sc: Scoring, known: Sequence[Event], now: float, allowed: npt.NDArray[np.bool_], k: int, explain: bool
-) -> list[Ranked]:
-    assert sc.net is not None and sc.vectors is not None and sc.bias is not None and sc.snapshot is not None
-    length = sc.snapshot.settings.history_length
-    past = list(known[-length:])
-    histories = [past]
-    if explain:  # row 1 + j: the history as if event j had not happened
-        histories += [past[:j] + past[j + 1 :] for j in range(len(past))]
-    t = _history_tensors(sc, histories, now, length)
-    users = sc.net.users(sc.vectors, t["hist_item"], t["hist_type"], t["hist_value"], t["hist_time"], t["time"])
-    scores = (users @ sc.vectors.T + sc.bias).numpy()
-    top = _top(scores[0], allowed, k)
+@dataclass
+class Request:
+    """One recommendation request between :meth:`Ranker.plan` and :func:`finish`."""
+
+    scoring: Scoring
+    allowed: npt.NDArray[np.bool_]
+    k: int
+    explain: bool
+    now: float
+    past: list[Event] = field(default_factory=list)
+    """The history the model reads (empty when no model pass is needed)."""
+    result: list[Ranked] | None = None
+    source: str = "model"
+    """What ranked it: ``model``, ``text`` (no model yet) or ``popular`` (no history)."""
+    users: torch.Tensor | None = None
+    """User vectors: the history's, then (with ``explain``) the history's without each event."""
+
+    def histories(self) -> list[list[Event]]:
+        past = self.past
+        if not self.explain:
+            return [past]
+        return [past] + [past[:j] + past[j + 1 :] for j in range(len(past))]
+
+
+@torch.inference_mode()
+def encode(requests: Sequence[Request]) -> None:
+    """User vectors of every request that needs the model, one forward pass per
+    model version: the per-operation overhead of a pass is paid once for all
+    of them, which is what keeps a busy server's latency flat."""
+    groups: dict[int, list[Request]] = {}
+    for r in requests:
+        if r.result is None and r.users is None:
+            groups.setdefault(id(r.scoring), []).append(r)
+    for group in groups.values():
+        sc = group[0].scoring
+        assert sc.net is not None and sc.vectors is not None and sc.snapshot is not None
+        rows = [(h, r.now) for r in group for h in r.histories()]
+        t = _history_tensors(sc, rows, sc.snapshot.settings.history_length)
+        users = sc.net.users(sc.vectors, t["hist_item"], t["hist_type"], t["hist_value"], t["hist_time"], t["time"])
+        start = 0
+        for r in group:
+            n = len(r.past) + 1 if r.explain else 1
+            r.users, start = users[start : start + n], start + n
+
+
+@torch.inference_mode()
+def finish(request: Request) -> list[Ranked]:
+    """The ranked list of an encoded request."""
+    if request.result is not None:
+        return request.result
+    sc, users = request.scoring, request.users
+    assert sc.table is not None and sc.table_bias is not None and users is not None
+    scores = users.numpy() @ sc.table.T + sc.table_bias
     out = []
-    for c in top:
+    for c in _top(scores[0], request.allowed, request.k):
         because: tuple[Because, ...] = ()
-        if explain:
+        if request.explain:
             drops = scores[0, c] - scores[1:, c]
             ranked = [j for j in np.argsort(-drops, kind="stable")[:3] if drops[j] > 0]
-            because = tuple(_because(sc, past[j], float(drops[j])) for j in ranked)
-        out.append(_ranked(sc, c, float(scores[0, c]), because, explain))
+            because = tuple(_because(sc, request.past[j], float(drops[j])) for j in ranked)
+        out.append(_ranked(sc, c, float(scores[0, c]), because, request.explain))
     return out
 
 

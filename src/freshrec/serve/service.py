@@ -20,17 +20,20 @@ from freshrec.encoders import TextEncoder, build_encoder, encoder_key
 from freshrec.ingest.importer import derive_event_id
 from freshrec.ingest.validate import InvalidRecord, Validator
 from freshrec.model.snapshot import Snapshot
+from freshrec.serve.batching import Batcher
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.fallback import Popularity
 from freshrec.serve.jobs import Job, Jobs
 from freshrec.serve.live import Live
 from freshrec.serve.metrics import Metrics
-from freshrec.serve.ranker import Ranked, Ranker
+from freshrec.serve.ranker import Ranked, Ranker, Request, encode, finish
 from freshrec.settings import Settings
 from freshrec.storage.base import Store
 
 SEEN_WINDOW = 500
 """Most recent events of a user whose items ``exclude_seen`` leaves out."""
+MODEL_LESS_HISTORY = 20
+"""Events of a user that rank by text similarity before any model exists."""
 
 
 class Problem(Exception):
@@ -68,6 +71,7 @@ class Service:
         self.live = Live(clock=clock)
         self.metrics = Metrics()
         self.jobs = Jobs()
+        self.batcher = Batcher()
         self.learner_state = "starting"
         self.model_wanted = True
         """False while there is nothing to train on (the service is ready without a model)."""
@@ -190,6 +194,39 @@ class Service:
         return found
 
     # -- users -------------------------------------------------------------------
+    def _plan(
+        self,
+        user_id: UserId,
+        k: int,
+        exclude_seen: bool,
+        categories: Sequence[str],
+        exclude: Sequence[ItemId],
+        explain: bool,
+    ) -> Request:
+        scoring = self.ranker.scoring
+        # the model reads the last history_length events; exclude_seen needs the
+        # items of many more, which a one-column read gives much more cheaply
+        length = scoring.snapshot.settings.history_length if scoring.snapshot is not None else MODEL_LESS_HISTORY
+        history = self.store.user_history(user_id, length)
+        seen = self.store.user_items(user_id, SEEN_WINDOW) if exclude_seen else set()
+        known = any(e.item_id in scoring.view.codes for e in history)
+        return self.ranker.plan(
+            history,
+            self.clock(),
+            k,
+            exclude=[*exclude, *seen],
+            categories=categories,
+            exclude_seen=exclude_seen,
+            explain=explain,
+            popular=() if known else self.popularity.top(),
+        )
+
+    def _done(self, user_id: UserId, request: Request) -> tuple[str | None, list[Ranked]]:
+        items = finish(request)
+        self.metrics.recommendations.labels(request.source).inc()
+        self.live.served_list(user_id, [r.item_id for r in items])
+        return request.scoring.version, items
+
     def recommend(
         self,
         user_id: UserId,
@@ -200,23 +237,25 @@ class Service:
         exclude: Sequence[ItemId] = (),
         explain: bool = False,
     ) -> tuple[str | None, list[Ranked]]:
-        scoring = self.ranker.scoring
-        history = self.store.user_history(user_id, SEEN_WINDOW)
-        known = any(e.item_id in scoring.view.codes for e in history)
-        items = self.ranker.recommend(
-            history,
-            self.clock(),
-            k,
-            exclude=exclude,
-            categories=categories,
-            exclude_seen=exclude_seen,
-            explain=explain,
-            popular=() if known else self.popularity.top(),
-        )
-        source = "model" if known and scoring.net is not None else "text" if known else "popular"
-        self.metrics.recommendations.labels(source).inc()
-        self.live.served_list(user_id, [r.item_id for r in items])
-        return scoring.version, items
+        request = self._plan(user_id, k, exclude_seen, categories, exclude, explain)
+        encode([request])
+        return self._done(user_id, request)
+
+    async def recommend_async(
+        self,
+        user_id: UserId,
+        k: int,
+        *,
+        exclude_seen: bool = True,
+        categories: Sequence[str] = (),
+        exclude: Sequence[ItemId] = (),
+        explain: bool = False,
+    ) -> tuple[str | None, list[Ranked]]:
+        """:meth:`recommend` for the event loop: the model pass is shared with the
+        requests that arrived at the same time (:mod:`freshrec.serve.batching`)."""
+        request = self._plan(user_id, k, exclude_seen, categories, exclude, explain)
+        await self.batcher.encode(request)
+        return self._done(user_id, request)
 
     def history(self, user_id: UserId, n: int) -> list[Event]:
         return self.store.user_history(user_id, n)

@@ -69,6 +69,11 @@ class Store(Protocol):
         """The user's last ``n`` events, oldest first."""
         ...
 
+    def user_items(self, user_id: UserId, n: int) -> set[ItemId]:
+        """The items of the user's last ``n`` events (what ``exclude_seen`` leaves out);
+        a projection, much cheaper than :meth:`user_history` for long histories."""
+        ...
+
     def delete_user(self, user_id: UserId) -> int:
         """Forget everything stored about a user; returns the number of events removed."""
         ...

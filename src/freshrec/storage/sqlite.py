@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS embeddings (
 
 _EVENT_COLUMNS = "seq, event_id, user_id, item_id, type, value, ts, context"
 SEGMENT_BITS = 17  # 131,072 offsets per segment
+READER_CACHE_MB = 8  # page cache of each reading thread's connection (the OS caches the file too)
 _ITEM_COLUMNS = "item_id, title, description, categories, attributes, vector, created_at, updated_at"
 _CHUNK = 500  # stays well below SQLite's bound-parameter limit
 
@@ -101,6 +102,11 @@ class SQLiteStore:
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
         self._depth = 0
+        self._busy_timeout_ms = int(settings.busy_timeout_ms)
+        self._writer: int | None = None
+        self._local = threading.local()
+        self._readers_lock = threading.Lock()
+        self._readers: list[sqlite3.Connection] | None = None if self.path == ":memory:" else []
         conn = self._conn
         conn.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
@@ -125,17 +131,41 @@ class SQLiteStore:
             outer = self._depth == 0
             if outer:
                 self._conn.execute("BEGIN IMMEDIATE")
+                self._writer = threading.get_ident()
             self._depth += 1
             try:
                 yield
             except BaseException:
                 self._depth -= 1
                 if outer:
+                    self._writer = None
                     self._conn.execute("ROLLBACK")
                 raise
             self._depth -= 1
             if outer:
+                self._writer = None
                 self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection for a read: this thread's own read-only one, so that
+        readers never wait for a writer's commit (WAL lets them proceed on the
+        last committed state); the writer's connection inside a transaction
+        (to see its own writes) and for an in-memory database."""
+        if self._readers is None or self._writer == threading.get_ident():
+            with self._lock:
+                yield self._conn
+            return
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute(f"PRAGMA cache_size = {-1024 * READER_CACHE_MB}")
+            self._local.conn = conn
+            with self._readers_lock:  # not the write lock: a writer may hold that for a while
+                self._readers.append(conn)
+        yield conn
 
     # -- the log -----------------------------------------------------------
     def append_events(self, events: Sequence[Event]) -> AppendResult:
@@ -170,21 +200,21 @@ class SQLiteStore:
             last = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
         return AppendResult(accepted=accepted, duplicates=len(rows) - accepted, last_offset=last)
 
-    def _high_water(self) -> int:
-        row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    def _high_water(self, conn: sqlite3.Connection | None = None) -> int:
+        row = (conn or self._conn).execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         return int(row[0]) if row else 0
 
-    def _segments(self) -> range:
+    def _segments(self, conn: sqlite3.Connection | None = None) -> range:
         """Every segment that may hold events, newest first."""
-        return range(self._high_water() >> SEGMENT_BITS, -1, -1)
+        return range(self._high_water(conn) >> SEGMENT_BITS, -1, -1)
 
     def last_offset(self) -> Offset:
-        with self._lock:
-            return int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+        with self._reading() as conn:
+            return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
 
     def read_events(self, after: Offset = 0, limit: int = 10_000) -> list[Event]:
-        with self._lock:
-            rows = self._conn.execute(
+        with self._reading() as conn:
+            rows = conn.execute(
                 f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after, limit),
             ).fetchall()
@@ -192,15 +222,30 @@ class SQLiteStore:
 
     def user_history(self, user_id: UserId, n: int) -> list[Event]:
         rows: list[tuple[Any, ...]] = []
-        with self._lock:
-            for segment in self._segments():
+        with self._reading() as conn:
+            for segment in self._segments(conn):
                 if len(rows) >= n:
                     break
-                rows += self._conn.execute(
+                rows += conn.execute(
                     f"SELECT {_EVENT_COLUMNS} FROM events WHERE segment = ? AND user_id = ? ORDER BY seq DESC LIMIT ?",
                     (segment, user_id, n - len(rows)),
                 ).fetchall()
         return [_event(r) for r in reversed(rows)]
+
+    def user_items(self, user_id: UserId, n: int) -> set[ItemId]:
+        items: set[ItemId] = set()
+        taken = 0
+        with self._reading() as conn:
+            for segment in self._segments(conn):
+                if taken >= n:
+                    break
+                rows = conn.execute(
+                    "SELECT item_id FROM events WHERE segment = ? AND user_id = ? ORDER BY seq DESC LIMIT ?",
+                    (segment, user_id, n - taken),
+                ).fetchall()
+                taken += len(rows)
+                items.update(r[0] for r in rows)
+        return items
 
     def delete_user(self, user_id: UserId) -> int:
         with self.transaction():
@@ -210,8 +255,8 @@ class SQLiteStore:
             )
 
     def popular_items(self, limit: int, since: float | None = None) -> list[tuple[ItemId, int]]:
-        with self._lock:
-            rows = self._conn.execute(
+        with self._reading() as conn:
+            rows = conn.execute(
                 "SELECT e.item_id, COUNT(*) AS n FROM events e JOIN items i ON i.item_id = e.item_id"
                 " WHERE e.ts >= ? AND e.type NOT IN (?, ?)"
                 " GROUP BY e.item_id ORDER BY n DESC, e.item_id LIMIT ?",
@@ -267,13 +312,13 @@ class SQLiteStore:
         return UpsertResult(inserted=inserted, updated=updated, unchanged=unchanged)
 
     def get_item(self, item_id: ItemId) -> Item | None:
-        with self._lock:
-            row = self._conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE item_id = ?", (item_id,)).fetchone()
+        with self._reading() as conn:
+            row = conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE item_id = ?", (item_id,)).fetchone()
         return _item(row) if row else None
 
     def iter_items(self) -> Iterator[Item]:
-        with self._lock:
-            rows = self._conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items ORDER BY item_id").fetchall()
+        with self._reading() as conn:
+            rows = conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items ORDER BY item_id").fetchall()
         for row in rows:
             yield _item(row)
 
@@ -283,8 +328,8 @@ class SQLiteStore:
 
     # -- embeddings --------------------------------------------------------
     def items_to_embed(self, encoder: str) -> list[tuple[str, str]]:
-        with self._lock:
-            rows = self._conn.execute(
+        with self._reading() as conn:
+            rows = conn.execute(
                 "SELECT i.text_hash, i.title, i.description, i.categories FROM items i"
                 " WHERE i.vector IS NULL AND NOT EXISTS (SELECT 1 FROM embeddings e"
                 " WHERE e.encoder = ? AND e.text_hash = i.text_hash)"
@@ -311,15 +356,15 @@ class SQLiteStore:
             " WHERE (i.vector IS NOT NULL OR e.vector IS NOT NULL)"
         )
         rows: list[tuple[str, bytes]] = []
-        with self._lock:
+        with self._reading() as conn:
             if ids is None:
-                rows = self._conn.execute(query + " ORDER BY i.item_id", (encoder,)).fetchall()
+                rows = conn.execute(query + " ORDER BY i.item_id", (encoder,)).fetchall()
             else:
                 wanted = sorted(set(ids))
                 for start in range(0, len(wanted), _CHUNK):
                     chunk = wanted[start : start + _CHUNK]
                     marks = ",".join("?" * len(chunk))
-                    rows += self._conn.execute(
+                    rows += conn.execute(
                         query + f" AND i.item_id IN ({marks}) ORDER BY i.item_id", (encoder, *chunk)
                     ).fetchall()
         if not rows:
@@ -335,8 +380,7 @@ class SQLiteStore:
 
     # -- summary -----------------------------------------------------------
     def counts(self, encoder: str) -> Counts:
-        with self._lock:
-            c = self._conn
+        with self._reading() as c:
             items = c.execute("SELECT COUNT(*) FROM items").fetchone()[0]
             embedded = c.execute(
                 "SELECT COUNT(*) FROM items i WHERE i.vector IS NOT NULL OR EXISTS"
@@ -349,7 +393,9 @@ class SQLiteStore:
         return Counts(items, embedded, users, events, by_type, first, last)
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._readers_lock:
+            for reader in self._readers or ():
+                reader.close()
             self._conn.close()
 
     def __enter__(self) -> SQLiteStore:
@@ -359,18 +405,12 @@ class SQLiteStore:
         self.close()
 
 
+_TYPES = {t.value: t for t in EventType}  # a dict lookup is several times cheaper than EventType(value)
+
+
 def _event(row: tuple[Any, ...]) -> Event:
     seq, event_id, user_id, item_id, type_, value, ts, context = row
-    return Event(
-        user_id=user_id,
-        item_id=item_id,
-        type=EventType(type_),
-        timestamp=ts,
-        value=value,
-        event_id=event_id,
-        context=json.loads(context) if context else None,
-        offset=seq,
-    )
+    return Event(user_id, item_id, _TYPES[type_], ts, value, event_id, json.loads(context) if context else None, seq)
 
 
 def _item_row(item: Item) -> dict[str, Any]:

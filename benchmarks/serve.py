@@ -1,0 +1,321 @@
+"""Serving under load, freshness and model-update visibility, written into RESULTS.md.
+
+    python benchmarks/serve.py [--data /tmp/freshrec-bench-serve] [--seconds 60] [--rps 200] [--eps 500]
+
+1. Prepares (once; reused while the data folder exists) a synthetic shop of
+   10,000 items and 1,000 users with 50,000 events of history, embedded with
+   the configured text encoder, and warm-starts the model (``freshrec train``).
+2. Starts ``freshrec serve`` as its own process, with API keys.
+3. Load: from two separate load processes, GET recommendations at ``--rps``
+   (open loop: each request's latency counts from the moment it was due, so a
+   stalled server cannot hide behind a slowed-down client) while events stream
+   in at ``--eps`` (batches of 10, one request each), for ``--seconds``.
+4. Freshness: a user clicks the top recommendation; time from sending the
+   event to the reply of the next recommendation request, which must already
+   leave that item out.
+5. Visibility: events at 1,000/s for 30 s while ``/v1/status`` is polled every
+   20 ms; for each log offset, the time from when it was stored to when the
+   served model had learned it.
+
+The section between ``<!-- serve:begin -->`` and ``<!-- serve:end -->`` in
+RESULTS.md is replaced with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import multiprocessing as mp
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+KEYS = {"read": "bench-read-key-0000000", "write": "bench-write-key-000000", "admin": "bench-admin-key-000000"}
+
+
+def freshrec(data: Path, *args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "freshrec"), "--data", str(data), *args]
+
+
+def env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "FRESHREC_SERVE__READ_KEYS": f'["{KEYS["read"]}"]',
+        "FRESHREC_SERVE__WRITE_KEYS": f'["{KEYS["write"]}"]',
+        "FRESHREC_SERVE__ADMIN_KEYS": f'["{KEYS["admin"]}"]',
+    }
+
+
+def prepare(data: Path, items: int, users: int, history: int) -> None:
+    if (data / "checkpoints" / "CURRENT").exists():
+        print(f"reusing {data}")
+        return
+    gen = data / "gen"
+    subprocess.run(
+        freshrec(data, "generate", "--out", str(gen), "--items", str(items), "--users", str(users),
+                 "--events", str(history), "--days", "30"),
+        check=True, env=env(),
+    )  # fmt: skip
+    for kind in ("items", "events"):
+        subprocess.run(freshrec(data, "import", kind, str(gen / f"{kind}.jsonl")), check=True, env=env())
+    started = time.perf_counter()
+    subprocess.run(freshrec(data, "train"), check=True, env=env())
+    print(f"warm start: {time.perf_counter() - started:.1f} s")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentiles(values: list[float]) -> tuple[float, float, float, float]:
+    a = np.asarray(values)
+    return tuple(float(x) for x in (np.percentile(a, 50), np.percentile(a, 95), np.percentile(a, 99), a.max()))  # type: ignore[return-value]
+
+
+# -- load processes ---------------------------------------------------------------------
+class RawClient:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams.
+
+    httpx costs a few milliseconds of CPU per request here, so at 200 requests/s
+    it measured itself more than the server; this costs tens of microseconds,
+    like wrk, and leaves the cores to the server.
+    """
+
+    def __init__(self, url: str, headers: dict[str, str], connections: int = 64):
+        self.host, port = url.removeprefix("http://").split(":")
+        self.port = int(port)
+        self.extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+        self.connections = connections
+        self.opened = 0
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> int:
+        if self.free.empty() and self.opened < self.connections:
+            self.opened += 1
+            self.free.put_nowait(await asyncio.open_connection(self.host, self.port))
+        reader, writer = await self.free.get()
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.extra}"
+        if body:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        writer.write(head.encode() + b"\r\n" + body)
+        header = await reader.readuntil(b"\r\n\r\n")
+        status = int(header[9:12])
+        length = int(re.search(rb"(?i)content-length: *(\d+)", header).group(1))  # type: ignore[union-attr]
+        await reader.readexactly(length)
+        self.free.put_nowait((reader, writer))
+        return status
+
+
+async def _open_loop(
+    url: str, rate: float, seconds: float, request: Any, headers: dict[str, str]
+) -> list[tuple[float, int]]:
+    loop = asyncio.get_running_loop()
+    client = RawClient(url, headers)
+    start = loop.time() + 0.2
+
+    async def one(n: int, due: float) -> tuple[float, int]:
+        try:
+            status = await request(client, n)
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            status = 0
+        return loop.time() - due, status
+
+    tasks = []
+    for n in range(int(rate * seconds)):
+        due = start + n / rate
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        tasks.append(asyncio.create_task(one(n, due)))
+    return list(await asyncio.gather(*tasks))
+
+
+def recommend_load(url: str, rate: float, seconds: float, users: int, out: Any) -> None:
+    rng = np.random.default_rng(1)
+    picks = rng.integers(0, users, size=int(rate * seconds) + 1)
+
+    async def request(client: RawClient, n: int) -> int:
+        return await client.request("GET", f"/v1/users/u{picks[n]:05d}/recommendations?k=10")
+
+    out.put(asyncio.run(_open_loop(url, rate, seconds, request, {"X-API-Key": KEYS["read"]})))
+
+
+def event_load(url: str, rate: float, seconds: float, users: int, items: int, batch: int, out: Any) -> None:
+    rng = np.random.default_rng(2)
+    popularity = 1.0 / (1.0 + np.arange(items)) ** 0.8
+    popularity /= popularity.sum()
+
+    async def request(client: RawClient, n: int) -> int:
+        events = [
+            {
+                "user_id": f"u{rng.integers(users):05d}",
+                "item_id": f"i{rng.choice(items, p=popularity):06d}",
+                "type": "click",
+            }
+            for _ in range(batch)
+        ]
+        return await client.request("POST", "/v1/events", json.dumps(events).encode())
+
+    out.put(asyncio.run(_open_loop(url, rate / batch, seconds, request, {"X-API-Key": KEYS["write"]})))
+
+
+def run_load(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    recs_q, events_q = ctx.Queue(), ctx.Queue()
+    procs = [
+        ctx.Process(target=recommend_load, args=(url, args.rps, args.seconds, args.users, recs_q)),
+        ctx.Process(target=event_load, args=(url, args.eps, args.seconds, args.users, args.items, 10, events_q)),
+    ]
+    for p in procs:
+        p.start()
+    recs, events = recs_q.get(), events_q.get()
+    for p in procs:
+        p.join()
+    latencies = [lat * 1000 for lat, status in recs if status == 200]
+    return {
+        "requests": len(recs),
+        "errors": sum(status != 200 for _, status in recs),
+        "latency_ms": percentiles(latencies),
+        "event_requests": len(events),
+        "event_errors": sum(status != 202 for _, status in events),
+        "event_latency_ms": percentiles([lat * 1000 for lat, status in events if status == 202]),
+    }
+
+
+# -- freshness and visibility -------------------------------------------------------------
+def freshness(url: str, users: int, samples: int = 200) -> dict[str, Any]:
+    rng = np.random.default_rng(3)
+    times, reflected = [], 0
+    with httpx.Client(base_url=url, headers={"X-API-Key": KEYS["write"]}, timeout=10.0) as c:
+        for _ in range(samples):
+            user = f"u{rng.integers(users):05d}"
+            top = c.get(f"/v1/users/{user}/recommendations?k=10").json()["items"][0]["item_id"]
+            started = time.perf_counter()
+            c.post("/v1/events", json={"user_id": user, "item_id": top, "type": "click"}).raise_for_status()
+            after = c.get(f"/v1/users/{user}/recommendations?k=10").json()["items"]
+            times.append((time.perf_counter() - started) * 1000)
+            reflected += top not in {i["item_id"] for i in after}
+    return {"samples": samples, "reflected": reflected, "ms": percentiles(times)}
+
+
+def visibility(url: str, args: argparse.Namespace, seconds: float = 30.0, rate: float = 1000.0) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=event_load, args=(url, rate, seconds, args.users, args.items, 50, q))
+    proc.start()
+    stored_at: dict[int, float] = {}
+    learned_at: dict[int, float] = {}
+    last_log = last_learned = 0
+    lags = []
+    with httpx.Client(base_url=url, headers={"X-API-Key": KEYS["read"]}, timeout=10.0) as c:
+        end = time.monotonic() + seconds + 5
+        while time.monotonic() < end:
+            s = c.get("/v1/status").json()
+            now = time.monotonic()
+            if s["log_offset"] > last_log:
+                stored_at[s["log_offset"]] = now
+                last_log = s["log_offset"]
+            if s["learned_offset"] > last_learned:
+                learned_at[s["learned_offset"]] = now
+                last_learned = s["learned_offset"]
+            lags.append(s["log_offset"] - s["learned_offset"])
+            time.sleep(0.02)
+    results = q.get()
+    proc.join()
+    learned = sorted(learned_at.items())
+    delays = []
+    for offset, t in stored_at.items():
+        seen = next((when for o, when in learned if o >= offset), None)
+        if seen is not None:
+            delays.append(seen - t)
+    return {
+        "events": sum(status == 202 for _, status in results) * 50,
+        "errors": sum(status != 202 for _, status in results),
+        "seconds": percentiles(delays) if delays else (float("nan"),) * 4,
+        "unlearned": len(stored_at) - len(delays),
+        "lag_events_max": max(lags),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("/tmp/freshrec-bench-serve"))
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--users", type=int, default=1_000)
+    parser.add_argument("--history", type=int, default=50_000)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--rps", type=float, default=200.0)
+    parser.add_argument("--eps", type=float, default=500.0)
+    parser.add_argument("--no-write", action="store_true", help="Print only; leave RESULTS.md alone.")
+    args = parser.parse_args()
+    prepare(args.data, args.items, args.users, args.history)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(freshrec(args.data, "serve", "--port", str(port)), env=env())
+    try:
+        deadline = time.monotonic() + 300
+        with httpx.Client(base_url=url) as c:
+            while True:
+                try:
+                    if c.get("/health/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("the server did not become ready")
+                time.sleep(0.2)
+        load = run_load(url, args)
+        print("load:", load)
+        fresh = freshness(url, args.users)
+        print("freshness:", fresh)
+        visible = visibility(url, args)
+        print("visibility:", visible)
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
+    if not args.no_write:
+        write(args, load, fresh, visible)
+
+
+def write(args: argparse.Namespace, load: dict[str, Any], fresh: dict[str, Any], visible: dict[str, Any]) -> None:
+    today = dt.date.today().isoformat()
+    p50, p95, p99, top = load["latency_ms"]
+    e50, e95, e99, etop = load["event_latency_ms"]
+    f50, f95, f99, ftop = fresh["ms"]
+    v50, v95, v99, vtop = visible["seconds"]
+    command = f"python benchmarks/serve.py --seconds {args.seconds:g} --rps {args.rps:g} --eps {args.eps:g}"
+    section = f"""<!-- serve:begin -->
+`{command}`, run on {today}: {args.items:,} items, {args.users:,} users, {args.history:,} events of history;
+`freshrec serve` (API and learner in one process) and two load processes on the same 2 cores.
+
+| what | p50 | p95 | p99 | max | errors | target |
+| --- | --- | --- | --- | --- | --- | --- |
+| GET recommendations (k=10), {args.rps:g}/s for {args.seconds:g} s, open loop, ms | {p50:.1f} | {p95:.1f} | {p99:.1f} | {top:.1f} | {load["errors"]} of {load["requests"]:,} | p99 <= 25 ms, 0 errors |
+| POST events meanwhile, {args.eps:g} events/s in batches of 10, ms | {e50:.1f} | {e95:.1f} | {e99:.1f} | {etop:.1f} | {load["event_errors"]} of {load["event_requests"]:,} | |
+| event to the next recommendation that reflects it, ms ({fresh["reflected"]} of {fresh["samples"]} reflected) | {f50:.1f} | {f95:.1f} | {f99:.1f} | {ftop:.1f} | | reflected: all |
+| stored event to served model update at 1,000 events/s, s ({visible["events"]:,} events, largest lag {visible["lag_events_max"]:,} events) | {v50:.2f} | {v95:.2f} | {v99:.2f} | {vtop:.2f} | {visible["errors"]} | <= 1 s |
+<!-- serve:end -->"""  # noqa: E501
+    results = HERE / "RESULTS.md"
+    text = results.read_text()
+    if "<!-- serve:begin -->" in text:
+        text = re.sub(r"<!-- serve:begin -->.*?<!-- serve:end -->", lambda _: section, text, flags=re.S)
+    else:
+        text += "\n## Serving (issue 5)\n\n" + section + "\n"
+    results.write_text(text)
+    print(f"wrote the serve section of {results}")
+
+
+if __name__ == "__main__":
+    main()
