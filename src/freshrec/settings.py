@@ -207,6 +207,9 @@ class ServeSettings(Section):
     """Item batches larger than this are embedded in the background (a job)."""
     max_k: int = Field(default=200, ge=1)
     """Largest list a recommendation or similar-items request may ask for."""
+    publish_interval_ms: int = Field(default=250, ge=0)
+    """The learner's updates reach the request handlers at most this often (building a
+    serving copy of the model costs tens of milliseconds on a large catalog)."""
     torch_threads: int = Field(default=1, ge=1)
     """Torch threads of the serving process; the learner and request threads share
     the cores, and one thread each keeps request latency flat."""

@@ -134,3 +134,22 @@ def test_unused_item_rows_expire_and_start_over_from_text(log: EventLog) -> None
             assert not m.net.active[item] and torch.count_nonzero(m.net.item_id.weight[item]) == 0
             assert torch.count_nonzero(table[item]) == 0
     assert (~m.net.active).sum() > 10
+
+
+def test_sampled_softmax_on_a_row_subset_matches_the_full_one_when_it_samples_everything(log: EventLog) -> None:
+    """A large catalog computes only the rows a step needs; with every item sampled
+    the loss must be exactly the full softmax's."""
+    seqs = Sequences(log)
+    batch = seqs.batch(np.arange(200, 300), 6)
+    full = model(log)
+    sampled = model(log, full_softmax_max=1, negatives=5_000)
+    sampled.net.load_state_dict(full.net.state_dict())
+    full.net.eval()
+    sampled.net.eval()
+    for every_position in (False, True):
+        full.trainer._rng = np.random.default_rng(0)
+        sampled.trainer._rng = np.random.default_rng(0)
+        with torch.no_grad():
+            a = full.trainer.loss(batch, every_position)
+            b = sampled.trainer.loss(batch, every_position)
+        torch.testing.assert_close(a, b)

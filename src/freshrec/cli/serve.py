@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import threading
 from typing import Annotated
 
@@ -37,6 +38,9 @@ class Engine:
 
     def __init__(self, store: Store, settings: Settings, keys: Keys, host: str, port: int):
         torch.set_num_threads(settings.serve.torch_threads)
+        # Request handlers, the learner and the publisher share one interpreter; a
+        # shorter switch interval hands the GIL to a waiting request sooner.
+        sys.setswitchinterval(0.001)
         self.settings = settings
         self.service = Service(store, settings)
         self.checkpoints = Checkpoints(settings.data_dir / "checkpoints")
@@ -88,6 +92,7 @@ class Engine:
         finally:
             self.halt.set()
             self.thread.join()
+            self.service.close()
 
     def stop(self) -> None:
         self.server.should_exit = True

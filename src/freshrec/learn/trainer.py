@@ -92,7 +92,15 @@ class Trainer:
         multiplies the training signal of a warm start."""
         net = self.net
         t = tensors(batch)
-        table, bias = net.item_table()
+        rows = sampled = None
+        if net.item_id.num_embeddings > self.settings.full_softmax_max:
+            # sampled softmax: only the histories', targets' and sampled items' rows are computed
+            n_items = net.item_id.num_embeddings
+            sampled = torch.randint(0, n_items, (self.settings.negatives,), generator=self.generator)
+            hist = t["hist_item"]
+            rows = torch.unique(torch.cat([hist[hist >= 0], torch.from_numpy(batch.item.astype(np.int64)), sampled]))
+            t["hist_item"] = torch.where(hist >= 0, torch.searchsorted(rows, hist.clamp(min=0)), hist)
+        table, bias = net.item_table(rows)
         states = net.users(table, **t, every_position=every_position)
         target = torch.from_numpy(batch.item.astype(np.int64))
         w = torch.from_numpy(self.weights(batch))
@@ -116,12 +124,10 @@ class Trainer:
             w = torch.cat([torch.from_numpy(nxt_w[valid]), w])
         else:
             users = states
-        n_items = table.shape[0]
         candidates, column = None, target
-        if n_items > self.settings.full_softmax_max:
-            sampled = torch.randint(0, n_items, (self.settings.negatives,), generator=self.generator)
-            candidates, where = torch.unique(torch.cat([target, sampled]), return_inverse=True)
-            column = where[: len(target)]
+        if rows is not None and sampled is not None:
+            chosen, where = torch.unique(torch.cat([target, sampled]), return_inverse=True)
+            candidates, column = torch.searchsorted(rows, chosen), where[: len(target)]
         logits = net.scores(users, table, bias, items=candidates)
         target_logit = logits.gather(1, column.unsqueeze(1)).squeeze(1)
         cross_entropy = F.cross_entropy(logits, column, reduction="none")  # fused: a fifth faster than by hand

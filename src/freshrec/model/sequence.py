@@ -114,17 +114,21 @@ class SequenceNet(nn.Module):
             table.weight.data = torch.cat([table.weight.data, table.weight.new_zeros(n, table.embedding_dim)])
             table.num_embeddings += n
 
-    def item_table(self) -> tuple[Tensor, Tensor]:
-        """Vectors ``(n_items, d)`` and biases ``(n_items,)`` of every item."""
-        active = self.active.unsqueeze(1).float()
-        vectors = torch.zeros_like(self.item_id.weight)
-        bias = torch.zeros(self.item_id.num_embeddings, device=vectors.device)
+    def item_table(self, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Vectors ``(n, d)`` and biases ``(n,)`` of every item, or of ``rows`` only
+        (a training step on a large catalog needs a few thousand of them)."""
+        text = self.text if rows is None else self.text[rows]
+        ids = self.item_id.weight if rows is None else self.item_id.weight[rows]
+        item_bias = self.item_bias.weight if rows is None else self.item_bias.weight[rows]
+        active = (self.active if rows is None else self.active[rows]).unsqueeze(1).float()
+        vectors = torch.zeros_like(ids)
+        bias = torch.zeros(ids.shape[0], device=vectors.device)
         if self.use_text:
-            vectors = vectors + self.adapter(self.text)
-            bias = bias + self.text_bias(self.text).squeeze(1)
+            vectors = vectors + self.adapter(text)
+            bias = bias + self.text_bias(text).squeeze(1)
         if self.use_ids:
-            vectors = vectors + self.item_id.weight * active
-        bias = bias + (self.item_bias.weight * active).squeeze(1)
+            vectors = vectors + ids * active
+        bias = bias + (item_bias * active).squeeze(1)
         return vectors, bias
 
     # -- users -------------------------------------------------------------

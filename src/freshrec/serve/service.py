@@ -82,9 +82,25 @@ class Service:
         self._encoder_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self.metrics.catalog_items.set(int(self.catalog.view.alive.sum()))
+        self._pending: Snapshot | None = None
+        self._closed = False
+        self._publishing = threading.Condition()
+        threading.Thread(target=self._publisher, name="freshrec-publisher", daemon=True).start()
 
     # -- model -------------------------------------------------------------------
     def publish(self, snapshot: Snapshot) -> None:
+        """Hand over a new model snapshot (called by the learner after each update).
+
+        It is served by the publisher thread, at most once per
+        ``publish_interval_ms``: building the serving copy of a model costs tens
+        of milliseconds on a large catalog, and a learner stepping several times
+        a second must not spend the request handlers' CPU on copies nobody saw.
+        The newest snapshot always wins; none is left unpublished."""
+        with self._publishing:
+            self._pending = snapshot
+            self._publishing.notify()
+
+    def publish_now(self, snapshot: Snapshot) -> None:
         started = time.perf_counter()
         self.ranker.publish(snapshot)
         self.metrics.publish_seconds.observe(time.perf_counter() - started)
@@ -92,6 +108,23 @@ class Service:
         self.metrics.model_updates.set(snapshot.updates)
         if snapshot.loss is not None:
             self.metrics.training_loss.set(snapshot.loss)
+
+    def _publisher(self) -> None:
+        interval = self.settings.serve.publish_interval_ms / 1000
+        while True:
+            with self._publishing:
+                while self._pending is None and not self._closed:
+                    self._publishing.wait()
+                if self._closed:
+                    return
+                snapshot, self._pending = self._pending, None
+            self.publish_now(snapshot)  # type: ignore[arg-type]
+            time.sleep(interval)
+
+    def close(self) -> None:
+        with self._publishing:
+            self._closed = True
+            self._publishing.notify()
 
     @property
     def model_version(self) -> str | None:
