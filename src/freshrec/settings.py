@@ -211,8 +211,8 @@ class ServeSettings(Section):
     """The learner's updates reach the request handlers at most this often (building a
     serving copy of the model costs tens of milliseconds on a large catalog)."""
     torch_threads: int = Field(default=1, ge=1)
-    """Torch threads of the serving process; the learner and request threads share
-    the cores, and one thread each keeps request latency flat."""
+    """Torch threads of the server and of its learner process each: they share the
+    machine's cores, and one each keeps request latency flat on a small machine."""
 
 
 class Settings(BaseModel):

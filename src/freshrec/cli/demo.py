@@ -2,11 +2,11 @@
 
 The shop comes from the synthetic generator: a catalog and a week of history.
 Then simulated users ask the server for recommendations and act according to
-their hidden tastes, which drift during the demo: each user scans the list
-and clicks an item of a topic they like with a probability that grows with
-their taste for it; if nothing appeals, they find something on their own.
-The dashboard's online hit rate (clicks on served items, out of all clicks)
-rises as the model learns those tastes, dips when they drift, and recovers.
+their hidden tastes, which drift to new ones during the demo: each user scans
+the list and clicks an item of a topic they like with a probability that
+grows with their taste for it; if nothing appeals, they find something on
+their own. The dashboard's online hit rate (clicks on served items, out of
+all clicks) shows how well the model keeps up.
 """
 
 from __future__ import annotations
@@ -52,19 +52,23 @@ class Tally:
 
 
 class Shoppers:
-    """Simulated users of a :class:`World`, with tastes that drift during the demo."""
+    """Simulated users of a :class:`World`. Each starts with the taste they had at the
+    end of the generated history and drifts, during the demo, to a new one drawn
+    at random: the model must follow them from what they click."""
 
     def __init__(self, world: World, drift_after_s: float, drift_width_s: float, seed: int):
         self.world = world
         self.rng = np.random.default_rng(seed + 1)
         self.start = time.time()
         n = world.settings.users
+        self.before = np.stack([world.taste(u, world.end) for u in range(n)])
+        self.after = self.rng.dirichlet(np.full(self.before.shape[1], 0.25), size=n)
         self.drift = self.start + drift_after_s + self.rng.uniform(0, drift_after_s, size=n)
         self.width = drift_width_s
 
     def taste(self, user: int, now: float) -> np.ndarray:
         w = 1.0 / (1.0 + np.exp(-(now - self.drift[user]) / self.width))
-        return np.asarray((1 - w) * self.world.taste_early[user] + w * self.world.taste_late[user])
+        return np.asarray((1 - w) * self.before[user] + w * self.after[user])
 
     def pick_from(self, user: int, served: list[str], now: float) -> str | None:
         taste = self.taste(user, now)
@@ -122,10 +126,10 @@ def demo_cmd(
     ctx: typer.Context,
     port: Annotated[int, typer.Option(help="Port of the server (0: any free port).")] = 8000,
     items: Annotated[int, typer.Option(help="Catalog size.")] = 500,
-    users: Annotated[int, typer.Option(help="Number of simulated users.")] = 200,
-    history: Annotated[int, typer.Option(help="Events of history generated before the demo starts.")] = 3_000,
+    users: Annotated[int, typer.Option(help="Number of simulated users.")] = 60,
+    history: Annotated[int, typer.Option(help="Events of history generated before the demo starts.")] = 600,
     rate: Annotated[float, typer.Option(help="Simulated user actions per second.")] = 20.0,
-    drift_after: Annotated[float, typer.Option(help="Seconds before users' tastes start to drift.")] = 120.0,
+    drift_after: Annotated[float, typer.Option(help="Seconds before users' tastes start to drift.")] = 90.0,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds (default: Ctrl-C).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:

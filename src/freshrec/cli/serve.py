@@ -1,25 +1,25 @@
-"""``freshrec serve``: the HTTP service and the online learner in one process.
+"""``freshrec serve``: the HTTP service, with the online learner beside it.
 
-This module is the composition root: it wires the learner (training code)
-to the service (serving code) through model snapshots, so neither imports
-the other.
+This module is the composition root: it wires the learner (training code,
+in its own process: :mod:`freshrec.cli.learner_process`) to the service
+(serving code) through model snapshots, so neither imports the other.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import sys
+import multiprocessing as mp
 import threading
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
 import uvicorn
 
 from freshrec.cli.context import app_of, console, fail
-from freshrec.learn.checkpoints import Checkpoints
-from freshrec.learn.online import Learner, NoCatalog
+from freshrec.cli.learner_process import learner_main
+from freshrec.model.snapshot import Snapshot
 from freshrec.serve.api import create_app
 from freshrec.serve.auth import Keys, is_loopback
 from freshrec.serve.service import Service
@@ -30,53 +30,43 @@ log = logging.getLogger("freshrec")
 
 
 class Engine:
-    """Service, learner thread and HTTP server over one store.
+    """Service, HTTP server and learner process over one store file.
 
     ``run()`` blocks until the server stops (Ctrl-C, SIGTERM or ``stop()``);
-    the learner then writes a final checkpoint.
+    the learner then writes a final checkpoint and exits.
     """
 
     def __init__(self, store: Store, settings: Settings, keys: Keys, host: str, port: int):
+        if settings.store_url.endswith(":memory:"):
+            raise ValueError("freshrec serve needs a store file: the learner process opens it too")
         torch.set_num_threads(settings.serve.torch_threads)
-        # Request handlers, the learner and the publisher share one interpreter; a
-        # shorter switch interval hands the GIL to a waiting request sooner.
-        sys.setswitchinterval(0.001)
         self.settings = settings
         self.service = Service(store, settings)
-        self.checkpoints = Checkpoints(settings.data_dir / "checkpoints")
-        self.learner = Learner(store, settings, self.checkpoints, on_update=self.service.publish)
-        self.service.forget_hooks.append(self.learner.forget_user)
-        self.halt = threading.Event()
-        self.thread = threading.Thread(target=self._learn, name="freshrec-learner", daemon=True)
+        ctx = mp.get_context("spawn")
+        self.updates, self._send_end = ctx.Pipe(duplex=False)
+        self.commands: Any = ctx.Queue()
+        self.halt = ctx.Event()
+        self.process = ctx.Process(
+            target=learner_main, args=(settings, self._send_end, self.commands, self.halt), name="freshrec-learner"
+        )
+        self.service.forget_hooks.append(lambda user_id: self.commands.put(("forget", user_id)))
+        self.receiver = threading.Thread(target=self._receive, name="freshrec-receiver", daemon=True)
         config = uvicorn.Config(
             create_app(self.service, keys), host=host, port=port, log_level="warning", access_log=False
         )
         self.server = uvicorn.Server(config)
 
-    def _learn(self) -> None:
-        service, learner = self.service, self.learner
-        while not self.halt.is_set():
+    def _receive(self) -> None:
+        """Snapshots and state from the learner process, until it closes the pipe."""
+        while True:
             try:
-                if learner.model is None:
-                    if self.checkpoints.current() is None:
-                        service.model_wanted = True
-                        service.learner_state = "warm start"
-                        learner.train()
-                    else:
-                        service.learner_state = "loading checkpoint"
-                        learner.resume()
-                service.learner_state = "following"
-                gc.freeze()  # the model and catalog are long-lived: keep them out of the collector's scans
-                learner.follow(self.halt)
-            except NoCatalog as exc:
-                service.model_wanted = False
-                service.learner_state = f"waiting: {exc}"
-                self.halt.wait(2.0)
-            except Exception as exc:  # keep serving; the learner retries from its checkpoint
-                log.exception("learner failed")
-                service.learner_state = f"failed ({type(exc).__name__}: {exc}); retrying"
-                learner.model = None
-                self.halt.wait(5.0)
+                message = self.updates.recv()
+            except (EOFError, OSError):
+                return
+            if message[0] == "snapshot":
+                self.service.publish(Snapshot.from_bytes(message[1]))
+            elif message[0] == "state":
+                self.service.learner_state, self.service.model_wanted = message[1], message[2]
 
     @property
     def url(self) -> str:
@@ -86,12 +76,20 @@ class Engine:
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
     def run(self) -> None:
-        self.thread.start()
+        self.process.start()
+        self._send_end.close()  # the child holds it now; its exit ends the receiver
+        self.receiver.start()
+        gc.freeze()  # the catalog and the app are long-lived: keep them out of the collector's scans
         try:
             self.server.run()
         finally:
             self.halt.set()
-            self.thread.join()
+            self.process.join(timeout=120)
+            if self.process.is_alive():
+                log.error("the learner did not stop within two minutes; terminating it")
+                self.process.terminate()
+            self.commands.put(None)
+            self.receiver.join(timeout=10)
             self.service.close()
 
     def stop(self) -> None:

@@ -12,10 +12,12 @@ yet), and maps the learner's item rows onto it by item id.
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from freshrec.model.sequence import SequenceNet
@@ -47,3 +49,15 @@ class Snapshot:
     def of(cls, net: SequenceNet, item_ids: list[str], **info: Any) -> Snapshot:
         state = {k: v.detach().clone() for k, v in net.state_dict().items() if k != "text"}
         return cls(item_ids=list(item_ids), state=state, settings=net.settings, rating_scale=net.rating_scale, **info)
+
+    def to_bytes(self) -> bytes:
+        """One buffer for a pipe: pickling the tensors one by one would make
+        torch share each through a file descriptor and a handshake of its own."""
+        buffer = io.BytesIO()
+        torch.save({**self.__dict__, "settings": self.settings.model_dump()}, buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Snapshot:
+        raw = torch.load(io.BytesIO(data), weights_only=False)
+        return cls(**{**raw, "settings": ModelSettings.model_validate(raw["settings"])})
