@@ -98,3 +98,15 @@ def test_keys_and_roles() -> None:
 )
 def test_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_serving_never_imports_training_code() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, freshrec.serve.api, freshrec.serve.service;"
+        "bad = sorted(m for m in sys.modules if m.startswith('freshrec.learn'));"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
