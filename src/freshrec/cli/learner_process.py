@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import signal
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -75,6 +76,9 @@ class Sender:
 
 
 def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], halt: ProcessEvent) -> None:
+    # Ctrl-C in a terminal reaches the whole process group; the server stops this
+    # process through ``halt``, after its last micro-batch and checkpoint.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(settings.serve.torch_threads)
     store = open_store(settings.store_url, settings.storage)
     checkpoints = Checkpoints(settings.data_dir / "checkpoints")

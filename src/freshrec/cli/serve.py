@@ -111,7 +111,10 @@ def serve_cmd(
     port = settings.serve.port if port is None else port
     keys = make_keys(settings, host, insecure_no_auth)
     with state.store() as store:
-        engine = Engine(store, settings, keys, host, port)
+        try:
+            engine = Engine(store, settings, keys, host, port)
+        except ValueError as exc:
+            fail(str(exc), 2)
         console.print(f"freshrec serving {settings.store_url} on http://{host}:{port} (dashboard at /, API at /docs)")
         engine.run()
 
