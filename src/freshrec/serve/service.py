@@ -8,6 +8,7 @@ user's history for the very next request.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -29,6 +30,8 @@ from freshrec.serve.metrics import Metrics
 from freshrec.serve.ranker import Ranked, Ranker, Request, encode, finish
 from freshrec.settings import Settings
 from freshrec.storage.base import Store
+
+log = logging.getLogger(__name__)
 
 SEEN_WINDOW = 500
 """Most recent events of a user whose items ``exclude_seen`` leaves out."""
@@ -86,6 +89,8 @@ class Service:
         self._closed = False
         self._publishing = threading.Condition()
         threading.Thread(target=self._publisher, name="freshrec-publisher", daemon=True).start()
+        # loading a language model takes seconds: do it now, not in the first item write
+        threading.Thread(target=self._preload_encoder, name="freshrec-encoder", daemon=True).start()
 
     # -- model -------------------------------------------------------------------
     def publish(self, snapshot: Snapshot) -> None:
@@ -169,6 +174,12 @@ class Service:
                 self._encoder = build_encoder(self.settings.encoder)
             return self._encoder
 
+    def _preload_encoder(self) -> None:
+        try:
+            self.encoder()
+        except Exception:  # reported again, with its cause, by the first item write
+            log.exception("could not load the text encoder %s", self.settings.encoder.model)
+
     def write_items(self, payload: Any) -> tuple[int, Job | None]:
         """Store items at once; embed them now, or in a background job for large batches."""
         raw = payload if isinstance(payload, list) else [payload]
@@ -194,7 +205,14 @@ class Service:
         self.store.upsert_items(items)
         if len(items) > self.settings.serve.background_items:
             return len(items), self.jobs.start(f"embed {len(items):,} items", lambda job: self._embed(items, job))
-        self._embed(items, None)
+        try:
+            self._embed(items, None)
+        except Exception as exc:  # the items are stored; the next write embeds them
+            log.exception("embedding failed")
+            raise Problem(
+                503,
+                f"{len(items)} items stored but not embedded yet: text encoder failed ({type(exc).__name__}: {exc})",
+            ) from None
         return len(items), None
 
     def _embed(self, items: Sequence[Item], job: Job | None) -> None:
