@@ -94,13 +94,10 @@ class Service:
 
     # -- model -------------------------------------------------------------------
     def publish(self, snapshot: Snapshot) -> None:
-        """Hand over a new model snapshot (called by the learner after each update).
-
-        It is served by the publisher thread, at most once per
-        ``publish_interval_ms``: building the serving copy of a model costs tens
-        of milliseconds on a large catalog, and a learner stepping several times
-        a second must not spend the request handlers' CPU on copies nobody saw.
-        The newest snapshot always wins; none is left unpublished."""
+        """Hand over a new model snapshot (from the learner, which sends at most one
+        per ``publish_interval_ms``). The publisher thread builds the serving copy;
+        if snapshots arrive faster than it builds, the newest wins and the ones in
+        between are skipped, never the last."""
         with self._publishing:
             self._pending = snapshot
             self._publishing.notify()
@@ -115,7 +112,6 @@ class Service:
             self.metrics.training_loss.set(snapshot.loss)
 
     def _publisher(self) -> None:
-        interval = self.settings.serve.publish_interval_ms / 1000
         while True:
             with self._publishing:
                 while self._pending is None and not self._closed:
@@ -124,7 +120,6 @@ class Service:
                     return
                 snapshot, self._pending = self._pending, None
             self.publish_now(snapshot)  # type: ignore[arg-type]
-            time.sleep(interval)
 
     def close(self) -> None:
         with self._publishing:
