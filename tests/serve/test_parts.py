@@ -110,3 +110,22 @@ def test_serving_never_imports_training_code() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_requests_ready_together_share_one_model_pass() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from freshrec.serve.batching import Batcher
+
+    calls: list[int] = []
+    batcher = Batcher(run=lambda requests: calls.append(len(requests)))
+
+    async def main() -> None:
+        pending = [SimpleNamespace(result=None) for _ in range(3)]
+        await asyncio.gather(*(batcher.encode(r) for r in pending))  # type: ignore[arg-type]
+        await batcher.encode(SimpleNamespace(result=None))  # type: ignore[arg-type]
+        await batcher.encode(SimpleNamespace(result=["done"]))  # type: ignore[arg-type]  # needs no pass
+
+    asyncio.run(main())
+    assert calls == [3, 1]

@@ -12,7 +12,7 @@ from freshrec.learn.recommender import FreshRec
 from freshrec.model.base import Interactions
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import Catalog
-from freshrec.serve.ranker import Ranker, _top, build_scoring
+from freshrec.serve.ranker import Options, Ranker, _top, build_scoring
 from freshrec.settings import LearnSettings, ModelSettings
 
 MODEL = ModelSettings(dim=16, history_length=6, heads=2)
@@ -84,13 +84,13 @@ def test_explanations_are_the_score_drop_without_each_event(trained: tuple[Fresh
     ranker = Ranker(shuffled_catalog())
     ranker.publish(snapshot)
     past = history("garden-0", "garden-3", "space-2", "garden-6")
-    recs = ranker.recommend(past, T0 + 100, 5, explain=True)
+    recs = ranker.recommend(past, T0 + 100, Options(5, explain=True))
     assert len(recs) == 5 and not {r.item_id for r in recs} & {e.item_id for e in past}
     top = recs[0]
     assert top.because and top.explanation == f"because you clicked {top.because[0].title}"
     named = top.because[0]
     without = [e for e in past if e.item_id != named.item_id]
-    rescored = {r.item_id: r.score for r in ranker.recommend(without, T0 + 100, 30, exclude_seen=False)}
+    rescored = {r.item_id: r.score for r in ranker.recommend(without, T0 + 100, Options(30, exclude_seen=False))}
     assert rescored[top.item_id] == pytest.approx(top.score - named.weight, abs=1e-4)
     assert [b.weight for b in top.because] == sorted((b.weight for b in top.because), reverse=True)
 
@@ -101,11 +101,11 @@ def test_filters_and_a_deleted_item(trained: tuple[FreshRec, Snapshot]) -> None:
     ranker = Ranker(catalog)
     ranker.publish(snapshot)
     past = history("garden-0")
-    kitchen = ranker.recommend(past, T0, 20, categories=["KITCHEN"])
+    kitchen = ranker.recommend(past, T0, Options(20, categories=("KITCHEN",)))
     assert len(kitchen) == 10 and all(r.item_id.startswith("kitchen") for r in kitchen)
     catalog.remove("kitchen-1")
     ranker.refresh()
-    rest = ranker.recommend(past, T0, 20, categories=["kitchen"], exclude=["kitchen-4"])
+    rest = ranker.recommend(past, T0, Options(20, exclude=("kitchen-4",), categories=("kitchen",)))
     assert {r.item_id for r in rest} == {f"kitchen-{n}" for n in range(1, 30, 3)} - {"kitchen-1", "kitchen-4"}
     assert ranker.similar("kitchen-1", 5) is None
     similar = ranker.similar("garden-0", 29)
@@ -115,10 +115,10 @@ def test_filters_and_a_deleted_item(trained: tuple[FreshRec, Snapshot]) -> None:
 def test_before_any_model_text_similarity_and_popularity_serve() -> None:
     ranker = Ranker(shuffled_catalog())
     assert ranker.scoring.net is None
-    by_text = ranker.recommend(history("space-2", "space-5"), T0, 3, explain=True)
+    by_text = ranker.recommend(history("space-2", "space-5"), T0, Options(3, explain=True))
     assert len(by_text) == 3 and by_text[0].explanation is not None
     popular = [(i, 100.0 - n) for n, i in enumerate(IDS)]
-    picks = ranker.recommend([], T0, 3, popular=popular)
+    picks = ranker.recommend([], T0, Options(3), lambda: popular)
     assert picks[0].item_id == IDS[0] and all(r.explanation == "popular right now" for r in picks)
 
 
@@ -129,7 +129,7 @@ def test_popular_picks_skip_near_duplicates() -> None:
     catalog.put(twins, vectors)
     ranker = Ranker(catalog)
     popular = [(f"twin-{n}", 10.0 - n) for n in range(5)] + [("other", 6.0)]
-    picks = [r.item_id for r in ranker.recommend([], T0, 2, popular=popular)]
+    picks = [r.item_id for r in ranker.recommend([], T0, Options(2), lambda: popular)]
     assert picks == ["twin-0", "other"]  # not the second twin, though it is more popular
 
 

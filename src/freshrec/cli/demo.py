@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -85,8 +86,17 @@ class Shoppers:
         return str(self.world.items[int(self.rng.choice(len(weights), p=weights / weights.sum()))]["item_id"])
 
 
-def simulate(url: str, shoppers: Shoppers, rate: float, stop: threading.Event, tally: Tally, window_s: float) -> None:
-    """Drive simulated users against the server at ``rate`` actions per second."""
+def simulate(
+    url: str,
+    shoppers: Shoppers,
+    rate: float,
+    stop: threading.Event,
+    tally: Tally,
+    window_s: float,
+    on_ready: Callable[[], None] = lambda: None,
+) -> None:
+    """Drive simulated users against the server at ``rate`` actions per second, from
+    the moment it is ready (then ``on_ready`` is called)."""
     world, rng = shoppers.world, shoppers.rng
     with httpx.Client(base_url=url, timeout=10.0) as client:
         while not stop.is_set():
@@ -96,6 +106,7 @@ def simulate(url: str, shoppers: Shoppers, rate: float, stop: threading.Event, t
             except httpx.TransportError:
                 pass
             stop.wait(0.5)
+        on_ready()
         started = time.monotonic()
         n = 0
         while not stop.is_set():
@@ -130,7 +141,9 @@ def demo_cmd(
     history: Annotated[int, typer.Option(help="Events of history generated before the demo starts.")] = 600,
     rate: Annotated[float, typer.Option(help="Simulated user actions per second.")] = 20.0,
     drift_after: Annotated[float, typer.Option(help="Seconds before users' tastes start to drift.")] = 90.0,
-    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds (default: Ctrl-C).")] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop this many seconds after the shoppers start (default: Ctrl-C).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Run a simulated shop against a live server: open the printed URL to watch it learn."""
@@ -156,23 +169,24 @@ def demo_cmd(
         window = 30.0
         shoppers = Shoppers(World(gen), drift_after, drift_after / 10, seed)
 
-        def drive() -> None:
-            while not engine.server.started and not stop.is_set():
-                time.sleep(0.05)
-            url = engine.url
-            out.print(f"\nfreshrec demo running at {url}/ (try {url}/?user=u00000); Ctrl-C to stop\n", highlight=False)
-            simulate(url, shoppers, rate, stop, tally, window)
-
-        driver = threading.Thread(target=drive, name="freshrec-demo-users", daemon=True)
-        driver.start()
-
         def finish() -> None:
             stop.set()
             driver.join(timeout=15)
             engine.stop()
 
-        if duration is not None:
-            threading.Timer(duration, finish).start()
+        def start_clock() -> None:
+            if duration is not None:
+                threading.Timer(duration, finish).start()
+
+        def drive() -> None:
+            while not engine.server.started and not stop.is_set():
+                time.sleep(0.05)
+            url = engine.url
+            out.print(f"\nfreshrec demo running at {url}/ (try {url}/?user=u00000); Ctrl-C to stop\n", highlight=False)
+            simulate(url, shoppers, rate, stop, tally, window, on_ready=start_clock)
+
+        driver = threading.Thread(target=drive, name="freshrec-demo-users", daemon=True)
+        driver.start()
         try:
             engine.run()
         finally:

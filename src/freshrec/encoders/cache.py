@@ -29,19 +29,31 @@ class EmbedReport:
         return self.encoded / self.seconds if self.seconds > 0 else 0.0
 
 
-def embed_items(store: Store, encoder: TextEncoder, progress: bool = False, chunk: int = 256) -> EmbedReport:
+def embed_items(
+    store: Store,
+    encoder: TextEncoder,
+    progress: bool = False,
+    chunk: int = 256,
+    report: Callable[[int, int], None] | None = None,
+) -> EmbedReport:
     """Encode every catalog text that has no cached embedding for ``encoder``.
 
     Each chunk is committed as it is done, so an interrupted run keeps its work.
+    ``report(done, total)`` is called before the first chunk and after each one
+    (the server shows it as a job's progress).
     """
     todo = store.items_to_embed(encoder.name)
     start = time.perf_counter()
+    if report is not None:
+        report(0, len(todo))
     with tqdm(total=len(todo), unit="item", desc="encoding items", disable=not progress or not todo) as bar:
         for i in range(0, len(todo), chunk):
             part = todo[i : i + chunk]
             vectors = encoder.encode([text for _, text in part])
             store.put_embeddings(encoder.name, [h for h, _ in part], vectors)
             bar.update(len(part))
+            if report is not None:
+                report(i + len(part), len(todo))
     return EmbedReport(encoded=len(todo), seconds=time.perf_counter() - start)
 
 

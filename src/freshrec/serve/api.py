@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from freshrec.ingest.validate import EventIn, ItemIn, check_id
 from freshrec.serve.auth import AuthError, Keys, Role
 from freshrec.serve.metrics import Metrics
-from freshrec.serve.ranker import Ranked
+from freshrec.serve.ranker import Options, Ranked
 from freshrec.serve.schemas import (
     Accepted,
     ErrorBody,
@@ -45,6 +45,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 STATIC = resources.files("freshrec.serve") / "static"
+Categories = Annotated[list[str], Query(description="Only items in any of these (comma-separated).")]
 
 
 class _TooLarge(Exception):
@@ -300,7 +301,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
         user_id: Annotated[str, Path()],
         k: K = 10,
         exclude_seen: bool = True,
-        categories: Annotated[list[str], Query(description="Only items in any of these (comma-separated).")] = [],  # noqa: B006
+        categories: Categories = [],  # noqa: B006
         exclude: Annotated[list[str], Query(description="Item ids never to return (comma-separated).")] = [],  # noqa: B006
         explain: bool = False,
     ) -> JSONResponse:
@@ -308,14 +309,8 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
         # thread's own SQLite connection, which never waits for a writer) and
         # computes, and the hop to a worker thread cost more than it saved.
         user_id = valid_id(user_id, "user_id")
-        version, items = await service.recommend_async(
-            user_id,
-            k,
-            exclude_seen=exclude_seen,
-            categories=_split(categories),
-            exclude=_split(exclude),
-            explain=explain,
-        )
+        options = Options(k, tuple(_split(exclude)), tuple(_split(categories)), exclude_seen, explain)
+        version, items = await service.recommend(user_id, options)
         return JSONResponse({"user_id": user_id, "model_version": version, "items": _ranked(items, explain)})
 
     @app.get(
@@ -327,7 +322,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
     async def similar(
         item_id: str,
         k: K = 10,
-        categories: Annotated[list[str], Query(description="Only items in any of these (comma-separated).")] = [],  # noqa: B006
+        categories: Categories = [],  # noqa: B006
     ) -> JSONResponse:
         item_id = valid_id(item_id, "item_id")
         scoring = service.ranker.scoring

@@ -21,8 +21,6 @@ class Batcher:
     def __init__(self, run: Callable[[Sequence[Request]], None] = encode):
         self.run = run
         self.pending: list[tuple[Request, asyncio.Future[None]]] = []
-        self.batches = 0
-        self.requests = 0
 
     async def encode(self, request: Request) -> None:
         if request.result is not None:
@@ -36,8 +34,6 @@ class Batcher:
 
     def _flush(self) -> None:
         batch, self.pending = self.pending, []
-        self.batches += 1
-        self.requests += len(batch)
         try:
             self.run([request for request, _ in batch])
         except Exception as exc:  # every waiting request fails with the cause

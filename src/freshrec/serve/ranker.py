@@ -17,7 +17,7 @@ model actually used, not a similarity guessed after the fact.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,6 +77,21 @@ class Ranked:
     because: tuple[Because, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What a recommendation request asks for."""
+
+    k: int = 10
+    exclude: tuple[ItemId, ...] = ()
+    categories: tuple[str, ...] = ()
+    exclude_seen: bool = True
+    explain: bool = False
+
+
+Popular = Callable[[], Sequence[tuple[ItemId, float]]]
+"""Popular items, best first; called only for a user without history."""
+
+
 @dataclass(frozen=True)
 class Scoring:
     view: CatalogView
@@ -86,9 +101,6 @@ class Scoring:
     bias: torch.Tensor | None
     unit: npt.NDArray[np.float32]
     """Unit item vectors: the model's when there is one, else the text embeddings."""
-    table: npt.NDArray[np.float32] | None = None
-    """``vectors`` and ``bias`` as NumPy arrays: the final dot products cost less there."""
-    table_bias: npt.NDArray[np.float32] | None = None
 
     @property
     def version(self) -> str | None:
@@ -100,46 +112,38 @@ def _unit(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return np.asarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-_ROW_MAP: list[tuple[CatalogView, int, tuple[torch.Tensor, torch.Tensor]]] = []
+RowMap = tuple[torch.Tensor, torch.Tensor]
+"""Learner rows and the catalog rows they go to."""
 
 
-def _row_map(item_ids: list[str], view: CatalogView) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which learner row goes to which catalog row, cached for the last (catalog
-    view, item ids) pair: at a publish every few hundred milliseconds, rebuilding
-    the map was half the cost of a publish; hashing the ids is a fiftieth of it."""
-    key = hash(tuple(item_ids))
-    if _ROW_MAP and _ROW_MAP[0][0] is view and _ROW_MAP[0][1] == key:
-        return _ROW_MAP[0][2]
+def row_map(item_ids: list[str], view: CatalogView) -> RowMap:
     pairs = [(k, view.codes[i]) for k, i in enumerate(item_ids) if i in view.codes]
-    cached = (
+    return (
         torch.tensor([k for k, _ in pairs], dtype=torch.long),
         torch.tensor([n for _, n in pairs], dtype=torch.long),
     )
-    _ROW_MAP[:] = [(view, key, cached)]
-    return cached
 
 
 @torch.no_grad()
-def build_scoring(snapshot: Snapshot | None, view: CatalogView) -> Scoring:
+def build_scoring(snapshot: Snapshot | None, view: CatalogView, rows: RowMap | None = None) -> Scoring:
     if snapshot is None or not len(view):
         return Scoring(view, None, None, None, None, _unit(view.text))
     s = snapshot.settings
     text = torch.from_numpy(view.text) if s.use_text else None
     net = SequenceNet(len(view), text, s, rating_scale=snapshot.rating_scale)
     state = dict(snapshot.state)
-    model_rows, view_rows = _row_map(snapshot.item_ids, view)
+    model_rows, view_rows = rows if rows is not None else row_map(snapshot.item_ids, view)
     defaults = net.state_dict()
     for name in ROW_STATE:
-        rows = defaults[name].clone()
-        rows[view_rows] = state[name][model_rows]
-        state[name] = rows
+        values = defaults[name].clone()
+        values[view_rows] = state[name][model_rows]
+        state[name] = values
     missing, unexpected = net.load_state_dict(state, strict=False)
     if set(missing) != {"text"} or unexpected:
         raise ValueError(f"snapshot does not fit the network: missing {missing}, unexpected {unexpected}")
     net.eval()
     vectors, bias = net.item_table()
-    table = vectors.numpy()
-    return Scoring(view, snapshot, net, vectors, bias, _unit(table), table, bias.numpy())
+    return Scoring(view, snapshot, net, vectors, bias, _unit(vectors.numpy()))
 
 
 class Ranker:
@@ -149,73 +153,66 @@ class Ranker:
         self.catalog = catalog
         self._snapshot: Snapshot | None = None
         self._lock = threading.Lock()
+        self._rows: tuple[CatalogView, int, RowMap] | None = None
         self.scoring = build_scoring(None, catalog.view)
 
     def publish(self, snapshot: Snapshot | None) -> None:
-        """Serve ``snapshot`` from now on (called from the learner's thread)."""
+        """Serve ``snapshot`` from now on (called from the publisher thread)."""
         with self._lock:
             self._snapshot = snapshot
-            self.scoring = build_scoring(snapshot, self.catalog.view)
+            self._build()
 
     def refresh(self) -> None:
         """Pick up catalog changes with the current model."""
         with self._lock:
-            self.scoring = build_scoring(self._snapshot, self.catalog.view)
+            self._build()
+
+    def _build(self) -> None:
+        snapshot, view = self._snapshot, self.catalog.view
+        rows = None
+        if snapshot is not None:
+            # The map from learner rows to catalog rows is kept while the catalog
+            # view and the learner's ids stay the same: at a publish every few
+            # hundred milliseconds, rebuilding it was half the cost of a publish;
+            # hashing the ids is a fiftieth of it.
+            key = hash(tuple(snapshot.item_ids))
+            if self._rows is None or self._rows[0] is not view or self._rows[1] != key:
+                self._rows = (view, key, row_map(snapshot.item_ids, view))
+            rows = self._rows[2]
+        self.scoring = build_scoring(snapshot, view, rows)
 
     # -- recommendations -------------------------------------------------------
     def recommend(
-        self,
-        history: Sequence[Event],
-        now: float,
-        k: int,
-        *,
-        exclude: Iterable[ItemId] = (),
-        categories: Sequence[str] = (),
-        exclude_seen: bool = True,
-        explain: bool = False,
-        popular: Sequence[tuple[ItemId, float]] = (),
+        self, history: Sequence[Event], now: float, options: Options, popular: Popular = lambda: ()
     ) -> list[Ranked]:
-        """Top ``k`` items for a user with this history (oldest first).
-
-        A user without a usable history gets popular items, diversified;
-        before any model is published, a user with history gets the items
-        whose text is closest to what they interacted with.
-        """
-        request = self.plan(
-            history, now, k, exclude=exclude, categories=categories, exclude_seen=exclude_seen, explain=explain,
-            popular=popular,
-        )  # fmt: skip
+        """Top ``options.k`` items for a user with this history (oldest first)."""
+        request = self.plan(history, now, options, popular)
         encode([request])
         return finish(request)
 
-    def plan(
-        self,
-        history: Sequence[Event],
-        now: float,
-        k: int,
-        *,
-        exclude: Iterable[ItemId] = (),
-        categories: Sequence[str] = (),
-        exclude_seen: bool = True,
-        explain: bool = False,
-        popular: Sequence[tuple[ItemId, float]] = (),
-    ) -> Request:
+    def plan(self, history: Sequence[Event], now: float, options: Options, popular: Popular = lambda: ()) -> Request:
         """Everything of :meth:`recommend` up to the model's forward pass, which
-        :func:`encode` then runs for many requests at once."""
+        :func:`encode` then runs for many requests at once.
+
+        A user without a usable history gets ``popular()`` items, diversified;
+        before any model is published, a user with history gets the items
+        whose text is closest to what they interacted with.
+        """
+        k, explain = options.k, options.explain
         sc = self.scoring
         view = sc.view
         known = [e for e in history if e.item_id in view.codes]
         allowed = view.alive.copy()
-        if categories:
-            allowed &= view.in_categories(categories)
-        for item_id in exclude:
+        if options.categories:
+            allowed &= view.in_categories(options.categories)
+        for item_id in options.exclude:
             if (n := view.codes.get(item_id)) is not None:
                 allowed[n] = False
-        if exclude_seen:
+        if options.exclude_seen:
             allowed[[view.codes[e.item_id] for e in known]] = False
         request = Request(sc, allowed, k, explain, now)
         if not known:
-            request.source, request.result = "popular", _diversified(sc, popular, allowed, k)
+            request.source, request.result = "popular", _diversified(sc, popular(), allowed, k)
         elif sc.net is None:
             request.source, request.result = "text", _by_text(sc, known, allowed, k, explain)
         else:
@@ -327,8 +324,9 @@ def finish(request: Request) -> list[Ranked]:
     if request.result is not None:
         return request.result
     sc, users = request.scoring, request.users
-    assert sc.table is not None and sc.table_bias is not None and users is not None
-    scores = users.numpy() @ sc.table.T + sc.table_bias
+    assert sc.vectors is not None and sc.bias is not None and users is not None
+    # NumPy views of the same memory: the final dot products cost less there than in torch
+    scores = users.numpy() @ sc.vectors.numpy().T + sc.bias.numpy()
     out = []
     for c in _top(scores[0], request.allowed, request.k):
         because: tuple[Because, ...] = ()
@@ -390,7 +388,7 @@ def _diversified(
         best = int(np.argmax(gain))
         chosen.append(best)
         redundancy = np.maximum(redundancy, vectors @ vectors[best])
-    return [Ranked(view.ids[codes[i]], float(relevance[i]), view.titles[codes[i]], "popular right now") for i in chosen]
+    return [Ranked(view.ids[codes[i]], float(relevance[i]), view.titles[codes[i]], POPULAR) for i in chosen]
 
 
 def _because(sc: Scoring, event: Event, weight: float) -> Because:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from freshrec.domain import Event, Item, ItemId, UserId
-from freshrec.encoders import TextEncoder, build_encoder, encoder_key
+from freshrec.encoders import TextEncoder, build_encoder, embed_items, encoder_key
 from freshrec.ingest.importer import derive_event_id
 from freshrec.ingest.validate import InvalidRecord, Validator
 from freshrec.model.snapshot import Snapshot
@@ -27,7 +27,7 @@ from freshrec.serve.fallback import Popularity
 from freshrec.serve.jobs import Job, Jobs
 from freshrec.serve.live import Live
 from freshrec.serve.metrics import Metrics
-from freshrec.serve.ranker import Ranked, Ranker, Request, encode, finish
+from freshrec.serve.ranker import Options, Ranked, Ranker, finish
 from freshrec.settings import Settings
 from freshrec.storage.base import Store
 
@@ -102,7 +102,7 @@ class Service:
             self._pending = snapshot
             self._publishing.notify()
 
-    def publish_now(self, snapshot: Snapshot) -> None:
+    def _publish(self, snapshot: Snapshot) -> None:
         started = time.perf_counter()
         self.ranker.publish(snapshot)
         self.metrics.publish_seconds.observe(time.perf_counter() - started)
@@ -116,19 +116,15 @@ class Service:
             with self._publishing:
                 while self._pending is None and not self._closed:
                     self._publishing.wait()
-                if self._closed:
-                    return
                 snapshot, self._pending = self._pending, None
-            self.publish_now(snapshot)  # type: ignore[arg-type]
+            if snapshot is None:  # closed
+                return
+            self._publish(snapshot)
 
     def close(self) -> None:
         with self._publishing:
             self._closed = True
             self._publishing.notify()
-
-    @property
-    def model_version(self) -> str | None:
-        return self.ranker.scoring.version
 
     @property
     def ready(self) -> bool:
@@ -155,8 +151,8 @@ class Service:
             self.head = max(self.head, result.last_offset)
             self._acks.append((result.last_offset, time.monotonic()))
         if not result.duplicates:  # a retried request must not count twice
-            for e in events:
-                self.metrics.events.labels(e.type.value).inc()
+            for kind, n in Counter(e.type.value for e in events).items():
+                self.metrics.events.labels(kind).inc(n)
             self.popularity.add(events)
             self.live.events(events)
         self.metrics.duplicates.inc(result.duplicates)
@@ -211,20 +207,17 @@ class Service:
         return len(items), None
 
     def _embed(self, items: Sequence[Item], job: Job | None) -> None:
-        todo = self.store.items_to_embed(self.encoder_key)
-        if job is not None:
-            job.total = len(todo)
-        chunk = self.settings.encoder.batch_size * 4
-        for start in range(0, len(todo), chunk):
-            part = todo[start : start + chunk]
-            self.store.put_embeddings(
-                self.encoder_key, [h for h, _ in part], self.encoder().encode([t for _, t in part])
-            )
+        def report(done: int, total: int) -> None:
             if job is not None:
-                job.done += len(part)
+                job.done, job.total = done, total
+
+        embed_items(self.store, self.encoder(), chunk=self.settings.encoder.batch_size * 4, report=report)
         latest = {i.item_id: i for i in items}
         ids, vectors = self.store.item_vectors(self.encoder_key, list(latest))
         self.catalog.put([latest[i] for i in ids], vectors)
+        self._catalog_changed()
+
+    def _catalog_changed(self) -> None:
         self.ranker.refresh()
         self.metrics.catalog_items.set(int(self.catalog.view.alive.sum()))
 
@@ -234,74 +227,28 @@ class Service:
     def delete_item(self, item_id: ItemId) -> bool:
         found = self.store.delete_item(item_id)
         if self.catalog.remove(item_id):
-            self.ranker.refresh()
+            self._catalog_changed()
         self.popularity.forget(item_id)
-        self.metrics.catalog_items.set(int(self.catalog.view.alive.sum()))
         return found
 
     # -- users -------------------------------------------------------------------
-    def _plan(
-        self,
-        user_id: UserId,
-        k: int,
-        exclude_seen: bool,
-        categories: Sequence[str],
-        exclude: Sequence[ItemId],
-        explain: bool,
-    ) -> Request:
+    async def recommend(self, user_id: UserId, options: Options) -> tuple[str | None, list[Ranked]]:
+        """Recommendations for a user, on the event loop: the model pass is shared with
+        the requests that arrived at the same time (:mod:`freshrec.serve.batching`)."""
         scoring = self.ranker.scoring
         # the model reads the last history_length events; exclude_seen needs the
         # items of many more, which a one-column read gives much more cheaply
         length = scoring.snapshot.settings.history_length if scoring.snapshot is not None else MODEL_LESS_HISTORY
         history = self.store.user_history(user_id, length)
-        seen = self.store.user_items(user_id, SEEN_WINDOW) if exclude_seen else set()
-        known = any(e.item_id in scoring.view.codes for e in history)
-        return self.ranker.plan(
-            history,
-            self.clock(),
-            k,
-            exclude=[*exclude, *seen],
-            categories=categories,
-            exclude_seen=exclude_seen,
-            explain=explain,
-            popular=() if known else self.popularity.top(),
-        )
-
-    def _done(self, user_id: UserId, request: Request) -> tuple[str | None, list[Ranked]]:
+        if options.exclude_seen:
+            seen = self.store.user_items(user_id, SEEN_WINDOW)
+            options = replace(options, exclude=(*options.exclude, *seen))
+        request = self.ranker.plan(history, self.clock(), options, self.popularity.top)
+        await self.batcher.encode(request)
         items = finish(request)
         self.metrics.recommendations.labels(request.source).inc()
         self.live.served_list(user_id, [r.item_id for r in items])
         return request.scoring.version, items
-
-    def recommend(
-        self,
-        user_id: UserId,
-        k: int,
-        *,
-        exclude_seen: bool = True,
-        categories: Sequence[str] = (),
-        exclude: Sequence[ItemId] = (),
-        explain: bool = False,
-    ) -> tuple[str | None, list[Ranked]]:
-        request = self._plan(user_id, k, exclude_seen, categories, exclude, explain)
-        encode([request])
-        return self._done(user_id, request)
-
-    async def recommend_async(
-        self,
-        user_id: UserId,
-        k: int,
-        *,
-        exclude_seen: bool = True,
-        categories: Sequence[str] = (),
-        exclude: Sequence[ItemId] = (),
-        explain: bool = False,
-    ) -> tuple[str | None, list[Ranked]]:
-        """:meth:`recommend` for the event loop: the model pass is shared with the
-        requests that arrived at the same time (:mod:`freshrec.serve.batching`)."""
-        request = self._plan(user_id, k, exclude_seen, categories, exclude, explain)
-        await self.batcher.encode(request)
-        return self._done(user_id, request)
 
     def history(self, user_id: UserId, n: int) -> list[Event]:
         return self.store.user_history(user_id, n)

@@ -221,31 +221,23 @@ class SQLiteStore:
         return [_event(r) for r in rows]
 
     def user_history(self, user_id: UserId, n: int) -> list[Event]:
+        return [_event(r) for r in reversed(self._user_rows(_EVENT_COLUMNS, user_id, n))]
+
+    def user_items(self, user_id: UserId, n: int) -> set[ItemId]:
+        return {r[0] for r in self._user_rows("item_id", user_id, n)}
+
+    def _user_rows(self, columns: str, user_id: UserId, n: int) -> list[tuple[Any, ...]]:
+        """The user's last ``n`` rows, newest first, read segment by segment."""
         rows: list[tuple[Any, ...]] = []
         with self._reading() as conn:
             for segment in self._segments(conn):
                 if len(rows) >= n:
                     break
                 rows += conn.execute(
-                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE segment = ? AND user_id = ? ORDER BY seq DESC LIMIT ?",
+                    f"SELECT {columns} FROM events WHERE segment = ? AND user_id = ? ORDER BY seq DESC LIMIT ?",
                     (segment, user_id, n - len(rows)),
                 ).fetchall()
-        return [_event(r) for r in reversed(rows)]
-
-    def user_items(self, user_id: UserId, n: int) -> set[ItemId]:
-        items: set[ItemId] = set()
-        taken = 0
-        with self._reading() as conn:
-            for segment in self._segments(conn):
-                if taken >= n:
-                    break
-                rows = conn.execute(
-                    "SELECT item_id FROM events WHERE segment = ? AND user_id = ? ORDER BY seq DESC LIMIT ?",
-                    (segment, user_id, n - taken),
-                ).fetchall()
-                taken += len(rows)
-                items.update(r[0] for r in rows)
-        return items
+        return rows
 
     def delete_user(self, user_id: UserId) -> int:
         with self.transaction():
