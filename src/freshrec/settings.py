@@ -118,6 +118,11 @@ class ModelSettings(Section):
     """Item text embeddings through a trainable adapter (what makes cold items work)."""
     use_ids: bool = True
     """Per-item ID embeddings, created when an item first appears."""
+    use_user_ids: bool = False
+    """A per-user ID embedding, created at the user's first event and added to the
+    encoder's query token: what a user's history alone does not say. Off by default:
+    serving receives the whole user table with every model snapshot, which suits up
+    to about a hundred thousand users (25 MB at ``dim`` 64)."""
     adapter: Literal["linear", "mlp"] = "linear"
     id_ttl_s: float | None = Field(default=None, gt=0)
     """Forget the ID embedding of an item unused for this many seconds of event

@@ -13,6 +13,7 @@ from freshrec.evaluate.log import EventLog
 from freshrec.evaluate.replay import Sequences
 from freshrec.learn.recommender import FreshRec
 from freshrec.learn.trainer import tensors
+from freshrec.model.base import FIELDS, Interactions
 from freshrec.settings import LearnSettings, ModelSettings
 from tests.evaluate.helpers import tiny_log
 
@@ -27,9 +28,9 @@ def log() -> EventLog:
     return tiny_log(rows, items=[f"i{n}" for n in range(40)])  # i30..i39: never touched
 
 
-def model(log: EventLog, **learn: object) -> FreshRec:
+def model(log: EventLog, model: ModelSettings = MODEL, **learn: object) -> FreshRec:
     text = HashingEncoder(32).encode(log.catalog.texts)
-    return FreshRec(log.n_items, text, MODEL, LEARN.model_copy(update=learn))
+    return FreshRec(log.n_items, text, model, LEARN.model_copy(update=learn))
 
 
 def test_save_and_load_round_trip(log: EventLog, tmp_path: Path) -> None:
@@ -153,3 +154,44 @@ def test_sampled_softmax_on_a_row_subset_matches_the_full_one_when_it_samples_ev
             a = full.trainer.loss(batch, every_position)
             b = sampled.trainer.loss(batch, every_position)
         torch.testing.assert_close(a, b)
+
+
+def test_user_id_rows_appear_with_users_learn_survive_a_reload_and_are_forgotten(log: EventLog, tmp_path: Path) -> None:
+    seqs = Sequences(log)
+    with_users = MODEL.model_copy(update={"use_user_ids": True})
+    m = model(log, with_users)
+    first = seqs.batch(np.arange(20), 6)
+    m.fit(first)
+    assert m.net.user_id is not None
+    assert m.net.user_id.num_embeddings == first.user.max() + 1  # rows only for users seen so far
+    late = np.flatnonzero(log.user[20:] > first.user.max())
+    assert len(late), "the fixture needs users who first appear later"
+    m.learn(seqs.batch(np.arange(20, 400), 6))
+    assert m.net.user_id.num_embeddings == log.user[:400].max() + 1
+    table = m.net.user_id.weight
+    assert torch.count_nonzero(table, dim=1).gt(0).all()  # every user who had an example moved
+
+    # the row is part of the user vector: same history, another user, another vector
+    query = seqs.batch(np.array([450]), 6, queries=True)
+    other = Interactions(**{**{f: getattr(query, f) for f in FIELDS}, "user": (query.user + 1) % 15})
+    assert not np.allclose(m.score(query), m.score(other))
+
+    m.save(tmp_path / "m.pt")
+    again = model(log, with_users)
+    again.load(tmp_path / "m.pt")
+    queries = seqs.batch(np.arange(400, 500), 6, queries=True)
+    np.testing.assert_array_equal(m.score(queries), again.score(queries))
+
+    gone = int(query.user[0])
+    assert (m.buffer.data["user"][: len(m.buffer)] == gone).any()
+    m.forget_user(gone)
+    assert torch.count_nonzero(m.net.user_id.weight[gone]) == 0
+    for optimizer in m.trainer.optimizers:
+        for value in optimizer.state.get(m.net.user_id.weight, {}).values():
+            if value.dim():
+                assert torch.count_nonzero(value[gone]) == 0
+    assert not (m.buffer.data["user"][: len(m.buffer)] == gone).any()
+    before = m.net.user_id.weight.clone()
+    m.learn(seqs.batch(np.flatnonzero(log.user[:400] != gone)[-64:], 6))
+    assert torch.count_nonzero(m.net.user_id.weight[gone]) == 0  # nothing of theirs came back
+    assert not torch.equal(before, m.net.user_id.weight)

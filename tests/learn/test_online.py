@@ -6,16 +6,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from freshrec.cli.app import app
 from freshrec.datasets.files import read_records
 from freshrec.datasets.synthetic import GeneratorSettings, generate
-from freshrec.encoders import build_encoder, embed_items
+from freshrec.encoders import build_encoder, embed_items, encoder_key
 from freshrec.ingest.importer import import_events, import_items
 from freshrec.ingest.validate import Validator
 from freshrec.learn.checkpoints import Checkpoints
 from freshrec.learn.online import Learner
+from freshrec.model.snapshot import Snapshot
+from freshrec.serve.catalog import Catalog
+from freshrec.serve.ranker import build_scoring
 from freshrec.settings import EncoderSettings, IngestSettings, LearnSettings, ModelSettings, Settings
 from freshrec.storage import SQLiteStore
 
@@ -153,3 +157,47 @@ def test_items_added_after_the_checkpoint_join_the_model(world: tuple[SQLiteStor
     again = Learner(store, SETTINGS, checkpoints)
     again.resume()
     assert again.item_ids == learner.item_ids
+
+
+def test_user_ids_travel_with_checkpoints_and_snapshots_and_deletion_erases_them(
+    world: tuple[SQLiteStore, list, Path],  # type: ignore[type-arg]
+) -> None:
+    store, later, tmp = world
+    settings = SETTINGS.model_copy(update={"model": SETTINGS.model.model_copy(update={"use_user_ids": True})})
+    checkpoints = Checkpoints(tmp / "checkpoints")
+    published: list[Snapshot] = []
+    learner = Learner(store, settings, checkpoints, on_update=published.append)
+    learner.train()
+    import_events(store, later[:100], Validator(IngestSettings()))
+    learner.catch_up()
+    model = learner.model
+    assert model is not None and model.net.user_id is not None
+    users = sorted(learner.user_codes)
+    assert len(users) == 12 and learner.user_ids == [learner.user_ids[c] for c in range(len(learner.user_ids))]
+    assert model.net.user_id.num_embeddings == len(learner.user_ids)
+
+    # serving gets the user table and which row is whose
+    catalog = Catalog()
+    catalog.load(store, encoder_key(settings.encoder))
+    scoring = build_scoring(published[-1], catalog.view)
+    assert scoring.net is not None and scoring.net.user_id is not None
+    for user in users:
+        row = learner.user_codes[user]
+        assert scoring.user_rows[user] == row
+        torch.testing.assert_close(scoring.net.user_id.weight[row], model.net.user_id.weight[row])
+
+    # a restarted learner maps each user to the same row
+    again = Learner(store, settings, checkpoints)
+    again.resume()
+    assert again.user_codes == learner.user_codes
+
+    gone = users[0]
+    row = learner.user_codes[gone]
+    learner.forget_user(gone)
+    assert gone not in learner.user_codes and learner.user_ids[row] is None
+    assert torch.count_nonzero(model.net.user_id.weight[row]) == 0
+    assert gone not in learner.snapshot().user_ids
+    learner._checkpoint("after a deletion")
+    _, state = checkpoints.load(checkpoints.current().version)  # type: ignore[union-attr]
+    assert gone not in state["user_ids"]
+    assert torch.count_nonzero(state["model"]["trainer"]["net"]["user_id.weight"][row]) == 0

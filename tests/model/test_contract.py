@@ -11,7 +11,7 @@ import pytest
 from freshrec.encoders.hashing import HashingEncoder
 from freshrec.evaluate.log import EventLog
 from freshrec.evaluate.replay import Sequences
-from freshrec.evaluate.runner import MODELS, Inputs
+from freshrec.evaluate.runner import ABLATIONS, MODELS, Inputs
 from freshrec.model.base import Interactions, Recommender
 from freshrec.settings import LearnSettings, ModelSettings, Settings
 from tests.evaluate.helpers import tiny_log
@@ -27,10 +27,10 @@ def log() -> EventLog:
     return tiny_log(rows, items=[f"i{n}" for n in range(40)])
 
 
-@pytest.fixture(params=sorted(MODELS))
+@pytest.fixture(params=[*sorted(MODELS), "freshrec-user-ids"])
 def factory(request: pytest.FixtureRequest, log: EventLog) -> Callable[[EventLog], Recommender]:
     inputs = Inputs(SMALL, HashingEncoder(32).encode(log.catalog.texts))
-    return lambda log: MODELS[request.param](log, inputs)
+    return lambda log: {**MODELS, **ABLATIONS}[request.param](log, inputs)
 
 
 def batches(model: Recommender, log: EventLog) -> tuple[Interactions, Interactions, Interactions]:

@@ -49,7 +49,7 @@ def trained_snapshot() -> tuple[FreshRec, Snapshot]:
         position=np.arange(n, dtype=np.int64),
     )
     model.fit(batch)
-    return model, Snapshot.of(model.net, IDS, checkpoint=1, updates=0, offset=n)
+    return model, Snapshot.of(model.net, IDS, [], checkpoint=1, updates=0, offset=n)
 
 
 @pytest.fixture(scope="module")

@@ -73,6 +73,7 @@ ABLATIONS: dict[str, Callable[[EventLog, Inputs], Recommender]] = {
     "freshrec-no-seed": _freshrec(model={"new_item_seed": 0.0}),
     "freshrec-ids-only": _freshrec(model={"use_text": False}),
     "freshrec-text-only": _freshrec(model={"use_ids": False}),
+    "freshrec-user-ids": _freshrec(model={"use_user_ids": True}),
     "freshrec-ftrl": _freshrec(learn={"embeddings": OptimizerSettings(name="ftrl", lr=0.05)}),
     "freshrec-adam": _freshrec(learn={"embeddings": OptimizerSettings(name="adam", lr=0.002)}),
     "freshrec-adamw": _freshrec(learn={"dense": OptimizerSettings(name="adamw", lr=0.002, weight_decay=0.01)}),

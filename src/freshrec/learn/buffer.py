@@ -16,10 +16,11 @@ class ReplayBuffer:
         self.capacity = capacity
         self.rng = np.random.default_rng(seed)
         self.seen = 0
+        self.size = 0
         self.data: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
-        return min(self.seen, self.capacity)
+        return self.size
 
     def add(self, batch: Interactions) -> None:
         if self.capacity == 0 or not len(batch):
@@ -31,21 +32,39 @@ class ReplayBuffer:
             }
         n = len(batch)
         counters = self.seen + np.arange(n)
-        slots = np.where(counters < self.capacity, counters, self.rng.integers(0, counters + 1))
+        draws = self.rng.integers(0, counters + 1)
+        free = self.capacity - self.size  # free slots are filled first, then each draw replaces
+        slots = np.where(np.arange(n) < free, self.size + np.arange(n), draws)
         keep = slots < self.capacity
         for f in FIELDS:
             self.data[f][slots[keep]] = getattr(batch, f)[keep]
         self.seen += n
+        self.size = min(self.capacity, self.size + n)
+
+    def forget_user(self, user: int) -> None:
+        """Drop every example of ``user`` (a deleted user): the rows behind it move up."""
+        if not self.data:
+            return
+        keep = np.flatnonzero(self.data["user"][: self.size] != user)
+        if len(keep) == self.size:
+            return
+        for f in FIELDS:
+            column = self.data[f]
+            column[: len(keep)] = column[keep]
+            column[len(keep) : self.size] = 0
+        self.size = len(keep)
 
     def state(self) -> dict[str, object]:
         return {
             "seen": self.seen,
+            "size": self.size,
             "rng": self.rng.bit_generator.state,
             "data": {k: v.copy() for k, v in self.data.items()},
         }
 
     def restore(self, state: dict[str, object]) -> None:
         self.seen = int(state["seen"])  # type: ignore[call-overload]
+        self.size = int(state.get("size", min(self.seen, self.capacity)))  # type: ignore[call-overload]
         self.rng.bit_generator.state = state["rng"]  # type: ignore[assignment]
         self.data = {k: v.copy() for k, v in state["data"].items()}  # type: ignore[attr-defined]
 

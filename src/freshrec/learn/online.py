@@ -66,12 +66,17 @@ class Learner:
         self.state = Progress()
         self.item_ids: list[str] = []
         self.codes: dict[str, int] = {}
+        self.user_ids: list[str | None] = []
+        """User id of each user code (``None``: deleted), for the model's user table."""
+        self.user_codes: dict[str, int] = {}
         self.model: FreshRec | None = None
         self.checkpoint_every = 10_000
         self.on_update = on_update
         self.checkpoint_version = 0
         self.updates = 0
         self._unsaved = 0
+        self._lock = threading.RLock()
+        """Held by a micro-batch; a deletion from another thread waits for it."""
         self._absent: set[str] = set()
         self._absent_since = time.monotonic()
 
@@ -122,8 +127,12 @@ class Learner:
                 self.state.skipped_unknown_items += 1
                 continue
             history = self.histories.setdefault(e.user_id, deque(maxlen=length))
+            user = self.user_codes.get(e.user_id)
+            if user is None:
+                user = self.user_codes[e.user_id] = len(self.user_ids)
+                self.user_ids.append(e.user_id)
             value = np.nan if e.value is None else e.value
-            rows.append((list(history), code, TYPE_CODES[e.type], value, e.timestamp, e.offset or 0))
+            rows.append((list(history), code, TYPE_CODES[e.type], value, e.timestamp, e.offset or 0, user))
             history.append((code, TYPE_CODES[e.type], value, e.timestamp))
         n = len(rows)
         hist = np.full((n, length), -1, dtype=np.int32)
@@ -137,7 +146,7 @@ class Learner:
                 hist[r, -k:], htype[r, -k:] = cols[:, 0], cols[:, 1]
                 hvalue[r, -k:], htime[r, -k:] = cols[:, 2], cols[:, 3]
         return Interactions(
-            user=np.zeros(n, dtype=np.int32),
+            user=np.array([r[6] for r in rows], dtype=np.int32),
             item=np.array([r[1] for r in rows], dtype=np.int32),
             type=np.array([r[2] for r in rows], dtype=np.int8),
             value=np.array([r[3] for r in rows], dtype=np.float32),
@@ -150,14 +159,28 @@ class Learner:
         )
 
     def forget_user(self, user_id: str) -> None:
-        """Drop the user's in-memory history (their events are deleted from the store)."""
-        self.histories.pop(user_id, None)
+        """Forget the user (their events are deleted from the store): their
+        in-memory history, their examples in the replay buffer, their ID
+        embedding row and its optimizer state. The user's code is retired, not
+        reused; the next checkpoint holds no trace of the id."""
+        with self._lock:
+            self.histories.pop(user_id, None)
+            code = self.user_codes.pop(user_id, None)
+            if code is not None:
+                self.user_ids[code] = None
+                if self.model is not None:
+                    self.model.forget_user(code)
+
+    def _clear_users(self, user_ids: list[str | None] | None = None) -> None:
+        self.histories.clear()
+        self.user_ids = list(user_ids or [])
+        self.user_codes = {u: n for n, u in enumerate(self.user_ids) if u is not None}
 
     # -- the two jobs ---------------------------------------------------------
     def train(self) -> Version:
         """Warm start on the whole stored log; writes a new checkpoint version."""
         text = self._catalog()
-        self.histories.clear()
+        self._clear_users()
         self.state = Progress()
         events = list(iter_log(self.store))
         if not events:
@@ -180,7 +203,7 @@ class Learner:
         text = self._catalog(state["item_ids"])
         self.model = self._new_model(text)
         self.model.load_state(state["model"])
-        self.histories.clear()
+        self._clear_users(state.get("user_ids", []))
         self.state = Progress(offset=version.offset, learned=version.events_learned)
         self.checkpoint_version, self.updates, self._unsaved = version.version, 0, 0
         for events in _chunks(e for e in iter_log(self.store) if (e.offset or 0) <= version.offset):
@@ -229,6 +252,10 @@ class Learner:
 
     def _learn(self, events: list[Event]) -> int:
         """One micro-batch: learn it, advance the offset, checkpoint when due."""
+        with self._lock:
+            return self._learn_locked(events)
+
+    def _learn_locked(self, events: list[Event]) -> int:
         assert self.model is not None
         self._add_new_items(events)
         batch = self._batch(events)
@@ -249,7 +276,7 @@ class Learner:
     def _checkpoint(self, note: str) -> Version:
         assert self.model is not None
         health = self.model.trainer.health
-        state = {"model": self.model.state(), "item_ids": self.item_ids}
+        state = {"model": self.model.state(), "item_ids": self.item_ids, "user_ids": self.user_ids}
         loss = None if np.isnan(health.last_loss) else float(health.last_loss)
         self._unsaved = 0
         version = self.checkpoints.save(state, self.state.offset, self.state.learned, loss, note)
@@ -263,6 +290,7 @@ class Learner:
         return Snapshot.of(
             self.model.net,
             self.item_ids,
+            self.user_ids,
             checkpoint=self.checkpoint_version,
             updates=self.updates,
             offset=self.state.offset,

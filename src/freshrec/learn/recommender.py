@@ -71,6 +71,7 @@ class FreshRec:
         stopping on that slice, then one in-order pass over it."""
         s = self.learn_settings
         self._activate(events)
+        self._add_users(events)
         n_val = int(len(events) * s.validation_share)
         train, val = np.arange(len(events) - n_val), np.arange(len(events) - n_val, len(events))
         best, best_state, patience = float("inf"), None, s.patience
@@ -99,6 +100,7 @@ class FreshRec:
             return
         self._seed_new_items(events)
         self._activate(events)
+        self._add_users(events)
         extra = round(len(events) * self.learn_settings.replay_share)
         batch = events.concat(self.buffer.sample(extra))
         self.trainer.step(batch, dropout=False)
@@ -154,6 +156,17 @@ class FreshRec:
         table, _ = self.net.item_table()
         users = self.net.users(table, **tensors(events.take(rows)))
         self.net.item_id.weight[torch.from_numpy(items.astype(np.int64))] = scale * users
+
+    def _add_users(self, events: Interactions) -> None:
+        if self.net.user_id is not None and len(events):
+            self.trainer.grow_users(int(events.user.max()) + 1)
+
+    def forget_user(self, code: int) -> None:
+        """Erase what the model learned about user ``code`` alone: the ID
+        embedding row and its optimizer state (a no-op without user IDs)."""
+        self.trainer.forget_user(code)
+        self.buffer.forget_user(code)
+        self._table = None
 
     def _activate(self, events: Interactions) -> None:
         expired = self.net.observe(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from freshrec.domain import EventType
 from freshrec.ingest.feedback import TYPE_CODES, FeedbackWeights
 from freshrec.learn.optim import build_optimizer, build_schedule
 from freshrec.model.base import Interactions
-from freshrec.model.sequence import SequenceNet
+from freshrec.model.sequence import HistoryTensors, SequenceNet
 from freshrec.settings import LearnSettings
 
 RATING = TYPE_CODES[EventType.RATING]
@@ -42,14 +42,6 @@ class Health:
     mean_loss: float = float("nan")
 
 
-class HistoryTensors(TypedDict):
-    hist_item: Tensor
-    hist_type: Tensor
-    hist_value: Tensor
-    hist_time: Tensor
-    time: Tensor
-
-
 def tensors(batch: Interactions) -> HistoryTensors:
     return {
         "hist_item": torch.from_numpy(np.ascontiguousarray(batch.hist_item)).long(),
@@ -57,6 +49,7 @@ def tensors(batch: Interactions) -> HistoryTensors:
         "hist_value": torch.from_numpy(np.ascontiguousarray(batch.hist_value)).float(),
         "hist_time": torch.from_numpy(np.ascontiguousarray(batch.hist_time)).double(),
         "time": torch.from_numpy(np.ascontiguousarray(batch.time)).double(),
+        "user": torch.from_numpy(np.ascontiguousarray(batch.user)).long(),
     }
 
 
@@ -68,6 +61,8 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(seed)
         self._rng = np.random.default_rng(seed)
         tables = [net.item_id.weight, net.item_bias.weight]
+        if net.user_id is not None:
+            tables.append(net.user_id.weight)
         ids = {id(p) for p in tables}
         dense = [p for p in net.parameters() if id(p) not in ids]
         self.optimizers = [build_optimizer(dense, settings.dense), build_optimizer(tables, settings.embeddings)]
@@ -183,24 +178,46 @@ class Trainer:
     def forget_rows(self, rows: Tensor) -> None:
         """Reset the optimizer state of expired item rows, so they start afresh."""
         for table in (self.net.item_id.weight, self.net.item_bias.weight):
-            for optimizer in self.optimizers:
-                for value in optimizer.state.get(table, {}).values():
-                    if isinstance(value, Tensor) and value.shape == table.shape:
-                        value[rows] = 0
+            self._reset_state(table, rows)
+
+    @torch.no_grad()
+    def forget_user(self, row: int) -> None:
+        """Zero a user's ID embedding and its optimizer state (the user was deleted)."""
+        table = self.net.user_id
+        if table is not None and row < table.num_embeddings:
+            table.weight[row] = 0
+            self._reset_state(table.weight, torch.tensor([row]))
+        self._good = None  # it still holds the row
+
+    def _reset_state(self, table: Tensor, rows: Tensor) -> None:
+        for optimizer in self.optimizers:
+            for value in optimizer.state.get(table, {}).values():
+                if isinstance(value, Tensor) and value.shape == table.shape:
+                    value[rows] = 0
 
     @torch.no_grad()
     def grow(self, text: Tensor) -> None:
         """Append items to the network and zero rows to the tables' optimizer state."""
-        tables = (self.net.item_id.weight, self.net.item_bias.weight)
-        before = tables[0].shape[0]
+        before = self.net.item_id.num_embeddings
         self.net.grow(text)
-        for table in tables:
-            for optimizer in self.optimizers:
-                state = optimizer.state.get(table, {})
-                for key, value in state.items():
-                    if isinstance(value, Tensor) and value.dim() and value.shape[0] == before:
-                        state[key] = torch.cat([value, value.new_zeros(table.shape[0] - before, *value.shape[1:])])
+        for table in (self.net.item_id.weight, self.net.item_bias.weight):
+            self._grow_state(table, before)
         self._good = None  # a smaller network's state can no longer be restored
+
+    @torch.no_grad()
+    def grow_users(self, n_users: int) -> None:
+        """Room for user codes below ``n_users`` in the user table and its optimizer state."""
+        before = self.net.grow_users(n_users)
+        if self.net.user_id is not None and self.net.user_id.num_embeddings > before:
+            self._grow_state(self.net.user_id.weight, before)
+            self._good = None
+
+    def _grow_state(self, table: Tensor, before: int) -> None:
+        for optimizer in self.optimizers:
+            state = optimizer.state.get(table, {})
+            for key, value in state.items():
+                if isinstance(value, Tensor) and value.dim() and value.shape[0] == before:
+                    state[key] = torch.cat([value, value.new_zeros(table.shape[0] - before, *value.shape[1:])])
 
     # -- state -------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -213,6 +230,9 @@ class Trainer:
         )
 
     def restore(self, state: dict[str, Any]) -> None:
+        users = state["net"].get("user_id.weight")
+        if users is not None:
+            self.grow_users(users.shape[0])
         self.net.load_state_dict(state["net"])
         for o, saved in zip(self.optimizers, state["optimizers"], strict=True):
             o.load_state_dict(saved)

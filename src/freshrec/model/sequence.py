@@ -13,7 +13,9 @@ features(rating, time gap) + position``, followed by a query token that
 carries the time since the last event; a causal Transformer encoder
 (SASRec, Kang and McAuley 2018) reads them, and the query token's output is
 the user vector. A user with no history gets the query token alone, a
-learned default.
+learned default. Optionally (``use_user_ids``) the query token also carries
+a per-user ID embedding, a row of a table that grows as users appear; rows of
+users the table does not hold yet count as zero.
 
 Score = ``user . item + bias(item)``, where the bias has a text part and an
 ID part.
@@ -21,11 +23,25 @@ ID part.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 from torch import Tensor, nn
 
 from freshrec.domain import EventType
 from freshrec.settings import ModelSettings
+
+
+class HistoryTensors(TypedDict):
+    """The keyword arguments of :meth:`SequenceNet.users` for a batch of users."""
+
+    hist_item: Tensor
+    hist_type: Tensor
+    hist_value: Tensor
+    hist_time: Tensor
+    time: Tensor
+    user: Tensor
+
 
 N_TYPES = len(EventType)
 SECONDS_PER_HOUR = 3600.0
@@ -39,7 +55,14 @@ class SequenceNet(nn.Module):
     causal: Tensor
     eye: Tensor
 
-    def __init__(self, n_items: int, text: Tensor | None, settings: ModelSettings, rating_scale: float = 5.0):
+    def __init__(
+        self,
+        n_items: int,
+        text: Tensor | None,
+        settings: ModelSettings,
+        rating_scale: float = 5.0,
+        n_users: int = 0,
+    ):
         super().__init__()
         s = settings
         d = s.dim
@@ -66,6 +89,9 @@ class SequenceNet(nn.Module):
         self.features = nn.Linear(3, d)
         self.position = nn.Embedding(s.history_length + 1, d)
         self.query = nn.Parameter(torch.zeros(d))
+        self.user_id = nn.Embedding(n_users, d) if s.use_user_ids else None
+        if self.user_id is not None:
+            nn.init.zeros_(self.user_id.weight)
         layer = nn.TransformerEncoderLayer(
             d, s.heads, dim_feedforward=2 * d, dropout=s.dropout, batch_first=True, norm_first=True
         )
@@ -114,6 +140,18 @@ class SequenceNet(nn.Module):
             table.weight.data = torch.cat([table.weight.data, table.weight.new_zeros(n, table.embedding_dim)])
             table.num_embeddings += n
 
+    @torch.no_grad()
+    def grow_users(self, n_users: int) -> int:
+        """Make room for user codes ``0 .. n_users - 1`` (new rows are zero);
+        returns the number of rows before."""
+        table = self.user_id
+        before = 0 if table is None else table.num_embeddings
+        if table is not None and n_users > before:
+            extra = table.weight.new_zeros(n_users - before, table.embedding_dim)
+            table.weight.data = torch.cat([table.weight.data, extra])
+            table.num_embeddings = n_users
+        return before
+
     def item_table(self, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Vectors ``(n, d)`` and biases ``(n,)`` of every item, or of ``rows`` only
         (a training step on a large catalog needs a few thousand of them)."""
@@ -140,11 +178,13 @@ class SequenceNet(nn.Module):
         hist_value: Tensor,
         hist_time: Tensor,
         time: Tensor,
+        user: Tensor | None = None,
         every_position: bool = False,
     ) -> Tensor:
         """User vectors ``(B, d)`` from right-aligned, left-padded histories; with
         ``every_position``, the states ``(B, L + 1, d)`` after each history token
-        and the query (SASRec trains each of them to predict the next item)."""
+        and the query (SASRec trains each of them to predict the next item).
+        ``user`` holds the users' codes for the ID embedding (``-1``: none)."""
         batch, length = hist_item.shape
         pad = hist_item < 0
         items = table[hist_item.clamp(min=0)] * (~pad).unsqueeze(2)
@@ -159,7 +199,11 @@ class SequenceNet(nn.Module):
         q_feats = torch.stack(
             [torch.zeros_like(time), torch.zeros_like(time), torch.log1p(since / SECONDS_PER_HOUR)], 1
         )
-        query = (self.query + self.features(q_feats.float())).unsqueeze(1)
+        query = self.query + self.features(q_feats.float())
+        if self.user_id is not None and user is not None and self.user_id.num_embeddings:
+            known = (user >= 0) & (user < self.user_id.num_embeddings)
+            query = query + self.user_id(torch.where(known, user, 0)) * known.unsqueeze(1)
+        query = query.unsqueeze(1)
         seq = torch.cat([tokens, query], dim=1)
         size = length + 1
         offset = self.position.num_embeddings - size

@@ -34,6 +34,8 @@ class Snapshot:
     """Log offset of the newest event learned."""
     item_ids: list[str]
     """Item id of each row of the ID tables."""
+    user_ids: list[str | None]
+    """User id of each row of the user table (``None``: deleted); empty without user IDs."""
     state: dict[str, Tensor]
     settings: ModelSettings
     rating_scale: float
@@ -46,9 +48,17 @@ class Snapshot:
         return f"{self.checkpoint}.{self.updates}"
 
     @classmethod
-    def of(cls, net: SequenceNet, item_ids: list[str], **info: Any) -> Snapshot:
+    def of(cls, net: SequenceNet, item_ids: list[str], user_ids: list[str | None], **info: Any) -> Snapshot:
         state = {k: v.detach().clone() for k, v in net.state_dict().items() if k != "text"}
-        return cls(item_ids=list(item_ids), state=state, settings=net.settings, rating_scale=net.rating_scale, **info)
+        users = list(user_ids) if net.user_id is not None else []
+        return cls(
+            item_ids=list(item_ids),
+            user_ids=users,
+            state=state,
+            settings=net.settings,
+            rating_scale=net.rating_scale,
+            **info,
+        )
 
     def to_bytes(self) -> bytes:
         """One buffer for a pipe: pickling the tensors one by one would make

@@ -26,7 +26,7 @@ import torch
 
 from freshrec.domain import Event, EventType, ItemId
 from freshrec.ingest.feedback import TYPE_CODES
-from freshrec.model.sequence import SequenceNet
+from freshrec.model.sequence import HistoryTensors, SequenceNet
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import Catalog, CatalogView
 
@@ -101,6 +101,8 @@ class Scoring:
     bias: torch.Tensor | None
     unit: npt.NDArray[np.float32]
     """Unit item vectors: the model's when there is one, else the text embeddings."""
+    user_rows: dict[str, int] = field(default_factory=dict)
+    """Row of each user in the model's user table (only with ``use_user_ids``)."""
 
     @property
     def version(self) -> str | None:
@@ -130,8 +132,10 @@ def build_scoring(snapshot: Snapshot | None, view: CatalogView, rows: RowMap | N
         return Scoring(view, None, None, None, None, _unit(view.text))
     s = snapshot.settings
     text = torch.from_numpy(view.text) if s.use_text else None
-    net = SequenceNet(len(view), text, s, rating_scale=snapshot.rating_scale)
     state = dict(snapshot.state)
+    users = state.get("user_id.weight")
+    n_users = 0 if users is None else users.shape[0]
+    net = SequenceNet(len(view), text, s, rating_scale=snapshot.rating_scale, n_users=n_users)
     model_rows, view_rows = rows if rows is not None else row_map(snapshot.item_ids, view)
     defaults = net.state_dict()
     for name in ROW_STATE:
@@ -143,7 +147,8 @@ def build_scoring(snapshot: Snapshot | None, view: CatalogView, rows: RowMap | N
         raise ValueError(f"snapshot does not fit the network: missing {missing}, unexpected {unexpected}")
     net.eval()
     vectors, bias = net.item_table()
-    return Scoring(view, snapshot, net, vectors, bias, _unit(vectors.numpy()))
+    user_rows = {u: n for n, u in enumerate(snapshot.user_ids) if u is not None}
+    return Scoring(view, snapshot, net, vectors, bias, _unit(vectors.numpy()), user_rows)
 
 
 class Ranker:
@@ -218,6 +223,7 @@ class Ranker:
         else:
             assert sc.snapshot is not None
             request.past = list(known[-sc.snapshot.settings.history_length :])
+            request.user = sc.user_rows.get(known[-1].user_id, -1)
         return request
 
     def similar(self, item_id: ItemId, k: int, categories: Sequence[str] = ()) -> list[Ranked] | None:
@@ -247,20 +253,19 @@ def _top(scores: npt.NDArray[np.floating], allowed: npt.NDArray[np.bool_], k: in
     return [int(c) for c in candidates[order]]
 
 
-def _history_tensors(
-    sc: Scoring, rows: Sequence[tuple[Sequence[Event], float]], length: int
-) -> dict[str, torch.Tensor]:
-    """Right-aligned, left-padded tensors of several ``(history, now)`` rows (oldest
-    event first), as wide as the longest history: the encoder reads a shorter
-    history in fewer steps."""
+def _history_tensors(sc: Scoring, rows: Sequence[tuple[Sequence[Event], float, int]], length: int) -> HistoryTensors:
+    """Right-aligned, left-padded tensors of several ``(history, now, user row)``
+    rows (oldest event first), as wide as the longest history: the encoder reads
+    a shorter history in fewer steps."""
     n = len(rows)
-    length = max(1, min(length, max(len(h) for h, _ in rows)))
+    length = max(1, min(length, max(len(h) for h, _, _ in rows)))
     hist = torch.full((n, length), -1, dtype=torch.long)
     htype = torch.full((n, length), -1, dtype=torch.long)
     hvalue = torch.full((n, length), float("nan"))
     htime = torch.full((n, length), float("nan"), dtype=torch.float64)
     now = torch.empty(n, dtype=torch.float64)
-    for r, (events, at) in enumerate(rows):
+    user = torch.tensor([u for _, _, u in rows], dtype=torch.long)
+    for r, (events, at, _) in enumerate(rows):
         past = events[-length:]
         now[r] = max(at, past[-1].timestamp) if past else at
         if not past:
@@ -270,7 +275,7 @@ def _history_tensors(
         htype[r, -m:] = torch.tensor([TYPE_CODES[e.type] for e in past])
         hvalue[r, -m:] = torch.tensor([np.nan if e.value is None else e.value for e in past], dtype=torch.float32)
         htime[r, -m:] = torch.tensor([e.timestamp for e in past], dtype=torch.float64)
-    return {"hist_item": hist, "hist_type": htype, "hist_value": hvalue, "hist_time": htime, "time": now}
+    return {"hist_item": hist, "hist_type": htype, "hist_value": hvalue, "hist_time": htime, "time": now, "user": user}
 
 
 @dataclass
@@ -285,6 +290,8 @@ class Request:
     past: list[Event] = field(default_factory=list)
     """The history the model reads (empty when no model pass is needed)."""
     result: list[Ranked] | None = None
+    user: int = -1
+    """The user's row in the model's user table (``-1``: none)."""
     source: str = "model"
     """What ranked it: ``model``, ``text`` (no model yet) or ``popular`` (no history)."""
     users: torch.Tensor | None = None
@@ -309,9 +316,9 @@ def encode(requests: Sequence[Request]) -> None:
     for group in groups.values():
         sc = group[0].scoring
         assert sc.net is not None and sc.vectors is not None and sc.snapshot is not None
-        rows = [(h, r.now) for r in group for h in r.histories()]
+        rows = [(h, r.now, r.user) for r in group for h in r.histories()]
         t = _history_tensors(sc, rows, sc.snapshot.settings.history_length)
-        users = sc.net.users(sc.vectors, t["hist_item"], t["hist_type"], t["hist_value"], t["hist_time"], t["time"])
+        users = sc.net.users(sc.vectors, **t)
         start = 0
         for r in group:
             n = len(r.past) + 1 if r.explain else 1
