@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import threading
 import time
@@ -79,6 +80,8 @@ def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], hal
     # Ctrl-C in a terminal reaches the whole process group; the server stops this
     # process through ``halt``, after its last micro-batch and checkpoint.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if settings.serve.learner_niceness and hasattr(os, "nice"):
+        os.nice(settings.serve.learner_niceness)
     torch.set_num_threads(settings.serve.torch_threads)
     store = open_store(settings.store_url, settings.storage)
     checkpoints = Checkpoints(settings.data_dir / "checkpoints")
