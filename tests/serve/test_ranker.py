@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from freshrec.learn.recommender import FreshRec
 from freshrec.model.base import Interactions
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import Catalog
-from freshrec.serve.ranker import Options, Ranker, _top, build_scoring
+from freshrec.serve.ranker import Options, Ranker, Scoring, _top, build_scoring
 from freshrec.settings import LearnSettings, ModelSettings
 
 MODEL = ModelSettings(dim=16, history_length=6, heads=2)
@@ -138,3 +140,34 @@ def test_top_breaks_ties_by_lower_code() -> None:
     allowed = np.array([True, True, False, True, True])
     assert _top(scores, allowed, 3) == [1, 4, 3]
     assert _top(scores, np.zeros(5, dtype=bool), 3) == []
+
+
+def test_a_network_is_refilled_only_once_no_scoring_holds_it(trained: tuple[FreshRec, Snapshot]) -> None:
+    _, snapshot = trained
+
+    def shifted(by: float) -> Snapshot:
+        state = {**snapshot.state, "query": snapshot.state["query"] + by}
+        return dataclasses.replace(snapshot, state=state)
+
+    ranker = Ranker(shuffled_catalog())
+    ranker.publish(shifted(0.0))
+    held = ranker.scoring  # a request in flight holds this one
+    held_query = held.net.query.clone()  # type: ignore[union-attr]
+    ranker.publish(shifted(1.0))
+    dropped_net = ranker.scoring.net
+    ranker.publish(shifted(2.0))  # the previous scoring was still current while this one was built
+    assert ranker.scoring.net is not dropped_net and ranker.scoring.net is not held.net
+    ranker.publish(shifted(3.0))  # now nobody holds the second one: its network is refilled
+    assert ranker.scoring.net is dropped_net
+    torch.testing.assert_close(held.net.query, held_query)  # type: ignore[union-attr]
+    fresh = build_scoring(shifted(3.0), ranker.catalog.view)
+    assert fresh.vectors is not None and ranker.scoring.vectors is not None
+    torch.testing.assert_close(ranker.scoring.vectors, fresh.vectors)
+    past = history("garden-0", "kitchen-1")
+    assert ranker.recommend(past, T0 + 10, Options(k=5)) == _with(fresh).recommend(past, T0 + 10, Options(k=5))
+
+
+def _with(scoring: Scoring) -> Ranker:
+    ranker = Ranker(Catalog())
+    ranker.scoring = scoring
+    return ranker

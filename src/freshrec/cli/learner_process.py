@@ -27,6 +27,7 @@ from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from freshrec.learn.checkpoints import Checkpoints
 from freshrec.learn.online import Learner, NoCatalog
@@ -35,6 +36,15 @@ from freshrec.settings import Settings
 from freshrec.storage import open_store
 
 log = logging.getLogger("freshrec.learner")
+
+
+def limit_threads(n: int) -> None:
+    """``n`` threads for torch and for NumPy's BLAS alike. The server and the learner
+    share the cores; OpenBLAS by default starts a thread per core and, when one is
+    busy elsewhere, a small matrix product waits for it: under load, scoring one
+    user against 10,000 items took 1.6 ms instead of 0.05 ms."""
+    torch.set_num_threads(n)
+    threadpool_limits(n, user_api="blas")
 
 
 class Sender:
@@ -82,7 +92,7 @@ def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], hal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if settings.serve.learner_niceness and hasattr(os, "nice"):
         os.nice(settings.serve.learner_niceness)
-    torch.set_num_threads(settings.serve.torch_threads)
+    limit_threads(settings.serve.torch_threads)
     store = open_store(settings.store_url, settings.storage)
     checkpoints = Checkpoints(settings.data_dir / "checkpoints")
     sender = Sender(pipe, settings.serve.publish_interval_ms / 1000)

@@ -13,12 +13,11 @@ import multiprocessing as mp
 import threading
 from typing import Annotated, Any
 
-import torch
 import typer
 import uvicorn
 
 from freshrec.cli.context import app_of, console, fail
-from freshrec.cli.learner_process import learner_main
+from freshrec.cli.learner_process import learner_main, limit_threads
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.api import create_app
 from freshrec.serve.auth import Keys, is_loopback
@@ -39,7 +38,7 @@ class Engine:
     def __init__(self, store: Store, settings: Settings, keys: Keys, host: str, port: int):
         if settings.store_url.endswith(":memory:"):
             raise ValueError("freshrec serve needs a store file: the learner process opens it too")
-        torch.set_num_threads(settings.serve.torch_threads)
+        limit_threads(settings.serve.torch_threads)
         self.settings = settings
         self.service = Service(store, settings)
         ctx = mp.get_context("spawn")

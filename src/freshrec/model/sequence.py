@@ -97,9 +97,31 @@ class SequenceNet(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(layer, s.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
-        size = s.history_length + 1
-        self.register_buffer("causal", torch.ones(size, size, dtype=torch.bool).tril(), persistent=False)
-        self.register_buffer("eye", torch.eye(size, dtype=torch.bool), persistent=False)
+        causal, eye = _masks(s.history_length + 1)
+        self.register_buffer("causal", causal, persistent=False)
+        self.register_buffer("eye", eye, persistent=False)
+
+    @classmethod
+    def from_state(
+        cls, state: dict[str, Tensor], text: Tensor | None, settings: ModelSettings, rating_scale: float = 5.0
+    ) -> SequenceNet:
+        """A network made of ``state``'s own tensors (shared, not copied), with
+        ``text`` as its frozen item embeddings.
+
+        Nothing is initialised first: serving builds a network for every
+        published snapshot, and the random initialisation of a 10,000-item
+        network took 26 ms, holding the interpreter lock against requests."""
+        n_items = state["item_id.weight"].shape[0]
+        users = state.get("user_id.weight")
+        with torch.device("meta"):
+            shape = torch.empty(n_items, text.shape[1]) if text is not None else None
+            net = cls(n_items, shape, settings, rating_scale, n_users=0 if users is None else users.shape[0])
+        net.load_state_dict(state, strict=False, assign=True)
+        net.text = text.float() if net.use_text and text is not None else torch.zeros(n_items, 1)
+        net.causal, net.eye = _masks(settings.history_length + 1)
+        if left := [name for name, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]:
+            raise ValueError(f"the state lacks {left}")
+        return net
 
     # -- items -------------------------------------------------------------
     def observe(self, items: Tensor, times: Tensor) -> Tensor:
@@ -224,3 +246,8 @@ class SequenceNet(nn.Module):
             table, bias = table[items], bias[items]
         out: Tensor = users @ table.T + bias
         return out
+
+
+def _masks(size: int) -> tuple[Tensor, Tensor]:
+    """The causal attention mask and the identity, ``size`` x ``size``."""
+    return torch.ones(size, size, dtype=torch.bool).tril(), torch.eye(size, dtype=torch.bool)

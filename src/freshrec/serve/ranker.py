@@ -17,6 +17,7 @@ model actually used, not a similarity guessed after the fact.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from freshrec.ingest.feedback import TYPE_CODES
 from freshrec.model.sequence import HistoryTensors, SequenceNet
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import Catalog, CatalogView
+from freshrec.settings import ModelSettings
 
 ROW_STATE = ("item_id.weight", "item_bias.weight", "active", "interactions", "last_seen")
 """Per-item entries of the network's state, mapped from the learner's rows to the catalog's."""
@@ -127,28 +129,55 @@ def row_map(item_ids: list[str], view: CatalogView) -> RowMap:
 
 
 @torch.no_grad()
-def build_scoring(snapshot: Snapshot | None, view: CatalogView, rows: RowMap | None = None) -> Scoring:
+def build_scoring(
+    snapshot: Snapshot | None, view: CatalogView, rows: RowMap | None = None, spare: SequenceNet | None = None
+) -> Scoring:
+    """The scoring of ``snapshot`` on ``view``; ``spare``, a network no request uses any
+    more, is refilled with the snapshot's tensors if it has the same shapes."""
     if snapshot is None or not len(view):
         return Scoring(view, None, None, None, None, _unit(view.text))
     s = snapshot.settings
     text = torch.from_numpy(view.text) if s.use_text else None
     state = dict(snapshot.state)
-    users = state.get("user_id.weight")
-    n_users = 0 if users is None else users.shape[0]
-    net = SequenceNet(len(view), text, s, rating_scale=snapshot.rating_scale, n_users=n_users)
     model_rows, view_rows = rows if rows is not None else row_map(snapshot.item_ids, view)
-    defaults = net.state_dict()
-    for name in ROW_STATE:
-        values = defaults[name].clone()
-        values[view_rows] = state[name][model_rows]
+    for name in ROW_STATE:  # the learner's rows, moved to the catalog's; items it lacks stay untouched
+        learned = state[name]
+        values = _untouched(name, learned, len(view))
+        values[view_rows] = learned[model_rows]
         state[name] = values
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if set(missing) != {"text"} or unexpected:
-        raise ValueError(f"snapshot does not fit the network: missing {missing}, unexpected {unexpected}")
+    net = _refill(spare, state, text, s, snapshot.rating_scale)
+    if net is None:
+        net = SequenceNet.from_state(state, text, s, rating_scale=snapshot.rating_scale)
     net.eval()
     vectors, bias = net.item_table()
     user_rows = {u: n for n, u in enumerate(snapshot.user_ids) if u is not None}
     return Scoring(view, snapshot, net, vectors, bias, _unit(vectors.numpy()), user_rows)
+
+
+def _refill(
+    net: SequenceNet | None, state: dict[str, torch.Tensor], text: torch.Tensor | None, s: ModelSettings, scale: float
+) -> SequenceNet | None:
+    """``net`` made of ``state``'s tensors, or ``None`` if it has other shapes. Half a
+    millisecond, against twelve for building a network (Python work that holds the
+    interpreter lock while requests wait)."""
+    if net is None or net.settings != s or net.rating_scale != scale:
+        return None
+    current = net.state_dict(keep_vars=True)
+    if any(name not in current or current[name].shape != value.shape for name, value in state.items()):
+        return None
+    if text is not None and (not net.use_text or net.text.shape != text.shape):
+        return None
+    net.load_state_dict(state, strict=False, assign=True)
+    if text is not None:
+        net.text = text.float()
+    return net
+
+
+def _untouched(name: str, learned: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` rows of a per-item state entry as for an item nobody has touched."""
+    if name == "last_seen":
+        return learned.new_full((n, *learned.shape[1:]), float("-inf"))
+    return learned.new_zeros((n, *learned.shape[1:]))
 
 
 class Ranker:
@@ -159,6 +188,7 @@ class Ranker:
         self._snapshot: Snapshot | None = None
         self._lock = threading.Lock()
         self._rows: tuple[CatalogView, int, RowMap] | None = None
+        self._spares: list[tuple[weakref.ref[Scoring], SequenceNet]] = []
         self.scoring = build_scoring(None, catalog.view)
 
     def publish(self, snapshot: Snapshot | None) -> None:
@@ -184,7 +214,18 @@ class Ranker:
             if self._rows is None or self._rows[0] is not view or self._rows[1] != key:
                 self._rows = (view, key, row_map(snapshot.item_ids, view))
             rows = self._rows[2]
-        self.scoring = build_scoring(snapshot, view, rows)
+        self.scoring = build_scoring(snapshot, view, rows, self._spare())
+        if self.scoring.net is not None:
+            self._spares.append((weakref.ref(self.scoring), self.scoring.net))
+            del self._spares[:-4]
+
+    def _spare(self) -> SequenceNet | None:
+        """A network whose scoring is gone: no request can be using it."""
+        for n, (owner, net) in enumerate(self._spares):
+            if owner() is None:
+                del self._spares[n]
+                return net
+        return None
 
     # -- recommendations -------------------------------------------------------
     def recommend(
