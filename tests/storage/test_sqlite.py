@@ -31,6 +31,26 @@ def test_refuses_a_file_of_another_schema_version(tmp_path: Path) -> None:
         SQLiteStore(path)
 
 
+def test_a_version_1_file_is_upgraded_to_the_covering_user_index(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SQLiteStore(path) as store:
+        store.append_events([make_event(event_id="e1")])
+    with sqlite3.connect(path) as conn:  # as version 1 left it
+        conn.execute("DROP INDEX events_user_items")
+        conn.execute("CREATE INDEX events_user ON events (segment, user_id, seq)")
+        conn.execute("PRAGMA user_version = 1")
+    with SQLiteStore(path) as store:
+        assert store.user_items("u1", 10) == {"i1"}
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "events_user" not in indexes and "events_user_items" in indexes
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN SELECT item_id FROM events WHERE segment = 0 AND user_id = 'u1' ORDER BY seq DESC"
+    ).fetchall()
+    assert "COVERING INDEX events_user_items" in plan[0][3]
+
+
 def test_unknown_url_scheme_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unsupported store URL scheme 'mysql'"):
         open_store("mysql://localhost/db")
