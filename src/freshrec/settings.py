@@ -189,6 +189,8 @@ class LearnSettings(Section):
     item down, like a dislike."""
     online: bool = True
     """Off: the model is frozen after warm start (an ablation)."""
+    checkpoint_every: int = Field(default=10_000, ge=1)
+    """The online learner writes a checkpoint version after this many events (and when it stops)."""
 
 
 class ServeSettings(Section):

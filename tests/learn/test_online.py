@@ -201,3 +201,20 @@ def test_user_ids_travel_with_checkpoints_and_snapshots_and_deletion_erases_them
     _, state = checkpoints.load(checkpoints.current().version)  # type: ignore[union-attr]
     assert gone not in state["user_ids"]
     assert torch.count_nonzero(state["model"]["trainer"]["net"]["user_id.weight"][row]) == 0
+
+
+def test_events_of_a_deleted_user_read_before_the_deletion_are_not_learned(
+    world: tuple[SQLiteStore, list, Path],  # type: ignore[type-arg]
+) -> None:
+    store, later, tmp = world
+    learner = Learner(store, SETTINGS, Checkpoints(tmp / "checkpoints"))
+    learner.train()
+    import_events(store, later[:100], Validator(IngestSettings()))
+    pending = store.read_events(learner.state.offset, 1_000)  # read, then the user is deleted
+    gone = pending[0].user_id
+    store.delete_user(gone)
+    learner.forget_user(gone)
+    learned = learner._learn(pending)
+    assert learned == sum(e.user_id != gone for e in pending)
+    assert gone not in learner.user_codes and gone not in learner.histories
+    assert learner.state.offset == pending[-1].offset

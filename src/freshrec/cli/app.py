@@ -96,6 +96,15 @@ def embed(ctx: typer.Context) -> None:
         state.embed(store)
 
 
+@app.command()
+def compact(ctx: typer.Context) -> None:
+    """Rewrite the store without deleted data (after deleting users: no trace of them left)."""
+    state = app_of(ctx)
+    with state.store() as store:
+        store.compact()
+    console.print(f"compacted {state.settings.store_url}")
+
+
 def _generator(items: int, users: int, events: int, seed: int, days: float) -> GeneratorSettings:
     try:
         return GeneratorSettings(items=items, users=users, events=events, seed=seed, days=days)

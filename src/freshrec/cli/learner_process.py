@@ -103,7 +103,8 @@ def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], hal
             if command[0] == "forget":
                 learner.forget_user(command[1])
 
-    threading.Thread(target=obey, name="freshrec-commands", daemon=True).start()
+    commander = threading.Thread(target=obey, name="freshrec-commands", daemon=True)
+    commander.start()
     try:
         while not halt.is_set():
             try:
@@ -126,6 +127,7 @@ def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], hal
                 learner.model = None
                 halt.wait(5.0)
     finally:
+        commander.join(timeout=60)  # a deletion in progress finishes erasing the checkpoints
         sender.close()
         store.close()
         pipe.close()

@@ -83,11 +83,11 @@ class Engine:
             self.server.run()
         finally:
             self.halt.set()
+            self.commands.put(None)  # after the deletions already asked for
             self.process.join(timeout=120)
             if self.process.is_alive():
                 log.error("the learner did not stop within two minutes; terminating it")
                 self.process.terminate()
-            self.commands.put(None)
             self.receiver.join(timeout=10)
             self.service.close()
 

@@ -16,7 +16,9 @@ import json
 import os
 import re
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,8 @@ class Checkpoints:
     def __init__(self, folder: Path, keep: int = 20):
         self.folder = folder
         self.keep = keep
+        self._lock = threading.RLock()
+        """Serialises saving, pruning and rewriting within a process."""
         folder.mkdir(parents=True, exist_ok=True)
 
     def list(self) -> list[Version]:
@@ -75,6 +79,10 @@ class Checkpoints:
     def save(
         self, state: dict[str, Any], offset: int, events_learned: int, loss: float | None, note: str = ""
     ) -> Version:
+        with self._lock:
+            return self._save(state, offset, events_learned, loss, note)
+
+    def _save(self, state: dict[str, Any], offset: int, events_learned: int, loss: float | None, note: str) -> Version:
         latest = max((v.version for v in self.list()), default=0)
         version = Version(latest + 1, offset, time.time(), events_learned, loss, note)
         stem = self.folder / f"model-{version.version:06d}"
@@ -93,6 +101,23 @@ class Checkpoints:
         data = torch.load(path, weights_only=False)
         return Version(**data["meta"]), data["state"]
 
+    def rewrite(self, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> int:
+        """Apply ``change`` to the state of every stored version, rewriting (atomically)
+        those it returns a new state for; returns how many were rewritten. For erasure:
+        a deleted user's data must not survive in the versions one could roll back to."""
+        rewritten = 0
+        with self._lock:
+            for v in self.list():
+                path = self.folder / f"model-{v.version:06d}.pt"
+                data = torch.load(path, weights_only=False)
+                state = change(data["state"])
+                if state is not None:
+                    buffer = io.BytesIO()
+                    torch.save({"state": state, "meta": data["meta"]}, buffer)
+                    atomic_write(path, buffer.getvalue())
+                    rewritten += 1
+        return rewritten
+
     def rollback(self, version: int) -> Version:
         """Resume from ``version`` from now on; newer versions stay listed until pruned."""
         chosen = {v.version: v for v in self.list()}.get(version)
@@ -102,7 +127,7 @@ class Checkpoints:
         return chosen
 
     def _prune(self) -> None:
-        versions = self.list()
+        versions = self.list()  # under the lock, from _save
         current = self.current()
         for v in versions[: max(0, len(versions) - self.keep)]:
             if current is not None and v.version == current.version:

@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from freshrec.model.base import Interactions
 from freshrec.model.snapshot import Snapshot
 from freshrec.settings import Settings
 from freshrec.storage.base import Store, iter_log
+
+TOMBSTONE_S = 60.0
+"""How long events of a deleted user that were already read are dropped."""
 
 
 class NoCatalog(RuntimeError):
@@ -70,13 +74,14 @@ class Learner:
         """User id of each user code (``None``: deleted), for the model's user table."""
         self.user_codes: dict[str, int] = {}
         self.model: FreshRec | None = None
-        self.checkpoint_every = 10_000
+        self.checkpoint_every = settings.learn.checkpoint_every
         self.on_update = on_update
         self.checkpoint_version = 0
         self.updates = 0
         self._unsaved = 0
         self._lock = threading.RLock()
         """Held by a micro-batch; a deletion from another thread waits for it."""
+        self._tombstones: dict[str, float] = {}
         self._absent: set[str] = set()
         self._absent_since = time.monotonic()
 
@@ -159,17 +164,39 @@ class Learner:
         )
 
     def forget_user(self, user_id: str) -> None:
-        """Forget the user (their events are deleted from the store): their
-        in-memory history, their examples in the replay buffer, their ID
-        embedding row and its optimizer state. The user's code is retired, not
-        reused; the next checkpoint holds no trace of the id."""
+        """Forget the user (their events are already deleted from the store):
+        their in-memory history, their examples in the replay buffer, their ID
+        embedding row and its optimizer state, here and in every stored
+        checkpoint version. The user's code is retired, not reused.
+
+        Events of theirs read from the log just before the deletion are dropped
+        for a minute (a tombstone), so a micro-batch in flight cannot bring the
+        user back."""
         with self._lock:
+            now = time.monotonic()
+            self._tombstones = {u: t for u, t in self._tombstones.items() if now - t < TOMBSTONE_S}
+            self._tombstones[user_id] = now
             self.histories.pop(user_id, None)
             code = self.user_codes.pop(user_id, None)
             if code is not None:
                 self.user_ids[code] = None
                 if self.model is not None:
                     self.model.forget_user(code)
+        self.checkpoints.rewrite(lambda state: self._erased(state, user_id))
+
+    def _erased(self, state: dict[str, Any], user_id: str) -> dict[str, Any] | None:
+        """A checkpoint's state without the user, or ``None`` if it never held them."""
+        user_ids = list(state.get("user_ids", []))
+        if user_id not in user_ids:
+            return None
+        code = user_ids.index(user_id)
+        user_ids[code] = None
+        net = state["model"]["trainer"]["net"]
+        n_items, width = net["text"].shape
+        model = self._new_model(np.zeros((n_items, width), dtype=np.float32))
+        model.load_state(state["model"])
+        model.forget_user(code)
+        return {**state, "user_ids": user_ids, "model": model.state()}
 
     def _clear_users(self, user_ids: list[str | None] | None = None) -> None:
         self.histories.clear()
@@ -212,7 +239,7 @@ class Learner:
         self._publish()
         return version
 
-    def catch_up(self, checkpoint_every: int = 10_000) -> int:
+    def catch_up(self, checkpoint_every: int | None = None) -> int:
         """Learn every event after the current offset; returns how many."""
         self._ready(checkpoint_every)
         learned = 0
@@ -221,7 +248,7 @@ class Learner:
         self._flush()
         return learned
 
-    def follow(self, stop: threading.Event, checkpoint_every: int = 10_000, poll_s: float = 0.02) -> int:
+    def follow(self, stop: threading.Event, checkpoint_every: int | None = None, poll_s: float = 0.02) -> int:
         """Learn new events as they are logged until ``stop`` is set.
 
         A micro-batch is learned when ``batch_size`` events are waiting or the
@@ -245,10 +272,10 @@ class Learner:
         self._flush()
         return learned
 
-    def _ready(self, checkpoint_every: int) -> None:
+    def _ready(self, checkpoint_every: int | None) -> None:
         if self.model is None:
             self.resume()
-        self.checkpoint_every = checkpoint_every
+        self.checkpoint_every = checkpoint_every or self.settings.learn.checkpoint_every
 
     def _learn(self, events: list[Event]) -> int:
         """One micro-batch: learn it, advance the offset, checkpoint when due."""
@@ -257,10 +284,16 @@ class Learner:
 
     def _learn_locked(self, events: list[Event]) -> int:
         assert self.model is not None
+        last = events[-1].offset or self.state.offset
+        if self._tombstones:
+            events = [e for e in events if e.user_id not in self._tombstones]
+        if not events:  # only deleted users' events
+            self.state.offset = last
+            return 0
         self._add_new_items(events)
         batch = self._batch(events)
         self.model.learn(batch)
-        self.state.offset = events[-1].offset or self.state.offset
+        self.state.offset = last
         self.state.learned += len(batch)
         self._unsaved += len(batch)
         self.updates += 1
@@ -270,8 +303,9 @@ class Learner:
         return len(batch)
 
     def _flush(self) -> None:
-        if self._unsaved:
-            self._checkpoint("online")
+        with self._lock:
+            if self._unsaved:
+                self._checkpoint("online")
 
     def _checkpoint(self, note: str) -> Version:
         assert self.model is not None

@@ -110,6 +110,12 @@ class Store(Protocol):
     # -- summary -----------------------------------------------------------
     def counts(self, encoder: str) -> Counts: ...
 
+    def compact(self) -> None:
+        """Rewrite the stored data without what was deleted: no byte of a deleted
+        user may linger in logs or free space (run after deletions; it takes a
+        while on a large store)."""
+        ...
+
     def close(self) -> None: ...
 
 

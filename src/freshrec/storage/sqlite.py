@@ -249,6 +249,15 @@ class SQLiteStore:
                 for s in self._segments()
             )
 
+    def compact(self) -> None:
+        """Deleted rows are already zeroed in the file's pages (``secure_delete``);
+        this also empties the write-ahead log (which still holds the pages as they
+        were) and rebuilds the file without free pages (``VACUUM``)."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.execute("VACUUM")
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def popular_items(self, limit: int, since: float | None = None) -> list[tuple[ItemId, int]]:
         with self._reading() as conn:
             rows = conn.execute(
