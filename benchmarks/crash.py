@@ -1,0 +1,229 @@
+"""Crash safety: SIGKILL the server while events stream in, restart it, count losses.
+
+    python benchmarks/crash.py [--runs 20] [--data /tmp/freshrec-bench-crash] [--seed 0] [--out result.json]
+
+Each run starts ``freshrec serve`` (API and learner process) on the same store,
+streams batches of 10 events with unique ``event_id`` over HTTP from a client
+thread, kills the whole process group with SIGKILL at a random moment (0.5 -
+3 s in), restarts the server and checks:
+
+* every event acknowledged with a 2xx is stored, exactly once (losses must be 0);
+* the learner resumed from its current checkpoint version (the first model
+  version served is ``<that version>.<updates>``, not a new warm start) and
+  caught up with the log.
+
+It reports, per run and in total, the acknowledged events, losses, duplicates
+and the recovery time (restart until ready; until the learner has caught up).
+The store uses the hashing text encoder and a small synthetic catalog: what is
+measured is the storage and restart path, not the model. Exit status 1 if any
+acknowledged event was lost or stored twice, or the learner did not resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+KEY = "crash-benchmark-key-0123456789"
+ENV = {
+    "FRESHREC_ENCODER__MODEL": "hashing",
+    "FRESHREC_ENCODER__HASHING_DIM": "32",
+    "FRESHREC_MODEL__DIM": "16",
+    "FRESHREC_MODEL__HISTORY_LENGTH": "8",
+    "FRESHREC_LEARN__EPOCHS": "1",
+    "FRESHREC_LEARN__MAX_WAIT_MS": "50",
+    "FRESHREC_SERVE__ADMIN_KEYS": f'["{KEY}"]',
+}
+
+
+def freshrec(data: Path, *args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "freshrec"), "--data", str(data), *args]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, **ENV}
+
+
+def prepare(data: Path) -> None:
+    if (data / "checkpoints" / "CURRENT").is_file():
+        return
+    gen = data / "gen"
+    for step in (
+        ["generate", "--out", str(gen), "--items", "100", "--users", "30", "--events", "1000", "--seed", "5"],
+        ["import", "items", str(gen / "items.jsonl")],
+        ["import", "events", str(gen / "events.jsonl")],
+        ["train"],
+    ):
+        subprocess.run(freshrec(data, *step), env=env(), check=True, capture_output=True, timeout=600)
+
+
+class Server:
+    def __init__(self, data: Path, port: int):
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            freshrec(data, "serve", "--port", str(port)),
+            env=env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: the learner dies with it
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.url, timeout=2.0) as c:
+            while True:
+                try:
+                    if c.get("/health/ready").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError("the server did not become ready")
+                time.sleep(0.05)
+
+    def status(self) -> dict[str, Any]:
+        with httpx.Client(base_url=self.url, headers={"X-API-Key": KEY}, timeout=5.0) as c:
+            return c.get("/v1/status").json()  # type: ignore[no-any-return]
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGINT)
+        self.process.wait(timeout=120)
+
+
+class Stream(threading.Thread):
+    """Posts batches of 10 events until the server stops answering; remembers what was acknowledged."""
+
+    def __init__(self, url: str, run: int, rng: random.Random):
+        super().__init__(daemon=True)
+        self.url, self.run_id, self.rng = url, run, rng
+        self.acked: list[str] = []
+        self.sent = 0
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, headers={"X-API-Key": KEY}, timeout=5.0) as c:
+            n = 0
+            while True:
+                batch = [
+                    {
+                        "event_id": f"crash-{self.run_id}-{n + k}",
+                        "user_id": f"u{self.rng.randrange(30):05d}",
+                        "item_id": f"i{self.rng.randrange(100):06d}",
+                        "type": "click",
+                    }
+                    for k in range(10)
+                ]
+                n += 10
+                try:
+                    r = c.post("/v1/events", json=batch)
+                except httpx.TransportError:
+                    return
+                self.sent += 10
+                if 200 <= r.status_code < 300:
+                    self.acked += [e["event_id"] for e in batch]
+
+
+def one_run(data: Path, run: int, rng: random.Random, port: int) -> dict[str, Any]:
+    server = Server(data, port)
+    server.wait_ready()
+    stream = Stream(server.url, run, rng)
+    stream.start()
+    time.sleep(rng.uniform(0.5, 3.0))
+    server.kill()
+    stream.join(timeout=30)
+    current = int((data / "checkpoints" / "CURRENT").read_text())
+
+    restarted = time.monotonic()
+    server = Server(data, port)
+    try:
+        server.wait_ready()
+        ready_s = time.monotonic() - restarted
+        first_version = server.status()["model_version"]
+        deadline = time.monotonic() + 120
+        while (s := server.status())["learned_offset"] < s["log_offset"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the learner did not catch up within two minutes")
+            time.sleep(0.05)
+        caught_up_s = time.monotonic() - restarted
+    finally:
+        server.stop()
+
+    with sqlite3.connect(data / "freshrec.db") as conn:
+        rows = conn.execute(
+            "SELECT event_id, COUNT(*) FROM events WHERE event_id LIKE ? GROUP BY event_id", (f"crash-{run}-%",)
+        ).fetchall()
+    stored = {r[0]: r[1] for r in rows}
+    acked = set(stream.acked)
+    return {
+        "run": run,
+        "sent": stream.sent,
+        "acknowledged": len(acked),
+        "stored": len(stored),
+        "lost": len(acked - set(stored)),
+        "duplicates": sum(1 for n in stored.values() if n > 1),
+        "resumed_from": current,
+        "first_version": first_version,
+        "resumed": str(first_version).split(".")[0] == str(current),
+        "ready_s": round(ready_s, 2),
+        "caught_up_s": round(caught_up_s, 2),
+    }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--data", type=Path, default=Path("/tmp/freshrec-bench-crash"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="Also write the results as JSON here.")
+    args = parser.parse_args()
+    prepare(args.data)
+    rng = random.Random(args.seed)
+    runs = []
+    for run in range(args.runs):
+        result = one_run(args.data, run, rng, free_port())
+        print(json.dumps(result), flush=True)
+        runs.append(result)
+    ready = sorted(r["ready_s"] for r in runs)
+    caught = sorted(r["caught_up_s"] for r in runs)
+    summary = {
+        "runs": len(runs),
+        "acknowledged": sum(r["acknowledged"] for r in runs),
+        "lost": sum(r["lost"] for r in runs),
+        "duplicates": sum(r["duplicates"] for r in runs),
+        "not_resumed": sum(not r["resumed"] for r in runs),
+        "ready_s_median": ready[len(ready) // 2],
+        "ready_s_max": ready[-1],
+        "caught_up_s_median": caught[len(caught) // 2],
+        "caught_up_s_max": caught[-1],
+    }
+    print("summary:", json.dumps(summary), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
+    return 1 if summary["lost"] or summary["duplicates"] or summary["not_resumed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
