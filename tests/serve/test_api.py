@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections import Counter
 
 import httpx
+import pytest
 
 from tests.serve.conftest import ADMIN, READ, WRITE, Server, wait_for
 
@@ -212,3 +214,36 @@ def test_health_metrics_and_openapi(server: Server) -> None:
         body = spec["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert body["anyOf"][1]["maxItems"] == 100 and "user_id" in json.dumps(body)
         assert "/v1/users/{user_id}/recommendations" in spec["paths"]
+
+
+def test_concurrent_requests_never_see_another_users_history(server: Server) -> None:
+    """Requests that arrive together share one forward pass of the user encoder;
+    each must still get exactly what it gets alone, explained by its own history."""
+    users = {f"apart-{n}": [f"i{10 * n + k:06d}" for k in range(5)] for n in range(8)}
+    with server.client() as c:
+        events = [{"user_id": u, "item_id": i, "type": "purchase"} for u, items in users.items() for i in items]
+        assert c.post("/v1/events", json=events).status_code == 202
+
+        def learned() -> bool:
+            status = c.get("/v1/status").json()
+            return bool(status["learned_offset"] >= status["log_offset"])
+
+        wait_for(learned, timeout=30)
+        path = "/v1/users/{}/recommendations?k=10&explain=true&exclude_seen=false"
+        alone = {u: c.get(path.format(u)).json() for u in users}
+
+    async def together() -> list[dict[str, object]]:
+        headers = {"X-API-Key": READ}
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as ac:
+            replies = await asyncio.gather(*(ac.get(path.format(u)) for _ in range(4) for u in users))
+        return [r.json() for r in replies]
+
+    for reply in asyncio.run(together()):
+        user = str(reply["user_id"])
+        assert user in users
+        if reply["model_version"] == alone[user]["model_version"]:  # the same list, up to float rounding
+            mine, single = reply["items"], alone[user]["items"]
+            assert [i["item_id"] for i in mine] == [i["item_id"] for i in single]  # type: ignore[attr-defined]
+            assert [i["score"] for i in mine] == pytest.approx([i["score"] for i in single], abs=1e-3)  # type: ignore[attr-defined]
+        named = {b["item_id"] for item in reply["items"] for b in item["because"]}  # type: ignore[attr-defined]
+        assert named and named <= set(users[user]), (user, named)
