@@ -71,6 +71,12 @@ class IngestSettings(Section):
     max_categories: int = Field(default=64, ge=0)
     max_json_bytes: int = Field(default=16_384, ge=2)
     """Upper bound on an event's ``context`` or an item's ``attributes``, as JSON."""
+    pseudonymize_key: SecretStr | None = None
+    """When set, user ids are stored, learned and looked up as pseudonyms
+    ``p:`` + HMAC-SHA256(key, id) (128 bits, hex): the store and the checkpoints never
+    hold a raw user id, and without the key a pseudonym cannot be traced back. Give it
+    through the environment (``FRESHREC_INGEST__PSEUDONYMIZE_KEY``), not in a file under
+    version control; changing it cuts every user off from their earlier events."""
 
     @model_validator(mode="after")
     def _scale(self) -> IngestSettings:

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
 from freshrec.domain import EventType
 from freshrec.ingest.validate import InvalidRecord, Validator
@@ -229,3 +232,15 @@ def test_arbitrary_items_give_an_item_or_a_field_error(raw: dict[str, Any]) -> N
         return
     assert item.item_id
     assert item.vector is None or all(math.isfinite(x) for x in item.vector)
+
+
+def test_pseudonyms_are_keyed_hmacs_of_the_user_id() -> None:
+    raw = {"user_id": "bob", "item_id": "i1", "type": "click", "timestamp": 1_700_000_000}
+    plain = Validator(IngestSettings()).event(raw)
+    a = Validator(IngestSettings(pseudonymize_key=SecretStr("key-a"))).event(raw)
+    again = Validator(IngestSettings(pseudonymize_key=SecretStr("key-a"))).event(raw)
+    b = Validator(IngestSettings(pseudonymize_key=SecretStr("key-b"))).event(raw)
+    assert plain.user_id == "bob"
+    assert a.user_id == again.user_id and a.user_id != b.user_id
+    expected = hmac.new(b"key-a", b"bob", hashlib.sha256).hexdigest()[:32]
+    assert a.user_id == f"p:{expected}"

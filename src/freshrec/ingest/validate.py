@@ -11,6 +11,8 @@ from :class:`~freshrec.settings.IngestSettings`, passed to :class:`Validator`.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 import time
@@ -295,6 +297,15 @@ class Validator:
     def __init__(self, limits: IngestSettings, clock: Callable[[], float] = time.time):
         self.limits = limits
         self.clock = clock
+        key = limits.pseudonymize_key
+        self._key = key.get_secret_value().encode() if key is not None else None
+
+    def user_key(self, user_id: str) -> str:
+        """How ``user_id`` is stored: itself, or its pseudonym (``pseudonymize_key``)."""
+        if self._key is None:
+            return user_id
+        digest = hmac.new(self._key, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+        return f"p:{digest[:32]}"
 
     def event(self, raw: Mapping[str, Any]) -> Event:
         if not isinstance(raw, Mapping):
@@ -306,7 +317,7 @@ class Validator:
             raise InvalidRecord(_field_errors(exc)) from None
         self._check_value(parsed)
         return Event(
-            user_id=parsed.user_id,
+            user_id=self.user_key(parsed.user_id),
             item_id=parsed.item_id,
             type=parsed.type,
             timestamp=now if parsed.timestamp is None else parsed.timestamp,

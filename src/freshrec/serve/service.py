@@ -235,6 +235,7 @@ class Service:
     async def recommend(self, user_id: UserId, options: Options) -> tuple[str | None, list[Ranked]]:
         """Recommendations for a user, on the event loop: the model pass is shared with
         the requests that arrived at the same time (:mod:`freshrec.serve.batching`)."""
+        user_id = self.validator.user_key(user_id)
         scoring = self.ranker.scoring
         # the model reads the last history_length events; exclude_seen needs the
         # items of many more, which a one-column read gives much more cheaply
@@ -251,9 +252,10 @@ class Service:
         return request.scoring.version, items
 
     def history(self, user_id: UserId, n: int) -> list[Event]:
-        return self.store.user_history(user_id, n)
+        return self.store.user_history(self.validator.user_key(user_id), n)
 
     def delete_user(self, user_id: UserId) -> int:
+        user_id = self.validator.user_key(user_id)
         removed = self.store.delete_user(user_id)
         self.live.forget(user_id)
         for hook in self.forget_hooks:
