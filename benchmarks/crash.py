@@ -45,6 +45,8 @@ ENV = {
     "FRESHREC_LEARN__EPOCHS": "1",
     "FRESHREC_LEARN__MAX_WAIT_MS": "50",
     "FRESHREC_SERVE__ADMIN_KEYS": f'["{KEY}"]',
+    # every event the server acknowledges must be stored: no repeat is dropped as a duplicate
+    "FRESHREC_INGEST__REPEAT_WINDOW_S": "0",
 }
 
 

@@ -71,6 +71,14 @@ class IngestSettings(Section):
     max_categories: int = Field(default=64, ge=0)
     max_json_bytes: int = Field(default=16_384, ge=2)
     """Upper bound on an event's ``context`` or an item's ``attributes``, as JSON."""
+    repeat_window_s: float = Field(default=2.0, ge=0)
+    """An event repeating the same user, item, type and value within this many seconds
+    (event time) is dropped as a duplicate (a double click, a reload); 0: keep all."""
+    max_events_per_minute: int = Field(default=600, ge=0)
+    """A user sending more events than this within a minute (event time) is quarantined:
+    their events are stored but the online learner does not train on them; 0: never."""
+    quarantine_s: float = Field(default=3_600.0, gt=0)
+    """How long a quarantine lasts after the user's last excess (event time)."""
     pseudonymize_key: SecretStr | None = None
     """When set, user ids are stored, learned and looked up as pseudonyms
     ``p:`` + HMAC-SHA256(key, id) (128 bits, hex): the store and the checkpoints never

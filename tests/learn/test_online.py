@@ -218,3 +218,21 @@ def test_events_of_a_deleted_user_read_before_the_deletion_are_not_learned(
     assert learned == sum(e.user_id != gone for e in pending)
     assert gone not in learner.user_codes and gone not in learner.histories
     assert learner.state.offset == pending[-1].offset
+
+
+def test_a_bursting_user_is_stored_but_not_learned(world: tuple[SQLiteStore, list, Path]) -> None:  # type: ignore[type-arg]
+    store, _later, tmp = world
+    settings = SETTINGS.model_copy(update={"ingest": IngestSettings(max_events_per_minute=5, repeat_window_s=0)})
+    learner = Learner(store, settings, Checkpoints(tmp / "checkpoints"))
+    learner.train()
+    validator = Validator(settings.ingest)
+    item = learner.item_ids[0]
+    burst = [{"user_id": "bot", "item_id": item, "type": "view", "timestamp": 1_790_000_000 + s / 2} for s in range(20)]
+    calm = [
+        {"user_id": "person", "item_id": item, "type": "view", "timestamp": 1_790_000_000 + 30 * s} for s in range(4)
+    ]
+    store.append_events([validator.event(e) for e in burst + calm])
+    assert learner.catch_up() == 5 + 4  # the bot's first five, then nothing of it
+    assert len(learner.histories["bot"]) == 5 and len(learner.histories["person"]) == 4
+    assert learner.quarantine.figures() == {"quarantined_users": 1, "quarantined_events": 15}
+    assert len(store.user_history("bot", 100)) == 20  # stored all the same

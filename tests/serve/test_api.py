@@ -45,7 +45,7 @@ def test_events_are_stored_once_and_counted(server: Server) -> None:
         one = {"user_id": "ingest-user", "item_id": "i000002", "type": "view", "event_id": "ingest-1"}
         assert c.post("/v1/events", json=one).json() == {"accepted": 1, "duplicates": 0}
         assert c.post("/v1/events", json=one).json() == {"accepted": 0, "duplicates": 1}
-        batch = [{**one, "event_id": f"ingest-{n}", "type": "click"} for n in range(2, 12)]
+        batch = [{**one, "event_id": f"ingest-{n}", "item_id": f"i{n:06d}", "type": "click"} for n in range(2, 12)]
         r = c.post("/v1/events", json=batch)
         assert r.status_code == 202 and r.json() == {"accepted": 10, "duplicates": 0}
         history = c.get("/v1/users/ingest-user/history").json()["events"]
@@ -247,3 +247,15 @@ def test_concurrent_requests_never_see_another_users_history(server: Server) -> 
             assert [i["score"] for i in mine] == pytest.approx([i["score"] for i in single], abs=1e-3)  # type: ignore[attr-defined]
         named = {b["item_id"] for item in reply["items"] for b in item["because"]}  # type: ignore[attr-defined]
         assert named and named <= set(users[user]), (user, named)
+
+
+def test_a_repeated_click_is_a_duplicate_and_quarantine_is_reported(server: Server) -> None:
+    click = {"user_id": "double-clicker", "item_id": "i000007", "type": "click"}
+    with server.client(WRITE) as c:
+        assert c.post("/v1/events", json=[click, click]).json() == {"accepted": 1, "duplicates": 1}
+        assert c.post("/v1/events", json=click).json() == {"accepted": 0, "duplicates": 1}  # within 2 s
+        assert c.post("/v1/events", json={**click, "type": "purchase"}).json() == {"accepted": 1, "duplicates": 0}
+        status = c.get("/v1/status").json()
+        assert {"quarantined_users", "quarantined_events"} <= set(status)
+        metrics = c.get("/metrics").text
+        assert "freshrec_quarantined_users" in metrics and "freshrec_quarantined_events" in metrics

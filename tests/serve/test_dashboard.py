@@ -42,6 +42,7 @@ def test_dashboard_shows_live_charts_and_a_user_page(server: Server, tmp_path: P
         expect(page.locator("#model-version")).to_have_text(server_version_pattern())
         expect(page.locator("#chart-events path").first).to_be_attached()
         expect(page.locator("#hit-rate")).to_contain_text("%")
+        expect(page.locator("#quarantined")).to_contain_text("events")
         page.fill("#user-id", "u00002")
         page.click("#user-form button")
         expect(page.locator("#recs li")).to_have_count(10)

@@ -96,7 +96,16 @@ def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], hal
     store = open_store(settings.store_url, settings.storage)
     checkpoints = Checkpoints(settings.data_dir / "checkpoints")
     sender = Sender(pipe, settings.serve.publish_interval_ms / 1000)
-    learner = Learner(store, settings, checkpoints, on_update=sender.snapshot)
+    reported: dict[str, int] = {}
+
+    def updated(snapshot: Snapshot) -> None:
+        sender.snapshot(snapshot)
+        figures = learner.quarantine.figures()
+        if figures != reported:
+            reported.update(figures)
+            sender.message("hygiene", figures)
+
+    learner = Learner(store, settings, checkpoints, on_update=updated)
 
     def obey() -> None:
         while (command := commands.get()) is not None:

@@ -64,6 +64,8 @@ class Engine:
                 return
             if message[0] == "snapshot":
                 self.service.publish(Snapshot.from_bytes(message[1]))
+            elif message[0] == "hygiene":
+                self.service.hygiene = message[1]
             elif message[0] == "state":
                 self.service.learner_state, self.service.model_wanted = message[1], message[2]
 

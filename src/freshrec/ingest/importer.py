@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from freshrec.datasets.files import Record
 from freshrec.domain import Event
+from freshrec.ingest.hygiene import RepeatFilter
 from freshrec.ingest.validate import InvalidRecord, Validator
 from freshrec.storage.base import Store
 
@@ -107,6 +108,7 @@ def import_events(
     progress: bool = False,
 ) -> ImportReport:
     report = ImportReport("events")
+    repeats = RepeatFilter(validator.limits.repeat_window_s)
 
     def check(data: dict[str, Any]) -> Event:
         event = validator.event(data)
@@ -114,9 +116,11 @@ def import_events(
 
     with store.transaction(), tqdm(unit="event", desc="importing events", disable=not progress) as bar:
         for events in _batches(_validated(records, check, report, strict), batch):
+            events, repeated = repeats.split(events)
             result = store.append_events(events)
+            repeats.remember(events)
             report.stored += result.accepted
-            report.duplicates += result.duplicates
+            report.duplicates += result.duplicates + repeated
             bar.update(len(events))
     return report
 

@@ -30,6 +30,7 @@ import numpy as np
 from freshrec.domain import Event
 from freshrec.encoders import encoder_key
 from freshrec.ingest.feedback import TYPE_CODES
+from freshrec.ingest.hygiene import Quarantine
 from freshrec.learn.checkpoints import Checkpoints, Version
 from freshrec.learn.recommender import FreshRec
 from freshrec.model.base import Interactions
@@ -81,6 +82,9 @@ class Learner:
         self._unsaved = 0
         self._lock = threading.RLock()
         """Held by a micro-batch; a deletion from another thread waits for it."""
+        ingest = settings.ingest
+        self.quarantine = Quarantine(ingest.max_events_per_minute, ingest.quarantine_s)
+        """Users sending events faster than a person could: stored, not learned (online)."""
         self._tombstones: dict[str, float] = {}
         self._absent: set[str] = set()
         self._absent_since = time.monotonic()
@@ -177,6 +181,7 @@ class Learner:
             self._tombstones = {u: t for u, t in self._tombstones.items() if now - t < TOMBSTONE_S}
             self._tombstones[user_id] = now
             self.histories.pop(user_id, None)
+            self.quarantine.forget(user_id)
             code = self.user_codes.pop(user_id, None)
             if code is not None:
                 self.user_ids[code] = None
@@ -287,7 +292,8 @@ class Learner:
         last = events[-1].offset or self.state.offset
         if self._tombstones:
             events = [e for e in events if e.user_id not in self._tombstones]
-        if not events:  # only deleted users' events
+        events = [e for e in events if self.quarantine.admit(e)]
+        if not events:  # only deleted or quarantined users' events
             self.state.offset = last
             return 0
         self._add_new_items(events)

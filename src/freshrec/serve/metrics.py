@@ -47,6 +47,12 @@ class Metrics:
             registry=r,
         )
         self.catalog_items = Gauge("freshrec_catalog_items", "Recommendable items", registry=r)
+        self.quarantined_users = Gauge(
+            "freshrec_quarantined_users", "Users above the event rate limit: stored, not trained on", registry=r
+        )
+        self.quarantined_events = Gauge(
+            "freshrec_quarantined_events", "Events the learner did not train on (quarantined users)", registry=r
+        )
         self.hit_rate = Gauge(
             "freshrec_online_hit_rate", "Share of positive feedback on items just served (last 5 minutes)", registry=r
         )

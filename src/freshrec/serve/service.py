@@ -18,6 +18,7 @@ from typing import Any
 
 from freshrec.domain import Event, Item, ItemId, UserId
 from freshrec.encoders import TextEncoder, build_encoder, embed_items, encoder_key
+from freshrec.ingest.hygiene import RepeatFilter
 from freshrec.ingest.importer import derive_event_id
 from freshrec.ingest.validate import InvalidRecord, Validator
 from freshrec.model.snapshot import Snapshot
@@ -29,7 +30,7 @@ from freshrec.serve.live import Live
 from freshrec.serve.metrics import Metrics
 from freshrec.serve.ranker import Options, Ranked, Ranker, finish
 from freshrec.settings import Settings
-from freshrec.storage.base import Store
+from freshrec.storage.base import AppendResult, Store
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,10 @@ class Service:
         self.settings = settings
         self.clock = clock
         self.validator = Validator(settings.ingest, clock)
+        self.repeats = RepeatFilter(settings.ingest.repeat_window_s)
+        self._ingest_lock = threading.Lock()
+        self.hygiene: dict[str, int] = {"quarantined_users": 0, "quarantined_events": 0}
+        """The learner's quarantine figures, as it last reported them."""
         self.encoder_key = encoder_key(settings.encoder)
         self.catalog = Catalog()
         self.catalog.load(store, self.encoder_key)
@@ -146,7 +151,10 @@ class Service:
                 422, f"{len(raw) - len(events)} of {len(raw)} events are invalid; nothing was stored", tuple(errors)
             )
         events = [e if e.event_id else replace(e, event_id=derive_event_id(e)) for e in events]
-        result = self.store.append_events(events)
+        with self._ingest_lock:  # a repeat is judged against what is stored, not what is being stored
+            events, repeats = self.repeats.split(events)
+            result = self.store.append_events(events) if events else AppendResult(0, 0, self.head)
+            self.repeats.remember(events)
         with self._write_lock:
             self.head = max(self.head, result.last_offset)
             self._acks.append((result.last_offset, time.monotonic()))
@@ -155,8 +163,8 @@ class Service:
                 self.metrics.events.labels(kind).inc(n)
             self.popularity.add(events)
             self.live.events(events)
-        self.metrics.duplicates.inc(result.duplicates)
-        return result.accepted, result.duplicates
+        self.metrics.duplicates.inc(result.duplicates + repeats)
+        return result.accepted, result.duplicates + repeats
 
     # -- items -------------------------------------------------------------------
     def encoder(self) -> TextEncoder:
@@ -279,12 +287,16 @@ class Service:
         self.metrics.lag_seconds.set(lag_s)
         if hit_rate is not None:
             self.metrics.hit_rate.set(hit_rate)
+        hygiene = self.hygiene
+        self.metrics.quarantined_users.set(hygiene["quarantined_users"])
+        self.metrics.quarantined_events.set(hygiene["quarantined_events"])
         gauges: dict[str, Any] = {
             "lag_events": lag,
             "lag_seconds": round(lag_s, 3),
             "loss": scoring.snapshot.loss if scoring.snapshot is not None else None,
             "model_version": scoring.version,
             "hit_rate": hit_rate,
+            **hygiene,
         }
         self.live.gauges(gauges)
         return gauges
@@ -303,6 +315,7 @@ class Service:
             "hit_rate": self.live.hit_rate(),
             "hits_total": self.live.hits_total,
             "trials_total": self.live.trials_total,
+            **self.hygiene,
         }
 
 

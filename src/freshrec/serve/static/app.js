@@ -69,6 +69,7 @@ async function refresh() {
   $("catalog-items").textContent = fmt(st.catalog_items);
   $("log-offset").textContent = fmt(st.log_offset);
   $("hit-rate").textContent = st.hit_rate === null ? "–" : (100 * st.hit_rate).toFixed(1) + " %";
+  $("quarantined").textContent = `${fmt(st.quarantined_users)} (${fmt(st.quarantined_events)} events)`;
   const types = Object.keys(se.events);
   draw($("chart-events"), types.map((t) => ({ name: t, values: se.events[t] })));
   $("legend-events").innerHTML = types.map((t, k) => `<span><i style="background:${COLORS[k % COLORS.length]}"></i>${t}</span>`).join("");
