@@ -19,6 +19,11 @@
 
 The section between ``<!-- serve:begin -->`` and ``<!-- serve:end -->`` in
 RESULTS.md is replaced with the figures.
+
+``--soak`` instead runs only the load (by default 600 s of 100 recommendations/s
+and 300 events/s) while sampling the resident memory of the API process and of
+the learner process every 10 s, and reports their growth from the end of the
+first minute (warm-up) to the end (the ``soak`` section of RESULTS.md).
 """
 
 from __future__ import annotations
@@ -197,6 +202,78 @@ def run_load(url: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# -- soak ---------------------------------------------------------------------------------
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def learner_pid(pid: int) -> int:
+    """The server's learner process (not multiprocessing's resource tracker)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        for child in (int(p) for p in fh.read().split()):
+            if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes():
+                return child
+    raise RuntimeError("the server has no learner process")
+
+
+def soak(url: str, pid: int, args: argparse.Namespace, warmup_s: float = 60.0, every_s: float = 10.0) -> dict[str, Any]:
+    """The load of :func:`run_load` while the server's memory is sampled."""
+    import threading
+
+    result: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: result.update(run_load(url, args)))
+    started = time.monotonic()
+    runner.start()
+    learner = learner_pid(pid)
+    samples: list[tuple[float, float, float]] = []
+    while runner.is_alive():
+        samples.append((time.monotonic() - started, rss_mb(pid), rss_mb(learner)))
+        runner.join(timeout=every_s)
+    after = [s for s in samples if s[0] >= warmup_s] or samples
+    first, last = after[0], samples[-1]
+    return {
+        **result,
+        "rss_api_mb": (round(first[1]), round(last[1]), round(max(s[1] for s in after))),
+        "rss_learner_mb": (round(first[2]), round(last[2]), round(max(s[2] for s in after))),
+        "growth_api": last[1] / first[1] - 1,
+        "growth_learner": last[2] / first[2] - 1,
+        "samples": samples,
+    }
+
+
+def write_soak(args: argparse.Namespace, r: dict[str, Any]) -> None:
+    today = dt.date.today().isoformat()
+    p50, p95, p99, top = r["latency_ms"]
+    e50, e95, e99, etop = r["event_latency_ms"]
+    api, learner = r["rss_api_mb"], r["rss_learner_mb"]
+    command = f"python benchmarks/serve.py --soak --seconds {args.seconds:g} --rps {args.rps:g} --eps {args.eps:g}"
+    section = f"""<!-- soak:begin -->
+`{command}`, run on {today}: {args.seconds:g} s of {args.rps:g} recommendations/s and {args.eps:g} events/s (batches of 10).
+
+| what | p50 | p95 | p99 | max | errors |
+| --- | --- | --- | --- | --- | --- |
+| GET recommendations, ms | {p50:.1f} | {p95:.1f} | {p99:.1f} | {top:.1f} | {r["errors"]} of {r["requests"]:,} |
+| POST events, ms | {e50:.1f} | {e95:.1f} | {e99:.1f} | {etop:.1f} | {r["event_errors"]} of {r["event_requests"]:,} |
+
+| process | RSS after the first minute, MB | at the end | largest | growth (target < 10%) |
+| --- | --- | --- | --- | --- |
+| API | {api[0]} | {api[1]} | {api[2]} | {100 * r["growth_api"]:.1f}% |
+| learner | {learner[0]} | {learner[1]} | {learner[2]} | {100 * r["growth_learner"]:.1f}% |
+<!-- soak:end -->"""  # noqa: E501
+    results = HERE / "RESULTS.md"
+    text = results.read_text()
+    if "<!-- soak:begin -->" in text:
+        text = re.sub(r"<!-- soak:begin -->.*?<!-- soak:end -->", lambda _: section, text, flags=re.S)
+    else:
+        text += "\n## Soak (issue 6)\n\n" + section + "\n"
+    results.write_text(text)
+    print(f"wrote the soak section of {results}")
+
+
 # -- freshness and visibility -------------------------------------------------------------
 def freshness(url: str, users: int, samples: int = 200) -> dict[str, Any]:
     rng = np.random.default_rng(3)
@@ -263,7 +340,14 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=500.0)
     parser.add_argument("--no-write", action="store_true", help="Print only; leave RESULTS.md alone.")
     parser.add_argument("--load-only", action="store_true", help="Skip the freshness and visibility phases.")
+    parser.add_argument("--soak", action="store_true", help="Long load with memory sampling (see above).")
     args = parser.parse_args()
+    if args.soak:
+        defaults = {"seconds": 60.0, "rps": 200.0, "eps": 500.0}
+        soak = {"seconds": 600.0, "rps": 100.0, "eps": 300.0}
+        for name, value in soak.items():
+            if getattr(args, name) == defaults[name]:
+                setattr(args, name, value)
     prepare(args.data, args.items, args.users, args.history)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -280,6 +364,12 @@ def main() -> None:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise SystemExit("the server did not become ready")
                 time.sleep(0.2)
+        if args.soak:
+            result = soak(url, server.pid, args)
+            print("soak:", result)
+            if not args.no_write:
+                write_soak(args, result)
+            return
         load = run_load(url, args)
         print("load:", load)
         if args.load_only:
