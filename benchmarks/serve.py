@@ -344,8 +344,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.soak:
         defaults = {"seconds": 60.0, "rps": 200.0, "eps": 500.0}
-        soak = {"seconds": 600.0, "rps": 100.0, "eps": 300.0}
-        for name, value in soak.items():
+        long_run = {"seconds": 600.0, "rps": 100.0, "eps": 300.0}
+        for name, value in long_run.items():
             if getattr(args, name) == defaults[name]:
                 setattr(args, name, value)
     prepare(args.data, args.items, args.users, args.history)

@@ -33,6 +33,8 @@ def test_no_window_keeps_everything_and_memory_is_bounded() -> None:
     f.remember([make_event(f"u{n}", "i", t=T0) for n in range(25)])
     assert f.split([make_event("u0", "i", t=T0)])[1] == 0  # forgotten, the oldest first
     assert f.split([make_event("u24", "i", t=T0)])[1] == 1
+    f.remember([make_event("late", "i", t=T0 + 3)])  # the others are now older than the window
+    assert len(f._last) == 1
 
 
 def test_a_user_above_the_rate_is_quarantined_for_a_while() -> None:

@@ -21,7 +21,8 @@ from collections.abc import Iterable, Sequence
 from freshrec.domain import Event
 
 MAX_KEYS = 200_000
-"""Recent (user, item, type, value) keys remembered; the oldest are forgotten first."""
+"""At most this many recent (user, item, type, value) keys are remembered (the oldest
+are forgotten first); keys older than the window are forgotten anyway."""
 
 Key = tuple[str, str, str, float | None]
 
@@ -40,6 +41,7 @@ class RepeatFilter:
         self.window = window_s
         self.max_keys = max_keys
         self._last: OrderedDict[Key, float] = OrderedDict()
+        self._newest = float("-inf")
         self._lock = threading.Lock()
 
     def split(self, events: Sequence[Event]) -> tuple[list[Event], int]:
@@ -66,7 +68,12 @@ class RepeatFilter:
                 k = _key(e)
                 self._last[k] = max(e.timestamp, self._last.get(k, e.timestamp))
                 self._last.move_to_end(k)
-            while len(self._last) > self.max_keys:
+                self._newest = max(self._newest, e.timestamp)
+            # keys are in the order they were last seen, which for a live stream is
+            # time order: those older than the window can never match again
+            while self._last and (
+                len(self._last) > self.max_keys or next(iter(self._last.values())) < self._newest - self.window
+            ):
                 self._last.popitem(last=False)
 
 
