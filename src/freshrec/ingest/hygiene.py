@@ -14,7 +14,6 @@ the source of truth, and an operator can inspect them) but not trained on.
 
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 
@@ -35,14 +34,15 @@ class RepeatFilter:
     """Remembers the last time of each recent (user, item, type, value).
 
     ``split`` only looks; ``remember`` records what was stored, so a failed
-    write followed by a retry is not mistaken for a repeat. Thread-safe."""
+    write followed by a retry is not mistaken for a repeat. Not thread-safe:
+    concurrent writers hold one lock across split, store and remember, or two
+    repeats arriving together would both be stored (the service does)."""
 
     def __init__(self, window_s: float, max_keys: int = MAX_KEYS):
         self.window = window_s
         self.max_keys = max_keys
         self._last: OrderedDict[Key, float] = OrderedDict()
         self._newest = float("-inf")
-        self._lock = threading.Lock()
 
     def split(self, events: Sequence[Event]) -> tuple[list[Event], int]:
         """The events to store, and how many were repeats (of earlier ones or each other)."""
@@ -50,31 +50,29 @@ class RepeatFilter:
             return list(events), 0
         kept: list[Event] = []
         batch: dict[Key, float] = {}
-        with self._lock:
-            for e in events:
-                k = _key(e)
-                last = batch.get(k, self._last.get(k))
-                if last is not None and abs(e.timestamp - last) < self.window:
-                    continue
-                batch[k] = e.timestamp
-                kept.append(e)
+        for e in events:
+            k = _key(e)
+            last = batch.get(k, self._last.get(k))
+            if last is not None and abs(e.timestamp - last) < self.window:
+                continue
+            batch[k] = e.timestamp
+            kept.append(e)
         return kept, len(events) - len(kept)
 
     def remember(self, events: Iterable[Event]) -> None:
         if self.window <= 0:
             return
-        with self._lock:
-            for e in events:
-                k = _key(e)
-                self._last[k] = max(e.timestamp, self._last.get(k, e.timestamp))
-                self._last.move_to_end(k)
-                self._newest = max(self._newest, e.timestamp)
-            # keys are in the order they were last seen, which for a live stream is
-            # time order: those older than the window can never match again
-            while self._last and (
-                len(self._last) > self.max_keys or next(iter(self._last.values())) < self._newest - self.window
-            ):
-                self._last.popitem(last=False)
+        for e in events:
+            k = _key(e)
+            self._last[k] = max(e.timestamp, self._last.get(k, e.timestamp))
+            self._last.move_to_end(k)
+            self._newest = max(self._newest, e.timestamp)
+        # keys are in the order they were last seen, which for a live stream is
+        # time order: those older than the window can never match again
+        while self._last and (
+            len(self._last) > self.max_keys or next(iter(self._last.values())) < self._newest - self.window
+        ):
+            self._last.popitem(last=False)
 
 
 class Quarantine:

@@ -80,19 +80,16 @@ class Checkpoints:
         self, state: dict[str, Any], offset: int, events_learned: int, loss: float | None, note: str = ""
     ) -> Version:
         with self._lock:
-            return self._save(state, offset, events_learned, loss, note)
-
-    def _save(self, state: dict[str, Any], offset: int, events_learned: int, loss: float | None, note: str) -> Version:
-        latest = max((v.version for v in self.list()), default=0)
-        version = Version(latest + 1, offset, time.time(), events_learned, loss, note)
-        stem = self.folder / f"model-{version.version:06d}"
-        buffer = io.BytesIO()
-        torch.save({"state": state, "meta": asdict(version)}, buffer)
-        atomic_write(stem.with_suffix(".pt"), buffer.getvalue())
-        atomic_write(stem.with_suffix(".json"), json.dumps(asdict(version)).encode())
-        atomic_write(self.folder / "CURRENT", str(version.version).encode())
-        self._prune()
-        return version
+            latest = max((v.version for v in self.list()), default=0)
+            version = Version(latest + 1, offset, time.time(), events_learned, loss, note)
+            stem = self.folder / f"model-{version.version:06d}"
+            buffer = io.BytesIO()
+            torch.save({"state": state, "meta": asdict(version)}, buffer)
+            atomic_write(stem.with_suffix(".pt"), buffer.getvalue())
+            atomic_write(stem.with_suffix(".json"), json.dumps(asdict(version)).encode())
+            atomic_write(self.folder / "CURRENT", str(version.version).encode())
+            self._prune()
+            return version
 
     def load(self, version: int) -> tuple[Version, dict[str, Any]]:
         path = self.folder / f"model-{version:06d}.pt"
@@ -127,7 +124,7 @@ class Checkpoints:
         return chosen
 
     def _prune(self) -> None:
-        versions = self.list()  # under the lock, from _save
+        versions = self.list()  # under the lock, from save
         current = self.current()
         for v in versions[: max(0, len(versions) - self.keep)]:
             if current is not None and v.version == current.version:

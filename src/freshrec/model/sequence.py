@@ -155,12 +155,11 @@ class SequenceNet(nn.Module):
         if text.shape[1] != self.text.shape[1]:
             raise ValueError(f"text rows have width {text.shape[1]}, the catalog {self.text.shape[1]}")
         self.text = torch.cat([self.text, text.float()])
-        self.active = torch.cat([self.active, torch.zeros(n, dtype=torch.bool)])
-        self.interactions = torch.cat([self.interactions, torch.zeros(n)])
-        self.last_seen = torch.cat([self.last_seen, torch.full((n,), float("-inf"), dtype=torch.float64)])
+        for name in ("active", "interactions", "last_seen"):
+            rows = getattr(self, name)
+            setattr(self, name, torch.cat([rows, untouched(name, rows, n)]))
         for table in (self.item_id, self.item_bias):
-            table.weight.data = torch.cat([table.weight.data, table.weight.new_zeros(n, table.embedding_dim)])
-            table.num_embeddings += n
+            _extend(table, n)
 
     @torch.no_grad()
     def grow_users(self, n_users: int) -> int:
@@ -169,9 +168,7 @@ class SequenceNet(nn.Module):
         table = self.user_id
         before = 0 if table is None else table.num_embeddings
         if table is not None and n_users > before:
-            extra = table.weight.new_zeros(n_users - before, table.embedding_dim)
-            table.weight.data = torch.cat([table.weight.data, extra])
-            table.num_embeddings = n_users
+            _extend(table, n_users - before)
         return before
 
     def item_table(self, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -251,3 +248,15 @@ class SequenceNet(nn.Module):
 def _masks(size: int) -> tuple[Tensor, Tensor]:
     """The causal attention mask and the identity, ``size`` x ``size``."""
     return torch.ones(size, size, dtype=torch.bool).tril(), torch.eye(size, dtype=torch.bool)
+
+
+def untouched(name: str, like: Tensor, n: int) -> Tensor:
+    """``n`` rows of the per-item entry ``name`` (shaped like ``like``) as for an item
+    nobody has touched: inactive, no interactions, no ID embedding, never seen."""
+    return like.new_full((n, *like.shape[1:]), float("-inf") if name == "last_seen" else 0)
+
+
+def _extend(table: nn.Embedding, n: int) -> None:
+    """``n`` zero rows more; the parameter keeps its identity, so optimizers keep tracking it."""
+    table.weight.data = torch.cat([table.weight.data, table.weight.new_zeros(n, table.embedding_dim)])
+    table.num_embeddings += n

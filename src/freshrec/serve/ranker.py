@@ -27,7 +27,7 @@ import torch
 
 from freshrec.domain import Event, EventType, ItemId
 from freshrec.ingest.feedback import TYPE_CODES
-from freshrec.model.sequence import HistoryTensors, SequenceNet
+from freshrec.model.sequence import HistoryTensors, SequenceNet, untouched
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import Catalog, CatalogView
 from freshrec.settings import ModelSettings
@@ -142,7 +142,7 @@ def build_scoring(
     model_rows, view_rows = rows if rows is not None else row_map(snapshot.item_ids, view)
     for name in ROW_STATE:  # the learner's rows, moved to the catalog's; items it lacks stay untouched
         learned = state[name]
-        values = _untouched(name, learned, len(view))
+        values = untouched(name, learned, len(view))
         values[view_rows] = learned[model_rows]
         state[name] = values
     net = _refill(spare, state, text, s, snapshot.rating_scale)
@@ -171,13 +171,6 @@ def _refill(
     if text is not None:
         net.text = text.float()
     return net
-
-
-def _untouched(name: str, learned: torch.Tensor, n: int) -> torch.Tensor:
-    """``n`` rows of a per-item state entry as for an item nobody has touched."""
-    if name == "last_seen":
-        return learned.new_full((n, *learned.shape[1:]), float("-inf"))
-    return learned.new_zeros((n, *learned.shape[1:]))
 
 
 class Ranker:
@@ -357,13 +350,13 @@ def encode(requests: Sequence[Request]) -> None:
     for group in groups.values():
         sc = group[0].scoring
         assert sc.net is not None and sc.vectors is not None and sc.snapshot is not None
-        rows = [(h, r.now, r.user) for r in group for h in r.histories()]
+        histories = [r.histories() for r in group]
+        rows = [(h, r.now, r.user) for r, hs in zip(group, histories, strict=True) for h in hs]
         t = _history_tensors(sc, rows, sc.snapshot.settings.history_length)
         users = sc.net.users(sc.vectors, **t)
         start = 0
-        for r in group:
-            n = len(r.past) + 1 if r.explain else 1
-            r.users, start = users[start : start + n], start + n
+        for r, hs in zip(group, histories, strict=True):
+            r.users, start = users[start : start + len(hs)], start + len(hs)
 
 
 @torch.inference_mode()

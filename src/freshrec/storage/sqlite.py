@@ -108,7 +108,7 @@ class SQLiteStore:
         self._readers_lock = threading.Lock()
         self._readers: list[sqlite3.Connection] | None = None if self.path == ":memory:" else []
         conn = self._conn
-        conn.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout_ms)}")
+        conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {settings.synchronous.upper()}")
         conn.execute("PRAGMA secure_delete = ON")
