@@ -36,6 +36,8 @@ from typing import Any
 
 import httpx
 
+from harness import free_port, freshrec, wait_ready
+
 KEY = "crash-benchmark-key-0123456789"
 ENV = {
     "FRESHREC_ENCODER__MODEL": "hashing",
@@ -48,10 +50,6 @@ ENV = {
     # every event the server acknowledges must be stored: no repeat is dropped as a duplicate
     "FRESHREC_INGEST__REPEAT_WINDOW_S": "0",
 }
-
-
-def freshrec(data: Path, *args: str) -> list[str]:
-    return [str(Path(sys.executable).parent / "freshrec"), "--data", str(data), *args]
 
 
 def env() -> dict[str, str]:
@@ -82,18 +80,8 @@ class Server:
             start_new_session=True,  # its own process group: the learner dies with it
         )
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        with httpx.Client(base_url=self.url, timeout=2.0) as c:
-            while True:
-                try:
-                    if c.get("/health/ready").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("the server did not become ready")
-                time.sleep(0.05)
+    def wait_ready(self) -> None:
+        wait_ready(self.url, self.process, timeout=120.0)
 
     def status(self) -> dict[str, Any]:
         with httpx.Client(base_url=self.url, headers={"X-API-Key": KEY}, timeout=5.0) as c:
@@ -184,14 +172,6 @@ def one_run(data: Path, run: int, rng: random.Random, port: int) -> dict[str, An
         "ready_s": round(ready_s, 2),
         "caught_up_s": round(caught_up_s, 2),
     }
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import re
 import time
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from freshrec.evaluate.log import load_log
 from freshrec.evaluate.report import plot_png, to_json, write_json
 from freshrec.evaluate.runner import MODELS, NEEDS_TEXT, Inputs, catalog_text, evaluate
 from freshrec.settings import load_settings
+from harness import HERE, write_section
 
-HERE = Path(__file__).resolve().parent
 DEFAULT = HERE.parents[1] / "shared" / "data" / "ml-100k"
 REFERENCE = {"pop": (0.0765, 0.0365), "recent-pop": (0.0748, 0.0376), "transitions": (0.1602, 0.0825)}
 
@@ -34,7 +33,6 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--section", default="prequential", help="Which marked section of RESULTS.md to replace.")
     args = parser.parse_args()
-    begin, end = f"<!-- {args.section}:begin -->", f"<!-- {args.section}:end -->"
     if not args.dataset.is_dir():
         raise SystemExit(f"{args.dataset}: no MovieLens folder there; nothing to benchmark")
     log = load_log(args.dataset)
@@ -52,7 +50,6 @@ def main() -> None:
     if args.models != ",".join(MODELS):
         command += f" --models {args.models} --section {args.section}"
     lines = [
-        begin,
         f"`{command}`, run on {today}: {log.name}, "
         f"{len(log):,} events, {log.n_users:,} users, {log.n_items:,} items, {runs[0].summary.scored:,} scored. "
         f"All models together: {total:.1f} s (each in its own process, warm-up included).",
@@ -71,15 +68,9 @@ def main() -> None:
             f"| {run.name} | {s.hr_at_10:.4f} | {s.ndcg_at_10:.4f} | {ref_text} | {cold_item} | {cold_user} "
             f"| {s.mrr:.4f} | {s.coverage_at_k:.3f} | {run.events_per_s:,.0f} | {run.peak_rss_mb:,.0f} | {today} |"
         )
-    lines += ["", f"![NDCG@10 along the stream]({png.name})", end]
-    results = HERE / "RESULTS.md"
-    text = results.read_text()
+    lines += ["", f"![NDCG@10 along the stream]({png.name})"]
     section = "\n".join(lines)
-    if begin in text:
-        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: section, text, flags=re.S)
-    else:
-        text += f"\n## {args.section}\n\n" + section + "\n"
-    results.write_text(text)
+    write_section(args.section, args.section, section)
     print(section)
 
 

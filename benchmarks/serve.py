@@ -36,9 +36,7 @@ import multiprocessing as mp
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,12 +44,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+from harness import free_port, freshrec, wait_ready, write_section
+
 KEYS = {"read": "bench-read-key-0000000", "write": "bench-write-key-000000", "admin": "bench-admin-key-000000"}
-
-
-def freshrec(data: Path, *args: str) -> list[str]:
-    return [str(Path(sys.executable).parent / "freshrec"), "--data", str(data), *args]
 
 
 def env() -> dict[str, str]:
@@ -78,12 +73,6 @@ def prepare(data: Path, items: int, users: int, history: int) -> None:
     started = time.perf_counter()
     subprocess.run(freshrec(data, "train"), check=True, env=env())
     print(f"warm start: {time.perf_counter() - started:.1f} s")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def percentiles(values: list[float]) -> tuple[float, float, float, float]:
@@ -251,8 +240,7 @@ def write_soak(args: argparse.Namespace, r: dict[str, Any]) -> None:
     e50, e95, e99, etop = r["event_latency_ms"]
     api, learner = r["rss_api_mb"], r["rss_learner_mb"]
     command = f"python benchmarks/serve.py --soak --seconds {args.seconds:g} --rps {args.rps:g} --eps {args.eps:g}"
-    section = f"""<!-- soak:begin -->
-`{command}`, run on {today}: {args.seconds:g} s of {args.rps:g} recommendations/s and {args.eps:g} events/s (batches of 10).
+    body = f"""`{command}`, run on {today}: {args.seconds:g} s of {args.rps:g} recommendations/s and {args.eps:g} events/s (batches of 10).
 
 | what | p50 | p95 | p99 | max | errors |
 | --- | --- | --- | --- | --- | --- |
@@ -262,16 +250,8 @@ def write_soak(args: argparse.Namespace, r: dict[str, Any]) -> None:
 | process | RSS after the first minute, MB | at the end | largest | growth (target < 10%) |
 | --- | --- | --- | --- | --- |
 | API | {api[0]} | {api[1]} | {api[2]} | {100 * r["growth_api"]:.1f}% |
-| learner | {learner[0]} | {learner[1]} | {learner[2]} | {100 * r["growth_learner"]:.1f}% |
-<!-- soak:end -->"""  # noqa: E501
-    results = HERE / "RESULTS.md"
-    text = results.read_text()
-    if "<!-- soak:begin -->" in text:
-        text = re.sub(r"<!-- soak:begin -->.*?<!-- soak:end -->", lambda _: section, text, flags=re.S)
-    else:
-        text += "\n## Soak (issue 6)\n\n" + section + "\n"
-    results.write_text(text)
-    print(f"wrote the soak section of {results}")
+| learner | {learner[0]} | {learner[1]} | {learner[2]} | {100 * r["growth_learner"]:.1f}% |"""  # noqa: E501
+    write_section("soak", "Soak (issue 6)", body)
 
 
 # -- freshness and visibility -------------------------------------------------------------
@@ -353,17 +333,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(freshrec(args.data, "serve", "--port", str(port)), env=env())
     try:
-        deadline = time.monotonic() + 300
-        with httpx.Client(base_url=url) as c:
-            while True:
-                try:
-                    if c.get("/health/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the server did not become ready")
-                time.sleep(0.2)
+        wait_ready(url, server)
         if args.soak:
             result = soak(url, server.pid, args)
             print("soak:", result)
@@ -392,8 +362,7 @@ def write(args: argparse.Namespace, load: dict[str, Any], fresh: dict[str, Any],
     f50, f95, f99, ftop = fresh["ms"]
     v50, v95, v99, vtop = visible["seconds"]
     command = f"python benchmarks/serve.py --seconds {args.seconds:g} --rps {args.rps:g} --eps {args.eps:g}"
-    section = f"""<!-- serve:begin -->
-`{command}`, run on {today}: {args.items:,} items, {args.users:,} users, {args.history:,} events of history;
+    body = f"""`{command}`, run on {today}: {args.items:,} items, {args.users:,} users, {args.history:,} events of history;
 `freshrec serve` (the API process and its learner process) and two load processes on the same 2 cores.
 
 | what | p50 | p95 | p99 | max | errors | target |
@@ -401,16 +370,8 @@ def write(args: argparse.Namespace, load: dict[str, Any], fresh: dict[str, Any],
 | GET recommendations (k=10), {args.rps:g}/s for {args.seconds:g} s, open loop, ms | {p50:.1f} | {p95:.1f} | {p99:.1f} | {top:.1f} | {load["errors"]} of {load["requests"]:,} | p99 <= 25 ms, 0 errors |
 | POST events meanwhile, {args.eps:g} events/s in batches of 10, ms | {e50:.1f} | {e95:.1f} | {e99:.1f} | {etop:.1f} | {load["event_errors"]} of {load["event_requests"]:,} | |
 | event to the next recommendation that reflects it, ms ({fresh["reflected"]} of {fresh["samples"]} reflected) | {f50:.1f} | {f95:.1f} | {f99:.1f} | {ftop:.1f} | | reflected: all |
-| stored event to served model update at 1,000 events/s, s ({visible["events"]:,} events, largest lag {visible["lag_events_max"]:,} events) | {v50:.2f} | {v95:.2f} | {v99:.2f} | {vtop:.2f} | {visible["errors"]} | <= 1 s |
-<!-- serve:end -->"""  # noqa: E501
-    results = HERE / "RESULTS.md"
-    text = results.read_text()
-    if "<!-- serve:begin -->" in text:
-        text = re.sub(r"<!-- serve:begin -->.*?<!-- serve:end -->", lambda _: section, text, flags=re.S)
-    else:
-        text += "\n## Serving (issue 5)\n\n" + section + "\n"
-    results.write_text(text)
-    print(f"wrote the serve section of {results}")
+| stored event to served model update at 1,000 events/s, s ({visible["events"]:,} events, largest lag {visible["lag_events_max"]:,} events) | {v50:.2f} | {v95:.2f} | {v99:.2f} | {vtop:.2f} | {visible["errors"]} | <= 1 s |"""  # noqa: E501
+    write_section("serve", "Serving (issue 5)", body)
 
 
 if __name__ == "__main__":
