@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,3 +30,47 @@ def make_item(item_id: str = "i1", title: str = "A title", **kw) -> Item:
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+# -- the real PostgreSQL and Redis (127.0.0.1 here and in CI) ------------------------
+POSTGRES = os.environ.get("FRESHREC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("FRESHREC_TEST_REDIS", "redis://127.0.0.1:6379/15")
+
+
+def _unavailable(what: str, exc: Exception) -> None:
+    """Fail where the services must run (``.ci/run`` sets FRESHREC_REQUIRE_SERVICES=1); skip elsewhere."""
+    message = f"{what} is not reachable: {exc}"
+    if os.environ.get("FRESHREC_REQUIRE_SERVICES"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A store URL on the test database, in a schema of its own that is dropped afterwards."""
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    try:
+        conn = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        _unavailable("PostgreSQL", exc)
+    with conn:
+        try:
+            yield f"{POSTGRES}?schema={schema}"
+        finally:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The test Redis database; the fixture's ``prefix`` keys are deleted afterwards."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        _unavailable("Redis", exc)
+    yield REDIS
+    client.close()

@@ -38,7 +38,8 @@ class Section(BaseModel):
 
 class StorageSettings(Section):
     url: str = ""
-    """Store URL. Empty means ``sqlite:///<data_dir>/freshrec.db``."""
+    """Store URL. Empty means ``sqlite:///<data_dir>/freshrec.db``; ``postgresql://HOST/DB``
+    (optionally ``?schema=NAME``) selects the shared PostgreSQL store."""
     synchronous: Literal["full", "normal"] = "full"
     """SQLite durability. ``full`` survives power loss; ``normal`` (WAL) survives
     a process crash but may lose the last commits on power loss."""
@@ -48,6 +49,8 @@ class StorageSettings(Section):
     inserts; a cache that holds their hot pages roughly doubles ingest speed."""
     wal_autocheckpoint: int = Field(default=10_000, ge=100)
     """WAL pages between checkpoints; larger means fewer, bigger syncs."""
+    pool_size: int = Field(default=8, ge=1, le=256)
+    """PostgreSQL connections each process may hold (request threads share them)."""
 
 
 class EncoderSettings(Section):
@@ -240,6 +243,24 @@ class ServeSettings(Section):
     0: equal footing."""
 
 
+class ClusterSettings(Section):
+    """API replicas and a learner in processes of their own (``freshrec serve --role``),
+    over a shared store and a Redis bus. See ``docs/scaling.md``."""
+
+    bus_url: str = ""
+    """Redis URL of the event bus (``redis://HOST:6379/0``); needed by ``--role api``
+    and ``--role learner``."""
+    prefix: str = Field(default="freshrec", min_length=1, max_length=100)
+    """Key prefix of the bus's streams: several deployments can share one Redis."""
+    stream_max_len: int = Field(default=100_000, ge=1_000)
+    """Entries each stream keeps (approximately); older ones are trimmed."""
+    snapshot_interval_ms: int = Field(default=500, ge=50)
+    """The learner writes a model snapshot to the shared store at most this often
+    (a snapshot of a 10,000-item model is a few megabytes)."""
+    poll_ms: int = Field(default=250, ge=10)
+    """API replicas look for a new snapshot, catalog or learner state this often."""
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -251,6 +272,7 @@ class Settings(BaseModel):
     model: ModelSettings = ModelSettings()
     learn: LearnSettings = LearnSettings()
     serve: ServeSettings = ServeSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @model_validator(mode="after")
     def _neutral_in_scale(self) -> Settings:

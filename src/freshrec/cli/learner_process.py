@@ -8,19 +8,25 @@ served with a p99 of 37 ms and 500 events/s alone with a p99 of 24 ms, but
 with the learner as a thread both together made requests wait seconds.
 
 The process owns the learner: it resumes from the checkpoint (or warm-starts),
-follows the log in the shared SQLite file, checkpoints, and sends model
-snapshots (at most one per ``publish_interval_ms``) and its state to the
-server through a pipe. The server sends back the users to forget.
+follows the log in the shared store, checkpoints, and sends model snapshots (at
+most one per ``publish_interval_ms``) and its state to the server through a
+pipe. The server sends back the users to forget.
+
+``serve --role learner`` runs the same loop as a deployment's only learner: it
+hears of new events and deletions on the Redis bus and leaves its snapshots
+and state in the shared store for the API replicas (:func:`learner_role_main`).
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as ProcessEvent
@@ -29,8 +35,9 @@ from typing import Any
 import torch
 from threadpoolctl import threadpool_limits
 
+from freshrec.bus import RedisBus
 from freshrec.learn.checkpoints import Checkpoints
-from freshrec.learn.online import Learner, NoCatalog
+from freshrec.learn.online import IDLE_S, Feed, Learner, NoCatalog, Polling
 from freshrec.model.snapshot import Snapshot
 from freshrec.settings import Settings
 from freshrec.storage import open_store
@@ -48,10 +55,13 @@ def limit_threads(n: int) -> None:
 
 
 class Sender:
-    """Sends the newest snapshot at most once per interval; never drops the last one."""
+    """Delivers the newest snapshot at most once per interval, never dropping the last
+    one, and messages at once; both through the callables it is given."""
 
-    def __init__(self, pipe: Connection, interval_s: float):
-        self.pipe = pipe
+    def __init__(
+        self, snapshot: Callable[[bytes], object], message: Callable[[tuple[Any, ...]], object], interval_s: float
+    ):
+        self._deliver, self._message = snapshot, message
         self.interval = interval_s
         self.pending: Snapshot | None = None
         self.closed = False
@@ -66,7 +76,7 @@ class Sender:
 
     def message(self, *message: Any) -> None:
         with self.lock:
-            self.pipe.send(message)
+            self._message(message)
 
     def _run(self) -> None:
         while True:
@@ -76,7 +86,10 @@ class Sender:
                 if self.pending is None:
                     return
                 snapshot, self.pending = self.pending, None
-                self.pipe.send(("snapshot", snapshot.to_bytes()))
+            try:
+                self._deliver(snapshot.to_bytes())
+            except Exception:  # the next snapshot is tried anyway
+                log.exception("could not deliver a model snapshot")
             time.sleep(self.interval)
 
     def close(self) -> None:
@@ -87,15 +100,33 @@ class Sender:
 
 
 def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], halt: ProcessEvent) -> None:
+    """The learner beside the server (``serve --role all``): snapshots and state go
+    through ``pipe``, deletions come through ``commands``."""
     # Ctrl-C in a terminal reaches the whole process group; the server stops this
     # process through ``halt``, after its last micro-batch and checkpoint.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sender = Sender(lambda data: pipe.send(("snapshot", data)), pipe.send, settings.serve.publish_interval_ms / 1000)
+    try:
+        run_learner(settings, sender, halt, commands=commands)  # type: ignore[arg-type]
+    finally:
+        pipe.close()
+
+
+def run_learner(
+    settings: Settings,
+    sender: Sender,
+    halt: threading.Event,
+    commands: Queue[Any] | None = None,
+    bus: RedisBus | None = None,
+) -> None:
+    """Resume or warm-start, then follow the log until ``halt``; retry after failures.
+
+    Users to forget arrive on ``commands`` (a queue, ended by ``None``) or on the ``bus``."""
     if settings.serve.learner_niceness and hasattr(os, "nice"):
         os.nice(settings.serve.learner_niceness)
     limit_threads(settings.serve.torch_threads)
     store = open_store(settings.store_url, settings.storage)
     checkpoints = Checkpoints(settings.data_dir / "checkpoints")
-    sender = Sender(pipe, settings.serve.publish_interval_ms / 1000)
     reported: dict[str, int] = {}
 
     def updated(snapshot: Snapshot) -> None:
@@ -106,14 +137,17 @@ def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], hal
             sender.message("hygiene", figures)
 
     learner = Learner(store, settings, checkpoints, on_update=updated)
+    feed: Feed = Polling() if bus is None else BusFeed(bus, learner)
 
     def obey() -> None:
+        assert commands is not None
         while (command := commands.get()) is not None:
             if command[0] == "forget":
                 learner.forget_user(command[1])
 
     commander = threading.Thread(target=obey, name="freshrec-commands", daemon=True)
-    commander.start()
+    if commands is not None:
+        commander.start()
     try:
         while not halt.is_set():
             try:
@@ -126,17 +160,66 @@ def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], hal
                         learner.resume()
                 sender.message("state", "following", True)
                 gc.freeze()  # the model is long-lived: keep it out of the collector's scans
-                learner.follow(halt)  # type: ignore[arg-type]
+                learner.follow(halt, feed=feed)
             except NoCatalog as exc:
                 sender.message("state", f"waiting: {exc}", False)
-                halt.wait(2.0)
+                feed.wait(halt, 2.0)  # deletions are carried out meanwhile
             except Exception as exc:  # keep going; the learner retries from its checkpoint
                 log.exception("learner failed")
                 sender.message("state", f"failed ({type(exc).__name__}: {exc}); retrying", True)
                 learner.model = None
                 halt.wait(5.0)
     finally:
-        commander.join(timeout=60)  # a deletion in progress finishes erasing the checkpoints
+        if commands is not None:
+            commander.join(timeout=60)  # a deletion in progress finishes erasing the checkpoints
         sender.close()
         store.close()
-        pipe.close()
+
+
+class BusFeed:
+    """The learner's :class:`~freshrec.learn.online.Feed` on the Redis bus: wakes at each
+    announced append and carries out the deletions the API replicas queue."""
+
+    def __init__(self, bus: RedisBus, learner: Learner):
+        self.bus = bus
+        self.learner = learner
+        bus.join()
+
+    def wait(self, stop: threading.Event, timeout_s: float) -> None:
+        if not stop.is_set():
+            self.bus.wait(min(timeout_s, IDLE_S), self._command)
+
+    def learned(self, offset: int) -> None:
+        self.bus.learned(offset)
+
+    def _command(self, name: str, argument: str) -> None:
+        if name == "forget":
+            self.learner.forget_user(argument)
+        else:
+            log.warning("unknown command %r on the bus; ignored", name)
+
+
+def learner_role_main(settings: Settings, halt: threading.Event) -> None:
+    """``serve --role learner``: the one learner of a deployment of API replicas.
+    Model snapshots and its state go to the shared store (``published``), where
+    the replicas look for them every ``cluster.poll_ms``."""
+    bus = RedisBus(settings.cluster)
+    store = open_store(settings.store_url, settings.storage)
+    status: dict[str, Any] = {}
+
+    def message(message: tuple[Any, ...]) -> None:
+        if message[0] == "state":
+            status.update(state=message[1], wanted=message[2])
+        elif message[0] == "hygiene":
+            status.update(hygiene=message[1])
+        try:
+            store.publish("learner", json.dumps(status).encode())
+        except Exception:
+            log.exception("could not publish the learner's state")
+
+    sender = Sender(lambda data: store.publish("snapshot", data), message, settings.cluster.snapshot_interval_ms / 1000)
+    try:
+        run_learner(settings, sender, halt, bus=bus)
+    finally:
+        store.close()
+        bus.close()

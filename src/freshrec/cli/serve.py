@@ -10,46 +10,61 @@ from __future__ import annotations
 import gc
 import logging
 import multiprocessing as mp
+import signal
 import threading
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 import uvicorn
 
+from freshrec.bus import BusError, RedisBus
 from freshrec.cli.context import app_of, console, fail
-from freshrec.cli.learner_process import learner_main, limit_threads
+from freshrec.cli.learner_process import learner_main, learner_role_main, limit_threads
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.api import create_app
 from freshrec.serve.auth import Keys, is_loopback
+from freshrec.serve.replica import Replica
 from freshrec.serve.service import Service
 from freshrec.settings import Settings
+from freshrec.storage import redact
 from freshrec.storage.base import Store
 
 log = logging.getLogger("freshrec")
 
 
 class Engine:
-    """Service, HTTP server and learner process over one store file.
+    """Service and HTTP server over one store, with the learner in a process beside
+    it (``role="all"``) or, for an API replica (``role="api"``), elsewhere: then the
+    replica follows the learner's snapshots in the shared store and talks to it
+    over the bus.
 
     ``run()`` blocks until the server stops (Ctrl-C, SIGTERM or ``stop()``);
-    the learner then writes a final checkpoint and exits.
+    a learner beside it then writes a final checkpoint and exits.
     """
 
-    def __init__(self, store: Store, settings: Settings, keys: Keys, host: str, port: int):
+    def __init__(self, store: Store, settings: Settings, keys: Keys, host: str, port: int, role: str = "all"):
         if settings.store_url.endswith(":memory:"):
-            raise ValueError("freshrec serve needs a store file: the learner process opens it too")
+            raise ValueError("freshrec serve needs a store file or database: the learner process opens it too")
         limit_threads(settings.serve.torch_threads)
         self.settings = settings
         self.service = Service(store, settings)
-        ctx = mp.get_context("spawn")
-        self.updates, self._send_end = ctx.Pipe(duplex=False)
-        self.commands: Any = ctx.Queue()
-        self.halt = ctx.Event()
-        self.process = ctx.Process(
-            target=learner_main, args=(settings, self._send_end, self.commands, self.halt), name="freshrec-learner"
-        )
-        self.service.forget_hooks.append(lambda user_id: self.commands.put(("forget", user_id)))
-        self.receiver = threading.Thread(target=self._receive, name="freshrec-receiver", daemon=True)
+        self.replica: Replica | None = None
+        self.process: Any = None
+        if role == "api":
+            self.replica = Replica(self.service, store, RedisBus(settings.cluster), settings.cluster.poll_ms / 1000)
+        else:
+            ctx = mp.get_context("spawn")
+            self.updates, self._send_end = ctx.Pipe(duplex=False)
+            self.commands: Any = ctx.Queue()
+            self.halt = ctx.Event()
+            self.process = ctx.Process(
+                target=learner_main,
+                args=(settings, self._send_end, self.commands, self.halt),
+                name="freshrec-learner",
+            )
+            self.service.forget_hooks.append(lambda user_id: self.commands.put(("forget", user_id)))
+            self.receiver = threading.Thread(target=self._receive, name="freshrec-receiver", daemon=True)
         config = uvicorn.Config(
             create_app(self.service, keys), host=host, port=port, log_level="warning", access_log=False
         )
@@ -77,24 +92,39 @@ class Engine:
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
     def run(self) -> None:
-        self.process.start()
-        self._send_end.close()  # the child holds it now; its exit ends the receiver
-        self.receiver.start()
+        if self.replica is not None:
+            self.replica.start()
+        else:
+            self.process.start()
+            self._send_end.close()  # the child holds it now; its exit ends the receiver
+            self.receiver.start()
         gc.freeze()  # the catalog and the app are long-lived: keep them out of the collector's scans
         try:
             self.server.run()
         finally:
-            self.halt.set()
-            self.commands.put(None)  # after the deletions already asked for
-            self.process.join(timeout=120)
-            if self.process.is_alive():
-                log.error("the learner did not stop within two minutes; terminating it")
-                self.process.terminate()
-            self.receiver.join(timeout=10)
+            if self.replica is not None:
+                self.replica.close()
+            else:
+                self._stop_learner()
             self.service.close()
+
+    def _stop_learner(self) -> None:
+        self.halt.set()
+        self.commands.put(None)  # after the deletions already asked for
+        self.process.join(timeout=120)
+        if self.process.is_alive():
+            log.error("the learner did not stop within two minutes; terminating it")
+            self.process.terminate()
+        self.receiver.join(timeout=10)
 
     def stop(self) -> None:
         self.server.should_exit = True
+
+
+class Role(StrEnum):
+    all = "all"
+    api = "api"
+    learner = "learner"
 
 
 def serve_cmd(
@@ -104,20 +134,52 @@ def serve_cmd(
     insecure_no_auth: Annotated[
         bool, typer.Option("--insecure-no-auth", help="No API keys at all; only on a loopback address.")
     ] = False,
+    role: Annotated[
+        Role,
+        typer.Option(
+            help="all: API and learner in one service; api: a stateless API replica (any number); "
+            "learner: the one learner of API replicas. api and learner need [cluster] bus_url."
+        ),
+    ] = Role.all,
 ) -> None:
     """Serve the API and the dashboard, and learn online from every event."""
     state = app_of(ctx)
     settings = state.settings
+    if role is not Role.all:
+        if not settings.cluster.bus_url:
+            fail(f"--role {role.value} needs the Redis bus: set cluster.bus_url or FRESHREC_CLUSTER__BUS_URL", 2)
+        if settings.store_url.endswith(":memory:"):
+            fail(f"--role {role.value} needs a shared store (postgresql://... or a SQLite file)", 2)
+    if role is Role.learner:
+        run_learner_role(settings)
+        return
     host = host or settings.serve.host
     port = settings.serve.port if port is None else port
     keys = make_keys(settings, host, insecure_no_auth)
     with state.store() as store:
         try:
-            engine = Engine(store, settings, keys, host, port)
-        except ValueError as exc:
+            engine = Engine(store, settings, keys, host, port, role.value)
+        except (ValueError, BusError) as exc:
             fail(str(exc), 2)
-        console.print(f"freshrec serving {settings.store_url} on http://{host}:{port} (dashboard at /, API at /docs)")
+        what = "an API replica of" if role is Role.api else "freshrec serving"
+        console.print(f"{what} {redact(settings.store_url)} on http://{host}:{port} (dashboard at /, API at /docs)")
         engine.run()
+
+
+def run_learner_role(settings: Settings) -> None:
+    """The learner in the foreground until SIGTERM or Ctrl-C, then a last checkpoint."""
+    halt = threading.Event()
+
+    def stop(signum: int, frame: Any) -> None:
+        halt.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    console.print(f"freshrec learner on {redact(settings.store_url)}, bus {redact(settings.cluster.bus_url)}")
+    try:
+        learner_role_main(settings, halt)
+    except BusError as exc:
+        fail(str(exc), 2)
 
 
 def make_keys(settings: Settings, host: str, insecure_no_auth: bool) -> Keys:

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -40,6 +40,36 @@ from freshrec.storage.base import Store, iter_log
 
 TOMBSTONE_S = 60.0
 """How long events of a deleted user that were already read are dropped."""
+
+
+IDLE_S = 1.0
+"""Longest wait between two reads of the log when nothing is waiting to be learned."""
+
+
+class Feed(Protocol):
+    """How the learner hears that the log has grown; it reads the events from the store either way."""
+
+    def wait(self, stop: threading.Event, timeout_s: float) -> None:
+        """Return when there may be new events, ``stop`` is set or ``timeout_s`` has passed."""
+        ...
+
+    def learned(self, offset: int) -> None:
+        """Everything up to ``offset`` is learned (a bus acknowledges its entries)."""
+        ...
+
+
+class Polling:
+    """Looks at the log again every ``poll_s``: the learner beside the server, or any
+    learner without a bus."""
+
+    def __init__(self, poll_s: float = 0.02):
+        self.poll_s = poll_s
+
+    def wait(self, stop: threading.Event, timeout_s: float) -> None:
+        stop.wait(min(timeout_s, self.poll_s))
+
+    def learned(self, offset: int) -> None:
+        pass
 
 
 class NoCatalog(RuntimeError):
@@ -253,27 +283,39 @@ class Learner:
         self._flush()
         return learned
 
-    def follow(self, stop: threading.Event, checkpoint_every: int | None = None, poll_s: float = 0.02) -> int:
+    def follow(
+        self,
+        stop: threading.Event,
+        checkpoint_every: int | None = None,
+        feed: Feed | None = None,
+    ) -> int:
         """Learn new events as they are logged until ``stop`` is set.
 
         A micro-batch is learned when ``batch_size`` events are waiting or the
         oldest waiting one has waited ``max_wait_ms``, whichever comes first.
+        Between reads of the log the learner waits on ``feed`` (by default it
+        looks again every 20 ms).
         """
         self._ready(checkpoint_every)
+        feed = feed or Polling()
         size, max_wait = self.settings.learn.batch_size, self.settings.learn.max_wait_ms / 1000
         learned = 0
         waiting_since: float | None = None
         while not stop.is_set():
             events = self.store.read_events(self.state.offset, size)
+            timeout = IDLE_S
             if events:
-                waiting_since = waiting_since or time.monotonic()
-                if len(events) == size or time.monotonic() - waiting_since >= max_wait:
+                now = time.monotonic()
+                waiting_since = waiting_since or now
+                if len(events) == size or now - waiting_since >= max_wait:
                     learned += self._learn(events)
+                    feed.learned(self.state.offset)
                     waiting_since = None
                     continue
+                timeout = max_wait - (now - waiting_since)
             else:
                 waiting_since = None
-            stop.wait(poll_s)
+            feed.wait(stop, timeout)
         self._flush()
         return learned
 

@@ -63,12 +63,19 @@ class Catalog:
         self._lock = threading.Lock()
 
     def load(self, store: Store, encoder: str) -> None:
-        """Every embedded item of the store."""
+        """Every embedded item of the store; items no longer in it are marked dead.
+        Rows of items already held keep their codes, so calling it again (an API
+        replica following another's catalog writes) is cheap for the ranker."""
         ids, vectors = store.item_vectors(encoder)
         items = {item.item_id: item for item in store.iter_items()}
+        ids_vectors = [(i, v) for i, v in zip(ids, vectors, strict=True) if i in items]  # deleted in between
         with self._lock:
-            self.view = _empty()
-            self._put([items[i] for i in ids], vectors)
+            self._put([items[i] for i, _ in ids_vectors], np.array([v for _, v in ids_vectors], dtype=np.float32))
+            present = {i for i, _ in ids_vectors}
+            view = self.view
+            alive = np.array([i in present for i in view.ids], dtype=bool)
+            if not np.array_equal(alive, view.alive):
+                self.view = CatalogView(view.ids, view.text, view.titles, view.categories, alive)
 
     def put(self, items: Sequence[Item], vectors: npt.NDArray[np.float32]) -> None:
         """Add or replace items (row ``n`` of ``vectors`` belongs to ``items[n]``)."""

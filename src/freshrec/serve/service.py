@@ -84,6 +84,11 @@ class Service:
         self.model_wanted = True
         """False while there is nothing to train on (the service is ready without a model)."""
         self.forget_hooks: list[Callable[[UserId], None]] = []
+        """Called with each deleted user (the learner must forget them too)."""
+        self.append_hooks: list[Callable[[int], None]] = []
+        """Called with the log's newest offset after each append that stored events."""
+        self.catalog_hooks: list[Callable[[], object]] = []
+        """Called after each item write or deletion (other replicas reload their catalog)."""
         self.head = store.last_offset()
         self._acks: deque[tuple[int, float]] = deque()
         self._encoder: TextEncoder | None = None
@@ -158,6 +163,9 @@ class Service:
         with self._write_lock:
             self.head = max(self.head, result.last_offset)
             self._acks.append((result.last_offset, time.monotonic()))
+        if result.accepted:
+            for hook in self.append_hooks:
+                hook(result.last_offset)
         if not result.duplicates:  # a retried request must not count twice
             for kind, n in Counter(e.type.value for e in events).items():
                 self.metrics.events.labels(kind).inc(n)
@@ -226,8 +234,23 @@ class Service:
         self._catalog_changed()
 
     def _catalog_changed(self) -> None:
+        self._catalog_reloaded()
+        for hook in self.catalog_hooks:
+            hook()
+
+    def reload_catalog(self) -> None:
+        """Read the catalog again from the store: another API replica changed it."""
+        self.catalog.load(self.store, self.encoder_key)
+        self._catalog_reloaded()
+
+    def _catalog_reloaded(self) -> None:
         self.ranker.refresh()
         self.metrics.catalog_items.set(int(self.catalog.view.alive.sum()))
+
+    def observe_head(self, offset: int) -> None:
+        """The log has grown to ``offset`` (appended by another replica)."""
+        with self._write_lock:
+            self.head = max(self.head, offset)
 
     def get_item(self, item_id: ItemId) -> Item | None:
         return self.store.get_item(item_id)

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -107,6 +108,16 @@ class Store(Protocol):
         cached), in id order; with ``ids``, of those items only."""
         ...
 
+    # -- published blobs (the newest model snapshot, the catalog's version) ---
+    def publish(self, name: str, data: bytes) -> int:
+        """Replace the blob called ``name``; returns its new version (1, 2, ...).
+        How the learner hands model snapshots to API replicas in other processes."""
+        ...
+
+    def published(self, name: str, after: int = 0) -> tuple[int, bytes] | None:
+        """``(version, data)`` of the blob if its version is newer than ``after``."""
+        ...
+
     # -- summary -----------------------------------------------------------
     def counts(self, encoder: str) -> Counts: ...
 
@@ -117,6 +128,15 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def iter_log(store: Store, after: Offset = 0, batch: int = 10_000) -> Iterator[Event]:

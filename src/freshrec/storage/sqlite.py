@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from freshrec.domain import Event, EventType, Item, ItemId, Offset, UserId, item_text, text_hash
+from freshrec.domain import Event, EventType, Item, ItemId, Offset, UserId, item_text
 from freshrec.settings import StorageSettings
 from freshrec.storage.base import AppendResult, Counts, UpsertResult
+from freshrec.storage.rows import EVENT_COLUMNS, ITEM_COLUMNS, context_text, event_of, item_of, item_row
 
 SCHEMA_VERSION = 2
 
@@ -69,12 +70,16 @@ CREATE TABLE IF NOT EXISTS embeddings (
     vector BLOB NOT NULL,
     PRIMARY KEY (encoder, text_hash)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS published (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    updated_at REAL NOT NULL
+);
 """
 
-_EVENT_COLUMNS = "seq, event_id, user_id, item_id, type, value, ts, context"
 SEGMENT_BITS = 17  # 131,072 offsets per segment
 READER_CACHE_MB = 8  # page cache of each reading thread's connection (the OS caches the file too)
-_ITEM_COLUMNS = "item_id, title, description, categories, attributes, vector, created_at, updated_at"
 _CHUNK = 500  # stays well below SQLite's bound-parameter limit
 
 
@@ -188,7 +193,7 @@ class SQLiteStore:
                     e.type.value,
                     e.value,
                     e.timestamp,
-                    json.dumps(e.context, separators=(",", ":"), ensure_ascii=False) if e.context else None,
+                    context_text(e),
                     now,
                 )
                 for seq, e in enumerate(events, start=base)
@@ -218,13 +223,13 @@ class SQLiteStore:
     def read_events(self, after: Offset = 0, limit: int = 10_000) -> list[Event]:
         with self._reading() as conn:
             rows = conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after, limit),
             ).fetchall()
-        return [_event(r) for r in rows]
+        return [event_of(r) for r in rows]
 
     def user_history(self, user_id: UserId, n: int) -> list[Event]:
-        return [_event(r) for r in reversed(self._user_rows(_EVENT_COLUMNS, user_id, n))]
+        return [event_of(r) for r in reversed(self._user_rows(EVENT_COLUMNS, user_id, n))]
 
     def user_items(self, user_id: UserId, n: int) -> set[ItemId]:
         return {r[0] for r in self._user_rows("item_id", user_id, n)}
@@ -291,7 +296,7 @@ class SQLiteStore:
                 )
             rows = []
             for item_id, item in latest.items():
-                row = _item_row(item)
+                row = item_row(item)
                 old = existing.get(item_id)
                 if old == row["content_hash"]:
                     unchanged += 1
@@ -317,14 +322,14 @@ class SQLiteStore:
 
     def get_item(self, item_id: ItemId) -> Item | None:
         with self._reading() as conn:
-            row = conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE item_id = ?", (item_id,)).fetchone()
-        return _item(row) if row else None
+            row = conn.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE item_id = ?", (item_id,)).fetchone()
+        return item_of(row) if row else None
 
     def iter_items(self) -> Iterator[Item]:
         with self._reading() as conn:
-            rows = conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items ORDER BY item_id").fetchall()
+            rows = conn.execute(f"SELECT {ITEM_COLUMNS} FROM items ORDER BY item_id").fetchall()
         for row in rows:
-            yield _item(row)
+            yield item_of(row)
 
     def delete_item(self, item_id: ItemId) -> bool:
         with self.transaction():
@@ -382,6 +387,24 @@ class SQLiteStore:
         matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
         return [r[0] for r in rows], matrix.astype(np.float32)
 
+    # -- published blobs -----------------------------------------------------
+    def publish(self, name: str, data: bytes) -> int:
+        with self.transaction():
+            self._conn.execute(
+                "INSERT INTO published (name, version, data, updated_at) VALUES (?, 1, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET version = version + 1, data = excluded.data,"
+                " updated_at = excluded.updated_at",
+                (name, data, time.time()),
+            )
+            return int(self._conn.execute("SELECT version FROM published WHERE name = ?", (name,)).fetchone()[0])
+
+    def published(self, name: str, after: int = 0) -> tuple[int, bytes] | None:
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT version, data FROM published WHERE name = ? AND version > ?", (name, after)
+            ).fetchone()
+        return (int(row[0]), bytes(row[1])) if row else None
+
     # -- summary -----------------------------------------------------------
     def counts(self, encoder: str) -> Counts:
         with self._reading() as c:
@@ -407,43 +430,3 @@ class SQLiteStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-_TYPES = {t.value: t for t in EventType}  # a dict lookup is several times cheaper than EventType(value)
-
-
-def _event(row: tuple[Any, ...]) -> Event:
-    seq, event_id, user_id, item_id, type_, value, ts, context = row
-    return Event(user_id, item_id, _TYPES[type_], ts, value, event_id, json.loads(context) if context else None, seq)
-
-
-def _item_row(item: Item) -> dict[str, Any]:
-    categories = json.dumps(list(item.categories), ensure_ascii=False)
-    attributes = json.dumps(item.attributes, sort_keys=True, ensure_ascii=False)
-    vector = np.asarray(item.vector, dtype="<f4").tobytes() if item.vector is not None else None
-    thash = text_hash(item_text(item.title, item.description, item.categories))
-    content = "\x1f".join((thash, categories, attributes, vector.hex() if vector else ""))
-    return {
-        "item_id": item.item_id,
-        "title": item.title,
-        "description": item.description,
-        "categories": categories,
-        "attributes": attributes,
-        "vector": vector,
-        "text_hash": thash,
-        "content_hash": text_hash(item.title + "\x1f" + item.description + "\x1f" + content),
-    }
-
-
-def _item(row: tuple[Any, ...]) -> Item:
-    item_id, title, description, categories, attributes, vector, created, updated = row
-    return Item(
-        item_id=item_id,
-        title=title,
-        description=description,
-        categories=tuple(json.loads(categories)),
-        attributes=json.loads(attributes),
-        vector=tuple(float(x) for x in np.frombuffer(vector, dtype="<f4")) if vector else None,
-        created_at=created,
-        updated_at=updated,
-    )

@@ -1,0 +1,166 @@
+"""The event bus between API replicas and the learner: Redis Streams.
+
+Two streams, under ``cluster.prefix``:
+
+``<prefix>:log``
+    One entry per acknowledged append: ``{"last": <offset>}``, the newest log
+    offset after it. An API replica adds it once the events are durable in
+    the store. It carries no event data on purpose: the log in the store is
+    the source of truth, a deleted user's events vanish from it and from
+    nothing else, and Redis holds no personal data to erase.
+``<prefix>:commands``
+    Work for the learner that is not in the log: ``{"forget": <user id>}``.
+
+The learner reads both through the consumer group ``learner``. An entry is
+acknowledged (``XACK``) only once its work is done: a log entry when the
+learner's offset has reached it, a command when it has been carried out.
+Delivery is at least once: entries a learner took but did not acknowledge
+before it died are delivered again to the next one (its pending list is read
+first). Processing is idempotent, so the effect is exactly once: the learner
+learns the log as ``offset > W`` from the store (offsets are assigned in
+commit order), so an entry whose offset it has passed adds nothing, and
+forgetting a user twice is forgetting them once. The same reading covers
+entries that were never written (an API replica dying between its commit and
+its ``XADD``): the learner also reads the store whenever the bus is quiet.
+
+Retention is bounded: ``XADD ... MAXLEN ~ cluster.stream_max_len``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+
+from freshrec.settings import ClusterSettings
+
+log = logging.getLogger(__name__)
+
+GROUP = "learner"
+
+
+class BusError(RuntimeError):
+    """The bus cannot be reached or used."""
+
+
+class RedisBus:
+    """Both ends of the bus: :meth:`announce` and :meth:`command` for API replicas,
+    :meth:`wait` and :meth:`learned` for the learner."""
+
+    def __init__(self, settings: ClusterSettings, consumer: str = "learner"):
+        if not settings.bus_url:
+            raise BusError("no bus configured: set cluster.bus_url (e.g. redis://127.0.0.1:6379/0)")
+        self.settings = settings
+        self.client = redis.Redis.from_url(settings.bus_url, socket_timeout=10, socket_connect_timeout=5)
+        self.log_key = f"{settings.prefix}:log"
+        self.commands_key = f"{settings.prefix}:commands"
+        self.consumer = consumer
+        self._pending: dict[bytes, int] = {}
+        """Log entries handed to the learner and not yet acknowledged: (entry id, offset)."""
+        self._backlog = True
+        """Read this consumer's pending entries (a previous run's) before new ones."""
+        self._warned = 0.0
+        try:
+            self.client.ping()
+        except redis.RedisError as exc:
+            where = urlsplit(settings.bus_url)
+            raise BusError(f"cannot reach Redis at {where.hostname}:{where.port or 6379}: {exc}") from exc
+
+    # -- API replicas ----------------------------------------------------------------
+    def announce(self, last_offset: int) -> None:
+        """Tell the learner the log has grown to ``last_offset``. Never raises: the
+        events are already durable and the learner finds them in the store anyway,
+        within a second, when the bus is down."""
+        try:
+            self.client.xadd(self.log_key, {"last": last_offset}, maxlen=self.settings.stream_max_len, approximate=True)
+        except redis.RedisError as exc:
+            now = time.monotonic()
+            if now - self._warned > 60:
+                self._warned = now
+                log.warning("could not announce new events on the bus (the learner will poll): %s", exc)
+
+    def command(self, name: str, argument: str) -> None:
+        """Queue work for the learner; raises :class:`BusError` if the bus does not take it."""
+        try:
+            self.client.xadd(self.commands_key, {name: argument}, maxlen=self.settings.stream_max_len, approximate=True)
+        except redis.RedisError as exc:
+            raise BusError(f"could not send {name!r} to the learner: {exc}") from exc
+
+    # -- the learner ---------------------------------------------------------------
+    def join(self) -> None:
+        """Create the consumer group on both streams (idempotent). A new group starts
+        at the end of the streams: what was logged before, the learner reads from the
+        store when it starts."""
+        for key in (self.log_key, self.commands_key):
+            try:
+                self.client.xgroup_create(key, GROUP, id="$", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def wait(self, timeout_s: float, on_command: Callable[[str, str], None]) -> int:
+        """Block until entries arrive or ``timeout_s`` passes; carry out commands
+        (``on_command(name, argument)``, then acknowledged) and return the newest
+        log offset announced so far (0 if none)."""
+        try:
+            reply = self._read("0", None) if self._backlog else None
+            if not any(entries for _, entries in reply or []):
+                self._backlog = False
+                reply = self._read(">", max(int(timeout_s * 1000), 1))
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self.join()  # the streams were deleted under us (a flushed Redis)
+            return self.newest()
+        for stream, entries in reply or []:
+            for entry_id, fields in entries:
+                if stream.decode() == self.log_key:
+                    self._pending[entry_id] = int(fields.get(b"last", 0))
+                else:
+                    for name, argument in fields.items():
+                        on_command(name.decode(), argument.decode())
+                    self.client.xack(self.commands_key, GROUP, entry_id)
+        return self.newest()
+
+    def _read(self, start: str, block_ms: int | None) -> Any:
+        """``start`` "0": this consumer's pending entries (a previous run's); ">": new ones."""
+        return self.client.xreadgroup(
+            GROUP, self.consumer, {self.log_key: start, self.commands_key: start}, count=1000, block=block_ms
+        )
+
+    def newest(self) -> int:
+        return max(self._pending.values(), default=0)
+
+    def learned(self, offset: int) -> None:
+        """Acknowledge every log entry up to ``offset``: the learner has learned it."""
+        done = [entry_id for entry_id, last in self._pending.items() if last <= offset]
+        if done:
+            self.client.xack(self.log_key, GROUP, *done)
+            for entry_id in done:
+                del self._pending[entry_id]
+
+    def backlog(self) -> dict[str, int]:
+        """Entries delivered but not acknowledged, per stream (for status and tests)."""
+        out = {}
+        for key in (self.log_key, self.commands_key):
+            try:
+                summary: Any = self.client.xpending(key, GROUP)
+                out[key] = int(summary["pending"])
+            except redis.ResponseError:
+                out[key] = 0
+        return out
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def redis_available(url: str) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2)
+        return bool(client.ping())
+    except redis.RedisError:
+        return False

@@ -1,0 +1,79 @@
+"""An API replica (``freshrec serve --role api``): a service with no learner beside it.
+
+Everything a replica holds in memory is derived from the shared store, so any
+number of them can run behind a load balancer:
+
+* user histories are read from the store on every request, so an event posted
+  to one replica is in the next recommendation served by any other;
+* the model comes from the snapshot the learner leaves in the store
+  (``published("snapshot")``); a replica looks for a newer one every
+  ``cluster.poll_ms`` and swaps it in while requests go on with the old one;
+* an item written or deleted through one replica bumps ``published("catalog")``,
+  and the others read the catalog again;
+* new events are announced to the learner on the bus, deletions queued for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+from freshrec.bus import RedisBus
+from freshrec.model.snapshot import Snapshot
+from freshrec.serve.service import Service
+from freshrec.storage.base import Store
+
+log = logging.getLogger(__name__)
+
+
+class Replica:
+    def __init__(self, service: Service, store: Store, bus: RedisBus, poll_s: float):
+        self.service = service
+        self.store = store
+        self.bus = bus
+        self.poll_s = poll_s
+        self.versions = {"snapshot": 0, "learner": 0, "catalog": 0}
+        catalog = store.published("catalog")
+        if catalog is not None:  # the service has just read this catalog
+            self.versions["catalog"] = catalog[0]
+        service.learner_state = "no learner has published a state yet"
+        service.append_hooks.append(bus.announce)
+        service.forget_hooks.append(lambda user_id: bus.command("forget", user_id))
+        service.catalog_hooks.append(lambda: store.publish("catalog", b""))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="freshrec-replica", daemon=True)
+
+    def start(self) -> None:
+        self.tick()  # serve the newest model from the first request on
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.tick()
+            except Exception:  # the store may be briefly away; keep serving what we have
+                log.exception("could not follow the shared store; retrying")
+
+    def tick(self) -> None:
+        """Take whatever the learner and the other replicas published since the last look."""
+        service, store = self.service, self.store
+        if (got := store.published("snapshot", self.versions["snapshot"])) is not None:
+            self.versions["snapshot"] = got[0]
+            service.publish(Snapshot.from_bytes(got[1]))
+        if (got := store.published("learner", self.versions["learner"])) is not None:
+            self.versions["learner"] = got[0]
+            state = json.loads(got[1])
+            service.learner_state = state.get("state", service.learner_state)
+            service.model_wanted = bool(state.get("wanted", True))
+            service.hygiene = state.get("hygiene", service.hygiene)
+        if (got := store.published("catalog", self.versions["catalog"])) is not None:
+            self.versions["catalog"] = got[0]
+            service.reload_catalog()
+        service.observe_head(store.last_offset())
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self.bus.close()

@@ -1,0 +1,417 @@
+"""The shared store for more than one machine: PostgreSQL through psycopg 3.
+
+Selected by a ``postgresql://`` URL. API replicas, the learner and the
+command line all open the same database; every process keeps a small
+connection pool (``storage.pool_size``).
+
+Offsets are assigned in commit order. Every append takes one transaction-level
+advisory lock before it inserts, so two replicas' appends are serialised and
+an event with a higher offset is never visible before one with a lower
+offset. The learner reads the log as ``offset > W`` and relies on exactly
+that: an ordinary sequence alone would let a slow transaction commit a lower
+offset after the learner had read past it, and that event would never be
+learned.
+
+An optional ``schema`` query parameter (``postgresql://host/db?schema=shop``)
+keeps several freshrec stores apart in one database; the schema is created
+if it is missing. Text columns holding ids use the binary "C" collation so
+that ``ORDER BY item_id`` agrees with the SQLite backend whatever the
+database's locale.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from freshrec.domain import Event, EventType, Item, ItemId, Offset, UserId, item_text
+from freshrec.settings import StorageSettings
+from freshrec.storage.base import AppendResult, Counts, UpsertResult, redact
+from freshrec.storage.rows import EVENT_COLUMNS, ITEM_COLUMNS, context_text, event_of, item_of, item_row
+from freshrec.storage.sqlite import SchemaError
+
+SCHEMA_VERSION = 1
+_APPEND_LOCK = 0x66726573  # "fres": the advisory lock that orders appends
+_SCHEMA_LOCK = 0x66726574
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS freshrec_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id TEXT COLLATE "C" UNIQUE,
+    user_id TEXT COLLATE "C" NOT NULL,
+    item_id TEXT COLLATE "C" NOT NULL,
+    type TEXT NOT NULL,
+    value DOUBLE PRECISION,
+    ts DOUBLE PRECISION NOT NULL,
+    context TEXT,
+    ingested_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_user ON events (user_id, seq DESC) INCLUDE (item_id);
+CREATE TABLE IF NOT EXISTS items (
+    item_id TEXT COLLATE "C" PRIMARY KEY,
+    title TEXT NOT NULL,
+    description TEXT NOT NULL,
+    categories TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    vector BYTEA,
+    text_hash TEXT COLLATE "C" NOT NULL,
+    content_hash TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_text_hash ON items (text_hash);
+CREATE TABLE IF NOT EXISTS embeddings (
+    encoder TEXT COLLATE "C" NOT NULL,
+    text_hash TEXT COLLATE "C" NOT NULL,
+    vector BYTEA NOT NULL,
+    PRIMARY KEY (encoder, text_hash)
+);
+CREATE TABLE IF NOT EXISTS published (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    version BIGINT NOT NULL,
+    data BYTEA NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+"""
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def split_url(url: str) -> tuple[str, str | None]:
+    """The libpq connection string and the schema named by ``?schema=``, if any."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), None)
+    if schema is not None and not _SCHEMA_NAME.match(schema):
+        raise ValueError(f"schema {schema!r} in the store URL: use lower-case letters, digits and _ (at most 63)")
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), schema
+
+
+class PostgresStore:
+    """:class:`~freshrec.storage.base.Store` on a PostgreSQL database.
+
+    Parameters
+    ----------
+    url
+        ``postgresql://[user[:password]@]host[:port]/database[?schema=name]``.
+    settings
+        The ``[storage]`` section (``pool_size``, ``busy_timeout_ms`` as the
+        time to wait for a connection).
+    """
+
+    def __init__(self, url: str, settings: StorageSettings | None = None):
+        settings = settings or StorageSettings()
+        conninfo, self.schema = split_url(url)
+        self.url = redact(url)
+        options = {"autocommit": True}
+        if self.schema is not None:
+            options["options"] = f"-c search_path={self.schema}"  # type: ignore[assignment]
+        self._pool = ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=settings.pool_size,
+            kwargs=options,
+            timeout=max(settings.busy_timeout_ms / 1000, 1.0),
+            open=False,
+            name="freshrec",
+        )
+        self._local = threading.local()
+        try:
+            self._pool.open(wait=True, timeout=10.0)
+        except PoolTimeout as exc:
+            self._pool.close()
+            raise ConnectionError(f"cannot connect to PostgreSQL at {self.url} within 10 s") from exc
+        try:
+            self._create_schema()
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def _create_schema(self) -> None:
+        with self._pool.connection() as conn, conn.transaction():
+            # replicas starting together must not race on CREATE ... IF NOT EXISTS
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            if self.schema is not None:
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)  # type: ignore[call-overload]
+            row = conn.execute("SELECT value FROM freshrec_meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO freshrec_meta (key, value) VALUES ('schema_version', %s)", (str(SCHEMA_VERSION),)
+                )
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise SchemaError(
+                    f"{self.url} has schema version {row[0]}; this freshrec reads version {SCHEMA_VERSION}"
+                )
+
+    # -- transactions ------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes atomically; nests (only the outermost level commits).
+        The transaction belongs to the calling thread."""
+        if getattr(self._local, "conn", None) is not None:
+            yield
+            return
+        with self._pool.connection() as conn:
+            try:
+                with conn.transaction():
+                    self._local.conn = conn
+                    yield
+            finally:
+                self._local.conn = None
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        """This thread's transaction's connection, or one from the pool."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            yield conn
+            return
+        with self._pool.connection() as pooled:
+            yield pooled
+
+    # -- the log -----------------------------------------------------------
+    def append_events(self, events: Sequence[Event]) -> AppendResult:
+        now = time.time()
+        rows = [
+            (
+                e.event_id,
+                e.user_id,
+                e.item_id,
+                e.type.value,
+                e.value,
+                e.timestamp,
+                context_text(e),
+                now,
+            )
+            for e in events
+        ]
+        with self.transaction(), self._conn() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
+            accepted = 0
+            if rows:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO events (event_id, user_id, item_id, type, value, ts, context, ingested_at)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
+                        rows,
+                    )
+                    accepted = max(cur.rowcount, 0)
+            last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+        return AppendResult(accepted=accepted, duplicates=len(rows) - accepted, last_offset=int(last[0]) if last else 0)
+
+    def last_offset(self) -> Offset:
+        with self._conn() as conn:
+            row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+        return int(row[0]) if row else 0
+
+    def read_events(self, after: Offset = 0, limit: int = 10_000) -> list[Event]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > %s ORDER BY seq LIMIT %s", (after, limit)
+            ).fetchall()
+        return [event_of(r) for r in rows]
+
+    def user_history(self, user_id: UserId, n: int) -> list[Event]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE user_id = %s ORDER BY seq DESC LIMIT %s", (user_id, n)
+            ).fetchall()
+        return [event_of(r) for r in reversed(rows)]
+
+    def user_items(self, user_id: UserId, n: int) -> set[ItemId]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT item_id FROM events WHERE user_id = %s ORDER BY seq DESC LIMIT %s", (user_id, n)
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def delete_user(self, user_id: UserId) -> int:
+        with self.transaction(), self._conn() as conn:
+            return conn.execute("DELETE FROM events WHERE user_id = %s", (user_id,)).rowcount
+
+    def compact(self) -> None:
+        """``VACUUM FULL`` rewrites the tables without the deleted rows. PostgreSQL's
+        write-ahead log keeps old pages until it recycles its segments (and in any
+        WAL archive): erasing those is the database operator's part."""
+        with self._pool.connection() as conn:
+            for table in ("events", "items", "embeddings", "published"):
+                conn.execute(f"VACUUM FULL {table}")  # type: ignore[call-overload]
+
+    def popular_items(self, limit: int, since: float | None = None) -> list[tuple[ItemId, int]]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT e.item_id, COUNT(*) AS n FROM events e JOIN items i ON i.item_id = e.item_id"
+                " WHERE (%s::float8 IS NULL OR e.ts >= %s::float8) AND e.type NOT IN (%s, %s)"
+                " GROUP BY e.item_id ORDER BY n DESC, e.item_id LIMIT %s",
+                (since, since, EventType.IMPRESSION.value, EventType.DISLIKE.value, limit),
+            ).fetchall()
+        return [(r[0], int(r[1])) for r in rows]
+
+    # -- the catalog -------------------------------------------------------
+    def upsert_items(self, items: Sequence[Item]) -> UpsertResult:
+        now = time.time()
+        latest: dict[str, Item] = {item.item_id: item for item in items}
+        inserted = updated = unchanged = 0
+        with self.transaction(), self._conn() as conn:
+            existing = dict(
+                conn.execute(  # type: ignore[arg-type]
+                    "SELECT item_id, content_hash FROM items WHERE item_id = ANY(%s) FOR UPDATE", (list(latest),)
+                ).fetchall()
+            )
+            rows = []
+            for item_id, item in latest.items():
+                row = item_row(item)
+                old = existing.get(item_id)
+                if old == row["content_hash"]:
+                    unchanged += 1
+                    continue
+                if old is None:
+                    inserted += 1
+                else:
+                    updated += 1
+                rows.append({**row, "now": now})
+            if rows:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO items (item_id, title, description, categories, attributes, vector,"
+                        " text_hash, content_hash, created_at, updated_at)"
+                        " VALUES (%(item_id)s, %(title)s, %(description)s, %(categories)s, %(attributes)s,"
+                        " %(vector)s, %(text_hash)s, %(content_hash)s, %(now)s, %(now)s)"
+                        " ON CONFLICT (item_id) DO UPDATE SET title = excluded.title,"
+                        " description = excluded.description, categories = excluded.categories,"
+                        " attributes = excluded.attributes, vector = excluded.vector,"
+                        " text_hash = excluded.text_hash, content_hash = excluded.content_hash,"
+                        " updated_at = excluded.updated_at",
+                        rows,
+                    )
+        return UpsertResult(inserted=inserted, updated=updated, unchanged=unchanged)
+
+    def get_item(self, item_id: ItemId) -> Item | None:
+        with self._conn() as conn:
+            row = conn.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE item_id = %s", (item_id,)).fetchone()
+        return item_of(row) if row else None
+
+    def iter_items(self) -> Iterator[Item]:
+        with self._conn() as conn:
+            rows = conn.execute(f"SELECT {ITEM_COLUMNS} FROM items ORDER BY item_id").fetchall()
+        for row in rows:
+            yield item_of(row)
+
+    def delete_item(self, item_id: ItemId) -> bool:
+        with self.transaction(), self._conn() as conn:
+            return conn.execute("DELETE FROM items WHERE item_id = %s", (item_id,)).rowcount > 0
+
+    # -- embeddings --------------------------------------------------------
+    def items_to_embed(self, encoder: str) -> list[tuple[str, str]]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT text_hash, title, description, categories FROM ("
+                " SELECT DISTINCT ON (i.text_hash) i.text_hash, i.title, i.description, i.categories, i.item_id"
+                " FROM items i WHERE i.vector IS NULL AND NOT EXISTS (SELECT 1 FROM embeddings e"
+                " WHERE e.encoder = %s AND e.text_hash = i.text_hash)"
+                " ORDER BY i.text_hash, i.item_id) first_of_each ORDER BY item_id",
+                (encoder,),
+            ).fetchall()
+        return [(h, item_text(t, d, tuple(json.loads(c)))) for h, t, d, c in rows]
+
+    def put_embeddings(self, encoder: str, hashes: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
+        if len(hashes) != len(vectors):
+            raise ValueError(f"{len(hashes)} hashes but {len(vectors)} vectors")
+        rows = [(encoder, h, np.asarray(v, dtype="<f4").tobytes()) for h, v in zip(hashes, vectors, strict=True)]
+        with self.transaction(), self._conn() as conn, conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO embeddings (encoder, text_hash, vector) VALUES (%s, %s, %s)"
+                " ON CONFLICT (encoder, text_hash) DO UPDATE SET vector = excluded.vector",
+                rows,
+            )
+
+    def item_vectors(
+        self, encoder: str, ids: Sequence[ItemId] | None = None
+    ) -> tuple[list[ItemId], npt.NDArray[np.float32]]:
+        query = (
+            "SELECT i.item_id, COALESCE(i.vector, e.vector) FROM items i"
+            " LEFT JOIN embeddings e ON e.encoder = %s AND e.text_hash = i.text_hash"
+            " WHERE (i.vector IS NOT NULL OR e.vector IS NOT NULL)"
+        )
+        with self._conn() as conn:
+            if ids is None:
+                rows = conn.execute(query + " ORDER BY i.item_id", (encoder,)).fetchall()  # type: ignore[operator]
+            else:
+                rows = conn.execute(
+                    query + " AND i.item_id = ANY(%s) ORDER BY i.item_id",  # type: ignore[operator]
+                    (encoder, sorted(set(ids))),
+                ).fetchall()
+        if not rows:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        dims = {len(r[1]) for r in rows}
+        if len(dims) > 1:
+            raise ValueError(
+                f"item vectors for encoder {encoder!r} have mixed sizes {sorted(d // 4 for d in dims)}; "
+                "precomputed vectors must match the encoder's dimension"
+            )
+        matrix = np.frombuffer(b"".join(bytes(r[1]) for r in rows), dtype="<f4").reshape(len(rows), -1)
+        return [r[0] for r in rows], matrix.astype(np.float32)
+
+    # -- published blobs -----------------------------------------------------
+    def publish(self, name: str, data: bytes) -> int:
+        with self.transaction(), self._conn() as conn:
+            row = conn.execute(
+                "INSERT INTO published (name, version, data, updated_at) VALUES (%s, 1, %s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET version = published.version + 1, data = excluded.data,"
+                " updated_at = excluded.updated_at RETURNING version",
+                (name, data, time.time()),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def published(self, name: str, after: int = 0) -> tuple[int, bytes] | None:
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT version, data FROM published WHERE name = %s AND version > %s", (name, after)
+            ).fetchone()
+        return (int(row[0]), bytes(row[1])) if row else None
+
+    # -- summary -----------------------------------------------------------
+    def counts(self, encoder: str) -> Counts:
+        with self._conn() as c:
+            items = _one(c, "SELECT COUNT(*) FROM items")
+            embedded = _one(
+                c,
+                "SELECT COUNT(*) FROM items i WHERE i.vector IS NOT NULL OR EXISTS"
+                " (SELECT 1 FROM embeddings e WHERE e.encoder = %s AND e.text_hash = i.text_hash)",
+                (encoder,),
+            )
+            events, first, last = c.execute("SELECT COUNT(*), MIN(ts), MAX(ts) FROM events").fetchone() or (0, 0, 0)
+            users = _one(c, "SELECT COUNT(DISTINCT user_id) FROM events")
+            by_type = {t: int(n) for t, n in c.execute("SELECT type, COUNT(*) FROM events GROUP BY type ORDER BY type")}
+        return Counts(int(items), int(embedded), int(users), int(events), by_type, first, last)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _one(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = ()) -> Any:
+    row = conn.execute(query, params).fetchone()  # type: ignore[call-overload]
+    return row[0] if row else 0

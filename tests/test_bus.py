@@ -1,0 +1,131 @@
+"""The Redis bus against the real Redis: delivery, acknowledgement, redelivery, retention."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from freshrec.bus import RedisBus
+from freshrec.cli.learner_process import BusFeed
+from freshrec.ingest.importer import import_events
+from freshrec.ingest.validate import Validator
+from freshrec.learn.checkpoints import Checkpoints
+from freshrec.learn.online import Learner
+from freshrec.settings import ClusterSettings, IngestSettings
+from freshrec.storage import SQLiteStore
+from tests.learn.test_online import SETTINGS, world
+
+__all__ = ["world"]  # the fixture, shared with the learner's tests
+
+
+@pytest.fixture
+def cluster(redis_url: str) -> Iterator[ClusterSettings]:
+    settings = ClusterSettings(bus_url=redis_url, prefix=f"test-{uuid.uuid4().hex[:12]}", stream_max_len=1_000)
+    yield settings
+    client = redis.Redis.from_url(redis_url)
+    client.delete(f"{settings.prefix}:log", f"{settings.prefix}:commands")
+    client.close()
+
+
+def test_announcements_wake_the_learner_and_are_acknowledged_once_learned(cluster: ClusterSettings) -> None:
+    api, learner = RedisBus(cluster), RedisBus(cluster)
+    learner.join()
+    api.announce(5)
+    api.announce(9)
+    started = time.monotonic()
+    assert learner.wait(5.0, lambda *_: None) == 9
+    assert time.monotonic() - started < 1.0, "a waiting learner must wake at once"
+    assert learner.backlog()[learner.log_key] == 2
+    learner.learned(5)
+    assert learner.backlog()[learner.log_key] == 1
+    learner.learned(9)
+    assert learner.backlog()[learner.log_key] == 0
+    started = time.monotonic()
+    learner.wait(0.2, lambda *_: None)
+    assert 0.15 < time.monotonic() - started < 2.0  # nothing new: it waited out the timeout
+
+
+def test_a_new_learner_is_handed_what_the_dead_one_did_not_acknowledge(cluster: ClusterSettings) -> None:
+    api, first = RedisBus(cluster), RedisBus(cluster)
+    first.join()
+    api.announce(3)
+    api.command("forget", "alice")
+    carried: list[tuple[str, str]] = []
+    crashed = True
+
+    def crash(name: str, argument: str) -> None:
+        if crashed:
+            raise RuntimeError("died while forgetting")
+        carried.append((name, argument))
+
+    with pytest.raises(RuntimeError):
+        first.wait(1.0, crash)
+    first.close()  # never acknowledged either entry
+    crashed = False
+    second = RedisBus(cluster)  # same consumer name: the next run of the learner
+    second.join()
+    assert second.wait(1.0, crash) == 3
+    assert carried == [("forget", "alice")]
+    assert second.backlog() == {second.log_key: 1, second.commands_key: 0}
+    second.learned(3)
+    assert second.wait(0.05, crash) == 0 and carried == [("forget", "alice")]  # nothing twice
+
+
+def test_retention_is_bounded(cluster: ClusterSettings) -> None:
+    bus = RedisBus(cluster)
+    bus.join()
+    for n in range(5_000):
+        bus.announce(n)
+    assert bus.client.xlen(bus.log_key) < 2_000  # MAXLEN ~ 1,000: trimmed in whole nodes
+
+
+def test_an_unreachable_bus_does_not_fail_an_acknowledged_append(cluster: ClusterSettings) -> None:
+    bus = RedisBus(cluster)
+    bus.client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)  # nothing listens there
+    bus.announce(1)  # logged, not raised: the events are durable and the learner polls
+
+
+def test_the_learner_follows_the_log_through_the_bus(
+    world: tuple[SQLiteStore, list[dict[str, object]], Path], cluster: ClusterSettings
+) -> None:
+    store, later, tmp = world
+    settings = SETTINGS.model_copy(update={"learn": SETTINGS.learn.model_copy(update={"max_wait_ms": 50})})
+    checkpoints = Checkpoints(tmp / "checkpoints")
+    Learner(store, settings, checkpoints).train()
+    follower = Learner(store, settings, checkpoints)
+    follower.resume()
+    start = follower.state.offset
+    bus, api = RedisBus(cluster), RedisBus(cluster)
+    feed = BusFeed(bus, follower)
+    stop = threading.Event()
+    thread = threading.Thread(target=follower.follow, args=(stop,), kwargs={"feed": feed})
+    thread.start()
+    validator = Validator(IngestSettings())
+    try:
+        import_events(store, later[:10], validator)
+        api.announce(store.last_offset())
+        import_events(store, later[10:12], validator)  # as if a replica died between its commit and XADD
+        silent = store.last_offset()
+        deadline = time.monotonic() + 10
+        while follower.state.offset < silent and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert follower.state.offset == silent > start
+        assert follower.state.learned == 612
+        victim = str(later[0].data["user_id"])  # type: ignore[index]
+        assert victim in follower.user_codes
+        api.command("forget", victim)
+        while victim in follower.user_codes and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert victim not in follower.user_codes and victim not in follower.histories
+        while bus.backlog()[bus.commands_key] and time.monotonic() < deadline:
+            time.sleep(0.02)  # acknowledged once every checkpoint is rewritten without them
+        assert bus.backlog() == {bus.log_key: 0, bus.commands_key: 0}
+    finally:
+        stop.set()
+        thread.join(timeout=30)
