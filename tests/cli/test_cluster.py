@@ -1,0 +1,164 @@
+"""Beyond one machine, end to end on the real PostgreSQL and Redis: two API replicas
+(``serve --role api``) and one learner (``serve --role learner``), each a process of
+its own with a data folder of its own, sharing nothing but the database and the bus."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from freshrec.storage import open_store
+
+ENV = {
+    "FRESHREC_ENCODER__MODEL": "hashing",
+    "FRESHREC_ENCODER__HASHING_DIM": "32",
+    "FRESHREC_MODEL__DIM": "16",
+    "FRESHREC_MODEL__HISTORY_LENGTH": "8",
+    "FRESHREC_LEARN__EPOCHS": "1",
+    "FRESHREC_LEARN__MAX_WAIT_MS": "50",
+    "FRESHREC_CLUSTER__POLL_MS": "100",
+    "FRESHREC_CLUSTER__SNAPSHOT_INTERVAL_MS": "200",
+}
+FRESHREC = str(Path(sys.executable).parent / "freshrec")
+
+
+def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def cluster_env(postgres_url: str, redis_url: str) -> Iterator[dict[str, str]]:
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    yield {
+        **os.environ,
+        **ENV,
+        "FRESHREC_STORAGE__URL": postgres_url,
+        "FRESHREC_CLUSTER__BUS_URL": redis_url,
+        "FRESHREC_CLUSTER__PREFIX": prefix,
+    }
+    client = redis.Redis.from_url(redis_url)
+    client.delete(f"{prefix}:log", f"{prefix}:commands")
+    client.close()
+
+
+def start(data: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [FRESHREC, "--data", str(data), "serve", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(data.parent / f"{data.name}.log", "wb"),
+    )
+
+
+def test_two_api_replicas_and_a_learner_share_events_and_model_versions(
+    tmp_path: Path, cluster_env: dict[str, str]
+) -> None:
+    setup = tmp_path / "setup"
+    for step in (
+        ["generate", "--out", str(tmp_path / "gen"), "--items", "80", "--users", "20", "--events", "800"],
+        ["import", "items", str(tmp_path / "gen" / "items.jsonl")],
+        ["import", "events", str(tmp_path / "gen" / "events.jsonl")],
+    ):
+        subprocess.run([FRESHREC, "--data", str(setup), *step], env=cluster_env, check=True, capture_output=True)
+    ports = free_port(), free_port()
+    processes = [start(tmp_path / "learner", cluster_env, "--role", "learner")]
+    processes += [
+        start(tmp_path / name, cluster_env, "--role", "api", "--port", str(port), "--insecure-no-auth")
+        for name, port in zip("ab", ports, strict=True)
+    ]
+    a, b = (httpx.Client(base_url=f"http://127.0.0.1:{p}", timeout=10.0) for p in ports)
+
+    def ready(c: httpx.Client) -> bool:
+        try:
+            return c.get("/health/ready").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        until(lambda: ready(a) and ready(b), 120, "both replicas to serve the learner's warm-started model")
+        first = a.get("/v1/status").json()["model_version"]
+        assert b.get("/v1/status").json()["model_version"] == first and first is not None
+
+        # an event posted to replica A changes what replica B recommends
+        before = b.get("/v1/users/newcomer/recommendations?k=10&explain=true").json()["items"]
+        assert before and all(not i["because"] for i in before)  # no history: the fallback
+        chosen = before[0]["item_id"]
+        posted = a.post("/v1/events", json={"user_id": "newcomer", "item_id": chosen, "type": "purchase"})
+        assert posted.status_code == 202 and posted.json()["accepted"] == 1
+        after = b.get("/v1/users/newcomer/recommendations?k=10&explain=true").json()["items"]
+        assert [i["item_id"] for i in after] != [i["item_id"] for i in before]
+        assert chosen not in {i["item_id"] for i in after}  # seen, read from the shared store
+        assert {b["item_id"] for i in after for b in i["because"]} == {chosen}  # "because you bought X"
+
+        # the learner learns it and its new model version reaches both replicas
+        def moved() -> bool:
+            va, vb = (c.get("/v1/status").json()["model_version"] for c in (a, b))
+            return bool(va != first and va == vb)
+
+        until(moved, 30, "a new model version on both replicas")
+        status = b.get("/v1/status").json()
+        assert status["learner"] == "following" and status["learned_offset"] == status["log_offset"]
+
+        # an item written through B is recommendable through A
+        item = {"item_id": "brand-new", "title": "A brand new thing", "categories": ["fresh"]}
+        assert b.post("/v1/items", json=[item]).status_code in (200, 201, 202)
+        until(
+            lambda: a.get("/v1/users/newcomer/recommendations?k=5&categories=fresh").json()["items"],
+            10,
+            "replica A to read the catalog replica B changed",
+        )
+
+        # a deletion through B reaches the learner over the bus, and the store
+        assert b.delete("/v1/users/newcomer").status_code == 204
+        assert a.get("/v1/users/newcomer/history").json()["events"] == []
+        bus = redis.Redis.from_url(cluster_env["FRESHREC_CLUSTER__BUS_URL"])
+        prefix = cluster_env["FRESHREC_CLUSTER__PREFIX"]
+        until(
+            lambda: bus.xlen(f"{prefix}:commands") == 1
+            and bus.xpending(f"{prefix}:commands", "learner")["pending"] == 0,
+            30,
+            "the learner to carry out the deletion",
+        )
+        bus.close()
+    finally:
+        for p in processes:
+            p.send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=120) for p in processes]
+        a.close()
+        b.close()
+    logs = [(tmp_path / f"{n}.log").read_text() for n in ("learner", "a", "b")]
+    # uvicorn re-raises the SIGTERM it handled once it has shut down cleanly
+    assert codes[0] == 0 and codes[1:] == [-signal.SIGTERM] * 2, logs
+    assert not any("Traceback" in text for text in logs), logs
+    store = open_store(cluster_env["FRESHREC_STORAGE__URL"])
+    try:
+        assert store.user_history("newcomer", 10) == []
+        assert store.published("snapshot") is not None
+    finally:
+        store.close()
