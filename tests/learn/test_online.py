@@ -236,3 +236,32 @@ def test_a_bursting_user_is_stored_but_not_learned(world: tuple[SQLiteStore, lis
     assert len(learner.histories["bot"]) == 5 and len(learner.histories["person"]) == 4
     assert learner.quarantine.figures() == {"quarantined_users": 1, "quarantined_events": 15}
     assert len(store.user_history("bot", 100)) == 20  # stored all the same
+
+
+def test_a_mirrored_checkpoint_resumes_a_learner_elsewhere_and_is_rewritten_by_erasure(
+    world: tuple[SQLiteStore, list, Path],  # type: ignore[type-arg]
+) -> None:
+    from freshrec.cli.learner_process import shared_checkpoints
+
+    store, later, tmp = world
+    settings = SETTINGS.model_copy(update={"data_dir": tmp / "first"})
+    learner = Learner(store, settings, shared_checkpoints(settings, store))
+    learner.train()
+    import_events(store, later[:100], Validator(IngestSettings()))
+    learner.catch_up()
+    mirrored = store.published("checkpoint")
+    assert mirrored is not None and mirrored[0] == 2  # the warm start, then the catch-up
+    gone = next(iter(learner.user_codes))
+    assert gone.encode() in mirrored[1]
+
+    elsewhere = settings.model_copy(update={"data_dir": tmp / "second"})  # an empty data folder
+    moved = shared_checkpoints(elsewhere, store)
+    assert moved.current() == learner.checkpoints.current()
+    second = Learner(store, elsewhere, moved)
+    second.resume()
+    assert second.state.offset == learner.state.offset and second.user_codes == learner.user_codes
+
+    store.delete_user(gone)
+    second.forget_user(gone)
+    rewritten = store.published("checkpoint", after=mirrored[0])
+    assert rewritten is not None and gone.encode() not in rewritten[1]

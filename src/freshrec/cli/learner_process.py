@@ -40,7 +40,7 @@ from freshrec.learn.checkpoints import Checkpoints
 from freshrec.learn.online import IDLE_S, Feed, Learner, NoCatalog, Polling
 from freshrec.model.snapshot import Snapshot
 from freshrec.settings import Settings
-from freshrec.storage import open_store
+from freshrec.storage import Store, open_store
 
 log = logging.getLogger("freshrec.learner")
 
@@ -126,7 +126,9 @@ def run_learner(
         os.nice(settings.serve.learner_niceness)
     limit_threads(settings.serve.torch_threads)
     store = open_store(settings.store_url, settings.storage)
-    checkpoints = Checkpoints(settings.data_dir / "checkpoints")
+    checkpoints = (
+        shared_checkpoints(settings, store) if bus is not None else Checkpoints(settings.data_dir / "checkpoints")
+    )
     reported: dict[str, int] = {}
 
     def updated(snapshot: Snapshot) -> None:
@@ -174,6 +176,17 @@ def run_learner(
             commander.join(timeout=60)  # a deletion in progress finishes erasing the checkpoints
         sender.close()
         store.close()
+
+
+def shared_checkpoints(settings: Settings, store: Store) -> Checkpoints:
+    """A deployment's learner mirrors its current checkpoint to the shared store and,
+    started with an empty data folder (a new machine), resumes from that copy
+    instead of warm-starting from the whole log."""
+    checkpoints = Checkpoints(settings.data_dir / "checkpoints", mirror=lambda data: store.publish("checkpoint", data))
+    if checkpoints.current() is None and (shared := store.published("checkpoint")) is not None:
+        version = checkpoints.restore(shared[1])
+        log.info("resuming from the shared store's checkpoint version %d (offset %d)", version.version, version.offset)
+    return checkpoints
 
 
 class BusFeed:

@@ -53,9 +53,14 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 class Checkpoints:
-    def __init__(self, folder: Path, keep: int = 20):
+    """The versions in ``folder``; with ``mirror``, each new current version (and each
+    rewrite of it) is also handed over as bytes: ``serve --role learner`` keeps a copy
+    in the shared store, so a learner started elsewhere resumes from it (:meth:`restore`)."""
+
+    def __init__(self, folder: Path, keep: int = 20, mirror: Callable[[bytes], object] | None = None):
         self.folder = folder
         self.keep = keep
+        self.mirror = mirror
         self._lock = threading.RLock()
         """Serialises saving, pruning and rewriting within a process."""
         folder.mkdir(parents=True, exist_ok=True)
@@ -89,6 +94,19 @@ class Checkpoints:
             atomic_write(stem.with_suffix(".json"), json.dumps(asdict(version)).encode())
             atomic_write(self.folder / "CURRENT", str(version.version).encode())
             self._prune()
+            if self.mirror is not None:
+                self.mirror(buffer.getvalue())
+            return version
+
+    def restore(self, data: bytes) -> Version:
+        """Adopt a checkpoint written elsewhere (a mirror's bytes) as the current version."""
+        with self._lock:
+            meta = torch.load(io.BytesIO(data), weights_only=False)["meta"]
+            version = Version(**meta)
+            stem = self.folder / f"model-{version.version:06d}"
+            atomic_write(stem.with_suffix(".pt"), data)
+            atomic_write(stem.with_suffix(".json"), json.dumps(asdict(version)).encode())
+            atomic_write(self.folder / "CURRENT", str(version.version).encode())
             return version
 
     def load(self, version: int) -> tuple[Version, dict[str, Any]]:
@@ -104,6 +122,7 @@ class Checkpoints:
         a deleted user's data must not survive in the versions one could roll back to."""
         rewritten = 0
         with self._lock:
+            current = self.current()
             for v in self.list():
                 path = self.folder / f"model-{v.version:06d}.pt"
                 data = torch.load(path, weights_only=False)
@@ -113,6 +132,8 @@ class Checkpoints:
                     torch.save({"state": state, "meta": data["meta"]}, buffer)
                     atomic_write(path, buffer.getvalue())
                     rewritten += 1
+                    if self.mirror is not None and current is not None and v.version == current.version:
+                        self.mirror(buffer.getvalue())
         return rewritten
 
     def rollback(self, version: int) -> Version:
