@@ -30,6 +30,7 @@ import argparse
 import datetime as dt
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -52,6 +53,7 @@ ENV = {
 
 
 def prepare(data: Path, env: dict[str, str], args: argparse.Namespace) -> None:
+    shutil.rmtree(data, ignore_errors=True)  # a checkpoint left by an earlier run belongs to the dropped store
     conninfo, schema = args.postgres.split("?schema=")
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")  # type: ignore[arg-type]

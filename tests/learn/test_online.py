@@ -265,3 +265,18 @@ def test_a_mirrored_checkpoint_resumes_a_learner_elsewhere_and_is_rewritten_by_e
     second.forget_user(gone)
     rewritten = store.published("checkpoint", after=mirrored[0])
     assert rewritten is not None and gone.encode() not in rewritten[1]
+
+
+def test_a_checkpoint_of_another_store_is_refused(world: tuple[SQLiteStore, list, Path]) -> None:  # type: ignore[type-arg]
+    from freshrec.learn.online import OtherStore
+
+    store, later, tmp = world
+    checkpoints = Checkpoints(tmp / "checkpoints")
+    learner = Learner(store, SETTINGS, checkpoints)
+    learner.train()
+    assert checkpoints.current().store == learner.store_id != ""  # type: ignore[union-attr]
+    assert Learner(store, SETTINGS, checkpoints).store_id == learner.store_id  # kept in the store
+    recreated = SQLiteStore(tmp / "recreated.db")  # say, the database was dropped and imported again
+    recreated.upsert_items(list(store.iter_items()))
+    with pytest.raises(OtherStore, match="written for another store"):
+        Learner(recreated, SETTINGS, checkpoints).resume()

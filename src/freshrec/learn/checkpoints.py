@@ -36,6 +36,9 @@ class Version:
     events_learned: int
     loss: float | None
     note: str = ""
+    store: str = ""
+    """Identity of the store whose log ``offset`` counts in (:func:`~freshrec.storage.identity`);
+    empty in versions written before it was recorded."""
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -82,11 +85,17 @@ class Checkpoints:
         return versions[max(versions)] if versions else None
 
     def save(
-        self, state: dict[str, Any], offset: int, events_learned: int, loss: float | None, note: str = ""
+        self,
+        state: dict[str, Any],
+        offset: int,
+        events_learned: int,
+        loss: float | None,
+        note: str = "",
+        store: str = "",
     ) -> Version:
         with self._lock:
             latest = max((v.version for v in self.list()), default=0)
-            version = Version(latest + 1, offset, time.time(), events_learned, loss, note)
+            version = Version(latest + 1, offset, time.time(), events_learned, loss, note, store)
             stem = self.folder / f"model-{version.version:06d}"
             buffer = io.BytesIO()
             torch.save({"state": state, "meta": asdict(version)}, buffer)

@@ -36,7 +36,7 @@ from freshrec.learn.recommender import FreshRec
 from freshrec.model.base import Interactions
 from freshrec.model.snapshot import Snapshot
 from freshrec.settings import Settings
-from freshrec.storage.base import Store, iter_log
+from freshrec.storage.base import Store, identity, iter_log, redact
 
 TOMBSTONE_S = 60.0
 """How long events of a deleted user that were already read are dropped."""
@@ -72,6 +72,10 @@ class Polling:
         pass
 
 
+class OtherStore(RuntimeError):
+    """The current checkpoint was written against another store."""
+
+
 class NoCatalog(RuntimeError):
     """There is nothing to learn about: no item has an embedding yet."""
 
@@ -93,6 +97,7 @@ class Learner:
         on_update: Callable[[Snapshot], None] | None = None,
     ):
         self.store = store
+        self.store_id = identity(store)
         self.settings = settings
         self.checkpoints = checkpoints
         self.progress = progress
@@ -261,6 +266,12 @@ class Learner:
         current = self.checkpoints.current()
         if current is None:
             raise FileNotFoundError("no checkpoint yet: run `freshrec train` first")
+        if current.store and current.store != self.store_id:
+            raise OtherStore(
+                f"checkpoint version {current.version} in {self.checkpoints.folder} was written for another store "
+                f"(its offset {current.offset:,} means nothing in {redact(self.settings.store_url)}): "
+                "move that checkpoints folder away, or use another --data folder"
+            )
         version, state = self.checkpoints.load(current.version)
         text = self._catalog(state["item_ids"])
         self.model = self._new_model(text)
@@ -361,7 +372,7 @@ class Learner:
         state = {"model": self.model.state(), "item_ids": self.item_ids, "user_ids": self.user_ids}
         loss = None if np.isnan(health.last_loss) else float(health.last_loss)
         self._unsaved = 0
-        version = self.checkpoints.save(state, self.state.offset, self.state.learned, loss, note)
+        version = self.checkpoints.save(state, self.state.offset, self.state.learned, loss, note, self.store_id)
         self.checkpoint_version, self.updates = version.version, 0
         return version
 

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from freshrec.settings import StorageSettings
-from freshrec.storage.base import AppendResult, Counts, Store, UpsertResult, iter_log, redact
+from freshrec.storage.base import AppendResult, Counts, Store, UpsertResult, identity, iter_log, redact
 from freshrec.storage.sqlite import SQLiteStore
 
-__all__ = ["AppendResult", "Counts", "SQLiteStore", "Store", "UpsertResult", "iter_log", "open_store", "redact"]
+__all__ = [
+    "AppendResult",
+    "Counts",
+    "SQLiteStore",
+    "Store",
+    "UpsertResult",
+    "identity",
+    "iter_log",
+    "open_store",
+    "redact",
+]
 
 
 def open_store(url: str, settings: StorageSettings | None = None) -> Store:

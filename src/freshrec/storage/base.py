@@ -6,6 +6,7 @@ Every backend implements :class:`Store` and passes the same contract tests
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -128,6 +129,20 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def identity(store: Store) -> str:
+    """A random id given to the store the first time it is asked for, kept in it.
+
+    Checkpoints record it: a log offset means nothing in another store, and a
+    learner resuming a checkpoint against a recreated database would otherwise
+    wait, silently, for the new log to pass the old offset."""
+    got = store.published("identity")
+    if got is None:
+        store.publish("identity", uuid.uuid4().hex.encode())
+        got = store.published("identity")  # another process may have been first: take what is stored
+        assert got is not None
+    return got[1].decode()
 
 
 def redact(url: str) -> str:
