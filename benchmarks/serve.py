@@ -97,6 +97,13 @@ class RawClient:
         self.connections = connections
         self.opened = 0
 
+    async def open(self, n: int) -> None:
+        """Open ``n`` connections up front, as a load balancer holds them: with several
+        API replicas on one port, the kernel spreads connections, not requests."""
+        for _ in range(min(n, self.connections) - self.opened):
+            self.opened += 1
+            self.free.put_nowait(await asyncio.open_connection(self.host, self.port))
+
     async def request(self, method: str, path: str, body: bytes = b"") -> int:
         if self.free.empty() and self.opened < self.connections:
             self.opened += 1
@@ -119,6 +126,7 @@ async def _open_loop(
 ) -> list[tuple[float, int]]:
     loop = asyncio.get_running_loop()
     client = RawClient(url, headers)
+    await client.open(16)
     start = loop.time() + 0.2
 
     async def one(n: int, due: float) -> tuple[float, int]:
@@ -321,7 +329,16 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="Print only; leave RESULTS.md alone.")
     parser.add_argument("--load-only", action="store_true", help="Skip the freshness and visibility phases.")
     parser.add_argument("--soak", action="store_true", help="Long load with memory sampling (see above).")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        help="Serve with this many API replicas on one port and a separate learner (needs Redis; see --redis).",
+    )
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="The bus for --replicas.")
     args = parser.parse_args()
+    if args.soak and args.replicas:
+        parser.error("--soak samples the memory of one server and its learner; leave out --replicas")
     if args.soak:
         defaults = {"seconds": 60.0, "rps": 200.0, "eps": 500.0}
         long_run = {"seconds": 600.0, "rps": 100.0, "eps": 300.0}
@@ -331,9 +348,11 @@ def main() -> None:
     prepare(args.data, args.items, args.users, args.history)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(freshrec(args.data, "serve", "--port", str(port)), env=env())
+    servers = start_servers(args, port)
+    server = servers[-1]
     try:
-        wait_ready(url, server)
+        for proc in servers[1:] if args.replicas else servers:
+            wait_ready(url, proc)
         if args.soak:
             result = soak(url, server.pid, args)
             print("soak:", result)
@@ -349,10 +368,33 @@ def main() -> None:
         visible = visibility(url, args)
         print("visibility:", visible)
     finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=60)
+        for proc in servers:
+            proc.send_signal(signal.SIGINT)
+        for proc in servers:
+            proc.wait(timeout=60)
     if not args.no_write:
         write(args, load, fresh, visible)
+
+
+def start_servers(args: argparse.Namespace, port: int) -> list[subprocess.Popen[bytes]]:
+    """``freshrec serve``; with ``--replicas N``, one ``--role learner`` and N ``--role api``
+    replicas sharing the port (``--reuse-port``), over the same SQLite file and a Redis bus."""
+    if not args.replicas:
+        return [subprocess.Popen(freshrec(args.data, "serve", "--port", str(port)), env=env())]
+    cluster = {
+        **env(),
+        "FRESHREC_CLUSTER__BUS_URL": args.redis,
+        "FRESHREC_CLUSTER__PREFIX": f"freshrec-bench-serve-{port}",
+        "FRESHREC_STORAGE__URL": f"sqlite:///{args.data.resolve() / 'freshrec.db'}",
+    }
+    servers = [subprocess.Popen(freshrec(args.data, "serve", "--role", "learner"), env=cluster)]
+    for _ in range(args.replicas):
+        servers.append(
+            subprocess.Popen(
+                freshrec(args.data, "serve", "--role", "api", "--port", str(port), "--reuse-port"), env=cluster
+            )
+        )
+    return servers
 
 
 def write(args: argparse.Namespace, load: dict[str, Any], fresh: dict[str, Any], visible: dict[str, Any]) -> None:
@@ -362,8 +404,15 @@ def write(args: argparse.Namespace, load: dict[str, Any], fresh: dict[str, Any],
     f50, f95, f99, ftop = fresh["ms"]
     v50, v95, v99, vtop = visible["seconds"]
     command = f"python benchmarks/serve.py --seconds {args.seconds:g} --rps {args.rps:g} --eps {args.eps:g}"
+    what = "`freshrec serve` (the API process and its learner process)"
+    if args.replicas:
+        command += f" --replicas {args.replicas}"
+        what = (
+            f"{args.replicas} `freshrec serve --role api --reuse-port` replicas on one port and a"
+            " `--role learner` process, over the SQLite file and Redis,"
+        )
     body = f"""`{command}`, run on {today}: {args.items:,} items, {args.users:,} users, {args.history:,} events of history;
-`freshrec serve` (the API process and its learner process) and two load processes on the same 2 cores.
+{what} and two load processes on the same 2 cores.
 
 | what | p50 | p95 | p99 | max | errors | target |
 | --- | --- | --- | --- | --- | --- | --- |
@@ -371,7 +420,10 @@ def write(args: argparse.Namespace, load: dict[str, Any], fresh: dict[str, Any],
 | POST events meanwhile, {args.eps:g} events/s in batches of 10, ms | {e50:.1f} | {e95:.1f} | {e99:.1f} | {etop:.1f} | {load["event_errors"]} of {load["event_requests"]:,} | |
 | event to the next recommendation that reflects it, ms ({fresh["reflected"]} of {fresh["samples"]} reflected) | {f50:.1f} | {f95:.1f} | {f99:.1f} | {ftop:.1f} | | reflected: all |
 | stored event to served model update at 1,000 events/s, s ({visible["events"]:,} events, largest lag {visible["lag_events_max"]:,} events) | {v50:.2f} | {v95:.2f} | {v99:.2f} | {vtop:.2f} | {visible["errors"]} | <= 1 s |"""  # noqa: E501
-    write_section("serve", "Serving (issue 5)", body)
+    if args.replicas:
+        write_section("serve-replicas", "Serving with API replicas on one machine (issues 5 and 7)", body)
+    else:
+        write_section("serve", "Serving (issue 5)", body)
 
 
 if __name__ == "__main__":

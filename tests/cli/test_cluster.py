@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,8 +46,6 @@ def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -140,8 +139,9 @@ def test_two_api_replicas_and_a_learner_share_events_and_model_versions(
         bus = redis.Redis.from_url(cluster_env["FRESHREC_CLUSTER__BUS_URL"])
         prefix = cluster_env["FRESHREC_CLUSTER__PREFIX"]
         until(
-            lambda: bus.xlen(f"{prefix}:commands") == 1
-            and bus.xpending(f"{prefix}:commands", "learner")["pending"] == 0,
+            lambda: (
+                bus.xlen(f"{prefix}:commands") == 1 and bus.xpending(f"{prefix}:commands", "learner")["pending"] == 0
+            ),
             30,
             "the learner to carry out the deletion",
         )
@@ -162,3 +162,34 @@ def test_two_api_replicas_and_a_learner_share_events_and_model_versions(
         assert store.published("snapshot") is not None
     finally:
         store.close()
+
+
+def test_replicas_on_one_machine_can_share_a_port() -> None:
+    from freshrec.cli.serve import shared_socket
+
+    port = free_port()
+    first, second = shared_socket("127.0.0.1", port), shared_socket("127.0.0.1", port)
+    try:
+        for sock in (first, second):
+            sock.listen()
+        accepted = 0
+        for _ in range(8):  # the kernel hands each new connection to one of them
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                pass
+        for sock in (first, second):
+            sock.settimeout(0.2)
+            while True:
+                try:
+                    sock.accept()[0].close()
+                    accepted += 1
+                except TimeoutError:
+                    break
+        assert accepted == 8
+    finally:
+        first.close()
+        second.close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ValueError, match="cannot bind"):
+            shared_socket("127.0.0.1", taken.getsockname()[1])

@@ -270,7 +270,7 @@ def test_a_mirrored_checkpoint_resumes_a_learner_elsewhere_and_is_rewritten_by_e
 def test_a_checkpoint_of_another_store_is_refused(world: tuple[SQLiteStore, list, Path]) -> None:  # type: ignore[type-arg]
     from freshrec.learn.online import OtherStore
 
-    store, later, tmp = world
+    store, _later, tmp = world
     checkpoints = Checkpoints(tmp / "checkpoints")
     learner = Learner(store, SETTINGS, checkpoints)
     learner.train()

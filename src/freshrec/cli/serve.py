@@ -11,6 +11,7 @@ import gc
 import logging
 import multiprocessing as mp
 import signal
+import socket
 import threading
 from enum import StrEnum
 from typing import Annotated, Any
@@ -43,7 +44,16 @@ class Engine:
     a learner beside it then writes a final checkpoint and exits.
     """
 
-    def __init__(self, store: Store, settings: Settings, keys: Keys, host: str, port: int, role: str = "all"):
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        keys: Keys,
+        host: str,
+        port: int,
+        role: str = "all",
+        reuse_port: bool = False,
+    ):
         if settings.store_url.endswith(":memory:"):
             raise ValueError("freshrec serve needs a store file or database: the learner process opens it too")
         limit_threads(settings.serve.torch_threads)
@@ -69,6 +79,7 @@ class Engine:
             create_app(self.service, keys), host=host, port=port, log_level="warning", access_log=False
         )
         self.server = uvicorn.Server(config)
+        self.socket = shared_socket(host, port) if reuse_port else None
 
     def _receive(self) -> None:
         """Snapshots and state from the learner process, until it closes the pipe."""
@@ -100,7 +111,7 @@ class Engine:
             self.receiver.start()
         gc.freeze()  # the catalog and the app are long-lived: keep them out of the collector's scans
         try:
-            self.server.run()
+            self.server.run(sockets=[self.socket] if self.socket is not None else None)
         finally:
             if self.replica is not None:
                 self.replica.close()
@@ -119,6 +130,24 @@ class Engine:
 
     def stop(self) -> None:
         self.server.should_exit = True
+
+
+def shared_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that other processes may bind too (``SO_REUSEPORT``): the
+    kernel then spreads new connections over the API replicas on one machine."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ValueError("--reuse-port needs SO_REUSEPORT, which this system lacks")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"cannot bind {host}:{port}: {exc}") from exc
+    sock.set_inheritable(True)
+    return sock
 
 
 class Role(StrEnum):
@@ -141,6 +170,14 @@ def serve_cmd(
             "learner: the one learner of API replicas. api and learner need [cluster] bus_url."
         ),
     ] = Role.all,
+    reuse_port: Annotated[
+        bool,
+        typer.Option(
+            "--reuse-port",
+            help="Let several API replicas on this machine listen on the same port (SO_REUSEPORT): "
+            "the kernel spreads connections over them. With --role api.",
+        ),
+    ] = False,
 ) -> None:
     """Serve the API and the dashboard, and learn online from every event."""
     state = app_of(ctx)
@@ -150,6 +187,8 @@ def serve_cmd(
             fail(f"--role {role.value} needs the Redis bus: set cluster.bus_url or FRESHREC_CLUSTER__BUS_URL", 2)
         if settings.store_url.endswith(":memory:"):
             fail(f"--role {role.value} needs a shared store (postgresql://... or a SQLite file)", 2)
+    if reuse_port and role is not Role.api:
+        fail("--reuse-port is for --role api: a learner beside each server would train one model each", 2)
     if role is Role.learner:
         run_learner_role(settings)
         return
@@ -158,7 +197,7 @@ def serve_cmd(
     keys = make_keys(settings, host, insecure_no_auth)
     with state.store() as store:
         try:
-            engine = Engine(store, settings, keys, host, port, role.value)
+            engine = Engine(store, settings, keys, host, port, role.value, reuse_port)
         except (ValueError, BusError) as exc:
             fail(str(exc), 2)
         what = "an API replica of" if role is Role.api else "freshrec serving"
