@@ -168,6 +168,21 @@ class OptimizerSettings(Section):
     """FTRL only."""
 
 
+class PrivacySettings(Section):
+    """Differential privacy for the online updates (DP-SGD); see :mod:`freshrec.learn.privacy`
+    for what is protected and what is not."""
+
+    enabled: bool = False
+    noise_multiplier: float = Field(default=1.0, ge=0)
+    """Gaussian noise, in units of ``max_grad_norm``, added to each step's summed gradients."""
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    """Each example's gradient is clipped to this L2 norm (over every trainable parameter)."""
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    """The delta of the reported (epsilon, delta) guarantee."""
+    chunk: int = Field(default=32, ge=1, le=256)
+    """Examples whose per-example gradients are held at once (memory: chunk x parameters)."""
+
+
 class LearnSettings(Section):
     """Warm-start and online training (see :mod:`freshrec.learn`)."""
 
@@ -208,6 +223,7 @@ class LearnSettings(Section):
     """Off: the model is frozen after warm start (an ablation)."""
     checkpoint_every: int = Field(default=10_000, ge=1)
     """The online learner writes a checkpoint version after this many events (and when it stops)."""
+    privacy: PrivacySettings = PrivacySettings()
 
 
 class ServeSettings(Section):

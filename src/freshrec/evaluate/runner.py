@@ -56,6 +56,8 @@ def _freshrec(**overrides: Any) -> Callable[[EventLog, Inputs], Recommender]:
         s = inputs.settings
         model = s.model.model_copy(update=overrides.get("model", {}))
         learn = s.learn.model_copy(update=overrides.get("learn", {}))
+        if overrides.get("private"):
+            learn = learn.model_copy(update={"privacy": learn.privacy.model_copy(update={"enabled": True})})
         text = inputs.text if model.use_text else None
         return FreshRec(log.n_items, text, model, learn, s.feedback, s.ingest)
 
@@ -78,6 +80,8 @@ ABLATIONS: dict[str, Callable[[EventLog, Inputs], Recommender]] = {
     "freshrec-adam": _freshrec(learn={"embeddings": OptimizerSettings(name="adam", lr=0.002)}),
     "freshrec-adamw": _freshrec(learn={"dense": OptimizerSettings(name="adamw", lr=0.002, weight_decay=0.01)}),
     "freshrec-adagrad": _freshrec(learn={"dense": OptimizerSettings(name="adagrad", lr=0.05)}),
+    # DP-SGD online updates; the noise comes from [learn.privacy] (FRESHREC_LEARN__PRIVACY__NOISE_MULTIPLIER)
+    "freshrec-dp": _freshrec(private=True),
 }
 NEEDS_TEXT = {"freshrec", *ABLATIONS}
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from freshrec.ingest.feedback import FeedbackWeights
 from freshrec.learn.buffer import ReplayBuffer
 from freshrec.learn.checkpoints import atomic_write
+from freshrec.learn.privacy import PrivateSteps
 from freshrec.learn.trainer import Trainer, tensors
 from freshrec.model.base import FloatArray, Interactions
 from freshrec.model.sequence import SequenceNet
@@ -61,6 +62,11 @@ class FreshRec:
             self.model_settings.seed,
         )
         self.buffer = ReplayBuffer(self.learn_settings.replay_capacity, seed=self.model_settings.seed)
+        self.private: PrivateSteps | None = None
+        if self.learn_settings.privacy.enabled:
+            self.private = PrivateSteps(
+                self.trainer, self.learn_settings.privacy, self.learn_settings.batch_size, self.model_settings.seed
+            )
         self.rng = np.random.default_rng(self.model_settings.seed)
         self.progress = progress
         self._table: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -98,6 +104,11 @@ class FreshRec:
     def learn(self, events: Interactions) -> None:
         if not self.learn_settings.online or not len(events):
             return
+        if self.private is not None:  # no replay, seeding or activation: see freshrec.learn.privacy
+            self._add_users(events)
+            self.private.step(events)
+            self._table = None
+            return
         self._seed_new_items(events)
         self._activate(events)
         self._add_users(events)
@@ -121,6 +132,7 @@ class FreshRec:
             "model": self.model_settings.model_dump(),
             "learn": self.learn_settings.model_dump(),
             "health": vars(self.trainer.health).copy(),
+            **({"privacy": self.private.report(self.history_length)} if self.private is not None else {}),
         }
 
     def add_items(self, text: np.ndarray) -> None:
@@ -191,6 +203,7 @@ class FreshRec:
             "generator": self.trainer.generator.get_state(),
             "buffer": self.buffer.state(),
             "health": vars(self.trainer.health).copy(),
+            **({"privacy": self.private.report(self.history_length)} if self.private is not None else {}),
         }
 
     def save(self, path: Path) -> None:
