@@ -409,7 +409,7 @@ def write(args: argparse.Namespace, load: dict[str, Any], fresh: dict[str, Any],
         command += f" --replicas {args.replicas}"
         what = (
             f"{args.replicas} `freshrec serve --role api --reuse-port` replicas on one port and a"
-            " `--role learner` process, over the SQLite file and Redis,"
+            " `--role learner` process, over the SQLite file and Redis (default [cluster] cadence),"
         )
     body = f"""`{command}`, run on {today}: {args.items:,} items, {args.users:,} users, {args.history:,} events of history;
 {what} and two load processes on the same 2 cores.

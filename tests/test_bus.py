@@ -29,7 +29,7 @@ def cluster(redis_url: str) -> Iterator[ClusterSettings]:
     settings = ClusterSettings(bus_url=redis_url, prefix=f"test-{uuid.uuid4().hex[:12]}", stream_max_len=1_000)
     yield settings
     client = redis.Redis.from_url(redis_url)
-    client.delete(f"{settings.prefix}:log", f"{settings.prefix}:commands")
+    client.delete(*(f"{settings.prefix}:{k}" for k in ("log", "commands", "snapshot", "snapshot-version")))
     client.close()
 
 
@@ -129,3 +129,16 @@ def test_the_learner_follows_the_log_through_the_bus(
     finally:
         stop.set()
         thread.join(timeout=30)
+
+
+def test_snapshots_travel_on_the_bus_and_survive_a_flushed_redis(cluster: ClusterSettings) -> None:
+    learner, replica = RedisBus(cluster), RedisBus(cluster)
+    assert replica.snapshot() is None
+    v1 = learner.put_snapshot(b"one")
+    assert replica.snapshot() == (v1, b"one") and replica.snapshot(after=v1) is None
+    v2 = learner.put_snapshot(b"two\x00")
+    assert v2 > v1 and replica.snapshot(after=v1) == (v2, b"two\x00")
+    learner.client.delete(learner.snapshot_key, learner.version_key)  # Redis restarted without its data
+    assert replica.snapshot(after=v2) is None
+    v3 = learner.put_snapshot(b"three")
+    assert v3 < v2 and replica.snapshot(after=v2) == (v3, b"three")  # a new count, not an old version

@@ -62,7 +62,7 @@ def cluster_env(postgres_url: str, redis_url: str) -> Iterator[dict[str, str]]:
         "FRESHREC_CLUSTER__PREFIX": prefix,
     }
     client = redis.Redis.from_url(redis_url)
-    client.delete(f"{prefix}:log", f"{prefix}:commands")
+    client.delete(*(f"{prefix}:{k}" for k in ("log", "commands", "snapshot", "snapshot-version")))
     client.close()
 
 

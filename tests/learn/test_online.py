@@ -250,15 +250,16 @@ def test_a_mirrored_checkpoint_resumes_a_learner_elsewhere_and_is_rewritten_by_e
     import_events(store, later[:100], Validator(IngestSettings()))
     learner.catch_up()
     mirrored = store.published("checkpoint")
-    assert mirrored is not None and mirrored[0] == 2  # the warm start, then the catch-up
+    assert mirrored is not None and mirrored[0] == 1  # the warm start; the catch-up came within 30 s
     gone = next(iter(learner.user_codes))
     assert gone.encode() in mirrored[1]
 
     elsewhere = settings.model_copy(update={"data_dir": tmp / "second"})  # an empty data folder
     moved = shared_checkpoints(elsewhere, store)
-    assert moved.current() == learner.checkpoints.current()
+    assert moved.current().version == 1  # type: ignore[union-attr]
     second = Learner(store, elsewhere, moved)
     second.resume()
+    second.catch_up()  # the log after the mirrored offset
     assert second.state.offset == learner.state.offset and second.user_codes == learner.user_codes
 
     store.delete_user(gone)

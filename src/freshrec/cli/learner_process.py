@@ -179,10 +179,19 @@ def run_learner(
 
 
 def shared_checkpoints(settings: Settings, store: Store) -> Checkpoints:
-    """A deployment's learner mirrors its current checkpoint to the shared store and,
-    started with an empty data folder (a new machine), resumes from that copy
-    instead of warm-starting from the whole log."""
-    checkpoints = Checkpoints(settings.data_dir / "checkpoints", mirror=lambda data: store.publish("checkpoint", data))
+    """A deployment's learner mirrors its current checkpoint to the shared store (at most
+    every ``STORE_EVERY_S``, and at once after an erasure) and, started with an empty
+    data folder (a new machine), resumes from that copy instead of warm-starting from
+    the whole log."""
+    last = [float("-inf")]
+
+    def mirror(data: bytes, urgent: bool) -> None:
+        # tens of megabytes: not at every checkpoint, but at once when erasure rewrote one
+        if urgent or time.monotonic() - last[0] >= STORE_EVERY_S:
+            store.publish("checkpoint", data)
+            last[0] = time.monotonic()
+
+    checkpoints = Checkpoints(settings.data_dir / "checkpoints", mirror=mirror)
     if checkpoints.current() is None and (shared := store.published("checkpoint")) is not None:
         version = checkpoints.restore(shared[1])
         log.info("resuming from the shared store's checkpoint version %d (offset %d)", version.version, version.offset)
@@ -214,8 +223,8 @@ class BusFeed:
 
 def learner_role_main(settings: Settings, halt: threading.Event) -> None:
     """``serve --role learner``: the one learner of a deployment of API replicas.
-    Model snapshots and its state go to the shared store (``published``), where
-    the replicas look for them every ``cluster.poll_ms``."""
+    Model snapshots go to the bus (and now and then to the shared store), its state
+    to the store, where the replicas look for them every ``cluster.poll_ms``."""
     bus = RedisBus(settings.cluster)
     store = open_store(settings.store_url, settings.storage)
     status: dict[str, Any] = {}
@@ -230,9 +239,39 @@ def learner_role_main(settings: Settings, halt: threading.Event) -> None:
         except Exception:
             log.exception("could not publish the learner's state")
 
-    sender = Sender(lambda data: store.publish("snapshot", data), message, settings.cluster.snapshot_interval_ms / 1000)
+    outlet = Outlet(bus, store, STORE_EVERY_S)
+    sender = Sender(outlet.deliver, message, settings.cluster.snapshot_interval_ms / 1000)
     try:
         run_learner(settings, sender, halt, bus=bus)
     finally:
+        outlet.close()
         store.close()
         bus.close()
+
+
+STORE_EVERY_S = 30.0
+"""The learner writes its newest snapshot (and checkpoint) to the shared store at most this often."""
+
+
+class Outlet:
+    """Where a deployment's learner puts snapshots: every one on the bus, the newest in
+    the store at most every ``store_every_s`` (and when it stops), for replicas that
+    start while Redis has none."""
+
+    def __init__(self, bus: RedisBus, store: Store, store_every_s: float):
+        self.bus, self.store, self.every = bus, store, store_every_s
+        self.stored_at = float("-inf")
+        self.unstored: bytes | None = None
+
+    def deliver(self, data: bytes) -> None:
+        try:
+            self.bus.put_snapshot(data)
+        finally:  # the store copy is written even when Redis is away
+            self.unstored = data
+            if time.monotonic() - self.stored_at >= self.every:
+                self.close()
+
+    def close(self) -> None:
+        if self.unstored is not None:
+            self.store.publish("snapshot", self.unstored)
+            self.unstored, self.stored_at = None, time.monotonic()

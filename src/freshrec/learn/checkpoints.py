@@ -56,11 +56,12 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 class Checkpoints:
-    """The versions in ``folder``; with ``mirror``, each new current version (and each
-    rewrite of it) is also handed over as bytes: ``serve --role learner`` keeps a copy
-    in the shared store, so a learner started elsewhere resumes from it (:meth:`restore`)."""
+    """The versions in ``folder``; with ``mirror``, each new current version is also
+    handed over as bytes, with ``urgent`` False, and each rewrite of it with ``urgent``
+    True: ``serve --role learner`` keeps a copy in the shared store, so a learner
+    started elsewhere resumes from it (:meth:`restore`)."""
 
-    def __init__(self, folder: Path, keep: int = 20, mirror: Callable[[bytes], object] | None = None):
+    def __init__(self, folder: Path, keep: int = 20, mirror: Callable[[bytes, bool], object] | None = None):
         self.folder = folder
         self.keep = keep
         self.mirror = mirror
@@ -104,7 +105,7 @@ class Checkpoints:
             atomic_write(self.folder / "CURRENT", str(version.version).encode())
             self._prune()
             if self.mirror is not None:
-                self.mirror(buffer.getvalue())
+                self.mirror(buffer.getvalue(), False)
             return version
 
     def restore(self, data: bytes) -> Version:
@@ -142,7 +143,7 @@ class Checkpoints:
                     atomic_write(path, buffer.getvalue())
                     rewritten += 1
                     if self.mirror is not None and current is not None and v.version == current.version:
-                        self.mirror(buffer.getvalue())
+                        self.mirror(buffer.getvalue(), True)  # urgent: the old copy holds erased data
         return rewritten
 
     def rollback(self, version: int) -> Version:

@@ -64,9 +64,7 @@ class FreshRec:
         self.buffer = ReplayBuffer(self.learn_settings.replay_capacity, seed=self.model_settings.seed)
         self.private: PrivateSteps | None = None
         if self.learn_settings.privacy.enabled:
-            self.private = PrivateSteps(
-                self.trainer, self.learn_settings.privacy, self.learn_settings.batch_size, self.model_settings.seed
-            )
+            self.private = PrivateSteps(self.trainer, self.learn_settings.privacy, self.learn_settings.batch_size)
         self.rng = np.random.default_rng(self.model_settings.seed)
         self.progress = progress
         self._table: tuple[torch.Tensor, torch.Tensor] | None = None

@@ -5,9 +5,11 @@ number of them can run behind a load balancer:
 
 * user histories are read from the store on every request, so an event posted
   to one replica is in the next recommendation served by any other;
-* the model comes from the snapshot the learner leaves in the store
-  (``published("snapshot")``); a replica looks for a newer one every
-  ``cluster.poll_ms`` and swaps it in while requests go on with the old one;
+* the model comes from the snapshot the learner puts on the bus (a Redis key);
+  a replica looks for a newer one every ``cluster.poll_ms`` and swaps it in
+  while requests go on with the old one. The learner's copy in the store
+  (``published("snapshot")``, at most every 30 s) serves a replica that starts
+  while Redis has none, or cannot reach Redis;
 * an item written or deleted through one replica bumps ``published("catalog")``,
   and the others read the catalog again;
 * new events are announced to the learner on the bus, deletions queued for it.
@@ -18,6 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+
+import redis
 
 from freshrec.bus import RedisBus
 from freshrec.model.snapshot import Snapshot
@@ -33,7 +37,7 @@ class Replica:
         self.store = store
         self.bus = bus
         self.poll_s = poll_s
-        self.versions = {"snapshot": 0, "learner": 0, "catalog": 0}
+        self.versions = {"snapshot": 0, "stored-snapshot": 0, "learner": 0, "catalog": 0}
         catalog = store.published("catalog")
         if catalog is not None:  # the service has just read this catalog
             self.versions["catalog"] = catalog[0]
@@ -58,9 +62,21 @@ class Replica:
     def tick(self) -> None:
         """Take whatever the learner and the other replicas published since the last look."""
         service, store = self.service, self.store
-        if (got := store.published("snapshot", self.versions["snapshot"])) is not None:
-            self.versions["snapshot"] = got[0]
-            service.publish(Snapshot.from_bytes(got[1]))
+        try:
+            got = self.bus.snapshot(self.versions["snapshot"])
+            if got is not None:
+                self.versions["snapshot"] = got[0]
+                service.publish(Snapshot.from_bytes(got[1]))
+        except redis.RedisError as exc:
+            log.debug("no snapshot from the bus: %s", exc)
+            self.versions["snapshot"] = 0  # Redis may come back empty
+        if not self.versions["snapshot"]:  # nothing from the bus (yet): the store's copy, if newer
+            stored = store.published("snapshot", self.versions["stored-snapshot"])
+            if stored is not None:
+                self.versions["stored-snapshot"] = stored[0]
+                snapshot, current = Snapshot.from_bytes(stored[1]), service.ranker.scoring.snapshot
+                if current is None or snapshot.created > current.created:
+                    service.publish(snapshot)
         if (got := store.published("learner", self.versions["learner"])) is not None:
             self.versions["learner"] = got[0]
             state = json.loads(got[1])
