@@ -37,8 +37,8 @@ log = logging.getLogger("freshrec")
 class Engine:
     """Service and HTTP server over one store, with the learner in a process beside
     it (``role="all"``) or, for an API replica (``role="api"``), elsewhere: then the
-    replica follows the learner's snapshots in the shared store and talks to it
-    over the bus.
+    replica takes the learner's snapshots from the bus and the shared store
+    (:mod:`freshrec.serve.replica`).
 
     ``run()`` blocks until the server stops (Ctrl-C, SIGTERM or ``stop()``);
     a learner beside it then writes a final checkpoint and exits.
