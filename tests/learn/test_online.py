@@ -237,6 +237,43 @@ def test_a_bursting_user_is_stored_but_not_learned(world: tuple[SQLiteStore, lis
     assert learner.quarantine.figures() == {"quarantined_users": 1, "quarantined_events": 15}
     assert len(store.user_history("bot", 100)) == 20  # stored all the same
 
+    # a restarted learner still holds the bot in quarantine, with the last minute's counts
+    learner._checkpoint("with a bot")
+    again = Learner(store, settings, learner.checkpoints)
+    again.resume()
+    assert again.quarantine.figures() == learner.quarantine.figures() and again.quarantine.users() == ["bot"]
+    store.append_events([validator.event({**burst[-1], "timestamp": burst[-1]["timestamp"] + 1})])
+    assert again.catch_up() == 0
+
+
+def test_a_user_deleted_during_the_warm_start_is_erased_once_it_ends(
+    world: tuple[SQLiteStore, list, Path],  # type: ignore[type-arg]
+) -> None:
+    import threading
+
+    store, _later, tmp = world
+    learner = Learner(store, SETTINGS, Checkpoints(tmp / "checkpoints"))
+    started = threading.Event()
+    original = learner._catalog
+
+    def catalog(*args: object) -> object:  # the warm start has begun and holds the learner
+        started.set()
+        return original(*args)  # type: ignore[arg-type]
+
+    learner._catalog = catalog  # type: ignore[method-assign]
+    gone = store.read_events(0, 1)[0].user_id
+    training = threading.Thread(target=learner.train)
+    training.start()
+    assert started.wait(30)
+    store.delete_user(gone)
+    learner.forget_user(gone)  # waits for the warm start, which read the user's events
+    training.join()
+    assert learner.model is not None and gone not in learner.user_codes and gone not in learner.histories
+    code = learner.user_ids.index(None)
+    assert not (learner.model.buffer.data["user"][: learner.model.buffer.size] == code).any()
+    _, state = learner.checkpoints.load(learner.checkpoints.current().version)  # type: ignore[union-attr]
+    assert gone not in state["user_ids"]
+
 
 def test_a_mirrored_checkpoint_resumes_a_learner_elsewhere_and_is_rewritten_by_erasure(
     world: tuple[SQLiteStore, list, Path],  # type: ignore[type-arg]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from freshrec.domain import Event
 
@@ -123,3 +124,20 @@ class Quarantine:
     def _prune(self, now: float) -> None:
         self._recent = {u: d for u, d in self._recent.items() if d and d[-1] > now - 60.0}
         self._until = {u: until for u, until in self._until.items() if until > now}
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps, so that a restart neither frees a bot early nor
+        forgets the last minute's counts."""
+        self._prune(self.now)
+        return {
+            "recent": {u: list(d) for u, d in self._recent.items()},
+            "until": dict(self._until),
+            "quarantined_events": self.quarantined_events,
+            "now": self.now,
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self._recent = {u: deque(times) for u, times in state.get("recent", {}).items()}
+        self._until = dict(state.get("until", {}))
+        self.quarantined_events = int(state.get("quarantined_events", 0))
+        self.now = float(state.get("now", float("-inf")))

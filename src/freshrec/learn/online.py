@@ -245,7 +245,14 @@ class Learner:
 
     # -- the two jobs ---------------------------------------------------------
     def train(self) -> Version:
-        """Warm start on the whole stored log; writes a new checkpoint version."""
+        """Warm start on the whole stored log; writes a new checkpoint version.
+
+        A deletion asked for meanwhile (from another thread) waits for it, then
+        erases what it learned about the user: the log it read still held them."""
+        with self._lock:
+            return self._train()
+
+    def _train(self) -> Version:
         text = self._catalog()
         self._clear_users()
         self.state = Progress()
@@ -262,7 +269,12 @@ class Learner:
         return version
 
     def resume(self) -> Version:
-        """Load the current checkpoint and rebuild histories up to its offset."""
+        """Load the current checkpoint and rebuild histories up to its offset (a
+        deletion asked for meanwhile waits for it, as for :meth:`train`)."""
+        with self._lock:
+            return self._resume()
+
+    def _resume(self) -> Version:
         current = self.checkpoints.current()
         if current is None:
             raise FileNotFoundError("no checkpoint yet: run `freshrec train` first")
@@ -277,6 +289,7 @@ class Learner:
         self.model = self._new_model(text)
         self.model.load_state(state["model"])
         self._clear_users(state.get("user_ids", []))
+        self.quarantine.load(state.get("quarantine", {}))
         self.state = Progress(offset=version.offset, learned=version.events_learned)
         self.checkpoint_version, self.updates, self._unsaved = version.version, 0, 0
         for events in _chunks(e for e in iter_log(self.store) if (e.offset or 0) <= version.offset):
@@ -369,7 +382,12 @@ class Learner:
     def _checkpoint(self, note: str) -> Version:
         assert self.model is not None
         health = self.model.trainer.health
-        state = {"model": self.model.state(), "item_ids": self.item_ids, "user_ids": self.user_ids}
+        state = {
+            "model": self.model.state(),
+            "item_ids": self.item_ids,
+            "user_ids": self.user_ids,
+            "quarantine": self.quarantine.state(),
+        }
         loss = None if np.isnan(health.last_loss) else float(health.last_loss)
         self._unsaved = 0
         version = self.checkpoints.save(state, self.state.offset, self.state.learned, loss, note, self.store_id)
