@@ -33,14 +33,14 @@ def write(path: Path, text: str) -> Path:
 
 
 # -- the real PostgreSQL and Redis (127.0.0.1 here and in CI) ------------------------
-POSTGRES = os.environ.get("FRESHREC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS = os.environ.get("FRESHREC_TEST_REDIS", "redis://127.0.0.1:6379/15")
+POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def _unavailable(what: str, exc: Exception) -> None:
-    """Fail where the services must run (``.ci/run`` sets FRESHREC_REQUIRE_SERVICES=1); skip elsewhere."""
+    """Fail where the services must run (``.ci/run`` sets REQUIRE_TEST_SERVICES=1); skip elsewhere."""
     message = f"{what} is not reachable: {exc}"
-    if os.environ.get("FRESHREC_REQUIRE_SERVICES"):
+    if os.environ.get("REQUIRE_TEST_SERVICES"):
         pytest.fail(message)
     pytest.skip(message)
 

@@ -254,13 +254,13 @@ def test_a_user_deleted_during_the_warm_start_is_erased_once_it_ends(
     store, _later, tmp = world
     learner = Learner(store, SETTINGS, Checkpoints(tmp / "checkpoints"))
     started = threading.Event()
-    original = learner._catalog
+    original = learner._new_model
 
-    def catalog(*args: object) -> object:  # the warm start has begun and holds the learner
+    def new_model(*args: object) -> object:  # the warm start has read the log and holds the learner
         started.set()
         return original(*args)  # type: ignore[arg-type]
 
-    learner._catalog = catalog  # type: ignore[method-assign]
+    learner._new_model = new_model  # type: ignore[method-assign]
     gone = store.read_events(0, 1)[0].user_id
     training = threading.Thread(target=learner.train)
     training.start()
