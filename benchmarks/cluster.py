@@ -157,11 +157,12 @@ def propagation(urls: list[str], args: argparse.Namespace) -> dict[str, Any]:
                 seen[n].add(s["model_version"])
                 delays.append(time.time() - s["model_created"])
         time.sleep(0.02)
-    for _ in procs:
-        q.get()
+    posted = [q.get() for _ in procs]
     for c in clients:
         c.close()
     return {
+        "events": sum(a for a, _ in posted),
+        "errors": sum(e for _, e in posted),
         "versions": len(seen[0] | seen[1]),
         "p50": float(np.percentile(delays, 50)),
         "p95": float(np.percentile(delays, 95)),
@@ -218,7 +219,7 @@ def write(args: argparse.Namespace, load: dict[str, Any], spread: dict[str, Any]
 | events acknowledged through two replicas (batches of 100, 4 connections each) | {load["events_per_s"]:,.0f} events/s ({load["acked"]:,} in {args.seconds:g} s, {load["errors"]} errors; {load["stored"]:,} stored) |
 | learner lag meanwhile (log offset minus learned offset) | median {load["lag_p50"]:,.0f} events, max {load["lag_max"]:,} |
 | learner catch-up after the load stopped | {load["drain_s"]:.1f} s |
-| model version propagation, learner to each replica, at 200 events/s | p50 {spread["p50"]:.2f} s, p95 {spread["p95"]:.2f} s, max {spread["max"]:.2f} s ({spread["samples"]} sightings of {spread["versions"]} versions; target <= 2 s) |"""  # noqa: E501
+| model version propagation, learner to each replica, at 200 events/s | p50 {spread["p50"]:.2f} s, p95 {spread["p95"]:.2f} s, max {spread["max"]:.2f} s ({spread["samples"]} sightings of {spread["versions"]} versions; {spread["events"]:,} events posted meanwhile, {spread["errors"]} errors; target <= 2 s) |"""  # noqa: E501
     write_section("cluster", "Beyond one machine (issue 7)", body)
 
 
