@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from freshrec.bus import RedisBus
+from freshrec.bus import RedisBus, connect
 from freshrec.cli.learner_process import BusFeed
 from freshrec.ingest.importer import import_events
 from freshrec.ingest.validate import Validator
@@ -87,8 +87,12 @@ def test_retention_is_bounded(cluster: ClusterSettings) -> None:
 
 def test_an_unreachable_bus_does_not_fail_an_acknowledged_append(cluster: ClusterSettings) -> None:
     bus = RedisBus(cluster)
-    bus.client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)  # nothing listens there
+    bus.client = connect("redis://127.0.0.1:1/0")  # nothing listens there
+    started = time.monotonic()
     bus.announce(1)  # logged, not raised: the events are durable and the learner polls
+    for n in range(100):
+        bus.announce(2 + n)  # skipped for a while, not tried again and again
+    assert time.monotonic() - started < 1.0
 
 
 def test_the_learner_follows_the_log_through_the_bus(
@@ -142,3 +146,51 @@ def test_snapshots_travel_on_the_bus_and_survive_a_flushed_redis(cluster: Cluste
     assert replica.snapshot(after=v2) is None
     v3 = learner.put_snapshot(b"three")
     assert v3 < v2 and replica.snapshot(after=v2) == (v3, b"three")  # a new count, not an old version
+
+
+def test_a_failed_command_is_handed_over_again_and_an_unreachable_bus_means_polling(cluster: ClusterSettings) -> None:
+    api, learner = RedisBus(cluster), RedisBus(cluster)
+    learner.join()
+    learner.wait(0.01, lambda *_: None)  # past the (empty) backlog
+    api.command("forget", "bob")
+    carried: list[str] = []
+
+    def flaky(name: str, argument: str) -> None:
+        if not carried:
+            carried.append("failed once")
+            raise RuntimeError("the learner was busy failing")
+        carried.append(argument)
+
+    with pytest.raises(RuntimeError):
+        learner.wait(1.0, flaky)
+    learner.wait(1.0, flaky)  # the same learner, after its retry: the entry comes again
+    assert carried == ["failed once", "bob"] and learner.backlog()[learner.commands_key] == 0
+
+    learner.client = connect("redis://127.0.0.1:1/0")  # Redis went away
+    started = time.monotonic()
+    assert learner.wait(0.3, flaky) == 0  # no exception: the learner keeps polling the store
+    assert time.monotonic() - started >= 0.3
+    learner.learned(10)  # nothing to acknowledge, nothing raised
+
+
+def test_a_replica_that_cannot_reach_the_learner_answers_a_deletion_with_503(
+    tmp_path: Path, cluster: ClusterSettings
+) -> None:
+    from freshrec.bus import connect
+    from freshrec.serve.replica import Replica
+    from freshrec.serve.service import Problem, Service
+    from tests.conftest import make_event
+    from tests.serve.conftest import make_settings
+
+    settings = make_settings(tmp_path).model_copy(update={"cluster": cluster})
+    store = SQLiteStore(tmp_path / "store.db")
+    service = Service(store, settings)
+    replica = Replica(service, store, RedisBus(cluster), 0.1)
+    store.append_events([make_event("gone", "i1"), make_event("stays", "i1")])
+    replica.bus.client = connect("redis://127.0.0.1:1/0")  # Redis went away
+    with pytest.raises(Problem) as refused:
+        service.delete_user("gone")
+    assert refused.value.status == 503 and "retry the deletion" in refused.value.detail
+    assert store.user_history("gone", 5) == [] and len(store.user_history("stays", 5)) == 1
+    service.close()
+    store.close()

@@ -44,12 +44,25 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from freshrec.settings import ClusterSettings
 
 log = logging.getLogger(__name__)
 
 GROUP = "learner"
+DOWN_S = 5.0
+"""How long a replica stops announcing after Redis failed it."""
+
+
+def connect(url: str) -> redis.Redis:
+    """A client that fails fast: one retry, no backoff. An API replica announces on the
+    request path of every event post, and redis-py's default (three retries with
+    backoff) made each post wait about six seconds while Redis was away."""
+    return redis.Redis.from_url(
+        url, socket_timeout=10, socket_connect_timeout=1, retry=Retry(NoBackoff(), 1), health_check_interval=30
+    )
 
 
 class BusError(RuntimeError):
@@ -64,7 +77,7 @@ class RedisBus:
         if not settings.bus_url:
             raise BusError("no bus configured: set cluster.bus_url (e.g. redis://127.0.0.1:6379/0)")
         self.settings = settings
-        self.client = redis.Redis.from_url(settings.bus_url, socket_timeout=10, socket_connect_timeout=5)
+        self.client = connect(settings.bus_url)
         self.log_key = f"{settings.prefix}:log"
         self.commands_key = f"{settings.prefix}:commands"
         self.snapshot_key = f"{settings.prefix}:snapshot"
@@ -75,6 +88,9 @@ class RedisBus:
         self._backlog = True
         """Read this consumer's pending entries (a previous run's) before new ones."""
         self._warned = 0.0
+        self._down_until = 0.0
+        """After a failed announcement, skip the next ones for a while instead of making
+        every event request wait for Redis's connect timeout."""
         try:
             self.client.ping()
         except redis.RedisError as exc:
@@ -86,13 +102,13 @@ class RedisBus:
         """Tell the learner the log has grown to ``last_offset``. Never raises: the
         events are already durable and the learner finds them in the store anyway,
         within a second, when the bus is down."""
+        if time.monotonic() < self._down_until:
+            return
         try:
             self.client.xadd(self.log_key, {"last": last_offset}, maxlen=self.settings.stream_max_len, approximate=True)
         except redis.RedisError as exc:
-            now = time.monotonic()
-            if now - self._warned > 60:
-                self._warned = now
-                log.warning("could not announce new events on the bus (the learner will poll): %s", exc)
+            self._down_until = time.monotonic() + DOWN_S
+            self._warn("could not announce new events on the bus (the learner will poll)", exc)
 
     def command(self, name: str, argument: str) -> None:
         """Queue work for the learner; raises :class:`BusError` if the bus does not take it."""
@@ -146,15 +162,30 @@ class RedisBus:
                 raise
             self.join()  # the streams were deleted under us (a flushed Redis)
             return self.newest()
+        except redis.RedisError as exc:  # Redis away: the learner polls the store meanwhile
+            self._warn("the bus is unreachable; the learner polls the store until it is back", exc)
+            self._backlog = True
+            time.sleep(timeout_s)
+            return self.newest()
         for stream, entries in reply or []:
             for entry_id, fields in entries:
                 if stream.decode() == self.log_key:
                     self._pending[entry_id] = int(fields.get(b"last", 0))
-                else:
+                    continue
+                try:
                     for name, argument in fields.items():
                         on_command(name.decode(), argument.decode())
-                    self.client.xack(self.commands_key, GROUP, entry_id)
+                except BaseException:
+                    self._backlog = True  # not acknowledged: handed over again by the next read
+                    raise
+                self.client.xack(self.commands_key, GROUP, entry_id)
         return self.newest()
+
+    def _warn(self, message: str, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._warned > 60:
+            self._warned = now
+            log.warning("%s: %s", message, exc)
 
     def _read(self, start: str, block_ms: int | None) -> Any:
         """``start`` "0": this consumer's pending entries (a previous run's); ">": new ones."""
@@ -169,7 +200,11 @@ class RedisBus:
         """Acknowledge every log entry up to ``offset``: the learner has learned it."""
         done = [entry_id for entry_id, last in self._pending.items() if last <= offset]
         if done:
-            self.client.xack(self.log_key, GROUP, *done)
+            try:
+                self.client.xack(self.log_key, GROUP, *done)
+            except redis.RedisError as exc:  # acknowledged with a later offset, once Redis is back
+                self._warn("could not acknowledge on the bus", exc)
+                return
             for entry_id in done:
                 del self._pending[entry_id]
 
@@ -186,11 +221,3 @@ class RedisBus:
 
     def close(self) -> None:
         self.client.close()
-
-
-def redis_available(url: str) -> bool:
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=2)
-        return bool(client.ping())
-    except redis.RedisError:
-        return False

@@ -23,9 +23,9 @@ import threading
 
 import redis
 
-from freshrec.bus import RedisBus
+from freshrec.bus import BusError, RedisBus
 from freshrec.model.snapshot import Snapshot
-from freshrec.serve.service import Service
+from freshrec.serve.service import Problem, Service
 from freshrec.storage.base import Store
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,18 @@ class Replica:
             self.versions["catalog"] = catalog[0]
         service.learner_state = "no learner has published a state yet"
         service.append_hooks.append(bus.announce)
-        service.forget_hooks.append(lambda user_id: bus.command("forget", user_id))
+        service.forget_hooks.append(self._forget)
         service.catalog_hooks.append(lambda: store.publish("catalog", b""))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="freshrec-replica", daemon=True)
+
+    def _forget(self, user_id: str) -> None:
+        try:
+            self.bus.command("forget", user_id)
+        except BusError as exc:  # the events are gone from the store; the model's traces are not yet
+            raise Problem(
+                503, f"the user's events are deleted, but the learner could not be told ({exc}); retry the deletion"
+            ) from None
 
     def start(self) -> None:
         self.tick()  # serve the newest model from the first request on
