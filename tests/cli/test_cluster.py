@@ -20,13 +20,10 @@ import pytest
 import redis
 
 from freshrec.storage import open_store
+from tests.learn.test_online import ENV as TINY_MODEL
 
 ENV = {
-    "FRESHREC_ENCODER__MODEL": "hashing",
-    "FRESHREC_ENCODER__HASHING_DIM": "32",
-    "FRESHREC_MODEL__DIM": "16",
-    "FRESHREC_MODEL__HISTORY_LENGTH": "8",
-    "FRESHREC_LEARN__EPOCHS": "1",
+    **TINY_MODEL,  # the learner's tests' small model, with the hashing encoder
     "FRESHREC_LEARN__MAX_WAIT_MS": "50",
     "FRESHREC_CLUSTER__POLL_MS": "100",
     "FRESHREC_CLUSTER__SNAPSHOT_INTERVAL_MS": "200",

@@ -21,7 +21,6 @@ database's locale.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -35,10 +34,21 @@ import numpy.typing as npt
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from freshrec.domain import Event, EventType, Item, ItemId, Offset, UserId, item_text
+from freshrec.domain import Event, EventType, Item, ItemId, Offset, UserId
 from freshrec.settings import StorageSettings
 from freshrec.storage.base import AppendResult, Counts, UpsertResult, redact
-from freshrec.storage.rows import EVENT_COLUMNS, ITEM_COLUMNS, context_text, event_of, item_of, item_row
+from freshrec.storage.rows import (
+    EVENT_COLUMNS,
+    ITEM_COLUMNS,
+    changed_items,
+    context_text,
+    embedding_rows,
+    event_of,
+    item_of,
+    texts_to_embed,
+    upsert_items_sql,
+    vector_matrix,
+)
 from freshrec.storage.sqlite import SchemaError
 
 SCHEMA_VERSION = 1
@@ -266,41 +276,18 @@ class PostgresStore:
     # -- the catalog -------------------------------------------------------
     def upsert_items(self, items: Sequence[Item]) -> UpsertResult:
         now = time.time()
-        latest: dict[str, Item] = {item.item_id: item for item in items}
-        inserted = updated = unchanged = 0
         with self.transaction(), self._conn() as conn:
-            existing = dict(
+            ids = list({item.item_id: None for item in items})
+            stored = dict(
                 conn.execute(  # type: ignore[arg-type]
-                    "SELECT item_id, content_hash FROM items WHERE item_id = ANY(%s) FOR UPDATE", (list(latest),)
+                    "SELECT item_id, content_hash FROM items WHERE item_id = ANY(%s) FOR UPDATE", (ids,)
                 ).fetchall()
             )
-            rows = []
-            for item_id, item in latest.items():
-                row = item_row(item)
-                old = existing.get(item_id)
-                if old == row["content_hash"]:
-                    unchanged += 1
-                    continue
-                if old is None:
-                    inserted += 1
-                else:
-                    updated += 1
-                rows.append({**row, "now": now})
+            rows, result = changed_items(items, stored, now)
             if rows:
                 with conn.cursor() as cur:
-                    cur.executemany(
-                        "INSERT INTO items (item_id, title, description, categories, attributes, vector,"
-                        " text_hash, content_hash, created_at, updated_at)"
-                        " VALUES (%(item_id)s, %(title)s, %(description)s, %(categories)s, %(attributes)s,"
-                        " %(vector)s, %(text_hash)s, %(content_hash)s, %(now)s, %(now)s)"
-                        " ON CONFLICT (item_id) DO UPDATE SET title = excluded.title,"
-                        " description = excluded.description, categories = excluded.categories,"
-                        " attributes = excluded.attributes, vector = excluded.vector,"
-                        " text_hash = excluded.text_hash, content_hash = excluded.content_hash,"
-                        " updated_at = excluded.updated_at",
-                        rows,
-                    )
-        return UpsertResult(inserted=inserted, updated=updated, unchanged=unchanged)
+                    cur.executemany(upsert_items_sql(lambda name: f"%({name})s"), rows)
+        return result
 
     def get_item(self, item_id: ItemId) -> Item | None:
         with self._conn() as conn:
@@ -328,12 +315,10 @@ class PostgresStore:
                 " ORDER BY i.text_hash, i.item_id) first_of_each ORDER BY item_id",
                 (encoder,),
             ).fetchall()
-        return [(h, item_text(t, d, tuple(json.loads(c)))) for h, t, d, c in rows]
+        return texts_to_embed(rows)
 
     def put_embeddings(self, encoder: str, hashes: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
-        if len(hashes) != len(vectors):
-            raise ValueError(f"{len(hashes)} hashes but {len(vectors)} vectors")
-        rows = [(encoder, h, np.asarray(v, dtype="<f4").tobytes()) for h, v in zip(hashes, vectors, strict=True)]
+        rows = embedding_rows(encoder, hashes, vectors)
         with self.transaction(), self._conn() as conn, conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO embeddings (encoder, text_hash, vector) VALUES (%s, %s, %s)"
@@ -357,16 +342,7 @@ class PostgresStore:
                     query + " AND i.item_id = ANY(%s) ORDER BY i.item_id",  # type: ignore[operator]
                     (encoder, sorted(set(ids))),
                 ).fetchall()
-        if not rows:
-            return [], np.zeros((0, 0), dtype=np.float32)
-        dims = {len(r[1]) for r in rows}
-        if len(dims) > 1:
-            raise ValueError(
-                f"item vectors for encoder {encoder!r} have mixed sizes {sorted(d // 4 for d in dims)}; "
-                "precomputed vectors must match the encoder's dimension"
-            )
-        matrix = np.frombuffer(b"".join(bytes(r[1]) for r in rows), dtype="<f4").reshape(len(rows), -1)
-        return [r[0] for r in rows], matrix.astype(np.float32)
+        return vector_matrix(encoder, rows)
 
     # -- published blobs -----------------------------------------------------
     def publish(self, name: str, data: bytes) -> int:

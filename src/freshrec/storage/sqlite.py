@@ -18,7 +18,6 @@ file instead of leaving the bytes on free pages.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
@@ -30,10 +29,21 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from freshrec.domain import Event, EventType, Item, ItemId, Offset, UserId, item_text
+from freshrec.domain import Event, EventType, Item, ItemId, Offset, UserId
 from freshrec.settings import StorageSettings
 from freshrec.storage.base import AppendResult, Counts, UpsertResult
-from freshrec.storage.rows import EVENT_COLUMNS, ITEM_COLUMNS, context_text, event_of, item_of, item_row
+from freshrec.storage.rows import (
+    EVENT_COLUMNS,
+    ITEM_COLUMNS,
+    changed_items,
+    context_text,
+    embedding_rows,
+    event_of,
+    item_of,
+    texts_to_embed,
+    upsert_items_sql,
+    vector_matrix,
+)
 
 SCHEMA_VERSION = 2
 
@@ -281,44 +291,20 @@ class SQLiteStore:
     # -- the catalog -------------------------------------------------------
     def upsert_items(self, items: Sequence[Item]) -> UpsertResult:
         now = time.time()
-        latest: dict[str, Item] = {item.item_id: item for item in items}
-        inserted = updated = unchanged = 0
         with self.transaction():
-            ids = list(latest)
-            existing: dict[str, str] = {}
+            ids = list({item.item_id: None for item in items})
+            stored: dict[str, str] = {}
             for start in range(0, len(ids), _CHUNK):
                 chunk = ids[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
-                existing.update(
+                stored.update(
                     self._conn.execute(
                         f"SELECT item_id, content_hash FROM items WHERE item_id IN ({marks})", chunk
                     ).fetchall()
                 )
-            rows = []
-            for item_id, item in latest.items():
-                row = item_row(item)
-                old = existing.get(item_id)
-                if old == row["content_hash"]:
-                    unchanged += 1
-                    continue
-                if old is None:
-                    inserted += 1
-                else:
-                    updated += 1
-                rows.append({**row, "now": now})
-            self._conn.executemany(
-                "INSERT INTO items (item_id, title, description, categories, attributes, vector,"
-                " text_hash, content_hash, created_at, updated_at)"
-                " VALUES (:item_id, :title, :description, :categories, :attributes, :vector,"
-                " :text_hash, :content_hash, :now, :now)"
-                " ON CONFLICT (item_id) DO UPDATE SET title = excluded.title,"
-                " description = excluded.description, categories = excluded.categories,"
-                " attributes = excluded.attributes, vector = excluded.vector,"
-                " text_hash = excluded.text_hash, content_hash = excluded.content_hash,"
-                " updated_at = excluded.updated_at",
-                rows,
-            )
-        return UpsertResult(inserted=inserted, updated=updated, unchanged=unchanged)
+            rows, result = changed_items(items, stored, now)
+            self._conn.executemany(upsert_items_sql(lambda name: f":{name}"), rows)
+        return result
 
     def get_item(self, item_id: ItemId) -> Item | None:
         with self._reading() as conn:
@@ -345,12 +331,10 @@ class SQLiteStore:
                 " GROUP BY i.text_hash ORDER BY MIN(i.item_id)",
                 (encoder,),
             ).fetchall()
-        return [(h, item_text(t, d, tuple(json.loads(c)))) for h, t, d, c in rows]
+        return texts_to_embed(rows)
 
     def put_embeddings(self, encoder: str, hashes: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
-        if len(hashes) != len(vectors):
-            raise ValueError(f"{len(hashes)} hashes but {len(vectors)} vectors")
-        rows = [(encoder, h, np.asarray(v, dtype="<f4").tobytes()) for h, v in zip(hashes, vectors, strict=True)]
+        rows = embedding_rows(encoder, hashes, vectors)
         with self.transaction():
             self._conn.executemany(
                 "INSERT OR REPLACE INTO embeddings (encoder, text_hash, vector) VALUES (?, ?, ?)", rows
@@ -376,16 +360,7 @@ class SQLiteStore:
                     rows += conn.execute(
                         query + f" AND i.item_id IN ({marks}) ORDER BY i.item_id", (encoder, *chunk)
                     ).fetchall()
-        if not rows:
-            return [], np.zeros((0, 0), dtype=np.float32)
-        dims = {len(r[1]) for r in rows}
-        if len(dims) > 1:
-            raise ValueError(
-                f"item vectors for encoder {encoder!r} have mixed sizes {sorted(d // 4 for d in dims)}; "
-                "precomputed vectors must match the encoder's dimension"
-            )
-        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
-        return [r[0] for r in rows], matrix.astype(np.float32)
+        return vector_matrix(encoder, rows)
 
     # -- published blobs -----------------------------------------------------
     def publish(self, name: str, data: bytes) -> int:
