@@ -105,30 +105,32 @@ def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], hal
     # Ctrl-C in a terminal reaches the whole process group; the server stops this
     # process through ``halt``, after its last micro-batch and checkpoint.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    store = open_store(settings.store_url, settings.storage)
     sender = Sender(lambda data: pipe.send(("snapshot", data)), pipe.send, settings.serve.publish_interval_ms / 1000)
     try:
-        run_learner(settings, sender, halt, commands=commands)  # type: ignore[arg-type]
+        checkpoints = Checkpoints(settings.data_dir / "checkpoints")
+        run_learner(settings, store, checkpoints, sender, halt, commands=commands)  # type: ignore[arg-type]
     finally:
+        store.close()
         pipe.close()
 
 
 def run_learner(
     settings: Settings,
+    store: Store,
+    checkpoints: Checkpoints,
     sender: Sender,
     halt: threading.Event,
     commands: Queue[Any] | None = None,
     bus: RedisBus | None = None,
 ) -> None:
     """Resume or warm-start, then follow the log until ``halt``; retry after failures.
+    Closes ``sender`` at the end.
 
     Users to forget arrive on ``commands`` (a queue, ended by ``None``) or on the ``bus``."""
     if settings.serve.learner_niceness and hasattr(os, "nice"):
         os.nice(settings.serve.learner_niceness)
     limit_threads(settings.serve.torch_threads)
-    store = open_store(settings.store_url, settings.storage)
-    checkpoints = (
-        shared_checkpoints(settings, store) if bus is not None else Checkpoints(settings.data_dir / "checkpoints")
-    )
     reported: dict[str, int] = {}
 
     def updated(snapshot: Snapshot) -> None:
@@ -175,23 +177,47 @@ def run_learner(
         if commands is not None:
             commander.join(timeout=60)  # a deletion in progress finishes erasing the checkpoints
         sender.close()
-        store.close()
 
 
-def shared_checkpoints(settings: Settings, store: Store) -> Checkpoints:
-    """A deployment's learner mirrors its current checkpoint to the shared store (at most
-    every ``STORE_EVERY_S``, and at once after an erasure) and, started with an empty
-    data folder (a new machine), resumes from that copy instead of warm-starting from
-    the whole log."""
-    last = [float("-inf")]
+STORE_EVERY_S = 30.0
+"""A deployment's learner writes its newest snapshot and checkpoint to the shared store at
+most this often: tens of megabytes, which the store's one writer would otherwise carry
+several times a second."""
 
-    def mirror(data: bytes, urgent: bool) -> None:
-        # tens of megabytes: not at every checkpoint, but at once when erasure rewrote one
-        if urgent or time.monotonic() - last[0] >= STORE_EVERY_S:
-            store.publish("checkpoint", data)
-            last[0] = time.monotonic()
 
-    checkpoints = Checkpoints(settings.data_dir / "checkpoints", mirror=mirror)
+class Throttled:
+    """Hands the newest of what it is offered to ``write`` at most once per ``every_s``
+    (at once when ``urgent``); :meth:`flush` writes what is still waiting."""
+
+    def __init__(self, write: Callable[[bytes], object], every_s: float = STORE_EVERY_S):
+        self.write, self.every = write, every_s
+        self.written_at = float("-inf")
+        self.waiting: bytes | None = None
+        self.lock = threading.Lock()
+
+    def offer(self, data: bytes, urgent: bool = False) -> None:
+        with self.lock:
+            self.waiting = data
+            if urgent or time.monotonic() - self.written_at >= self.every:
+                self._write()
+
+    def flush(self) -> None:
+        with self.lock:
+            self._write()
+
+    def _write(self) -> None:
+        if self.waiting is not None:
+            self.write(self.waiting)
+            self.waiting, self.written_at = None, time.monotonic()
+
+
+def shared_checkpoints(settings: Settings, store: Store, shelf: Throttled | None = None) -> Checkpoints:
+    """A deployment's learner mirrors its current checkpoint to the shared store (through
+    ``shelf``: at most every ``STORE_EVERY_S``, at once after an erasure rewrote it) and,
+    started with an empty data folder (a new machine), resumes from that copy instead of
+    warm-starting from the whole log."""
+    shelf = shelf or Throttled(lambda data: store.publish("checkpoint", data))
+    checkpoints = Checkpoints(settings.data_dir / "checkpoints", mirror=shelf.offer)
     if checkpoints.current() is None and (shared := store.published("checkpoint")) is not None:
         version = checkpoints.restore(shared[1])
         log.info("resuming from the shared store's checkpoint version %d (offset %d)", version.version, version.offset)
@@ -223,8 +249,9 @@ class BusFeed:
 
 def learner_role_main(settings: Settings, halt: threading.Event) -> None:
     """``serve --role learner``: the one learner of a deployment of API replicas.
-    Model snapshots go to the bus (and now and then to the shared store), its state
-    to the store, where the replicas look for them every ``cluster.poll_ms``."""
+    Every model snapshot goes to the bus; the newest snapshot and checkpoint go to the
+    shared store now and then (and when it stops), its state to the store at once;
+    replicas look for them every ``cluster.poll_ms``."""
     bus = RedisBus(settings.cluster)
     store = open_store(settings.store_url, settings.storage)
     status: dict[str, Any] = {}
@@ -239,39 +266,21 @@ def learner_role_main(settings: Settings, halt: threading.Event) -> None:
         except Exception:
             log.exception("could not publish the learner's state")
 
-    outlet = Outlet(bus, store, STORE_EVERY_S)
-    sender = Sender(outlet.deliver, message, settings.cluster.snapshot_interval_ms / 1000)
+    snapshots = Throttled(lambda data: store.publish("snapshot", data))
+    checkpoint_shelf = Throttled(lambda data: store.publish("checkpoint", data))
+
+    def deliver(data: bytes) -> None:
+        try:
+            bus.put_snapshot(data)
+        finally:  # the store's copy is kept even when Redis is away
+            snapshots.offer(data)
+
+    sender = Sender(deliver, message, settings.cluster.snapshot_interval_ms / 1000)
     try:
-        run_learner(settings, sender, halt, bus=bus)
+        checkpoints = shared_checkpoints(settings, store, checkpoint_shelf)
+        run_learner(settings, store, checkpoints, sender, halt, bus=bus)
     finally:
-        outlet.close()
+        snapshots.flush()
+        checkpoint_shelf.flush()
         store.close()
         bus.close()
-
-
-STORE_EVERY_S = 30.0
-"""The learner writes its newest snapshot (and checkpoint) to the shared store at most this often."""
-
-
-class Outlet:
-    """Where a deployment's learner puts snapshots: every one on the bus, the newest in
-    the store at most every ``store_every_s`` (and when it stops), for replicas that
-    start while Redis has none."""
-
-    def __init__(self, bus: RedisBus, store: Store, store_every_s: float):
-        self.bus, self.store, self.every = bus, store, store_every_s
-        self.stored_at = float("-inf")
-        self.unstored: bytes | None = None
-
-    def deliver(self, data: bytes) -> None:
-        try:
-            self.bus.put_snapshot(data)
-        finally:  # the store copy is written even when Redis is away
-            self.unstored = data
-            if time.monotonic() - self.stored_at >= self.every:
-                self.close()
-
-    def close(self) -> None:
-        if self.unstored is not None:
-            self.store.publish("snapshot", self.unstored)
-            self.unstored, self.stored_at = None, time.monotonic()
