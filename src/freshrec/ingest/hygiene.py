@@ -136,6 +136,19 @@ class Quarantine:
             "now": self.now,
         }
 
+    @staticmethod
+    def erased(state: dict[str, Any], user: str) -> dict[str, Any] | None:
+        """A :meth:`state` without ``user``, or ``None`` if it does not hold them
+        (erasure rewrites stored checkpoints with it)."""
+        recent, until = state.get("recent", {}), state.get("until", {})
+        if user not in recent and user not in until:
+            return None
+        return {
+            **state,
+            "recent": {u: t for u, t in recent.items() if u != user},
+            "until": {u: t for u, t in until.items() if u != user},
+        }
+
     def load(self, state: dict[str, Any]) -> None:
         self._recent = {u: deque(times) for u, times in state.get("recent", {}).items()}
         self._until = dict(state.get("until", {}))

@@ -226,14 +226,12 @@ class Learner:
 
     def _erased(self, state: dict[str, Any], user_id: str) -> dict[str, Any] | None:
         """A checkpoint's state without the user, or ``None`` if it never held them."""
-        quarantine = state.get("quarantine", {})
-        counted = any(user_id in quarantine.get(part, {}) for part in ("recent", "until"))
+        quarantine = Quarantine.erased(state.get("quarantine", {}), user_id)
+        if quarantine is not None:
+            state = {**state, "quarantine": quarantine}
         user_ids = list(state.get("user_ids", []))
-        if user_id not in user_ids and not counted:
-            return None
-        state = {**state, "quarantine": {k: _without(v, user_id) for k, v in quarantine.items()}}
         if user_id not in user_ids:
-            return state
+            return None if quarantine is None else state
         code = user_ids.index(user_id)
         user_ids[code] = None
         net = state["model"]["trainer"]["net"]
@@ -416,11 +414,6 @@ class Learner:
     def _publish(self) -> None:
         if self.on_update is not None:
             self.on_update(self.snapshot())
-
-
-def _without(value: Any, user_id: str) -> Any:
-    """``value`` without the key ``user_id`` if it is a dict keyed by user."""
-    return {k: v for k, v in value.items() if k != user_id} if isinstance(value, dict) else value
 
 
 def _chunks(events: Iterable[Event], size: int = 10_000) -> Iterable[list[Event]]:

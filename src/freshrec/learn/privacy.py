@@ -46,12 +46,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from opacus.accountants import RDPAccountant
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from freshrec.learn.trainer import Trainer, tensors
+from freshrec.learn.trainer import Trainer, example_terms, tensors
 from freshrec.model.base import Interactions
 from freshrec.model.sequence import SequenceNet
 from freshrec.settings import PrivacySettings
@@ -98,7 +97,7 @@ class _ExampleLoss(nn.Module):
         logits = net.scores(state, table, bias)[0]
         target_logit = logits.gather(0, target.unsqueeze(0)).squeeze(0)
         cross_entropy = torch.logsumexp(logits, 0) - target_logit
-        return torch.where(weight > 0, cross_entropy * weight, F.softplus(target_logit) * (-weight))
+        return example_terms(cross_entropy, target_logit, weight)
 
 
 class PrivateSteps:
@@ -127,12 +126,7 @@ class PrivateSteps:
         for name, p in trainer.net.named_parameters():
             if p.requires_grad:
                 p.grad = noisy[name]
-        for o, schedule in zip(trainer.optimizers, trainer.schedules, strict=True):
-            o.step()
-            schedule.step()
-            o.zero_grad(set_to_none=True)
-        trainer.health.steps += 1
-        trainer.health.last_loss = loss
+        trainer.advance(loss)
         return loss
 
     def gradient(self, batch: Interactions) -> tuple[dict[str, Tensor], float]:
@@ -145,11 +139,11 @@ class PrivateSteps:
         target = torch.from_numpy(batch.item.astype(np.int64))
         weight = torch.from_numpy(trainer.weights(batch))
 
-        def example_loss(p: dict[str, Tensor], h: dict[str, Tensor], t: Tensor, w: Tensor) -> Tensor:
+        def example_loss(p: dict[str, Tensor], h: dict[str, Tensor], t: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
             out: Tensor = functional_call(self.loss, {**p, **buffers}, (h, t, w))
-            return out
+            return out, out.detach()  # the value rides along: no second forward pass for it
 
-        per_example = vmap(grad(example_loss), in_dims=(None, 0, 0, 0))
+        per_example = vmap(grad(example_loss, has_aux=True), in_dims=(None, 0, 0, 0))
         summed = {n: torch.zeros_like(p) for n, p in params.items()}
         losses = []
         with warnings.catch_warnings():  # attention has no batching rule yet: vmap loops over it, and says so
@@ -157,13 +151,13 @@ class PrivateSteps:
             for start in range(0, len(batch), s.chunk):
                 part = slice(start, start + s.chunk)
                 h: dict[str, Any] = {k: v[part] for k, v in history.items()}
-                grads: dict[str, Tensor] = per_example(params, h, target[part], weight[part])
+                grads: dict[str, Tensor]
+                grads, values = per_example(params, h, target[part], weight[part])
+                losses.append(values)
                 norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))  # type: ignore[arg-type]
                 factor = (s.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
                 for n, g in grads.items():
                     summed[n] += torch.einsum("b,b...->...", factor, g)
-                with torch.no_grad():
-                    losses.append(vmap(example_loss, in_dims=(None, 0, 0, 0))(params, h, target[part], weight[part]))
         sd = s.noise_multiplier * s.max_grad_norm
         noisy = {
             n.removeprefix("net."): (g + torch.normal(0.0, sd, g.shape, generator=self.generator)) / self.batch_size

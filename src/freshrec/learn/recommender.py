@@ -102,14 +102,13 @@ class FreshRec:
     def learn(self, events: Interactions) -> None:
         if not self.learn_settings.online or not len(events):
             return
+        self._add_users(events)
         if self.private is not None:  # no replay, seeding or activation: see freshrec.learn.privacy
-            self._add_users(events)
             self.private.step(events)
             self._table = None
             return
         self._seed_new_items(events)
         self._activate(events)
-        self._add_users(events)
         extra = round(len(events) * self.learn_settings.replay_share)
         batch = events.concat(self.buffer.sample(extra))
         self.trainer.step(batch, dropout=False)

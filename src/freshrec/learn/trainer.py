@@ -53,6 +53,12 @@ def tensors(batch: Interactions) -> HistoryTensors:
     }
 
 
+def example_terms(cross_entropy: Tensor, target_logit: Tensor, weight: Tensor) -> Tensor:
+    """Each example's loss: a positive weight trains its item as the next one (softmax
+    cross-entropy), a negative one pushes the item's score down (softplus)."""
+    return torch.where(weight > 0, cross_entropy * weight, F.softplus(target_logit) * (-weight))
+
+
 class Trainer:
     def __init__(self, net: SequenceNet, settings: LearnSettings, feedback: FeedbackWeights, seed: int = 0):
         self.net = net
@@ -126,9 +132,7 @@ class Trainer:
         logits = net.scores(users, table, bias, items=candidates)
         target_logit = logits.gather(1, column.unsqueeze(1)).squeeze(1)
         cross_entropy = F.cross_entropy(logits, column, reduction="none")  # fused: a fifth faster than by hand
-        positive = w > 0
-        terms = torch.where(positive, cross_entropy * w, F.softplus(target_logit) * (-w))
-        return terms.sum() / w.abs().sum().clamp(min=1e-6)
+        return example_terms(cross_entropy, target_logit, w).sum() / w.abs().sum().clamp(min=1e-6)
 
     # -- one step ------------------------------------------------------------
     def step(self, batch: Interactions, every_position: bool = False, dropout: bool = True) -> float | None:
@@ -156,12 +160,16 @@ class Trainer:
             return None
         if self._spike(value):
             return None
+        self.advance(value)
+        return value
+
+    def advance(self, loss: float) -> None:
+        """Apply the gradients the parameters hold: every optimizer and schedule steps."""
         for o, s in zip(self.optimizers, self.schedules, strict=True):
             o.step()
             s.step()
         self.health.steps += 1
-        self.health.last_loss = value
-        return value
+        self.health.last_loss = loss
 
     def _spike(self, value: float) -> bool:
         h = self.health
