@@ -271,8 +271,8 @@ class ClusterSettings(Section):
     stream_max_len: int = Field(default=100_000, ge=1_000)
     """Entries each stream keeps (approximately); older ones are trimmed."""
     snapshot_interval_ms: int = Field(default=500, ge=50)
-    """The learner writes a model snapshot to the shared store at most this often
-    (a snapshot of a 10,000-item model is a few megabytes)."""
+    """The learner puts a model snapshot on the bus at most this often (a snapshot of
+    a 10,000-item model is about 3 MB)."""
     poll_ms: int = Field(default=250, ge=10)
     """API replicas look for a new snapshot, catalog or learner state this often."""
 

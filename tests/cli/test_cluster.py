@@ -9,11 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +19,7 @@ import redis
 
 from freshrec.storage import open_store
 from tests.learn.test_online import ENV as TINY_MODEL
+from tests.serve.conftest import wait_for
 
 ENV = {
     **TINY_MODEL,  # the learner's tests' small model, with the hashing encoder
@@ -29,17 +28,6 @@ ENV = {
     "FRESHREC_CLUSTER__SNAPSHOT_INTERVAL_MS": "200",
 }
 FRESHREC = str(Path(sys.executable).parent / "freshrec")
-
-
-def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def free_port() -> int:
@@ -97,7 +85,7 @@ def test_two_api_replicas_and_a_learner_share_events_and_model_versions(
             return False
 
     try:
-        until(lambda: ready(a) and ready(b), 120, "both replicas to serve the learner's warm-started model")
+        wait_for(lambda: ready(a) and ready(b), timeout=120)  # both serve the learner's warm-started model
         first = a.get("/v1/status").json()["model_version"]
         assert b.get("/v1/status").json()["model_version"] == first and first is not None
 
@@ -117,17 +105,15 @@ def test_two_api_replicas_and_a_learner_share_events_and_model_versions(
             va, vb = (c.get("/v1/status").json()["model_version"] for c in (a, b))
             return bool(va != first and va == vb)
 
-        until(moved, 30, "a new model version on both replicas")
+        wait_for(moved, timeout=30)
         status = b.get("/v1/status").json()
         assert status["learner"] == "following" and status["learned_offset"] == status["log_offset"]
 
         # an item written through B is recommendable through A
         item = {"item_id": "brand-new", "title": "A brand new thing", "categories": ["fresh"]}
         assert b.post("/v1/items", json=[item]).status_code in (200, 201, 202)
-        until(
-            lambda: a.get("/v1/users/newcomer/recommendations?k=5&categories=fresh").json()["items"],
-            10,
-            "replica A to read the catalog replica B changed",
+        wait_for(  # replica A reads the catalog replica B changed
+            lambda: a.get("/v1/users/newcomer/recommendations?k=5&categories=fresh").json()["items"], timeout=10
         )
 
         # a deletion through B reaches the learner over the bus, and the store
@@ -135,12 +121,11 @@ def test_two_api_replicas_and_a_learner_share_events_and_model_versions(
         assert a.get("/v1/users/newcomer/history").json()["events"] == []
         bus = redis.Redis.from_url(cluster_env["FRESHREC_CLUSTER__BUS_URL"])
         prefix = cluster_env["FRESHREC_CLUSTER__PREFIX"]
-        until(
+        wait_for(  # the learner carried out the deletion and acknowledged it
             lambda: (
                 bus.xlen(f"{prefix}:commands") == 1 and bus.xpending(f"{prefix}:commands", "learner")["pending"] == 0
             ),
-            30,
-            "the learner to carry out the deletion",
+            timeout=30,
         )
         bus.close()
     finally:

@@ -109,10 +109,11 @@ class Store(Protocol):
         cached), in id order; with ``ids``, of those items only."""
         ...
 
-    # -- published blobs (the newest model snapshot, the catalog's version) ---
+    # -- published blobs (shared state of the processes of a deployment) ------
     def publish(self, name: str, data: bytes) -> int:
-        """Replace the blob called ``name``; returns its new version (1, 2, ...).
-        How the learner hands model snapshots to API replicas in other processes."""
+        """Replace the blob called ``name``; returns its new version (1, 2, ...). The
+        learner leaves its state and copies of its newest snapshot and checkpoint
+        here; API replicas bump the catalog's version."""
         ...
 
     def published(self, name: str, after: int = 0) -> tuple[int, bytes] | None:
