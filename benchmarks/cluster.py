@@ -58,7 +58,8 @@ def prepare(data: Path, env: dict[str, str], args: argparse.Namespace) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")  # type: ignore[arg-type]
     client = redis.Redis.from_url(args.redis)
-    client.delete("freshrec-bench:log", "freshrec-bench:commands")
+    # the streams, and the snapshot an earlier run's learner left (it belongs to the dropped store)
+    client.delete(*(f"freshrec-bench:{key}" for key in ("log", "commands", "snapshot", "snapshot-version")))
     client.close()
     gen = data / "gen"
     for step in (
@@ -124,7 +125,7 @@ def ingest(urls: list[str], args: argparse.Namespace) -> dict[str, Any]:
         elapsed = time.monotonic() - started
         results = [q.get() for _ in procs]
         stopped = time.monotonic()
-        head = c.get("/v1/status").json()["log_offset"]
+        head = status(c)["log_offset"]
         while status(c)["learned_offset"] < head:
             time.sleep(0.05)
         drain = time.monotonic() - stopped
