@@ -43,6 +43,7 @@ import numpy as np
 import psycopg
 import redis
 
+from freshrec.bus import keys
 from harness import free_port, freshrec, wait_ready, write_section
 
 ENV = {
@@ -59,7 +60,7 @@ def prepare(data: Path, env: dict[str, str], args: argparse.Namespace) -> None:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")  # type: ignore[arg-type]
     client = redis.Redis.from_url(args.redis)
     # the streams, and the snapshot an earlier run's learner left (it belongs to the dropped store)
-    client.delete(*(f"freshrec-bench:{key}" for key in ("log", "commands", "snapshot", "snapshot-version")))
+    client.delete(*keys(ENV["FRESHREC_CLUSTER__PREFIX"]).values())
     client.close()
     gen = data / "gen"
     for step in (

@@ -43,7 +43,9 @@ from typing import Any
 
 import httpx
 import numpy as np
+import redis
 
+from freshrec.bus import keys
 from harness import free_port, freshrec, wait_ready, write_section
 
 KEYS = {"read": "bench-read-key-0000000", "write": "bench-write-key-000000", "admin": "bench-admin-key-000000"}
@@ -381,10 +383,14 @@ def start_servers(args: argparse.Namespace, port: int) -> list[subprocess.Popen[
     replicas sharing the port (``--reuse-port``), over the same SQLite file and a Redis bus."""
     if not args.replicas:
         return [subprocess.Popen(freshrec(args.data, "serve", "--port", str(port)), env=env())]
+    prefix = "freshrec-bench-serve"
+    client = redis.Redis.from_url(args.redis)
+    client.delete(*keys(prefix).values())  # what an earlier run left
+    client.close()
     cluster = {
         **env(),
         "FRESHREC_CLUSTER__BUS_URL": args.redis,
-        "FRESHREC_CLUSTER__PREFIX": f"freshrec-bench-serve-{port}",
+        "FRESHREC_CLUSTER__PREFIX": prefix,
         "FRESHREC_STORAGE__URL": f"sqlite:///{args.data.resolve() / 'freshrec.db'}",
     }
     servers = [subprocess.Popen(freshrec(args.data, "serve", "--role", "learner"), env=cluster)]

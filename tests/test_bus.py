@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from freshrec.bus import RedisBus, connect
+from freshrec.bus import RedisBus, connect, keys
 from freshrec.cli.learner_process import BusFeed
 from freshrec.ingest.importer import import_events
 from freshrec.ingest.validate import Validator
@@ -29,7 +29,7 @@ def cluster(redis_url: str) -> Iterator[ClusterSettings]:
     settings = ClusterSettings(bus_url=redis_url, prefix=f"test-{uuid.uuid4().hex[:12]}", stream_max_len=1_000)
     yield settings
     client = redis.Redis.from_url(redis_url)
-    client.delete(*(f"{settings.prefix}:{k}" for k in ("log", "commands", "snapshot", "snapshot-version")))
+    client.delete(*keys(settings.prefix).values())
     client.close()
 
 

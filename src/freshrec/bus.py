@@ -56,6 +56,11 @@ DOWN_S = 5.0
 """How long a replica stops announcing after Redis failed it."""
 
 
+def keys(prefix: str) -> dict[str, str]:
+    """Every Redis key a deployment with this prefix uses (to clear one, say)."""
+    return {name: f"{prefix}:{name}" for name in ("log", "commands", "snapshot", "snapshot-version")}
+
+
 def connect(url: str) -> redis.Redis:
     """A client that fails fast: one retry, no backoff. An API replica announces on the
     request path of every event post, and redis-py's default (three retries with
@@ -78,10 +83,9 @@ class RedisBus:
             raise BusError("no bus configured: set cluster.bus_url (e.g. redis://127.0.0.1:6379/0)")
         self.settings = settings
         self.client = connect(settings.bus_url)
-        self.log_key = f"{settings.prefix}:log"
-        self.commands_key = f"{settings.prefix}:commands"
-        self.snapshot_key = f"{settings.prefix}:snapshot"
-        self.version_key = f"{settings.prefix}:snapshot-version"
+        named = keys(settings.prefix)
+        self.log_key, self.commands_key = named["log"], named["commands"]
+        self.snapshot_key, self.version_key = named["snapshot"], named["snapshot-version"]
         self.consumer = consumer
         self._pending: dict[bytes, int] = {}
         """Log entries handed to the learner and not yet acknowledged: (entry id, offset)."""

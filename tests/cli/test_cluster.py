@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis
 
+from freshrec.bus import keys
 from freshrec.storage import open_store
 from tests.learn.test_online import ENV as TINY_MODEL
 from tests.serve.conftest import wait_for
@@ -47,7 +48,7 @@ def cluster_env(postgres_url: str, redis_url: str) -> Iterator[dict[str, str]]:
         "FRESHREC_CLUSTER__PREFIX": prefix,
     }
     client = redis.Redis.from_url(redis_url)
-    client.delete(*(f"{prefix}:{k}" for k in ("log", "commands", "snapshot", "snapshot-version")))
+    client.delete(*keys(prefix).values())
     client.close()
 
 
