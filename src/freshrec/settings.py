@@ -147,6 +147,12 @@ class ModelSettings(Section):
     new_item_seed: float = Field(default=0.1, ge=0)
     """An item first seen online starts its ID embedding at this multiple of the
     state of the user who chose it (0: at zero)."""
+    last_item_weight: float | None = Field(default=1.0, ge=0)
+    """The user vector also gets the vector of the user's last item, times a learned
+    weight per event type that starts here (0 for dislikes and impressions): a
+    first-order "more like what they just touched" term (as in FPMC, Rendle et al.
+    2010) that the attention layers would otherwise have to learn from scratch.
+    None: no such term (the model before 2026-11-28)."""
     seed: int = 0
 
     @model_validator(mode="after")

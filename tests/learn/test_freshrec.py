@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from freshrec.domain import EventType
 from freshrec.encoders.hashing import HashingEncoder
 from freshrec.evaluate.log import EventLog
 from freshrec.evaluate.replay import Sequences
@@ -195,3 +196,34 @@ def test_user_id_rows_appear_with_users_learn_survive_a_reload_and_are_forgotten
     m.learn(seqs.batch(np.flatnonzero(log.user[:400] != gone)[-64:], 6))
     assert torch.count_nonzero(m.net.user_id.weight[gone]) == 0  # nothing of theirs came back
     assert not torch.equal(before, m.net.user_id.weight)
+
+
+def test_the_last_item_term_adds_its_vector_by_event_type(log: EventLog) -> None:
+    seqs = Sequences(log)
+    with_term = model(log, MODEL.model_copy(update={"last_item_weight": 0.7}))
+    without = model(log, MODEL.model_copy(update={"last_item_weight": None}))
+    without.net.load_state_dict(with_term.net.state_dict(), strict=False)  # same weights but the term
+    queries = seqs.batch(np.arange(400, 410), 6, queries=True)
+    t = tensors(queries)
+    for m in (with_term, without):
+        m.net.eval()
+    with torch.no_grad():
+        table, _ = with_term.net.item_table()
+        added = with_term.net.users(table, **t) - without.net.users(table, **t)
+        torch.testing.assert_close(added, 0.7 * table[t["hist_item"][:, -1]])
+        t["hist_type"][:, -1] = list(EventType).index(EventType.DISLIKE)  # says nothing like "more of it"
+        added = with_term.net.users(table, **t) - without.net.users(table, **t)
+    torch.testing.assert_close(added, torch.zeros_like(added))
+
+
+def test_a_state_from_before_the_last_item_term_resumes_with_its_old_scores(log: EventLog) -> None:
+    seqs = Sequences(log)
+    old = model(log, MODEL.model_copy(update={"last_item_weight": None}))
+    old.fit(seqs.batch(np.arange(300), 6))
+    new = model(log)
+    new.load_state(old.state())
+    queries = seqs.batch(np.arange(400, 500), 6, queries=True)
+    np.testing.assert_allclose(new.score(queries), old.score(queries), rtol=1e-5, atol=1e-5)
+    assert new.net.last_item is not None and not new.net.last_item.weight.any()
+    new.learn(seqs.batch(np.arange(300, 400), 6))  # the optimizer took the new weights on
+    assert new.net.last_item.weight.any()

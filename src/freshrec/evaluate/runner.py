@@ -73,6 +73,7 @@ MODELS: dict[str, Callable[[EventLog, Inputs], Recommender]] = {
 ABLATIONS: dict[str, Callable[[EventLog, Inputs], Recommender]] = {
     "freshrec-frozen": _freshrec(learn={"online": False}),
     "freshrec-no-seed": _freshrec(model={"new_item_seed": 0.0}),
+    "freshrec-no-last-item": _freshrec(model={"last_item_weight": None}),
     "freshrec-ids-only": _freshrec(model={"use_text": False}),
     "freshrec-text-only": _freshrec(model={"use_ids": False}),
     "freshrec-user-ids": _freshrec(model={"use_user_ids": True}),

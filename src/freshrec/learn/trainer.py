@@ -27,7 +27,7 @@ from freshrec.domain import EventType
 from freshrec.ingest.feedback import TYPE_CODES, FeedbackWeights
 from freshrec.learn.optim import build_optimizer, build_schedule
 from freshrec.model.base import Interactions
-from freshrec.model.sequence import HistoryTensors, SequenceNet
+from freshrec.model.sequence import HistoryTensors, SequenceNet, upgrade_state
 from freshrec.settings import LearnSettings
 
 RATING = TYPE_CODES[EventType.RATING]
@@ -241,8 +241,20 @@ class Trainer:
         users = state["net"].get("user_id.weight")
         if users is not None:
             self.grow_users(users.shape[0])
-        self.net.load_state_dict(state["net"])
+        self.net.load_state_dict(upgrade_state(self.net, state["net"]))
         for o, saved in zip(self.optimizers, state["optimizers"], strict=True):
-            o.load_state_dict(saved)
+            o.load_state_dict(_appended(o, saved))
         for s, saved in zip(self.schedules, state["schedules"], strict=True):
             s.load_state_dict(saved)
+
+
+def _appended(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with the parameters added since at the end of its last group, as
+    yet without state (a checkpoint from before ``upgrade_state``'s parameters)."""
+    groups = saved["param_groups"]
+    missing = sum(len(g["params"]) for g in optimizer.param_groups) - sum(len(g["params"]) for g in groups)
+    if missing <= 0:
+        return saved
+    start = 1 + max((i for g in groups for i in g["params"]), default=-1)
+    last = {**groups[-1], "params": [*groups[-1]["params"], *range(start, start + missing)]}
+    return {**saved, "param_groups": [*groups[:-1], last]}

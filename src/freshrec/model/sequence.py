@@ -13,7 +13,9 @@ features(rating, time gap) + position``, followed by a query token that
 carries the time since the last event; a causal Transformer encoder
 (SASRec, Kang and McAuley 2018) reads them, and the query token's output is
 the user vector. A user with no history gets the query token alone, a
-learned default. Optionally (``use_user_ids``) the query token also carries
+learned default. The user vector also gets the last item's vector times a
+learned weight per event type (``last_item_weight``): "more like what they
+just touched" from the first step. Optionally (``use_user_ids``) the query token also carries
 a per-user ID embedding, a row of a table that grows as users appear; rows of
 users the table does not hold yet count as zero.
 
@@ -100,6 +102,8 @@ class SequenceNet(nn.Module):
         causal, eye = _masks(s.history_length + 1)
         self.register_buffer("causal", causal, persistent=False)
         self.register_buffer("eye", eye, persistent=False)
+        # registered last, so that it is the last parameter: see upgrade_state
+        self.last_item = _last_item_weights(s.last_item_weight) if s.last_item_weight is not None else None
 
     @classmethod
     def from_state(
@@ -116,7 +120,7 @@ class SequenceNet(nn.Module):
         with torch.device("meta"):
             shape = torch.empty(n_items, text.shape[1]) if text is not None else None
             net = cls(n_items, shape, settings, rating_scale, n_users=0 if users is None else users.shape[0])
-        net.load_state_dict(state, strict=False, assign=True)
+        net.load_state_dict(upgrade_state(net, state), strict=False, assign=True)
         net.text = text.float() if net.use_text and text is not None else torch.zeros(n_items, 1)
         net.causal, net.eye = _masks(settings.history_length + 1)
         if left := [name for name, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]:
@@ -235,6 +239,10 @@ class SequenceNet(nn.Module):
         mask = mask.repeat_interleave(self.settings.heads, dim=0)
         out: Tensor = self.encoder(seq, mask=mask)
         states: Tensor = self.norm(out if every_position else out[:, -1])
+        if self.last_item is not None:
+            # padded positions hold zero vectors, so an empty history adds nothing
+            touched = items * self.last_item(hist_type.long() + 1)
+            states = states + (torch.cat([touched, touched[:, -1:]], dim=1) if every_position else touched[:, -1])
         return states
 
     def scores(self, users: Tensor, table: Tensor, bias: Tensor, items: Tensor | None = None) -> Tensor:
@@ -243,6 +251,29 @@ class SequenceNet(nn.Module):
             table, bias = table[items], bias[items]
         out: Tensor = users @ table.T + bias
         return out
+
+
+NOT_POSITIVE = (EventType.DISLIKE, EventType.IMPRESSION)
+
+
+def _last_item_weights(start: float) -> nn.Embedding:
+    """The last item's weight per event type (row 0: padding), ``start`` for the
+    types that say the user wants more of it, 0 for the others."""
+    table = nn.Embedding(N_TYPES + 1, 1)
+    with torch.no_grad():
+        table.weight.fill_(start)
+        table.weight[0] = 0
+        for kind in NOT_POSITIVE:
+            table.weight[list(EventType).index(kind) + 1] = 0
+    return table
+
+
+def upgrade_state(net: SequenceNet, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state saved before the last-item term existed gets its weights at zero,
+    which gives the scores it gave then (learning then moves them)."""
+    if net.last_item is None or "last_item.weight" in state:
+        return state
+    return {**state, "last_item.weight": torch.zeros(N_TYPES + 1, 1)}
 
 
 def _masks(size: int) -> tuple[Tensor, Tensor]:
