@@ -239,11 +239,14 @@ def test_a_bursting_user_is_stored_but_not_learned(world: tuple[SQLiteStore, lis
 
     # a restarted learner still holds the bot in quarantine, with the last minute's counts
     learner._checkpoint("with a bot")
-    again = Learner(store, settings, learner.checkpoints)
+    published: list[Snapshot] = []
+    again = Learner(store, settings, learner.checkpoints, on_update=published.append)
     again.resume()
     assert again.quarantine.figures() == learner.quarantine.figures() and again.quarantine.users() == ["bot"]
     store.append_events([validator.event({**burst[-1], "timestamp": burst[-1]["timestamp"] + 1})])
     assert again.catch_up() == 0
+    # nothing learned, but the log was read to its end: serving must not see the learner behind
+    assert published[-1].offset == store.last_offset()
 
 
 def test_a_user_deleted_during_the_warm_start_is_erased_once_it_ends(

@@ -2,11 +2,12 @@
 
 The shop comes from the synthetic generator: a catalog and a week of history.
 Then simulated users ask the server for recommendations and act according to
-their hidden tastes, which drift to new ones during the demo: each user scans
-the list and clicks an item of a topic they like with a probability that
-grows with their taste for it; if nothing appeals, they find something on
-their own. The dashboard's online hit rate (clicks on served items, out of
-all clicks) shows how well the model keeps up.
+their hidden tastes, which all drift to new ones within a few seconds of each
+other during the demo, so the dashboard shows the dip and how fast the model
+follows. Each user scans the list and clicks an item of a topic they like with
+a probability that grows with their taste for it; if nothing appeals, they find
+something on their own. The dashboard's online hit rate (clicks on served
+items, out of all clicks) shows how well the model keeps up.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class Shoppers:
         n = world.settings.users
         self.before = np.stack([world.taste(u, world.end) for u in range(n)])
         self.after = self.rng.dirichlet(np.full(self.before.shape[1], 0.25), size=n)
-        self.drift = self.start + drift_after_s + self.rng.uniform(0, drift_after_s, size=n)
+        self.drift = self.start + drift_after_s + self.rng.uniform(0, drift_after_s / 6, size=n)
         self.width = drift_width_s
 
     def taste(self, user: int, now: float) -> np.ndarray:
@@ -145,7 +146,13 @@ def demo_cmd(
     ctx: typer.Context,
     port: Annotated[int, typer.Option(help="Port of the server (0: any free port).")] = 8000,
     items: Annotated[int, typer.Option(help="Catalog size.")] = 500,
-    users: Annotated[int, typer.Option(help="Number of simulated users.")] = 60,
+    users: Annotated[
+        int,
+        typer.Option(
+            help="Number of simulated users. With few, each has seen most items of their topics and "
+            "the hit rate falls as they run out of unseen ones."
+        ),
+    ] = 200,
     history: Annotated[
         int,
         typer.Option(
@@ -154,7 +161,9 @@ def demo_cmd(
         ),
     ] = 20_000,
     rate: Annotated[float, typer.Option(help="Simulated user actions per second.")] = 20.0,
-    drift_after: Annotated[float, typer.Option(help="Seconds before users' tastes start to drift.")] = 90.0,
+    drift_after: Annotated[
+        float, typer.Option(help="Seconds before users' tastes drift to new ones (all within a sixth of that).")
+    ] = 90.0,
     duration: Annotated[
         float | None, typer.Option(help="Stop this many seconds after the shoppers start (default: Ctrl-C).")
     ] = None,

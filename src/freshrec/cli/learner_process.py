@@ -56,7 +56,9 @@ def limit_threads(n: int) -> None:
 
 class Sender:
     """Delivers the newest snapshot at most once per interval, never dropping the last
-    one, and messages at once; both through the callables it is given."""
+    one, and messages at once; both through the callables it is given, one call at a
+    time (a pipe with two threads writing at once interleaves their bytes: the server
+    then fails to unpickle what it reads and never gets a model)."""
 
     def __init__(
         self, snapshot: Callable[[bytes], object], message: Callable[[tuple[Any, ...]], object], interval_s: float
@@ -66,6 +68,7 @@ class Sender:
         self.pending: Snapshot | None = None
         self.closed = False
         self.lock = threading.Condition()
+        self._sending = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="freshrec-sender", daemon=True)
         self.thread.start()
 
@@ -75,7 +78,7 @@ class Sender:
             self.lock.notify()
 
     def message(self, *message: Any) -> None:
-        with self.lock:
+        with self._sending:
             self._message(message)
 
     def _run(self) -> None:
@@ -87,7 +90,9 @@ class Sender:
                     return
                 snapshot, self.pending = self.pending, None
             try:
-                self._deliver(snapshot.to_bytes())
+                data = snapshot.to_bytes()
+                with self._sending:
+                    self._deliver(data)
             except Exception:  # the next snapshot is tried anyway
                 log.exception("could not deliver a model snapshot")
             time.sleep(self.interval)

@@ -364,6 +364,7 @@ class Learner:
         events = [e for e in events if self.quarantine.admit(e)]
         if not events:  # only deleted or quarantined users' events
             self.state.offset = last
+            self._publish()  # serving reads the learned offset from snapshots: it must not look behind
             return 0
         self._add_new_items(events)
         batch = self._batch(events)
