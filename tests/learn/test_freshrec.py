@@ -12,6 +12,7 @@ from freshrec.domain import EventType
 from freshrec.encoders.hashing import HashingEncoder
 from freshrec.evaluate.log import EventLog
 from freshrec.evaluate.replay import Sequences
+from freshrec.ingest.feedback import TYPE_CODES
 from freshrec.learn.recommender import FreshRec
 from freshrec.learn.trainer import tensors
 from freshrec.model.base import FIELDS, Interactions
@@ -211,7 +212,7 @@ def test_the_last_item_term_adds_its_vector_by_event_type(log: EventLog) -> None
         table, _ = with_term.net.item_table()
         added = with_term.net.users(table, **t) - without.net.users(table, **t)
         torch.testing.assert_close(added, 0.7 * table[t["hist_item"][:, -1]])
-        t["hist_type"][:, -1] = list(EventType).index(EventType.DISLIKE)  # says nothing like "more of it"
+        t["hist_type"][:, -1] = TYPE_CODES[EventType.DISLIKE]  # says nothing like "more of it"
         added = with_term.net.users(table, **t) - without.net.users(table, **t)
     torch.testing.assert_close(added, torch.zeros_like(added))
 

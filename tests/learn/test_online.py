@@ -285,7 +285,7 @@ def test_a_mirrored_checkpoint_resumes_a_learner_elsewhere_and_is_rewritten_by_e
 
     store, later, tmp = world
     settings = SETTINGS.model_copy(update={"data_dir": tmp / "first"})
-    learner = Learner(store, settings, shared_checkpoints(settings, store))
+    learner = Learner(store, settings, shared_checkpoints(settings, store)[0])
     learner.train()
     import_events(store, later[:100], Validator(IngestSettings()))
     learner.catch_up()
@@ -295,7 +295,7 @@ def test_a_mirrored_checkpoint_resumes_a_learner_elsewhere_and_is_rewritten_by_e
     assert gone.encode() in mirrored[1]
 
     elsewhere = settings.model_copy(update={"data_dir": tmp / "second"})  # an empty data folder
-    moved = shared_checkpoints(elsewhere, store)
+    moved, _shelf = shared_checkpoints(elsewhere, store)
     assert moved.current().version == 1  # type: ignore[union-attr]
     second = Learner(store, elsewhere, moved)
     second.resume()

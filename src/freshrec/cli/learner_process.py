@@ -216,17 +216,17 @@ class Throttled:
             self.waiting, self.written_at = None, time.monotonic()
 
 
-def shared_checkpoints(settings: Settings, store: Store, shelf: Throttled | None = None) -> Checkpoints:
+def shared_checkpoints(settings: Settings, store: Store) -> tuple[Checkpoints, Throttled]:
     """A deployment's learner mirrors its current checkpoint to the shared store (through
-    ``shelf``: at most every ``STORE_EVERY_S``, at once after an erasure rewrote it) and,
-    started with an empty data folder (a new machine), resumes from that copy instead of
-    warm-starting from the whole log."""
-    shelf = shelf or Throttled(lambda data: store.publish("checkpoint", data))
+    the returned shelf: at most every ``STORE_EVERY_S``, at once after an erasure rewrote
+    it; flush it when the learner stops) and, started with an empty data folder (a new
+    machine), resumes from that copy instead of warm-starting from the whole log."""
+    shelf = Throttled(lambda data: store.publish("checkpoint", data))
     checkpoints = Checkpoints(settings.data_dir / "checkpoints", mirror=shelf.offer)
     if checkpoints.current() is None and (shared := store.published("checkpoint")) is not None:
         version = checkpoints.restore(shared[1])
         log.info("resuming from the shared store's checkpoint version %d (offset %d)", version.version, version.offset)
-    return checkpoints
+    return checkpoints, shelf
 
 
 class BusFeed:
@@ -272,7 +272,7 @@ def learner_role_main(settings: Settings, halt: threading.Event) -> None:
             log.exception("could not publish the learner's state")
 
     snapshots = Throttled(lambda data: store.publish("snapshot", data))
-    checkpoint_shelf = Throttled(lambda data: store.publish("checkpoint", data))
+    checkpoints, checkpoint_shelf = shared_checkpoints(settings, store)
 
     def deliver(data: bytes) -> None:
         try:
@@ -282,7 +282,6 @@ def learner_role_main(settings: Settings, halt: threading.Event) -> None:
 
     sender = Sender(deliver, message, settings.cluster.snapshot_interval_ms / 1000)
     try:
-        checkpoints = shared_checkpoints(settings, store, checkpoint_shelf)
         run_learner(settings, store, checkpoints, sender, halt, bus=bus)
     finally:
         snapshots.flush()

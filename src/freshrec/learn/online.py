@@ -362,21 +362,20 @@ class Learner:
         if self._tombstones:
             events = [e for e in events if e.user_id not in self._tombstones]
         events = [e for e in events if self.quarantine.admit(e)]
-        if not events:  # only deleted or quarantined users' events
-            self.state.offset = last
-            self._publish()  # serving reads the learned offset from snapshots: it must not look behind
-            return 0
-        self._add_new_items(events)
-        batch = self._batch(events)
-        self.model.learn(batch)
+        learned = 0
+        if events:  # else only deleted or quarantined users' events: nothing to learn, but read
+            self._add_new_items(events)
+            batch = self._batch(events)
+            self.model.learn(batch)
+            learned = len(batch)
+            self.state.learned += learned
+            self._unsaved += learned
+            self.updates += 1
         self.state.offset = last
-        self.state.learned += len(batch)
-        self._unsaved += len(batch)
-        self.updates += 1
         if self._unsaved >= self.checkpoint_every:
             self._checkpoint("online")
-        self._publish()
-        return len(batch)
+        self._publish()  # serving reads the learned offset from snapshots, so also when nothing was learned
+        return learned
 
     def _flush(self) -> None:
         with self._lock:

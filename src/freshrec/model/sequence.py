@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from freshrec.domain import EventType
+from freshrec.ingest.feedback import TYPE_CODES
 from freshrec.settings import ModelSettings
 
 
@@ -216,7 +217,8 @@ class SequenceNet(nn.Module):
         previous = torch.cat([hist_time[:, :1], hist_time[:, :-1]], dim=1)
         gap = torch.log1p(torch.nan_to_num((hist_time - previous).clamp(min=0), nan=0.0) / SECONDS_PER_HOUR)
         feats = torch.stack([value, has_value, gap.float()], dim=2)
-        tokens = items + self.type_emb(hist_type.long() + 1) + self.features(feats)
+        types = hist_type.long() + 1  # 0: padding
+        tokens = items + self.type_emb(types) + self.features(feats)
         last = torch.nan_to_num(hist_time[:, -1], nan=0.0)
         since = torch.where(pad[:, -1], torch.zeros_like(time), (time - last).clamp(min=0))
         q_feats = torch.stack(
@@ -241,7 +243,7 @@ class SequenceNet(nn.Module):
         states: Tensor = self.norm(out if every_position else out[:, -1])
         if self.last_item is not None:
             # padded positions hold zero vectors, so an empty history adds nothing
-            touched = items * self.last_item(hist_type.long() + 1)
+            touched = items * self.last_item(types)
             states = states + (torch.cat([touched, touched[:, -1:]], dim=1) if every_position else touched[:, -1])
         return states
 
@@ -264,7 +266,7 @@ def _last_item_weights(start: float) -> nn.Embedding:
         table.weight.fill_(start)
         table.weight[0] = 0
         for kind in NOT_POSITIVE:
-            table.weight[list(EventType).index(kind) + 1] = 0
+            table.weight[TYPE_CODES[kind] + 1] = 0
     return table
 
 
