@@ -123,6 +123,24 @@ class FeedbackSettings(Section):
         return self
 
 
+class BlendSettings(Section):
+    """The online blend of the network with counting signals (see :mod:`freshrec.model.blend`)."""
+
+    enabled: bool = True
+    """Off: the network's scores alone (an ablation)."""
+    lr: float = Field(default=0.05, gt=0)
+    """Adagrad learning rate of the blend's weights."""
+    minibatch: int = Field(default=64, ge=1, le=256)
+    """Scored events per update of the blend's weights."""
+    window: int = Field(default=20, ge=1, le=1000)
+    """How many of a user's latest items count as going together with the next one."""
+    half_lives: tuple[float, ...] = (500.0, 5_000.0, 50_000.0)
+    """Popularity decays with each of these half-lives (in events); the blend weighs them."""
+    calibration_share: float = Field(default=0.1, ge=0, lt=1)
+    """The latest share of a warm-start log is learned in order, as a stream, after the
+    network's epochs on the rest: the blend's weights start from what it scored there."""
+
+
 class ModelSettings(Section):
     """The sequence recommender's shape (see :mod:`freshrec.model.sequence`)."""
 
@@ -153,6 +171,7 @@ class ModelSettings(Section):
     first-order "more like what they just touched" term (as in FPMC, Rendle et al.
     2010) that the attention layers would otherwise have to learn from scratch.
     None: no such term (the model before 2026-11-28)."""
+    blend: BlendSettings = BlendSettings()
     seed: int = 0
 
     @model_validator(mode="after")

@@ -23,7 +23,7 @@ from freshrec.evaluate.metrics import Summary, summarise
 from freshrec.evaluate.replay import Step, replay, warmup_size
 from freshrec.model.base import Recommender
 from freshrec.model.baselines import Popularity, RecentPopularity, Transitions
-from freshrec.settings import OptimizerSettings, Settings
+from freshrec.settings import BlendSettings, OptimizerSettings, Settings
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ MODELS: dict[str, Callable[[EventLog, Inputs], Recommender]] = {
 }
 ABLATIONS: dict[str, Callable[[EventLog, Inputs], Recommender]] = {
     "freshrec-frozen": _freshrec(learn={"online": False}),
+    "freshrec-net": _freshrec(model={"blend": BlendSettings(enabled=False)}),
     "freshrec-no-seed": _freshrec(model={"new_item_seed": 0.0}),
     "freshrec-no-last-item": _freshrec(model={"last_item_weight": None}),
     "freshrec-ids-only": _freshrec(model={"use_text": False}),

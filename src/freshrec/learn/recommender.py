@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,11 +18,16 @@ from tqdm.auto import tqdm
 from freshrec.ingest.feedback import FeedbackWeights
 from freshrec.learn.buffer import ReplayBuffer
 from freshrec.learn.checkpoints import atomic_write
-from freshrec.learn.privacy import PrivateSteps
 from freshrec.learn.trainer import Trainer, tensors
 from freshrec.model.base import FloatArray, Interactions
+from freshrec.model.blend import Gate, blended_scores, seen_mask
 from freshrec.model.sequence import SequenceNet
+from freshrec.model.signals import CountSignals
 from freshrec.settings import FeedbackSettings, IngestSettings, LearnSettings, ModelSettings
+
+
+if TYPE_CHECKING:
+    from freshrec.learn.privacy import PrivateSteps
 
 
 class FreshRec:
@@ -64,15 +69,43 @@ class FreshRec:
         self.buffer = ReplayBuffer(self.learn_settings.replay_capacity, seed=self.model_settings.seed)
         self.private: PrivateSteps | None = None
         if self.learn_settings.privacy.enabled:
+            from freshrec.learn.privacy import PrivateSteps  # Opacus takes seconds to import
+
             self.private = PrivateSteps(self.trainer, self.learn_settings.privacy, self.learn_settings.batch_size)
         self.rng = np.random.default_rng(self.model_settings.seed)
         self.progress = progress
         self._table: tuple[torch.Tensor, torch.Tensor] | None = None
+        blend = self.model_settings.blend
+        self.signals: CountSignals | None = None
+        self.gate: Gate | None = None
+        if blend.enabled and not self.learn_settings.privacy.enabled:
+            # counts remember single users' transitions exactly: no place in the private mode
+            self.signals = CountSignals(n_items, blend.window, blend.half_lives)
+            self.gate = Gate(["network", *self.signals.names], blend)
+        self._features: tuple[np.ndarray, torch.Tensor] | None = None
+        """The features of the last scored batch, by stream position: the blend learns from them."""
 
     # -- the Recommender interface ------------------------------------------
     def fit(self, events: Interactions) -> None:
-        """Warm start: shuffled epochs on all but the most recent slice, early
-        stopping on that slice, then one in-order pass over it."""
+        """Warm start: the network's epochs on the log, then, with the blend, the
+        most recent ``calibration_share`` of it learned in order as a stream,
+        scored first, so that the blend's weights start from real outcomes."""
+        if self.signals is None:
+            self._fit_network(events)
+            return
+        cut = len(events) - int(len(events) * self.model_settings.blend.calibration_share)
+        first = events.take(np.arange(cut))
+        self._fit_network(first)
+        self.signals.learn(first, self.trainer.weights(first) > 0)
+        size = self.learn_settings.batch_size
+        for start in tqdm(range(cut, len(events), size), desc="calibrate", unit="batch", disable=not self.progress):
+            chunk = events.take(np.arange(start, min(start + size, len(events))))
+            self.score(chunk)
+            self._learn(chunk)
+
+    def _fit_network(self, events: Interactions) -> None:
+        """Shuffled epochs on all but the most recent slice, early stopping on
+        that slice, then one in-order pass over it."""
         s = self.learn_settings
         self._activate(events)
         self._add_users(events)
@@ -100,8 +133,11 @@ class FreshRec:
         self._table = None
 
     def learn(self, events: Interactions) -> None:
-        if not self.learn_settings.online or not len(events):
-            return
+        if self.learn_settings.online and len(events):
+            self._learn(events)
+
+    def _learn(self, events: Interactions) -> None:
+        self._learn_blend(events)
         self._add_users(events)
         if self.private is not None:  # no replay, seeding or activation: see freshrec.learn.privacy
             self.private.step(events)
@@ -117,6 +153,15 @@ class FreshRec:
 
     @torch.no_grad()
     def score(self, queries: Interactions) -> FloatArray:
+        net = self._network_scores(queries)
+        if self.signals is None or self.gate is None:
+            return net
+        features, scores = blended_scores(net, self.signals.features(queries), self.gate, queries)
+        self._features = (queries.position.copy(), features)
+        return scores.numpy()
+
+    @torch.no_grad()
+    def _network_scores(self, queries: Interactions) -> FloatArray:
         self.net.eval()
         if self._table is None:
             self._table = self.net.item_table()
@@ -124,8 +169,30 @@ class FreshRec:
         users = self.net.users(table, **tensors(queries))
         return self.net.scores(users, table, bias).numpy().astype(np.float32, copy=False)
 
+    def _learn_blend(self, events: Interactions) -> None:
+        """The blend learns from how its features ranked each event's item (those
+        of the scoring just before, when it scored these very events), then the
+        counts take the events in."""
+        if self.signals is None or self.gate is None:
+            return
+        cached = self._features
+        if cached is not None and np.array_equal(cached[0], events.position):
+            features = cached[1]
+        else:
+            with torch.no_grad():
+                features, _ = blended_scores(
+                    self._network_scores(events), self.signals.features(events), self.gate, events
+                )
+        self._features = None
+        weight = self.trainer.weights(events)
+        target = torch.from_numpy(events.item.astype(np.int64))
+        seen = seen_mask(events, self.n_items)
+        self.gate.learn(features, Gate.context(events), target, torch.from_numpy(weight), seen)
+        self.signals.learn(events, weight > 0)
+
     def params(self) -> dict[str, Any]:
         return {
+            **({"blend": self.gate.report()} if self.gate is not None else {}),
             "model": self.model_settings.model_dump(),
             "learn": self.learn_settings.model_dump(),
             "health": vars(self.trainer.health).copy(),
@@ -136,6 +203,8 @@ class FreshRec:
         """Grow the catalog by ``len(text)`` items (codes continue from ``n_items``)."""
         if len(text):
             self.trainer.grow(torch.from_numpy(np.asarray(text, dtype=np.float32)))
+            if self.signals is not None:
+                self.signals.grow(len(text))
             self._table = None
 
     @property
@@ -199,6 +268,8 @@ class FreshRec:
             "trainer_rng": self.trainer._rng.bit_generator.state,
             "generator": self.trainer.generator.get_state(),
             "buffer": self.buffer.state(),
+            **({"signals": self.signals.state()} if self.signals is not None else {}),
+            **({"gate": self.gate.state()} if self.gate is not None else {}),
             "health": vars(self.trainer.health).copy(),
             **({"privacy": self.private.report(self.history_length)} if self.private is not None else {}),
         }
@@ -219,6 +290,10 @@ class FreshRec:
         self.trainer._rng.bit_generator.state = state["trainer_rng"]
         self.trainer.generator.set_state(state["generator"])
         self.buffer.restore(state["buffer"])
+        if self.signals is not None and "signals" in state:
+            self.signals.restore(state["signals"])
+        if self.gate is not None and "gate" in state:
+            self.gate.restore(state["gate"])
         for key, value in state["health"].items():
             setattr(self.trainer.health, key, value)
         self._table = None
