@@ -128,13 +128,13 @@ class BlendSettings(Section):
 
     enabled: bool = True
     """Off: the network's scores alone (an ablation)."""
-    lr: float = Field(default=0.05, gt=0)
-    """Adagrad learning rate of the blend's weights."""
+    lr: float = Field(default=0.2, gt=0)
+    """Adagrad learning rate of the blend's weights (of order one: so are the weights)."""
     minibatch: int = Field(default=64, ge=1, le=256)
     """Scored events per update of the blend's weights."""
     window: int = Field(default=20, ge=1, le=1000)
     """How many of a user's latest items count as going together with the next one."""
-    half_lives: tuple[float, ...] = (500.0, 5_000.0, 50_000.0)
+    half_lives: tuple[float, ...] = (100.0, 1_000.0, 10_000.0, 100_000.0)
     """Popularity decays with each of these half-lives (in events); the blend weighs them."""
     calibration_share: float = Field(default=0.1, ge=0, lt=1)
     """The latest share of a warm-start log is learned in order, as a stream, after the

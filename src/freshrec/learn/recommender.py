@@ -20,7 +20,7 @@ from freshrec.learn.buffer import ReplayBuffer
 from freshrec.learn.checkpoints import atomic_write
 from freshrec.learn.trainer import Trainer, tensors
 from freshrec.model.base import FloatArray, Interactions
-from freshrec.model.blend import Gate, blended_scores, seen_mask
+from freshrec.model.blend import Features, Gate, seen_mask
 from freshrec.model.sequence import SequenceNet
 from freshrec.model.signals import CountSignals
 from freshrec.settings import FeedbackSettings, IngestSettings, LearnSettings, ModelSettings
@@ -80,9 +80,9 @@ class FreshRec:
         self.gate: Gate | None = None
         if blend.enabled and not self.learn_settings.privacy.enabled:
             # counts remember single users' transitions exactly: no place in the private mode
-            self.signals = CountSignals(n_items, blend.window, blend.half_lives)
-            self.gate = Gate(["network", *self.signals.names], blend)
-        self._features: tuple[np.ndarray, torch.Tensor] | None = None
+            self.signals = CountSignals(n_items, blend.window, blend.half_lives, text if self.net.use_text else None)
+            self.gate = Gate(["network", *self.signals.names], self.signals.n_per_query, blend)
+        self._features: tuple[np.ndarray, Features] | None = None
         """The features of the last scored batch, by stream position: the blend learns from them."""
 
     # -- the Recommender interface ------------------------------------------
@@ -153,12 +153,16 @@ class FreshRec:
 
     @torch.no_grad()
     def score(self, queries: Interactions) -> FloatArray:
-        net = self._network_scores(queries)
-        if self.signals is None or self.gate is None:
-            return net
-        features, scores = blended_scores(net, self.signals.features(queries), self.gate, queries)
+        if self.gate is None:
+            return self._network_scores(queries)
+        features = self._blend_features(queries)
         self._features = (queries.position.copy(), features)
-        return scores.numpy()
+        return self.gate.combine(features).numpy()
+
+    def _blend_features(self, queries: Interactions) -> Features:
+        assert self.signals is not None
+        network = torch.from_numpy(self._network_scores(queries))
+        return Features(network, *self.signals.features(queries), Gate.context(queries))
 
     @torch.no_grad()
     def _network_scores(self, queries: Interactions) -> FloatArray:
@@ -180,14 +184,12 @@ class FreshRec:
             features = cached[1]
         else:
             with torch.no_grad():
-                features, _ = blended_scores(
-                    self._network_scores(events), self.signals.features(events), self.gate, events
-                )
+                features = self._blend_features(events)
         self._features = None
         weight = self.trainer.weights(events)
         target = torch.from_numpy(events.item.astype(np.int64))
         seen = seen_mask(events, self.n_items)
-        self.gate.learn(features, Gate.context(events), target, torch.from_numpy(weight), seen)
+        self.gate.learn(features, target, torch.from_numpy(weight), seen)
         self.signals.learn(events, weight > 0)
 
     def params(self) -> dict[str, Any]:
@@ -204,7 +206,7 @@ class FreshRec:
         if len(text):
             self.trainer.grow(torch.from_numpy(np.asarray(text, dtype=np.float32)))
             if self.signals is not None:
-                self.signals.grow(len(text))
+                self.signals.grow(np.asarray(text, dtype=np.float32))
             self._table = None
 
     @property

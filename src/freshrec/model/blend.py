@@ -20,6 +20,7 @@ is that feature alone, which is where it starts: the network.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from freshrec.model.base import FloatArray, Interactions
+from freshrec.model.base import Interactions
 from freshrec.settings import BlendSettings
 
 HISTORY_EDGES = (1, 2, 5, 10, 20)
@@ -35,27 +36,52 @@ HISTORY_EDGES = (1, 2, 5, 10, 20)
 0, 1, 2-4, 5-9, 10-19, 20 and more."""
 
 
+@dataclass(frozen=True)
+class Features:
+    """What the blend weighs for a batch of queries: the network's scores
+    ``(B, n)``, per-query signals ``(B, n, Q)``, per-item signals ``(n, S)``
+    (the same for every query, so never repeated per row) and each query's
+    context ``(B,)``."""
+
+    network: Tensor
+    per_query: Tensor
+    per_item: Tensor
+    context: Tensor
+
+
 class Gate:
     """The blend's weights, one row per context, learned by Adagrad."""
 
-    def __init__(self, names: list[str], settings: BlendSettings):
+    def __init__(self, names: list[str], n_per_query: int, settings: BlendSettings):
         self.names = names
+        self.n_per_query = n_per_query
         self.settings = settings
         self.weight = torch.zeros(len(HISTORY_EDGES) + 1, len(names), requires_grad=True)
         with torch.no_grad():
             self.weight[:, 0] = 1.0  # the first feature alone: the network
-        self.optimizer = torch.optim.Adagrad([self.weight], lr=settings.lr)
+        # eps: a feature constant over the catalog (transitions for an empty history)
+        # has a gradient of rounding noise, which Adagrad must not blow up into full steps
+        self.optimizer = torch.optim.Adagrad([self.weight], lr=settings.lr, eps=1e-6)
 
     @staticmethod
     def context(batch: Interactions) -> Tensor:
         length = (batch.hist_item >= 0).sum(axis=1)
         return torch.from_numpy(np.searchsorted(HISTORY_EDGES, length, side="right").astype(np.int64))
 
-    def combine(self, features: Tensor, context: Tensor) -> Tensor:
-        """``(B, n_items)`` blended scores from ``(B, n_items, F)`` features."""
-        return torch.einsum("bnf,bf->bn", features, self.weight.detach()[context])
+    def _logits(self, f: Features, rows: Tensor | None, weight: Tensor) -> Tensor:
+        network, per_query, context = f.network, f.per_query, f.context
+        if rows is not None:
+            network, per_query, context = network[rows], per_query[rows], context[rows]
+        w = weight[context]
+        q = 1 + self.n_per_query
+        per_item = (weight[:, q:] @ f.per_item.T)[context]  # one row per context, then picked
+        return w[:, :1] * network + torch.einsum("bnf,bf->bn", per_query, w[:, 1:q]) + per_item
 
-    def learn(self, features: Tensor, context: Tensor, target: Tensor, weight: Tensor, seen: Tensor) -> None:
+    def combine(self, features: Features) -> Tensor:
+        """``(B, n_items)`` blended scores."""
+        return self._logits(features, None, self.weight.detach())
+
+    def learn(self, features: Features, target: Tensor, weight: Tensor, seen: Tensor) -> None:
         """Adagrad steps on minibatches of the positive examples; ``seen`` (bool,
         ``(B, n_items)``) marks the items each user touched before, which the
         ranking leaves out and so must the loss."""
@@ -63,8 +89,7 @@ class Gate:
         size = self.settings.minibatch
         for start in range(0, len(keep), size):
             rows = keep[start : start + size]
-            logits = torch.einsum("bnf,bf->bn", features[rows], self.weight[context[rows]])
-            logits = logits.masked_fill(seen[rows], float("-inf"))
+            logits = self._logits(features, rows, self.weight).masked_fill(seen[rows], float("-inf"))
             loss = (F.cross_entropy(logits, target[rows], reduction="none") * weight[rows]).sum() / weight[rows].sum()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
@@ -72,7 +97,8 @@ class Gate:
 
     def report(self) -> dict[str, Any]:
         """The learned weights, by context and feature (for reports)."""
-        labels = ["0", *(f"{lo}-{hi - 1}" for lo, hi in zip(HISTORY_EDGES, HISTORY_EDGES[1:], strict=False))]
+        lows = (0, *HISTORY_EDGES)
+        labels = [str(lo) if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in zip(lows, HISTORY_EDGES, strict=False)]
         labels = [*labels, f"{HISTORY_EDGES[-1]}+"]
         w = self.weight.detach()
         return {label: dict(zip(self.names, map(float, row), strict=True)) for label, row in zip(labels, w, strict=True)}
@@ -94,9 +120,3 @@ def seen_mask(batch: Interactions, n_items: int) -> Tensor:
     own = batch.item >= 0
     mask[torch.from_numpy(np.flatnonzero(own)), torch.from_numpy(batch.item[own].astype(np.int64))] = False
     return mask
-
-
-def blended_scores(net_scores: FloatArray, signals: Tensor, gate: Gate, batch: Interactions) -> tuple[Tensor, Tensor]:
-    """The features ``(B, n, F)`` (network scores first) and the blended scores ``(B, n)``."""
-    features = torch.cat([torch.from_numpy(np.ascontiguousarray(net_scores))[:, :, None], signals], dim=2)
-    return features, gate.combine(features, Gate.context(batch))

@@ -42,14 +42,27 @@ class CountSignals:
         so the blend picks the time scale the stream calls for.
     """
 
-    def __init__(self, n_items: int, window: int = 20, half_lives: tuple[float, ...] = (500.0, 5_000.0, 50_000.0)):
+    def __init__(
+        self,
+        n_items: int,
+        window: int = 20,
+        half_lives: tuple[float, ...] = (100.0, 1_000.0, 10_000.0, 100_000.0),
+        text: np.ndarray | None = None,
+    ):
         self.window = window
+        self.text = None if text is None else _unit_rows(text)
+        """Unit-length text vectors of the catalog: "reads like what they touched"
+        needs no learning, so it holds from a user's first event and a new item's
+        first minute."""
         self.half_lives = np.asarray(half_lives, dtype=np.float64)
         self.transitions = PairCounts(n_items)
         self.cooc = PairCounts(n_items)
         self.popularity = np.zeros((len(half_lives), n_items), dtype=np.float64)
         self.interactions = np.zeros(n_items, dtype=np.float64)
+        self.first_seen = np.full(n_items, np.inf)
+        """Stream position of each item's first counted event."""
         self._origin = 0.0  # stream position whose popularity weight is 1
+        self._last = 0.0  # latest stream position counted
 
     @property
     def n_items(self) -> int:
@@ -57,14 +70,25 @@ class CountSignals:
 
     @property
     def names(self) -> list[str]:
-        return ["transitions", "co-occurrence", *(f"popularity-{int(h)}" for h in self.half_lives), "untouched"]
+        return [
+            "transitions",
+            "co-occurrence",
+            *(["text-similarity"] if self.text is not None else []),
+            *(f"popularity-{int(h)}" for h in self.half_lives),
+            "untouched",
+            "age",
+        ]
 
-    def grow(self, n: int) -> None:
-        """``n`` new items, untouched."""
+    def grow(self, text: np.ndarray) -> None:
+        """New items (rows of text vectors), untouched."""
+        n = len(text)
+        if self.text is not None:
+            self.text = np.concatenate([self.text, _unit_rows(text)])
         self.transitions.grow(n)
         self.cooc.grow(n)
         self.popularity = np.concatenate([self.popularity, np.zeros((len(self.half_lives), n))], axis=1)
         self.interactions = np.concatenate([self.interactions, np.zeros(n)])
+        self.first_seen = np.concatenate([self.first_seen, np.full(n, np.inf)])
 
     # -- learning ----------------------------------------------------------
     def learn(self, events: Interactions, keep: np.ndarray | None = None) -> None:
@@ -96,26 +120,40 @@ class CountSignals:
         for row, weights in enumerate(2.0**exponent):
             np.add.at(self.popularity[row], items, weights)
         np.add.at(self.interactions, items, 1.0)
+        np.minimum.at(self.first_seen, items, position)
+        self._last = max(self._last, float(position.max()))
 
     # -- reading -----------------------------------------------------------
-    def features(self, queries: Interactions) -> Tensor:
-        """``(B, n_items, F)`` log-shares, F = len(:attr:`names`)."""
+    def features(self, queries: Interactions) -> tuple[Tensor, Tensor]:
+        """Per query ``(B, n_items, Q)``: log-shares of transitions from the
+        user's last items and of co-occurrence with their recent items, and the
+        text similarity to their recent items; per item ``(n_items, S)``:
+        log-shares of decayed popularity at each half-life, whether the item is
+        untouched, and how long ago (in events, log) it was first touched.
+        Names in :attr:`names`."""
         n = self.n_items
         floor = 0.1 / max(n, 1)
-        recent = queries.hist_item[:, ::-1].astype(np.int64)
+        recent = queries.hist_item[:, ::-1].astype(np.int64)  # most recent first
         lags = recent[:, : len(LAG_WEIGHTS)]
         trans = self.transitions.mix(lags, np.asarray(LAG_WEIGHTS[: lags.shape[1]]) / sum(LAG_WEIGHTS))
         window = recent[:, : self.window]
-        decay = 0.8 ** np.arange(window.shape[1])
-        weights = np.where(window >= 0, decay, 0.0)
+        weights = np.where(window >= 0, 0.8 ** np.arange(window.shape[1]), 0.0)
         cooc = self.cooc.mix(window, weights / np.maximum(weights.sum(1, keepdims=True), 1e-9))
+        per_query = np.log(np.stack([trans, cooc], axis=2) + floor, dtype=np.float32)
+        if self.text is not None:
+            profile = np.einsum("bw,bwd->bd", weights, self.text[np.maximum(window, 0)])
+            similarity = _unit_rows(profile) @ self.text.T
+            per_query = np.concatenate([per_query, similarity[:, :, None].astype(np.float32)], axis=2)
         pop = self.popularity / np.maximum(self.popularity.sum(1, keepdims=True), 1e-300)
-        out = np.empty((len(queries), n, len(self.names)), dtype=np.float32)
-        out[:, :, 0] = np.log(trans + floor)
-        out[:, :, 1] = np.log(cooc + floor)
-        out[:, :, 2 : 2 + len(pop)] = np.log(pop.T + floor).astype(np.float32)[None]
-        out[:, :, -1] = (self.interactions == 0)[None]
-        return torch.from_numpy(out)
+        untouched = self.interactions == 0
+        age = np.where(untouched, 0.0, np.log1p(np.maximum(self._last - self.first_seen, 0.0) / 100.0))
+        per_item = np.concatenate([np.log(pop + floor), untouched[None], age[None]]).T.astype(np.float32)
+        return torch.from_numpy(per_query), torch.from_numpy(np.ascontiguousarray(per_item))
+
+    @property
+    def n_per_query(self) -> int:
+        """How many of :attr:`names`, from the first, are per-query features."""
+        return 2 + (self.text is not None)
 
     # -- persistence ---------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -124,7 +162,9 @@ class CountSignals:
             "cooc": self.cooc.state(),
             "popularity": self.popularity.copy(),
             "interactions": self.interactions.copy(),
+            "first_seen": self.first_seen.copy(),
             "origin": self._origin,
+            "last": self._last,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -132,4 +172,12 @@ class CountSignals:
         self.cooc.restore(state["cooc"])
         self.popularity = np.asarray(state["popularity"], dtype=np.float64).copy()
         self.interactions = np.asarray(state["interactions"], dtype=np.float64).copy()
+        self.first_seen = np.asarray(state["first_seen"], dtype=np.float64).copy()
         self._origin = float(state["origin"])
+        self._last = float(state["last"])
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    out: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-9)
+    return out
