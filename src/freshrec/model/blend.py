@@ -39,7 +39,7 @@ HISTORY_EDGES = (1, 2, 5, 10, 20)
 @dataclass(frozen=True)
 class Features:
     """What the blend weighs for a batch of queries: the network's scores
-    ``(B, n)``, per-query signals ``(B, n, Q)``, per-item signals ``(n, S)``
+    ``(B, n)``, per-query signals ``(B, Q, n)``, per-item signals ``(n, S)``
     (the same for every query, so never repeated per row) and each query's
     context ``(B,)``."""
 
@@ -68,14 +68,14 @@ class Gate:
         length = (batch.hist_item >= 0).sum(axis=1)
         return torch.from_numpy(np.searchsorted(HISTORY_EDGES, length, side="right").astype(np.int64))
 
-    def _logits(self, f: Features, rows: Tensor | None, weight: Tensor) -> Tensor:
+    def _logits(self, f: Features, rows: slice | None, weight: Tensor) -> Tensor:
         network, per_query, context = f.network, f.per_query, f.context
         if rows is not None:
             network, per_query, context = network[rows], per_query[rows], context[rows]
         w = weight[context]
         q = 1 + self.n_per_query
         per_item = (weight[:, q:] @ f.per_item.T)[context]  # one row per context, then picked
-        return w[:, :1] * network + torch.einsum("bnf,bf->bn", per_query, w[:, 1:q]) + per_item
+        return torch.baddbmm((per_item + w[:, :1] * network).unsqueeze(1), w[:, None, 1:q], per_query).squeeze(1)
 
     def combine(self, features: Features) -> Tensor:
         """``(B, n_items)`` blended scores."""
@@ -86,9 +86,12 @@ class Gate:
         ``(B, n_items)``) marks the items each user touched before, which the
         ranking leaves out and so must the loss."""
         keep = torch.nonzero(weight > 0).squeeze(1)
+        if len(keep) < len(weight):  # gathered once, so that minibatches are slices
+            features = Features(features.network[keep], features.per_query[keep], features.per_item, features.context[keep])
+            target, weight, seen = target[keep], weight[keep], seen[keep]
         size = self.settings.minibatch
-        for start in range(0, len(keep), size):
-            rows = keep[start : start + size]
+        for start in range(0, len(weight), size):
+            rows = slice(start, start + size)
             logits = self._logits(features, rows, self.weight).masked_fill(seen[rows], float("-inf"))
             loss = (F.cross_entropy(logits, target[rows], reduction="none") * weight[rows]).sum() / weight[rows].sum()
             self.optimizer.zero_grad(set_to_none=True)

@@ -1,11 +1,12 @@
-"""Sparse item-pair counts that grow with the stream.
+"""Item-pair counts that grow with the stream.
 
-A catalog of a million items cannot hold a dense ``n x n`` table, and most
-pairs never occur, so the counts live in a SciPy CSR matrix. New pairs are
-appended to a small pending batch and merged into the matrix only when the
-batch has grown to an eighth of it: each merge costs a pass over the
-matrix, so merging every micro-batch would make a long stream quadratic.
-Reads combine both.
+Up to :data:`DENSE_MAX` items the counts are a dense torch matrix (64 MiB at
+that size): reading a few thousand of its rows is one multithreaded sparse x
+dense product. A larger catalog cannot hold ``n x n`` counts, and most pairs
+never occur, so they move to a SciPy CSR matrix; there new pairs wait in a
+small pending batch that is merged only once it has grown to an eighth of
+the matrix (each merge is a pass over it, so merging every micro-batch would
+make a long stream quadratic). Reads combine both.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import torch
+
+DENSE_MAX = 4_096
 
 
 class PairCounts:
@@ -21,24 +25,34 @@ class PairCounts:
 
     def __init__(self, n_items: int):
         self.n = n_items
-        self.matrix = sp.csr_matrix((n_items, n_items), dtype=np.float32)
         self.row_sums = np.zeros(n_items, dtype=np.float64)
+        self.dense: torch.Tensor | None = torch.zeros(n_items, n_items) if n_items <= DENSE_MAX else None
+        self.matrix = sp.csr_matrix((0 if self.dense is not None else n_items,) * 2, dtype=np.float32)
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending_size = 0
 
     def grow(self, n: int) -> None:
-        self._merge()
+        self.matrix = self._csr()
         self.n += n
-        self.matrix.resize((self.n, self.n))
         self.row_sums = np.concatenate([self.row_sums, np.zeros(n)])
+        if self.dense is not None and self.n <= DENSE_MAX:
+            self.dense = torch.nn.functional.pad(self.dense, (0, n, 0, n))
+            return
+        self.dense = None
+        self.matrix.resize((self.n, self.n))
 
     def add(self, src: np.ndarray, dst: np.ndarray) -> None:
         """One count for each pair ``(src[j], dst[j])``."""
         if not len(src):
             return
+        self.row_sums += np.bincount(src, minlength=self.n)
+        if self.dense is not None:
+            self.dense.view(-1).index_add_(
+                0, torch.from_numpy(src.astype(np.int64) * self.n + dst), torch.ones(len(src))
+            )
+            return
         self._pending.append((src.astype(np.int32), dst.astype(np.int32)))
         self._pending_size += len(src)
-        self.row_sums += np.bincount(src, minlength=self.n)
         if self._pending_size > max(self.matrix.nnz // 8, 65_536):
             self._merge()
 
@@ -51,11 +65,19 @@ class PairCounts:
         rows = np.nonzero(ok)[0]
         cols = src[ok]
         sums = self.row_sums[cols]
-        vals = np.where(sums > 0, weight[ok] / np.maximum(sums, 1e-12), 0.0)
-        select = sp.csr_matrix((vals.astype(np.float32), (rows, cols)), shape=(len(src), self.n))
-        out = (select @ self._pending_matrix()).toarray() if self._pending else np.zeros((len(src), self.n), np.float32)
-        out += (select @ self.matrix).toarray()
-        return out
+        vals = np.where(sums > 0, weight[ok] / np.maximum(sums, 1e-12), 0.0).astype(np.float32)
+        if self.dense is not None:
+            index = torch.from_numpy(np.stack([rows, cols]).astype(np.int64))
+            select = torch.sparse_coo_tensor(
+                index, torch.from_numpy(vals), (len(src), self.n), check_invariants=False
+            )
+            out: np.ndarray = torch.sparse.mm(select, self.dense).numpy()
+            return out
+        select_sp = sp.csr_matrix((vals, (rows, cols)), shape=(len(src), self.n))
+        mixed = (select_sp @ self.matrix).toarray()
+        if self._pending:
+            mixed += (select_sp @ self._pending_matrix()).toarray()
+        return mixed
 
     def _pending_matrix(self) -> sp.csr_matrix:
         src = np.concatenate([s for s, _ in self._pending])
@@ -67,18 +89,29 @@ class PairCounts:
             self.matrix = (self.matrix + self._pending_matrix()).tocsr()
             self._pending, self._pending_size = [], 0
 
+    def _csr(self) -> sp.csr_matrix:
+        """The counts as a CSR matrix (the dense ones converted, pending ones merged)."""
+        if self.dense is not None:
+            return sp.csr_matrix(self.dense.numpy())
+        self._merge()
+        return self.matrix
+
     @property
     def nnz(self) -> int:
-        self._merge()
-        return int(self.matrix.nnz)
+        return int(self._csr().nnz)
 
     def state(self) -> dict[str, Any]:
-        self._merge()
-        m = self.matrix
+        """The counts as CSR arrays, whatever the backend."""
+        m = self._csr()
         return {"n": self.n, "indptr": m.indptr.copy(), "indices": m.indices.copy(), "data": m.data.copy()}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.n = int(state["n"])
-        self.matrix = sp.csr_matrix((state["data"], state["indices"], state["indptr"]), shape=(self.n, self.n))
-        self.row_sums = np.asarray(self.matrix.sum(axis=1), dtype=np.float64).ravel()
+        matrix = sp.csr_matrix((state["data"], state["indices"], state["indptr"]), shape=(self.n, self.n))
+        self.row_sums = np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
         self._pending, self._pending_size = [], 0
+        if self.n <= DENSE_MAX:
+            self.dense = torch.from_numpy(matrix.toarray().astype(np.float32))
+            self.matrix = sp.csr_matrix((0, 0), dtype=np.float32)
+        else:
+            self.dense, self.matrix = None, matrix

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from freshrec.model.base import Interactions
@@ -125,7 +126,7 @@ class CountSignals:
 
     # -- reading -----------------------------------------------------------
     def features(self, queries: Interactions) -> tuple[Tensor, Tensor]:
-        """Per query ``(B, n_items, Q)``: log-shares of transitions from the
+        """Per query ``(B, Q, n_items)``: log-shares of transitions from the
         user's last items and of co-occurrence with their recent items, and the
         text similarity to their recent items; per item ``(n_items, S)``:
         log-shares of decayed popularity at each half-life, whether the item is
@@ -139,16 +140,19 @@ class CountSignals:
         window = recent[:, : self.window]
         weights = np.where(window >= 0, 0.8 ** np.arange(window.shape[1]), 0.0)
         cooc = self.cooc.mix(window, weights / np.maximum(weights.sum(1, keepdims=True), 1e-9))
-        per_query = np.log(np.stack([trans, cooc], axis=2) + floor, dtype=np.float32)
+        per_query = torch.empty(len(queries), self.n_per_query, n)
+        torch.log(torch.from_numpy(trans) + floor, out=per_query[:, 0])
+        torch.log(torch.from_numpy(cooc) + floor, out=per_query[:, 1])
         if self.text is not None:
-            profile = np.einsum("bw,bwd->bd", weights, self.text[np.maximum(window, 0)])
-            similarity = _unit_rows(profile) @ self.text.T
-            per_query = np.concatenate([per_query, similarity[:, :, None].astype(np.float32)], axis=2)
+            text = torch.from_numpy(self.text)
+            recent_text = text[torch.from_numpy(np.maximum(window, 0))]
+            profile = torch.bmm(torch.from_numpy(weights.astype(np.float32))[:, None], recent_text)[:, 0]
+            per_query[:, 2] = F.normalize(profile, dim=1) @ text.T
         pop = self.popularity / np.maximum(self.popularity.sum(1, keepdims=True), 1e-300)
         untouched = self.interactions == 0
         age = np.where(untouched, 0.0, np.log1p(np.maximum(self._last - self.first_seen, 0.0) / 100.0))
         per_item = np.concatenate([np.log(pop + floor), untouched[None], age[None]]).T.astype(np.float32)
-        return torch.from_numpy(per_query), torch.from_numpy(np.ascontiguousarray(per_item))
+        return per_query, torch.from_numpy(np.ascontiguousarray(per_item))
 
     @property
     def n_per_query(self) -> int:
