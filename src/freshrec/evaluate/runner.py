@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from freshrec.evaluate.log import EventLog
 from freshrec.evaluate.metrics import Summary, summarise
 from freshrec.evaluate.replay import Step, replay, warmup_size
+from freshrec.evaluate.retrain import PeriodicRetrain
 from freshrec.model.base import Recommender
 from freshrec.model.baselines import Popularity, RecentPopularity, Transitions
 from freshrec.settings import BlendSettings, OptimizerSettings, Settings
@@ -64,6 +65,26 @@ def _freshrec(**overrides: Any) -> Callable[[EventLog, Inputs], Recommender]:
     return build
 
 
+def _without(*features: str) -> Callable[[EventLog, Inputs], Recommender]:
+    """The freshrec model whose blend leaves ``features`` out."""
+
+    def build(log: EventLog, inputs: Inputs) -> Recommender:
+        blend = inputs.settings.model.blend.model_copy(update={"exclude": features})
+        return _freshrec(model={"blend": blend})(log, inputs)
+
+    return build
+
+
+BLEND_ABLATIONS = {
+    "network": ("network",),
+    "transitions": ("transitions",),
+    "co-occurrence": ("co-occurrence",),
+    "text-similarity": ("text-similarity",),
+    "popularity": tuple(f"popularity-{int(h)}" for h in BlendSettings().half_lives),
+    "age": ("untouched", "age"),
+}
+"""Ablations of the blend: ``freshrec-no-NAME`` leaves these features out."""
+
 MODELS: dict[str, Callable[[EventLog, Inputs], Recommender]] = {
     "pop": lambda log, _: Popularity(log.n_items),
     "recent-pop": lambda log, _: RecentPopularity(log.n_items),
@@ -72,7 +93,9 @@ MODELS: dict[str, Callable[[EventLog, Inputs], Recommender]] = {
 }
 ABLATIONS: dict[str, Callable[[EventLog, Inputs], Recommender]] = {
     "freshrec-frozen": _freshrec(learn={"online": False}),
+    "freshrec-retrain": lambda log, inputs: PeriodicRetrain(lambda: _freshrec()(log, inputs), len(log)),
     "freshrec-net": _freshrec(model={"blend": BlendSettings(enabled=False)}),
+    **{f"freshrec-no-{name}": _without(*features) for name, features in BLEND_ABLATIONS.items()},
     "freshrec-no-seed": _freshrec(model={"new_item_seed": 0.0}),
     "freshrec-no-last-item": _freshrec(model={"last_item_weight": None}),
     "freshrec-ids-only": _freshrec(model={"use_text": False}),

@@ -25,7 +25,6 @@ from freshrec.model.sequence import SequenceNet
 from freshrec.model.signals import CountSignals
 from freshrec.settings import FeedbackSettings, IngestSettings, LearnSettings, ModelSettings
 
-
 if TYPE_CHECKING:
     from freshrec.learn.privacy import PrivateSteps
 

@@ -58,10 +58,14 @@ class Gate:
         self.settings = settings
         self.weight = torch.zeros(len(HISTORY_EDGES) + 1, len(names), requires_grad=True)
         with torch.no_grad():
-            self.weight[:, 0] = 1.0  # the first feature alone: the network
+            self.weight[:, 0] = 0.0 if names[0] in settings.exclude else 1.0  # the network alone
         # eps: a feature constant over the catalog (transitions for an empty history)
         # has a gradient of rounding noise, which Adagrad must not blow up into full steps
         self.optimizer = torch.optim.Adagrad([self.weight], lr=settings.lr, eps=1e-6)
+        unknown = set(settings.exclude) - set(names)
+        if unknown:
+            raise ValueError(f"blend.exclude names unknown features {sorted(unknown)}; the features are {names}")
+        self._excluded = torch.tensor([name in settings.exclude for name in names])
 
     @staticmethod
     def context(batch: Interactions) -> Tensor:
@@ -87,7 +91,9 @@ class Gate:
         ranking leaves out and so must the loss."""
         keep = torch.nonzero(weight > 0).squeeze(1)
         if len(keep) < len(weight):  # gathered once, so that minibatches are slices
-            features = Features(features.network[keep], features.per_query[keep], features.per_item, features.context[keep])
+            features = Features(
+                features.network[keep], features.per_query[keep], features.per_item, features.context[keep]
+            )
             target, weight, seen = target[keep], weight[keep], seen[keep]
         size = self.settings.minibatch
         for start in range(0, len(weight), size):
@@ -96,6 +102,8 @@ class Gate:
             loss = (F.cross_entropy(logits, target[rows], reduction="none") * weight[rows]).sum() / weight[rows].sum()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
+            assert self.weight.grad is not None
+            self.weight.grad[:, self._excluded] = 0
             self.optimizer.step()
 
     def report(self) -> dict[str, Any]:
@@ -104,7 +112,9 @@ class Gate:
         labels = [str(lo) if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in zip(lows, HISTORY_EDGES, strict=False)]
         labels = [*labels, f"{HISTORY_EDGES[-1]}+"]
         w = self.weight.detach()
-        return {label: dict(zip(self.names, map(float, row), strict=True)) for label, row in zip(labels, w, strict=True)}
+        return {
+            label: dict(zip(self.names, map(float, row), strict=True)) for label, row in zip(labels, w, strict=True)
+        }
 
     def state(self) -> dict[str, Any]:
         return {"weight": self.weight.detach().clone(), "optimizer": self.optimizer.state_dict()}

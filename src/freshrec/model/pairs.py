@@ -68,13 +68,11 @@ class PairCounts:
         vals = np.where(sums > 0, weight[ok] / np.maximum(sums, 1e-12), 0.0).astype(np.float32)
         if self.dense is not None:
             index = torch.from_numpy(np.stack([rows, cols]).astype(np.int64))
-            select = torch.sparse_coo_tensor(
-                index, torch.from_numpy(vals), (len(src), self.n), check_invariants=False
-            )
+            select = torch.sparse_coo_tensor(index, torch.from_numpy(vals), (len(src), self.n), check_invariants=False)
             out: np.ndarray = torch.sparse.mm(select, self.dense).numpy()
             return out
         select_sp = sp.csr_matrix((vals, (rows, cols)), shape=(len(src), self.n))
-        mixed = (select_sp @ self.matrix).toarray()
+        mixed: np.ndarray = (select_sp @ self.matrix).toarray()
         if self._pending:
             mixed += (select_sp @ self._pending_matrix()).toarray()
         return mixed
