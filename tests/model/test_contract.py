@@ -27,7 +27,7 @@ def log() -> EventLog:
     return tiny_log(rows, items=[f"i{n}" for n in range(40)])
 
 
-@pytest.fixture(params=[*sorted(MODELS), "freshrec-user-ids", "freshrec-dp"])
+@pytest.fixture(params=[*sorted(MODELS), "freshrec-net", "freshrec-retrain", "freshrec-user-ids", "freshrec-dp"])
 def factory(request: pytest.FixtureRequest, log: EventLog) -> Callable[[EventLog], Recommender]:
     inputs = Inputs(SMALL, HashingEncoder(32).encode(log.catalog.texts))
     return lambda log: {**MODELS, **ABLATIONS}[request.param](log, inputs)

@@ -157,8 +157,12 @@ class Learner:
         self._absent |= {i for i in unknown if i not in self.codes}
 
     def _new_model(self, text: np.ndarray) -> FreshRec:
+        """The network alone, without the blend: serving ranks with the network's
+        snapshot only, so the blend's counts would cost the learner time and
+        memory (a batch's features grow with the catalog) for nothing."""
         s = self.settings
-        return FreshRec(len(text), text, s.model, s.learn, s.feedback, s.ingest, progress=self.progress)
+        model = s.model.model_copy(update={"blend": s.model.blend.model_copy(update={"enabled": False})})
+        return FreshRec(len(text), text, model, s.learn, s.feedback, s.ingest, progress=self.progress)
 
     # -- histories ----------------------------------------------------------
     def _batch(self, events: Iterable[Event]) -> Interactions:

@@ -49,16 +49,24 @@ class Features:
     context: Tensor
 
 
+GAP_EDGES = (60.0, 3_600.0, 86_400.0, 7 * 86_400.0)
+"""Second context: seconds since the user's previous event (under a minute, an hour, a
+day, a week, longer; and no previous event). A user in the middle of a session follows
+their last items; one back after a month less so."""
+N_CONTEXTS = (len(HISTORY_EDGES) + 1, len(GAP_EDGES) + 2)
+
+
 class Gate:
-    """The blend's weights, one row per context, learned by Adagrad."""
+    """The blend's weights: a row per history length plus a row per time since the
+    previous event, added (so each context learns from every event), by Adagrad."""
 
     def __init__(self, names: list[str], n_per_query: int, settings: BlendSettings):
         self.names = names
         self.n_per_query = n_per_query
         self.settings = settings
-        self.weight = torch.zeros(len(HISTORY_EDGES) + 1, len(names), requires_grad=True)
-        with torch.no_grad():
-            self.weight[:, 0] = 0.0 if names[0] in settings.exclude else 1.0  # the network alone
+        self.weight = torch.zeros(sum(N_CONTEXTS), len(names), requires_grad=True)
+        with torch.no_grad():  # the network alone
+            self.weight[: N_CONTEXTS[0], 0] = 0.0 if names[0] in settings.exclude else 1.0
         # eps: a feature constant over the catalog (transitions for an empty history)
         # has a gradient of rounding noise, which Adagrad must not blow up into full steps
         self.optimizer = torch.optim.Adagrad([self.weight], lr=settings.lr, eps=1e-6)
@@ -69,16 +77,20 @@ class Gate:
 
     @staticmethod
     def context(batch: Interactions) -> Tensor:
+        """``(B, 2)``: each row's weight rows, by history length and by time since the previous event."""
         length = (batch.hist_item >= 0).sum(axis=1)
-        return torch.from_numpy(np.searchsorted(HISTORY_EDGES, length, side="right").astype(np.int64))
+        by_length = np.searchsorted(HISTORY_EDGES, length, side="right")
+        gap = batch.time - batch.hist_time[:, -1]
+        by_gap = np.where(np.isnan(gap), len(GAP_EDGES) + 1, np.searchsorted(GAP_EDGES, np.nan_to_num(gap)))
+        return torch.from_numpy(np.stack([by_length, N_CONTEXTS[0] + by_gap], axis=1).astype(np.int64))
 
     def _logits(self, f: Features, rows: slice | None, weight: Tensor) -> Tensor:
         network, per_query, context = f.network, f.per_query, f.context
         if rows is not None:
             network, per_query, context = network[rows], per_query[rows], context[rows]
-        w = weight[context]
+        w = weight[context].sum(1)
         q = 1 + self.n_per_query
-        per_item = (weight[:, q:] @ f.per_item.T)[context]  # one row per context, then picked
+        per_item = (weight[:, q:] @ f.per_item.T)[context].sum(1)  # one row per context, then picked
         return torch.baddbmm((per_item + w[:, :1] * network).unsqueeze(1), w[:, None, 1:q], per_query).squeeze(1)
 
     def combine(self, features: Features) -> Tensor:
@@ -111,6 +123,8 @@ class Gate:
         lows = (0, *HISTORY_EDGES)
         labels = [str(lo) if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in zip(lows, HISTORY_EDGES, strict=False)]
         labels = [*labels, f"{HISTORY_EDGES[-1]}+"]
+        gaps = ("<1m", "<1h", "<1d", "<1w", ">=1w", "none")
+        labels = [*(f"history {x}" for x in labels), *(f"gap {x}" for x in gaps)]
         w = self.weight.detach()
         return {
             label: dict(zip(self.names, map(float, row), strict=True)) for label, row in zip(labels, w, strict=True)

@@ -112,17 +112,24 @@ class CountSignals:
         self._count(items, events.position.astype(np.float64))
 
     def _count(self, items: np.ndarray, position: np.ndarray) -> None:
-        exponent = (position[None, :] - self._origin) / self.half_lives[:, None]
-        if exponent.max() > 500:  # rescale before the growing weights could overflow
-            shift = float(position.min())
-            self.popularity *= 2.0 ** ((self._origin - shift) / self.half_lives[:, None])
-            self._origin = shift
-            exponent = (position[None, :] - self._origin) / self.half_lives[:, None]
-        for row, weights in enumerate(2.0**exponent):
-            np.add.at(self.popularity[row], items, weights)
+        """Decayed counts: an event ``n`` positions ago weighs ``2 ** (-n / half_life)``.
+        Instead of decaying every count at every event, each new event is added with
+        the growing weight ``2 ** (position / half_life)`` (the same ranking); the
+        counts are rescaled to a new origin before that weight could overflow, and a
+        long batch (a warm start) is added in pieces short enough for that."""
         np.add.at(self.interactions, items, 1.0)
         np.minimum.at(self.first_seen, items, position)
         self._last = max(self._last, float(position.max()))
+        step = max(1, int(100 * self.half_lives.min()))
+        for lo in range(0, len(items), step):
+            piece, where = items[lo : lo + step], position[lo : lo + step]
+            if (where.max() - self._origin) / self.half_lives.min() > 500:
+                shift = float(where.min())
+                self.popularity *= 2.0 ** ((self._origin - shift) / self.half_lives[:, None])
+                self._origin = shift
+            weights = 2.0 ** ((where[None, :] - self._origin) / self.half_lives[:, None])
+            for row in range(len(self.half_lives)):
+                np.add.at(self.popularity[row], piece, weights[row])
 
     # -- reading -----------------------------------------------------------
     def features(self, queries: Interactions) -> tuple[Tensor, Tensor]:
