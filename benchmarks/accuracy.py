@@ -95,8 +95,9 @@ def main_row(data: DataSet, log: EventLog, runs: list[ModelRun]) -> str:
 
 def ablation_rows(data: DataSet, runs: list[ModelRun]) -> list[str]:
     best = best_baseline(runs)
+    top = best.summary.ndcg_at_10
     return [
-        f"| {data.name} | {r.name} | {r.summary.ndcg_at_10:.4f} | {r.summary.ndcg_at_10 / best.summary.ndcg_at_10:.2f}x "
+        f"| {data.name} | {r.name} | {r.summary.ndcg_at_10:.4f} | {r.summary.ndcg_at_10 / top:.2f}x "
         f"| {r.summary.hr_at_10:.4f} | {cold(r):.4f} | {r.events_per_s:,.0f} | {r.peak_rss_mb:,.0f} |"
         for r in runs
     ]
