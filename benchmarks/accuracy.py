@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,14 +104,55 @@ def ablation_rows(data: DataSet, runs: list[ModelRun]) -> list[str]:
     ]
 
 
+def blend_section(names: list[str]) -> str:
+    """What the blend learned on each data set (from the runs' JSON): the weights
+    of its features by history length, the network's first."""
+    lines = [
+        "Weights the blend learned by the end of each replay (`params.blend` of the JSON in "
+        "`benchmarks/out/accuracy/`), per history length; each context also adds a row by time since "
+        "the previous event, not shown. Features: log-shares, so a weight is an exponent.",
+        "",
+    ]
+    for name in names:
+        path = OUT / f"{name}.json"
+        if not path.exists():
+            continue
+        result = next(r for r in json.loads(path.read_text())["results"] if r["model"] == "freshrec")
+        weights = {k: v for k, v in result["params"]["blend"].items() if k.startswith("history")}
+        features = list(next(iter(weights.values())))
+        lines += [f"**{name}**", "", "| history | " + " | ".join(features) + " |", "|" + " --- |" * (len(features) + 1)]
+        lines += [f"| {k[8:]} | " + " | ".join(f"{v[f]:.2f}" for f in features) + " |" for k, v in weights.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_blend() -> None:
+    section = blend_section(["ml-100k", "ml-1m-part", "steam-reviews", "gen-i400-u150-e2500-s1"])
+    write_section("accuracy-blend", "What the blend learned (issue 14)", section)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=HERE.parents[1] / "shared" / "data")
     parser.add_argument("--no-ablations", action="store_true")
+    parser.add_argument("--ablations-only", action="store_true", help="Only the ablations (MovieLens-100K, Steam).")
     parser.add_argument("--sets", default="", help="Only these data sets (comma-separated names).")
+    parser.add_argument("--blend-only", action="store_true", help="Only rewrite the blend's weights from the JSON.")
     args = parser.parse_args()
+    if args.blend_only:
+        write_blend()
+        return
     wanted = {s for s in args.sets.split(",") if s}
     sets = [d for d in [*shared_sets(args.shared), *generator_sets()] if not wanted or d.name in wanted]
+    command = "python benchmarks/accuracy.py" + (f" --sets {args.sets}" if args.sets else "")
+    today = dt.date.today().isoformat()
+    if not args.ablations_only:
+        main_table(sets, command, today)
+    if not args.no_ablations:
+        ablations(sets, command + (" --ablations-only" if args.ablations_only else ""), today)
+
+
+def main_table(sets: list[DataSet], command: str, today: str) -> None:
     started = time.perf_counter()
     rows = []
     for data in sets:
@@ -120,8 +162,6 @@ def main() -> None:
         log, runs, _ = run(data, [*BASELINES, "freshrec"])
         rows.append(main_row(data, log, runs))
         print(rows[-1], flush=True)
-    today = dt.date.today().isoformat()
-    command = "python benchmarks/accuracy.py" + (f" --sets {args.sets}" if args.sets else "")
     body = [
         f"`{command}`, run on {today} in {time.perf_counter() - started:,.0f} s, default settings. "
         "Best baseline: the highest NDCG@10 of pop, recent-pop and transitions in the same run; "
@@ -133,8 +173,10 @@ def main() -> None:
         *rows,
     ]
     write_section("accuracy", "Accuracy across data sets (issue 14)", "\n".join(body))
-    if args.no_ablations:
-        return
+    write_blend()
+
+
+def ablations(sets: list[DataSet], command: str, today: str) -> None:
     started = time.perf_counter()
     rows = []
     for data in sets:
