@@ -1,8 +1,11 @@
 """The freshrec model behind the evaluator's and the server's interface.
 
 ``fit`` warm-starts on a time-ordered log (epochs, early stopping on the most
-recent slice), ``learn`` makes one optimizer step per micro-batch, mixing in
-older examples from a replay buffer, and ``score`` ranks the whole catalog.
+recent slice), ``learn`` makes one optimizer step per micro-batch (mixing in
+older examples from a replay buffer if ``replay_share`` asks for it), and
+``score`` ranks the whole catalog: with the blend (``[model.blend]``, see
+:mod:`freshrec.model.blend`), the network's scores weighed against counting
+signals by weights learned from every scored event.
 """
 
 from __future__ import annotations

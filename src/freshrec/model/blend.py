@@ -9,9 +9,10 @@ data set, the blend scores ``sum_f w[c, f] * feature_f(user, item)`` and
 learns the weights ``w`` online, from the outcome of every scored event
 (softmax cross-entropy of the item the user actually chose, items they had
 already touched left out, as the ranking leaves them out), with Adagrad. The
-weights depend on a context ``c``, the length of the user's history, because
+weights depend on a context ``c``: the length of the user's history, because
 what predicts a newcomer's next choice (popularity) is not what predicts a
-regular's (their own sequence).
+regular's (their own sequence), plus the time since their previous event
+(in a session or back after weeks).
 
 It is a product of experts (Hinton 2002) whose weights are learned as in
 online learning to rank; with one feature at weight 1 and the rest at 0 it
@@ -41,7 +42,7 @@ class Features:
     """What the blend weighs for a batch of queries: the network's scores
     ``(B, n)``, per-query signals ``(B, Q, n)``, per-item signals ``(n, S)``
     (the same for every query, so never repeated per row) and each query's
-    context ``(B,)``."""
+    contexts ``(B, 2)`` (rows of the gate's weights, see :meth:`Gate.context`)."""
 
     network: Tensor
     per_query: Tensor
