@@ -254,6 +254,10 @@ class LearnSettings(Section):
     item down, like a dislike."""
     online: bool = True
     """Off: the model is frozen after warm start (an ablation)."""
+    warm_publish_s: float = Field(default=10.0, gt=0)
+    """During a warm start the online learner publishes its model every this many seconds,
+    so that serving has a learned model soon after a first start (and a better one at
+    each publish) instead of only when the warm start ends."""
     checkpoint_every: int = Field(default=10_000, ge=1)
     """The online learner writes a checkpoint version after this many events (and when it stops)."""
     privacy: PrivacySettings = PrivacySettings()

@@ -321,3 +321,13 @@ def test_a_checkpoint_of_another_store_is_refused(world: tuple[SQLiteStore, list
     recreated.upsert_items(list(store.iter_items()))
     with pytest.raises(OtherStore, match="written for another store"):
         Learner(recreated, SETTINGS, checkpoints).resume()
+
+
+def test_the_warm_start_publishes_as_it_goes(world: tuple[SQLiteStore, list, Path]) -> None:  # type: ignore[type-arg]
+    store, _, tmp = world
+    settings = SETTINGS.model_copy(update={"learn": SETTINGS.learn.model_copy(update={"warm_publish_s": 1e-9})})
+    published: list[Snapshot] = []
+    Learner(store, settings, Checkpoints(tmp / "checkpoints"), on_update=published.append).train()
+    # one publish per warm-start step (the interval is tiny here) and the final one
+    assert len(published) > 2
+    assert not all(torch.equal(published[0].state["query"], s.state["query"]) for s in published[1:])

@@ -268,8 +268,8 @@ class Learner:
             raise NoCatalog("the event log is empty: import events first (freshrec import events ...)")
         batch = self._batch(events)
         self.model = self._new_model(text)
-        self.model.fit(batch)
         self.state.offset = events[-1].offset or 0
+        self.model.fit(batch, on_step=self._publishing_every(self.settings.learn.warm_publish_s))
         self.state.learned = len(batch)
         version = self._checkpoint("warm start")
         self._publish()
@@ -414,6 +414,20 @@ class Learner:
             offset=self.state.offset,
             loss=None if np.isnan(loss) else float(loss),
         )
+
+    def _publishing_every(self, seconds: float) -> Callable[[], None]:
+        """A callback for the warm start's steps that publishes the model once
+        ``seconds`` have passed since the last time: serving gets a learned model
+        within seconds of a first start, and better ones as the warm start goes on."""
+        last = time.monotonic()
+
+        def maybe_publish() -> None:
+            nonlocal last
+            if time.monotonic() - last >= seconds:
+                self._publish()
+                last = time.monotonic()
+
+        return maybe_publish
 
     def _publish(self) -> None:
         if self.on_update is not None:

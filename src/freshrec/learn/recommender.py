@@ -11,6 +11,7 @@ signals by weights learned from every scored event.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,16 +89,18 @@ class FreshRec:
         """The features of the last scored batch, by stream position: the blend learns from them."""
 
     # -- the Recommender interface ------------------------------------------
-    def fit(self, events: Interactions) -> None:
+    def fit(self, events: Interactions, on_step: Callable[[], None] | None = None) -> None:
         """Warm start: the network's epochs on the log, then, with the blend, the
         most recent ``calibration_share`` of it learned in order as a stream,
-        scored first, so that the blend's weights start from real outcomes."""
+        scored first, so that the blend's weights start from real outcomes.
+        ``on_step`` is called after every optimizer step (the online learner
+        publishes the model as it goes, so serving need not wait for the end)."""
         if self.signals is None:
-            self._fit_network(events)
+            self._fit_network(events, on_step)
             return
         cut = len(events) - int(len(events) * self.model_settings.blend.calibration_share)
         first = events.take(np.arange(cut))
-        self._fit_network(first)
+        self._fit_network(first, on_step)
         self.signals.learn(first, self.trainer.weights(first) > 0)
         size = self.learn_settings.batch_size
         for start in tqdm(range(cut, len(events), size), desc="calibrate", unit="batch", disable=not self.progress):
@@ -105,7 +108,7 @@ class FreshRec:
             self.score(chunk)
             self._learn(chunk)
 
-    def _fit_network(self, events: Interactions) -> None:
+    def _fit_network(self, events: Interactions, on_step: Callable[[], None] | None = None) -> None:
         """Shuffled epochs on all but the most recent slice, early stopping on
         that slice, then one in-order pass over it."""
         s = self.learn_settings
@@ -118,6 +121,8 @@ class FreshRec:
             order = self.rng.permutation(train)
             for i in range(0, len(order), s.batch_size):
                 self.trainer.step(events.take(order[i : i + s.batch_size]), every_position=True)
+                if on_step is not None:
+                    on_step()
             if not n_val:
                 continue
             loss = self._evaluate(events.take(val))
@@ -131,6 +136,8 @@ class FreshRec:
             self.trainer.restore(best_state)
         for i in range(0, n_val, s.batch_size):
             self.trainer.step(events.take(val[i : i + s.batch_size]))
+            if on_step is not None:
+                on_step()
         self.buffer.add(events)
         self._table = None
 
