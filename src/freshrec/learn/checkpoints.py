@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from freshrec import serialization
+
 _NAME = re.compile(r"^model-(\d{6})\.json$")
 
 
@@ -111,7 +113,7 @@ class Checkpoints:
     def restore(self, data: bytes) -> Version:
         """Adopt a checkpoint written elsewhere (a mirror's bytes) as the current version."""
         with self._lock:
-            meta = torch.load(io.BytesIO(data), weights_only=False)["meta"]
+            meta = serialization.load(data)["meta"]
             version = Version(**meta)
             stem = self.folder / f"model-{version.version:06d}"
             atomic_write(stem.with_suffix(".pt"), data)
@@ -123,7 +125,7 @@ class Checkpoints:
         path = self.folder / f"model-{version:06d}.pt"
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint version {version} in {self.folder}")
-        data = torch.load(path, weights_only=False)
+        data = serialization.load(path)
         return Version(**data["meta"]), data["state"]
 
     def rewrite(self, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> int:
@@ -135,7 +137,7 @@ class Checkpoints:
             current = self.current()
             for v in self.list():
                 path = self.folder / f"model-{v.version:06d}.pt"
-                data = torch.load(path, weights_only=False)
+                data = serialization.load(path)
                 state = change(data["state"])
                 if state is not None:
                     buffer = io.BytesIO()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from freshrec import serialization
 from freshrec.ingest.feedback import FeedbackWeights
 from freshrec.learn.buffer import ReplayBuffer
 from freshrec.learn.checkpoints import atomic_write
@@ -293,7 +294,7 @@ class FreshRec:
         atomic_write(path, buffer.getvalue())
 
     def load(self, path: Path) -> None:
-        self.load_state(torch.load(path, weights_only=False))
+        self.load_state(serialization.load(path))
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.trainer.restore(state["trainer"])

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from freshrec import serialization
 from freshrec.model.sequence import SequenceNet
 from freshrec.settings import ModelSettings
 
@@ -69,5 +70,5 @@ class Snapshot:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Snapshot:
-        raw = torch.load(io.BytesIO(data), weights_only=False)
+        raw = serialization.load(data)
         return cls(**{**raw, "settings": ModelSettings.model_validate(raw["settings"])})
