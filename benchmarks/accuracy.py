@@ -65,14 +65,13 @@ def generator_sets() -> list[DataSet]:
     return sets
 
 
-def run(data: DataSet, names: list[str]) -> tuple[EventLog, list[ModelRun], float]:
+def run(data: DataSet, names: list[str]) -> tuple[EventLog, list[ModelRun]]:
     settings = load_settings()
     log = load_log(data.events, data.items)
     text = catalog_text(log, settings)
-    started = time.perf_counter()
     runs = evaluate(names, log, progress=True, inputs=Inputs(settings, text))
     write_json(OUT / f"{data.name}.json", to_json(log, runs, 0.2, 10))
-    return log, runs, time.perf_counter() - started
+    return log, runs
 
 
 def best_baseline(runs: list[ModelRun]) -> ModelRun:
@@ -159,7 +158,7 @@ def main_table(sets: list[DataSet], command: str, today: str) -> None:
         if not data.events.exists():
             print(f"{data.events}: not there, skipped")
             continue
-        log, runs, _ = run(data, [*BASELINES, "freshrec"])
+        log, runs = run(data, [*BASELINES, "freshrec"])
         rows.append(main_row(data, log, runs))
         print(rows[-1], flush=True)
     body = [
@@ -182,7 +181,7 @@ def ablations(sets: list[DataSet], command: str, today: str) -> None:
     for data in sets:
         if data.name not in ("ml-100k", "steam-reviews"):
             continue
-        _, runs, _ = run(data, [*BASELINES, "freshrec", *ABLATIONS])
+        _, runs = run(data, [*BASELINES, "freshrec", *ABLATIONS])
         rows += ablation_rows(data, runs)
     body = [
         f"`{command}`, run on {today}: the ablations, {time.perf_counter() - started:,.0f} s. "
