@@ -5,9 +5,10 @@ running code from the bytes.
 copy or pipe message could run arbitrary code in the learner or a replica.
 ``weights_only=True`` uses torch's restricted unpickler: tensors, numbers,
 strings and containers only. The states also hold NumPy arrays (replay
-buffer, counting signals, random-generator states), so exactly the three
-globals that rebuild a plain array are allowed besides; an object array's
-items go through the same restricted unpickler.
+buffer, counting signals, random-generator states), so the globals that
+rebuild a plain array (``ndarray``, ``dtype``, ``_reconstruct`` and a few dtype
+classes) are allowed besides; an object array's items go through the same
+restricted unpickler.
 """
 
 from __future__ import annotations
