@@ -1,7 +1,7 @@
 """Loading what freshrec itself saved (checkpoints, model snapshots) without
 running code from the bytes.
 
-``torch.load(..., weights_only=False)`` unpickles, so a crafted file, mirror
+A plain ``torch.load`` without ``weights_only`` unpickles, so a crafted file, mirror
 copy or pipe message could run arbitrary code in the learner or a replica.
 ``weights_only=True`` uses torch's restricted unpickler: tensors, numbers,
 strings and containers only. The states also hold NumPy arrays (replay
