@@ -187,7 +187,8 @@ def ablations(sets: list[DataSet], command: str, today: str) -> None:
         f"`{command}`, run on {today}: the ablations, {time.perf_counter() - started:,.0f} s. "
         "`freshrec-net`: the network alone (no blend); `-frozen`: no learning after the warm start; "
         "`-retrain`: retrained from scratch at 30%, 40%, ..., 90% of the log and frozen in between; "
-        "`-no-X`: the blend without feature X (`popularity`: all four half-lives; `age`: item age and untouched).",
+        "`-no-X`: the blend without feature X (`popularity`: every half-life, in events and in seconds; "
+        "`text-similarity`: with text-nearest; `age`: item age and untouched).",
         "",
         "| data set | model | NDCG@10 | ratio to best baseline | HR@10 | cold-item HR@10 | events/s | peak RSS MB |",
         "|" + " --- |" * 8,

@@ -136,10 +136,14 @@ class BlendSettings(Section):
     """How many of a user's latest items count as going together with the next one."""
     half_lives: tuple[float, ...] = (100.0, 1_000.0, 10_000.0, 100_000.0)
     """Popularity decays with each of these half-lives (in events); the blend weighs them."""
+    time_half_lives: tuple[float, ...] = (86_400.0, 604_800.0, 2_592_000.0)
+    """And with each of these, in seconds (a day, a week, thirty days): a stream's rate
+    changes, so the blend also gets popularity on the wall clock."""
     exclude: tuple[str, ...] = ()
     """Features the blend leaves at weight zero (ablations), by the names its report uses:
-    ``network``, ``transitions``, ``co-occurrence``, ``text-similarity``,
-    ``popularity-<half-life>``, ``untouched``, ``age``."""
+    ``network``, ``transitions``, ``co-occurrence``, ``text-similarity``, ``text-nearest``,
+    ``popularity-<half-life>``, ``recency-<half-life>`` (``1d``, ``7d``, ``30d``),
+    ``untouched``, ``age``."""
     calibration_share: float = Field(default=0.1, ge=0, lt=1)
     """The latest share of a warm-start log is learned in order, as a stream, after the
     network's epochs on the rest: the blend's weights start from what it scored there."""

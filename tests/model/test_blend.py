@@ -13,7 +13,7 @@ from freshrec.model import pairs
 from freshrec.model.base import Interactions
 from freshrec.model.blend import N_CONTEXTS, Features, Gate, seen_mask
 from freshrec.model.pairs import PairCounts
-from freshrec.model.signals import CountSignals
+from freshrec.model.signals import CountSignals, Decayed
 from freshrec.settings import BlendSettings, LearnSettings, ModelSettings
 from tests.evaluate.helpers import tiny_log
 
@@ -90,7 +90,37 @@ def test_long_warm_start_with_short_half_life_stays_finite() -> None:
     n = 50_000  # 5,000 half-lives in one batch: one weight for all would overflow
     s.learn(events([[-1, -1]] * n, [i % 3 for i in range(n)]))
     _, per_item = s.features(events([[-1, -1]], [-1], start=n))
-    assert torch.isfinite(per_item).all() and np.isfinite(s.popularity).all()
+    assert torch.isfinite(per_item).all() and np.isfinite(s.popularity.counts).all()
+
+
+def test_decayed_counts_follow_their_clock_and_never_overflow() -> None:
+    d = Decayed(3, (10.0, 1e13))
+    d.add(np.array([0, 0]), np.array([0.0, 5.0]))
+    d.add(np.array([1]), np.array([1e6]))  # 100,000 half-lives later: item 0 is forgotten, not inf
+    d.add(np.array([2]), np.array([1e6 - 10]))  # out of order: counts as ten seconds old
+    assert np.isfinite(d.counts).all() and d.now == 1e6
+    np.testing.assert_allclose(d.counts[0], [0.0, 1.0, 0.5])
+    np.testing.assert_allclose(d.counts[1], [2.0, 1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(d.shares().sum(1), [1.0, 1.0])
+    restored = Decayed(3, (10.0, 1e13))
+    restored.restore(d.state())
+    np.testing.assert_array_equal(restored.counts, d.counts)
+
+
+def test_recency_counts_on_the_wall_clock_not_the_stream() -> None:
+    s = CountSignals(3, window=2, half_lives=(1_000.0,))
+    day = 86_400.0
+    old = events([[-1, -1]] * 50, [0] * 50)
+    old.time[:] = 0.0  # fifty events a month ago
+    s.learn(old)
+    new = events([[-1, -1]] * 5, [1] * 5, start=50)
+    new.time[:] = 30 * day  # five today
+    s.learn(new)
+    _, per_item = s.features(events([[-1, -1]], [-1], start=55))
+    item_names = s.names[s.n_per_query :]
+    assert per_item[:, item_names.index("popularity-1000")].argmax() == 0  # by events: item 0
+    assert per_item[:, item_names.index("recency-1d")].argmax() == 1  # by days: item 1
+    assert per_item[:, item_names.index("recency-30d")].argmax() == 0
 
 
 def test_gate_context_by_history_length_and_time_since_previous_event() -> None:
@@ -108,6 +138,18 @@ def test_text_similarity_favours_items_that_read_alike() -> None:
     per_query, _ = s.features(events([[-1, 0]], [-1]))
     similarity = per_query[0, s.names.index("text-similarity")]
     assert similarity.argsort(descending=True)[:2].tolist() == [0, 3]
+
+
+def test_text_nearest_finds_what_reads_like_any_one_recent_item() -> None:
+    text = np.eye(5, dtype=np.float32)
+    text[3] = [0.95, 0.05, 0, 0, 0]  # reads like item 0
+    text[4] = [0.5, 0.5, 0, 0, 0]  # reads a bit like both 0 and 1
+    s = CountSignals(5, window=2, half_lives=(10.0,), text=text)
+    per_query, _ = s.features(events([[0, 1], [-1, -1]], [-1, -1]))
+    nearest, mean = per_query[0, s.names.index("text-nearest")], per_query[0, s.names.index("text-similarity")]
+    assert nearest[3] > nearest[4]  # close to one of them beats halfway to both
+    assert mean[4] > mean[3]  # unlike the mean profile
+    assert torch.isfinite(per_query[1]).all()  # an empty history
 
 
 def gate_data(n: int, rows: int, seed: int) -> tuple[Features, torch.Tensor]:

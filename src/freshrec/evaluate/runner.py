@@ -79,8 +79,11 @@ BLEND_ABLATIONS = {
     "network": ("network",),
     "transitions": ("transitions",),
     "co-occurrence": ("co-occurrence",),
-    "text-similarity": ("text-similarity",),
-    "popularity": tuple(f"popularity-{int(h)}" for h in BlendSettings().half_lives),
+    "text-similarity": ("text-similarity", "text-nearest"),
+    "popularity": (
+        *(f"popularity-{int(h)}" for h in BlendSettings().half_lives),
+        *(f"recency-{int(h // 86_400)}d" for h in BlendSettings().time_half_lives),
+    ),
     "age": ("untouched", "age"),
 }
 """Ablations of the blend: ``freshrec-no-NAME`` leaves these features out."""

@@ -84,7 +84,8 @@ class FreshRec:
         self.gate: Gate | None = None
         if blend.enabled and not self.learn_settings.privacy.enabled:
             # counts remember single users' transitions exactly: no place in the private mode
-            self.signals = CountSignals(n_items, blend.window, blend.half_lives, text if self.net.use_text else None)
+            text = text if self.net.use_text else None
+            self.signals = CountSignals(n_items, blend.window, blend.half_lives, text, blend.time_half_lives)
             self.gate = Gate(["network", *self.signals.names], self.signals.n_per_query, blend)
         self._features: tuple[np.ndarray, Features] | None = None
         """The features of the last scored batch, by stream position: the blend learns from them."""

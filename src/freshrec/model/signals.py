@@ -25,6 +25,8 @@ from torch import Tensor
 from freshrec.model.base import Interactions
 from freshrec.model.pairs import PairCounts
 
+NEAREST = 5
+"""How many of a user's latest items "nearest in text" looks among."""
 LAG_WEIGHTS = (1.0, 0.6, 0.36)
 """Transitions from the user's last, second-last and third-last item."""
 
@@ -49,20 +51,24 @@ class CountSignals:
         window: int = 20,
         half_lives: tuple[float, ...] = (100.0, 1_000.0, 10_000.0, 100_000.0),
         text: np.ndarray | None = None,
+        time_half_lives: tuple[float, ...] = (86_400.0, 604_800.0, 2_592_000.0),
     ):
         self.window = window
         self.text = None if text is None else _unit_rows(text)
         """Unit-length text vectors of the catalog: "reads like what they touched"
         needs no learning, so it holds from a user's first event and a new item's
         first minute."""
-        self.half_lives = np.asarray(half_lives, dtype=np.float64)
         self.transitions = PairCounts(n_items)
         self.cooc = PairCounts(n_items)
-        self.popularity = np.zeros((len(half_lives), n_items), dtype=np.float64)
+        self.popularity = Decayed(n_items, half_lives)
+        """Popularity on the stream's own clock: the last hundred events, or thousand, ..."""
+        self.recency = Decayed(n_items, time_half_lives)
+        """Popularity on the wall clock: the last day, week, month. A stream's rate changes
+        (night and day, a shop's first months against its busy years); on which clock
+        popularity is best counted is for the blend to find out."""
         self.interactions = np.zeros(n_items, dtype=np.float64)
         self.first_seen = np.full(n_items, np.inf)
         """Stream position of each item's first counted event."""
-        self._origin = 0.0  # stream position whose popularity weight is 1
         self._last = 0.0  # latest stream position counted
 
     @property
@@ -74,8 +80,9 @@ class CountSignals:
         return [
             "transitions",
             "co-occurrence",
-            *(["text-similarity"] if self.text is not None else []),
-            *(f"popularity-{int(h)}" for h in self.half_lives),
+            *(["text-similarity", "text-nearest"] if self.text is not None else []),
+            *(f"popularity-{int(h)}" for h in self.popularity.half_lives),
+            *(f"recency-{_duration(h)}" for h in self.recency.half_lives),
             "untouched",
             "age",
         ]
@@ -87,7 +94,8 @@ class CountSignals:
             self.text = np.concatenate([self.text, _unit_rows(text)])
         self.transitions.grow(n)
         self.cooc.grow(n)
-        self.popularity = np.concatenate([self.popularity, np.zeros((len(self.half_lives), n))], axis=1)
+        self.popularity.grow(n)
+        self.recency.grow(n)
         self.interactions = np.concatenate([self.interactions, np.zeros(n)])
         self.first_seen = np.concatenate([self.first_seen, np.full(n, np.inf)])
 
@@ -109,27 +117,15 @@ class CountSignals:
         dst = np.broadcast_to(items[:, None], window.shape)[window >= 0]
         self.cooc.add(src, dst)
         self.cooc.add(dst, src)
-        self._count(items, events.position.astype(np.float64))
+        self._count(items, events.position.astype(np.float64), events.time.astype(np.float64))
 
-    def _count(self, items: np.ndarray, position: np.ndarray) -> None:
-        """Decayed counts: an event ``n`` positions ago weighs ``2 ** (-n / half_life)``.
-        Instead of decaying every count at every event, each new event is added with
-        the growing weight ``2 ** (position / half_life)`` (the same ranking); the
-        counts are rescaled to a new origin before that weight could overflow, and a
-        long batch (a warm start) is added in pieces short enough for that."""
+    def _count(self, items: np.ndarray, position: np.ndarray, time: np.ndarray) -> None:
         np.add.at(self.interactions, items, 1.0)
         np.minimum.at(self.first_seen, items, position)
         self._last = max(self._last, float(position.max()))
-        step = max(1, int(100 * self.half_lives.min()))
-        for lo in range(0, len(items), step):
-            piece, where = items[lo : lo + step], position[lo : lo + step]
-            if (where.max() - self._origin) / self.half_lives.min() > 500:
-                shift = float(where.min())
-                self.popularity *= 2.0 ** ((self._origin - shift) / self.half_lives[:, None])
-                self._origin = shift
-            weights = 2.0 ** ((where[None, :] - self._origin) / self.half_lives[:, None])
-            for row in range(len(self.half_lives)):
-                np.add.at(self.popularity[row], piece, weights[row])
+        self.popularity.add(items, position)
+        known = np.isfinite(time)
+        self.recency.add(items[known], time[known])
 
     # -- reading -----------------------------------------------------------
     def features(self, queries: Interactions) -> tuple[Tensor, Tensor]:
@@ -155,7 +151,11 @@ class CountSignals:
             recent_text = text[torch.from_numpy(np.maximum(window, 0))]
             profile = torch.bmm(torch.from_numpy(weights.astype(np.float32))[:, None], recent_text)[:, 0]
             per_query[:, 2] = F.normalize(profile, dim=1) @ text.T
-        pop = self.popularity / np.maximum(self.popularity.sum(1, keepdims=True), 1e-300)
+            near = torch.from_numpy(np.ascontiguousarray(window[:, :NEAREST]))
+            sims = (text[near.clamp(min=0).reshape(-1)] @ text.T).reshape(*near.shape, n)
+            sims.masked_fill_((near < 0)[:, :, None], -1.0)
+            per_query[:, 3] = sims.max(1).values if near.shape[1] else 0.0
+        pop = np.concatenate([self.popularity.shares(), self.recency.shares()])
         untouched = self.interactions == 0
         age = np.where(untouched, 0.0, np.log1p(np.maximum(self._last - self.first_seen, 0.0) / 100.0))
         per_item = np.concatenate([np.log(pop + floor), untouched[None], age[None]]).T.astype(np.float32)
@@ -164,27 +164,27 @@ class CountSignals:
     @property
     def n_per_query(self) -> int:
         """How many of :attr:`names`, from the first, are per-query features."""
-        return 2 + (self.text is not None)
+        return 2 + 2 * (self.text is not None)
 
     # -- persistence ---------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {
             "transitions": self.transitions.state(),
             "cooc": self.cooc.state(),
-            "popularity": self.popularity.copy(),
+            "popularity": self.popularity.state(),
+            "recency": self.recency.state(),
             "interactions": self.interactions.copy(),
             "first_seen": self.first_seen.copy(),
-            "origin": self._origin,
             "last": self._last,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.transitions.restore(state["transitions"])
         self.cooc.restore(state["cooc"])
-        self.popularity = np.asarray(state["popularity"], dtype=np.float64).copy()
+        self.popularity.restore(state["popularity"])
+        self.recency.restore(state["recency"])
         self.interactions = np.asarray(state["interactions"], dtype=np.float64).copy()
         self.first_seen = np.asarray(state["first_seen"], dtype=np.float64).copy()
-        self._origin = float(state["origin"])
         self._last = float(state["last"])
 
 
@@ -192,3 +192,51 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     out: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-9)
     return out
+
+
+class Decayed:
+    """Item counts that decay on one clock (stream positions or seconds): an event
+    ``d`` clock units before the latest weighs ``2 ** (-d / half_life)``, one row per
+    half-life. The counts are kept as of the latest clock reading and decayed when it
+    moves on, so no weight ever exceeds 1 (an event dated after the latest reading
+    moves the clock; one dated before it counts for less)."""
+
+    def __init__(self, n_items: int, half_lives: tuple[float, ...]):
+        self.half_lives = np.asarray(half_lives, dtype=np.float64)
+        self.counts = np.zeros((len(half_lives), n_items))
+        self.now = -np.inf
+
+    def add(self, items: np.ndarray, clock: np.ndarray) -> None:
+        if not len(items) or not len(self.half_lives):
+            return
+        latest = float(clock.max())
+        if latest > self.now:
+            if np.isfinite(self.now):
+                self.counts *= 2.0 ** ((self.now - latest) / self.half_lives[:, None])
+            self.now = latest
+        weights = 2.0 ** ((clock[None, :] - self.now) / self.half_lives[:, None])
+        for row, w in zip(self.counts, weights, strict=True):
+            np.add.at(row, items, w)
+
+    def shares(self) -> np.ndarray:
+        """``(half-lives, n_items)``: each row's counts as shares of its total."""
+        shares: np.ndarray = self.counts / np.maximum(self.counts.sum(1, keepdims=True), 1e-300)
+        return shares
+
+    def grow(self, n: int) -> None:
+        self.counts = np.concatenate([self.counts, np.zeros((len(self.half_lives), n))], axis=1)
+
+    def state(self) -> dict[str, Any]:
+        return {"counts": self.counts.copy(), "now": self.now}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.counts = np.asarray(state["counts"], dtype=np.float64).copy()
+        self.now = float(state["now"])
+
+
+def _duration(seconds: float) -> str:
+    """``86400`` -> ``1d``: a half-life on the wall clock, for feature names."""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
