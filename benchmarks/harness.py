@@ -27,13 +27,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
-    """Poll ``/health/ready`` until it answers 200; fail if ``process`` exits or time runs out."""
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300.0, model: bool = True) -> None:
+    """Poll ``/health/ready`` until it answers 200 and, with ``model``, a learned model is
+    served (``model_served``); fail if ``process`` exits or time runs out."""
     deadline = time.monotonic() + timeout
     with httpx.Client(base_url=url, timeout=2.0) as c:
         while True:
             try:
-                if c.get("/health/ready").status_code == 200:
+                got = c.get("/health/ready")
+                if got.status_code == 200 and (not model or got.json().get("model_served")):
                     return
             except httpx.TransportError:
                 pass

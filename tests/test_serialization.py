@@ -1,8 +1,10 @@
-"""Saved states load back, and bytes that would run code are refused without running it."""
+"""States round-trip as safetensors and JSON; pickles, tampered or unsigned blobs and
+snapshots of the wrong shape are refused, and refusing them runs no code."""
 
 from __future__ import annotations
 
 import io
+import json
 import pickle
 from pathlib import Path
 
@@ -12,7 +14,12 @@ import torch
 
 from freshrec import serialization
 from freshrec.learn.checkpoints import Checkpoints
+from freshrec.model.sequence import SequenceNet
 from freshrec.model.snapshot import Snapshot
+from freshrec.serialization import Malformed
+from freshrec.settings import ModelSettings
+
+KEY = b"a-shared-secret"
 
 
 class Payload:
@@ -25,25 +32,167 @@ class Payload:
         return (Path.write_text, (str(self.marker), "pwned"))  # type: ignore[return-value]
 
 
-def test_tensors_arrays_and_containers_round_trip() -> None:
-    state = {"t": torch.arange(3.0), "a": np.arange(4, dtype=np.int64), "s": ["x", None], "n": 1.5, "o": {"k": (1, 2)}}
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    loaded = serialization.load(buffer.getvalue())
-    assert torch.equal(loaded["t"], state["t"]) and np.array_equal(loaded["a"], state["a"])
-    assert loaded["s"] == ["x", None] and loaded["n"] == 1.5 and loaded["o"] == {"k": (1, 2)}
+def nested_state() -> dict[object, object]:
+    shared = torch.arange(3.0)
+    return {
+        "t": shared,
+        "same": shared,  # one tensor twice, and a view of all of it: safetensors refuses shared memory
+        "reshaped": shared.view(3, 1),
+        "view": torch.arange(6).reshape(2, 3)[:, 1],  # not contiguous, shares storage
+        "a": np.arange(4, dtype=np.int64),
+        "mask": np.array([True, False]),
+        "f64": np.array([0.5, np.inf]),
+        "s": ["x", None, {"deep": (1, 2.5, "z")}],
+        "n": float("nan"),
+        "big": 2**127 + 3,  # a NumPy PCG64 state holds 128-bit integers
+        3: "an int key",  # an optimizer's state is keyed by parameter number
+        "np": np.float32(1.5),
+    }
 
 
-def test_a_crafted_snapshot_or_checkpoint_runs_no_code(tmp_path: Path) -> None:
+def test_nested_states_round_trip() -> None:
+    state = nested_state()
+    loaded = serialization.loads(serialization.dumps(state))
+    assert set(loaded) == set(state)
+    assert torch.equal(loaded["t"], state["t"]) and torch.equal(loaded["view"], torch.tensor([1, 4]))
+    assert torch.equal(loaded["same"], state["t"]) and loaded["reshaped"].shape == (3, 1)
+    assert isinstance(loaded["a"], np.ndarray) and np.array_equal(loaded["a"], state["a"])
+    assert loaded["mask"].dtype == np.bool_ and loaded["f64"].dtype == np.float64 and loaded["f64"][1] == np.inf
+    assert loaded["s"] == ["x", None, {"deep": (1, 2.5, "z")}]
+    assert np.isnan(loaded["n"]) and loaded["big"] == 2**127 + 3 and loaded[3] == "an int key"
+    assert loaded["np"] == 1.5
+
+
+def test_what_cannot_be_saved_is_refused_on_saving() -> None:
+    with pytest.raises(TypeError, match="NumPy array of dtype"):
+        serialization.dumps({"ids": np.array(["a", "b"], dtype=object)})
+    with pytest.raises(TypeError, match="cannot save a Payload"):
+        serialization.dumps({"x": Payload(Path("never"))})
+
+
+def test_signatures_are_required_and_checked_when_a_key_is_set() -> None:
+    signed, unsigned = serialization.dumps({"x": 1}, KEY), serialization.dumps({"x": 1})
+    assert serialization.loads(signed, KEY) == {"x": 1}
+    assert serialization.loads(signed) == {"x": 1}  # no key configured: the signature is not needed
+    with pytest.raises(Malformed, match="not signed"):
+        serialization.loads(unsigned, KEY)
+    with pytest.raises(Malformed, match="does not match"):
+        serialization.loads(signed, b"another key")
+    tampered = bytearray(signed)
+    tampered[-1] ^= 1
+    with pytest.raises(Malformed, match="does not match"):
+        serialization.loads(bytes(tampered), KEY)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"FRESHREC/1 unsigned",
+        b"FRESHREC/1 unsigned\n\x00\x00",
+        b"FRESHREC/1 unsigned\n" + (10**9).to_bytes(8, "little") + b"{}",
+        b"FRESHREC/2 unsigned\n{}",
+    ],
+)
+def test_truncated_or_foreign_bytes_are_malformed(data: bytes) -> None:
+    with pytest.raises(Malformed):
+        serialization.loads(data)
+
+
+def test_a_skeleton_with_unknown_tags_or_dangling_references_is_refused() -> None:
+    from safetensors.torch import save
+
+    for skeleton in ({"$tensor": "t9"}, {"$object": "os.system"}, {"$dict": [[1]]}):
+        body = save({"t0": torch.zeros(1)}, metadata={"freshrec": json.dumps(skeleton)})
+        with pytest.raises(Malformed):
+            serialization.loads(b"FRESHREC/1 unsigned\n" + body)
+    with pytest.raises(Malformed, match="more than the limit"):
+        serialization.loads(serialization.dumps({"t": torch.zeros(1000)}), max_bytes=100)
+
+
+def test_pickles_are_refused_and_run_no_code(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     crafted = pickle.dumps({"state": {}, "meta": Payload(marker)})
     legacy = io.BytesIO()
     torch.save({"state": {}, "meta": Payload(marker)}, legacy)
     for data in (crafted, legacy.getvalue()):
-        with pytest.raises(Exception):  # noqa: B017 - refused, whichever layer notices first
+        with pytest.raises(Malformed):
             Snapshot.from_bytes(data)
-        with pytest.raises(Exception):  # noqa: B017
+        with pytest.raises(Malformed):
             Checkpoints(tmp_path / "checkpoints").restore(data)
+        with pytest.raises(serialization.UnsafeData):  # even the migration's restricted unpickler
+            serialization.load_legacy(data)
     assert not marker.exists()
-    with pytest.raises(serialization.UnsafeData):
-        serialization.load(legacy.getvalue())
+
+
+def snapshot(n_items: int = 5, **changes: object) -> Snapshot:
+    settings = ModelSettings(dim=8, history_length=4, heads=2)
+    net = SequenceNet(n_items, torch.randn(n_items, 6), settings)
+    return Snapshot.of(net, [f"i{j}" for j in range(n_items)], [], checkpoint=2, updates=7, offset=99, **changes)
+
+
+def test_a_snapshot_round_trips_signed() -> None:
+    original = snapshot(loss=0.25)
+    loaded = Snapshot.from_bytes(original.to_bytes(KEY), KEY)
+    assert loaded.version == "2.7" and loaded.item_ids == original.item_ids and loaded.loss == 0.25
+    assert loaded.settings == original.settings
+    assert all(torch.equal(loaded.state[k], v) for k, v in original.state.items())
+
+
+def test_snapshots_that_do_not_fit_their_settings_or_ids_are_refused() -> None:
+    good = snapshot()
+    bad_rows = Snapshot(**{**good.__dict__, "item_ids": [*good.item_ids, "extra"]})
+    nan = dict(good.state)
+    nan["query"] = torch.full_like(nan["query"], float("nan"))
+    unexpected = {**good.state, "evil": torch.zeros(1)}
+    cases = {
+        "expected \\(6,\\)": bad_rows,
+        "not finite": Snapshot(**{**good.__dict__, "state": nan}),
+        "unexpected tensor": Snapshot(**{**good.__dict__, "state": unexpected}),
+        "repeat": Snapshot(**{**good.__dict__, "item_ids": ["i0"] * 5}),
+    }
+    for reason, case in cases.items():
+        with pytest.raises(Malformed, match=reason):
+            Snapshot.from_bytes(case.to_bytes())
+    extra_field = serialization.dumps({**good.__dict__, "settings": good.settings.model_dump(), "x": 1})
+    with pytest.raises(Malformed, match="unexpected fields"):
+        Snapshot.from_bytes(extra_field)
+    wrong_settings = serialization.dumps({**good.__dict__, "settings": {"dim": -1}})
+    with pytest.raises(Malformed, match="settings"):
+        Snapshot.from_bytes(wrong_settings)
+
+
+def test_checkpoints_sign_their_mirror_copies_and_refuse_foreign_ones(tmp_path: Path) -> None:
+    mirrored: list[bytes] = []
+    source = Checkpoints(tmp_path / "a", mirror=lambda data, _urgent: mirrored.append(data), key=KEY)
+    state = {"weights": torch.arange(4.0), "buffer": np.arange(3)}
+    source.save(state, offset=10, events_learned=10, loss=None)
+    version, loaded = source.load(1)
+    assert version.offset == 10 and torch.equal(loaded["weights"], state["weights"])
+    target = Checkpoints(tmp_path / "b", key=KEY)
+    assert target.restore(mirrored[0]).version == 1
+    with pytest.raises(Malformed, match="not signed"):
+        target.restore(serialization.dumps({"state": state, "meta": {"version": 2}}))
+    with pytest.raises(Malformed, match="does not match"):
+        Checkpoints(tmp_path / "c", key=b"other").restore(mirrored[0])
+
+
+def test_migrate_rewrites_pickled_checkpoints_once_and_republishes_the_current(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for v in (1, 2):
+        meta = {"version": v, "offset": 10 * v, "created": 0.0, "events_learned": 10 * v, "loss": None}
+        state = {"w": torch.full((2,), float(v)), "a": np.arange(v)}
+        torch.save({"state": state, "meta": meta}, folder / f"model-{v:06d}.pt")
+        (folder / f"model-{v:06d}.json").write_text(json.dumps(meta))
+    with pytest.raises(FileNotFoundError, match="migrate"):
+        Checkpoints(folder).load(2)
+    mirrored: list[bytes] = []
+    checkpoints = Checkpoints(folder, mirror=lambda data, _urgent: mirrored.append(data), key=KEY)
+    assert checkpoints.migrate() == (1, 2)
+    assert not list(folder.glob("*.pt")) and checkpoints.current() is not None
+    version, state = checkpoints.load(2)
+    assert version.offset == 20 and torch.equal(state["w"], torch.full((2,), 2.0))
+    assert np.array_equal(state["a"], np.arange(2))
+    assert len(mirrored) == 1 and serialization.loads(mirrored[0], KEY)["meta"]["version"] == 2
+    assert checkpoints.migrate() == ()  # once

@@ -1,40 +1,185 @@
-"""Loading what freshrec itself saved (checkpoints, model snapshots) without
-running code from the bytes.
+"""The one format freshrec writes its states in (checkpoints, model snapshots,
+store mirrors, the learner's pipe), and reads back without running code.
 
-A plain ``torch.load`` without ``weights_only`` unpickles, so a crafted file, mirror
-copy or pipe message could run arbitrary code in the learner or a replica.
-``weights_only=True`` uses torch's restricted unpickler: tensors, numbers,
-strings and containers only. The states also hold NumPy arrays (replay
-buffer, counting signals, random-generator states), so the globals that
-rebuild a plain array (``ndarray``, ``dtype``, ``_reconstruct`` and a few dtype
-classes) are allowed besides; an object array's items go through the same
-restricted unpickler.
+A blob is a header line and a safetensors file::
+
+    FRESHREC/1 unsigned\\n<safetensors>
+    FRESHREC/1 hmac-sha256 <64 hex digits>\\n<safetensors>
+
+Every tensor and NumPy array of the state is a tensor of the safetensors file;
+everything else (nested dicts, lists, numbers, strings) is a JSON skeleton in
+the file's metadata, with references to the tensors. Reading parses JSON and
+safetensors and nothing else: no pickle, so crafted bytes cannot run code, and
+anything but the expected structure is refused as :class:`Malformed`.
+
+With a key (``[cluster] snapshot_key``), the header carries an HMAC-SHA256 of
+the safetensors bytes and a reader holding the key refuses a blob without a
+valid one: whoever can write to Redis or the store cannot plant a model.
+
+The pickled files of earlier versions are read by :func:`load_legacy` only,
+with torch's restricted unpickler, by ``freshrec model migrate``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
+import json
+import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+MAGIC = b"FRESHREC/1 "
+MAX_BYTES = 8 << 30
+"""Blobs larger than this are refused before they are parsed."""
+_TENSOR, _ARRAY, _DICT, _TUPLE = "$tensor", "$array", "$dict", "$tuple"
+
+
+class Malformed(ValueError):
+    """The bytes are not a state freshrec wrote (or not with this key)."""
+
+
+class UnsafeData(Malformed):
+    """A legacy pickle holds something other than tensors, arrays, numbers, strings and containers."""
+
+
+def dumps(state: Any, key: bytes | None = None) -> bytes:
+    """``state`` (dicts, lists, tuples, numbers, strings, None, tensors, NumPy
+    arrays) as one blob; signed when ``key`` is given."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = json.dumps(_encode(state, tensors), separators=(",", ":"), allow_nan=True)
+    body = save_tensors(tensors, metadata={"freshrec": skeleton})
+    if key:
+        return MAGIC + b"hmac-sha256 " + _mac(key, body).encode() + b"\n" + body
+    return MAGIC + b"unsigned\n" + body
+
+
+def loads(data: bytes, key: bytes | None = None, max_bytes: int = MAX_BYTES) -> Any:
+    """What :func:`dumps` wrote. With ``key``, only a blob signed with it."""
+    if len(data) > max_bytes:
+        raise Malformed(f"{len(data):,} bytes, more than the limit of {max_bytes:,}")
+    if not data.startswith(MAGIC):
+        raise Malformed("not a freshrec state (no FRESHREC/1 header; `freshrec model migrate` converts old files)")
+    end = data.find(b"\n", 0, 200)
+    if end < 0:
+        raise Malformed("header line not terminated")
+    header, body = data[len(MAGIC) : end].split(), memoryview(data)[end + 1 :]
+    if key:
+        if len(header) != 2 or header[0] != b"hmac-sha256":
+            raise Malformed("not signed, and a snapshot key is set")
+        if not hmac.compare_digest(header[1], _mac(key, body).encode()):
+            raise Malformed("signature does not match the snapshot key")
+    elif header not in ([b"unsigned"],) and (len(header) != 2 or header[0] != b"hmac-sha256"):
+        raise Malformed(f"unknown header {bytes(data[:end])!r}")
+    raw = bytes(body)
+    try:
+        skeleton = json.loads(_metadata(raw)["freshrec"])
+        tensors = load_tensors(raw)
+    except Malformed:
+        raise
+    except Exception as exc:  # safetensors and json raise their own errors on bad bytes
+        raise Malformed(f"unreadable: {exc}") from exc
+    return _decode(skeleton, tensors)
+
+
+def load(path: Path, key: bytes | None = None) -> Any:
+    """:func:`loads` of a file."""
+    return loads(path.read_bytes(), key)
+
+
+def _mac(key: bytes, body: bytes | memoryview) -> str:
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def _metadata(body: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's JSON header (8-byte length, then JSON)."""
+    if len(body) < 8:
+        raise Malformed("truncated")
+    (size,) = struct.unpack("<Q", body[:8])
+    if size > len(body) - 8:
+        raise Malformed("truncated header")
+    meta = json.loads(body[8 : 8 + size]).get("__metadata__")
+    if not isinstance(meta, dict) or not isinstance(meta.get("freshrec"), str):
+        raise Malformed("no freshrec metadata")
+    return meta
+
+
+def _encode(x: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(x, torch.Tensor):
+        name = f"t{len(tensors)}"
+        tensors[name] = _alone(x.detach().cpu(), tensors)
+        return {_TENSOR: name}
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"cannot save a NumPy array of dtype {x.dtype}")
+        name = f"t{len(tensors)}"
+        tensors[name] = _alone(torch.from_numpy(np.ascontiguousarray(x)), tensors)
+        return {_ARRAY: name}
+    if isinstance(x, dict):
+        return {_DICT: [[_encode(k, tensors), _encode(v, tensors)] for k, v in x.items()]}
+    if isinstance(x, tuple):
+        return {_TUPLE: [_encode(v, tensors) for v in x]}
+    if isinstance(x, list):
+        return [_encode(v, tensors) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    if x is None or isinstance(x, bool | int | float | str):
+        return x
+    raise TypeError(f"cannot save a {type(x).__name__}")
+
+
+def _alone(t: torch.Tensor, saved: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``t`` itself if it is the whole of its storage and no tensor saved so far shares
+    it, else a compact copy: safetensors refuses tensors that share memory, and a view
+    would save its whole base."""
+    whole = t.is_contiguous() and t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.nbytes
+    ptr = t.untyped_storage().data_ptr()
+    shared = ptr != 0 and any(s.untyped_storage().data_ptr() == ptr for s in saved.values())
+    return t if whole and not shared else t.contiguous().clone()
+
+
+def _decode(x: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(x, list):
+        return [_decode(v, tensors) for v in x]
+    if isinstance(x, dict):
+        if len(x) != 1:
+            raise Malformed("unexpected object in the skeleton")
+        ((tag, value),) = x.items()
+        if tag in (_TENSOR, _ARRAY):
+            if not isinstance(value, str) or value not in tensors:
+                raise Malformed(f"reference to a missing tensor {value!r}")
+            return tensors[value] if tag == _TENSOR else tensors[value].numpy()
+        if tag == _DICT and isinstance(value, list) and all(isinstance(p, list) and len(p) == 2 for p in value):
+            out = {}
+            for k, v in value:
+                k = _decode(k, tensors)
+                if not isinstance(k, str | int | float | bool) and k is not None:
+                    raise Malformed("a dict key that is not a scalar")
+                out[k] = _decode(v, tensors)
+            return out
+        if tag == _TUPLE and isinstance(value, list):
+            return tuple(_decode(v, tensors) for v in value)
+        raise Malformed(f"unexpected tag {tag!r} in the skeleton")
+    return x  # JSON scalars
+
 
 _ARRAYS: list[Any] = [np.ndarray, np.dtype, np._core.multiarray._reconstruct]  # type: ignore[attr-defined]
 _ARRAYS += [type(np.dtype(t)) for t in ("b1", "i1", "i4", "i8", "u1", "f4", "f8", "U1", "O")]
 
 
-class UnsafeData(ValueError):
-    """The bytes hold something other than tensors, arrays, numbers, strings and containers."""
-
-
-def load(source: bytes | Path) -> Any:
-    """What :func:`torch.save` wrote, refusing anything that would run code."""
+def load_legacy(source: bytes | Path) -> Any:
+    """What an earlier freshrec pickled with :func:`torch.save`: read with torch's
+    restricted unpickler (tensors, plain NumPy arrays, numbers, strings and
+    containers; nothing that runs code). For ``freshrec model migrate`` only."""
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with torch.serialization.safe_globals(_ARRAYS):
             return torch.load(stream, weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError (or RuntimeError) for forbidden globals
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise UnsafeData(f"refused to load: {str(exc).splitlines()[0]}") from exc
-        raise
+        raise UnsafeData(f"refused to load: {str(exc).splitlines()[0]}") from exc

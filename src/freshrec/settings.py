@@ -262,6 +262,9 @@ class LearnSettings(Section):
     """During a warm start the online learner publishes its model every this many seconds,
     so that serving has a learned model soon after a first start (and a better one at
     each publish) instead of only when the warm start ends."""
+    lease_s: float = Field(default=30.0, ge=3)
+    """One learner per store: a learner renews the store's lease every third of this;
+    a lease not renewed for this long may be taken over by another learner."""
     checkpoint_every: int = Field(default=10_000, ge=1)
     """The online learner writes a checkpoint version after this many events (and when it stops)."""
     privacy: PrivacySettings = PrivacySettings()
@@ -316,6 +319,16 @@ class ClusterSettings(Section):
     a 10,000-item model is about 3 MB)."""
     poll_ms: int = Field(default=250, ge=10)
     """API replicas look for a new snapshot, catalog or learner state this often."""
+    snapshot_key: SecretStr | None = None
+    """Signs model snapshots and checkpoint copies (HMAC-SHA256); set, replicas and
+    learners refuse those without a valid signature. Set it whenever others can write
+    to the Redis or the store (FRESHREC_CLUSTER__SNAPSHOT_KEY)."""
+    snapshot_max_mb: int = Field(default=4096, ge=1)
+    """Snapshots and checkpoint copies larger than this are refused unread."""
+
+    def key(self) -> bytes | None:
+        """:attr:`snapshot_key` as bytes (``None`` when unset)."""
+        return self.snapshot_key.get_secret_value().encode() if self.snapshot_key else None
 
 
 class Settings(BaseModel):

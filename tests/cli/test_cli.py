@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -83,7 +85,7 @@ def test_demo_serves_simulated_shoppers(tmp_path: Path) -> None:
     clicks = re.search(r"\(([\d,]+) clicks, 0 errors\)", done.stdout)
     assert clicks and int(clicks.group(1).replace(",", "")) > 20, done.stdout
     assert stats(tmp_path)["events"] > 600  # the simulated clicks were stored
-    assert list((tmp_path / "checkpoints").glob("model-*.pt"))  # the learner checkpointed on the way out
+    assert list((tmp_path / "checkpoints").glob("model-*.state"))  # the learner checkpointed on the way out
 
 
 def test_serve_refuses_to_run_open_or_without_keys(tmp_path: Path) -> None:
@@ -110,3 +112,64 @@ def test_console_script_is_installed() -> None:
         check=True,
     )
     assert module.stdout.strip()
+
+
+def test_learn_and_train_refuse_while_another_learner_holds_the_store(tmp_path: Path) -> None:
+    from freshrec.learn.lease import NAME
+    from freshrec.storage import SQLiteStore
+
+    gen, data = tmp_path / "gen", tmp_path / "data"
+    run("generate", "--out", str(gen), "--items", "30", "--users", "5", "--events", "200", "--seed", "1")
+    run("--data", str(data), "import", "items", str(gen / "items.jsonl"))
+    run("--data", str(data), "import", "events", str(gen / "events.jsonl"))
+    store = SQLiteStore(data / "freshrec.db")
+    try:
+        store.take_lease(NAME, "elsewhere:42:abc", ttl_s=30)
+        for command in (["train"], ["learn"], ["learn", "--follow"]):
+            started = time.monotonic()
+            out = run("--data", str(data), *command, code=3)
+            assert "elsewhere:42:abc" in out and "renewed" in out and time.monotonic() - started < 10
+        assert not list((data / "checkpoints").glob("model-*"))
+        store.release_lease(NAME, "elsewhere:42:abc", 1)
+        assert "model version 1" in run("--data", str(data), "train", env={"FRESHREC_MODEL__DIM": "16"})
+    finally:
+        store.close()
+
+
+def test_model_migrate_rewrites_pickled_checkpoints_and_the_stores_copies(tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+
+    from freshrec import serialization
+    from freshrec.model.sequence import SequenceNet
+    from freshrec.model.snapshot import Snapshot
+    from freshrec.settings import ModelSettings
+    from freshrec.storage import SQLiteStore
+
+    data = tmp_path / "data"
+    folder = data / "checkpoints"
+    folder.mkdir(parents=True)
+    meta = {"version": 1, "offset": 5, "created": 0.0, "events_learned": 5, "loss": None, "note": "", "store": ""}
+    legacy = {"state": {"w": torch.ones(2), "ids": ["a", "b"], "rng": np.arange(3)}, "meta": meta}
+    torch.save(legacy, folder / "model-000001.pt")
+    (folder / "model-000001.json").write_text(json.dumps(meta))
+    snap = Snapshot.of(SequenceNet(3, None, ModelSettings(dim=8, use_text=False)), ["x", "y", "z"], [], checkpoint=1,
+                       updates=0, offset=5)  # fmt: skip
+    store = SQLiteStore(data / "freshrec.db")
+    try:
+        old_snapshot = {**snap.__dict__, "settings": snap.settings.model_dump()}
+        for name, obj in (("checkpoint", legacy), ("snapshot", old_snapshot)):
+            buffer = io.BytesIO()
+            torch.save(obj, buffer)
+            store.publish(name, buffer.getvalue())
+        out = run("--data", str(data), "model", "migrate", env={"FRESHREC_CLUSTER__SNAPSHOT_KEY": "k"})
+        assert "rewrote 1 checkpoint version(s) [1]" in out and "republished in the store: checkpoint, snapshot" in out
+        assert not list(folder.glob("*.pt")) and (folder / "model-000001.state").is_file()
+        shared = store.published("checkpoint")
+        assert shared is not None and serialization.loads(shared[1], b"k")["state"]["ids"] == ["a", "b"]
+        stored = store.published("snapshot")
+        assert stored is not None and Snapshot.from_bytes(stored[1], b"k").item_ids == ["x", "y", "z"]
+        assert "rewrote 0" in run("--data", str(data), "model", "migrate")  # once
+        assert "version" in run("--data", str(data), "model", "list")
+    finally:
+        store.close()

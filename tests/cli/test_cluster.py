@@ -81,7 +81,8 @@ def test_two_api_replicas_and_a_learner_share_events_and_model_versions(
 
     def ready(c: httpx.Client) -> bool:
         try:
-            return c.get("/health/ready").status_code == 200
+            got = c.get("/health/ready")
+            return got.status_code == 200 and bool(got.json()["model_served"])
         except httpx.TransportError:
             return False
 
@@ -136,8 +137,7 @@ def test_two_api_replicas_and_a_learner_share_events_and_model_versions(
         a.close()
         b.close()
     logs = [(tmp_path / f"{n}.log").read_text() for n in ("learner", "a", "b")]
-    # uvicorn re-raises the SIGTERM it handled once it has shut down cleanly
-    assert codes[0] == 0 and codes[1:] == [-signal.SIGTERM] * 2, logs
+    assert codes == [0, 0, 0], logs  # each shut down cleanly, not killed by the signal
     assert not any("Traceback" in text for text in logs), logs
     store = open_store(cluster_env["FRESHREC_STORAGE__URL"])
     try:

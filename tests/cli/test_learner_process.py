@@ -1,17 +1,29 @@
-"""The learner process's sender: snapshots and messages share one pipe."""
+"""The learner process: its sender (snapshots and messages share one pipe), and its
+life tied to its server's."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, cast
+
+import httpx
+import pytest
 
 from freshrec.cli.learner_process import Sender
 from freshrec.model.snapshot import Snapshot
 
 
 class Payload:
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, key: bytes | None = None) -> bytes:
         return b"snapshot"
 
 
@@ -38,3 +50,108 @@ def test_a_message_waits_for_the_snapshot_being_written() -> None:
     sender.close()
     assert overlaps == []
     assert written == [b"snapshot", ("state", "following")]
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; only its exit status waits to be read
+
+
+ENV = {
+    "FRESHREC_ENCODER__MODEL": "hashing",
+    "FRESHREC_ENCODER__HASHING_DIM": "32",
+    "FRESHREC_MODEL__DIM": "16",
+    "FRESHREC_MODEL__HISTORY_LENGTH": "8",
+}
+
+
+def prepared(data: Path, events: int) -> list[str]:
+    """A store with a generated log; returns the command line prefix for it."""
+    cli = [str(Path(sys.executable).parent / "freshrec"), "--data", str(data)]
+    gen = data / "gen"
+    for step in (
+        ["generate", "--out", str(gen), "--items", "60", "--users", "20", "--events", str(events), "--seed", "1"],
+        ["import", "items", str(gen / "items.jsonl")],
+        ["import", "events", str(gen / "events.jsonl")],
+    ):
+        subprocess.run([*cli, *step], env={**os.environ, **ENV}, check=True, capture_output=True, timeout=300)
+    return cli
+
+
+@contextlib.contextmanager
+def serving(cli: list[str], env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``freshrec serve`` in its own process group, once it answers ``/health/ready``."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [*cli, "serve", "--port", str(port), "--insecure-no-auth"],
+        env={**os.environ, **ENV, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own group, so that a kill reaches the server alone
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        with httpx.Client(base_url=url, timeout=2.0) as c:
+            while True:
+                assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+                try:
+                    if c.get("/health/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+        yield server, url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_learner_dies_within_seconds_of_a_sigkill_of_the_server_alone(tmp_path: Path) -> None:
+    with serving(prepared(tmp_path, 400)) as (server, _):
+        helpers = children(server.pid)  # the learner and multiprocessing's resource tracker
+        assert helpers, "the server started no learner process"
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+        deadline = time.monotonic() + 5
+        while any(alive(pid) for pid in helpers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in helpers if alive(pid)], "a helper outlived its server by 5 s"
+
+
+def test_sigterm_during_a_warm_start_stops_within_seconds_and_says_so(tmp_path: Path) -> None:
+    slow = {"FRESHREC_LEARN__EPOCHS": "50", "FRESHREC_LEARN__PATIENCE": "50", "FRESHREC_LEARN__WARM_PUBLISH_S": "600"}
+    with serving(prepared(tmp_path, 6000), slow) as (server, url):
+        with httpx.Client(base_url=url, timeout=5.0) as c:
+            deadline = time.monotonic() + 60
+            while c.get("/v1/status").json()["learner"] != "warm start":
+                assert time.monotonic() < deadline, "the warm start did not begin"
+                time.sleep(0.1)
+        time.sleep(1.0)
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=15)
+        assert time.monotonic() - started < 15 and server.returncode == 0, output
+        assert output.count("warm start was interrupted") == 1, output
+    assert not list((tmp_path / "checkpoints").glob("model-*"))

@@ -40,9 +40,9 @@ def test_save_and_load_round_trip(log: EventLog, tmp_path: Path) -> None:
     a = model(log)
     a.fit(seqs.batch(np.arange(300), 6))
     a.learn(seqs.batch(np.arange(300, 400), 6))
-    a.save(tmp_path / "m.pt")
+    a.save(tmp_path / "m.state")
     b = model(log, epochs=1)
-    b.load(tmp_path / "m.pt")
+    b.load(tmp_path / "m.state")
     queries = seqs.batch(np.arange(400, 500), 6, queries=True)
     np.testing.assert_array_equal(a.score(queries), b.score(queries))
     # and they keep learning the same way: optimizer state and RNG travelled too
@@ -178,9 +178,9 @@ def test_user_id_rows_appear_with_users_learn_survive_a_reload_and_are_forgotten
     other = Interactions(**{**{f: getattr(query, f) for f in FIELDS}, "user": (query.user + 1) % 15})
     assert not np.allclose(m.score(query), m.score(other))
 
-    m.save(tmp_path / "m.pt")
+    m.save(tmp_path / "m.state")
     again = model(log, with_users)
-    again.load(tmp_path / "m.pt")
+    again.load(tmp_path / "m.state")
     queries = seqs.batch(np.arange(400, 500), 6, queries=True)
     np.testing.assert_array_equal(m.score(queries), again.score(queries))
 

@@ -72,7 +72,7 @@ def start_server(data: Path, settings: Settings, events: int = 1_500) -> Iterato
         time.sleep(0.02)
     url = engine.url
     with httpx.Client(base_url=url) as c:
-        while c.get("/health/ready").status_code != 200:
+        while not c.get("/health/ready").json().get("model_served"):
             assert time.monotonic() < deadline, "no model within two minutes"
             time.sleep(0.1)
     history = [r.data for r in read_records(paths["events"]) if r.data is not None]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 import re
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
 
+from freshrec.model.snapshot import Snapshot
 from tests.serve.conftest import ADMIN, READ, WRITE, Server, wait_for
 
 
@@ -199,8 +202,10 @@ def test_deleting_a_user_forgets_their_history(server: Server) -> None:
 
 def test_health_metrics_and_openapi(server: Server) -> None:
     with server.client(None) as c:
-        assert c.get("/health/ready").json()["status"] == "ready"
+        body = c.get("/health/ready").json()
+        assert body["status"] == "ready" and body["model_served"] is True
         metrics = c.get("/metrics").text
+        assert "freshrec_model_served 1.0" in metrics
         names = {line.split("{")[0].split(" ")[0] for line in metrics.splitlines() if line and not line.startswith("#")}
         assert names and all(n.startswith("freshrec_") for n in names)
         for wanted in (
@@ -259,3 +264,23 @@ def test_a_repeated_click_is_a_duplicate_and_quarantine_is_reported(server: Serv
         assert {"quarantined_users", "quarantined_events"} <= set(status)
         metrics = c.get("/metrics").text
         assert "freshrec_quarantined_users" in metrics and "freshrec_quarantined_events" in metrics
+
+
+def test_a_tampered_snapshot_runs_no_code_and_is_not_served(server: Server, tmp_path: Path) -> None:
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str, str]]:
+            return (Path.write_text, (str(tmp_path / "pwned"), "ran"))  # type: ignore[return-value]
+
+    service = server.engine.service
+    served = service.ranker.scoring.snapshot
+    assert served is not None
+    wrong_shape = Snapshot(**{**served.__dict__, "item_ids": [*served.item_ids, "ghost"]})
+    for source, data in (("bus", pickle.dumps(Payload())), ("store", wrong_shape.to_bytes())):
+        assert service.receive(data, source) is None
+    assert not (tmp_path / "pwned").exists()
+    assert service.ranker.scoring.snapshot is served
+    with server.client() as c:
+        assert c.get("/health/ready").status_code == 200
+        metrics = c.get("/metrics").text
+    assert 'freshrec_models_rejected_total{source="bus"} 1.0' in metrics
+    assert 'freshrec_models_rejected_total{source="store"} 1.0' in metrics

@@ -30,7 +30,7 @@ def served(tmp_path: Path) -> Iterator[Server]:
 
 
 def files(data: Path) -> list[Path]:
-    return [p for p in data.rglob("*") if p.is_file() and p.suffix in {".db", ".db-wal", ".db-shm", ".pt", ".json"}]
+    return [p for p in data.rglob("*") if p.is_file() and p.suffix in {".db", ".db-wal", ".db-shm", ".state", ".json"}]
 
 
 def holding(data: Path, text: str) -> list[Path]:
@@ -61,7 +61,7 @@ def test_deleting_a_user_erases_every_trace(served: Server) -> None:
         assert holding(data, VICTIM), "the id should be on disk before the deletion"
 
         assert c.delete(f"/v1/users/{VICTIM}").status_code == 204
-        wait_for(lambda: not [p for p in holding(data, VICTIM) if p.suffix in {".pt", ".json"}], timeout=60)
+        wait_for(lambda: not [p for p in holding(data, VICTIM) if p.suffix in {".state", ".json"}], timeout=60)
         assert c.get(f"/v1/users/{VICTIM}/history").json()["events"] == []
 
     served.engine.stop()  # the learner writes its last checkpoint; then the store is compacted

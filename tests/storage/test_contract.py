@@ -226,3 +226,22 @@ def test_concurrent_appends_get_distinct_offsets_visible_in_order(store: Store) 
     while any(t.is_alive() for t in threads) or (seen[-1] if seen else 0) < store.last_offset():
         seen += [e.offset for e in store.read_events(seen[-1] if seen else 0, 1000) if e.offset is not None]
     assert len(seen) == len(set(seen)) == 400 and seen == sorted(seen)
+
+
+def test_a_lease_has_one_holder_until_it_expires_and_changes_hands_with_a_new_token(store: Store) -> None:
+    first = store.take_lease("learner", "host-a:1", ttl_s=30)
+    assert (first.holder, first.token) == ("host-a:1", 1)
+    assert store.take_lease("learner", "host-a:1", ttl_s=30).token == 1  # taking one's own again
+    held = store.take_lease("learner", "host-b:2", ttl_s=30)
+    assert held.holder == "host-a:1" and held.age_s < 30  # refused: a live lease
+    assert store.renew_lease("learner", "host-a:1", 1)
+    assert not store.renew_lease("learner", "host-b:2", 1) and not store.renew_lease("learner", "host-a:1", 2)
+    taken = store.take_lease("learner", "host-b:2", ttl_s=0)  # not renewed within ttl: taken over
+    assert (taken.holder, taken.token) == ("host-b:2", 2)
+    assert not store.renew_lease("learner", "host-a:1", 1)  # the old holder learns it lost the lease
+    store.release_lease("learner", "host-a:1", 1)  # a no-op: no longer theirs
+    assert store.take_lease("learner", "host-c:3", ttl_s=30).holder == "host-b:2"
+    store.release_lease("learner", "host-b:2", 2)
+    released = store.take_lease("learner", "host-c:3", ttl_s=30)
+    assert (released.holder, released.token) == ("host-c:3", 3)  # tokens never repeat
+    assert store.take_lease("other", "host-a:1", ttl_s=30).holder == "host-a:1"  # leases are independent

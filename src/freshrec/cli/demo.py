@@ -109,7 +109,8 @@ def simulate(
     with httpx.Client(base_url=url, timeout=10.0) as client:
         while not stop.is_set():
             try:
-                if client.get("/health/ready").status_code == 200:
+                got = client.get("/health/ready")
+                if got.status_code == 200 and got.json().get("model_served"):
                     break
             except httpx.TransportError:
                 pass

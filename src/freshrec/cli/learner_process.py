@@ -19,11 +19,14 @@ and state in the shared store for the API replicas (:func:`learner_role_main`).
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import logging
+import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -37,10 +40,13 @@ from threadpoolctl import threadpool_limits
 
 from freshrec.bus import RedisBus
 from freshrec.learn.checkpoints import Checkpoints
-from freshrec.learn.online import IDLE_S, Feed, Learner, NoCatalog, Polling
+from freshrec.learn.lease import Lease, LeaseHeld
+from freshrec.learn.online import IDLE_S, Feed, Interrupted, Learner, NoCatalog, Polling
 from freshrec.model.snapshot import Snapshot
+from freshrec.serialization import Malformed
 from freshrec.settings import Settings
 from freshrec.storage import Store, open_store
+from freshrec.storage.base import LeaseState
 
 log = logging.getLogger("freshrec.learner")
 
@@ -54,17 +60,30 @@ def limit_threads(n: int) -> None:
     threadpool_limits(n, user_api="blas")
 
 
+SNAPSHOT = b"snapshot\n"
+"""On the pipe to the server, what starts a model snapshot's bytes; other messages
+are JSON arrays. Nothing on the pipe is pickled (see :mod:`freshrec.serialization`)."""
+
+
 class Sender:
     """Delivers the newest snapshot at most once per interval, never dropping the last
     one, and messages at once; both through the callables it is given, one call at a
     time (a pipe with two threads writing at once interleaves their bytes: the server
-    then fails to unpickle what it reads and never gets a model)."""
+    then fails to parse what it reads and never gets a model)."""
 
     def __init__(
-        self, snapshot: Callable[[bytes], object], message: Callable[[tuple[Any, ...]], object], interval_s: float
+        self,
+        snapshot: Callable[[bytes], object],
+        message: Callable[[tuple[Any, ...]], object],
+        interval_s: float,
+        key: bytes | None = None,
     ):
         self._deliver, self._message = snapshot, message
         self.interval = interval_s
+        self.key = key
+        """Signs each snapshot (``[cluster] snapshot_key``)."""
+        self.fence: Callable[[], bool] | None = None
+        """While it returns false (the learner lost the store's lease), snapshots are dropped."""
         self.pending: Snapshot | None = None
         self.closed = False
         self.lock = threading.Condition()
@@ -89,8 +108,11 @@ class Sender:
                 if self.pending is None:
                     return
                 snapshot, self.pending = self.pending, None
+            if self.fence is not None and not self.fence():
+                log.warning("a model snapshot was not published: this learner does not hold the store's lease")
+                continue
             try:
-                data = snapshot.to_bytes()
+                data = snapshot.to_bytes(self.key)
                 with self._sending:
                     self._deliver(data)
             except Exception:  # the next snapshot is tried anyway
@@ -104,16 +126,51 @@ class Sender:
         self.thread.join()
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(poll_s: float = 1.0) -> None:
+    """End this process when the server that started it dies, even by SIGKILL (the OOM
+    killer's way), which gives the server no chance to stop it: an orphan learner would
+    go on writing checkpoints beside the next server's. On Linux the kernel sends
+    SIGKILL at the parent's death (``prctl(PR_SET_PDEATHSIG)``); everywhere, a thread
+    watches for this process being handed to another parent. Nothing is lost: every
+    acknowledged event is in the store, and the next learner resumes from the last
+    checkpoint."""
+    started_by = multiprocessing.parent_process()
+    parent = started_by.pid if started_by is not None and started_by.pid else os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            log.debug("prctl is not available; the parent is watched instead")
+    if os.getppid() != parent:  # died before the kernel was told
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="freshrec-parent-watch", daemon=True).start()
+
+
 def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], halt: ProcessEvent) -> None:
     """The learner beside the server (``serve --role all``): snapshots and state go
     through ``pipe``, deletions come through ``commands``."""
     # Ctrl-C in a terminal reaches the whole process group; the server stops this
     # process through ``halt``, after its last micro-batch and checkpoint.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
     store = open_store(settings.store_url, settings.storage)
-    sender = Sender(lambda data: pipe.send(("snapshot", data)), pipe.send, settings.serve.publish_interval_ms / 1000)
+    sender = Sender(
+        lambda data: pipe.send_bytes(SNAPSHOT + data),
+        lambda message: pipe.send_bytes(json.dumps(message).encode()),
+        settings.serve.publish_interval_ms / 1000,
+        settings.cluster.key(),
+    )
     try:
-        checkpoints = Checkpoints(settings.data_dir / "checkpoints")
+        checkpoints = Checkpoints(settings.data_dir / "checkpoints", key=settings.cluster.key())
         run_learner(settings, store, checkpoints, sender, halt, commands=commands)  # type: ignore[arg-type]
     finally:
         store.close()
@@ -128,9 +185,13 @@ def run_learner(
     halt: threading.Event,
     commands: Queue[Any] | None = None,
     bus: RedisBus | None = None,
+    wait_for_lease: bool = True,
+    lease: Lease | None = None,
 ) -> None:
-    """Resume or warm-start, then follow the log until ``halt``; retry after failures.
-    Closes ``sender`` at the end.
+    """Take the store's learner lease (waiting for it, or raising
+    :class:`~freshrec.learn.lease.LeaseHeld` if ``wait_for_lease`` is false), resume or
+    warm-start, then follow the log until ``halt``; retry after failures. Closes
+    ``sender`` at the end.
 
     Users to forget arrive on ``commands`` (a queue, ended by ``None``) or on the ``bus``."""
     if settings.serve.learner_niceness and hasattr(os, "nice"):
@@ -157,13 +218,27 @@ def run_learner(
     commander = threading.Thread(target=obey, name="freshrec-commands", daemon=True)
     if commands is not None:
         commander.start()
+    lease = lease or Lease(store, settings.learn.lease_s)
+    checkpoints.fence = sender.fence = lambda: lease.valid
+
+    def waiting(held: LeaseState) -> None:
+        state = f"waiting for lease (held by {held.holder}, renewed {held.age_s:.0f} s ago)"
+        sender.message("state", state, True)
+
     try:
         while not halt.is_set():
+            if not lease.valid:
+                lease.release()
+                learner.model = None  # whatever it learned meanwhile, the holder has learned too
+                if not wait_for_lease:
+                    lease.take()  # LeaseHeld ends a learner that must not wait
+                elif not lease.wait(halt, waiting):
+                    break
             try:
                 if learner.model is None:
                     if checkpoints.current() is None:
                         sender.message("state", "warm start", True)
-                        learner.train()
+                        learner.train(halt)
                     else:
                         sender.message("state", "loading checkpoint", True)
                         learner.resume()
@@ -173,6 +248,8 @@ def run_learner(
             except NoCatalog as exc:
                 sender.message("state", f"waiting: {exc}", False)
                 feed.wait(halt, 2.0)  # deletions are carried out meanwhile
+            except Interrupted as exc:
+                log.warning("shutting down: %s", exc)
             except Exception as exc:  # keep going; the learner retries from its checkpoint
                 log.exception("learner failed")
                 sender.message("state", f"failed ({type(exc).__name__}: {exc}); retrying", True)
@@ -182,6 +259,7 @@ def run_learner(
         if commands is not None:
             commander.join(timeout=60)  # a deletion in progress finishes erasing the checkpoints
         sender.close()
+        lease.release()
 
 
 STORE_EVERY_S = 30.0
@@ -222,10 +300,14 @@ def shared_checkpoints(settings: Settings, store: Store) -> tuple[Checkpoints, T
     it; flush it when the learner stops) and, started with an empty data folder (a new
     machine), resumes from that copy instead of warm-starting from the whole log."""
     shelf = Throttled(lambda data: store.publish("checkpoint", data))
-    checkpoints = Checkpoints(settings.data_dir / "checkpoints", mirror=shelf.offer)
+    checkpoints = Checkpoints(settings.data_dir / "checkpoints", mirror=shelf.offer, key=settings.cluster.key())
     if checkpoints.current() is None and (shared := store.published("checkpoint")) is not None:
-        version = checkpoints.restore(shared[1])
-        log.info("resuming from the shared store's checkpoint version %d (offset %d)", version.version, version.offset)
+        try:
+            version = checkpoints.restore(shared[1])
+        except Malformed as exc:
+            log.warning("refused the shared store's checkpoint (%s); learning from the log instead", exc)
+        else:
+            log.info("resuming from the shared store's checkpoint %d (offset %d)", version.version, version.offset)
     return checkpoints, shelf
 
 
@@ -271,6 +353,13 @@ def learner_role_main(settings: Settings, halt: threading.Event) -> None:
         except Exception:
             log.exception("could not publish the learner's state")
 
+    lease = Lease(store, settings.learn.lease_s)
+    try:
+        lease.take()  # before anything is written: LeaseHeld ends this learner
+    except LeaseHeld:
+        store.close()
+        bus.close()
+        raise
     snapshots = Throttled(lambda data: store.publish("snapshot", data))
     checkpoints, checkpoint_shelf = shared_checkpoints(settings, store)
 
@@ -280,9 +369,9 @@ def learner_role_main(settings: Settings, halt: threading.Event) -> None:
         finally:  # the store's copy is kept even when Redis is away
             snapshots.offer(data)
 
-    sender = Sender(deliver, message, settings.cluster.snapshot_interval_ms / 1000)
+    sender = Sender(deliver, message, settings.cluster.snapshot_interval_ms / 1000, settings.cluster.key())
     try:
-        run_learner(settings, store, checkpoints, sender, halt, bus=bus)
+        run_learner(settings, store, checkpoints, sender, halt, bus=bus, wait_for_lease=False, lease=lease)
     finally:
         snapshots.flush()
         checkpoint_shelf.flush()

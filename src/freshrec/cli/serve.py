@@ -8,6 +8,7 @@ in its own process: :mod:`freshrec.cli.learner_process`) to the service
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import multiprocessing as mp
 import signal
@@ -21,8 +22,8 @@ import uvicorn
 
 from freshrec.bus import BusError, RedisBus
 from freshrec.cli.context import app_of, console, fail
-from freshrec.cli.learner_process import learner_main, learner_role_main, limit_threads
-from freshrec.model.snapshot import Snapshot
+from freshrec.cli.learner_process import SNAPSHOT, learner_main, learner_role_main, limit_threads
+from freshrec.learn.lease import LeaseHeld
 from freshrec.serve.api import create_app
 from freshrec.serve.auth import Keys, is_loopback
 from freshrec.serve.replica import Replica
@@ -85,15 +86,22 @@ class Engine:
         """Snapshots and state from the learner process, until it closes the pipe."""
         while True:
             try:
-                message = self.updates.recv()
+                data = self.updates.recv_bytes()
             except (EOFError, OSError):
                 return
-            if message[0] == "snapshot":
-                self.service.publish(Snapshot.from_bytes(message[1]))
-            elif message[0] == "hygiene":
-                self.service.hygiene = message[1]
-            elif message[0] == "state":
-                self.service.learner_state, self.service.model_wanted = message[1], message[2]
+            if data.startswith(SNAPSHOT):
+                self.service.receive(data[len(SNAPSHOT) :], "learner")
+                continue
+            try:
+                message = json.loads(data)
+                if message[0] == "hygiene" and isinstance(message[1], dict):
+                    self.service.hygiene = message[1]
+                elif message[0] == "state" and isinstance(message[1], str):
+                    self.service.learner_state, self.service.model_wanted = message[1], bool(message[2])
+                else:
+                    raise ValueError("unknown message")
+            except (ValueError, IndexError, TypeError) as exc:
+                log.warning("ignored a malformed message from the learner: %s", exc)
 
     @property
     def url(self) -> str:
@@ -103,6 +111,11 @@ class Engine:
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
     def run(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn stops on SIGTERM, then raises it again with the handler found before
+            # it started: the default one would end the process before the learner's last
+            # checkpoint (the ``finally`` below); this one ends it through that
+            signal.signal(signal.SIGTERM, _exit_cleanly)
         if self.replica is not None:
             self.replica.start()
         else:
@@ -130,6 +143,10 @@ class Engine:
 
     def stop(self) -> None:
         self.server.should_exit = True
+
+
+def _exit_cleanly(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
 
 
 def shared_socket(host: str, port: int) -> socket.socket:
@@ -217,7 +234,7 @@ def run_learner_role(settings: Settings) -> None:
     console.print(f"freshrec learner on {redact(settings.store_url)}, bus {redact(settings.cluster.bus_url)}")
     try:
         learner_role_main(settings, halt)
-    except BusError as exc:
+    except (BusError, LeaseHeld) as exc:
         fail(str(exc), 2)
 
 

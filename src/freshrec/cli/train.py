@@ -6,20 +6,43 @@ import datetime as dt
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from freshrec import serialization
 from freshrec.cli.context import App, app_of, console, fail, out
 from freshrec.learn.checkpoints import Checkpoints
+from freshrec.learn.lease import Lease, LeaseHeld
 from freshrec.learn.online import Learner, NoCatalog
+from freshrec.model.snapshot import Snapshot
+from freshrec.storage.base import Store
 
-model_app = typer.Typer(help="Model versions: list them, roll back.", no_args_is_help=True)
+model_app = typer.Typer(help="Model versions: list them, roll back, migrate old files.", no_args_is_help=True)
 
 
 def _checkpoints(state: App) -> Checkpoints:
-    return Checkpoints(state.settings.data_dir / "checkpoints")
+    return Checkpoints(state.settings.data_dir / "checkpoints", key=state.settings.cluster.key())
+
+
+@contextmanager
+def _lease(store: Store, state: App) -> Iterator[Checkpoints]:
+    """The checkpoints, written under the store's learner lease (held until the end);
+    exits with status 3 while another learner holds it."""
+    lease = Lease(store, state.settings.learn.lease_s)
+    try:
+        lease.take()
+    except LeaseHeld as exc:
+        fail(f"{exc}; stop it first, or wait {state.settings.learn.lease_s:.0f} s after it died", 3)
+    checkpoints = _checkpoints(state)
+    checkpoints.fence = lambda: lease.valid
+    try:
+        yield checkpoints
+    finally:
+        lease.release()
 
 
 def train_cmd(
@@ -34,9 +57,9 @@ def train_cmd(
         learn = state.settings.learn.model_copy(update={"epochs": epochs})
         state = App(state.settings.model_copy(update={"learn": learn}))
     started = time.perf_counter()
-    with state.store() as store:
+    with state.store() as store, _lease(store, state) as checkpoints:
         try:
-            version = Learner(store, state.settings, _checkpoints(state), progress=True).train()
+            version = Learner(store, state.settings, checkpoints, progress=True).train()
         except NoCatalog as exc:
             fail(str(exc))
     console.print(
@@ -51,8 +74,8 @@ def learn_cmd(
 ) -> None:
     """Resume from the current version and learn every event logged since; save a new version."""
     state = app_of(ctx)
-    with state.store() as store:
-        learner = Learner(store, state.settings, _checkpoints(state))
+    with state.store() as store, _lease(store, state) as checkpoints:
+        learner = Learner(store, state.settings, checkpoints)
         try:
             start = learner.resume()
             learned = learner.catch_up()
@@ -101,3 +124,35 @@ def rollback_cmd(
     except FileNotFoundError as exc:
         fail(str(exc))
     console.print(f"model version {chosen.version} is current (log offset {chosen.offset:,})")
+
+
+@model_app.command("migrate")
+def migrate_cmd(ctx: typer.Context) -> None:
+    """Rewrite checkpoints and the store's published model copies saved by earlier
+    versions (pickled) in the current format (safetensors and JSON, signed with
+    ``[cluster] snapshot_key`` when set). The one command that reads pickles, with
+    torch's restricted unpickler; run it once after upgrading."""
+    state = app_of(ctx)
+    checkpoints = _checkpoints(state)
+    key = state.settings.cluster.key()
+    with state.store() as store:
+        try:
+            versions = checkpoints.migrate()
+            republished = []
+            for name in ("checkpoint", "snapshot"):
+                got = store.published(name)
+                if got is None or got[1].startswith(serialization.MAGIC):
+                    continue
+                legacy = serialization.load_legacy(got[1])
+                if name == "snapshot":
+                    blob = Snapshot.from_bytes(serialization.dumps(legacy)).to_bytes(key)
+                else:
+                    blob = serialization.dumps({"state": legacy["state"], "meta": legacy["meta"]}, key)
+                store.publish(name, blob)
+                republished.append(name)
+        except (serialization.Malformed, KeyError, TypeError) as exc:
+            fail(f"could not migrate: {exc}")
+    console.print(
+        f"rewrote {len(versions)} checkpoint version(s) {list(versions) or ''} in {checkpoints.folder}; "
+        f"republished in the store: {', '.join(republished) or 'nothing'}"
+    )

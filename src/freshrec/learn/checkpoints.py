@@ -1,17 +1,17 @@
 """Versioned, atomic checkpoints of the online model.
 
-``<data>/checkpoints/model-000007.pt`` holds the model state (parameters,
+``<data>/checkpoints/model-000007.state`` holds the model state (parameters,
 item tables, optimizer and schedule state, random generators, replay buffer),
 the catalog's item ids (the meaning of each table row) and the log offset it
-has learned up to; ``model-000007.json`` beside it holds the same metadata in
-readable form. Both are written to a temporary file and renamed, the JSON
+has learned up to, in the format of :mod:`freshrec.serialization` (safetensors
+and JSON; signed with ``key`` when one is set); ``model-000007.json`` beside it
+holds the same metadata in readable form. Both are written to a temporary file and renamed, the JSON
 last, so a version is listed only once it is complete. ``CURRENT`` names the
 version to resume from (the newest unless rolled back).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -23,11 +23,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from freshrec import serialization
 
 _NAME = re.compile(r"^model-(\d{6})\.json$")
+SUFFIX = ".state"
+LEGACY_SUFFIX = ".pt"
+"""Pickled checkpoints of earlier versions: read only by :meth:`Checkpoints.migrate`."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,10 @@ class Version:
     store: str = ""
     """Identity of the store whose log ``offset`` counts in (:func:`~freshrec.storage.identity`);
     empty in versions written before it was recorded."""
+
+
+class Fenced(RuntimeError):
+    """A learner that lost the store's lease tried to write a checkpoint."""
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -63,10 +68,21 @@ class Checkpoints:
     True: ``serve --role learner`` keeps a copy in the shared store, so a learner
     started elsewhere resumes from it (:meth:`restore`)."""
 
-    def __init__(self, folder: Path, keep: int = 20, mirror: Callable[[bytes, bool], object] | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        keep: int = 20,
+        mirror: Callable[[bytes, bool], object] | None = None,
+        key: bytes | None = None,
+    ):
         self.folder = folder
         self.keep = keep
         self.mirror = mirror
+        self.key = key
+        """Signs what is written; a mirror's copy (:meth:`restore`) must carry a valid signature."""
+        self.fence: Callable[[], bool] | None = None
+        """While it returns false (a learner that lost the store's lease), :meth:`save`
+        raises :class:`Fenced` and rewrites are not mirrored."""
         self._lock = threading.RLock()
         """Serialises saving, pruning and rewriting within a process."""
         folder.mkdir(parents=True, exist_ok=True)
@@ -74,7 +90,7 @@ class Checkpoints:
     def list(self) -> list[Version]:
         out = []
         for path in sorted(self.folder.glob("model-*.json")):
-            if _NAME.match(path.name) and path.with_suffix(".pt").is_file():
+            if _NAME.match(path.name) and path.with_suffix(SUFFIX).is_file():
                 out.append(Version(**json.loads(path.read_text())))
         return out
 
@@ -96,37 +112,42 @@ class Checkpoints:
         note: str = "",
         store: str = "",
     ) -> Version:
+        if self.fence is not None and not self.fence():
+            raise Fenced("this learner does not hold the store's lease: no checkpoint written")
         with self._lock:
             latest = max((v.version for v in self.list()), default=0)
             version = Version(latest + 1, offset, time.time(), events_learned, loss, note, store)
             stem = self.folder / f"model-{version.version:06d}"
-            buffer = io.BytesIO()
-            torch.save({"state": state, "meta": asdict(version)}, buffer)
-            atomic_write(stem.with_suffix(".pt"), buffer.getvalue())
+            data = serialization.dumps({"state": state, "meta": asdict(version)}, self.key)
+            atomic_write(stem.with_suffix(SUFFIX), data)
             atomic_write(stem.with_suffix(".json"), json.dumps(asdict(version)).encode())
             atomic_write(self.folder / "CURRENT", str(version.version).encode())
             self._prune()
             if self.mirror is not None:
-                self.mirror(buffer.getvalue(), False)
+                self.mirror(data, False)
             return version
 
     def restore(self, data: bytes) -> Version:
         """Adopt a checkpoint written elsewhere (a mirror's bytes) as the current version."""
         with self._lock:
-            meta = serialization.load(data)["meta"]
-            version = Version(**meta)
+            version = _version(serialization.loads(data, self.key))
             stem = self.folder / f"model-{version.version:06d}"
-            atomic_write(stem.with_suffix(".pt"), data)
+            atomic_write(stem.with_suffix(SUFFIX), data)
             atomic_write(stem.with_suffix(".json"), json.dumps(asdict(version)).encode())
             atomic_write(self.folder / "CURRENT", str(version.version).encode())
             return version
 
     def load(self, version: int) -> tuple[Version, dict[str, Any]]:
-        path = self.folder / f"model-{version:06d}.pt"
+        path = self.folder / f"model-{version:06d}{SUFFIX}"
         if not path.is_file():
+            if path.with_suffix(LEGACY_SUFFIX).is_file():
+                raise FileNotFoundError(
+                    f"checkpoint version {version} in {self.folder} is in the old pickled format: "
+                    "run `freshrec model migrate` once"
+                )
             raise FileNotFoundError(f"no checkpoint version {version} in {self.folder}")
         data = serialization.load(path)
-        return Version(**data["meta"]), data["state"]
+        return _version(data), data["state"]
 
     def rewrite(self, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> int:
         """Apply ``change`` to the state of every stored version, rewriting (atomically)
@@ -136,16 +157,16 @@ class Checkpoints:
         with self._lock:
             current = self.current()
             for v in self.list():
-                path = self.folder / f"model-{v.version:06d}.pt"
+                path = self.folder / f"model-{v.version:06d}{SUFFIX}"
                 data = serialization.load(path)
                 state = change(data["state"])
                 if state is not None:
-                    buffer = io.BytesIO()
-                    torch.save({"state": state, "meta": data["meta"]}, buffer)
-                    atomic_write(path, buffer.getvalue())
+                    blob = serialization.dumps({"state": state, "meta": data["meta"]}, self.key)
+                    atomic_write(path, blob)
                     rewritten += 1
-                    if self.mirror is not None and current is not None and v.version == current.version:
-                        self.mirror(buffer.getvalue(), True)  # urgent: the old copy holds erased data
+                    fenced = self.fence is not None and not self.fence()
+                    if self.mirror is not None and current is not None and v.version == current.version and not fenced:
+                        self.mirror(blob, True)  # urgent: the old copy holds erased data
         return rewritten
 
     def rollback(self, version: int) -> Version:
@@ -164,4 +185,36 @@ class Checkpoints:
                 continue
             stem = self.folder / f"model-{v.version:06d}"
             stem.with_suffix(".json").unlink(missing_ok=True)
-            stem.with_suffix(".pt").unlink(missing_ok=True)
+            stem.with_suffix(SUFFIX).unlink(missing_ok=True)
+
+    def migrate(self) -> tuple[int, ...]:
+        """Rewrite every pickled checkpoint of an earlier version (``.pt``) in the
+        current format, once; the current one is handed to the mirror again, so the
+        store's copy is republished. Returns the versions rewritten."""
+        done = []
+        with self._lock:
+            for old in sorted(self.folder.glob(f"model-*{LEGACY_SUFFIX}")):
+                data = serialization.load_legacy(old)
+                if not isinstance(data, dict) or "state" not in data or "meta" not in data:
+                    raise serialization.Malformed(f"{old} is not a freshrec checkpoint")
+                version = _version(data)
+                new = old.with_suffix(SUFFIX)
+                atomic_write(new, serialization.dumps({"state": data["state"], "meta": data["meta"]}, self.key))
+                if not old.with_suffix(".json").is_file():
+                    atomic_write(old.with_suffix(".json"), json.dumps(asdict(version)).encode())
+                old.unlink()
+                done.append(version.version)
+            current = self.current()
+            if done and self.mirror is not None and current is not None and current.version in done:
+                self.mirror((self.folder / f"model-{current.version:06d}{SUFFIX}").read_bytes(), True)
+        return tuple(done)
+
+
+def _version(data: Any) -> Version:
+    """The metadata of a loaded checkpoint, validated."""
+    if not isinstance(data, dict) or not isinstance(data.get("meta"), dict) or not isinstance(data.get("state"), dict):
+        raise serialization.Malformed("not a checkpoint: no state and meta")
+    try:
+        return Version(**data["meta"])
+    except TypeError as exc:
+        raise serialization.Malformed(f"checkpoint metadata: {exc}") from exc

@@ -80,6 +80,10 @@ class NoCatalog(RuntimeError):
     """There is nothing to learn about: no item has an embedding yet."""
 
 
+class Interrupted(RuntimeError):
+    """A warm start was stopped before its end (shutdown); nothing was saved."""
+
+
 @dataclass
 class Progress:
     offset: int = 0
@@ -251,15 +255,17 @@ class Learner:
         self.user_codes = {u: n for n, u in enumerate(self.user_ids) if u is not None}
 
     # -- the two jobs ---------------------------------------------------------
-    def train(self) -> Version:
+    def train(self, stop: threading.Event | None = None) -> Version:
         """Warm start on the whole stored log; writes a new checkpoint version.
+        Setting ``stop`` ends it within one optimizer step, with :class:`Interrupted`
+        and nothing saved (a shutdown must not wait for a long warm start).
 
         A deletion asked for meanwhile (from another thread) waits for it, then
         erases what it learned about the user: the log it read still held them."""
         with self._lock:
-            return self._train()
+            return self._train(stop)
 
-    def _train(self) -> Version:
+    def _train(self, stop: threading.Event | None = None) -> Version:
         text = self._catalog()
         self._clear_users()
         self.state = Progress()
@@ -269,7 +275,15 @@ class Learner:
         batch = self._batch(events)
         self.model = self._new_model(text)
         self.state.offset = events[-1].offset or 0
-        self.model.fit(batch, on_step=self._publishing_every(self.settings.learn.warm_publish_s))
+        publish = self._publishing_every(self.settings.learn.warm_publish_s)
+
+        def step() -> None:
+            if stop is not None and stop.is_set():
+                self.model = None
+                raise Interrupted("the warm start was interrupted; the next start trains again")
+            publish()
+
+        self.model.fit(batch, on_step=step)
         self.state.learned = len(batch)
         version = self._checkpoint("warm start")
         self._publish()

@@ -10,7 +10,6 @@ signals by weights learned from every scored event.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,6 +108,8 @@ class FreshRec:
             chunk = events.take(np.arange(start, min(start + size, len(events))))
             self.score(chunk)
             self._learn(chunk)
+            if on_step is not None:
+                on_step()
 
     def _fit_network(self, events: Interactions, on_step: Callable[[], None] | None = None) -> None:
         """Shuffled epochs on all but the most recent slice, early stopping on
@@ -290,9 +291,7 @@ class FreshRec:
     def save(self, path: Path) -> None:
         """Atomically: written to a temporary file, then renamed over ``path``."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save(self.state(), buffer)
-        atomic_write(path, buffer.getvalue())
+        atomic_write(path, serialization.dumps(self.state()))
 
     def load(self, path: Path) -> None:
         self.load_state(serialization.load(path))

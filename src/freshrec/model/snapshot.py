@@ -12,7 +12,6 @@ yet), and maps the learner's item rows onto it by item id.
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,14 +60,65 @@ class Snapshot:
             **info,
         )
 
-    def to_bytes(self) -> bytes:
-        """One buffer for a pipe: pickling the tensors one by one would make
-        torch share each through a file descriptor and a handshake of its own."""
-        buffer = io.BytesIO()
-        torch.save({**self.__dict__, "settings": self.settings.model_dump()}, buffer)
-        return buffer.getvalue()
+    def to_bytes(self, key: bytes | None = None) -> bytes:
+        """One blob (:mod:`freshrec.serialization`) for the pipe, Redis or the store;
+        signed with ``key`` when one is set."""
+        return serialization.dumps({**self.__dict__, "settings": self.settings.model_dump(mode="json")}, key)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Snapshot:
-        raw = serialization.load(data)
-        return cls(**{**raw, "settings": ModelSettings.model_validate(raw["settings"])})
+    def from_bytes(cls, data: bytes, key: bytes | None = None, max_bytes: int = serialization.MAX_BYTES) -> Snapshot:
+        """A snapshot from :meth:`to_bytes`, validated: the fields and their types,
+        the settings, every tensor's shape against the settings and the id lists,
+        and that its values are finite. Anything else raises
+        :class:`~freshrec.serialization.Malformed`."""
+        raw = serialization.loads(data, key, max_bytes)
+        if not isinstance(raw, dict) or set(raw) != set(cls.__dataclass_fields__):
+            raise serialization.Malformed("not a model snapshot: unexpected fields")
+        try:
+            snapshot = cls(**{**raw, "settings": ModelSettings.model_validate(raw["settings"])})
+        except ValueError as exc:
+            raise serialization.Malformed(f"snapshot settings: {exc}") from exc
+        snapshot.validate()
+        return snapshot
+
+    def validate(self) -> None:
+        """Raise :class:`~freshrec.serialization.Malformed` unless the fields hold what
+        a learner publishes (see :meth:`from_bytes`)."""
+        bad = serialization.Malformed
+        for name in ("checkpoint", "updates", "offset"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise bad(f"snapshot {name} must be a non-negative integer")
+        if not all(isinstance(x, (int, float)) for x in (self.rating_scale, self.created)) or not (
+            self.loss is None or isinstance(self.loss, (int, float))
+        ):
+            raise bad("snapshot rating_scale, created and loss must be numbers")
+        if not isinstance(self.item_ids, list) or not all(isinstance(i, str) for i in self.item_ids):
+            raise bad("snapshot item_ids must be a list of strings")
+        if len(set(self.item_ids)) != len(self.item_ids):
+            raise bad("snapshot item_ids repeat an id")
+        if not isinstance(self.user_ids, list) or not all(u is None or isinstance(u, str) for u in self.user_ids):
+            raise bad("snapshot user_ids must be a list of strings or nulls")
+        state = self.state
+        if not isinstance(state, dict) or not all(isinstance(t, Tensor) for t in state.values()):
+            raise bad("snapshot state must map names to tensors")
+        if "item_id.weight" not in state:
+            raise bad("snapshot state lacks item_id.weight")
+        width = state["text_bias.weight"].shape[-1] if "text_bias.weight" in state else 1
+        n_users = len(self.user_ids) if "user_id.weight" in state else 0
+        with torch.device("meta"):
+            text = torch.empty(len(self.item_ids), width) if self.settings.use_text else None
+            expected = SequenceNet(len(self.item_ids), text, self.settings, n_users=n_users).state_dict()
+        for name, tensor in state.items():
+            want = expected.get(name)
+            if want is None or name == "text":
+                raise bad(f"snapshot state has an unexpected tensor {name!r}")
+            if tensor.shape != want.shape or tensor.dtype != want.dtype:
+                raise bad(
+                    f"snapshot tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype}, "
+                    f"expected {tuple(want.shape)} {want.dtype}"
+                )
+            if tensor.is_floating_point():
+                # an item never seen was last seen at minus infinity; nothing else may be infinite
+                values = tensor.masked_fill(tensor == float("-inf"), 0.0) if name == "last_seen" else tensor
+                if not bool(torch.isfinite(values).all()):
+                    raise bad(f"snapshot tensor {name!r} holds values that are not finite")

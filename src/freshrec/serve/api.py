@@ -373,15 +373,15 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
 
     @app.get("/health/ready", responses={503: {"model": ErrorBody}})
     async def ready() -> JSONResponse:
-        """200 once the store answers and a model is served (or there is nothing to train on yet)."""
+        """200 while the store answers (the catalog is loaded before the server listens),
+        with or without a learned model: until the first arrives, requests are answered by
+        the text and popularity fallback, and a load balancer should send them. Whether a
+        model is served is ``model_served`` in the body, ``/v1/status`` and ``/metrics``."""
         try:
             service.store.last_offset()
         except Exception as exc:
             return JSONResponse({"detail": f"store unavailable: {type(exc).__name__}"}, status_code=503)
-        status = service.status()
-        if not service.ready:
-            return JSONResponse({"detail": f"no model yet (learner: {service.learner_state})", **status}, 503)
-        return JSONResponse({"status": "ready", **status})
+        return JSONResponse({"status": "ready", **service.status()})
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -35,6 +35,17 @@ class Metrics:
             "Age of the oldest stored event the served model has not learned",
             registry=r,
         )
+        self.rejected_models = Counter(
+            "freshrec_models_rejected",
+            "Model snapshots refused as malformed or unsigned (the current one stays served)",
+            ["source"],
+            registry=r,
+        )
+        self.model_served = Gauge(
+            "freshrec_model_served",
+            "1 once a learned model ranks (before: the text and popularity fallback)",
+            registry=r,
+        )
         self.model_version = Gauge("freshrec_model_version", "Checkpoint version of the served model", registry=r)
         self.model_updates = Gauge(
             "freshrec_model_updates", "Online updates of the served model since its checkpoint", registry=r

@@ -25,6 +25,7 @@ import redis
 
 from freshrec.bus import BusError, RedisBus
 from freshrec.model.snapshot import Snapshot
+from freshrec.serialization import Malformed
 from freshrec.serve.service import Problem, Service
 from freshrec.storage.base import Store
 
@@ -74,7 +75,7 @@ class Replica:
             got = self.bus.snapshot(self.versions["snapshot"])
             if got is not None:
                 self.versions["snapshot"] = got[0]
-                service.publish(Snapshot.from_bytes(got[1]))
+                service.receive(got[1], "bus")
         except redis.RedisError as exc:
             log.debug("no snapshot from the bus: %s", exc)
             self.versions["snapshot"] = 0  # Redis may come back empty
@@ -82,9 +83,7 @@ class Replica:
             stored = store.published("snapshot", self.versions["stored-snapshot"])
             if stored is not None:
                 self.versions["stored-snapshot"] = stored[0]
-                snapshot, current = Snapshot.from_bytes(stored[1]), service.ranker.scoring.snapshot
-                if current is None or snapshot.created > current.created:
-                    service.publish(snapshot)
+                self._stored_snapshot(stored[1])
         if (got := store.published("learner", self.versions["learner"])) is not None:
             self.versions["learner"] = got[0]
             state = json.loads(got[1])
@@ -95,6 +94,19 @@ class Replica:
             self.versions["catalog"] = got[0]
             service.reload_catalog()
         service.observe_head(store.last_offset())
+
+    def _stored_snapshot(self, data: bytes) -> None:
+        """The store's copy, if it is newer than the model served."""
+        cluster = self.service.settings.cluster
+        try:
+            snapshot = Snapshot.from_bytes(data, cluster.key(), cluster.snapshot_max_mb << 20)
+        except Malformed as exc:
+            log.warning("refused the store's model snapshot: %s", exc)
+            self.service.metrics.rejected_models.labels("store").inc()
+            return
+        current = self.service.ranker.scoring.snapshot
+        if current is None or snapshot.created > current.created:
+            self.service.publish(snapshot)
 
     def close(self) -> None:
         self._stop.set()

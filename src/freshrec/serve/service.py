@@ -22,6 +22,7 @@ from freshrec.ingest.hygiene import RepeatFilter
 from freshrec.ingest.importer import derive_event_id
 from freshrec.ingest.validate import InvalidRecord, Validator
 from freshrec.model.snapshot import Snapshot
+from freshrec.serialization import Malformed
 from freshrec.serve.batching import Batcher
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.fallback import Popularity
@@ -103,6 +104,20 @@ class Service:
         threading.Thread(target=self._preload_encoder, name="freshrec-encoder", daemon=True).start()
 
     # -- model -------------------------------------------------------------------
+    def receive(self, data: bytes, source: str) -> Snapshot | None:
+        """Publish the snapshot in ``data`` (from the pipe, the bus or the store), or,
+        if it is malformed or not signed with the snapshot key, refuse it with one
+        log line and a count in ``/metrics``, and keep serving the current model."""
+        try:
+            cluster = self.settings.cluster
+            snapshot = Snapshot.from_bytes(data, cluster.key(), cluster.snapshot_max_mb << 20)
+        except Malformed as exc:
+            log.warning("refused a model snapshot from the %s: %s", source, exc)
+            self.metrics.rejected_models.labels(source).inc()
+            return None
+        self.publish(snapshot)
+        return snapshot
+
     def publish(self, snapshot: Snapshot) -> None:
         """Hand over a new model snapshot (from the learner, which sends at most one
         per ``publish_interval_ms``). The publisher thread builds the serving copy;
@@ -116,6 +131,7 @@ class Service:
         started = time.perf_counter()
         self.ranker.publish(snapshot)
         self.metrics.publish_seconds.observe(time.perf_counter() - started)
+        self.metrics.model_served.set(1)
         self.metrics.model_version.set(snapshot.checkpoint)
         self.metrics.model_updates.set(snapshot.updates)
         if snapshot.loss is not None:
@@ -137,8 +153,10 @@ class Service:
             self._publishing.notify()
 
     @property
-    def ready(self) -> bool:
-        return self.ranker.scoring.snapshot is not None or not self.model_wanted
+    def model_served(self) -> bool:
+        """Whether a learned model ranks (until the first arrives, the text and
+        popularity fallback does; readiness does not wait for it)."""
+        return self.ranker.scoring.snapshot is not None
 
     # -- events ------------------------------------------------------------------
     def ingest(self, payload: Any) -> tuple[int, int]:
@@ -334,7 +352,8 @@ class Service:
             "log_offset": self.head,
             "learner": self.learner_state,
             "catalog_items": int(scoring.view.alive.sum()),
-            "ready": self.ready,
+            "model_served": self.model_served,
+            "model_wanted": self.model_wanted,
             "hit_rate": self.live.hit_rate(),
             "hits_total": self.live.hits_total,
             "trials_total": self.live.trials_total,

@@ -35,6 +35,17 @@ class UpsertResult:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseState:
+    """Who holds a lease after an attempt to take it (see :meth:`Store.take_lease`)."""
+
+    holder: str
+    token: int
+    """Fencing token: grows by one each time the lease changes hands."""
+    age_s: float
+    """Seconds since the holder last renewed it."""
+
+
+@dataclass(frozen=True, slots=True)
 class Counts:
     items: int
     items_embedded: int
@@ -118,6 +129,22 @@ class Store(Protocol):
 
     def published(self, name: str, after: int = 0) -> tuple[int, bytes] | None:
         """``(version, data)`` of the blob if its version is newer than ``after``."""
+        ...
+
+    # -- leases (one learner per store) ----------------------------------------
+    def take_lease(self, name: str, holder: str, ttl_s: float) -> LeaseState:
+        """Take the lease ``name`` for ``holder`` if it is free, already ``holder``'s, or
+        not renewed for ``ttl_s`` seconds (then its token grows); returns who holds it
+        now, atomically with the attempt."""
+        ...
+
+    def renew_lease(self, name: str, holder: str, token: int) -> bool:
+        """Renew ``holder``'s lease; false if it is no longer theirs with that token."""
+        ...
+
+    def release_lease(self, name: str, holder: str, token: int) -> None:
+        """Give the lease up (a no-op if it is no longer ``holder``'s): the next taker
+        gets it at once, with the next token."""
         ...
 
     # -- summary -----------------------------------------------------------

@@ -36,10 +36,12 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from freshrec.domain import Event, EventType, Item, ItemId, Offset, UserId
 from freshrec.settings import StorageSettings
-from freshrec.storage.base import AppendResult, Counts, UpsertResult, redact
+from freshrec.storage.base import AppendResult, Counts, LeaseState, UpsertResult, redact
 from freshrec.storage.rows import (
     EVENT_COLUMNS,
     ITEM_COLUMNS,
+    RELEASE_LEASE,
+    TAKE_LEASE,
     changed_items,
     context_text,
     embedding_rows,
@@ -93,6 +95,12 @@ CREATE TABLE IF NOT EXISTS published (
     version BIGINT NOT NULL,
     data BYTEA NOT NULL,
     updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    holder TEXT NOT NULL,
+    token BIGINT NOT NULL,
+    renewed_at DOUBLE PRECISION NOT NULL
 );
 """
 
@@ -362,6 +370,27 @@ class PostgresStore:
                 "SELECT version, data FROM published WHERE name = %s AND version > %s", (name, after)
             ).fetchone()
         return (int(row[0]), bytes(row[1])) if row else None
+
+    # -- leases ------------------------------------------------------------
+    def take_lease(self, name: str, holder: str, ttl_s: float) -> LeaseState:
+        now = time.time()
+        with self.transaction(), self._conn() as conn:
+            conn.execute(TAKE_LEASE, (name, holder, now, now - ttl_s))
+            row = conn.execute("SELECT holder, token, renewed_at FROM leases WHERE name = %s", (name,)).fetchone()
+        assert row is not None
+        return LeaseState(row[0], int(row[1]), max(0.0, now - float(row[2])))
+
+    def renew_lease(self, name: str, holder: str, token: int) -> bool:
+        with self.transaction(), self._conn() as conn:
+            cur = conn.execute(
+                "UPDATE leases SET renewed_at = %s WHERE name = %s AND holder = %s AND token = %s",
+                (time.time(), name, holder, token),
+            )
+            return cur.rowcount == 1
+
+    def release_lease(self, name: str, holder: str, token: int) -> None:
+        with self.transaction(), self._conn() as conn:
+            conn.execute(RELEASE_LEASE, (name, holder, token))
 
     # -- summary -----------------------------------------------------------
     def counts(self, encoder: str) -> Counts:

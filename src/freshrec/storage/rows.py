@@ -19,6 +19,19 @@ from freshrec.storage.base import UpsertResult
 EVENT_COLUMNS = "seq, event_id, user_id, item_id, type, value, ts, context"
 ITEM_COLUMNS = "item_id, title, description, categories, attributes, vector, created_at, updated_at"
 
+TAKE_LEASE = (
+    "INSERT INTO leases (name, holder, token, renewed_at) VALUES (%s, %s, 1, %s)"
+    " ON CONFLICT (name) DO UPDATE SET"
+    " token = CASE WHEN leases.holder = excluded.holder THEN leases.token ELSE leases.token + 1 END,"
+    " holder = excluded.holder, renewed_at = excluded.renewed_at"
+    " WHERE leases.holder = excluded.holder OR leases.renewed_at < %s"
+)
+"""Take a lease that is free, one's own, or expired (renewed before the last parameter),
+in one statement; SQLite's ``?`` placeholders replace the ``%s``."""
+
+RELEASE_LEASE = "UPDATE leases SET renewed_at = 0 WHERE name = %s AND holder = %s AND token = %s"
+"""A released lease is left expired rather than deleted, so its token keeps growing."""
+
 _TYPES = {t.value: t for t in EventType}  # a dict lookup is several times cheaper than EventType(value)
 
 

@@ -31,10 +31,12 @@ import numpy.typing as npt
 
 from freshrec.domain import Event, EventType, Item, ItemId, Offset, UserId
 from freshrec.settings import StorageSettings
-from freshrec.storage.base import AppendResult, Counts, UpsertResult
+from freshrec.storage.base import AppendResult, Counts, LeaseState, UpsertResult
 from freshrec.storage.rows import (
     EVENT_COLUMNS,
     ITEM_COLUMNS,
+    RELEASE_LEASE,
+    TAKE_LEASE,
     changed_items,
     context_text,
     embedding_rows,
@@ -85,6 +87,12 @@ CREATE TABLE IF NOT EXISTS published (
     version INTEGER NOT NULL,
     data BLOB NOT NULL,
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    renewed_at REAL NOT NULL
 );
 """
 
@@ -379,6 +387,26 @@ class SQLiteStore:
                 "SELECT version, data FROM published WHERE name = ? AND version > ?", (name, after)
             ).fetchone()
         return (int(row[0]), bytes(row[1])) if row else None
+
+    # -- leases ------------------------------------------------------------
+    def take_lease(self, name: str, holder: str, ttl_s: float) -> LeaseState:
+        now = time.time()
+        with self.transaction():
+            self._conn.execute(TAKE_LEASE.replace("%s", "?"), (name, holder, now, now - ttl_s))
+            row = self._conn.execute("SELECT holder, token, renewed_at FROM leases WHERE name = ?", (name,)).fetchone()
+        return LeaseState(row[0], int(row[1]), max(0.0, now - float(row[2])))
+
+    def renew_lease(self, name: str, holder: str, token: int) -> bool:
+        with self.transaction():
+            cur = self._conn.execute(
+                "UPDATE leases SET renewed_at = ? WHERE name = ? AND holder = ? AND token = ?",
+                (time.time(), name, holder, token),
+            )
+            return cur.rowcount == 1
+
+    def release_lease(self, name: str, holder: str, token: int) -> None:
+        with self.transaction():
+            self._conn.execute(RELEASE_LEASE.replace("%s", "?"), (name, holder, token))
 
     # -- summary -----------------------------------------------------------
     def counts(self, encoder: str) -> Counts:

@@ -1,0 +1,52 @@
+"""The learner inside ``freshrec serve`` waits while another learner holds the store,
+says so in ``/v1/status``, serves meanwhile, and takes over once the lease is free."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from freshrec.cli.serve import Engine
+from freshrec.datasets.files import read_records
+from freshrec.datasets.synthetic import GeneratorSettings, generate
+from freshrec.encoders import build_encoder, embed_items
+from freshrec.ingest.importer import import_events, import_items
+from freshrec.ingest.validate import Validator
+from freshrec.learn.lease import NAME
+from freshrec.serve.auth import Keys
+from freshrec.storage import SQLiteStore
+from tests.serve.conftest import ADMIN, make_settings, wait_for
+
+
+def test_the_servers_learner_waits_for_the_lease_and_serves_meanwhile(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    paths = generate(GeneratorSettings(items=40, users=10, events=300, seed=2), tmp_path / "gen")
+    store = SQLiteStore(tmp_path / "freshrec.db")
+    validator = Validator(settings.ingest)
+    import_items(store, read_records(paths["items"]), validator)
+    import_events(store, read_records(paths["events"]), validator)
+    embed_items(store, build_encoder(settings.encoder))
+    other = store.take_lease(NAME, "elsewhere:7:abc", ttl_s=settings.learn.lease_s)
+    engine = Engine(store, settings, Keys(settings.serve), "127.0.0.1", 0)
+    thread = threading.Thread(target=engine.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: engine.server.started, timeout=60)
+        with httpx.Client(base_url=engine.url, headers={"X-API-Key": ADMIN}, timeout=10) as c:
+            wait_for(lambda: c.get("/v1/status").json()["learner"].startswith("waiting for lease"), timeout=60)
+            status = c.get("/v1/status").json()
+            assert "elsewhere:7:abc" in status["learner"] and not status["model_served"]
+            assert c.get("/health/ready").status_code == 200  # ready without a model
+            user = str(c.get("/v1/stats").json()["status"]["catalog_items"] and "u0")
+            assert c.get(f"/v1/users/{user}/recommendations", params={"k": 3}).status_code == 200
+            time.sleep(1.0)
+            assert not list((tmp_path / "checkpoints").glob("model-*"))  # nothing written while waiting
+            store.release_lease(NAME, "elsewhere:7:abc", other.token)
+            wait_for(lambda: c.get("/v1/status").json()["model_served"], timeout=120)
+    finally:
+        engine.stop()
+        thread.join(timeout=60)
+        store.close()
