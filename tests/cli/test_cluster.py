@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,3 +177,27 @@ def test_replicas_on_one_machine_can_share_a_port() -> None:
         taken.listen()
         with pytest.raises(ValueError, match="cannot bind"):
             shared_socket("127.0.0.1", taken.getsockname()[1])
+
+
+def test_a_second_learner_exits_while_the_first_holds_the_stores_lease(
+    tmp_path: Path, cluster_env: dict[str, str]
+) -> None:
+    from freshrec.learn.lease import NAME
+
+    store = open_store(cluster_env["FRESHREC_STORAGE__URL"])
+    try:
+        held = store.take_lease(NAME, "learner-host:99:abcd", ttl_s=30)
+        started = time.monotonic()
+        second = subprocess.run(
+            [FRESHREC, "--data", str(tmp_path / "second"), "serve", "--role", "learner"],
+            env=cluster_env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode != 0 and time.monotonic() - started < 10, second.stdout + second.stderr
+        assert "learner-host:99:abcd" in second.stdout + second.stderr
+        assert store.published("checkpoint") is None and store.published("snapshot") is None
+        store.release_lease(NAME, "learner-host:99:abcd", held.token)
+    finally:
+        store.close()

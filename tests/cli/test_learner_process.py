@@ -155,3 +155,24 @@ def test_sigterm_during_a_warm_start_stops_within_seconds_and_says_so(tmp_path: 
         assert time.monotonic() - started < 15 and server.returncode == 0, output
         assert output.count("warm start was interrupted") == 1, output
     assert not list((tmp_path / "checkpoints").glob("model-*"))
+
+
+def test_sigterm_during_an_import_rolls_it_back_and_exits_cleanly(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    with events.open("w") as fh:
+        for n in range(300_000):
+            fh.write(f'{{"user_id": "u{n % 500}", "item_id": "i{n % 900}", "type": "click", "timestamp": {n}}}\n')
+    cli = [str(Path(sys.executable).parent / "freshrec"), "--data", str(tmp_path / "data")]
+    env = {**os.environ, **ENV}
+    importing = subprocess.Popen(
+        [*cli, "import", "events", str(events)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    time.sleep(3.0)  # well into the file
+    assert importing.poll() is None, "the import ended too soon to be interrupted"
+    started = time.monotonic()
+    importing.send_signal(signal.SIGTERM)
+    output, _ = importing.communicate(timeout=15)
+    assert time.monotonic() - started < 15 and importing.returncode == 0, output
+    assert output.count("interrupted by SIGTERM: rolled back") == 1, output
+    stats = subprocess.run([*cli, "stats", "--json"], env=env, capture_output=True, text=True, check=True)
+    assert '"events": 0' in stats.stdout

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -35,6 +39,33 @@ def _format(value: str | None) -> Format | None:
     return value  # type: ignore[return-value]
 
 
+class _Stopped(Exception):
+    """SIGTERM or Ctrl-C during an import."""
+
+
+@contextmanager
+def interruptible(what: str, after: str = "rolled back, nothing of it was stored; run it again") -> Iterator[None]:
+    """Stop cleanly on SIGTERM or Ctrl-C: the import's transaction rolls back (nothing of
+    it is stored, so nothing acknowledged is lost), one line says so, and the command
+    exits with status 0 (it did what it was told: stop)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Stopped(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except _Stopped as exc:
+        console.print(f"{what} interrupted by {exc}: {after}")
+        raise typer.Exit(0) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def report(result: ImportReport) -> None:
     console.print(result.summary(), highlight=False)
     for line in result.errors:
@@ -55,9 +86,11 @@ def items_cmd(
     state = app_of(ctx)
     with state.store() as store:
         records = read_records(file, _format(fmt))
-        report(import_items(store, records, state.validator(), strict=strict, progress=True))
+        with interruptible(f"the import of {file}"):
+            report(import_items(store, records, state.validator(), strict=strict, progress=True))
         if embed:
-            state.embed(store)
+            with interruptible("encoding the item texts", "the items are stored; the next import encodes the rest"):
+                state.embed(store)
 
 
 @app.command("events")
@@ -72,7 +105,10 @@ def events_cmd(
     state = app_of(ctx)
     with state.store() as store:
         records = read_records(file, _format(fmt))
-        report(import_events(store, records, state.validator(), strict=strict, derive_ids=derive_ids, progress=True))
+        with interruptible(f"the import of {file}"):
+            report(
+                import_events(store, records, state.validator(), strict=strict, derive_ids=derive_ids, progress=True)
+            )
 
 
 @app.command("movielens")
@@ -89,9 +125,10 @@ def movielens_cmd(
         data = load_movielens(folder)
         console.print(f"MovieLens layout: {data.layout}")
         validator = state.validator()
-        with store.transaction():
+        with interruptible(f"the import of {folder}"), store.transaction():
             report(import_items(store, data.items, validator, strict=strict))
             report(import_events(store, data.events, validator, strict=strict, progress=True))
         if embed:
-            state.embed(store)
+            with interruptible("encoding the item texts", "the items are stored; the next import encodes the rest"):
+                state.embed(store)
     console.print(f"done in {time.perf_counter() - started:.1f} s")
