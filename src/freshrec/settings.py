@@ -142,6 +142,7 @@ class BlendSettings(Section):
     exclude: tuple[str, ...] = ()
     """Features the blend leaves at weight zero (ablations), by the names its report uses:
     ``network``, ``transitions``, ``co-occurrence``, ``text-similarity``, ``text-nearest``,
+    ``learned-nearest``,
     ``popularity-<half-life>``, ``recency-<half-life>`` (``1d``, ``7d``, ``30d``),
     ``untouched``, ``age``."""
     calibration_share: float = Field(default=0.1, ge=0, lt=1)

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from freshrec.cli.app import app
-from freshrec.datasets.files import read_records
+from freshrec.datasets.files import Record, read_records
 from freshrec.datasets.synthetic import GeneratorSettings, generate
 from freshrec.encoders import build_encoder, embed_items, encoder_key
 from freshrec.ingest.importer import import_events, import_items
@@ -218,6 +218,14 @@ def test_events_of_a_deleted_user_read_before_the_deletion_are_not_learned(
     assert learned == sum(e.user_id != gone for e in pending)
     assert gone not in learner.user_codes and gone not in learner.histories
     assert learner.state.offset == pending[-1].offset
+    assert not learner._tombstones  # read past the deletion: no batch from before can come
+    returning = [
+        Record("back", n, {**(r.data or {}), "user_id": gone, "event_id": f"back-{n}"})
+        for n, r in enumerate(later[100:110])
+    ]
+    import_events(store, returning, Validator(IngestSettings()))
+    assert learner.catch_up() >= len(returning)
+    assert gone in learner.user_codes and gone in learner.histories  # a returning user is learned again
 
 
 def test_a_bursting_user_is_stored_but_not_learned(world: tuple[SQLiteStore, list, Path]) -> None:  # type: ignore[type-arg]

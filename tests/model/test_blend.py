@@ -206,7 +206,7 @@ def test_blended_model_calibrates_on_the_warm_start_and_round_trips() -> None:
     assert m.gate is not None and before is not None
     assert not torch.equal(m.gate.weight.detach(), before)  # the calibration slice moved the weights
     assert m.signals is not None
-    assert set(m.params()["blend"]["history 0"]) == {"network", *m.signals.names}
+    assert set(m.params()["blend"]["history 0"]) == {"network", "learned-nearest", *m.signals.names}
     queries = seqs.batch(np.arange(400, 450), 6, queries=True)
     state = m.state()
     twin = FreshRec(log.n_items, text, settings, LearnSettings(batch_size=64))

@@ -5,6 +5,7 @@ A new backend is added by extending the ``store`` fixture's parameters.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from freshrec.domain import EventType, item_text, text_hash
 from freshrec.storage import Store, iter_log, open_store
+from freshrec.storage.base import identity
 from tests.conftest import T0, make_event, make_item
 
 ENC = "test-encoder"
@@ -245,3 +247,25 @@ def test_a_lease_has_one_holder_until_it_expires_and_changes_hands_with_a_new_to
     released = store.take_lease("learner", "host-c:3", ttl_s=30)
     assert (released.holder, released.token) == ("host-c:3", 3)  # tokens never repeat
     assert store.take_lease("other", "host-a:1", ttl_s=30).holder == "host-a:1"  # leases are independent
+
+
+def test_two_processes_starting_together_agree_on_the_stores_identity(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    both_looked = threading.Barrier(2)
+    looked = store.published
+
+    def slow(name: str, after: int = 0) -> tuple[int, bytes] | None:
+        got = looked(name, after)
+        if name == "identity" and got is None:
+            both_looked.wait(timeout=10)  # each saw no identity yet: the race
+        return got
+
+    monkeypatch.setattr(store, "published", slow)
+    found: list[str] = []
+    threads = [threading.Thread(target=lambda: found.append(identity(store))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(found) == 2 and found[0] == found[1] == identity(store)

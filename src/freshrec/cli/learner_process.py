@@ -155,6 +155,25 @@ def die_with_parent(poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="freshrec-parent-watch", daemon=True).start()
 
 
+def retrying(
+    action: Callable[[], object], what: str, halt: threading.Event, first_s: float = 1.0, longest_s: float = 60.0
+) -> bool:
+    """Run ``action`` until it succeeds, waiting 1, 2, 4, ... up to ``longest_s`` seconds
+    between tries (a deletion must not be dropped because the disk was briefly full,
+    and must not end the thread that carries out the next ones). False if ``halt``
+    was set first."""
+    wait = first_s
+    while True:
+        try:
+            action()
+            return True
+        except Exception:
+            log.exception("%s failed; retrying in %.0f s", what, wait)
+        if halt.wait(wait):
+            return False
+        wait = min(wait * 2, longest_s)
+
+
 def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], halt: ProcessEvent) -> None:
     """The learner beside the server (``serve --role all``): snapshots and state go
     through ``pipe``, deletions come through ``commands``."""
@@ -213,7 +232,7 @@ def run_learner(
         assert commands is not None
         while (command := commands.get()) is not None:
             if command[0] == "forget":
-                learner.forget_user(command[1])
+                retrying(lambda: learner.forget_user(command[1]), f"erasing user {command[1]!r}", halt)
 
     commander = threading.Thread(target=obey, name="freshrec-commands", daemon=True)
     if commands is not None:

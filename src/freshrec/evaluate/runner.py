@@ -80,6 +80,7 @@ BLEND_ABLATIONS = {
     "transitions": ("transitions",),
     "co-occurrence": ("co-occurrence",),
     "text-similarity": ("text-similarity", "text-nearest"),
+    "learned-nearest": ("learned-nearest",),
     "popularity": (
         *(f"popularity-{int(h)}" for h in BlendSettings().half_lives),
         *(f"recency-{int(h // 86_400)}d" for h in BlendSettings().time_half_lives),

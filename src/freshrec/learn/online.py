@@ -38,7 +38,6 @@ from freshrec.model.snapshot import Snapshot
 from freshrec.settings import Settings
 from freshrec.storage.base import Store, identity, iter_log, redact
 
-TOMBSTONE_S = 60.0
 """How long events of a deleted user that were already read are dropped."""
 
 
@@ -124,7 +123,9 @@ class Learner:
         ingest = settings.ingest
         self.quarantine = Quarantine(ingest.max_events_per_minute, ingest.quarantine_s)
         """Users sending events faster than a person could: stored, not learned (online)."""
-        self._tombstones: dict[str, float] = {}
+        self._tombstones: dict[str, int] = {}
+        """Deleted users, with the log's head offset at their deletion: their events up to it
+        may still be in a micro-batch read before; later ones are a returning user's."""
         self._absent: set[str] = set()
         self._absent_since = time.monotonic()
 
@@ -216,13 +217,12 @@ class Learner:
         embedding row and its optimizer state, here and in every stored
         checkpoint version. The user's code is retired, not reused.
 
-        Events of theirs read from the log just before the deletion are dropped
-        for a minute (a tombstone), so a micro-batch in flight cannot bring the
-        user back."""
+        Events of theirs up to the log's head at the deletion are dropped (a
+        tombstone, kept until the learner has read past that offset), so a micro-batch
+        read just before cannot bring the user back, while one who returns later, with
+        new events, is learned again."""
         with self._lock:
-            now = time.monotonic()
-            self._tombstones = {u: t for u, t in self._tombstones.items() if now - t < TOMBSTONE_S}
-            self._tombstones[user_id] = now
+            self._tombstones[user_id] = self.store.last_offset()
             self.histories.pop(user_id, None)
             self.quarantine.forget(user_id)
             code = self.user_codes.pop(user_id, None)
@@ -378,7 +378,10 @@ class Learner:
         assert self.model is not None
         last = events[-1].offset or self.state.offset
         if self._tombstones:
-            events = [e for e in events if e.user_id not in self._tombstones]
+            gone = self._tombstones
+            events = [e for e in events if (e.offset or 0) > gone.get(e.user_id, -1)]
+            # read past a deletion's offset, no batch read before it can still arrive
+            self._tombstones = {u: at for u, at in gone.items() if at > last}
         events = [e for e in events if self.quarantine.admit(e)]
         learned = 0
         if events:  # else only deleted or quarantined users' events: nothing to learn, but read

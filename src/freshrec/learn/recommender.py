@@ -26,11 +26,15 @@ from freshrec.learn.trainer import Trainer, tensors
 from freshrec.model.base import FloatArray, Interactions
 from freshrec.model.blend import Features, Gate, seen_mask
 from freshrec.model.sequence import SequenceNet
-from freshrec.model.signals import CountSignals
+from freshrec.model.signals import CountSignals, nearest
 from freshrec.settings import FeedbackSettings, IngestSettings, LearnSettings, ModelSettings
 
 if TYPE_CHECKING:
     from freshrec.learn.privacy import PrivateSteps
+
+
+LEARNED_NEAREST = "learned-nearest"
+"""The blend's one feature from the network's own item vectors (see :meth:`FreshRec._blend_features`)."""
 
 
 class FreshRec:
@@ -85,7 +89,8 @@ class FreshRec:
             # counts remember single users' transitions exactly: no place in the private mode
             text = text if self.net.use_text else None
             self.signals = CountSignals(n_items, blend.window, blend.half_lives, text, blend.time_half_lives)
-            self.gate = Gate(["network", *self.signals.names], self.signals.n_per_query, blend)
+            q, names = self.signals.n_per_query, self.signals.names
+            self.gate = Gate(["network", *names[:q], LEARNED_NEAREST, *names[q:]], q + 1, blend)
         self._features: tuple[np.ndarray, Features] | None = None
         """The features of the last scored batch, by stream position: the blend learns from them."""
 
@@ -174,7 +179,13 @@ class FreshRec:
     def _blend_features(self, queries: Interactions) -> Features:
         assert self.signals is not None
         network = torch.from_numpy(self._network_scores(queries))
-        return Features(network, *self.signals.features(queries), Gate.context(queries))
+        per_query, per_item = self.signals.features(queries)
+        assert self._table is not None
+        # nearest in the network's item space (IDs and text as learned so far), as
+        # text-nearest is in the frozen text space
+        learned = nearest(torch.nn.functional.normalize(self._table[0], dim=1), queries)
+        per_query = torch.cat([per_query, learned[:, None]], 1)
+        return Features(network, per_query, per_item, Gate.context(queries))
 
     @torch.no_grad()
     def _network_scores(self, queries: Interactions) -> FloatArray:

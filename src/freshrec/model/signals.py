@@ -151,10 +151,7 @@ class CountSignals:
             recent_text = text[torch.from_numpy(np.maximum(window, 0))]
             profile = torch.bmm(torch.from_numpy(weights.astype(np.float32))[:, None], recent_text)[:, 0]
             per_query[:, 2] = F.normalize(profile, dim=1) @ text.T
-            near = torch.from_numpy(np.ascontiguousarray(window[:, :NEAREST]))
-            sims = (text[near.clamp(min=0).reshape(-1)] @ text.T).reshape(*near.shape, n)
-            sims.masked_fill_((near < 0)[:, :, None], -1.0)
-            per_query[:, 3] = sims.max(1).values if near.shape[1] else 0.0
+            per_query[:, 3] = nearest(text, queries)
         pop = np.concatenate([self.popularity.shares(), self.recency.shares()])
         untouched = self.interactions == 0
         age = np.where(untouched, 0.0, np.log1p(np.maximum(self._last - self.first_seen, 0.0) / 100.0))
@@ -186,6 +183,18 @@ class CountSignals:
         self.interactions = np.asarray(state["interactions"], dtype=np.float64).copy()
         self.first_seen = np.asarray(state["first_seen"], dtype=np.float64).copy()
         self._last = float(state["last"])
+
+
+def nearest(unit: Tensor, queries: Interactions, among: int = NEAREST) -> Tensor:
+    """``(B, n)``: each item's cosine similarity to the closest of the user's last
+    ``among`` items, given unit-length item vectors ``unit`` (-1 with no history).
+    A user who touched a strategy game and a puzzle game is close to both kinds;
+    their mean profile is close to neither."""
+    recent = torch.from_numpy(np.ascontiguousarray(queries.hist_item[:, ::-1][:, :among]).astype(np.int64))
+    if not recent.shape[1]:
+        return torch.full((len(queries), len(unit)), -1.0)
+    sims = (unit[recent.clamp(min=0).reshape(-1)] @ unit.T).reshape(*recent.shape, len(unit))
+    return sims.masked_fill_((recent < 0)[:, :, None], -1.0).max(1).values
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

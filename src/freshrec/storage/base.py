@@ -131,6 +131,11 @@ class Store(Protocol):
         """``(version, data)`` of the blob if its version is newer than ``after``."""
         ...
 
+    def claim(self, name: str, data: bytes) -> bytes:
+        """Store ``data`` as the blob ``name`` unless there is one already; returns the
+        stored blob (the first writer's, whoever asked first)."""
+        ...
+
     # -- leases (one learner per store) ----------------------------------------
     def take_lease(self, name: str, holder: str, ttl_s: float) -> LeaseState:
         """Take the lease ``name`` for ``holder`` if it is free, already ``holder``'s, or
@@ -166,11 +171,10 @@ def identity(store: Store) -> str:
     learner resuming a checkpoint against a recreated database would otherwise
     wait, silently, for the new log to pass the old offset."""
     got = store.published("identity")
-    if got is None:
-        store.publish("identity", uuid.uuid4().hex.encode())
-        got = store.published("identity")  # another process may have been first: take what is stored
-        assert got is not None
-    return got[1].decode()
+    if got is not None:
+        return got[1].decode()
+    # two processes starting together must agree: the first insert wins, atomically
+    return store.claim("identity", uuid.uuid4().hex.encode()).decode()
 
 
 def redact(url: str) -> str:

@@ -364,6 +364,17 @@ class PostgresStore:
         assert row is not None
         return int(row[0])
 
+    def claim(self, name: str, data: bytes) -> bytes:
+        with self.transaction(), self._conn() as conn:
+            conn.execute(
+                "INSERT INTO published (name, version, data, updated_at) VALUES (%s, 1, %s, %s)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, data, time.time()),
+            )
+            row = conn.execute("SELECT data FROM published WHERE name = %s", (name,)).fetchone()
+        assert row is not None
+        return bytes(row[0])
+
     def published(self, name: str, after: int = 0) -> tuple[int, bytes] | None:
         with self._conn() as conn:
             row = conn.execute(

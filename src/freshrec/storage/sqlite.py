@@ -18,6 +18,7 @@ file instead of leaving the bytes on free pages.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -267,10 +268,22 @@ class SQLiteStore:
 
     def delete_user(self, user_id: UserId) -> int:
         with self.transaction():
-            return sum(
+            deleted = sum(
                 self._conn.execute("DELETE FROM events WHERE segment = ? AND user_id = ?", (s, user_id)).rowcount
                 for s in self._segments()
             )
+        if deleted:
+            self._checkpoint_wal()
+        return deleted
+
+    def _checkpoint_wal(self) -> None:
+        """Copy the write-ahead log into the file and truncate it: the log keeps the pages
+        as they were before a deletion (with the user's rows) until then, while the file's
+        freed cells are zeroed (``secure_delete``). Best effort: with a reader in the
+        middle of a read, the log is truncated at the next deletion or at :meth:`close`."""
+        with self._lock:
+            if self._depth == 0:  # not inside a caller's transaction
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def compact(self) -> None:
         """Deleted rows are already zeroed in the file's pages (``secure_delete``);
@@ -381,6 +394,15 @@ class SQLiteStore:
             )
             return int(self._conn.execute("SELECT version FROM published WHERE name = ?", (name,)).fetchone()[0])
 
+    def claim(self, name: str, data: bytes) -> bytes:
+        with self.transaction():
+            self._conn.execute(
+                "INSERT INTO published (name, version, data, updated_at) VALUES (?, 1, ?, ?)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, data, time.time()),
+            )
+            return bytes(self._conn.execute("SELECT data FROM published WHERE name = ?", (name,)).fetchone()[0])
+
     def published(self, name: str, after: int = 0) -> tuple[int, bytes] | None:
         with self._reading() as conn:
             row = conn.execute(
@@ -426,6 +448,9 @@ class SQLiteStore:
         with self._lock, self._readers_lock:
             for reader in self._readers or ():
                 reader.close()
+            if self.path != ":memory:":
+                with contextlib.suppress(sqlite3.Error):  # e.g. another process is reading
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
 
     def __enter__(self) -> SQLiteStore:
