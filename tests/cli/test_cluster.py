@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ import redis
 
 from freshrec.bus import keys
 from freshrec.storage import open_store
+from tests.faults import Proxy
 from tests.learn.test_online import ENV as TINY_MODEL
 from tests.serve.conftest import wait_for
 
@@ -201,3 +203,68 @@ def test_a_second_learner_exits_while_the_first_holds_the_stores_lease(
         store.release_lease(NAME, "learner-host:99:abcd", held.token)
     finally:
         store.close()
+
+
+def test_sigterm_while_postgres_and_redis_are_away_exits_cleanly_and_loses_nothing(
+    tmp_path: Path, cluster_env: dict[str, str]
+) -> None:
+    direct = cluster_env["FRESHREC_STORAGE__URL"]
+    setup = tmp_path / "setup"
+    for step in (
+        ["generate", "--out", str(tmp_path / "gen"), "--items", "40", "--users", "10", "--events", "300"],
+        ["import", "items", str(tmp_path / "gen" / "items.jsonl")],
+        ["import", "events", str(tmp_path / "gen" / "events.jsonl")],
+    ):
+        subprocess.run([FRESHREC, "--data", str(setup), *step], env=cluster_env, check=True, capture_output=True)
+    pg, bus = urlsplit(direct), urlsplit(cluster_env["FRESHREC_CLUSTER__BUS_URL"])
+    pg_proxy = Proxy(pg.hostname or "127.0.0.1", pg.port or 5432)
+    bus_proxy = Proxy(bus.hostname or "127.0.0.1", bus.port or 6379)
+    env = {
+        **cluster_env,
+        "FRESHREC_STORAGE__URL": direct.replace(f"{pg.hostname}:{pg.port}", f"127.0.0.1:{pg_proxy.port}"),
+        "FRESHREC_CLUSTER__BUS_URL": cluster_env["FRESHREC_CLUSTER__BUS_URL"].replace(
+            f"{bus.hostname}:{bus.port}", f"127.0.0.1:{bus_proxy.port}"
+        ),
+    }
+    port = free_port()
+    processes = [
+        start(tmp_path / "learner", env, "--role", "learner"),
+        start(tmp_path / "api", env, "--role", "api", "--port", str(port), "--insecure-no-auth"),
+    ]
+    acknowledged = []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as c:
+
+            def served() -> bool:
+                try:
+                    return bool(c.get("/health/ready").json()["model_served"])
+                except (httpx.TransportError, ValueError, KeyError):
+                    return False
+
+            wait_for(served, timeout=120)
+            for n in range(5):
+                event = {"event_id": f"kept-{n}", "user_id": "u-away", "item_id": f"i{n:06d}", "type": "click"}
+                assert c.post("/v1/events", json=event).status_code == 202
+                acknowledged.append(event["event_id"])
+        pg_proxy.cut()
+        bus_proxy.cut()
+        time.sleep(1.0)
+        started = time.monotonic()
+        for p in processes:
+            p.send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=30) for p in processes]
+        took = time.monotonic() - started
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    logs = {n: (tmp_path / f"{n}.log").read_text() for n in ("learner", "api")}
+    assert codes == [0, 0] and took < 15, (codes, took, logs)
+    assert logs["learner"].count("stopped without being able to publish the last snapshot copy") == 1, logs
+    store = open_store(direct)
+    try:
+        stored = {e.event_id for e in store.user_history("u-away", 10)}
+    finally:
+        store.close()
+    assert stored == set(acknowledged)

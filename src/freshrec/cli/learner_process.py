@@ -119,11 +119,13 @@ class Sender:
                 log.exception("could not deliver a model snapshot")
             time.sleep(self.interval)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float | None = None) -> None:
+        """Deliver what is pending and stop; with ``timeout_s``, give up on a delivery
+        that hangs (the store or the bus away at shutdown)."""
         with self.lock:
             self.closed = True
             self.lock.notify()
-        self.thread.join()
+        self.thread.join(timeout_s)
 
 
 PR_SET_PDEATHSIG = 1
@@ -237,6 +239,7 @@ def run_learner(
     commander = threading.Thread(target=obey, name="freshrec-commands", daemon=True)
     if commands is not None:
         commander.start()
+    owned = lease is None  # a lease handed in is the caller's to release
     lease = lease or Lease(store, settings.learn.lease_s)
     checkpoints.fence = sender.fence = lambda: lease.valid
 
@@ -249,10 +252,18 @@ def run_learner(
             if not lease.valid:
                 lease.release()
                 learner.model = None  # whatever it learned meanwhile, the holder has learned too
-                if not wait_for_lease:
-                    lease.take()  # LeaseHeld ends a learner that must not wait
-                elif not lease.wait(halt, waiting):
-                    break
+                try:
+                    if not wait_for_lease:
+                        lease.take()  # LeaseHeld ends a learner that must not wait
+                    elif not lease.wait(halt, waiting):
+                        break
+                except LeaseHeld:
+                    raise
+                except Exception as exc:  # the store is away: wait for it, do not die
+                    log.warning("could not take the learner lease (%s); retrying", exc)
+                    sender.message("state", f"waiting for the store: {exc}", True)
+                    halt.wait(5.0)
+                    continue
             try:
                 if learner.model is None:
                     if checkpoints.current() is None:
@@ -277,9 +288,43 @@ def run_learner(
     finally:
         if commands is not None:
             commander.join(timeout=60)  # a deletion in progress finishes erasing the checkpoints
-        sender.close()
-        lease.release()
+        sender.close(timeout_s=SENDER_GRACE_S)
+        if owned:
+            last_steps([("release the learner lease", lease.release)], within_s=2.0)
 
+
+def last_steps(steps: list[tuple[str, Callable[[], object]]], within_s: float = 5.0) -> bool:
+    """Run a stopping process's last steps, all of them within ``within_s`` seconds:
+    with the store or the bus away, each would otherwise wait for its own timeout and
+    a SIGTERM would take minutes. Those that fail or are cut short are named in one log
+    line (what is acknowledged is in the store, and the checkpoint on disk is current,
+    so nothing is lost). True if all completed."""
+    deadline = time.monotonic() + within_s
+    missed = []
+    for what, step in steps:
+        failed: list[BaseException] = []
+
+        def run(step: Callable[[], object] = step, failed: list[BaseException] = failed) -> None:
+            try:
+                step()
+            except Exception as exc:
+                failed.append(exc)
+
+        worker = threading.Thread(target=run, name="freshrec-last-step", daemon=True)
+        worker.start()
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive() or failed:
+            reason = f"{type(failed[0]).__name__}: {failed[0]}" if failed else "timed out"
+            missed.append(f"{what} ({reason})")
+    if missed:
+        log.warning("stopped without being able to %s; nothing acknowledged is lost", "; ".join(missed))
+    return not missed
+
+
+LEARNER_GRACE_S = 6.0
+"""After SIGTERM, how long ``serve --role learner`` waits for its learner's last micro-batch."""
+SENDER_GRACE_S = 2.0
+"""How long a stopping learner waits for its last snapshot and state to be delivered."""
 
 STORE_EVERY_S = 30.0
 """A deployment's learner writes its newest snapshot and checkpoint to the shared store at
@@ -389,10 +434,34 @@ def learner_role_main(settings: Settings, halt: threading.Event) -> None:
             snapshots.offer(data)
 
     sender = Sender(deliver, message, settings.cluster.snapshot_interval_ms / 1000, settings.cluster.key())
+    failed: list[BaseException] = []
+
+    def learn() -> None:
+        try:
+            run_learner(settings, store, checkpoints, sender, halt, bus=bus, wait_for_lease=False, lease=lease)
+        except BaseException as exc:  # raised again below, in this thread
+            failed.append(exc)
+
+    # the learner runs beside: a micro-batch stuck on a store that went away must not
+    # hold a SIGTERM for the store's timeouts
+    worker = threading.Thread(target=learn, name="freshrec-learner", daemon=True)
+    worker.start()
     try:
-        run_learner(settings, store, checkpoints, sender, halt, bus=bus, wait_for_lease=False, lease=lease)
+        while worker.is_alive() and not halt.wait(0.5):
+            pass
+        worker.join(LEARNER_GRACE_S)
+        if worker.is_alive():
+            log.warning("the learner's last micro-batch did not end within %.0f s; stopping", LEARNER_GRACE_S)
+        if failed:
+            raise failed[0]
     finally:
-        snapshots.flush()
-        checkpoint_shelf.flush()
-        store.close()
-        bus.close()
+        last_steps(
+            [
+                ("release the learner lease", lease.release),
+                ("publish the last snapshot copy", snapshots.flush),
+                ("publish the last checkpoint copy", checkpoint_shelf.flush),
+                ("close the store", store.close),
+                ("close the bus", bus.close),
+            ],
+            within_s=4.0,
+        )
