@@ -321,7 +321,7 @@ def last_steps(steps: list[tuple[str, Callable[[], object]]], within_s: float = 
     return not missed
 
 
-LEARNER_GRACE_S = 6.0
+LEARNER_GRACE_S = 5.0
 """After SIGTERM, how long ``serve --role learner`` waits for its learner's last micro-batch."""
 SENDER_GRACE_S = 2.0
 """How long a stopping learner waits for its last snapshot and state to be delivered."""
@@ -463,5 +463,5 @@ def learner_role_main(settings: Settings, halt: threading.Event) -> None:
                 ("close the store", store.close),
                 ("close the bus", bus.close),
             ],
-            within_s=4.0,
+            within_s=3.0,
         )
