@@ -3,6 +3,9 @@ the checkpoints of the learner that lost it."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -51,4 +54,20 @@ def test_a_learner_whose_lease_was_taken_over_writes_no_checkpoint(tmp_path: Pat
     assert [v.version for v in checkpoints.list()] == [1]
     old.release()  # does not release the new holder's lease
     assert store.take_lease(NAME, "third:1", ttl_s=30).holder == "another:1"
+    store.close()
+
+
+def test_the_lease_of_a_dead_learner_of_this_machine_is_taken_over_at_once(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs (killed with its server, say)
+    store.take_lease(NAME, f"{socket.gethostname()}:{dead.pid}:abcd1234", ttl_s=30)
+    store.take_lease(NAME, "elsewhere:1:abcd1234", ttl_s=0)  # a live one of another machine...
+    with pytest.raises(LeaseHeld):
+        Lease(store, ttl_s=30).take()  # ...is waited for
+    store.take_lease(NAME, f"{socket.gethostname()}:{dead.pid}:abcd1234", ttl_s=0)
+    lease = Lease(store, ttl_s=30)
+    lease.take()  # the dead local one is not
+    assert lease.valid and lease.token == 4
+    lease.release()
     store.close()

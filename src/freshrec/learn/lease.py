@@ -26,6 +26,21 @@ log = logging.getLogger(__name__)
 NAME = "learner"
 
 
+def _died_here(holder: str) -> bool:
+    """Whether ``holder`` (``host:pid:suffix``) names a process of this machine that no
+    longer runs."""
+    host, _, pid = holder.rpartition(":")[0].rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # running, as another user
+        return False
+    return False
+
+
 class LeaseHeld(RuntimeError):
     """Another live learner holds the store's lease."""
 
@@ -61,6 +76,11 @@ class Lease:
     def take(self) -> None:
         """Take the lease and start renewing it, or raise :class:`LeaseHeld`."""
         state = self.store.take_lease(NAME, self.holder, self.ttl_s)
+        if state.holder != self.holder and _died_here(state.holder):
+            # a learner of this machine that is gone (killed with its server): no need to
+            # wait out its lease before starting again
+            log.info("taking over the learner lease of %s, which is no longer running", state.holder)
+            state = self.store.take_lease(NAME, self.holder, 0.0)
         if state.holder != self.holder:
             raise LeaseHeld(state)
         self.token, self._renewed, self._lost = state.token, time.monotonic(), False
