@@ -55,6 +55,17 @@ def cluster_env(postgres_url: str, redis_url: str) -> Iterator[dict[str, str]]:
     client.close()
 
 
+def shop(tmp_path: Path, env: dict[str, str], items: int, users: int, events: int) -> None:
+    """A generated shop imported into the shared store."""
+    gen = tmp_path / "gen"
+    for step in (
+        ["generate", "--out", str(gen), "--items", str(items), "--users", str(users), "--events", str(events)],
+        ["import", "items", str(gen / "items.jsonl")],
+        ["import", "events", str(gen / "events.jsonl")],
+    ):
+        subprocess.run([FRESHREC, "--data", str(tmp_path / "setup"), *step], env=env, check=True, capture_output=True)
+
+
 def start(data: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [FRESHREC, "--data", str(data), "serve", *args],
@@ -67,13 +78,7 @@ def start(data: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes
 def test_two_api_replicas_and_a_learner_share_events_and_model_versions(
     tmp_path: Path, cluster_env: dict[str, str]
 ) -> None:
-    setup = tmp_path / "setup"
-    for step in (
-        ["generate", "--out", str(tmp_path / "gen"), "--items", "80", "--users", "20", "--events", "800"],
-        ["import", "items", str(tmp_path / "gen" / "items.jsonl")],
-        ["import", "events", str(tmp_path / "gen" / "events.jsonl")],
-    ):
-        subprocess.run([FRESHREC, "--data", str(setup), *step], env=cluster_env, check=True, capture_output=True)
+    shop(tmp_path, cluster_env, items=80, users=20, events=800)
     ports = free_port(), free_port()
     processes = [start(tmp_path / "learner", cluster_env, "--role", "learner")]
     processes += [
@@ -209,13 +214,7 @@ def test_sigterm_while_postgres_and_redis_are_away_exits_cleanly_and_loses_nothi
     tmp_path: Path, cluster_env: dict[str, str]
 ) -> None:
     direct = cluster_env["FRESHREC_STORAGE__URL"]
-    setup = tmp_path / "setup"
-    for step in (
-        ["generate", "--out", str(tmp_path / "gen"), "--items", "40", "--users", "10", "--events", "300"],
-        ["import", "items", str(tmp_path / "gen" / "items.jsonl")],
-        ["import", "events", str(tmp_path / "gen" / "events.jsonl")],
-    ):
-        subprocess.run([FRESHREC, "--data", str(setup), *step], env=cluster_env, check=True, capture_output=True)
+    shop(tmp_path, cluster_env, items=40, users=10, events=300)
     pg, bus = urlsplit(direct), urlsplit(cluster_env["FRESHREC_CLUSTER__BUS_URL"])
     pg_proxy = Proxy(pg.hostname or "127.0.0.1", pg.port or 5432)
     bus_proxy = Proxy(bus.hostname or "127.0.0.1", bus.port or 6379)
