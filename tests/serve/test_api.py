@@ -6,6 +6,7 @@ import asyncio
 import json
 import pickle
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -254,6 +255,12 @@ def test_concurrent_requests_never_see_another_users_history(server: Server) -> 
         assert named and named <= set(users[user]), (user, named)
 
 
+def ingested(c: httpx.Client, kind: str) -> float:
+    """``freshrec_events_ingested_total`` of one event type, from ``/metrics``."""
+    found = re.search(rf'^freshrec_events_ingested_total{{type="{kind}"}} (\S+)$', c.get("/metrics").text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def test_a_repeated_click_is_a_duplicate_and_quarantine_is_reported(server: Server) -> None:
     click = {"user_id": "double-clicker", "item_id": "i000007", "type": "click"}
     with server.client(WRITE) as c:
@@ -264,6 +271,13 @@ def test_a_repeated_click_is_a_duplicate_and_quarantine_is_reported(server: Serv
         assert {"quarantined_users", "quarantined_events"} <= set(status)
         metrics = c.get("/metrics").text
         assert "freshrec_quarantined_users" in metrics and "freshrec_quarantined_events" in metrics
+        first = {"event_id": "counted-1", "user_id": "retrier", "item_id": "i000003", "type": "view"}
+        assert c.post("/v1/events", json=first).json() == {"accepted": 1, "duplicates": 0}
+        counted = ingested(c, "view")
+        time.sleep(2.1)  # a client's retry, after the 2 s within which a repeat is a duplicate anyway
+        retried = [first, {**first, "event_id": "counted-2", "item_id": "i000004"}]  # a retry plus a new one
+        assert c.post("/v1/events", json=retried).json() == {"accepted": 1, "duplicates": 1}
+        assert ingested(c, "view") == counted + 1  # the new one counts, the retried one does not
 
 
 def test_a_tampered_snapshot_runs_no_code_and_is_not_served(server: Server, tmp_path: Path) -> None:

@@ -65,6 +65,8 @@ def test_append_is_idempotent_on_event_id(store: Store) -> None:
     assert (again.accepted, again.duplicates) == (1, 3)  # only the event without an id is new
     items = [e.item_id for e in store.read_events(0, 100)]
     assert items == ["a", "b", "c", "c"]
+    fresh = store.append_events([make_event(item="d", event_id="e3"), b, make_event(item="e", event_id="e4")])
+    assert (fresh.accepted, fresh.stored) == (2, frozenset({"e3", "e4"}))  # which ones were new
 
 
 def test_values_survive_the_round_trip(store: Store) -> None:

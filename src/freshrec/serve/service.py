@@ -184,11 +184,12 @@ class Service:
         if result.accepted:
             for hook in self.append_hooks:
                 hook(result.last_offset)
-        if not result.duplicates:  # a retried request must not count twice
-            for kind, n in Counter(e.type.value for e in events).items():
+        new = events if not result.duplicates else [e for e in events if e.event_id in result.stored]
+        if new:  # a retried request, or the repeated part of one, must not count twice
+            for kind, n in Counter(e.type.value for e in new).items():
                 self.metrics.events.labels(kind).inc(n)
-            self.popularity.add(events)
-            self.live.events(events)
+            self.popularity.add(new)
+            self.live.events(new)
         self.metrics.duplicates.inc(result.duplicates + repeats)
         return result.accepted, result.duplicates + repeats
 

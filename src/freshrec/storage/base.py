@@ -25,6 +25,9 @@ class AppendResult:
     duplicates: int
     last_offset: Offset
     """Offset of the newest event in the log after the append (0 if empty)."""
+    stored: frozenset[str] = frozenset()
+    """The event ids this append stored (the others were there already): what counts
+    as new in live figures."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -221,17 +221,30 @@ class PostgresStore:
         ]
         with self.transaction(), self._conn() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
+            stored: set[str] = set()
             accepted = 0
             if rows:
                 with conn.cursor() as cur:
                     cur.executemany(
                         "INSERT INTO events (event_id, user_id, item_id, type, value, ts, context, ingested_at)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING"
+                        " RETURNING event_id",
                         rows,
+                        returning=True,
                     )
-                    accepted = max(cur.rowcount, 0)
+                    while True:  # one result per row: its id if it was inserted, nothing if not
+                        inserted = cur.fetchall()
+                        accepted += len(inserted)
+                        stored.update(row[0] for row in inserted if row[0] is not None)
+                        if not cur.nextset():
+                            break
             last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
-        return AppendResult(accepted=accepted, duplicates=len(rows) - accepted, last_offset=int(last[0]) if last else 0)
+        return AppendResult(
+            accepted=accepted,
+            duplicates=len(rows) - accepted,
+            last_offset=int(last[0]) if last else 0,
+            stored=frozenset(stored),
+        )
 
     def last_offset(self) -> Offset:
         with self._conn() as conn:

@@ -225,7 +225,11 @@ class SQLiteStore:
             )
             accepted = self._conn.total_changes - before
             last = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-        return AppendResult(accepted=accepted, duplicates=len(rows) - accepted, last_offset=last)
+            new = self._conn.execute(
+                "SELECT event_id FROM events WHERE seq >= ? AND seq < ?", (base, base + len(rows))
+            ).fetchall()
+        stored = frozenset(row[0] for row in new if row[0] is not None)
+        return AppendResult(accepted=accepted, duplicates=len(rows) - accepted, last_offset=last, stored=stored)
 
     def _high_water(self, conn: sqlite3.Connection | None = None) -> int:
         row = (conn or self._conn).execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
