@@ -12,10 +12,11 @@ from typing import Annotated, Any
 
 import typer
 
-from freshrec.cli.context import app_of, console, fail
+from freshrec.cli.context import App, app_of, console, fail
 from freshrec.datasets.files import Format, read_records
 from freshrec.datasets.movielens import load_movielens
 from freshrec.ingest.importer import ImportReport, import_events, import_items
+from freshrec.storage.base import Store
 
 app = typer.Typer(help="Import items and events from files.", no_args_is_help=True)
 
@@ -66,6 +67,12 @@ def interruptible(what: str, after: str = "rolled back, nothing of it was stored
             signal.signal(sig, handler)
 
 
+def embed_interruptibly(state: App, store: Store) -> None:
+    """Encode the catalog's new texts; an interruption keeps the stored items."""
+    with interruptible("encoding the item texts", "the items are stored; the next import encodes the rest"):
+        state.embed(store)
+
+
 def report(result: ImportReport) -> None:
     console.print(result.summary(), highlight=False)
     for line in result.errors:
@@ -89,8 +96,7 @@ def items_cmd(
         with interruptible(f"the import of {file}"):
             report(import_items(store, records, state.validator(), strict=strict, progress=True))
         if embed:
-            with interruptible("encoding the item texts", "the items are stored; the next import encodes the rest"):
-                state.embed(store)
+            embed_interruptibly(state, store)
 
 
 @app.command("events")
@@ -129,6 +135,5 @@ def movielens_cmd(
             report(import_items(store, data.items, validator, strict=strict))
             report(import_events(store, data.events, validator, strict=strict, progress=True))
         if embed:
-            with interruptible("encoding the item texts", "the items are stored; the next import encodes the rest"):
-                state.embed(store)
+            embed_interruptibly(state, store)
     console.print(f"done in {time.perf_counter() - started:.1f} s")

@@ -24,8 +24,6 @@ import threading
 import redis
 
 from freshrec.bus import BusError, RedisBus
-from freshrec.model.snapshot import Snapshot
-from freshrec.serialization import Malformed
 from freshrec.serve.service import Problem, Service
 from freshrec.storage.base import Store
 
@@ -97,15 +95,9 @@ class Replica:
 
     def _stored_snapshot(self, data: bytes) -> None:
         """The store's copy, if it is newer than the model served."""
-        cluster = self.service.settings.cluster
-        try:
-            snapshot = Snapshot.from_bytes(data, cluster.key(), cluster.snapshot_max_mb << 20)
-        except Malformed as exc:
-            log.warning("refused the store's model snapshot: %s", exc)
-            self.service.metrics.rejected_models.labels("store").inc()
-            return
+        snapshot = self.service.parse(data, "store")
         current = self.service.ranker.scoring.snapshot
-        if current is None or snapshot.created > current.created:
+        if snapshot is not None and (current is None or snapshot.created > current.created):
             self.service.publish(snapshot)
 
     def close(self) -> None:

@@ -104,18 +104,23 @@ class Service:
         threading.Thread(target=self._preload_encoder, name="freshrec-encoder", daemon=True).start()
 
     # -- model -------------------------------------------------------------------
-    def receive(self, data: bytes, source: str) -> Snapshot | None:
-        """Publish the snapshot in ``data`` (from the pipe, the bus or the store), or,
-        if it is malformed or not signed with the snapshot key, refuse it with one
-        log line and a count in ``/metrics``, and keep serving the current model."""
+    def parse(self, data: bytes, source: str) -> Snapshot | None:
+        """The snapshot in ``data`` (from the pipe, the bus or the store), or ``None``
+        if it is malformed or not signed with the snapshot key: refused with one log
+        line and a count in ``/metrics``, while the current model stays served."""
         try:
             cluster = self.settings.cluster
-            snapshot = Snapshot.from_bytes(data, cluster.key(), cluster.snapshot_max_mb << 20)
+            return Snapshot.from_bytes(data, cluster.key(), cluster.snapshot_max_mb << 20)
         except Malformed as exc:
             log.warning("refused a model snapshot from the %s: %s", source, exc)
             self.metrics.rejected_models.labels(source).inc()
             return None
-        self.publish(snapshot)
+
+    def receive(self, data: bytes, source: str) -> Snapshot | None:
+        """Publish the snapshot in ``data`` unless :meth:`parse` refuses it."""
+        snapshot = self.parse(data, source)
+        if snapshot is not None:
+            self.publish(snapshot)
         return snapshot
 
     def publish(self, snapshot: Snapshot) -> None:
@@ -184,7 +189,7 @@ class Service:
         if result.accepted:
             for hook in self.append_hooks:
                 hook(result.last_offset)
-        new = events if not result.duplicates else [e for e in events if e.event_id in result.stored]
+        new = [e for e in events if e.event_id in result.stored]
         if new:  # a retried request, or the repeated part of one, must not count twice
             for kind, n in Counter(e.type.value for e in new).items():
                 self.metrics.events.labels(kind).inc(n)
