@@ -19,6 +19,7 @@ and state in the shared store for the API replicas (:func:`learner_role_main`).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import json
@@ -154,7 +155,7 @@ def die_with_parent(poll_s: float = 1.0) -> None:
             time.sleep(poll_s)
         os._exit(1)
 
-    threading.Thread(target=watch, name="freshrec-parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name=PARENT_WATCH, daemon=True).start()
 
 
 def retrying(
@@ -321,6 +322,28 @@ def last_steps(steps: list[tuple[str, Callable[[], object]]], within_s: float = 
     return not missed
 
 
+def end_past_stuck_threads(code: int = 0) -> None:
+    """End the process at once when threads it started are still blocked, on a store or
+    bus that went away: Python's own shutdown would wait for them or, with a daemon
+    thread holding a lock the interpreter needs at exit (stderr's, a connection
+    pool's), abort with SIGABRT. Called once the last steps are done, so what is
+    acknowledged is in the store and the checkpoint on disk is current."""
+    stuck = [
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith("freshrec-") and t.name != PARENT_WATCH and t.is_alive()
+    ]
+    if not stuck:
+        return
+    log.warning("leaving %d blocked thread(s) behind: %s", len(stuck), ", ".join(sorted(set(stuck))))
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+PARENT_WATCH = "freshrec-parent-watch"
 LEARNER_GRACE_S = 5.0
 """After SIGTERM, how long ``serve --role learner`` waits for its learner's last micro-batch."""
 SENDER_GRACE_S = 2.0

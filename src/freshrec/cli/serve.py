@@ -22,7 +22,13 @@ import uvicorn
 
 from freshrec.bus import BusError, RedisBus
 from freshrec.cli.context import app_of, console, fail
-from freshrec.cli.learner_process import SNAPSHOT, learner_main, learner_role_main, limit_threads
+from freshrec.cli.learner_process import (
+    SNAPSHOT,
+    end_past_stuck_threads,
+    learner_main,
+    learner_role_main,
+    limit_threads,
+)
 from freshrec.learn.lease import LeaseHeld
 from freshrec.serve.api import create_app
 from freshrec.serve.auth import Keys, is_loopback
@@ -236,6 +242,7 @@ def run_learner_role(settings: Settings) -> None:
         learner_role_main(settings, halt)
     except (BusError, LeaseHeld) as exc:
         fail(str(exc), 2)
+    end_past_stuck_threads(0)
 
 
 def make_keys(settings: Settings, host: str, insecure_no_auth: bool) -> Keys:
