@@ -16,6 +16,7 @@ from freshrec.cli.learner_process import BusFeed
 from freshrec.ingest.importer import import_events
 from freshrec.ingest.validate import Validator
 from freshrec.learn.checkpoints import Checkpoints
+from freshrec.learn.erasures import Eraser
 from freshrec.learn.online import Learner
 from freshrec.settings import ClusterSettings, IngestSettings
 from freshrec.storage import SQLiteStore
@@ -106,8 +107,9 @@ def test_the_learner_follows_the_log_through_the_bus(
     follower.resume()
     start = follower.state.offset
     bus, api = RedisBus(cluster), RedisBus(cluster)
-    feed = BusFeed(bus, follower)
     stop = threading.Event()
+    eraser = Eraser(store, follower.forget_user, stop).start()
+    feed = BusFeed(bus, eraser)
     thread = threading.Thread(target=follower.follow, args=(stop,), kwargs={"feed": feed})
     thread.start()
     validator = Validator(IngestSettings())
@@ -123,16 +125,19 @@ def test_the_learner_follows_the_log_through_the_bus(
         assert follower.state.learned == 612
         victim = str(later[0].data["user_id"])  # type: ignore[index]
         assert victim in follower.user_codes
-        api.command("forget", victim)
-        while victim in follower.user_codes and time.monotonic() < deadline:
+        store.delete_user(victim)  # what an API replica does: recorded as pending, then announced
+        api.command("erase", "")
+        while store.pending_erasures() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert victim not in follower.user_codes and victim not in follower.histories
         while bus.backlog()[bus.commands_key] and time.monotonic() < deadline:
-            time.sleep(0.02)  # acknowledged once every checkpoint is rewritten without them
+            time.sleep(0.02)
         assert bus.backlog() == {bus.log_key: 0, bus.commands_key: 0}
     finally:
         stop.set()
+        eraser.wake()
         thread.join(timeout=30)
+        eraser.join(30)
 
 
 def test_snapshots_travel_on_the_bus_and_survive_a_flushed_redis(cluster: ClusterSettings) -> None:
@@ -173,12 +178,12 @@ def test_a_failed_command_is_handed_over_again_and_an_unreachable_bus_means_poll
     learner.learned(10)  # nothing to acknowledge, nothing raised
 
 
-def test_a_replica_that_cannot_reach_the_learner_answers_a_deletion_with_503(
+def test_a_deletion_on_a_replica_that_cannot_reach_the_bus_still_reaches_the_learner(
     tmp_path: Path, cluster: ClusterSettings
 ) -> None:
     from freshrec.bus import connect
     from freshrec.serve.replica import Replica
-    from freshrec.serve.service import Problem, Service
+    from freshrec.serve.service import Service
     from tests.conftest import make_event
     from tests.serve.conftest import make_settings
 
@@ -188,9 +193,9 @@ def test_a_replica_that_cannot_reach_the_learner_answers_a_deletion_with_503(
     replica = Replica(service, store, RedisBus(cluster), 0.1)
     store.append_events([make_event("gone", "i1"), make_event("stays", "i1")])
     replica.bus.client = connect("redis://127.0.0.1:1/0")  # Redis went away
-    with pytest.raises(Problem) as refused:
-        service.delete_user("gone")
-    assert refused.value.status == 503 and "retry the deletion" in refused.value.detail
+    assert service.delete_user("gone") == 1  # answered: the erasure is recorded in the store
     assert store.user_history("gone", 5) == [] and len(store.user_history("stays", 5)) == 1
+    assert [e.user_id for e in store.pending_erasures()] == ["gone"]  # the learner's poll finds it
+    assert service.tick()["erasures_pending"] == 1
     service.close()
     store.close()

@@ -9,7 +9,9 @@ Two streams, under ``cluster.prefix``:
     the source of truth, a deleted user's events vanish from it and from
     nothing else, and Redis holds no personal data to erase.
 ``<prefix>:commands``
-    Work for the learner that is not in the log: ``{"forget": <user id>}``.
+    Work for the learner that is not in the log: ``{"erase": ""}`` wakes it to carry
+    out the erasures recorded in the store (the user ids stay there: the bus holds
+    no personal data). ``{"forget": <user id>}`` from older replicas is read alike.
 
 Beside the streams, two plain keys carry the newest serving snapshot from the
 learner to the replicas: ``<prefix>:snapshot`` (the bytes) and
@@ -30,7 +32,8 @@ learns the log as ``offset > W`` from the store (offsets are assigned in
 commit order), so an entry whose offset it has passed adds nothing, and
 forgetting a user twice is forgetting them once. The same reading covers
 entries that were never written (an API replica dying between its commit and
-its ``XADD``): the learner also reads the store whenever the bus is quiet.
+its ``XADD``): the learner also reads the store whenever the bus is quiet, and
+looks for pending erasures every few seconds.
 
 Retention is bounded: ``XADD ... MAXLEN ~ cluster.stream_max_len``.
 """

@@ -176,20 +176,3 @@ def test_sigterm_during_an_import_rolls_it_back_and_exits_cleanly(tmp_path: Path
     assert output.count("interrupted by SIGTERM: rolled back") == 1, output
     stats = subprocess.run([*cli, "stats", "--json"], env=env, capture_output=True, text=True, check=True)
     assert '"events": 0' in stats.stdout
-
-
-def test_a_failing_erasure_is_retried_and_does_not_end_the_command_thread() -> None:
-    from freshrec.cli.learner_process import retrying
-
-    calls: list[float] = []
-
-    def flaky() -> None:
-        calls.append(time.monotonic())
-        if len(calls) < 3:
-            raise OSError("disk full")
-
-    halt = threading.Event()
-    assert retrying(flaky, "erasing user 'u'", halt, first_s=0.05)
-    assert len(calls) == 3 and calls[2] - calls[1] >= calls[1] - calls[0]  # backing off
-    halt.set()
-    assert not retrying(lambda: 1 / 0, "never", halt, first_s=0.05)  # gives up only when stopped

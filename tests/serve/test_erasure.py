@@ -61,7 +61,11 @@ def test_deleting_a_user_erases_every_trace(served: Server) -> None:
         assert holding(data, VICTIM), "the id should be on disk before the deletion"
 
         assert c.delete(f"/v1/users/{VICTIM}").status_code == 204
-        wait_for(lambda: not [p for p in holding(data, VICTIM) if p.suffix in {".state", ".json"}], timeout=60)
+        assert c.get("/v1/status").json()["erasures_pending"] == 1
+        wait_for(lambda: c.get("/v1/status").json()["erasures_pending"] == 0, timeout=60)  # carried out
+        assert "freshrec_erasures_pending 0.0" in c.get("/metrics").text
+        # while it runs, within a bounded time: no byte left in the database, its WAL or a checkpoint
+        wait_for(lambda: holding(data, VICTIM) == [], timeout=30)
         assert c.get(f"/v1/users/{VICTIM}/history").json()["events"] == []
 
     served.engine.stop()  # the learner writes its last checkpoint; no `freshrec compact`

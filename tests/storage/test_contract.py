@@ -98,6 +98,24 @@ def test_delete_user_removes_all_their_events_only(store: Store) -> None:
     assert store.delete_user("u1") == 0
 
 
+def test_a_deletion_is_recorded_as_a_pending_erasure_until_done(store: Store) -> None:
+    store.append_events([make_event("u1", "a"), make_event("u2", "b")])
+    store.delete_user("u1")
+    (first,) = store.pending_erasures()
+    assert (first.user_id, first.at) == ("u1", store.last_offset())
+    store.append_events([make_event("u1", "c"), make_event("u3", "d")])  # u1 comes back
+    store.delete_user("u3")
+    store.delete_user("u1")  # and is deleted again: the newer head counts
+    pending = {e.user_id: e for e in store.pending_erasures()}
+    assert set(pending) == {"u1", "u3"} and pending["u1"].at > first.at
+    store.erasure_done(first)  # the older erasure done: the newer one stays
+    assert {e.user_id for e in store.pending_erasures()} == {"u1", "u3"}
+    for erasure in store.pending_erasures():
+        store.erasure_done(erasure)
+    assert store.pending_erasures() == []
+    assert [e.user_id for e in store.read_events()] == ["u2"]
+
+
 def test_upsert_items_reports_inserted_updated_unchanged(store: Store) -> None:
     first = store.upsert_items([make_item("a", "Alpha"), make_item("b", "Beta", categories=("x", "y"))])
     assert (first.inserted, first.updated, first.unchanged) == (2, 0, 0)

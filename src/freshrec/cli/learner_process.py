@@ -10,7 +10,8 @@ with the learner as a thread both together made requests wait seconds.
 The process owns the learner: it resumes from the checkpoint (or warm-starts),
 follows the log in the shared store, checkpoints, and sends model snapshots (at
 most one per ``publish_interval_ms``) and its state to the server through a
-pipe. The server sends back the users to forget.
+pipe. The server wakes its eraser (:mod:`freshrec.learn.erasures`) at each
+deletion, which it recorded in the store.
 
 ``serve --role learner`` runs the same loop as a deployment's only learner: it
 hears of new events and deletions on the Redis bus and leaves its snapshots
@@ -41,6 +42,7 @@ from threadpoolctl import threadpool_limits
 
 from freshrec.bus import RedisBus
 from freshrec.learn.checkpoints import Checkpoints
+from freshrec.learn.erasures import Eraser
 from freshrec.learn.lease import Lease, LeaseHeld
 from freshrec.learn.online import IDLE_S, Feed, Interrupted, Learner, NoCatalog, Polling
 from freshrec.model.snapshot import Snapshot
@@ -158,25 +160,6 @@ def die_with_parent(poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name=PARENT_WATCH, daemon=True).start()
 
 
-def retrying(
-    action: Callable[[], object], what: str, halt: threading.Event, first_s: float = 1.0, longest_s: float = 60.0
-) -> bool:
-    """Run ``action`` until it succeeds, waiting 1, 2, 4, ... up to ``longest_s`` seconds
-    between tries (a deletion must not be dropped because the disk was briefly full,
-    and must not end the thread that carries out the next ones). False if ``halt``
-    was set first."""
-    wait = first_s
-    while True:
-        try:
-            action()
-            return True
-        except Exception:
-            log.exception("%s failed; retrying in %.0f s", what, wait)
-        if halt.wait(wait):
-            return False
-        wait = min(wait * 2, longest_s)
-
-
 def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], halt: ProcessEvent) -> None:
     """The learner beside the server (``serve --role all``): snapshots and state go
     through ``pipe``, deletions come through ``commands``."""
@@ -215,7 +198,9 @@ def run_learner(
     warm-start, then follow the log until ``halt``; retry after failures. Closes
     ``sender`` at the end.
 
-    Users to forget arrive on ``commands`` (a queue, ended by ``None``) or on the ``bus``."""
+    Deleted users are erased from the store's pending erasures, at once when
+    ``commands`` (a queue, ended by ``None``) or the ``bus`` says so, else at the next
+    poll."""
     if settings.serve.learner_niceness and hasattr(os, "nice"):
         os.nice(settings.serve.learner_niceness)
     limit_threads(settings.serve.torch_threads)
@@ -229,20 +214,24 @@ def run_learner(
             sender.message("hygiene", figures)
 
     learner = Learner(store, settings, checkpoints, on_update=updated)
-    feed: Feed = Polling() if bus is None else BusFeed(bus, learner)
+
+    owned = lease is None  # a lease handed in is the caller's to release
+    lease = lease or Lease(store, settings.learn.lease_s)
+    checkpoints.fence = sender.fence = lambda: lease.valid
+    eraser = Eraser(
+        store, learner.forget_user, halt, allowed=lambda: lease.valid, report=lambda n: sender.message("erasures", n)
+    ).start()
+    feed: Feed = Polling() if bus is None else BusFeed(bus, eraser)
 
     def obey() -> None:
         assert commands is not None
         while (command := commands.get()) is not None:
-            if command[0] == "forget":
-                retrying(lambda: learner.forget_user(command[1]), f"erasing user {command[1]!r}", halt)
+            if command[0] == "erase":  # the deletion is recorded in the store: carried out from there
+                eraser.wake()
 
     commander = threading.Thread(target=obey, name="freshrec-commands", daemon=True)
     if commands is not None:
         commander.start()
-    owned = lease is None  # a lease handed in is the caller's to release
-    lease = lease or Lease(store, settings.learn.lease_s)
-    checkpoints.fence = sender.fence = lambda: lease.valid
 
     def waiting(held: LeaseState) -> None:
         state = f"waiting for lease (held by {held.holder}, renewed {held.age_s:.0f} s ago)"
@@ -288,7 +277,8 @@ def run_learner(
                 halt.wait(5.0)
     finally:
         if commands is not None:
-            commander.join(timeout=60)  # a deletion in progress finishes erasing the checkpoints
+            commander.join(timeout=5)
+        eraser.join(timeout_s=60)  # an erasure in progress finishes rewriting the checkpoints
         sender.close(timeout_s=SENDER_GRACE_S)
         if owned:
             last_steps([("release the learner lease", lease.release)], within_s=2.0)
@@ -400,11 +390,11 @@ def shared_checkpoints(settings: Settings, store: Store) -> tuple[Checkpoints, T
 
 class BusFeed:
     """The learner's :class:`~freshrec.learn.online.Feed` on the Redis bus: wakes at each
-    announced append and carries out the deletions the API replicas queue."""
+    announced append, and wakes the eraser at each deletion an API replica recorded."""
 
-    def __init__(self, bus: RedisBus, learner: Learner):
+    def __init__(self, bus: RedisBus, eraser: Eraser):
         self.bus = bus
-        self.learner = learner
+        self.eraser = eraser
         bus.join()
 
     def wait(self, stop: threading.Event, timeout_s: float) -> None:
@@ -415,8 +405,8 @@ class BusFeed:
         self.bus.learned(offset)
 
     def _command(self, name: str, argument: str) -> None:
-        if name == "forget":
-            self.learner.forget_user(argument)
+        if name in ("erase", "forget"):  # recorded as pending in the store before it was sent
+            self.eraser.wake()
         else:
             log.warning("unknown command %r on the bus; ignored", name)
 
@@ -431,6 +421,8 @@ def learner_role_main(settings: Settings, halt: threading.Event) -> None:
     status: dict[str, Any] = {}
 
     def message(message: tuple[Any, ...]) -> None:
+        if message[0] == "erasures":  # replicas count them in the store
+            return
         if message[0] == "state":
             status.update(state=message[1], wanted=message[2])
         elif message[0] == "hygiene":

@@ -80,7 +80,7 @@ class Engine:
                 args=(settings, self._send_end, self.commands, self.halt),
                 name="freshrec-learner",
             )
-            self.service.forget_hooks.append(lambda user_id: self.commands.put(("forget", user_id)))
+            self.service.forget_hooks.append(lambda user_id: self.commands.put(("erase",)))
             self.receiver = threading.Thread(target=self._receive, name="freshrec-receiver", daemon=True)
         config = uvicorn.Config(
             create_app(self.service, keys), host=host, port=port, log_level="warning", access_log=False
@@ -102,6 +102,8 @@ class Engine:
                 message = json.loads(data)
                 if message[0] == "hygiene" and isinstance(message[1], dict):
                     self.service.hygiene = message[1]
+                elif message[0] == "erasures" and isinstance(message[1], int):
+                    self.service.erasures_pending = message[1]
                 elif message[0] == "state" and isinstance(message[1], str):
                     self.service.learner_state, self.service.model_wanted = message[1], bool(message[2])
                 else:

@@ -211,18 +211,18 @@ class Learner:
             position=np.array([r[5] for r in rows], dtype=np.int64),
         )
 
-    def forget_user(self, user_id: str) -> None:
+    def forget_user(self, user_id: str, at: int | None = None) -> None:
         """Forget the user (their events are already deleted from the store):
         their in-memory history, their examples in the replay buffer, their ID
         embedding row and its optimizer state, here and in every stored
         checkpoint version. The user's code is retired, not reused.
 
-        Events of theirs up to the log's head at the deletion are dropped (a
-        tombstone, kept until the learner has read past that offset), so a micro-batch
-        read just before cannot bring the user back, while one who returns later, with
-        new events, is learned again."""
+        Events of theirs up to ``at``, the log's head at the deletion (now if not
+        given), are dropped (a tombstone, kept until the learner has read past that
+        offset), so a micro-batch read just before cannot bring the user back, while one
+        who returns later, with new events, is learned again."""
         with self._lock:
-            self._tombstones[user_id] = self.store.last_offset()
+            self._tombstones[user_id] = self.store.last_offset() if at is None else at
             self.histories.pop(user_id, None)
             self.quarantine.forget(user_id)
             code = self.user_codes.pop(user_id, None)

@@ -64,6 +64,11 @@ class Metrics:
         self.quarantined_events = Gauge(
             "freshrec_quarantined_events", "Events the learner did not train on (quarantined users)", registry=r
         )
+        self.erasures_pending = Gauge(
+            "freshrec_erasures_pending",
+            "Deleted users whose erasure from the learner's model and checkpoints is not yet done",
+            registry=r,
+        )
         self.hit_rate = Gauge(
             "freshrec_online_hit_rate", "Share of positive feedback on items just served (last 5 minutes)", registry=r
         )

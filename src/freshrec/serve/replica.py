@@ -24,7 +24,7 @@ import threading
 import redis
 
 from freshrec.bus import BusError, RedisBus
-from freshrec.serve.service import Problem, Service
+from freshrec.serve.service import Service
 from freshrec.storage.base import Store
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,12 @@ class Replica:
         self._thread = threading.Thread(target=self._run, name="freshrec-replica", daemon=True)
 
     def _forget(self, user_id: str) -> None:
+        """Wake the learner: the erasure is recorded in the store, where the learner also
+        looks for it every few seconds, so a bus that is away only delays it."""
         try:
-            self.bus.command("forget", user_id)
-        except BusError as exc:  # the events are gone from the store; the model's traces are not yet
-            raise Problem(
-                503, f"the user's events are deleted, but the learner could not be told ({exc}); retry the deletion"
-            ) from None
+            self.bus.command("erase", "")  # no user id: Redis holds no personal data
+        except BusError as exc:
+            log.warning("could not wake the learner for an erasure (%s); it finds it in the store", exc)
 
     def start(self) -> None:
         self.tick()  # serve the newest model from the first request on
@@ -91,6 +91,7 @@ class Replica:
         if (got := store.published("catalog", self.versions["catalog"])) is not None:
             self.versions["catalog"] = got[0]
             service.reload_catalog()
+        service.erasures_pending = len(store.pending_erasures())
         service.observe_head(store.last_offset())
 
     def _stored_snapshot(self, data: bytes) -> None:

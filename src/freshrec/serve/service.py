@@ -84,6 +84,9 @@ class Service:
         self.learner_state = "starting"
         self.model_wanted = True
         """False while there is nothing to train on (the service is ready without a model)."""
+        self.erasures_pending = 0
+        """Deletions recorded in the store that the learner has not yet carried out, as
+        the learner last reported (an API replica counts them in the store)."""
         self.forget_hooks: list[Callable[[UserId], None]] = []
         """Called with each deleted user (the learner must forget them too)."""
         self.append_hooks: list[Callable[[int], None]] = []
@@ -312,6 +315,7 @@ class Service:
     def delete_user(self, user_id: UserId) -> int:
         user_id = self.validator.user_key(user_id)
         removed = self.store.delete_user(user_id)
+        self.erasures_pending += 1  # until the learner (or the replica's look at the store) counts again
         self.live.forget(user_id)
         for hook in self.forget_hooks:
             hook(user_id)
@@ -334,6 +338,7 @@ class Service:
         self.metrics.lag_seconds.set(lag_s)
         if hit_rate is not None:
             self.metrics.hit_rate.set(hit_rate)
+        self.metrics.erasures_pending.set(self.erasures_pending)
         hygiene = self.hygiene
         self.metrics.quarantined_users.set(hygiene["quarantined_users"])
         self.metrics.quarantined_events.set(hygiene["quarantined_events"])
@@ -343,6 +348,7 @@ class Service:
             "loss": scoring.snapshot.loss if scoring.snapshot is not None else None,
             "model_version": scoring.version,
             "hit_rate": hit_rate,
+            "erasures_pending": self.erasures_pending,
             **hygiene,
         }
         self.live.gauges(gauges)
@@ -363,6 +369,7 @@ class Service:
             "hit_rate": self.live.hit_rate(),
             "hits_total": self.live.hits_total,
             "trials_total": self.live.trials_total,
+            "erasures_pending": self.erasures_pending,
             **self.hygiene,
         }
 

@@ -49,6 +49,18 @@ class LeaseState:
 
 
 @dataclass(frozen=True, slots=True)
+class Erasure:
+    """A deleted user whose erasure from the learner's memory and checkpoints is pending
+    (see :meth:`Store.delete_user`)."""
+
+    user_id: UserId
+    at: Offset
+    """The log's head when the user was deleted: the learner drops their events up to
+    it (read before the deletion), and learns a returning user's later ones."""
+    asked_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Counts:
     items: int
     items_embedded: int
@@ -91,7 +103,20 @@ class Store(Protocol):
         ...
 
     def delete_user(self, user_id: UserId) -> int:
-        """Forget everything stored about a user; returns the number of events removed."""
+        """Forget everything stored about a user; returns the number of events removed.
+        In the same transaction, records the user's erasure as pending (for the learner,
+        which holds what it learned from them): a deletion the learner has not yet
+        carried out survives restarts of either process."""
+        ...
+
+    def pending_erasures(self) -> list[Erasure]:
+        """Deleted users the learner has not yet erased, oldest request first."""
+        ...
+
+    def erasure_done(self, erasure: Erasure) -> None:
+        """The learner has erased the user: drop the record (unless the user was deleted
+        again since ``erasure.at``) and leave no byte of the id behind in the store's
+        files (WAL truncated, freed pages zeroed or vacuumed)."""
         ...
 
     def popular_items(self, limit: int, since: float | None = None) -> list[tuple[ItemId, int]]:

@@ -36,7 +36,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from freshrec.domain import Event, EventType, Item, ItemId, Offset, UserId
 from freshrec.settings import StorageSettings
-from freshrec.storage.base import AppendResult, Counts, LeaseState, UpsertResult, redact
+from freshrec.storage.base import AppendResult, Counts, Erasure, LeaseState, UpsertResult, redact
 from freshrec.storage.rows import (
     EVENT_COLUMNS,
     ITEM_COLUMNS,
@@ -101,6 +101,11 @@ CREATE TABLE IF NOT EXISTS leases (
     holder TEXT NOT NULL,
     token BIGINT NOT NULL,
     renewed_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS erasures (
+    user_id TEXT COLLATE "C" PRIMARY KEY,
+    at BIGINT NOT NULL,
+    asked_at DOUBLE PRECISION NOT NULL
 );
 """
 
@@ -274,14 +279,37 @@ class PostgresStore:
 
     def delete_user(self, user_id: UserId) -> int:
         with self.transaction(), self._conn() as conn:
-            return conn.execute("DELETE FROM events WHERE user_id = %s", (user_id,)).rowcount
+            head = _one(conn, "SELECT COALESCE(MAX(seq), 0) FROM events")  # before the user's rows go
+            deleted = conn.execute("DELETE FROM events WHERE user_id = %s", (user_id,)).rowcount
+            conn.execute(
+                "INSERT INTO erasures (user_id, at, asked_at) VALUES (%s, %s, %s)"
+                " ON CONFLICT (user_id) DO UPDATE SET at = excluded.at",
+                (user_id, head, time.time()),
+            )
+            return deleted
+
+    def pending_erasures(self) -> list[Erasure]:
+        with self._conn() as conn:
+            rows = conn.execute("SELECT user_id, at, asked_at FROM erasures ORDER BY asked_at, user_id").fetchall()
+        return [Erasure(r[0], int(r[1]), float(r[2])) for r in rows]
+
+    def erasure_done(self, erasure: Erasure) -> None:
+        """Also vacuums the two tables: a plain ``VACUUM`` (which does not block reads or
+        writes) prunes the pages that held the user's rows, so their space is reused;
+        ``freshrec compact`` rewrites the files. PostgreSQL's write-ahead log is the
+        database operator's part (see :meth:`compact`)."""
+        with self.transaction(), self._conn() as conn:
+            conn.execute("DELETE FROM erasures WHERE user_id = %s AND at <= %s", (erasure.user_id, erasure.at))
+        with self._pool.connection() as conn:
+            for table in ("events", "erasures"):
+                conn.execute(f"VACUUM {table}")  # type: ignore[call-overload]
 
     def compact(self) -> None:
         """``VACUUM FULL`` rewrites the tables without the deleted rows. PostgreSQL's
         write-ahead log keeps old pages until it recycles its segments (and in any
         WAL archive): erasing those is the database operator's part."""
         with self._pool.connection() as conn:
-            for table in ("events", "items", "embeddings", "published"):
+            for table in ("events", "items", "embeddings", "published", "erasures"):
                 conn.execute(f"VACUUM FULL {table}")  # type: ignore[call-overload]
 
     def popular_items(self, limit: int, since: float | None = None) -> list[tuple[ItemId, int]]:

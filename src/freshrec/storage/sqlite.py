@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from freshrec.domain import Event, EventType, Item, ItemId, Offset, UserId
 from freshrec.settings import StorageSettings
-from freshrec.storage.base import AppendResult, Counts, LeaseState, UpsertResult
+from freshrec.storage.base import AppendResult, Counts, Erasure, LeaseState, UpsertResult
 from freshrec.storage.rows import (
     EVENT_COLUMNS,
     ITEM_COLUMNS,
@@ -94,6 +94,11 @@ CREATE TABLE IF NOT EXISTS leases (
     holder TEXT NOT NULL,
     token INTEGER NOT NULL,
     renewed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS erasures (
+    user_id TEXT PRIMARY KEY,
+    at INTEGER NOT NULL,
+    asked_at REAL NOT NULL
 );
 """
 
@@ -276,9 +281,24 @@ class SQLiteStore:
                 self._conn.execute("DELETE FROM events WHERE segment = ? AND user_id = ?", (s, user_id)).rowcount
                 for s in self._segments()
             )
+            self._conn.execute(
+                "INSERT INTO erasures (user_id, at, asked_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (user_id) DO UPDATE SET at = excluded.at",
+                (user_id, self._high_water(self._conn), time.time()),
+            )
         if deleted:
             self._checkpoint_wal()
         return deleted
+
+    def pending_erasures(self) -> list[Erasure]:
+        with self._reading() as conn:
+            rows = conn.execute("SELECT user_id, at, asked_at FROM erasures ORDER BY asked_at, user_id").fetchall()
+        return [Erasure(r[0], int(r[1]), float(r[2])) for r in rows]
+
+    def erasure_done(self, erasure: Erasure) -> None:
+        with self.transaction():
+            self._conn.execute("DELETE FROM erasures WHERE user_id = ? AND at <= ?", (erasure.user_id, erasure.at))
+        self._checkpoint_wal()
 
     def _checkpoint_wal(self) -> None:
         """Copy the write-ahead log into the file and truncate it: the log keeps the pages
