@@ -89,8 +89,31 @@ def test_malformed_and_oversized_requests_get_clear_errors(server: Server) -> No
         assert r.status_code == 413 and "larger than" in r.json()["detail"]
         r = c.get("/v1/users/bad%01id/recommendations")
         assert r.status_code == 422 and "control" in r.json()["detail"]
-        assert c.get("/v1/users/u00001/recommendations?k=0").status_code == 422
+        r = c.get("/v1/users/u00001/recommendations?k=0")
+        assert r.status_code == 422 and "query.k" in r.json()["detail"]  # FastAPI's own check, our error model
+        assert r.json()["errors"][0]["field"] == "query.k"
         assert c.get("/v1/users/u00001/recommendations?k=100000").status_code == 422
+        r = c.put("/v1/items/0", json={})  # nothing to embed: it could never be recommended
+        assert r.status_code == 422 and "a title, a description, categories or a vector" in r.text
+        assert c.get("/v1/items/0").status_code == 404
+        r = c.post("/v1/nowhere", json={})
+        assert r.status_code == 404 and isinstance(r.json()["detail"], str)
+
+
+def test_the_openapi_document_lists_every_answer_in_one_error_model(server: Server) -> None:
+    with server.client() as c:
+        doc = c.get("/openapi.json").json()
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            has_input = operation.get("parameters") or operation.get("requestBody")
+            for status, answer in operation["responses"].items():
+                if status.startswith(("4", "5")):
+                    assert answer["content"]["application/json"]["schema"] == error, (method, path, status)
+            if has_input:
+                assert "422" in operation["responses"], (method, path)
+    assert {"400", "413", "422"} <= set(doc["paths"]["/v1/events"]["post"]["responses"])
 
 
 def test_recommendations_follow_the_filters(server: Server) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from freshrec.domain import Event, EventType, Item
 from freshrec.settings import IngestSettings
@@ -266,6 +266,14 @@ class ItemIn(BaseModel):
         if not any(out):
             raise ValueError("must not be all zeros")
         return out
+
+    @model_validator(mode="after")
+    def _something_to_embed(self) -> ItemIn:
+        """An item with neither text nor a vector cannot be placed among the others: it
+        would be stored with no embedding and never recommended."""
+        if not (self.title or self.description or self.categories or self.vector):
+            raise ValueError("an item needs a title, a description, categories or a vector")
+        return self
 
 
 def _field_errors(exc: ValidationError) -> list[FieldError]:

@@ -16,11 +16,13 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from freshrec.ingest.validate import EventIn, ItemIn, check_id
 from freshrec.serve.auth import AuthError, Keys, Role
@@ -110,6 +112,22 @@ class Guard:
         self.metrics.requests.labels(scope.get("method", ""), path, str(status)).observe(time.perf_counter() - started)
 
 
+ANSWERS = {
+    400: "The body is not valid JSON (or not UTF-8).",
+    401: "No API key, or an unknown one.",
+    403: "The key's role may not do this.",
+    404: "No such item, job or path.",
+    413: "The body is larger than `serve.max_body_mb`, or holds more records than the document's `maxItems`.",
+    422: "A field or parameter is invalid; `errors` locates each (nothing was stored).",
+    503: "The store does not answer.",
+}
+
+
+def answers(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers of an operation for the OpenAPI document: all in one model."""
+    return {status: {"model": ErrorBody, "description": ANSWERS[status]} for status in statuses}
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number JSON allows")
 
@@ -179,7 +197,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
         version="1",
         summary="Real-time recommendations that learn from every event.",
         lifespan=lifespan,
-        responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}},
+        responses=answers(401, 403),
     )
     app.state.service = service
     bearer = HTTPBearer(auto_error=False, description="An API key as a bearer token.")
@@ -207,6 +225,22 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's own 422 (a query or path parameter out of range), in the project's
+        one error model: ``detail`` a sentence, ``errors`` one entry per bad field."""
+        errors = [
+            {"index": 0, "field": ".".join(str(p) for p in e.get("loc", ())), "message": str(e.get("msg", ""))}
+            for e in exc.errors()
+        ]
+        said = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:3])
+        return JSONResponse({"detail": f"invalid request: {said}", "errors": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own answers (404 for an unknown path, 405), in the same error model."""
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(Problem)
     async def problem(request: Request, exc: Problem) -> JSONResponse:
         body: dict[str, Any] = {"detail": exc.detail}
@@ -215,11 +249,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
         return JSONResponse(body, status_code=exc.status)
 
     # -- events and items ---------------------------------------------------------
-    errors: dict[int | str, dict[str, Any]] = {
-        413: {"model": ErrorBody},
-        422: {"model": ErrorBody},
-        400: {"model": ErrorBody},
-    }
+    errors = answers(400, 413, 422)
 
     @app.post(
         "/v1/events",
@@ -270,23 +300,21 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
         assert stored is not None
         return ItemOut(**item_dict(stored))
 
-    @app.get(
-        "/v1/items/{item_id}", response_model=ItemOut, dependencies=[reader], responses={404: {"model": ErrorBody}}
-    )
+    @app.get("/v1/items/{item_id}", response_model=ItemOut, dependencies=[reader], responses=answers(404, 422))
     async def get_item(item_id: str) -> ItemOut:
         item = service.get_item(valid_id(item_id, "item_id"))
         if item is None:
             raise Problem(404, f"no item {item_id!r}")
         return ItemOut(**item_dict(item))
 
-    @app.delete("/v1/items/{item_id}", status_code=204, dependencies=[admin], responses={404: {"model": ErrorBody}})
+    @app.delete("/v1/items/{item_id}", status_code=204, dependencies=[admin], responses=answers(404, 422))
     def delete_item(item_id: str) -> Response:
         """Remove an item from the catalog: it is no longer recommended. Its events stay in the log."""
         if not service.delete_item(valid_id(item_id, "item_id")):
             raise Problem(404, f"no item {item_id!r}")
         return Response(status_code=204)
 
-    @app.get("/v1/jobs/{job_id}", dependencies=[reader], responses={404: {"model": ErrorBody}})
+    @app.get("/v1/jobs/{job_id}", dependencies=[reader], responses=answers(404, 422))
     async def get_job(job_id: str) -> dict[str, Any]:
         job = service.jobs.get(job_id)
         if job is None:
@@ -296,7 +324,12 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
     # -- recommendations ---------------------------------------------------------------
     K = Annotated[int, Query(ge=1, le=settings.max_k, description="Length of the list.")]
 
-    @app.get("/v1/users/{user_id}/recommendations", response_model=Recommendations, dependencies=[reader])
+    @app.get(
+        "/v1/users/{user_id}/recommendations",
+        response_model=Recommendations,
+        dependencies=[reader],
+        responses=answers(422),
+    )
     async def recommendations(
         user_id: Annotated[str, Path()],
         k: K = 10,
@@ -317,7 +350,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
         "/v1/items/{item_id}/similar",
         response_model=Similar,
         dependencies=[reader],
-        responses={404: {"model": ErrorBody}},
+        responses=answers(404, 422),
     )
     async def similar(
         item_id: str,
@@ -331,7 +364,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
             raise Problem(404, f"no recommendable item {item_id!r}")
         return JSONResponse({"item_id": item_id, "model_version": scoring.version, "items": _ranked(items, False)})
 
-    @app.get("/v1/users/{user_id}/history", response_model=History, dependencies=[reader])
+    @app.get("/v1/users/{user_id}/history", response_model=History, dependencies=[reader], responses=answers(422))
     async def history(user_id: str, n: Annotated[int, Query(ge=1, le=1000)] = 50) -> History:
         """The user's last ``n`` events, newest first."""
         user_id = valid_id(user_id, "user_id")
@@ -350,7 +383,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
         ]
         return History(user_id=user_id, events=events)
 
-    @app.delete("/v1/users/{user_id}", status_code=204, dependencies=[admin])
+    @app.delete("/v1/users/{user_id}", status_code=204, dependencies=[admin], responses=answers(422))
     def delete_user(user_id: str) -> Response:
         """Forget a user: their events, history and the learner's state of them."""
         service.delete_user(valid_id(user_id, "user_id"))
@@ -371,7 +404,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
     async def live() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/health/ready", responses={503: {"model": ErrorBody}})
+    @app.get("/health/ready", responses=answers(503))
     async def ready() -> JSONResponse:
         """200 while the store answers (the catalog is loaded before the server listens),
         with or without a learned model: until the first arrives, requests are answered by

@@ -15,14 +15,18 @@ class Accepted(BaseModel):
 
 
 class RecordError(BaseModel):
-    index: int = Field(description="Position of the record in the request's list (0 for a single object).")
-    field: str
+    index: int = Field(
+        description="Position of the record in the request's list (0 for a single object or a parameter)."
+    )
+    field: str = Field(description="Where: a field of the record, or `query.k`, `path.user_id`, ...")
     message: str
 
 
 class ErrorBody(BaseModel):
-    detail: str
-    errors: list[RecordError] = []
+    """Every error the service answers, whatever its status."""
+
+    detail: str = Field(description="What was wrong, in a sentence.")
+    errors: list[RecordError] = Field(default=[], description="One entry per bad field, where there are fields.")
 
 
 class BecauseOut(BaseModel):
