@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +21,9 @@ from freshrec.storage.base import Store
 app = typer.Typer(help="Import items and events from files.", no_args_is_help=True)
 
 FormatOpt = Annotated[str | None, typer.Option("--format", help="csv, jsonl or parquet; default: from the file name.")]
-StrictOpt = Annotated[bool, typer.Option("--strict", help="Abort on the first bad record; nothing is stored.")]
+StrictOpt = Annotated[
+    bool, typer.Option("--strict", help="Check every record before writing any: one bad record and nothing is stored.")
+]
 EmbedOpt = Annotated[bool, typer.Option("--embed/--no-embed", help="Encode new or changed item texts.")]
 DeriveOpt = Annotated[
     bool,
@@ -44,27 +46,53 @@ class _Stopped(Exception):
     """SIGTERM or Ctrl-C during an import."""
 
 
+_deferred: list[None] = []
+"""Non-empty inside :func:`signals_deferred` (main thread only: signal handlers run there)."""
+_stopped: list[str] = []
+"""The signal that arrived meanwhile."""
+
+
+RERUN = "run it again to import the rest (what is stored adds nothing)"
+
+
 @contextmanager
-def interruptible(what: str, after: str = "rolled back, nothing of it was stored; run it again") -> Iterator[None]:
-    """Stop cleanly on SIGTERM or Ctrl-C: the import's transaction rolls back (nothing of
-    it is stored, so nothing acknowledged is lost), one line says so, and the command
-    exits with status 0 (it did what it was told: stop)."""
+def interruptible(what: str, after: str | Callable[[], str] = f"its last chunk rolled back; {RERUN}") -> Iterator[None]:
+    """Stop cleanly on SIGTERM or Ctrl-C: the transaction in progress rolls back (what
+    was committed before stays, and event ids make a rerun add only the rest), one line
+    says so, and the command exits with status 0 (it did what it was told: stop)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum: int, frame: Any) -> None:
-        raise _Stopped(signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if _deferred:  # inside signals_deferred(): raised when it ends
+            _stopped[:] = [name]
+            return
+        raise _Stopped(name)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     except _Stopped as exc:
-        console.print(f"{what} interrupted by {exc}: {after}")
+        console.print(f"{what} interrupted by {exc}: {after() if callable(after) else after}")
         raise typer.Exit(0) from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """A SIGTERM or Ctrl-C during the block takes effect when it ends (an import's chunk
+    commits, and its count is noted, so what is reported as stored was stored)."""
+    _deferred.append(None)
+    try:
+        yield
+    finally:
+        _deferred.pop()
+        if not _deferred and _stopped:
+            raise _Stopped(_stopped.pop())
 
 
 def embed_interruptibly(state: App, store: Store) -> None:
@@ -92,9 +120,11 @@ def items_cmd(
     """Insert or update catalog items, then encode their text."""
     state = app_of(ctx)
     with state.store() as store:
-        records = read_records(file, _format(fmt))
+        form = _format(fmt)
         with interruptible(f"the import of {file}"):
-            report(import_items(store, records, state.validator(), strict=strict, progress=True))
+            report(
+                import_items(store, lambda: read_records(file, form), state.validator(), strict=strict, progress=True)
+            )
         if embed:
             embed_interruptibly(state, store)
 
@@ -110,11 +140,29 @@ def events_cmd(
     """Append feedback events to the log."""
     state = app_of(ctx)
     with state.store() as store:
-        records = read_records(file, _format(fmt))
-        with interruptible(f"the import of {file}"):
-            report(
-                import_events(store, records, state.validator(), strict=strict, derive_ids=derive_ids, progress=True)
+        form = _format(fmt)
+        stored = [0]
+
+        def so_far() -> str:
+            if not derive_ids:
+                return "rolled back, nothing of it was stored; run it again"
+            return f"{stored[0]:,} events stored; {RERUN}"
+
+        def committed(progress: ImportReport) -> None:
+            stored[0] = progress.stored
+
+        with interruptible(f"the import of {file}", so_far):
+            result = import_events(
+                store,
+                lambda: read_records(file, form),
+                state.validator(),
+                strict=strict,
+                derive_ids=derive_ids,
+                progress=True,
+                committed=committed,
+                chunk=signals_deferred,
             )
+            report(result)
 
 
 @app.command("movielens")
@@ -131,7 +179,7 @@ def movielens_cmd(
         data = load_movielens(folder)
         console.print(f"MovieLens layout: {data.layout}")
         validator = state.validator()
-        with interruptible(f"the import of {folder}"), store.transaction():
+        with interruptible(f"the import of {folder}"):
             report(import_items(store, data.items, validator, strict=strict))
             report(import_events(store, data.events, validator, strict=strict, progress=True))
         if embed:

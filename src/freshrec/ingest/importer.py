@@ -1,17 +1,23 @@
-"""Bulk import of validated records into a store, all or nothing.
+"""Bulk import of validated records into a store.
 
-An import runs in one store transaction: in the default mode bad records are
-skipped and counted (with file and line), and in strict mode the first bad
-record aborts the import and the store is left exactly as it was.
-
+Events are committed every :data:`COMMIT_EVERY` (10,000): an import holds the
+store's write lock only for one chunk at a time, so live ``POST /v1/events``
+requests go on being answered within a second during an import of millions.
 Records without an ``event_id`` get one derived from their content
-(:func:`derive_event_id`), so importing the same file twice stores nothing
-new: files have no natural idempotency key, and re-running an import after a
-failure is the normal way to recover.
+(:func:`derive_event_id`), so an import that stopped half way (a crash, a
+SIGTERM) is finished by running it again: what it stored already adds nothing.
+Without derived ids (``derive_ids=False``) that would store events twice, so
+such an import runs in one transaction. Items are committed in chunks alike (an
+upsert of an unchanged item changes nothing).
+
+In the default mode bad records are skipped and counted (with file and line). In
+strict mode every record is validated before anything is written, so a strict
+import that fails changes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -26,11 +32,16 @@ from freshrec.ingest.validate import InvalidRecord, Validator
 from freshrec.storage.base import Store
 
 MAX_REPORTED_ERRORS = 20
+COMMIT_EVERY = 10_000
+"""Events per transaction of an import."""
 T = TypeVar("T")
+Source = Iterable[Record] | Callable[[], Iterable[Record]]
+"""Records, or a function that reads them afresh (lets a strict import of a file
+validate it all, then read it again to write, without holding it in memory)."""
 
 
 class ImportAborted(RuntimeError):
-    """Strict import stopped at a bad record; nothing was stored."""
+    """A strict import found a bad record before writing anything; nothing was stored."""
 
 
 @dataclass
@@ -99,14 +110,20 @@ def _batches(values: Iterable[T], size: int) -> Iterable[list[T]]:
 
 def import_events(
     store: Store,
-    records: Iterable[Record],
+    records: Source,
     validator: Validator,
     *,
     strict: bool = False,
     derive_ids: bool = True,
-    batch: int = 5_000,
+    batch: int = COMMIT_EVERY,
     progress: bool = False,
+    committed: Callable[[ImportReport], None] = lambda report: None,
+    chunk: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> ImportReport:
+    """Append the valid events of ``records``, committing every ``batch`` of them
+    (see the module's docstring). Each chunk's append and the ``committed(report)``
+    that follows it run inside ``chunk()`` (the command line defers SIGTERM there,
+    so that what it reports as stored is what was committed)."""
     report = ImportReport("events")
     repeats = RepeatFilter(validator.limits.repeat_window_s)
 
@@ -114,29 +131,52 @@ def import_events(
         event = validator.event(data)
         return replace(event, event_id=derive_event_id(event)) if derive_ids and event.event_id is None else event
 
-    with store.transaction(), tqdm(unit="event", desc="importing events", disable=not progress) as bar:
-        for events in _batches(_validated(records, check, report, strict), batch):
+    if strict:
+        records = _checked_first(records, check)
+    read = records() if callable(records) else records
+    # without derived ids a rerun would store twice: then all of it commits, or none
+    whole = contextlib.nullcontext() if derive_ids else store.transaction()
+    with whole, tqdm(unit="event", desc="importing events", disable=not progress) as bar:
+        for events in _batches(_validated(read, check, report, strict), batch):
             events, repeated = repeats.split(events)
-            result = store.append_events(events)
+            with chunk():
+                result = store.append_events(events)  # one transaction per chunk
+                report.stored += result.accepted
+                report.duplicates += result.duplicates + repeated
+                if derive_ids:
+                    committed(report)
             repeats.remember(events)
-            report.stored += result.accepted
-            report.duplicates += result.duplicates + repeated
             bar.update(len(events))
     return report
 
 
+def _checked_first(records: Source, check: Callable[[dict[str, Any]], T]) -> Source:
+    """Validate every record before anything is written (strict mode): raises
+    :class:`ImportAborted` at the first bad one. Returns what to write from: the
+    function, which reads the file again, or the records, kept in memory."""
+    kept = records if callable(records) else list(records)
+    for _ in _validated(kept() if callable(kept) else kept, check, ImportReport("check"), True):
+        pass
+    return kept
+
+
 def import_items(
     store: Store,
-    records: Iterable[Record],
+    records: Source,
     validator: Validator,
     *,
     strict: bool = False,
-    batch: int = 5_000,
+    batch: int = COMMIT_EVERY,
     progress: bool = False,
 ) -> ImportReport:
+    """Insert or update the valid items of ``records``, committing every ``batch``
+    (an upsert of the same item again changes nothing, so a rerun is safe)."""
     report = ImportReport("items")
-    with store.transaction(), tqdm(unit="item", desc="importing items", disable=not progress) as bar:
-        for items in _batches(_validated(records, validator.item, report, strict), batch):
+    if strict:
+        records = _checked_first(records, validator.item)
+    read = records() if callable(records) else records
+    with tqdm(unit="item", desc="importing items", disable=not progress) as bar:
+        for items in _batches(_validated(read, validator.item, report, strict), batch):
             result = store.upsert_items(items)
             report.stored += result.inserted + result.updated
             report.duplicates += result.unchanged

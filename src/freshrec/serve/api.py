@@ -39,6 +39,7 @@ from freshrec.serve.schemas import (
     Similar,
 )
 from freshrec.serve.service import Problem, Service, item_dict
+from freshrec.storage.base import StoreBusy
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -119,7 +120,7 @@ ANSWERS = {
     404: "No such item, job or path.",
     413: "The body is larger than `serve.max_body_mb`, or holds more records than the document's `maxItems`.",
     422: "A field or parameter is invalid; `errors` locates each (nothing was stored).",
-    503: "The store does not answer.",
+    503: "The store does not answer, or its write lock stayed busy (`Retry-After`; nothing was stored).",
 }
 
 
@@ -241,6 +242,12 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
         """Starlette's own answers (404 for an unknown path, 405), in the same error model."""
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(StoreBusy)
+    async def busy(request: Request, exc: StoreBusy) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"{exc}; nothing was stored, retry"}, status_code=503, headers={"Retry-After": "1"}
+        )
+
     @app.exception_handler(Problem)
     async def problem(request: Request, exc: Problem) -> JSONResponse:
         body: dict[str, Any] = {"detail": exc.detail}
@@ -249,7 +256,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
         return JSONResponse(body, status_code=exc.status)
 
     # -- events and items ---------------------------------------------------------
-    errors = answers(400, 413, 422)
+    errors = answers(400, 413, 422, 503)
 
     @app.post(
         "/v1/events",
@@ -307,7 +314,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
             raise Problem(404, f"no item {item_id!r}")
         return ItemOut(**item_dict(item))
 
-    @app.delete("/v1/items/{item_id}", status_code=204, dependencies=[admin], responses=answers(404, 422))
+    @app.delete("/v1/items/{item_id}", status_code=204, dependencies=[admin], responses=answers(404, 422, 503))
     def delete_item(item_id: str) -> Response:
         """Remove an item from the catalog: it is no longer recommended. Its events stay in the log."""
         if not service.delete_item(valid_id(item_id, "item_id")):
@@ -383,7 +390,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
         ]
         return History(user_id=user_id, events=events)
 
-    @app.delete("/v1/users/{user_id}", status_code=204, dependencies=[admin], responses=answers(422))
+    @app.delete("/v1/users/{user_id}", status_code=204, dependencies=[admin], responses=answers(422, 503))
     def delete_user(user_id: str) -> Response:
         """Forget a user: their events, history and the learner's state of them."""
         service.delete_user(valid_id(user_id, "user_id"))

@@ -19,6 +19,12 @@ import numpy.typing as npt
 from freshrec.domain import Event, Item, ItemId, Offset, UserId
 
 
+class StoreBusy(RuntimeError):
+    """The store's write lock was not free within ``storage.busy_timeout_ms`` (another
+    process holds it: an import's chunk, a compaction). Nothing was written; retrying is
+    safe. The HTTP API answers it with 503 and ``Retry-After``."""
+
+
 @dataclass(frozen=True, slots=True)
 class AppendResult:
     accepted: int

@@ -36,7 +36,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from freshrec.domain import Event, EventType, Item, ItemId, Offset, UserId
 from freshrec.settings import StorageSettings
-from freshrec.storage.base import AppendResult, Counts, Erasure, LeaseState, UpsertResult, redact
+from freshrec.storage.base import AppendResult, Counts, Erasure, LeaseState, StoreBusy, UpsertResult, redact
 from freshrec.storage.rows import (
     EVENT_COLUMNS,
     ITEM_COLUMNS,
@@ -152,6 +152,7 @@ class PostgresStore:
             name="freshrec",
         )
         self._local = threading.local()
+        self._lock_timeout_ms = max(int(settings.busy_timeout_ms), 1)
         try:
             self._pool.open(wait=True, timeout=10.0)
         except PoolTimeout as exc:
@@ -225,7 +226,15 @@ class PostgresStore:
             for e in events
         ]
         with self.transaction(), self._conn() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
+            # the append lock has no timeout of its own: without one, a post would wait
+            # for as long as another process's transaction holds it
+            conn.execute(f"SET LOCAL lock_timeout = {self._lock_timeout_ms}")  # type: ignore[arg-type]
+            try:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
+            except psycopg.errors.LockNotAvailable as exc:
+                raise StoreBusy(
+                    f"the append lock was held by another process for more than {self._lock_timeout_ms} ms"
+                ) from exc
             stored: set[str] = set()
             accepted = 0
             if rows:

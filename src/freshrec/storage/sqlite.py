@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from freshrec.domain import Event, EventType, Item, ItemId, Offset, UserId
 from freshrec.settings import StorageSettings
-from freshrec.storage.base import AppendResult, Counts, Erasure, LeaseState, UpsertResult
+from freshrec.storage.base import AppendResult, Counts, Erasure, LeaseState, StoreBusy, UpsertResult
 from freshrec.storage.rows import (
     EVENT_COLUMNS,
     ITEM_COLUMNS,
@@ -162,7 +162,14 @@ class SQLiteStore:
         with self._lock:
             outer = self._depth == 0
             if outer:
-                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if "locked" in str(exc) or "busy" in str(exc):
+                        raise StoreBusy(
+                            f"the database is locked by another process for more than {self._busy_timeout_ms} ms"
+                        ) from exc
+                    raise
                 self._writer = threading.get_ident()
             self._depth += 1
             try:
