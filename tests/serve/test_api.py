@@ -321,3 +321,24 @@ def test_a_tampered_snapshot_runs_no_code_and_is_not_served(server: Server, tmp_
         metrics = c.get("/metrics").text
     assert 'freshrec_models_rejected_total{source="bus"} 1.0' in metrics
     assert 'freshrec_models_rejected_total{source="store"} 1.0' in metrics
+
+
+def test_a_post_behind_another_process_write_lock_gets_503_with_retry_after(server: Server) -> None:
+    import sqlite3
+
+    other = sqlite3.connect(server.store.path, isolation_level=None)  # another process's import chunk
+    server.store._conn.execute("PRAGMA busy_timeout = 200")  # this server's wait, made short for the test
+    event = {"event_id": "behind-lock", "user_id": "busy-user", "item_id": "i000001", "type": "click"}
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with server.client() as c:
+            started = time.monotonic()
+            r = c.post("/v1/events", json=event)
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+            assert "nothing was stored" in r.json()["detail"] and time.monotonic() - started < 5
+            other.execute("ROLLBACK")
+            assert c.post("/v1/events", json=event).status_code == 202  # the retry is stored
+            assert [e["event_id"] for e in c.get("/v1/users/busy-user/history").json()["events"]] == ["behind-lock"]
+    finally:
+        server.store._conn.execute(f"PRAGMA busy_timeout = {server.settings.storage.busy_timeout_ms}")
+        other.close()
