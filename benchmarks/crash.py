@@ -7,16 +7,24 @@ streams batches of 10 events with unique ``event_id`` over HTTP from a client
 thread, kills the whole process group with SIGKILL at a random moment (0.5 -
 3 s in), restarts the server and checks:
 
-* every event acknowledged with a 2xx is stored, exactly once (losses must be 0);
+* every event acknowledged with a 2xx is stored (losses must be 0);
+* nothing is stored twice, found as a client would: once the server is back, the
+  client posts every batch again, acknowledged or not, with the same ``event_id``s.
+  Each re-posted event that was already stored must be answered as a duplicate
+  (``accepted`` counts the others: an acknowledged event accepted again was stored
+  twice), and afterwards every event the client sent is stored;
 * the learner resumed from its current checkpoint version (the first model
   version served is ``<that version>.<updates>``, not a new warm start) and
   caught up with the log.
 
-It reports, per run and in total, the acknowledged events, losses, duplicates
-and the recovery time (restart until ready; until the learner has caught up).
-The store uses the hashing text encoder and a small synthetic catalog: what is
-measured is the storage and restart path, not the model. Exit status 1 if any
-acknowledged event was lost or stored twice, or the learner did not resume.
+It reports, per run and in total, the acknowledged events, losses, events stored
+twice, events stored without their acknowledgement reaching the client (the kill came
+between the commit and the reply: the retry reports them as duplicates), and the
+recovery time (restart until ready; until the learner has caught up). The store uses
+the hashing text encoder and a small synthetic catalog: what is measured is the
+storage and restart path, not the model. Exit status 1 if any acknowledged event was
+lost or stored twice, an event was still missing after the retry, or the learner did
+not resume.
 """
 
 from __future__ import annotations
@@ -103,6 +111,8 @@ class Stream(threading.Thread):
         super().__init__(daemon=True)
         self.url, self.run_id, self.rng = url, run, rng
         self.acked: list[str] = []
+        self.batches: list[list[dict[str, str]]] = []
+        """Every batch posted (acknowledged or not): what a client would retry."""
         self.sent = 0
 
     def run(self) -> None:
@@ -119,6 +129,7 @@ class Stream(threading.Thread):
                     for k in range(10)
                 ]
                 n += 10
+                self.batches.append(batch)
                 try:
                     r = c.post("/v1/events", json=batch)
                 except httpx.TransportError:
@@ -126,6 +137,33 @@ class Stream(threading.Thread):
                 self.sent += 10
                 if 200 <= r.status_code < 300:
                     self.acked += [e["event_id"] for e in batch]
+
+
+def stored_ids(data: Path, run: int) -> set[str]:
+    with sqlite3.connect(f"file:{data / 'freshrec.db'}?mode=ro", uri=True) as conn:
+        rows = conn.execute("SELECT event_id FROM events WHERE event_id LIKE ?", (f"crash-{run}-%",)).fetchall()
+    return {r[0] for r in rows}
+
+
+def retry(url: str, batches: list[list[dict[str, str]]], stored: set[str], acked: set[str]) -> tuple[int, int]:
+    """Post every event again, as a client retrying after the outage would, with the
+    same ids. Returns (acknowledged events accepted again: stored twice, events stored
+    without an acknowledgement: answered as duplicates). Events already stored are
+    posted in batches of their own, so that the answer's ``accepted`` counts only them."""
+    events = [e for batch in batches for e in batch]
+    there = [e for e in events if e["event_id"] in stored]
+    rest = [e for e in events if e["event_id"] not in stored]
+    twice = unacknowledged = 0
+    with httpx.Client(base_url=url, headers={"X-API-Key": KEY}, timeout=30.0) as c:
+        for start in range(0, len(there), 500):
+            chunk = there[start : start + 500]
+            r = c.post("/v1/events", json=chunk)
+            r.raise_for_status()
+            twice += r.json()["accepted"]
+            unacknowledged += sum(e["event_id"] not in acked for e in chunk)
+        for start in range(0, len(rest), 500):
+            c.post("/v1/events", json=rest[start : start + 500]).raise_for_status()
+    return twice, unacknowledged
 
 
 def one_run(data: Path, run: int, rng: random.Random, port: int) -> dict[str, Any]:
@@ -150,22 +188,21 @@ def one_run(data: Path, run: int, rng: random.Random, port: int) -> dict[str, An
                 raise RuntimeError("the learner did not catch up within two minutes")
             time.sleep(0.05)
         caught_up_s = time.monotonic() - restarted
+        stored = stored_ids(data, run)
+        acked = set(stream.acked)
+        twice, unacknowledged = retry(server.url, stream.batches, stored, acked)
+        missing = {e["event_id"] for batch in stream.batches for e in batch} - stored_ids(data, run)
     finally:
         server.stop()
-
-    with sqlite3.connect(data / "freshrec.db") as conn:
-        rows = conn.execute(
-            "SELECT event_id, COUNT(*) FROM events WHERE event_id LIKE ? GROUP BY event_id", (f"crash-{run}-%",)
-        ).fetchall()
-    stored = {r[0]: r[1] for r in rows}
-    acked = set(stream.acked)
     return {
         "run": run,
         "sent": stream.sent,
         "acknowledged": len(acked),
         "stored": len(stored),
-        "lost": len(acked - set(stored)),
-        "duplicates": sum(1 for n in stored.values() if n > 1),
+        "lost": len(acked - stored),
+        "stored_twice": twice,
+        "stored_unacknowledged": unacknowledged,
+        "missing_after_retry": len(missing),
         "resumed_from": current,
         "first_version": first_version,
         "resumed": str(first_version).split(".")[0] == str(current),
@@ -194,7 +231,9 @@ def main() -> int:
         "runs": len(runs),
         "acknowledged": sum(r["acknowledged"] for r in runs),
         "lost": sum(r["lost"] for r in runs),
-        "duplicates": sum(r["duplicates"] for r in runs),
+        "stored_twice": sum(r["stored_twice"] for r in runs),
+        "stored_unacknowledged": sum(r["stored_unacknowledged"] for r in runs),
+        "missing_after_retry": sum(r["missing_after_retry"] for r in runs),
         "not_resumed": sum(not r["resumed"] for r in runs),
         "ready_s_median": ready[len(ready) // 2],
         "ready_s_max": ready[-1],
@@ -204,7 +243,8 @@ def main() -> int:
     print("summary:", json.dumps(summary), flush=True)
     if args.out:
         args.out.write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
-    return 1 if summary["lost"] or summary["duplicates"] or summary["not_resumed"] else 0
+    failed = summary["lost"] or summary["stored_twice"] or summary["missing_after_retry"] or summary["not_resumed"]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
