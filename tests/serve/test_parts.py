@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 from pydantic import SecretStr
@@ -36,6 +39,52 @@ def test_popularity_decays_with_a_half_life() -> None:
     assert top["new"] / top["old"] == pytest.approx(2.0) and "x" not in top
     pop.forget("new")
     assert [i for i, _ in pop.top()] == ["old"]
+
+
+def test_popularity_weighs_events_of_the_same_moment_alike_while_another_add_rescales() -> None:
+    now = [0.0]
+    pop = Popularity(half_life_s=1.0, clock=lambda: now[0])
+    now[0] = 30.0  # weights of 2**30: each add rescales the counts and moves the origin
+    other_done = threading.Event()
+
+    def other() -> None:
+        pop.add([click("b", "b-item")])
+        other_done.set()
+
+    class Interleaved:
+        """The real lock; the first time this thread asks for it, another add runs first."""
+
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+
+        def __enter__(self) -> None:
+            if threading.current_thread() is threading.main_thread() and not other_done.is_set():
+                threading.Thread(target=other).start()
+                other_done.wait(5)
+            self.lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+
+    pop._lock = Interleaved()  # type: ignore[assignment]
+    pop.add([click("a", "a-item")])
+    top = dict(pop.top())
+    assert top["a-item"] == pytest.approx(top["b-item"])
+
+
+def test_a_seeded_popularity_decays_what_the_store_counted_by_arrival_time() -> None:
+    from freshrec.storage import SQLiteStore
+    from tests.conftest import make_item
+
+    store = SQLiteStore(":memory:")
+    store.upsert_items([make_item("old"), make_item("new")])
+    store.append_events([click(f"u{n}", "old") for n in range(5)])
+    time.sleep(0.6)
+    store.append_events([click("u", "new")])
+    pop = Popularity(half_life_s=0.1)
+    pop.seed(store)
+    assert [item for item, _ in pop.top()] == ["new", "old"]  # all-time counts would put "old" first
+    store.close()
 
 
 def test_hit_rate_counts_positive_feedback_on_served_items() -> None:

@@ -6,6 +6,7 @@ A new backend is added by extending the ``store`` fixture's parameters.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -197,7 +198,17 @@ def test_popular_items_counts_catalog_items_only(store: Store) -> None:
     )
     assert store.popular_items(10) == [("b", 2), ("a", 1)]
     assert store.popular_items(1) == [("b", 2)]
-    assert store.popular_items(10, since=T0 + 1) == []
+
+
+def test_popular_items_decay_by_arrival_time(store: Store) -> None:
+    store.upsert_items([make_item("old"), make_item("new")])
+    store.append_events([make_event(item="old", t=T0 + n) for n in range(4)])
+    time.sleep(0.6)
+    store.append_events([make_event(item="new", t=T0 - 100)])  # arrived last, whatever its event time
+    assert [item for item, _ in store.popular_items(10)] == ["old", "new"]
+    decayed = dict(store.popular_items(10, half_life_s=0.1))
+    assert decayed["old"] < 4 * 0.5**5 and 0.5 < decayed["new"] <= 1.0
+    assert max(decayed, key=decayed.__getitem__) == "new"
 
 
 def test_transaction_rolls_back_everything(store: Store) -> None:

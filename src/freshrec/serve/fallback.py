@@ -32,6 +32,7 @@ class Popularity:
     def __init__(self, half_life_s: float = 86_400.0, clock: Callable[[], float] = time.time, size: int = 500):
         if half_life_s <= 0:
             raise ValueError(f"half_life_s must be positive, got {half_life_s}")
+        self.half_life_s = half_life_s
         self.rate = math.log(2) / half_life_s
         self.clock = clock
         self.size = size
@@ -42,17 +43,21 @@ class Popularity:
         self._lock = threading.Lock()
 
     def seed(self, store: Store) -> None:
-        """Start from the store's all-time counts (one query, at start-up)."""
+        """Start from the store's counts, decayed with the same half-life by when each
+        event was stored (one query, at start-up): a restart does not bring back what
+        was popular a month ago."""
+        decayed = store.popular_items(self.size * 4, self.half_life_s)
         with self._lock:
-            for item_id, count in store.popular_items(self.size * 4):
-                self.counts[item_id] = self.counts.get(item_id, 0.0) + float(count)
+            scale = math.exp(self.rate * (self.clock() - self.origin))  # now, in this object's units
+            for item_id, count in decayed:
+                self.counts[item_id] = self.counts.get(item_id, 0.0) + count * scale
             self._top_at = -math.inf
 
     def add(self, events: Iterable[Event]) -> None:
         # Growing weights instead of decaying counts: one multiplication per event
         # rather than one per item per tick; rescaled now and then to stay finite.
-        weight = math.exp(self.rate * (self.clock() - self.origin))
-        with self._lock:
+        with self._lock:  # the weight too: a concurrent rescale moves the origin
+            weight = math.exp(self.rate * (self.clock() - self.origin))
             for e in events:
                 if e.type not in NOT_POPULARITY:
                     self.counts[e.item_id] = self.counts.get(e.item_id, 0.0) + weight

@@ -21,6 +21,7 @@ database's locale.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -321,15 +322,17 @@ class PostgresStore:
             for table in ("events", "items", "embeddings", "published", "erasures"):
                 conn.execute(f"VACUUM FULL {table}")  # type: ignore[call-overload]
 
-    def popular_items(self, limit: int, since: float | None = None) -> list[tuple[ItemId, int]]:
+    def popular_items(self, limit: int, half_life_s: float | None = None) -> list[tuple[ItemId, float]]:
+        rate = math.log(2) / half_life_s if half_life_s else 0.0
         with self._conn() as conn:
             rows = conn.execute(
-                "SELECT e.item_id, COUNT(*) AS n FROM events e JOIN items i ON i.item_id = e.item_id"
-                " WHERE (%s::float8 IS NULL OR e.ts >= %s::float8) AND e.type NOT IN (%s, %s)"
+                "SELECT e.item_id, SUM(exp(GREATEST(%s * (e.ingested_at - %s), -700))) AS n"
+                " FROM events e JOIN items i ON i.item_id = e.item_id"
+                " WHERE e.type NOT IN (%s, %s)"
                 " GROUP BY e.item_id ORDER BY n DESC, e.item_id LIMIT %s",
-                (since, since, EventType.IMPRESSION.value, EventType.DISLIKE.value, limit),
+                (rate, time.time(), EventType.IMPRESSION.value, EventType.DISLIKE.value, limit),
             ).fetchall()
-        return [(r[0], int(r[1])) for r in rows]
+        return [(r[0], float(r[1])) for r in rows]
 
     # -- the catalog -------------------------------------------------------
     def upsert_items(self, items: Sequence[Item]) -> UpsertResult:

@@ -19,6 +19,7 @@ file instead of leaving the bytes on free pages.
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 import threading
 import time
@@ -325,20 +326,18 @@ class SQLiteStore:
             self._conn.execute("VACUUM")
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def popular_items(self, limit: int, since: float | None = None) -> list[tuple[ItemId, int]]:
+    def popular_items(self, limit: int, half_life_s: float | None = None) -> list[tuple[ItemId, float]]:
+        rate = math.log(2) / half_life_s if half_life_s else 0.0
         with self._reading() as conn:
+            conn.create_function("exp", 1, math.exp, deterministic=True)  # not every build has it
             rows = conn.execute(
-                "SELECT e.item_id, COUNT(*) AS n FROM events e JOIN items i ON i.item_id = e.item_id"
-                " WHERE e.ts >= ? AND e.type NOT IN (?, ?)"
+                "SELECT e.item_id, SUM(exp(? * (e.ingested_at - ?))) AS n"
+                " FROM events e JOIN items i ON i.item_id = e.item_id"
+                " WHERE e.type NOT IN (?, ?)"
                 " GROUP BY e.item_id ORDER BY n DESC, e.item_id LIMIT ?",
-                (
-                    since if since is not None else float("-inf"),
-                    EventType.IMPRESSION.value,
-                    EventType.DISLIKE.value,
-                    limit,
-                ),
+                (rate, time.time(), EventType.IMPRESSION.value, EventType.DISLIKE.value, limit),
             ).fetchall()
-        return [(r[0], r[1]) for r in rows]
+        return [(r[0], float(r[1])) for r in rows]
 
     # -- the catalog -------------------------------------------------------
     def upsert_items(self, items: Sequence[Item]) -> UpsertResult:
