@@ -86,18 +86,30 @@ def test_non_finite_batches_are_skipped_and_counted(log: EventLog) -> None:
         assert torch.equal(value, state[name]), name
 
 
-def test_a_loss_spike_restores_the_last_good_state(log: EventLog) -> None:
+def test_a_loss_spike_restores_the_last_good_state_and_learns_the_batches_since_again(log: EventLog) -> None:
     seqs = Sequences(log)
     m = model(log, spike_factor=1.5, epochs=4, batch_size=32, patience=4)
     m.fit(seqs.batch(np.arange(400), 6))
-    assert m.trainer.health.steps >= 20
-    good = m.trainer._good
+    trainer = m.trainer
+    assert trainer.health.steps >= 20
+    start = 0
+    while trainer.health.steps % 50 != 1:  # online steps (no dropout: replays are exact) up to a good state
+        trainer.step(seqs.batch(np.arange(start, start + 16) % 400, 6), dropout=False)
+        start += 16
+    good = trainer._good
     assert good is not None
+    for _ in range(5):  # five micro-batches learned after it
+        assert trainer.step(seqs.batch(np.arange(start, start + 16) % 400, 6), dropout=False) is not None
+        start += 16
+    learned = {k: v.clone() for k, v in m.net.state_dict().items()}
     with torch.no_grad():  # wreck the model: every target now scores lowest
         m.net.item_bias.weight.fill_(-50.0)
-    assert m.trainer.step(seqs.batch(np.arange(400, 464), 6)) is None
-    assert m.trainer.health.reverted_spikes == 1
-    assert torch.equal(m.net.item_bias.weight, good["net"]["item_bias.weight"])
+    assert trainer.step(seqs.batch(np.arange(400, 464), 6)) is None
+    assert trainer.health.reverted_spikes == 1
+    # not the good state of five batches ago: those five were learned again, the spike was not
+    assert not torch.equal(m.net.item_bias.weight, good["net"]["item_bias.weight"])
+    for name, value in m.net.state_dict().items():
+        torch.testing.assert_close(value, learned[name], msg=name)
 
 
 def test_an_item_first_seen_online_starts_near_its_first_user(log: EventLog) -> None:

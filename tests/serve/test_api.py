@@ -291,9 +291,10 @@ def test_a_repeated_click_is_a_duplicate_and_quarantine_is_reported(server: Serv
         assert c.post("/v1/events", json=click).json() == {"accepted": 0, "duplicates": 1}  # within 2 s
         assert c.post("/v1/events", json={**click, "type": "purchase"}).json() == {"accepted": 1, "duplicates": 0}
         status = c.get("/v1/status").json()
-        assert {"quarantined_users", "quarantined_events"} <= set(status)
+        assert {"quarantined_users", "quarantined_events", "reverted_spikes", "skipped_batches"} <= set(status)
         metrics = c.get("/metrics").text
         assert "freshrec_quarantined_users" in metrics and "freshrec_quarantined_events" in metrics
+        assert "freshrec_reverted_spikes_total" in metrics and "freshrec_skipped_batches_total" in metrics
         first = {"event_id": "counted-1", "user_id": "retrier", "item_id": "i000003", "type": "view"}
         assert c.post("/v1/events", json=first).json() == {"accepted": 1, "duplicates": 0}
         counted = ingested(c, "view")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,3 +179,23 @@ def test_requests_ready_together_share_one_model_pass() -> None:
 
     asyncio.run(main())
     assert calls == [3, 1]
+
+
+def test_the_learners_safeguard_counts_become_prometheus_counters(tmp_path: Path) -> None:
+    from freshrec.serve.service import Service
+    from freshrec.storage import SQLiteStore
+    from tests.serve.conftest import make_settings
+
+    store = SQLiteStore(tmp_path / "s.db")
+    service = Service(store, make_settings(tmp_path))
+
+    def exported() -> float:
+        return service.metrics.registry.get_sample_value("freshrec_reverted_spikes_total") or 0.0
+
+    for reported, expected in ((2, 2.0), (3, 3.0), (1, 3.0), (4, 4.0)):  # 1: a learner restarted from older counts
+        service.hygiene = {**service.hygiene, "reverted_spikes": reported}
+        service.tick()
+        assert exported() == expected
+    assert service.status()["reverted_spikes"] == 4
+    service.close()
+    store.close()

@@ -208,7 +208,7 @@ def run_learner(
 
     def updated(snapshot: Snapshot) -> None:
         sender.snapshot(snapshot)
-        figures = learner.quarantine.figures()
+        figures = learner.figures()
         if figures != reported:
             reported.update(figures)
             sender.message("hygiene", figures)

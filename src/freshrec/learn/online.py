@@ -418,6 +418,17 @@ class Learner:
         self.checkpoint_version, self.updates = version.version, 0
         return version
 
+    def figures(self) -> dict[str, int]:
+        """What the server shows of the learner's stream hygiene and safeguards: users in
+        quarantine and their events, micro-batches reverted as loss spikes or skipped as
+        not finite (counted since the first warm start: checkpoints keep them)."""
+        health = self.model.trainer.health if self.model is not None else None
+        return {
+            **self.quarantine.figures(),
+            "reverted_spikes": health.reverted_spikes if health else 0,
+            "skipped_batches": health.skipped_non_finite if health else 0,
+        }
+
     def snapshot(self) -> Snapshot:
         """The current parameters, for serving."""
         assert self.model is not None

@@ -9,7 +9,8 @@ score down. Weights come from :mod:`freshrec.ingest.feedback`.
 
 Safeguards: a batch whose loss or gradients are not finite is skipped and
 counted; a loss far above its running mean (a spike, e.g. from a burst of
-junk events) restores the last good state; the gradient norm is clipped.
+junk events) restores the last good state and learns again the batches learned
+since (all but the spiking one, which is dropped); the gradient norm is clipped.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class Trainer:
         self.schedules = [build_schedule(o, settings.schedule, settings.warmup_steps) for o in self.optimizers]
         self.health = Health()
         self._good: dict[str, Any] | None = None
+        self._since_good: list[tuple[Interactions, bool, bool]] = []
+        """The batches learned since ``_good`` was taken (with their ``every_position`` and
+        ``dropout``): learned again after a restore, so that only the spike is undone."""
 
     # -- examples ----------------------------------------------------------
     def weights(self, batch: Interactions) -> np.ndarray:
@@ -143,6 +147,19 @@ class Trainer:
         online updates."""
         if not len(batch):
             return None
+        value = self._gradients(batch, every_position, dropout)
+        if value is None:
+            return None
+        if self._spike(value):
+            return None
+        self.advance(value)
+        if self._good is not None:
+            self._since_good.append((batch, every_position, dropout))
+        return value
+
+    def _gradients(self, batch: Interactions, every_position: bool, dropout: bool) -> float | None:
+        """Compute and clip the batch's gradients into the parameters; returns the loss, or
+        ``None`` (counted, gradients cleared) if it or the gradients are not finite."""
         self.net.train(dropout)
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
@@ -158,29 +175,38 @@ class Trainer:
             for o in self.optimizers:
                 o.zero_grad(set_to_none=True)
             return None
-        if self._spike(value):
-            return None
-        self.advance(value)
         return value
 
-    def advance(self, loss: float) -> None:
+    def advance(self, loss: float, count: bool = True) -> None:
         """Apply the gradients the parameters hold: every optimizer and schedule steps."""
         for o, s in zip(self.optimizers, self.schedules, strict=True):
             o.step()
             s.step()
-        self.health.steps += 1
-        self.health.last_loss = loss
+        if count:
+            self.health.steps += 1
+            self.health.last_loss = loss
 
     def _spike(self, value: float) -> bool:
         h = self.health
         if h.steps >= 20 and value > self.settings.spike_factor * h.mean_loss and self._good is not None:
             self.restore(self._good)
             h.reverted_spikes += 1
+            for batch, every_position, dropout in self._since_good:  # all but the spike: learned again
+                again = self._gradients(batch, every_position, dropout)
+                if again is not None:
+                    self.advance(again, count=False)  # the steps were counted the first time
             return True
         h.mean_loss = value if np.isnan(h.mean_loss) else 0.95 * h.mean_loss + 0.05 * value
         if h.steps % 50 == 0:
             self._good = self.snapshot()
+            self._since_good = []
         return False
+
+    def _no_restore(self) -> None:
+        """The good state can no longer be restored (the network changed shape, a row was
+        erased): until the next one is taken, within 50 steps, a spike is not caught."""
+        self._good = None
+        self._since_good = []
 
     @torch.no_grad()
     def forget_rows(self, rows: Tensor) -> None:
@@ -195,7 +221,7 @@ class Trainer:
         if table is not None and row < table.num_embeddings:
             table.weight[row] = 0
             self._reset_state(table.weight, torch.tensor([row]))
-        self._good = None  # it still holds the row
+        self._no_restore()  # the good state still holds the row, and so do the batches since
 
     def _reset_state(self, table: Tensor, rows: Tensor) -> None:
         for optimizer in self.optimizers:
@@ -210,7 +236,7 @@ class Trainer:
         self.net.grow(text)
         for table in (self.net.item_id.weight, self.net.item_bias.weight):
             self._grow_state(table, before)
-        self._good = None  # a smaller network's state can no longer be restored
+        self._no_restore()  # a smaller network's state
 
     @torch.no_grad()
     def grow_users(self, n_users: int) -> None:
@@ -218,7 +244,7 @@ class Trainer:
         before = self.net.grow_users(n_users)
         if self.net.user_id is not None and self.net.user_id.num_embeddings > before:
             self._grow_state(self.net.user_id.weight, before)
-            self._good = None
+            self._no_restore()
 
     def _grow_state(self, table: Tensor, before: int) -> None:
         for optimizer in self.optimizers:

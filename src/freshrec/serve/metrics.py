@@ -64,6 +64,17 @@ class Metrics:
         self.quarantined_events = Gauge(
             "freshrec_quarantined_events", "Events the learner did not train on (quarantined users)", registry=r
         )
+        self.reverted_spikes = Counter(
+            "freshrec_reverted_spikes",
+            "Learner micro-batches whose loss spiked: the model went back to its last good state "
+            "and learned the batches since again, without the spiking one",
+            registry=r,
+        )
+        self.skipped_batches = Counter(
+            "freshrec_skipped_batches",
+            "Learner micro-batches skipped because their loss or gradients were not finite",
+            registry=r,
+        )
         self.erasures_pending = Gauge(
             "freshrec_erasures_pending",
             "Deleted users whose erasure from the learner's model and checkpoints is not yet done",

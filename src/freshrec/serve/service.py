@@ -69,7 +69,14 @@ class Service:
         self.validator = Validator(settings.ingest, clock)
         self.repeats = RepeatFilter(settings.ingest.repeat_window_s)
         self._ingest_lock = threading.Lock()
-        self.hygiene: dict[str, int] = {"quarantined_users": 0, "quarantined_events": 0}
+        self.hygiene: dict[str, int] = {
+            "quarantined_users": 0,
+            "quarantined_events": 0,
+            "reverted_spikes": 0,
+            "skipped_batches": 0,
+        }
+        """The learner's figures (:meth:`~freshrec.learn.online.Learner.figures`)."""
+        self._counted = {"reverted_spikes": 0, "skipped_batches": 0}
         """The learner's quarantine figures, as it last reported them."""
         self.encoder_key = encoder_key(settings.encoder)
         self.catalog = Catalog()
@@ -340,8 +347,16 @@ class Service:
             self.metrics.hit_rate.set(hit_rate)
         self.metrics.erasures_pending.set(self.erasures_pending)
         hygiene = self.hygiene
-        self.metrics.quarantined_users.set(hygiene["quarantined_users"])
-        self.metrics.quarantined_events.set(hygiene["quarantined_events"])
+        self.metrics.quarantined_users.set(hygiene.get("quarantined_users", 0))
+        self.metrics.quarantined_events.set(hygiene.get("quarantined_events", 0))
+        for name, counter in (
+            ("reverted_spikes", self.metrics.reverted_spikes),
+            ("skipped_batches", self.metrics.skipped_batches),
+        ):
+            now_at = int(hygiene.get(name, 0))
+            if now_at > self._counted[name]:  # the learner's running count: a counter goes by the difference
+                counter.inc(now_at - self._counted[name])
+            self._counted[name] = max(self._counted[name], now_at)
         gauges: dict[str, Any] = {
             "lag_events": lag,
             "lag_seconds": round(lag_s, 3),
