@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -339,3 +341,40 @@ def test_the_warm_start_publishes_as_it_goes(world: tuple[SQLiteStore, list, Pat
     # one publish per warm-start step (the interval is tiny here) and the final one
     assert len(published) > 2
     assert not all(torch.equal(published[0].state["query"], s.state["query"]) for s in published[1:])
+
+
+def test_private_accounting_counts_the_examples_a_crash_replay_uses_twice(
+    world: tuple[SQLiteStore, list, Path],  # type: ignore[type-arg]
+) -> None:
+    from freshrec.settings import PrivacySettings
+
+    store, later, tmp = world
+    learn = SETTINGS.learn.model_copy(update={"privacy": PrivacySettings(enabled=True), "max_wait_ms": 20})
+    settings = SETTINGS.model_copy(update={"learn": learn})
+    checkpoints = Checkpoints(tmp / "checkpoints")
+    Learner(store, settings, checkpoints).train()
+    validator = Validator(IngestSettings())
+
+    def run_once(events: list[Record], stop_cleanly: bool) -> dict[str, Any]:
+        learner = Learner(store, settings, checkpoints)
+        learner.resume()
+        import_events(store, events, validator)
+        if stop_cleanly:
+            stop = threading.Event()
+            stop.set()
+            learner.follow(stop)  # stops at once: the stopping checkpoint
+        else:
+            learner.catch_up(checkpoint_every=10**9)  # learned and served, never checkpointed: then a crash
+        assert learner.model is not None and learner.model.private is not None
+        return learner.model.private.report(SETTINGS.model.history_length)
+
+    clean = run_once(later[:50], stop_cleanly=True)
+    assert clean["uses"] == 1
+    assert run_once(later[50:100], stop_cleanly=True)["uses"] == 1  # resumed from a clean stop: nothing twice
+    crashed = run_once(later[100:150], stop_cleanly=False)  # catch_up's last flush is not a stop
+    after = Learner(store, settings, checkpoints)
+    after.resume()
+    assert after.model is not None and after.model.private is not None
+    report = after.model.private.report(SETTINGS.model.history_length)
+    assert crashed["uses"] == 1 and report["uses"] == 2
+    assert report["epsilon_example"] > clean["epsilon_example"] * 1.2  # two uses compose

@@ -71,6 +71,16 @@ class Polling:
         pass
 
 
+STOPPED = "stop"
+"""The note of the checkpoint a learner writes when it stops cleanly."""
+WARM_START = "warm start"
+LEARNING = "learning online"
+"""With privacy on, written before the first online step after a clean checkpoint."""
+CLEAN = (STOPPED, WARM_START)
+"""Checkpoints after which nothing was learned, unless a later one says otherwise: a
+resume from one replays nothing (see :mod:`freshrec.learn.privacy`)."""
+
+
 class OtherStore(RuntimeError):
     """The current checkpoint was written against another store."""
 
@@ -285,7 +295,7 @@ class Learner:
 
         self.model.fit(batch, on_step=step)
         self.state.learned = len(batch)
-        version = self._checkpoint("warm start")
+        version = self._checkpoint(WARM_START)
         self._publish()
         return version
 
@@ -309,6 +319,10 @@ class Learner:
         text = self._catalog(state["item_ids"])
         self.model = self._new_model(text)
         self.model.load_state(state["model"])
+        if self.model.private is not None and version.note not in CLEAN:
+            # the last run did not stop cleanly: the events after this checkpoint may have
+            # been learned already (and their effect served), and are learned again
+            self.model.private.uses += 1
         self._clear_users(state.get("user_ids", []))
         self.quarantine.load(state.get("quarantine", {}))
         self.state = Progress(offset=version.offset, learned=version.events_learned)
@@ -361,13 +375,18 @@ class Learner:
             else:
                 waiting_since = None
             feed.wait(stop, timeout)
-        self._flush()
+        self._flush(stopping=True)
         return learned
 
     def _ready(self, checkpoint_every: int | None) -> None:
         if self.model is None:
             self.resume()
         self.checkpoint_every = checkpoint_every or self.settings.learn.checkpoint_every
+        if self.model is not None and self.model.private is not None:
+            current = self.checkpoints.current()
+            if current is not None and current.note in CLEAN:
+                with self._lock:  # from now on, a crash may leave learned events behind the checkpoint
+                    self._checkpoint(LEARNING)
 
     def _learn(self, events: list[Event]) -> int:
         """One micro-batch: learn it, advance the offset, checkpoint when due."""
@@ -398,10 +417,14 @@ class Learner:
         self._publish()  # serving reads the learned offset from snapshots, so also when nothing was learned
         return learned
 
-    def _flush(self) -> None:
+    def _flush(self, stopping: bool = False) -> None:
+        """Checkpoint what is not yet saved. ``stopping``: the learner stops cleanly, which
+        the checkpoint says (note ``stop``), so that a resume from it knows nothing was
+        learned after it; with privacy on, it is written even with nothing unsaved."""
         with self._lock:
-            if self._unsaved:
-                self._checkpoint("online")
+            private = self.model is not None and self.model.private is not None
+            if self._unsaved or (stopping and private):
+                self._checkpoint(STOPPED if stopping else "online")
 
     def _checkpoint(self, note: str) -> Version:
         assert self.model is not None

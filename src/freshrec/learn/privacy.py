@@ -15,11 +15,15 @@ With ``[learn.privacy] enabled``, each online micro-batch is one step of DP-SGD
 What is protected, and how much (Opacus's RDP accountant computes the figures):
 
 * **An example**: one event as the target of its user's preceding history. The
-  online learner uses each example in exactly one step (the replay buffer is
-  off in this mode), so its guarantee is that of one Gaussian mechanism with
-  noise multiplier sigma, whatever the number of steps: epsilon 4.7 at
-  sigma 1 and delta 1e-5. Steps use disjoint examples; privacy losses do not add up
-  across them.
+  online learner uses each example in one step (the replay buffer is off in this
+  mode), so its guarantee is that of one Gaussian mechanism with noise multiplier
+  sigma, whatever the number of steps: epsilon 4.7 at sigma 1 and delta 1e-5.
+  Steps use disjoint examples; privacy losses do not add up across them. A crash
+  breaks that: the next run resumes from the last checkpoint and learns the events
+  after it again, though the dead run may have learned them and served the result.
+  So the accountant composes ``uses`` mechanisms, ``uses`` being 1 plus the number
+  of resumes from a checkpoint that was not written at a clean stop (kept in the
+  checkpoints), an upper bound on how often any example was used.
 * **An event** also appears in the histories of its user's next
   ``history_length`` (L) examples. Adding or removing it changes its own
   example (at most C) and each of those (at most 2C), so its bound is the
@@ -60,14 +64,15 @@ ALPHAS = [1 + x / 100.0 for x in range(1, 10)] + [1 + x / 10.0 for x in range(1,
 per-event bound, orders closer to 1."""
 
 
-def epsilon(settings: PrivacySettings, history_length: int) -> dict[str, float]:
-    """The guarantees of one online pass: per example and, by group privacy, per event."""
+def epsilon(settings: PrivacySettings, history_length: int, uses: int = 1) -> dict[str, float]:
+    """The guarantees of online learning that used each example in at most ``uses``
+    steps: per example and, by group privacy, per event."""
 
     def one_gaussian(sigma: float) -> float:
         if sigma <= 0:
             return float("inf")
         accountant = RDPAccountant()
-        accountant.history = [(sigma, 1.0, 1)]
+        accountant.history = [(sigma, 1.0, uses)]  # composed over every use of the example
         with warnings.catch_warnings():  # "optimal order is the smallest alpha": a loose bound, and said so
             warnings.simplefilter("ignore", UserWarning)
             return float(accountant.get_epsilon(settings.delta, alphas=ALPHAS))
@@ -79,6 +84,7 @@ def epsilon(settings: PrivacySettings, history_length: int) -> dict[str, float]:
         "delta": settings.delta,
         "noise_multiplier": sigma,
         "max_grad_norm": settings.max_grad_norm,
+        "uses": uses,
     }
 
 
@@ -112,6 +118,10 @@ class PrivateSteps:
         # not reproducible, by design.)
         self.generator = torch.Generator().manual_seed(secrets.randbits(63))
         self.loss = _ExampleLoss(trainer.net)
+        self.uses = 1
+        """The most steps any example may have been used in: 1, plus one for each resume
+        after a run that did not stop cleanly (it may have learned, and served, the
+        events after its last checkpoint, which the next run learns again)."""
 
     def step(self, batch: Interactions) -> float | None:
         """One private update; returns the batch's mean loss (not private: a figure
@@ -166,4 +176,4 @@ class PrivateSteps:
         return noisy, float(torch.cat(losses).mean())
 
     def report(self, history_length: int) -> dict[str, Any]:
-        return epsilon(self.settings, history_length)
+        return epsilon(self.settings, history_length, self.uses)

@@ -319,4 +319,6 @@ class FreshRec:
             self.gate.restore(state["gate"])
         for key, value in state["health"].items():
             setattr(self.trainer.health, key, value)
+        if self.private is not None and "privacy" in state:
+            self.private.uses = max(1, int(state["privacy"].get("uses", 1)))
         self._table = None
