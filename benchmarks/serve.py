@@ -10,15 +10,17 @@
    (open loop: each request's latency counts from the moment it was due, so a
    stalled server cannot hide behind a slowed-down client) while events stream
    in at ``--eps`` (batches of 10, one request each), for ``--seconds``.
-4. Freshness: a user clicks the top recommendation; time from sending the
-   event to the reply of the next recommendation request, which must already
-   leave that item out.
+4. Freshness: a user clicks their top recommendation; time from sending the
+   event to the reply of the next recommendation request, which reflects it
+   when its top 10 differs from the list before (both with ``exclude_seen=false``:
+   the seen-items filter would drop the clicked item whatever the model did).
 5. Visibility: events at 1,000/s for 30 s while ``/v1/status`` is polled every
    20 ms; for each log offset, the time from when it was stored to when the
    served model had learned it.
 
 The section between ``<!-- serve:begin -->`` and ``<!-- serve:end -->`` in
-RESULTS.md is replaced with the figures.
+RESULTS.md is replaced with the figures (``serve-replicas`` with ``--replicas N``,
+``serve-replicas-pg`` with ``--replicas N --store postgresql://...``).
 
 ``--soak`` instead runs only the load (by default 600 s of 100 recommendations/s
 and 300 events/s) while sampling the resident memory of the API process and of
@@ -46,6 +48,7 @@ import numpy as np
 import redis
 
 from freshrec.bus import keys
+from freshrec.storage import redact
 from harness import free_port, freshrec, wait_ready, write_section
 
 KEYS = {"read": "bench-read-key-0000000", "write": "bench-write-key-000000", "admin": "bench-admin-key-000000"}
@@ -342,7 +345,14 @@ def main() -> None:
         help="Serve with this many API replicas on one port and a separate learner (needs Redis; see --redis).",
     )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="The bus for --replicas.")
+    parser.add_argument(
+        "--store",
+        help="A store URL (postgresql://...?schema=bench) instead of the SQLite file in --data; "
+        "use a --data folder of its own for it (its checkpoints belong to that store).",
+    )
     args = parser.parse_args()
+    if args.store:
+        os.environ["FRESHREC_STORAGE__URL"] = args.store  # every step below: prepare, serve, replicas
     if args.soak and args.replicas:
         parser.error("--soak samples the memory of one server and its learner; leave out --replicas")
     if args.soak:
@@ -395,7 +405,7 @@ def start_servers(args: argparse.Namespace, port: int) -> list[subprocess.Popen[
         **env(),
         "FRESHREC_CLUSTER__BUS_URL": args.redis,
         "FRESHREC_CLUSTER__PREFIX": prefix,
-        "FRESHREC_STORAGE__URL": f"sqlite:///{args.data.resolve() / 'freshrec.db'}",
+        "FRESHREC_STORAGE__URL": args.store or f"sqlite:///{args.data.resolve() / 'freshrec.db'}",
     }
     servers = [subprocess.Popen(freshrec(args.data, "serve", "--role", "learner"), env=cluster)]
     for _ in range(args.replicas):
@@ -414,13 +424,16 @@ def write(args: argparse.Namespace, load: dict[str, Any], fresh: dict[str, Any],
     f50, f95, f99, ftop = fresh["ms"]
     v50, v95, v99, vtop = visible["seconds"]
     command = f"python benchmarks/serve.py --seconds {args.seconds:g} --rps {args.rps:g} --eps {args.eps:g}"
+    store = "PostgreSQL" if args.store else "the SQLite file"
     what = "`freshrec serve` (the API process and its learner process)"
     if args.replicas:
         command += f" --replicas {args.replicas}"
         what = (
             f"{args.replicas} `freshrec serve --role api --reuse-port` replicas on one port and a"
-            " `--role learner` process, over the SQLite file and Redis (default [cluster] cadence),"
+            f" `--role learner` process, over {store} and Redis (default [cluster] cadence),"
         )
+        if args.store:
+            command += f" --store {redact(args.store)}"
     body = f"""`{command}`, run on {today}: {args.items:,} items, {args.users:,} users, {args.history:,} events of history;
 {what} and two load processes on the same 2 cores.
 
@@ -430,7 +443,9 @@ def write(args: argparse.Namespace, load: dict[str, Any], fresh: dict[str, Any],
 | POST events meanwhile, {args.eps:g} events/s in batches of 10, ms | {e50:.1f} | {e95:.1f} | {e99:.1f} | {etop:.1f} | {load["event_errors"]} of {load["event_requests"]:,} | |
 | event to the next recommendation that reflects it, ms ({fresh["reflected"]} of {fresh["samples"]} reflected) | {f50:.1f} | {f95:.1f} | {f99:.1f} | {ftop:.1f} | | reflected: all |
 | stored event to served model update at 1,000 events/s, s ({visible["events"]:,} events, largest lag {visible["lag_events_max"]:,} events) | {v50:.2f} | {v95:.2f} | {v99:.2f} | {vtop:.2f} | {visible["errors"]} | <= 1 s |"""  # noqa: E501
-    if args.replicas:
+    if args.replicas and args.store:
+        write_section("serve-replicas-pg", "API replicas on PostgreSQL on one machine (issue 16)", body)
+    elif args.replicas:
         write_section("serve-replicas", "Serving with API replicas on one machine (issues 5 and 7)", body)
     else:
         write_section("serve", "Serving (issue 5)", body)

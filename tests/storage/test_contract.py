@@ -99,6 +99,17 @@ def test_delete_user_removes_all_their_events_only(store: Store) -> None:
     assert store.delete_user("u1") == 0
 
 
+def test_user_context_is_history_and_seen_items_in_one_read(store: Store) -> None:
+    store.append_events([make_event("u1", f"i{n}", t=T0 + n) for n in range(6)] + [make_event("u2", "x")])
+    history, seen = store.user_context("u1", 3, 5)
+    assert [e.item_id for e in history] == ["i3", "i4", "i5"]  # oldest first, as user_history
+    assert history == store.user_history("u1", 3)
+    assert seen == {"i1", "i2", "i3", "i4", "i5"} == store.user_items("u1", 5)
+    assert store.user_context("u1", 2, 0) == (store.user_history("u1", 2), set())
+    assert store.user_context("nobody", 3, 5) == ([], set())
+    assert isinstance(store.remote, bool)
+
+
 def test_a_deletion_is_recorded_as_a_pending_erasure_until_done(store: Store) -> None:
     store.append_events([make_event("u1", "a"), make_event("u2", "b")])
     store.delete_user("u1")

@@ -309,7 +309,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
 
     @app.get("/v1/items/{item_id}", response_model=ItemOut, dependencies=[reader], responses=answers(404, 422))
     async def get_item(item_id: str) -> ItemOut:
-        item = service.get_item(valid_id(item_id, "item_id"))
+        item = await service.read(service.get_item, valid_id(item_id, "item_id"))
         if item is None:
             raise Problem(404, f"no item {item_id!r}")
         return ItemOut(**item_dict(item))
@@ -345,9 +345,10 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
         exclude: Annotated[list[str], Query(description="Item ids never to return (comma-separated).")] = [],  # noqa: B006
         explain: bool = False,
     ) -> JSONResponse:
-        # Runs on the event loop, not in the thread pool: it only reads (from this
-        # thread's own SQLite connection, which never waits for a writer) and
-        # computes, and the hop to a worker thread cost more than it saved.
+        # Runs on the event loop, not in the thread pool: it only reads (SQLite: this
+        # thread's own connection, which never waits for a writer; PostgreSQL: one round
+        # trip, in a worker thread) and computes, and the hop to a worker thread for all
+        # of it cost more than it saved.
         user_id = valid_id(user_id, "user_id")
         options = Options(k, tuple(_split(exclude)), tuple(_split(categories)), exclude_seen, explain)
         version, items = await service.recommend(user_id, options)
@@ -386,7 +387,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
                 timestamp=e.timestamp,
                 offset=e.offset,
             )
-            for e in reversed(service.history(user_id, n))
+            for e in reversed(await service.history(user_id, n))
         ]
         return History(user_id=user_id, events=events)
 
@@ -418,7 +419,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
         the text and popularity fallback, and a load balancer should send them. Whether a
         model is served is ``model_served`` in the body, ``/v1/status`` and ``/metrics``."""
         try:
-            service.store.last_offset()
+            await service.read(service.store.last_offset)
         except Exception as exc:
             return JSONResponse({"detail": f"store unavailable: {type(exc).__name__}"}, status_code=503)
         return JSONResponse({"status": "ready", **service.status()})

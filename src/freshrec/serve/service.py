@@ -8,13 +8,14 @@ user's history for the very next request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from freshrec.domain import Event, Item, ItemId, UserId
 from freshrec.encoders import TextEncoder, build_encoder, embed_items, encoder_key
@@ -34,6 +35,7 @@ from freshrec.settings import Settings
 from freshrec.storage.base import AppendResult, Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SEEN_WINDOW = 500
 """Most recent events of a user whose items ``exclude_seen`` leaves out."""
@@ -305,9 +307,8 @@ class Service:
         # the model reads the last history_length events; exclude_seen needs the
         # items of many more, which a one-column read gives much more cheaply
         length = scoring.snapshot.settings.history_length if scoring.snapshot is not None else MODEL_LESS_HISTORY
-        history = self.store.user_history(user_id, length)
-        if options.exclude_seen:
-            seen = self.store.user_items(user_id, SEEN_WINDOW)
+        history, seen = await self.read(self.store.user_context, user_id, length, SEEN_WINDOW * options.exclude_seen)
+        if seen:
             options = replace(options, exclude=(*options.exclude, *seen))
         request = self.ranker.plan(history, self.clock(), options, self.popularity.top)
         await self.batcher.encode(request)
@@ -316,8 +317,15 @@ class Service:
         self.live.served_list(user_id, [r.item_id for r in items])
         return request.scoring.version, items
 
-    def history(self, user_id: UserId, n: int) -> list[Event]:
-        return self.store.user_history(self.validator.user_key(user_id), n)
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """A store read from the event loop: in a worker thread when the store is remote
+        (a slow database then stalls that request only), else directly."""
+        if self.store.remote:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
+
+    async def history(self, user_id: UserId, n: int) -> list[Event]:
+        return await self.read(self.store.user_history, self.validator.user_key(user_id), n)
 
     def delete_user(self, user_id: UserId) -> int:
         user_id = self.validator.user_key(user_id)

@@ -84,6 +84,11 @@ class Store(Protocol):
     ``with store.transaction():`` commit together or not at all.
     """
 
+    remote: bool
+    """Whether a read is a network round trip (PostgreSQL): the server then reads off
+    its event loop, in a thread, so that a slow database stalls only that request.
+    SQLite reads are in-process page-cache hits, cheaper than the hop to a thread."""
+
     def transaction(self) -> AbstractContextManager[None]: ...
 
     # -- the log -----------------------------------------------------------
@@ -106,6 +111,12 @@ class Store(Protocol):
     def user_items(self, user_id: UserId, n: int) -> set[ItemId]:
         """The items of the user's last ``n`` events (what ``exclude_seen`` leaves out);
         a projection, much cheaper than :meth:`user_history` for long histories."""
+        ...
+
+    def user_context(self, user_id: UserId, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:
+        """What a recommendation reads, in one round trip where the store is remote: the
+        user's last ``n`` events (oldest first) and the items of their last ``seen``
+        events (an empty set for ``seen`` 0)."""
         ...
 
     def delete_user(self, user_id: UserId) -> int:

@@ -136,6 +136,8 @@ class PostgresStore:
         time to wait for a connection).
     """
 
+    remote = True
+
     def __init__(self, url: str, settings: StorageSettings | None = None):
         settings = settings or StorageSettings()
         conninfo, self.schema = split_url(url)
@@ -286,6 +288,18 @@ class PostgresStore:
                 "SELECT item_id FROM events WHERE user_id = %s ORDER BY seq DESC LIMIT %s", (user_id, n)
             ).fetchall()
         return {r[0] for r in rows}
+
+    def user_context(self, user_id: UserId, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT s.seen, h.* FROM (SELECT ARRAY(SELECT item_id FROM events WHERE user_id = %s"
+                " ORDER BY seq DESC LIMIT %s) AS seen) s"
+                f" LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events WHERE user_id = %s"
+                " ORDER BY seq DESC LIMIT %s) h ON true",
+                (user_id, seen, user_id, n),
+            ).fetchall()
+        items = set(rows[0][0]) if rows else set()
+        return [event_of(r[1:]) for r in reversed(rows) if r[1] is not None], items
 
     def delete_user(self, user_id: UserId) -> int:
         with self.transaction(), self._conn() as conn:

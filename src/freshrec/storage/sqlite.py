@@ -124,6 +124,8 @@ class SQLiteStore:
         The ``[storage]`` section (durability, lock timeout).
     """
 
+    remote = False
+
     def __init__(self, path: str | Path, settings: StorageSettings | None = None):
         settings = settings or StorageSettings()
         self.path = str(path)
@@ -282,6 +284,9 @@ class SQLiteStore:
                     (segment, user_id, n - len(rows)),
                 ).fetchall()
         return rows
+
+    def user_context(self, user_id: UserId, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:
+        return self.user_history(user_id, n), (self.user_items(user_id, seen) if seen else set())
 
     def delete_user(self, user_id: UserId) -> int:
         with self.transaction():
