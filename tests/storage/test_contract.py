@@ -5,6 +5,7 @@ A new backend is added by extending the ``store`` fixture's parameters.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from freshrec.domain import EventType, item_text, text_hash
+from freshrec.domain import Event, EventType, item_text, text_hash
 from freshrec.storage import Store, iter_log, open_store
 from freshrec.storage.base import identity
 from tests.conftest import T0, make_event, make_item
@@ -108,6 +109,13 @@ def test_user_context_is_history_and_seen_items_in_one_read(store: Store) -> Non
     assert store.user_context("u1", 2, 0) == (store.user_history("u1", 2), set())
     assert store.user_context("nobody", 3, 5) == ([], set())
     assert isinstance(store.remote, bool)
+
+    async def on_a_loop() -> list[tuple[list[Event], set[str]]]:  # as the server reads, twice at once
+        got = await asyncio.gather(*(store.user_context_async("u1", 3, 5) for _ in range(2)))
+        await store.aclose()
+        return list(got)
+
+    assert asyncio.run(on_a_loop()) == [store.user_context("u1", 3, 5)] * 2
 
 
 def test_a_deletion_is_recorded_as_a_pending_erasure_until_done(store: Store) -> None:

@@ -192,6 +192,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
         yield
         stop.set()
         thread.join()
+        await service.store.aclose()
 
     app = FastAPI(
         title="freshrec",
@@ -347,8 +348,8 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
     ) -> JSONResponse:
         # Runs on the event loop, not in the thread pool: it only reads (SQLite: this
         # thread's own connection, which never waits for a writer; PostgreSQL: one round
-        # trip, in a worker thread) and computes, and the hop to a worker thread for all
-        # of it cost more than it saved.
+        # trip through psycopg's async pool) and computes, and the hop to a worker
+        # thread cost more than it saved.
         user_id = valid_id(user_id, "user_id")
         options = Options(k, tuple(_split(exclude)), tuple(_split(categories)), exclude_seen, explain)
         version, items = await service.recommend(user_id, options)

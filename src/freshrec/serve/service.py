@@ -307,7 +307,7 @@ class Service:
         # the model reads the last history_length events; exclude_seen needs the
         # items of many more, which a one-column read gives much more cheaply
         length = scoring.snapshot.settings.history_length if scoring.snapshot is not None else MODEL_LESS_HISTORY
-        history, seen = await self.read(self.store.user_context, user_id, length, SEEN_WINDOW * options.exclude_seen)
+        history, seen = await self.store.user_context_async(user_id, length, SEEN_WINDOW * options.exclude_seen)
         if seen:
             options = replace(options, exclude=(*options.exclude, *seen))
         request = self.ranker.plan(history, self.clock(), options, self.popularity.top)

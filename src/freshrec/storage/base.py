@@ -119,6 +119,11 @@ class Store(Protocol):
         events (an empty set for ``seen`` 0)."""
         ...
 
+    async def user_context_async(self, user_id: UserId, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:
+        """:meth:`user_context` for the server's event loop: PostgreSQL awaits its async
+        pool (no thread), SQLite reads directly."""
+        ...
+
     def delete_user(self, user_id: UserId) -> int:
         """Forget everything stored about a user; returns the number of events removed.
         In the same transaction, records the user's erasure as pending (for the learner,
@@ -210,6 +215,10 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    async def aclose(self) -> None:
+        """Close what the store opened on the server's event loop (called there, at shutdown)."""
+        ...
 
 
 def identity(store: Store) -> str:

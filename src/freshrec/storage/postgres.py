@@ -21,6 +21,7 @@ database's locale.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import threading
@@ -33,7 +34,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import numpy as np
 import numpy.typing as npt
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from freshrec.domain import Event, EventType, Item, ItemId, Offset, UserId
 from freshrec.settings import StorageSettings
@@ -145,12 +146,16 @@ class PostgresStore:
         options = {"autocommit": True}
         if self.schema is not None:
             options["options"] = f"-c search_path={self.schema}"  # type: ignore[assignment]
+        self._conninfo, self._options, self._pool_size = conninfo, options, settings.pool_size
+        self._pool_timeout = max(settings.busy_timeout_ms / 1000, 1.0)
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._async_opening: asyncio.Task[AsyncConnectionPool[Any]] | None = None
         self._pool = ConnectionPool(
             conninfo,
             min_size=1,
             max_size=settings.pool_size,
             kwargs=options,
-            timeout=max(settings.busy_timeout_ms / 1000, 1.0),
+            timeout=self._pool_timeout,
             open=False,
             name="freshrec",
         )
@@ -291,15 +296,46 @@ class PostgresStore:
 
     def user_context(self, user_id: UserId, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:
         with self._conn() as conn:
-            rows = conn.execute(
-                "SELECT s.seen, h.* FROM (SELECT ARRAY(SELECT item_id FROM events WHERE user_id = %s"
-                " ORDER BY seq DESC LIMIT %s) AS seen) s"
-                f" LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events WHERE user_id = %s"
-                " ORDER BY seq DESC LIMIT %s) h ON true",
-                (user_id, seen, user_id, n),
-            ).fetchall()
-        items = set(rows[0][0]) if rows else set()
-        return [event_of(r[1:]) for r in reversed(rows) if r[1] is not None], items
+            rows = conn.execute(_USER_CONTEXT, (user_id, seen, user_id, n)).fetchall()
+        return _user_context(rows)
+
+    async def user_context_async(self, user_id: UserId, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:
+        """:meth:`user_context` on the event loop, through psycopg's async pool: the loop
+        serves other requests while the database answers, with no hop to a thread (which
+        under load cost more latency than the read itself)."""
+        pool = await self._async_pool()
+        async with pool.connection() as conn:
+            cursor = await conn.execute(_USER_CONTEXT, (user_id, seen, user_id, n))
+            rows = await cursor.fetchall()
+        return _user_context(rows)
+
+    async def _async_pool(self) -> AsyncConnectionPool[Any]:
+        """The async pool of the running event loop, opened on first use (once, however
+        many requests ask at the same time)."""
+        loop = asyncio.get_running_loop()
+        if self._async_loop is not loop:
+            self._async_loop = loop
+            self._async_opening = loop.create_task(self._open_async_pool())
+        assert self._async_opening is not None
+        return await asyncio.shield(self._async_opening)
+
+    async def _open_async_pool(self) -> AsyncConnectionPool[Any]:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            self._conninfo,
+            min_size=1,
+            max_size=self._pool_size,
+            kwargs=self._options,
+            timeout=self._pool_timeout,
+            open=False,
+            name="freshrec-async",
+        )
+        await pool.open(wait=True, timeout=10.0)
+        return pool
+
+    async def aclose(self) -> None:
+        if self._async_opening is not None and self._async_opening.done() and not self._async_opening.exception():
+            await self._async_opening.result().close()
+        self._async_loop = self._async_opening = None
 
     def delete_user(self, user_id: UserId) -> int:
         with self.transaction(), self._conn() as conn:
@@ -493,6 +529,20 @@ class PostgresStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_USER_CONTEXT = (
+    "SELECT s.seen, h.* FROM (SELECT ARRAY(SELECT item_id FROM events WHERE user_id = %s"
+    " ORDER BY seq DESC LIMIT %s) AS seen) s"
+    f" LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events WHERE user_id = %s"
+    " ORDER BY seq DESC LIMIT %s) h ON true"
+)
+"""A user's seen items and last events in one round trip (one row even without events)."""
+
+
+def _user_context(rows: list[Any]) -> tuple[list[Event], set[ItemId]]:
+    items = set(rows[0][0]) if rows else set()
+    return [event_of(r[1:]) for r in reversed(rows) if r[1] is not None], items
 
 
 def _one(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = ()) -> Any:

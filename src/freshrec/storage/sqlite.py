@@ -288,6 +288,12 @@ class SQLiteStore:
     def user_context(self, user_id: UserId, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:
         return self.user_history(user_id, n), (self.user_items(user_id, seen) if seen else set())
 
+    async def user_context_async(self, user_id: UserId, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:
+        return self.user_context(user_id, n, seen)  # page-cache reads: cheaper than any hop
+
+    async def aclose(self) -> None:
+        pass
+
     def delete_user(self, user_id: UserId) -> int:
         with self.transaction():
             deleted = sum(
