@@ -135,9 +135,8 @@ def test_the_learner_follows_the_log_through_the_bus(
         assert bus.backlog() == {bus.log_key: 0, bus.commands_key: 0}
     finally:
         stop.set()
-        eraser.wake()
         thread.join(timeout=30)
-        eraser.join(30)
+        eraser.close(30)
 
 
 def test_snapshots_travel_on_the_bus_and_survive_a_flushed_redis(cluster: ClusterSettings) -> None:

@@ -62,9 +62,9 @@ def test_a_failing_erasure_is_retried_with_backoff_and_holds_up_no_other(store: 
         wait_for(lambda: store.pending_erasures() == [], timeout=1.0, every=0.01)
     finally:
         halt.set()
-        eraser.wake()
-        eraser.join(5)
-    assert not eraser.thread.is_alive()
+        started = time.monotonic()
+        eraser.close(5)
+    assert not eraser.thread.is_alive() and time.monotonic() - started < 1.0  # not a poll's wait
     assert [e.user_id for e in store.read_events()] == ["stays"]
 
 
@@ -80,8 +80,7 @@ def test_a_pending_erasure_survives_a_restart(url: str) -> None:
     eraser = Eraser(first, failing, halt).start()
     time.sleep(0.3)
     halt.set()
-    eraser.wake()
-    eraser.join(5)
+    eraser.close(5)
     first.close()  # the process ends with the erasure still to do
 
     again = open_store(url)
@@ -91,8 +90,7 @@ def test_a_pending_erasure_survives_a_restart(url: str) -> None:
         eraser = Eraser(again, lambda user_id, at: done.append((user_id, at)), halt).start()
         wait_for(lambda: again.pending_erasures() == [], timeout=5, every=0.02)
         halt.set()
-        eraser.wake()
-        eraser.join(5)
+        eraser.close(5)
         assert [user for user, _ in done] == ["gone"] and done[0][1] >= 1
     finally:
         again.close()
@@ -112,8 +110,7 @@ def test_a_standby_learner_leaves_erasures_to_the_lease_holder(store: Store) -> 
         assert done == ["gone"]
     finally:
         halt.set()
-        eraser.wake()
-        eraser.join(5)
+        eraser.close(5)
 
 
 def test_on_postgresql_a_done_erasure_leaves_no_tuple_of_the_user_in_the_table_pages(postgres_url: str) -> None:

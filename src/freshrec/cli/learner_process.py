@@ -278,7 +278,7 @@ def run_learner(
     finally:
         if commands is not None:
             commander.join(timeout=5)
-        eraser.join(timeout_s=60)  # an erasure in progress finishes rewriting the checkpoints
+        eraser.close(timeout_s=60)  # an erasure in progress finishes rewriting the checkpoints
         sender.close(timeout_s=SENDER_GRACE_S)
         if owned:
             last_steps([("release the learner lease", lease.release)], within_s=2.0)

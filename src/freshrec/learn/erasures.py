@@ -121,7 +121,9 @@ class Eraser:
         log.warning("%s failed (%s: %s); retrying", what, type(exc).__name__, exc, exc_info=self.failures == 0)
         return False
 
-    def join(self, timeout_s: float) -> None:
-        """Wait for an erasure in progress (``halt`` set) to finish writing checkpoints."""
+    def close(self, timeout_s: float) -> None:
+        """Stop (``halt`` is set): wake the thread from its poll, and wait for an erasure in
+        progress to finish rewriting the checkpoints."""
+        self.woken.set()
         if self.thread.is_alive():
             self.thread.join(timeout_s)
