@@ -61,7 +61,7 @@ def test_deleting_a_user_erases_every_trace(served: Server) -> None:
         assert holding(data, VICTIM), "the id should be on disk before the deletion"
 
         assert c.delete(f"/v1/users/{VICTIM}").status_code == 204
-        assert c.get("/v1/status").json()["erasures_pending"] == 1
+        assert c.get("/v1/status").json()["erasures_pending"] in (0, 1)  # 0 once the learner was that quick
         wait_for(lambda: c.get("/v1/status").json()["erasures_pending"] == 0, timeout=60)  # carried out
         assert "freshrec_erasures_pending 0.0" in c.get("/metrics").text
         # while it runs, within a bounded time: no byte left in the database, its WAL or a checkpoint

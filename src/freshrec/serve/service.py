@@ -93,9 +93,7 @@ class Service:
         self.learner_state = "starting"
         self.model_wanted = True
         """False while there is nothing to train on (the service is ready without a model)."""
-        self.erasures_pending = 0
-        """Deletions recorded in the store that the learner has not yet carried out, as
-        the learner last reported (an API replica counts them in the store)."""
+        self._erasures_pending = 0
         self.forget_hooks: list[Callable[[UserId], None]] = []
         """Called with each deleted user (the learner must forget them too)."""
         self.append_hooks: list[Callable[[int], None]] = []
@@ -168,6 +166,17 @@ class Service:
         with self._publishing:
             self._closed = True
             self._publishing.notify()
+
+    @property
+    def erasures_pending(self) -> int:
+        """Deletions recorded in the store that the learner has not yet carried out, as
+        the learner last reported (an API replica counts them in the store)."""
+        return self._erasures_pending
+
+    @erasures_pending.setter
+    def erasures_pending(self, value: int) -> None:
+        self._erasures_pending = value
+        self.metrics.erasures_pending.set(value)  # at once: /metrics agrees with /v1/status
 
     @property
     def model_served(self) -> bool:
@@ -353,7 +362,6 @@ class Service:
         self.metrics.lag_seconds.set(lag_s)
         if hit_rate is not None:
             self.metrics.hit_rate.set(hit_rate)
-        self.metrics.erasures_pending.set(self.erasures_pending)
         hygiene = self.hygiene
         self.metrics.quarantined_users.set(hygiene.get("quarantined_users", 0))
         self.metrics.quarantined_events.set(hygiene.get("quarantined_events", 0))
