@@ -1,12 +1,14 @@
 """A TCP forwarder in front of a real service (PostgreSQL, Redis) that a test can cut:
 the service is then away for the processes that reach it through the forwarder, as
-after a network partition, while the test still reaches it directly."""
+after a network partition, while the test still reaches it directly. It can also slow
+every answer down (``delay_s``), as a loaded database would."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+import time
 
 
 class Proxy:
@@ -17,6 +19,8 @@ class Proxy:
         self.sockets: list[socket.socket] = []
         self.lock = threading.Lock()
         self.cut_off = False
+        self.delay_s = 0.0
+        """Added before each chunk the service sends back."""
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -36,13 +40,14 @@ class Proxy:
                     upstream.close()
                     return
                 self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, slowed in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(a, b, slowed), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, slowed: bool) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
+                if slowed and self.delay_s:
+                    time.sleep(self.delay_s)
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)

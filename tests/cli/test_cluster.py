@@ -268,3 +268,49 @@ def test_sigterm_while_postgres_and_redis_are_away_exits_cleanly_and_loses_nothi
     finally:
         store.close()
     assert stored == set(acknowledged)
+
+
+def test_a_slow_database_holds_up_only_the_requests_that_wait_for_it(
+    tmp_path: Path, cluster_env: dict[str, str]
+) -> None:
+    """An API replica reads PostgreSQL off its event loop: while recommendation requests
+    wait for a database that answers in 0.5 s, a request that needs no database is
+    answered at once (read on the loop, it waited behind every one of them)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    direct = cluster_env["FRESHREC_STORAGE__URL"]
+    shop(tmp_path, cluster_env, items=40, users=10, events=300)
+    pg = urlsplit(direct)
+    proxy = Proxy(pg.hostname or "127.0.0.1", pg.port or 5432)
+    env = {
+        **cluster_env,
+        "FRESHREC_STORAGE__URL": direct.replace(f"{pg.hostname}:{pg.port}", f"127.0.0.1:{proxy.port}"),
+    }
+    port = free_port()
+    api = start(tmp_path / "api", env, "--role", "api", "--port", str(port), "--insecure-no-auth")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as c:
+
+            def ready() -> bool:
+                try:
+                    return c.get("/health/ready").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_for(ready, timeout=60)
+            users = [f"u{n:05d}" for n in range(8)]
+            for user in users:  # the async pool's connections are open before the database slows down
+                assert c.get(f"/v1/users/{user}/recommendations").status_code == 200
+            proxy.delay_s = 0.5
+            with ThreadPoolExecutor(8) as pool:
+                waiting = [pool.submit(c.get, f"/v1/users/{u}/recommendations") for u in users]
+                time.sleep(0.2)  # they are all waiting for the database now
+                started = time.monotonic()
+                assert c.get("/health/live").status_code == 200
+                live_s = time.monotonic() - started
+                answers = [w.result() for w in waiting]
+            assert all(a.status_code == 200 for a in answers)
+            assert live_s < 0.25, f"/health/live took {live_s:.2f} s behind the slow reads"
+    finally:
+        api.terminate()
+        api.wait(timeout=30)

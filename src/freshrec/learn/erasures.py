@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from freshrec.storage.base import Store
@@ -105,8 +106,9 @@ class Eraser:
                 self.forget(erasure.user_id, erasure.at)
                 self.store.erasure_done(erasure)
                 left -= 1
-            except Exception as exc:
-                ok = self._failed(f"erasing user {erasure.user_id!r}", exc)
+            except Exception as exc:  # no user id in the log: it is what is being erased
+                asked = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(erasure.asked_at))
+                ok = self._failed(f"an erasure asked for at {asked} UTC", exc)
         self._report(left)
         self.failures = 0 if ok else self.failures + 1
         return ok
@@ -114,7 +116,10 @@ class Eraser:
     def _report(self, pending: int) -> None:
         if pending != self.reported:
             self.reported = pending
-            self.report(pending)
+            try:
+                self.report(pending)
+            except Exception:  # a figure for the server: never worth ending the thread over
+                log.debug("could not report the pending erasures", exc_info=True)
 
     def _failed(self, what: str, exc: Exception) -> bool:
         """Log the failure (with its traceback the first time in a row)."""
