@@ -66,6 +66,14 @@ def shop(tmp_path: Path, env: dict[str, str], items: int, users: int, events: in
         subprocess.run([FRESHREC, "--data", str(tmp_path / "setup"), *step], env=env, check=True, capture_output=True)
 
 
+def ready(c: httpx.Client) -> bool:
+    """Whether the server behind ``c`` answers readiness with 200 (false while it starts)."""
+    try:
+        return c.get("/health/ready").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def start(data: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [FRESHREC, "--data", str(data), "serve", *args],
@@ -290,14 +298,7 @@ def test_a_slow_database_holds_up_only_the_requests_that_wait_for_it(
     api = start(tmp_path / "api", env, "--role", "api", "--port", str(port), "--insecure-no-auth")
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as c:
-
-            def ready() -> bool:
-                try:
-                    return c.get("/health/ready").status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            wait_for(ready, timeout=60)
+            wait_for(lambda: ready(c), timeout=60)
             users = [f"u{n:05d}" for n in range(8)]
             for user in users:  # the async pool's connections are open before the database slows down
                 assert c.get(f"/v1/users/{user}/recommendations").status_code == 200

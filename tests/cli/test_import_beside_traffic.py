@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cli.test_cluster import ENV, FRESHREC, free_port, shop, start
+from tests.cli.test_cluster import ENV, FRESHREC, free_port, ready, shop, start
 from tests.serve.conftest import wait_for
 
 EVENTS = 300_000
@@ -44,14 +44,7 @@ def test_events_posted_during_a_large_import_are_acknowledged_within_a_second(
     importing = None
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as c:
-
-            def up() -> bool:
-                try:
-                    return c.get("/health/ready").status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            wait_for(up, timeout=60)
+            wait_for(lambda: ready(c), timeout=60)
             importing = subprocess.Popen(
                 [FRESHREC, "--data", str(tmp_path / "import"), "import", "events", str(big)],
                 env=env,

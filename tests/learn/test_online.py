@@ -366,7 +366,8 @@ def test_private_accounting_counts_the_examples_a_crash_replay_uses_twice(
         else:
             learner.catch_up(checkpoint_every=10**9)  # learned and served, never checkpointed: then a crash
         assert learner.model is not None and learner.model.private is not None
-        return learner.model.private.report(SETTINGS.model.history_length)
+        report: dict[str, Any] = learner.model.private.report(SETTINGS.model.history_length)
+        return report
 
     clean = run_once(later[:50], stop_cleanly=True)
     assert clean["uses"] == 1
