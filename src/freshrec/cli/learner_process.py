@@ -305,7 +305,10 @@ def last_steps(steps: list[tuple[str, Callable[[], object]]], within_s: float = 
         worker.start()
         worker.join(max(0.0, deadline - time.monotonic()))
         if worker.is_alive() or failed:
-            reason = f"{type(failed[0]).__name__}: {failed[0]}" if failed else "timed out"
+            reason = "timed out"
+            if failed:  # the message's first line: the log line stays one line
+                said = str(failed[0]).strip().splitlines() or [""]
+                reason = f"{type(failed[0]).__name__}: {said[0]}"
             missed.append(f"{what} ({reason})")
     if missed:
         log.warning("stopped without being able to %s; nothing acknowledged is lost", "; ".join(missed))
