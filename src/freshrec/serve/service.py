@@ -77,9 +77,9 @@ class Service:
             "reverted_spikes": 0,
             "skipped_batches": 0,
         }
-        """The learner's figures (:meth:`~freshrec.learn.online.Learner.figures`)."""
+        """The learner's figures as it last reported them (:meth:`~freshrec.learn.online.Learner.figures`)."""
         self._counted = {"reverted_spikes": 0, "skipped_batches": 0}
-        """The learner's quarantine figures, as it last reported them."""
+        """How much of the learner's running counts the Prometheus counters hold already."""
         self.encoder_key = encoder_key(settings.encoder)
         self.catalog = Catalog()
         self.catalog.load(store, self.encoder_key)

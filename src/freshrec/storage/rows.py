@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from freshrec.domain import Event, EventType, Item, ItemId, item_text, text_hash
-from freshrec.storage.base import UpsertResult
+from freshrec.storage.base import Erasure, UpsertResult
 
 EVENT_COLUMNS = "seq, event_id, user_id, item_id, type, value, ts, context"
 ITEM_COLUMNS = "item_id, title, description, categories, attributes, vector, created_at, updated_at"
@@ -37,6 +37,14 @@ _TYPES = {t.value: t for t in EventType}  # a dict lookup is several times cheap
 
 def context_text(event: Event) -> str | None:
     return json.dumps(event.context, separators=(",", ":"), ensure_ascii=False) if event.context else None
+
+
+PENDING_ERASURES = "SELECT user_id, at, asked_at FROM erasures ORDER BY asked_at, user_id"
+
+
+def erasures_of(rows: list[Any]) -> list[Erasure]:
+    """The pending erasures from the rows of :data:`PENDING_ERASURES`."""
+    return [Erasure(r[0], int(r[1]), float(r[2])) for r in rows]
 
 
 def event_of(row: tuple[Any, ...]) -> Event:

@@ -37,11 +37,13 @@ from freshrec.storage.base import AppendResult, Counts, Erasure, LeaseState, Sto
 from freshrec.storage.rows import (
     EVENT_COLUMNS,
     ITEM_COLUMNS,
+    PENDING_ERASURES,
     RELEASE_LEASE,
     TAKE_LEASE,
     changed_items,
     context_text,
     embedding_rows,
+    erasures_of,
     event_of,
     item_of,
     texts_to_embed,
@@ -311,8 +313,7 @@ class SQLiteStore:
 
     def pending_erasures(self) -> list[Erasure]:
         with self._reading() as conn:
-            rows = conn.execute("SELECT user_id, at, asked_at FROM erasures ORDER BY asked_at, user_id").fetchall()
-        return [Erasure(r[0], int(r[1]), float(r[2])) for r in rows]
+            return erasures_of(conn.execute(PENDING_ERASURES).fetchall())
 
     def erasure_done(self, erasure: Erasure) -> None:
         with self.transaction():
