@@ -12,12 +12,12 @@ import pytest
 import redis
 
 from freshrec.bus import RedisBus, connect, keys
-from freshrec.cli.learner_process import BusFeed
 from freshrec.ingest.importer import import_events
 from freshrec.ingest.validate import Validator
 from freshrec.learn.checkpoints import Checkpoints
 from freshrec.learn.erasures import Eraser
 from freshrec.learn.online import Learner
+from freshrec.learn.worker import BusFeed
 from freshrec.settings import ClusterSettings, IngestSettings
 from freshrec.storage import SQLiteStore
 from tests.learn.test_online import SETTINGS, world

@@ -164,7 +164,7 @@ def test_two_api_replicas_and_a_learner_share_events_and_model_versions(
 
 
 def test_replicas_on_one_machine_can_share_a_port() -> None:
-    from freshrec.cli.serve import shared_socket
+    from freshrec.serve.engine import shared_socket
 
     port = free_port()
     first, second = shared_socket("127.0.0.1", port), shared_socket("127.0.0.1", port)

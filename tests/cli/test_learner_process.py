@@ -20,7 +20,7 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from freshrec.cli.learner_process import Sender
+from freshrec.learn.worker import Sender
 from freshrec.model.snapshot import Snapshot
 
 

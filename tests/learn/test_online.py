@@ -291,7 +291,7 @@ def test_a_user_deleted_during_the_warm_start_is_erased_once_it_ends(
 def test_a_mirrored_checkpoint_resumes_a_learner_elsewhere_and_is_rewritten_by_erasure(
     world: tuple[SQLiteStore, list, Path],  # type: ignore[type-arg]
 ) -> None:
-    from freshrec.cli.learner_process import shared_checkpoints
+    from freshrec.learn.role import shared_checkpoints
 
     store, later, tmp = world
     settings = SETTINGS.model_copy(update={"data_dir": tmp / "first"})

@@ -13,13 +13,14 @@ import pytest
 import torch
 from pydantic import SecretStr
 
-from freshrec.cli.serve import Engine
 from freshrec.datasets.files import read_records
 from freshrec.datasets.synthetic import GeneratorSettings, generate
 from freshrec.encoders import build_encoder, embed_items
 from freshrec.ingest.importer import import_events, import_items
 from freshrec.ingest.validate import Validator
+from freshrec.learn.worker import learner_main
 from freshrec.serve.auth import Keys
+from freshrec.serve.engine import Engine
 from freshrec.settings import EncoderSettings, LearnSettings, ModelSettings, ServeSettings, Settings
 from freshrec.storage import SQLiteStore
 
@@ -63,7 +64,7 @@ def start_server(data: Path, settings: Settings, events: int = 1_500) -> Iterato
     import_events(store, read_records(paths["events"]), validator)
     embed_items(store, build_encoder(settings.encoder))
     threads = torch.get_num_threads()
-    engine = Engine(store, settings, Keys(settings.serve), "127.0.0.1", 0)
+    engine = Engine(store, settings, Keys(settings.serve), "127.0.0.1", 0, learner=learner_main)
     thread = threading.Thread(target=engine.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120

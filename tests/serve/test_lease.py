@@ -9,14 +9,15 @@ from pathlib import Path
 
 import httpx
 
-from freshrec.cli.serve import Engine
 from freshrec.datasets.files import read_records
 from freshrec.datasets.synthetic import GeneratorSettings, generate
 from freshrec.encoders import build_encoder, embed_items
 from freshrec.ingest.importer import import_events, import_items
 from freshrec.ingest.validate import Validator
 from freshrec.learn.lease import NAME
+from freshrec.learn.worker import learner_main
 from freshrec.serve.auth import Keys
+from freshrec.serve.engine import Engine
 from freshrec.storage import SQLiteStore
 from tests.serve.conftest import ADMIN, make_settings, wait_for
 
@@ -30,7 +31,7 @@ def test_the_servers_learner_waits_for_the_lease_and_serves_meanwhile(tmp_path: 
     import_events(store, read_records(paths["events"]), validator)
     embed_items(store, build_encoder(settings.encoder))
     other = store.take_lease(NAME, "elsewhere:7:abc", ttl_s=settings.learn.lease_s)
-    engine = Engine(store, settings, Keys(settings.serve), "127.0.0.1", 0)
+    engine = Engine(store, settings, Keys(settings.serve), "127.0.0.1", 0, learner=learner_main)
     thread = threading.Thread(target=engine.run, daemon=True)
     thread.start()
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,9 +59,6 @@ def interruptible(what: str, after: str | Callable[[], str] = f"its last chunk r
     """Stop cleanly on SIGTERM or Ctrl-C: the transaction in progress rolls back (what
     was committed before stays, and event ids make a rerun add only the rest), one line
     says so, and the command exits with status 0 (it did what it was told: stop)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def stop(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -71,7 +67,13 @@ def interruptible(what: str, after: str | Callable[[], str] = f"its last chunk r
             return
         raise _Stopped(name)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:  # not the main thread, where alone signal handlers run
+        previous = None
+    if previous is None:
+        yield
+        return
     try:
         yield
     except _Stopped as exc:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +16,7 @@ from freshrec.cli.context import App, app_of, console, fail, out
 from freshrec.learn.checkpoints import Checkpoints
 from freshrec.learn.lease import Lease, LeaseHeld
 from freshrec.learn.online import Learner, NoCatalog
+from freshrec.learn.worker import follow_until_signalled
 from freshrec.model.snapshot import Snapshot
 from freshrec.storage.base import Store
 
@@ -81,10 +80,7 @@ def learn_cmd(
             learned = learner.catch_up()
             if follow:
                 console.print(f"following the log from offset {learner.state.offset:,}; Ctrl-C to stop")
-                stop = threading.Event()
-                for sig in (signal.SIGINT, signal.SIGTERM):  # stop cleanly: finish the batch, checkpoint
-                    signal.signal(sig, lambda *_: stop.set())
-                learned += learner.follow(stop)
+                learned += follow_until_signalled(learner)  # finishes the batch and checkpoints
         except (FileNotFoundError, NoCatalog) as exc:
             fail(str(exc))
     current = _checkpoints(state).current()

@@ -1,0 +1,171 @@
+"""The server's wiring: the service, the HTTP server and, beside them, the learner
+in a process of its own or, for an API replica, the link to the shared store.
+
+Serving never imports training code: the learner's entry point is handed in
+(:func:`freshrec.learn.worker.learner_main`, by the ``freshrec serve`` command),
+and model snapshots come back through a pipe as bytes.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import multiprocessing as mp
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import uvicorn
+
+from freshrec.bus import RedisBus
+from freshrec.runtime import SNAPSHOT, exit_cleanly, limit_threads
+from freshrec.serve.api import create_app
+from freshrec.serve.auth import Keys
+from freshrec.serve.replica import Replica
+from freshrec.serve.service import Service
+from freshrec.settings import Settings
+from freshrec.storage.base import Store
+
+log = logging.getLogger("freshrec")
+
+
+class Engine:
+    """Service and HTTP server over one store, with the learner in a process beside
+    it (``role="all"``) or, for an API replica (``role="api"``), elsewhere: then the
+    replica takes the learner's snapshots from the bus and the shared store
+    (:mod:`freshrec.serve.replica`).
+
+    ``run()`` blocks until the server stops (Ctrl-C, SIGTERM or ``stop()``);
+    a learner beside it then writes a final checkpoint and exits.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        keys: Keys,
+        host: str,
+        port: int,
+        role: str = "all",
+        reuse_port: bool = False,
+        learner: Callable[[Settings, Connection, Any, Any], None] | None = None,
+    ):
+        if settings.store_url.endswith(":memory:"):
+            raise ValueError("freshrec serve needs a store file or database: the learner process opens it too")
+        limit_threads(settings.serve.torch_threads)
+        self.settings = settings
+        self.service = Service(store, settings)
+        self.replica: Replica | None = None
+        self.process: Any = None
+        if role == "api":
+            self.replica = Replica(self.service, store, RedisBus(settings.cluster), settings.cluster.poll_ms / 1000)
+        else:
+            if learner is None:
+                raise ValueError("role 'all' needs the learner's process entry point")
+            ctx = mp.get_context("spawn")
+            self.updates, self._send_end = ctx.Pipe(duplex=False)
+            self.commands: Any = ctx.Queue()
+            self.halt = ctx.Event()
+            self.process = ctx.Process(
+                target=learner,
+                args=(settings, self._send_end, self.commands, self.halt),
+                name="freshrec-learner",
+            )
+            self.service.forget_hooks.append(lambda user_id: self.commands.put(("erase",)))
+            self.receiver = threading.Thread(target=self._receive, name="freshrec-receiver", daemon=True)
+        config = uvicorn.Config(
+            create_app(self.service, keys), host=host, port=port, log_level="warning", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self.socket = shared_socket(host, port) if reuse_port else None
+
+    def _receive(self) -> None:
+        """Snapshots and state from the learner process, until it closes the pipe."""
+        while True:
+            try:
+                data = self.updates.recv_bytes()
+            except (EOFError, OSError):
+                return
+            if data.startswith(SNAPSHOT):
+                self.service.receive(data[len(SNAPSHOT) :], "learner")
+                continue
+            try:
+                message = json.loads(data)
+                if message[0] == "hygiene" and isinstance(message[1], dict):
+                    self.service.hygiene = message[1]
+                elif message[0] == "erasures" and isinstance(message[1], int):
+                    self.service.erasures_pending = message[1]
+                elif message[0] == "state" and isinstance(message[1], str):
+                    self.service.learner_state, self.service.model_wanted = message[1], bool(message[2])
+                else:
+                    raise ValueError("unknown message")
+            except (ValueError, IndexError, TypeError) as exc:
+                log.warning("ignored a malformed message from the learner: %s", exc)
+
+    @property
+    def started(self) -> bool:
+        """True once the HTTP server listens."""
+        return bool(self.server.started)
+
+    @property
+    def url(self) -> str:
+        """Base URL once started (with the port the system chose for port 0)."""
+        host = self.server.config.host
+        port = self.server.servers[0].sockets[0].getsockname()[1] if self.server.servers else self.server.config.port
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+    def run(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn stops on SIGTERM, then raises it again with the handler found before
+            # it started: the default one would end the process before the learner's last
+            # checkpoint (the ``finally`` below); this one ends it through that
+            signal.signal(signal.SIGTERM, exit_cleanly)
+        if self.replica is not None:
+            self.replica.start()
+        else:
+            self.process.start()
+            self._send_end.close()  # the child holds it now; its exit ends the receiver
+            self.receiver.start()
+        gc.freeze()  # the catalog and the app are long-lived: keep them out of the collector's scans
+        try:
+            self.server.run(sockets=[self.socket] if self.socket is not None else None)
+        finally:
+            if self.replica is not None:
+                self.replica.close()
+            else:
+                self._stop_learner()
+            self.service.close()
+
+    def _stop_learner(self) -> None:
+        self.halt.set()
+        self.commands.put(None)  # after the deletions already asked for
+        self.process.join(timeout=120)
+        if self.process.is_alive():
+            log.error("the learner did not stop within two minutes; terminating it")
+            self.process.terminate()
+        self.receiver.join(timeout=10)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+
+
+def shared_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that other processes may bind too (``SO_REUSEPORT``): the
+    kernel then spreads new connections over the API replicas on one machine."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ValueError("--reuse-port needs SO_REUSEPORT, which this system lacks")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"cannot bind {host}:{port}: {exc}") from exc
+    sock.set_inheritable(True)
+    return sock
