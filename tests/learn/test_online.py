@@ -21,7 +21,7 @@ from freshrec.learn.checkpoints import Checkpoints
 from freshrec.learn.online import Learner
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import Catalog
-from freshrec.serve.ranker import build_scoring
+from freshrec.serve.scoring import build_scoring
 from freshrec.settings import EncoderSettings, IngestSettings, LearnSettings, ModelSettings, Settings
 from freshrec.storage import SQLiteStore
 

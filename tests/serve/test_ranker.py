@@ -14,7 +14,8 @@ from freshrec.learn.recommender import FreshRec
 from freshrec.model.base import Interactions
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import Catalog
-from freshrec.serve.ranker import Options, Ranker, Scoring, _top, build_scoring
+from freshrec.serve.ranker import Options, Ranker
+from freshrec.serve.scoring import Scoring, build_scoring, top
 from freshrec.settings import LearnSettings, ModelSettings
 
 MODEL = ModelSettings(dim=16, history_length=6, heads=2)
@@ -138,8 +139,8 @@ def test_popular_picks_skip_near_duplicates() -> None:
 def test_top_breaks_ties_by_lower_code() -> None:
     scores = np.array([1.0, 3.0, 3.0, 2.0, 3.0])
     allowed = np.array([True, True, False, True, True])
-    assert _top(scores, allowed, 3) == [1, 4, 3]
-    assert _top(scores, np.zeros(5, dtype=bool), 3) == []
+    assert top(scores, allowed, 3) == [1, 4, 3]
+    assert top(scores, np.zeros(5, dtype=bool), 3) == []
 
 
 def test_a_network_is_refilled_only_once_no_scoring_holds_it(trained: tuple[FreshRec, Snapshot]) -> None:

@@ -26,8 +26,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from freshrec.ingest.validate import EventIn, ItemIn, check_id
 from freshrec.serve.auth import AuthError, Keys, Role
+from freshrec.serve.explain import Ranked
 from freshrec.serve.metrics import Metrics
-from freshrec.serve.ranker import Options, Ranked
+from freshrec.serve.ranker import Options
 from freshrec.serve.schemas import (
     Accepted,
     ErrorBody,

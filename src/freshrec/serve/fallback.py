@@ -1,4 +1,6 @@
-"""Popularity, kept in memory: what a user without history is shown.
+"""What ranks without a model's say: popularity, kept in memory, for a user
+without history (diversified by maximal marginal relevance), and text
+similarity for a user with history before any model is published.
 
 Counts decay with a half-life of arrival time, so "popular" means popular
 lately. The store seeds the counts once at start; every acknowledged event
@@ -10,9 +12,14 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import numpy.typing as npt
 
 from freshrec.domain import Event, EventType, ItemId
+from freshrec.serve.explain import Because, Ranked, because_of, ranked
+from freshrec.serve.scoring import Scoring, top
 from freshrec.storage.base import Store
 
 NOT_POPULARITY = (EventType.IMPRESSION, EventType.DISLIKE)
@@ -78,3 +85,61 @@ class Popularity:
                 ranked = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.size]
                 self._top, self._top_at = ranked, now
         return self._top
+
+
+POPULAR = "popular right now"
+"""The explanation of the fallback's picks."""
+
+DIVERSITY = 0.5
+"""Weight of the redundancy penalty in the fallback's maximal-marginal-relevance picking."""
+
+
+def by_text(sc: Scoring, known: Sequence[Event], allowed: npt.NDArray[np.bool_], k: int, explain: bool) -> list[Ranked]:
+    """Before a model exists: closeness of each item's text to the recent history's."""
+    past = [e for e in known[-20:] if e.type not in (EventType.DISLIKE, EventType.IMPRESSION)] or list(known[-20:])
+    rows = [sc.view.codes[e.item_id] for e in past]
+    weights = np.linspace(0.5, 1.0, len(rows), dtype=np.float32)  # recent events count more
+    user = (sc.unit[rows] * weights[:, None]).sum(0)
+    scores = sc.unit @ (user / max(float(np.linalg.norm(user)), 1e-12))
+    out = []
+    for c in top(scores, allowed, k):
+        because: tuple[Because, ...] = ()
+        if explain:
+            sims = sc.unit[rows] @ sc.unit[c]
+            j = int(np.argmax(sims))
+            because = (because_of(sc, past[j], float(sims[j])),)
+        out.append(ranked(sc, c, float(scores[c]), because, explain))
+    return out
+
+
+def diversified(
+    sc: Scoring, popular: Sequence[tuple[ItemId, float]], allowed: npt.NDArray[np.bool_], k: int
+) -> list[Ranked]:
+    """Popular items, picked by maximal marginal relevance (Carbonell and Goldstein,
+    1998) so that the list does not fill up with near-duplicates of the top seller."""
+    view = sc.view
+    codes, counts = [], []
+    for item_id, count in popular:
+        n = view.codes.get(item_id)
+        if n is not None and allowed[n]:
+            codes.append(n)
+            counts.append(count)
+    if len(codes) < k:  # a new shop: top up with the newest items
+        taken = set(codes)
+        extra = [int(c) for c in np.flatnonzero(allowed)[::-1] if c not in taken][: k - len(codes)]
+        codes += extra
+        counts += [0.0] * len(extra)
+    if not codes:
+        return []
+    relevance = np.asarray(counts, dtype=np.float64)
+    relevance = relevance / relevance.max() if relevance.max() > 0 else relevance
+    vectors = sc.unit[codes]
+    chosen: list[int] = []
+    redundancy = np.full(len(codes), -np.inf)
+    for _ in range(min(k, len(codes))):
+        gain = relevance - DIVERSITY * np.maximum(redundancy, 0.0)
+        gain[chosen] = -np.inf
+        best = int(np.argmax(gain))
+        chosen.append(best)
+        redundancy = np.maximum(redundancy, vectors @ vectors[best])
+    return [Ranked(view.ids[codes[i]], float(relevance[i]), view.titles[codes[i]], POPULAR) for i in chosen]

@@ -26,11 +26,12 @@ from freshrec.model.snapshot import Snapshot
 from freshrec.serialization import Malformed
 from freshrec.serve.batching import Batcher
 from freshrec.serve.catalog import Catalog
+from freshrec.serve.explain import Ranked
 from freshrec.serve.fallback import Popularity
 from freshrec.serve.jobs import Job, Jobs
 from freshrec.serve.live import Live
 from freshrec.serve.metrics import Metrics
-from freshrec.serve.ranker import Options, Ranked, Ranker, finish
+from freshrec.serve.ranker import Options, Ranker, finish
 from freshrec.settings import Settings
 from freshrec.storage.base import AppendResult, Store
 

@@ -1,0 +1,145 @@
+"""The scoring state of serving: one model snapshot applied to one catalog view.
+
+A :class:`Scoring` pairs one model snapshot with one catalog view and holds
+everything derived from them (an inference copy of the network, the item
+table, unit item vectors for similarity). The publisher thread builds a new
+one on every publish and swaps it in with one assignment; request threads
+read ``ranker.scoring`` once and use that object to the end, so a request
+never mixes two model versions and never waits for a publish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from freshrec.domain import Event
+from freshrec.ingest.feedback import TYPE_CODES
+from freshrec.model.sequence import HistoryTensors, SequenceNet, untouched
+from freshrec.model.snapshot import Snapshot
+from freshrec.serve.catalog import CatalogView
+from freshrec.settings import ModelSettings
+
+ROW_STATE = ("item_id.weight", "item_bias.weight", "active", "interactions", "last_seen")
+"""Per-item entries of the network's state, mapped from the learner's rows to the catalog's."""
+
+
+@dataclass(frozen=True)
+class Scoring:
+    view: CatalogView
+    snapshot: Snapshot | None
+    net: SequenceNet | None
+    vectors: torch.Tensor | None
+    bias: torch.Tensor | None
+    unit: npt.NDArray[np.float32]
+    """Unit item vectors: the model's when there is one, else the text embeddings."""
+    user_rows: dict[str, int] = field(default_factory=dict)
+    """Row of each user in the model's user table (only with ``use_user_ids``)."""
+
+    @property
+    def version(self) -> str | None:
+        return self.snapshot.version if self.snapshot is not None else None
+
+
+def unit_rows(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.asarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+RowMap = tuple[torch.Tensor, torch.Tensor]
+"""Learner rows and the catalog rows they go to."""
+
+
+def row_map(item_ids: list[str], view: CatalogView) -> RowMap:
+    pairs = [(k, view.codes[i]) for k, i in enumerate(item_ids) if i in view.codes]
+    return (
+        torch.tensor([k for k, _ in pairs], dtype=torch.long),
+        torch.tensor([n for _, n in pairs], dtype=torch.long),
+    )
+
+
+@torch.no_grad()
+def build_scoring(
+    snapshot: Snapshot | None, view: CatalogView, rows: RowMap | None = None, spare: SequenceNet | None = None
+) -> Scoring:
+    """The scoring of ``snapshot`` on ``view``; ``spare``, a network no request uses any
+    more, is refilled with the snapshot's tensors if it has the same shapes."""
+    if snapshot is None or not len(view):
+        return Scoring(view, None, None, None, None, unit_rows(view.text))
+    s = snapshot.settings
+    text = torch.from_numpy(view.text) if s.use_text else None
+    state = dict(snapshot.state)
+    model_rows, view_rows = rows if rows is not None else row_map(snapshot.item_ids, view)
+    for name in ROW_STATE:  # the learner's rows, moved to the catalog's; items it lacks stay untouched
+        learned = state[name]
+        values = untouched(name, learned, len(view))
+        values[view_rows] = learned[model_rows]
+        state[name] = values
+    net = _refill(spare, state, text, s, snapshot.rating_scale)
+    if net is None:
+        net = SequenceNet.from_state(state, text, s, rating_scale=snapshot.rating_scale)
+    net.eval()
+    vectors, bias = net.item_table()
+    user_rows = {u: n for n, u in enumerate(snapshot.user_ids) if u is not None}
+    return Scoring(view, snapshot, net, vectors, bias, unit_rows(vectors.numpy()), user_rows)
+
+
+def _refill(
+    net: SequenceNet | None, state: dict[str, torch.Tensor], text: torch.Tensor | None, s: ModelSettings, scale: float
+) -> SequenceNet | None:
+    """``net`` made of ``state``'s tensors, or ``None`` if it has other shapes. Half a
+    millisecond, against twelve for building a network (Python work that holds the
+    interpreter lock while requests wait)."""
+    if net is None or net.settings != s or net.rating_scale != scale:
+        return None
+    current = net.state_dict(keep_vars=True)
+    if any(name not in current or current[name].shape != value.shape for name, value in state.items()):
+        return None
+    if text is not None and (not net.use_text or net.text.shape != text.shape):
+        return None
+    net.load_state_dict(state, strict=False, assign=True)
+    if text is not None:
+        net.text = text.float()
+    return net
+
+
+def top(scores: npt.NDArray[np.floating], allowed: npt.NDArray[np.bool_], k: int) -> list[int]:
+    """Codes of the ``k`` best allowed scores, best first (ties: lower code first)."""
+    candidates = np.flatnonzero(allowed)
+    if not len(candidates) or k < 1:
+        return []
+    values = scores[candidates]
+    if len(candidates) > k:
+        keep = np.argpartition(-values, k - 1)[:k]
+        candidates, values = candidates[keep], values[keep]
+    order = np.lexsort((candidates, -values))
+    return [int(c) for c in candidates[order]]
+
+
+def history_tensors(sc: Scoring, rows: Sequence[tuple[Sequence[Event], float, int]], length: int) -> HistoryTensors:
+    """Right-aligned, left-padded tensors of several ``(history, now, user row)``
+    rows (oldest event first), as wide as the longest history: the encoder reads
+    a shorter history in fewer steps."""
+    n = len(rows)
+    length = max(1, min(length, max(len(h) for h, _, _ in rows)))
+    hist = torch.full((n, length), -1, dtype=torch.long)
+    htype = torch.full((n, length), -1, dtype=torch.long)
+    hvalue = torch.full((n, length), float("nan"))
+    htime = torch.full((n, length), float("nan"), dtype=torch.float64)
+    now = torch.empty(n, dtype=torch.float64)
+    user = torch.tensor([u for _, _, u in rows], dtype=torch.long)
+    for r, (events, at, _) in enumerate(rows):
+        past = events[-length:]
+        now[r] = max(at, past[-1].timestamp) if past else at
+        if not past:
+            continue
+        m = len(past)
+        hist[r, -m:] = torch.tensor([sc.view.codes[e.item_id] for e in past])
+        htype[r, -m:] = torch.tensor([TYPE_CODES[e.type] for e in past])
+        hvalue[r, -m:] = torch.tensor([np.nan if e.value is None else e.value for e in past], dtype=torch.float32)
+        htime[r, -m:] = torch.tensor([e.timestamp for e in past], dtype=torch.float64)
+    return {"hist_item": hist, "hist_type": htype, "hist_value": hvalue, "hist_time": htime, "time": now, "user": user}
