@@ -195,6 +195,6 @@ def test_a_deletion_on_a_replica_that_cannot_reach_the_bus_still_reaches_the_lea
     assert service.delete_user("gone") == 1  # answered: the erasure is recorded in the store
     assert store.user_history("gone", 5) == [] and len(store.user_history("stays", 5)) == 1
     assert [e.user_id for e in store.pending_erasures()] == ["gone"]  # the learner's poll finds it
-    assert service.tick()["erasures_pending"] == 1
+    assert service.figures.tick()["erasures_pending"] == 1
     service.close()
     store.close()

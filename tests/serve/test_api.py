@@ -314,7 +314,7 @@ def test_a_tampered_snapshot_runs_no_code_and_is_not_served(server: Server, tmp_
     assert served is not None
     wrong_shape = Snapshot(**{**served.__dict__, "item_ids": [*served.item_ids, "ghost"]})
     for source, data in (("bus", pickle.dumps(Payload())), ("store", wrong_shape.to_bytes())):
-        assert service.receive(data, source) is None
+        assert service.models.receive(data, source) is None
     assert not (tmp_path / "pwned").exists()
     assert service.ranker.scoring.snapshot is served
     with server.client() as c:

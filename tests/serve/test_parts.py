@@ -193,9 +193,9 @@ def test_the_learners_safeguard_counts_become_prometheus_counters(tmp_path: Path
         return service.metrics.registry.get_sample_value("freshrec_reverted_spikes_total") or 0.0
 
     for reported, expected in ((2, 2.0), (3, 3.0), (1, 3.0), (4, 4.0)):  # 1: a learner restarted from older counts
-        service.hygiene = {**service.hygiene, "reverted_spikes": reported}
-        service.tick()
+        service.figures.hygiene = {**service.figures.hygiene, "reverted_spikes": reported}
+        service.figures.tick()
         assert exported() == expected
-    assert service.status()["reverted_spikes"] == 4
+    assert service.figures.status()["reverted_spikes"] == 4
     service.close()
     store.close()

@@ -91,16 +91,16 @@ class Engine:
             except (EOFError, OSError):
                 return
             if data.startswith(SNAPSHOT):
-                self.service.receive(data[len(SNAPSHOT) :], "learner")
+                self.service.models.receive(data[len(SNAPSHOT) :], "learner")
                 continue
             try:
                 message = json.loads(data)
                 if message[0] == "hygiene" and isinstance(message[1], dict):
-                    self.service.hygiene = message[1]
+                    self.service.figures.hygiene = message[1]
                 elif message[0] == "erasures" and isinstance(message[1], int):
-                    self.service.erasures_pending = message[1]
+                    self.service.figures.erasures_pending = message[1]
                 elif message[0] == "state" and isinstance(message[1], str):
-                    self.service.learner_state, self.service.model_wanted = message[1], bool(message[2])
+                    self.service.figures.learner_state, self.service.figures.model_wanted = message[1], bool(message[2])
                 else:
                     raise ValueError("unknown message")
             except (ValueError, IndexError, TypeError) as exc:

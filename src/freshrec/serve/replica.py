@@ -40,10 +40,10 @@ class Replica:
         catalog = store.published("catalog")
         if catalog is not None:  # the service has just read this catalog
             self.versions["catalog"] = catalog[0]
-        service.learner_state = "no learner has published a state yet"
-        service.append_hooks.append(bus.announce)
+        service.figures.learner_state = "no learner has published a state yet"
+        service.intake.append_hooks.append(bus.announce)
         service.forget_hooks.append(self._forget)
-        service.catalog_hooks.append(lambda: store.publish("catalog", b""))
+        service.items.hooks.append(lambda: store.publish("catalog", b""))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="freshrec-replica", daemon=True)
 
@@ -73,7 +73,7 @@ class Replica:
             got = self.bus.snapshot(self.versions["snapshot"])
             if got is not None:
                 self.versions["snapshot"] = got[0]
-                service.receive(got[1], "bus")
+                service.models.receive(got[1], "bus")
         except redis.RedisError as exc:
             log.debug("no snapshot from the bus: %s", exc)
             self.versions["snapshot"] = 0  # Redis may come back empty
@@ -85,21 +85,21 @@ class Replica:
         if (got := store.published("learner", self.versions["learner"])) is not None:
             self.versions["learner"] = got[0]
             state = json.loads(got[1])
-            service.learner_state = state.get("state", service.learner_state)
-            service.model_wanted = bool(state.get("wanted", True))
-            service.hygiene = state.get("hygiene", service.hygiene)
+            service.figures.learner_state = state.get("state", service.figures.learner_state)
+            service.figures.model_wanted = bool(state.get("wanted", True))
+            service.figures.hygiene = state.get("hygiene", service.figures.hygiene)
         if (got := store.published("catalog", self.versions["catalog"])) is not None:
             self.versions["catalog"] = got[0]
-            service.reload_catalog()
-        service.erasures_pending = len(store.pending_erasures())
-        service.observe_head(store.last_offset())
+            service.items.reload()
+        service.figures.erasures_pending = len(store.pending_erasures())
+        service.intake.observe_head(store.last_offset())
 
     def _stored_snapshot(self, data: bytes) -> None:
         """The store's copy, if it is newer than the model served."""
-        snapshot = self.service.parse(data, "store")
+        snapshot = self.service.models.parse(data, "store")
         current = self.service.ranker.scoring.snapshot
         if snapshot is not None and (current is None or snapshot.created > current.created):
-            self.service.publish(snapshot)
+            self.service.models.publish(snapshot)
 
     def close(self) -> None:
         self._stop.set()

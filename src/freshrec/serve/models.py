@@ -1,0 +1,86 @@
+"""Model snapshots in: checked, then built into the serving copy by a publisher
+thread, so that neither the learner's pipe nor a request ever waits for a build."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from freshrec.model.snapshot import Snapshot
+from freshrec.serialization import Malformed
+from freshrec.serve.metrics import Metrics
+from freshrec.serve.ranker import Ranker
+from freshrec.settings import ClusterSettings
+
+log = logging.getLogger(__name__)
+
+
+class Models:
+    """Receives snapshots (from the learner's pipe, the bus or the store) and has the
+    ranker serve the newest; :meth:`start` starts the publisher thread."""
+
+    def __init__(self, ranker: Ranker, cluster: ClusterSettings, metrics: Metrics):
+        self.ranker = ranker
+        self.cluster = cluster
+        self.metrics = metrics
+        self._pending: Snapshot | None = None
+        self._closed = False
+        self._publishing = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._publisher, name="freshrec-publisher", daemon=True)
+            self._thread.start()
+
+    def parse(self, data: bytes, source: str) -> Snapshot | None:
+        """The snapshot in ``data``, or ``None`` if it is malformed or not signed with
+        the snapshot key: refused with one log line and a count in ``/metrics``, while
+        the current model stays served."""
+        try:
+            return Snapshot.from_bytes(data, self.cluster.key(), self.cluster.snapshot_max_mb << 20)
+        except Malformed as exc:
+            log.warning("refused a model snapshot from the %s: %s", source, exc)
+            self.metrics.rejected_models.labels(source).inc()
+            return None
+
+    def receive(self, data: bytes, source: str) -> Snapshot | None:
+        """Publish the snapshot in ``data`` unless :meth:`parse` refuses it."""
+        snapshot = self.parse(data, source)
+        if snapshot is not None:
+            self.publish(snapshot)
+        return snapshot
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """Hand over a new model snapshot (the learner sends at most one per
+        ``publish_interval_ms``). If snapshots arrive faster than the publisher
+        builds, the newest wins and the ones in between are skipped, never the last."""
+        with self._publishing:
+            self._pending = snapshot
+            self._publishing.notify()
+
+    def _publish(self, snapshot: Snapshot) -> None:
+        started = time.perf_counter()
+        self.ranker.publish(snapshot)
+        self.metrics.publish_seconds.observe(time.perf_counter() - started)
+        self.metrics.model_served.set(1)
+        self.metrics.model_version.set(snapshot.checkpoint)
+        self.metrics.model_updates.set(snapshot.updates)
+        if snapshot.loss is not None:
+            self.metrics.training_loss.set(snapshot.loss)
+
+    def _publisher(self) -> None:
+        while True:
+            with self._publishing:
+                while self._pending is None and not self._closed:
+                    self._publishing.wait()
+                snapshot, self._pending = self._pending, None
+            if snapshot is None:  # closed
+                return
+            self._publish(snapshot)
+
+    def close(self) -> None:
+        with self._publishing:
+            self._closed = True
+            self._publishing.notify()

@@ -1,0 +1,97 @@
+"""``/v1/items``: the catalog, and similar items."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from freshrec.ingest.validate import ItemIn
+from freshrec.serve.http import Access, answers, body_schema, ranked_json, read_json, split_values, valid_id
+from freshrec.serve.intake import Problem
+from freshrec.serve.items import item_dict
+from freshrec.serve.schemas import ItemOut, ItemsWritten, Similar
+from freshrec.serve.service import Service
+
+Categories = Annotated[list[str], Query(description="Only items in any of these (comma-separated).")]
+
+
+def router(service: Service, access: Access) -> APIRouter:
+    routes = APIRouter(tags=["items"])
+    max_id = service.settings.ingest.max_id_length
+    writes = answers(400, 413, 422, 503)
+    K = Annotated[int, Query(ge=1, le=service.settings.serve.max_k, description="Length of the list.")]
+
+    @routes.post(
+        "/v1/items",
+        response_model=ItemsWritten,
+        dependencies=[access.writer],
+        responses=writes,
+        openapi_extra=body_schema(ItemIn, 100_000),
+    )
+    async def post_items(request: Request, response: Response) -> ItemsWritten:
+        """Add or replace items. Small batches are embedded before the reply; larger ones
+        in the background (202 with a job to follow)."""
+        count, job = await run_in_threadpool(service.items.write, await read_json(request))
+        if job is not None:
+            response.status_code = 202
+        return ItemsWritten(items=count, job=job.as_dict() if job else None)
+
+    @routes.put(
+        "/v1/items/{item_id}",
+        response_model=ItemOut,
+        dependencies=[access.writer],
+        responses=writes,
+        openapi_extra=body_schema(ItemIn, 1),
+    )
+    async def put_item(item_id: str, request: Request) -> ItemOut:
+        """Create or replace one item; its embedding is computed before the reply."""
+        item_id = valid_id(item_id, "item_id", max_id)
+        raw = await read_json(request)
+        if not isinstance(raw, dict):
+            raise Problem(422, "the body must be one item object")
+        body_id = raw.get("item_id", raw.get("id", item_id))
+        if body_id != item_id:
+            raise Problem(422, f"the body's item_id {body_id!r} differs from the path's {item_id!r}")
+        await run_in_threadpool(service.items.write, {**raw, "item_id": item_id})
+        stored = service.store.get_item(item_id)
+        assert stored is not None
+        return ItemOut(**item_dict(stored))
+
+    @routes.get(
+        "/v1/items/{item_id}", response_model=ItemOut, dependencies=[access.reader], responses=answers(404, 422)
+    )
+    async def get_item(item_id: str) -> ItemOut:
+        item = await service.read(service.store.get_item, valid_id(item_id, "item_id", max_id))
+        if item is None:
+            raise Problem(404, f"no item {item_id!r}")
+        return ItemOut(**item_dict(item))
+
+    @routes.delete(
+        "/v1/items/{item_id}", status_code=204, dependencies=[access.admin], responses=answers(404, 422, 503)
+    )
+    def delete_item(item_id: str) -> Response:
+        """Remove an item from the catalog: it is no longer recommended. Its events stay in the log."""
+        if not service.items.delete(valid_id(item_id, "item_id", max_id)):
+            raise Problem(404, f"no item {item_id!r}")
+        return Response(status_code=204)
+
+    @routes.get(
+        "/v1/items/{item_id}/similar",
+        response_model=Similar,
+        dependencies=[access.reader],
+        responses=answers(404, 422),
+    )
+    async def similar(
+        item_id: str,
+        k: K = 10,
+        categories: Categories = [],  # noqa: B006
+    ) -> JSONResponse:
+        item_id = valid_id(item_id, "item_id", max_id)
+        scoring = service.ranker.scoring
+        items = service.ranker.similar(item_id, k, split_values(categories))
+        if items is None:
+            raise Problem(404, f"no recommendable item {item_id!r}")
+        return JSONResponse({"item_id": item_id, "model_version": scoring.version, "items": ranked_json(items, False)})
+
+    return routes

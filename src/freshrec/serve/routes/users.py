@@ -1,0 +1,70 @@
+"""``/v1/users``: recommendations, history, erasure."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import JSONResponse
+
+from freshrec.serve.http import Access, answers, ranked_json, split_values, valid_id
+from freshrec.serve.ranker import Options
+from freshrec.serve.routes.items import Categories
+from freshrec.serve.schemas import EventOut, History, Recommendations
+from freshrec.serve.service import Service
+
+
+def router(service: Service, access: Access) -> APIRouter:
+    routes = APIRouter(tags=["users"])
+    max_id = service.settings.ingest.max_id_length
+    K = Annotated[int, Query(ge=1, le=service.settings.serve.max_k, description="Length of the list.")]
+
+    @routes.get(
+        "/v1/users/{user_id}/recommendations",
+        response_model=Recommendations,
+        dependencies=[access.reader],
+        responses=answers(422),
+    )
+    async def recommendations(
+        user_id: Annotated[str, Path()],
+        k: K = 10,
+        exclude_seen: bool = True,
+        categories: Categories = [],  # noqa: B006
+        exclude: Annotated[list[str], Query(description="Item ids never to return (comma-separated).")] = [],  # noqa: B006
+        explain: bool = False,
+    ) -> JSONResponse:
+        # Runs on the event loop, not in the thread pool: it only reads (SQLite: this
+        # thread's own connection, which never waits for a writer; PostgreSQL: one round
+        # trip through psycopg's async pool) and computes, and the hop to a worker
+        # thread cost more than it saved.
+        user_id = valid_id(user_id, "user_id", max_id)
+        options = Options(k, tuple(split_values(exclude)), tuple(split_values(categories)), exclude_seen, explain)
+        version, items = await service.recommend(user_id, options)
+        return JSONResponse({"user_id": user_id, "model_version": version, "items": ranked_json(items, explain)})
+
+    @routes.get(
+        "/v1/users/{user_id}/history", response_model=History, dependencies=[access.reader], responses=answers(422)
+    )
+    async def history(user_id: str, n: Annotated[int, Query(ge=1, le=1000)] = 50) -> History:
+        """The user's last ``n`` events, newest first."""
+        user_id = valid_id(user_id, "user_id", max_id)
+        view = service.catalog.view
+        events = [
+            EventOut(
+                event_id=e.event_id,
+                item_id=e.item_id,
+                title=view.titles[view.codes[e.item_id]] if e.item_id in view.codes else None,
+                type=e.type,
+                value=e.value,
+                timestamp=e.timestamp,
+                offset=e.offset,
+            )
+            for e in reversed(await service.history(user_id, n))
+        ]
+        return History(user_id=user_id, events=events)
+
+    @routes.delete("/v1/users/{user_id}", status_code=204, dependencies=[access.admin], responses=answers(422, 503))
+    def delete_user(user_id: str) -> Response:
+        """Forget a user: their events, history and the learner's state of them."""
+        service.delete_user(valid_id(user_id, "user_id", max_id))
+        return Response(status_code=204)
+
+    return routes
