@@ -22,7 +22,6 @@ database's locale.
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 import threading
 import time
@@ -31,30 +30,14 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import numpy as np
-import numpy.typing as npt
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from freshrec.domain import Event, EventType, Item, ItemId, Offset, UserId
+from freshrec.domain import Event, ItemId, UserId
 from freshrec.settings import StorageSettings
-from freshrec.storage.base import AppendResult, Counts, Erasure, LeaseState, StoreBusy, UpsertResult, redact
-from freshrec.storage.rows import (
-    EVENT_COLUMNS,
-    ITEM_COLUMNS,
-    PENDING_ERASURES,
-    RELEASE_LEASE,
-    TAKE_LEASE,
-    changed_items,
-    context_text,
-    embedding_rows,
-    erasures_of,
-    event_of,
-    item_of,
-    texts_to_embed,
-    upsert_items_sql,
-    vector_matrix,
-)
+from freshrec.storage.base import AppendResult, Erasure, StoreBusy, redact
+from freshrec.storage.rows import EVENT_COLUMNS, context_text, event_of, texts_to_embed
+from freshrec.storage.sql import LAST_OFFSET, POSTGRES, RECORD_ERASURE, SharedSQL
 from freshrec.storage.sqlite import SchemaError
 
 SCHEMA_VERSION = 1
@@ -127,8 +110,9 @@ def split_url(url: str) -> tuple[str, str | None]:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), schema
 
 
-class PostgresStore:
-    """:class:`~freshrec.storage.base.Store` on a PostgreSQL database.
+class PostgresStore(SharedSQL):
+    """:class:`~freshrec.storage.base.Store` on a PostgreSQL database; the statements it
+    shares with SQLite are in :mod:`freshrec.storage.sql`.
 
     Parameters
     ----------
@@ -140,6 +124,7 @@ class PostgresStore:
     """
 
     remote = True
+    dialect = POSTGRES
 
     def __init__(self, url: str, settings: StorageSettings | None = None):
         settings = settings or StorageSettings()
@@ -219,6 +204,17 @@ class PostgresStore:
         with self._pool.connection() as pooled:
             yield pooled
 
+    _read = _conn
+
+    @contextmanager
+    def _write(self) -> Iterator[psycopg.Connection[Any]]:
+        with self.transaction(), self._conn() as conn:
+            yield conn
+
+    def _many(self, conn: psycopg.Connection[Any], statement: str, rows: Sequence[Any]) -> None:
+        with conn.cursor() as cur:
+            cur.executemany(statement, rows)
+
     # -- the log -----------------------------------------------------------
     def append_events(self, events: Sequence[Event]) -> AppendResult:
         now = time.time()
@@ -262,25 +258,10 @@ class PostgresStore:
                         stored.update(row[0] for row in inserted if row[0] is not None)
                         if not cur.nextset():
                             break
-            last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+            last = self._one(conn, LAST_OFFSET)
         return AppendResult(
-            accepted=accepted,
-            duplicates=len(rows) - accepted,
-            last_offset=int(last[0]) if last else 0,
-            stored=frozenset(stored),
+            accepted=accepted, duplicates=len(rows) - accepted, last_offset=int(last), stored=frozenset(stored)
         )
-
-    def last_offset(self) -> Offset:
-        with self._conn() as conn:
-            row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
-        return int(row[0]) if row else 0
-
-    def read_events(self, after: Offset = 0, limit: int = 10_000) -> list[Event]:
-        with self._conn() as conn:
-            rows = conn.execute(
-                f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > %s ORDER BY seq LIMIT %s", (after, limit)
-            ).fetchall()
-        return [event_of(r) for r in rows]
 
     def user_history(self, user_id: UserId, n: int) -> list[Event]:
         with self._conn() as conn:
@@ -341,26 +322,17 @@ class PostgresStore:
 
     def delete_user(self, user_id: UserId) -> int:
         with self.transaction(), self._conn() as conn:
-            head = _one(conn, "SELECT COALESCE(MAX(seq), 0) FROM events")  # before the user's rows go
+            head = self._one(conn, LAST_OFFSET)  # before the user's rows go
             deleted = conn.execute("DELETE FROM events WHERE user_id = %s", (user_id,)).rowcount
-            conn.execute(
-                "INSERT INTO erasures (user_id, at, asked_at) VALUES (%s, %s, %s)"
-                " ON CONFLICT (user_id) DO UPDATE SET at = excluded.at",
-                (user_id, head, time.time()),
-            )
+            conn.execute(POSTGRES(RECORD_ERASURE), (user_id, head, time.time()))
             return deleted
-
-    def pending_erasures(self) -> list[Erasure]:
-        with self._conn() as conn:
-            return erasures_of(conn.execute(PENDING_ERASURES).fetchall())
 
     def erasure_done(self, erasure: Erasure) -> None:
         """Also vacuums the two tables: a plain ``VACUUM`` (which does not block reads or
         writes) prunes the pages that held the user's rows, so their space is reused;
         ``freshrec compact`` rewrites the files. PostgreSQL's write-ahead log is the
         database operator's part (see :meth:`compact`)."""
-        with self.transaction(), self._conn() as conn:
-            conn.execute("DELETE FROM erasures WHERE user_id = %s AND at <= %s", (erasure.user_id, erasure.at))
+        self._forget_erasure(erasure)
         with self._pool.connection() as conn:
             for table in ("events", "erasures"):
                 conn.execute(f"VACUUM {table}")  # type: ignore[call-overload]
@@ -373,50 +345,7 @@ class PostgresStore:
             for table in ("events", "items", "embeddings", "published", "erasures"):
                 conn.execute(f"VACUUM FULL {table}")  # type: ignore[call-overload]
 
-    def popular_items(self, limit: int, half_life_s: float | None = None) -> list[tuple[ItemId, float]]:
-        rate = math.log(2) / half_life_s if half_life_s else 0.0
-        with self._conn() as conn:
-            rows = conn.execute(
-                "SELECT e.item_id, SUM(exp(GREATEST(%s * (e.ingested_at - %s), -700))) AS n"
-                " FROM events e JOIN items i ON i.item_id = e.item_id"
-                " WHERE e.type NOT IN (%s, %s)"
-                " GROUP BY e.item_id ORDER BY n DESC, e.item_id LIMIT %s",
-                (rate, time.time(), EventType.IMPRESSION.value, EventType.DISLIKE.value, limit),
-            ).fetchall()
-        return [(r[0], float(r[1])) for r in rows]
-
     # -- the catalog -------------------------------------------------------
-    def upsert_items(self, items: Sequence[Item]) -> UpsertResult:
-        now = time.time()
-        with self.transaction(), self._conn() as conn:
-            ids = list({item.item_id: None for item in items})
-            stored = dict(
-                conn.execute(  # type: ignore[arg-type]
-                    "SELECT item_id, content_hash FROM items WHERE item_id = ANY(%s) FOR UPDATE", (ids,)
-                ).fetchall()
-            )
-            rows, result = changed_items(items, stored, now)
-            if rows:
-                with conn.cursor() as cur:
-                    cur.executemany(upsert_items_sql(lambda name: f"%({name})s"), rows)
-        return result
-
-    def get_item(self, item_id: ItemId) -> Item | None:
-        with self._conn() as conn:
-            row = conn.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE item_id = %s", (item_id,)).fetchone()
-        return item_of(row) if row else None
-
-    def iter_items(self) -> Iterator[Item]:
-        with self._conn() as conn:
-            rows = conn.execute(f"SELECT {ITEM_COLUMNS} FROM items ORDER BY item_id").fetchall()
-        for row in rows:
-            yield item_of(row)
-
-    def delete_item(self, item_id: ItemId) -> bool:
-        with self.transaction(), self._conn() as conn:
-            return conn.execute("DELETE FROM items WHERE item_id = %s", (item_id,)).rowcount > 0
-
-    # -- embeddings --------------------------------------------------------
     def items_to_embed(self, encoder: str) -> list[tuple[str, str]]:
         with self._conn() as conn:
             rows = conn.execute(
@@ -428,99 +357,6 @@ class PostgresStore:
                 (encoder,),
             ).fetchall()
         return texts_to_embed(rows)
-
-    def put_embeddings(self, encoder: str, hashes: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
-        rows = embedding_rows(encoder, hashes, vectors)
-        with self.transaction(), self._conn() as conn, conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO embeddings (encoder, text_hash, vector) VALUES (%s, %s, %s)"
-                " ON CONFLICT (encoder, text_hash) DO UPDATE SET vector = excluded.vector",
-                rows,
-            )
-
-    def item_vectors(
-        self, encoder: str, ids: Sequence[ItemId] | None = None
-    ) -> tuple[list[ItemId], npt.NDArray[np.float32]]:
-        query = (
-            "SELECT i.item_id, COALESCE(i.vector, e.vector) FROM items i"
-            " LEFT JOIN embeddings e ON e.encoder = %s AND e.text_hash = i.text_hash"
-            " WHERE (i.vector IS NOT NULL OR e.vector IS NOT NULL)"
-        )
-        with self._conn() as conn:
-            if ids is None:
-                rows = conn.execute(query + " ORDER BY i.item_id", (encoder,)).fetchall()  # type: ignore[operator]
-            else:
-                rows = conn.execute(
-                    query + " AND i.item_id = ANY(%s) ORDER BY i.item_id",  # type: ignore[operator]
-                    (encoder, sorted(set(ids))),
-                ).fetchall()
-        return vector_matrix(encoder, rows)
-
-    # -- published blobs -----------------------------------------------------
-    def publish(self, name: str, data: bytes) -> int:
-        with self.transaction(), self._conn() as conn:
-            row = conn.execute(
-                "INSERT INTO published (name, version, data, updated_at) VALUES (%s, 1, %s, %s)"
-                " ON CONFLICT (name) DO UPDATE SET version = published.version + 1, data = excluded.data,"
-                " updated_at = excluded.updated_at RETURNING version",
-                (name, data, time.time()),
-            ).fetchone()
-        assert row is not None
-        return int(row[0])
-
-    def claim(self, name: str, data: bytes) -> bytes:
-        with self.transaction(), self._conn() as conn:
-            conn.execute(
-                "INSERT INTO published (name, version, data, updated_at) VALUES (%s, 1, %s, %s)"
-                " ON CONFLICT (name) DO NOTHING",
-                (name, data, time.time()),
-            )
-            row = conn.execute("SELECT data FROM published WHERE name = %s", (name,)).fetchone()
-        assert row is not None
-        return bytes(row[0])
-
-    def published(self, name: str, after: int = 0) -> tuple[int, bytes] | None:
-        with self._conn() as conn:
-            row = conn.execute(
-                "SELECT version, data FROM published WHERE name = %s AND version > %s", (name, after)
-            ).fetchone()
-        return (int(row[0]), bytes(row[1])) if row else None
-
-    # -- leases ------------------------------------------------------------
-    def take_lease(self, name: str, holder: str, ttl_s: float) -> LeaseState:
-        now = time.time()
-        with self.transaction(), self._conn() as conn:
-            conn.execute(TAKE_LEASE, (name, holder, now, now - ttl_s))
-            row = conn.execute("SELECT holder, token, renewed_at FROM leases WHERE name = %s", (name,)).fetchone()
-        assert row is not None
-        return LeaseState(row[0], int(row[1]), max(0.0, now - float(row[2])))
-
-    def renew_lease(self, name: str, holder: str, token: int) -> bool:
-        with self.transaction(), self._conn() as conn:
-            cur = conn.execute(
-                "UPDATE leases SET renewed_at = %s WHERE name = %s AND holder = %s AND token = %s",
-                (time.time(), name, holder, token),
-            )
-            return cur.rowcount == 1
-
-    def release_lease(self, name: str, holder: str, token: int) -> None:
-        with self.transaction(), self._conn() as conn:
-            conn.execute(RELEASE_LEASE, (name, holder, token))
-
-    # -- summary -----------------------------------------------------------
-    def counts(self, encoder: str) -> Counts:
-        with self._conn() as c:
-            items = _one(c, "SELECT COUNT(*) FROM items")
-            embedded = _one(
-                c,
-                "SELECT COUNT(*) FROM items i WHERE i.vector IS NOT NULL OR EXISTS"
-                " (SELECT 1 FROM embeddings e WHERE e.encoder = %s AND e.text_hash = i.text_hash)",
-                (encoder,),
-            )
-            events, first, last = c.execute("SELECT COUNT(*), MIN(ts), MAX(ts) FROM events").fetchone() or (0, 0, 0)
-            users = _one(c, "SELECT COUNT(DISTINCT user_id) FROM events")
-            by_type = {t: int(n) for t, n in c.execute("SELECT type, COUNT(*) FROM events GROUP BY type ORDER BY type")}
-        return Counts(int(items), int(embedded), int(users), int(events), by_type, first, last)
 
     def close(self) -> None:
         self._pool.close()
@@ -544,8 +380,3 @@ _USER_CONTEXT = (
 def _user_context(rows: list[Any]) -> tuple[list[Event], set[ItemId]]:
     items = set(rows[0][0]) if rows else set()
     return [event_of(r[1:]) for r in reversed(rows) if r[1] is not None], items
-
-
-def _one(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = ()) -> Any:
-    row = conn.execute(query, params).fetchone()  # type: ignore[call-overload]
-    return row[0] if row else 0

@@ -19,19 +19,6 @@ from freshrec.storage.base import Erasure, UpsertResult
 EVENT_COLUMNS = "seq, event_id, user_id, item_id, type, value, ts, context"
 ITEM_COLUMNS = "item_id, title, description, categories, attributes, vector, created_at, updated_at"
 
-TAKE_LEASE = (
-    "INSERT INTO leases (name, holder, token, renewed_at) VALUES (%s, %s, 1, %s)"
-    " ON CONFLICT (name) DO UPDATE SET"
-    " token = CASE WHEN leases.holder = excluded.holder THEN leases.token ELSE leases.token + 1 END,"
-    " holder = excluded.holder, renewed_at = excluded.renewed_at"
-    " WHERE leases.holder = excluded.holder OR leases.renewed_at < %s"
-)
-"""Take a lease that is free, one's own, or expired (renewed before the last parameter),
-in one statement; SQLite's ``?`` placeholders replace the ``%s``."""
-
-RELEASE_LEASE = "UPDATE leases SET renewed_at = 0 WHERE name = %s AND holder = %s AND token = %s"
-"""A released lease is left expired rather than deleted, so its token keeps growing."""
-
 _TYPES = {t.value: t for t in EventType}  # a dict lookup is several times cheaper than EventType(value)
 
 
@@ -39,11 +26,8 @@ def context_text(event: Event) -> str | None:
     return json.dumps(event.context, separators=(",", ":"), ensure_ascii=False) if event.context else None
 
 
-PENDING_ERASURES = "SELECT user_id, at, asked_at FROM erasures ORDER BY asked_at, user_id"
-
-
 def erasures_of(rows: list[Any]) -> list[Erasure]:
-    """The pending erasures from the rows of :data:`PENDING_ERASURES`."""
+    """The pending erasures from rows of user id, offset and time asked."""
     return [Erasure(r[0], int(r[1]), float(r[2])) for r in rows]
 
 

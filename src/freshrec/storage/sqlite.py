@@ -28,28 +28,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from freshrec.domain import Event, EventType, Item, ItemId, Offset, UserId
+from freshrec.domain import Event, ItemId, UserId
 from freshrec.settings import StorageSettings
-from freshrec.storage.base import AppendResult, Counts, Erasure, LeaseState, StoreBusy, UpsertResult
-from freshrec.storage.rows import (
-    EVENT_COLUMNS,
-    ITEM_COLUMNS,
-    PENDING_ERASURES,
-    RELEASE_LEASE,
-    TAKE_LEASE,
-    changed_items,
-    context_text,
-    embedding_rows,
-    erasures_of,
-    event_of,
-    item_of,
-    texts_to_embed,
-    upsert_items_sql,
-    vector_matrix,
-)
+from freshrec.storage.base import AppendResult, Erasure, StoreBusy
+from freshrec.storage.rows import EVENT_COLUMNS, context_text, event_of, texts_to_embed
+from freshrec.storage.sql import RECORD_ERASURE, SQLITE, SharedSQL
 
 SCHEMA_VERSION = 2
 
@@ -107,14 +90,13 @@ CREATE TABLE IF NOT EXISTS erasures (
 
 SEGMENT_BITS = 17  # 131,072 offsets per segment
 READER_CACHE_MB = 8  # page cache of each reading thread's connection (the OS caches the file too)
-_CHUNK = 500  # stays well below SQLite's bound-parameter limit
 
 
 class SchemaError(RuntimeError):
     """The database file was written by an incompatible freshrec version."""
 
 
-class SQLiteStore:
+class SQLiteStore(SharedSQL):
     """:class:`~freshrec.storage.base.Store` on a SQLite file (or ``:memory:``).
 
     Parameters
@@ -127,6 +109,7 @@ class SQLiteStore:
     """
 
     remote = False
+    dialect = SQLITE
 
     def __init__(self, path: str | Path, settings: StorageSettings | None = None):
         settings = settings or StorageSettings()
@@ -146,6 +129,7 @@ class SQLiteStore:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {settings.synchronous.upper()}")
         conn.execute("PRAGMA secure_delete = ON")
+        conn.create_function("exp", 1, math.exp, deterministic=True)  # not every build has it
         conn.execute(f"PRAGMA cache_size = {-1024 * int(settings.cache_mb)}")
         conn.execute(f"PRAGMA wal_autocheckpoint = {int(settings.wal_autocheckpoint)}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -191,7 +175,7 @@ class SQLiteStore:
                 self._conn.execute("COMMIT")
 
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def _read(self) -> Iterator[sqlite3.Connection]:
         """A connection for a read: this thread's own read-only one, so that
         readers never wait for a writer's commit (WAL lets them proceed on the
         last committed state); the writer's connection inside a transaction
@@ -206,10 +190,19 @@ class SQLiteStore:
             conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             conn.execute("PRAGMA query_only = ON")
             conn.execute(f"PRAGMA cache_size = {-1024 * READER_CACHE_MB}")
+            conn.create_function("exp", 1, math.exp, deterministic=True)  # not every build has it
             self._local.conn = conn
             with self._readers_lock:  # not the write lock: a writer may hold that for a while
                 self._readers.append(conn)
         yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self.transaction():
+            yield self._conn
+
+    def _many(self, conn: sqlite3.Connection, statement: str, rows: Sequence[Any]) -> None:
+        conn.executemany(statement, rows)
 
     # -- the log -----------------------------------------------------------
     def append_events(self, events: Sequence[Event]) -> AppendResult:
@@ -256,18 +249,6 @@ class SQLiteStore:
         """Every segment that may hold events, newest first."""
         return range(self._high_water(conn) >> SEGMENT_BITS, -1, -1)
 
-    def last_offset(self) -> Offset:
-        with self._reading() as conn:
-            return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
-
-    def read_events(self, after: Offset = 0, limit: int = 10_000) -> list[Event]:
-        with self._reading() as conn:
-            rows = conn.execute(
-                f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, limit),
-            ).fetchall()
-        return [event_of(r) for r in rows]
-
     def user_history(self, user_id: UserId, n: int) -> list[Event]:
         return [event_of(r) for r in reversed(self._user_rows(EVENT_COLUMNS, user_id, n))]
 
@@ -277,7 +258,7 @@ class SQLiteStore:
     def _user_rows(self, columns: str, user_id: UserId, n: int) -> list[tuple[Any, ...]]:
         """The user's last ``n`` rows, newest first, read segment by segment."""
         rows: list[tuple[Any, ...]] = []
-        with self._reading() as conn:
+        with self._read() as conn:
             for segment in self._segments(conn):
                 if len(rows) >= n:
                     break
@@ -302,22 +283,13 @@ class SQLiteStore:
                 self._conn.execute("DELETE FROM events WHERE segment = ? AND user_id = ?", (s, user_id)).rowcount
                 for s in self._segments()
             )
-            self._conn.execute(
-                "INSERT INTO erasures (user_id, at, asked_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (user_id) DO UPDATE SET at = excluded.at",
-                (user_id, self._high_water(self._conn), time.time()),
-            )
+            self._conn.execute(RECORD_ERASURE, (user_id, self._high_water(self._conn), time.time()))
         if deleted:
             self._checkpoint_wal()
         return deleted
 
-    def pending_erasures(self) -> list[Erasure]:
-        with self._reading() as conn:
-            return erasures_of(conn.execute(PENDING_ERASURES).fetchall())
-
     def erasure_done(self, erasure: Erasure) -> None:
-        with self.transaction():
-            self._conn.execute("DELETE FROM erasures WHERE user_id = ? AND at <= ?", (erasure.user_id, erasure.at))
+        self._forget_erasure(erasure)
         self._checkpoint_wal()
 
     def _checkpoint_wal(self) -> None:
@@ -338,55 +310,9 @@ class SQLiteStore:
             self._conn.execute("VACUUM")
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def popular_items(self, limit: int, half_life_s: float | None = None) -> list[tuple[ItemId, float]]:
-        rate = math.log(2) / half_life_s if half_life_s else 0.0
-        with self._reading() as conn:
-            conn.create_function("exp", 1, math.exp, deterministic=True)  # not every build has it
-            rows = conn.execute(
-                "SELECT e.item_id, SUM(exp(? * (e.ingested_at - ?))) AS n"
-                " FROM events e JOIN items i ON i.item_id = e.item_id"
-                " WHERE e.type NOT IN (?, ?)"
-                " GROUP BY e.item_id ORDER BY n DESC, e.item_id LIMIT ?",
-                (rate, time.time(), EventType.IMPRESSION.value, EventType.DISLIKE.value, limit),
-            ).fetchall()
-        return [(r[0], float(r[1])) for r in rows]
-
     # -- the catalog -------------------------------------------------------
-    def upsert_items(self, items: Sequence[Item]) -> UpsertResult:
-        now = time.time()
-        with self.transaction():
-            ids = list({item.item_id: None for item in items})
-            stored: dict[str, str] = {}
-            for start in range(0, len(ids), _CHUNK):
-                chunk = ids[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                stored.update(
-                    self._conn.execute(
-                        f"SELECT item_id, content_hash FROM items WHERE item_id IN ({marks})", chunk
-                    ).fetchall()
-                )
-            rows, result = changed_items(items, stored, now)
-            self._conn.executemany(upsert_items_sql(lambda name: f":{name}"), rows)
-        return result
-
-    def get_item(self, item_id: ItemId) -> Item | None:
-        with self._reading() as conn:
-            row = conn.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE item_id = ?", (item_id,)).fetchone()
-        return item_of(row) if row else None
-
-    def iter_items(self) -> Iterator[Item]:
-        with self._reading() as conn:
-            rows = conn.execute(f"SELECT {ITEM_COLUMNS} FROM items ORDER BY item_id").fetchall()
-        for row in rows:
-            yield item_of(row)
-
-    def delete_item(self, item_id: ItemId) -> bool:
-        with self.transaction():
-            return self._conn.execute("DELETE FROM items WHERE item_id = ?", (item_id,)).rowcount > 0
-
-    # -- embeddings --------------------------------------------------------
     def items_to_embed(self, encoder: str) -> list[tuple[str, str]]:
-        with self._reading() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 "SELECT i.text_hash, i.title, i.description, i.categories FROM items i"
                 " WHERE i.vector IS NULL AND NOT EXISTS (SELECT 1 FROM embeddings e"
@@ -395,96 +321,6 @@ class SQLiteStore:
                 (encoder,),
             ).fetchall()
         return texts_to_embed(rows)
-
-    def put_embeddings(self, encoder: str, hashes: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
-        rows = embedding_rows(encoder, hashes, vectors)
-        with self.transaction():
-            self._conn.executemany(
-                "INSERT OR REPLACE INTO embeddings (encoder, text_hash, vector) VALUES (?, ?, ?)", rows
-            )
-
-    def item_vectors(
-        self, encoder: str, ids: Sequence[ItemId] | None = None
-    ) -> tuple[list[ItemId], npt.NDArray[np.float32]]:
-        query = (
-            "SELECT i.item_id, COALESCE(i.vector, e.vector) FROM items i"
-            " LEFT JOIN embeddings e ON e.encoder = ? AND e.text_hash = i.text_hash"
-            " WHERE (i.vector IS NOT NULL OR e.vector IS NOT NULL)"
-        )
-        rows: list[tuple[str, bytes]] = []
-        with self._reading() as conn:
-            if ids is None:
-                rows = conn.execute(query + " ORDER BY i.item_id", (encoder,)).fetchall()
-            else:
-                wanted = sorted(set(ids))
-                for start in range(0, len(wanted), _CHUNK):
-                    chunk = wanted[start : start + _CHUNK]
-                    marks = ",".join("?" * len(chunk))
-                    rows += conn.execute(
-                        query + f" AND i.item_id IN ({marks}) ORDER BY i.item_id", (encoder, *chunk)
-                    ).fetchall()
-        return vector_matrix(encoder, rows)
-
-    # -- published blobs -----------------------------------------------------
-    def publish(self, name: str, data: bytes) -> int:
-        with self.transaction():
-            self._conn.execute(
-                "INSERT INTO published (name, version, data, updated_at) VALUES (?, 1, ?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET version = version + 1, data = excluded.data,"
-                " updated_at = excluded.updated_at",
-                (name, data, time.time()),
-            )
-            return int(self._conn.execute("SELECT version FROM published WHERE name = ?", (name,)).fetchone()[0])
-
-    def claim(self, name: str, data: bytes) -> bytes:
-        with self.transaction():
-            self._conn.execute(
-                "INSERT INTO published (name, version, data, updated_at) VALUES (?, 1, ?, ?)"
-                " ON CONFLICT (name) DO NOTHING",
-                (name, data, time.time()),
-            )
-            return bytes(self._conn.execute("SELECT data FROM published WHERE name = ?", (name,)).fetchone()[0])
-
-    def published(self, name: str, after: int = 0) -> tuple[int, bytes] | None:
-        with self._reading() as conn:
-            row = conn.execute(
-                "SELECT version, data FROM published WHERE name = ? AND version > ?", (name, after)
-            ).fetchone()
-        return (int(row[0]), bytes(row[1])) if row else None
-
-    # -- leases ------------------------------------------------------------
-    def take_lease(self, name: str, holder: str, ttl_s: float) -> LeaseState:
-        now = time.time()
-        with self.transaction():
-            self._conn.execute(TAKE_LEASE.replace("%s", "?"), (name, holder, now, now - ttl_s))
-            row = self._conn.execute("SELECT holder, token, renewed_at FROM leases WHERE name = ?", (name,)).fetchone()
-        return LeaseState(row[0], int(row[1]), max(0.0, now - float(row[2])))
-
-    def renew_lease(self, name: str, holder: str, token: int) -> bool:
-        with self.transaction():
-            cur = self._conn.execute(
-                "UPDATE leases SET renewed_at = ? WHERE name = ? AND holder = ? AND token = ?",
-                (time.time(), name, holder, token),
-            )
-            return cur.rowcount == 1
-
-    def release_lease(self, name: str, holder: str, token: int) -> None:
-        with self.transaction():
-            self._conn.execute(RELEASE_LEASE.replace("%s", "?"), (name, holder, token))
-
-    # -- summary -----------------------------------------------------------
-    def counts(self, encoder: str) -> Counts:
-        with self._reading() as c:
-            items = c.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-            embedded = c.execute(
-                "SELECT COUNT(*) FROM items i WHERE i.vector IS NOT NULL OR EXISTS"
-                " (SELECT 1 FROM embeddings e WHERE e.encoder = ? AND e.text_hash = i.text_hash)",
-                (encoder,),
-            ).fetchone()[0]
-            events, first, last = c.execute("SELECT COUNT(*), MIN(ts), MAX(ts) FROM events").fetchone()
-            users = c.execute("SELECT COUNT(DISTINCT user_id) FROM events").fetchone()[0]
-            by_type = dict(c.execute("SELECT type, COUNT(*) FROM events GROUP BY type ORDER BY type").fetchall())
-        return Counts(items, embedded, users, events, by_type, first, last)
 
     def close(self) -> None:
         with self._lock, self._readers_lock:
