@@ -124,12 +124,12 @@ def test_the_learner_follows_the_log_through_the_bus(
         assert follower.state.offset == silent > start
         assert follower.state.learned == 612
         victim = str(later[0].data["user_id"])  # type: ignore[index]
-        assert victim in follower.user_codes
+        assert victim in follower.users.codes
         store.delete_user(victim)  # what an API replica does: recorded as pending, then announced
         api.command("erase", "")
         while store.pending_erasures() and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert victim not in follower.user_codes and victim not in follower.histories
+        assert victim not in follower.users.codes and victim not in follower.users.recent
         while bus.backlog()[bus.commands_key] and time.monotonic() < deadline:
             time.sleep(0.02)
         assert bus.backlog() == {bus.log_key: 0, bus.commands_key: 0}

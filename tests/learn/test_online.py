@@ -137,7 +137,7 @@ def test_items_added_after_the_checkpoint_join_the_model(world: tuple[SQLiteStor
     learner = Learner(store, SETTINGS, checkpoints, on_update=published.append)
     learner.train()
     assert len(published) == 1
-    n = len(learner.item_ids)
+    n = len(learner.items.ids)
     validator = Validator(IngestSettings())
     store.upsert_items([validator.item({"item_id": "late-1", "title": "A late arrival"})])
     embed_items(store, build_encoder(SETTINGS.encoder))
@@ -147,7 +147,7 @@ def test_items_added_after_the_checkpoint_join_the_model(world: tuple[SQLiteStor
     events.append({"user_id": "u00001", "item_id": "never-imported", "type": "click", "timestamp": 1_790_000_010})
     store.append_events([validator.event(e) for e in events])
     assert learner.catch_up() == 3
-    assert learner.item_ids[n:] == ["late-1"] and learner.state.skipped_unknown_items == 1
+    assert learner.items.ids[n:] == ["late-1"] and learner.state.skipped_unknown_items == 1
     model = learner.model
     assert model is not None and model.n_items == n + 1 and bool(model.net.active[n])
     for optimizer in model.trainer.optimizers:  # per-row optimizer state grew with the table
@@ -158,7 +158,7 @@ def test_items_added_after_the_checkpoint_join_the_model(world: tuple[SQLiteStor
     # the checkpoint keeps the grown table; a restarted learner resumes with it
     again = Learner(store, SETTINGS, checkpoints)
     again.resume()
-    assert again.item_ids == learner.item_ids
+    assert again.items.ids == learner.items.ids
 
 
 def test_user_ids_travel_with_checkpoints_and_snapshots_and_deletion_erases_them(
@@ -174,9 +174,9 @@ def test_user_ids_travel_with_checkpoints_and_snapshots_and_deletion_erases_them
     learner.catch_up()
     model = learner.model
     assert model is not None and model.net.user_id is not None
-    users = sorted(learner.user_codes)
-    assert len(users) == 12 and learner.user_ids == [learner.user_ids[c] for c in range(len(learner.user_ids))]
-    assert model.net.user_id.num_embeddings == len(learner.user_ids)
+    users = sorted(learner.users.codes)
+    assert len(users) == 12 and learner.users.ids == [learner.users.ids[c] for c in range(len(learner.users.ids))]
+    assert model.net.user_id.num_embeddings == len(learner.users.ids)
 
     # serving gets the user table and which row is whose
     catalog = Catalog()
@@ -184,19 +184,19 @@ def test_user_ids_travel_with_checkpoints_and_snapshots_and_deletion_erases_them
     scoring = build_scoring(published[-1], catalog.view)
     assert scoring.net is not None and scoring.net.user_id is not None
     for user in users:
-        row = learner.user_codes[user]
+        row = learner.users.codes[user]
         assert scoring.user_rows[user] == row
         torch.testing.assert_close(scoring.net.user_id.weight[row], model.net.user_id.weight[row])
 
     # a restarted learner maps each user to the same row
     again = Learner(store, settings, checkpoints)
     again.resume()
-    assert again.user_codes == learner.user_codes
+    assert again.users.codes == learner.users.codes
 
     gone = users[0]
-    row = learner.user_codes[gone]
+    row = learner.users.codes[gone]
     learner.forget_user(gone)
-    assert gone not in learner.user_codes and learner.user_ids[row] is None
+    assert gone not in learner.users.codes and learner.users.ids[row] is None
     assert torch.count_nonzero(model.net.user_id.weight[row]) == 0
     assert gone not in learner.snapshot().user_ids
     learner._checkpoint("after a deletion")
@@ -218,7 +218,7 @@ def test_events_of_a_deleted_user_read_before_the_deletion_are_not_learned(
     learner.forget_user(gone)
     learned = learner._learn(pending)
     assert learned == sum(e.user_id != gone for e in pending)
-    assert gone not in learner.user_codes and gone not in learner.histories
+    assert gone not in learner.users.codes and gone not in learner.users.recent
     assert learner.state.offset == pending[-1].offset
     assert not learner._tombstones  # read past the deletion: no batch from before can come
     returning = [
@@ -227,7 +227,7 @@ def test_events_of_a_deleted_user_read_before_the_deletion_are_not_learned(
     ]
     import_events(store, returning, Validator(IngestSettings()))
     assert learner.catch_up() >= len(returning)
-    assert gone in learner.user_codes and gone in learner.histories  # a returning user is learned again
+    assert gone in learner.users.codes and gone in learner.users.recent  # a returning user is learned again
 
 
 def test_a_bursting_user_is_stored_but_not_learned(world: tuple[SQLiteStore, list, Path]) -> None:  # type: ignore[type-arg]
@@ -236,14 +236,14 @@ def test_a_bursting_user_is_stored_but_not_learned(world: tuple[SQLiteStore, lis
     learner = Learner(store, settings, Checkpoints(tmp / "checkpoints"))
     learner.train()
     validator = Validator(settings.ingest)
-    item = learner.item_ids[0]
+    item = learner.items.ids[0]
     burst = [{"user_id": "bot", "item_id": item, "type": "view", "timestamp": 1_790_000_000 + s / 2} for s in range(20)]
     calm = [
         {"user_id": "person", "item_id": item, "type": "view", "timestamp": 1_790_000_000 + 30 * s} for s in range(4)
     ]
     store.append_events([validator.event(e) for e in burst + calm])
     assert learner.catch_up() == 5 + 4  # the bot's first five, then nothing of it
-    assert len(learner.histories["bot"]) == 5 and len(learner.histories["person"]) == 4
+    assert len(learner.users.recent["bot"]) == 5 and len(learner.users.recent["person"]) == 4
     assert learner.quarantine.figures() == {"quarantined_users": 1, "quarantined_events": 15}
     assert len(store.user_history("bot", 100)) == 20  # stored all the same
 
@@ -281,8 +281,8 @@ def test_a_user_deleted_during_the_warm_start_is_erased_once_it_ends(
     store.delete_user(gone)
     learner.forget_user(gone)  # waits for the warm start, which read the user's events
     training.join()
-    assert learner.model is not None and gone not in learner.user_codes and gone not in learner.histories
-    code = learner.user_ids.index(None)
+    assert learner.model is not None and gone not in learner.users.codes and gone not in learner.users.recent
+    code = learner.users.ids.index(None)
     assert not (learner.model.buffer.data["user"][: learner.model.buffer.size] == code).any()
     _, state = learner.checkpoints.load(learner.checkpoints.current().version)  # type: ignore[union-attr]
     assert gone not in state["user_ids"]
@@ -301,7 +301,7 @@ def test_a_mirrored_checkpoint_resumes_a_learner_elsewhere_and_is_rewritten_by_e
     learner.catch_up()
     mirrored = store.published("checkpoint")
     assert mirrored is not None and mirrored[0] == 1  # the warm start; the catch-up came within 30 s
-    gone = next(iter(learner.user_codes))
+    gone = next(iter(learner.users.codes))
     assert gone.encode() in mirrored[1]
 
     elsewhere = settings.model_copy(update={"data_dir": tmp / "second"})  # an empty data folder
@@ -310,7 +310,7 @@ def test_a_mirrored_checkpoint_resumes_a_learner_elsewhere_and_is_rewritten_by_e
     second = Learner(store, elsewhere, moved)
     second.resume()
     second.catch_up()  # the log after the mirrored offset
-    assert second.state.offset == learner.state.offset and second.user_codes == learner.user_codes
+    assert second.state.offset == learner.state.offset and second.users.codes == learner.users.codes
 
     store.delete_user(gone)
     second.forget_user(gone)

@@ -14,8 +14,9 @@ from rich.table import Table
 from freshrec import serialization
 from freshrec.cli.context import App, app_of, console, fail, out
 from freshrec.learn.checkpoints import Checkpoints
+from freshrec.learn.items import NoCatalog
 from freshrec.learn.lease import Lease, LeaseHeld
-from freshrec.learn.online import Learner, NoCatalog
+from freshrec.learn.online import Learner
 from freshrec.learn.worker import follow_until_signalled
 from freshrec.model.snapshot import Snapshot
 from freshrec.storage.base import Store

@@ -20,56 +20,24 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from freshrec.domain import Event
 from freshrec.encoders import encoder_key
-from freshrec.ingest.feedback import TYPE_CODES
 from freshrec.ingest.hygiene import Quarantine
 from freshrec.learn.checkpoints import Checkpoints, Version
+from freshrec.learn.feed import IDLE_S, Feed, Polling
+from freshrec.learn.histories import Histories
+from freshrec.learn.items import ItemCodes, NoCatalog
 from freshrec.learn.recommender import FreshRec
 from freshrec.model.base import Interactions
 from freshrec.model.snapshot import Snapshot
 from freshrec.settings import Settings
 from freshrec.storage.base import Store, identity, iter_log, redact
-
-"""How long events of a deleted user that were already read are dropped."""
-
-
-IDLE_S = 1.0
-"""Longest wait between two reads of the log when nothing is waiting to be learned."""
-
-
-class Feed(Protocol):
-    """How the learner hears that the log has grown; it reads the events from the store either way."""
-
-    def wait(self, stop: threading.Event, timeout_s: float) -> None:
-        """Return when there may be new events, ``stop`` is set or ``timeout_s`` has passed."""
-        ...
-
-    def learned(self, offset: int) -> None:
-        """Everything up to ``offset`` is learned (a bus acknowledges its entries)."""
-        ...
-
-
-class Polling:
-    """Looks at the log again every ``poll_s``: the learner beside the server, or any
-    learner without a bus."""
-
-    def __init__(self, poll_s: float = 0.02):
-        self.poll_s = poll_s
-
-    def wait(self, stop: threading.Event, timeout_s: float) -> None:
-        stop.wait(min(timeout_s, self.poll_s))
-
-    def learned(self, offset: int) -> None:
-        pass
-
 
 STOPPED = "stop"
 """The note of the checkpoint a learner writes when it stops cleanly."""
@@ -83,10 +51,6 @@ resume from one replays nothing (see :mod:`freshrec.learn.privacy`)."""
 
 class OtherStore(RuntimeError):
     """The current checkpoint was written against another store."""
-
-
-class NoCatalog(RuntimeError):
-    """There is nothing to learn about: no item has an embedding yet."""
 
 
 class Interrupted(RuntimeError):
@@ -114,14 +78,11 @@ class Learner:
         self.settings = settings
         self.checkpoints = checkpoints
         self.progress = progress
-        self.length = settings.model.history_length
-        self.histories: dict[str, deque[tuple[int, int, float, float]]] = {}
         self.state = Progress()
-        self.item_ids: list[str] = []
-        self.codes: dict[str, int] = {}
-        self.user_ids: list[str | None] = []
-        """User id of each user code (``None``: deleted), for the model's user table."""
-        self.user_codes: dict[str, int] = {}
+        self.items = ItemCodes(store, encoder_key(settings.encoder))
+        """The row of each item in the model's tables."""
+        self.users = Histories(settings.model.history_length)
+        """User codes (rows of the model's user table) and each user's last events."""
         self.model: FreshRec | None = None
         self.checkpoint_every = settings.learn.checkpoint_every
         self.on_update = on_update
@@ -136,40 +97,12 @@ class Learner:
         self._tombstones: dict[str, int] = {}
         """Deleted users, with the log's head offset at their deletion: their events up to it
         may still be in a micro-batch read before; later ones are a returning user's."""
-        self._absent: set[str] = set()
-        self._absent_since = time.monotonic()
 
     # -- set-up -------------------------------------------------------------
-    def _catalog(self, item_ids: list[str] | None = None) -> np.ndarray:
-        ids, vectors = self.store.item_vectors(encoder_key(self.settings.encoder))
-        if not ids:
-            raise NoCatalog("no item has a text embedding yet: import items first (freshrec import items ...)")
-        if item_ids is not None:  # a checkpoint fixes the meaning of each table row
-            index = {item_id: n for n, item_id in enumerate(ids)}
-            vectors = np.stack([vectors[index[i]] if i in index else np.zeros(vectors.shape[1]) for i in item_ids])
-            ids = item_ids
-        self.item_ids = list(ids)
-        self.codes = {item_id: n for n, item_id in enumerate(self.item_ids)}
-        return vectors.astype(np.float32)
-
     def _add_new_items(self, events: list[Event]) -> None:
-        """Grow the model by the catalog items these events name that it lacks.
-
-        Ids found missing from the store are remembered for a while, so a
-        stream of events for items that were never imported does not reread
-        the catalog on every micro-batch."""
-        if time.monotonic() - self._absent_since > 10.0:
-            self._absent, self._absent_since = set(), time.monotonic()
-        unknown = {e.item_id for e in events if e.item_id not in self.codes} - self._absent
-        if not unknown or self.model is None:
-            return
-        ids, vectors = self.store.item_vectors(encoder_key(self.settings.encoder), sorted(unknown))
-        if ids:
+        """Grow the model by the catalog items these events name that it lacks."""
+        if self.model is not None and (vectors := self.items.add(events)) is not None:
             self.model.add_items(vectors)
-            for item_id in ids:
-                self.codes[item_id] = len(self.item_ids)
-                self.item_ids.append(item_id)
-        self._absent |= {i for i in unknown if i not in self.codes}
 
     def _new_model(self, text: np.ndarray) -> FreshRec:
         """The network alone, without the blend: serving ranks with the network's
@@ -179,47 +112,11 @@ class Learner:
         model = s.model.model_copy(update={"blend": s.model.blend.model_copy(update={"enabled": False})})
         return FreshRec(len(text), text, model, s.learn, s.feedback, s.ingest, progress=self.progress)
 
-    # -- histories ----------------------------------------------------------
     def _batch(self, events: Iterable[Event]) -> Interactions:
         """Events with their users' histories before each of them; histories advance."""
-        rows = []
-        length = self.length
-        for e in events:
-            code = self.codes.get(e.item_id)
-            if code is None:
-                self.state.skipped_unknown_items += 1
-                continue
-            history = self.histories.setdefault(e.user_id, deque(maxlen=length))
-            user = self.user_codes.get(e.user_id)
-            if user is None:
-                user = self.user_codes[e.user_id] = len(self.user_ids)
-                self.user_ids.append(e.user_id)
-            value = np.nan if e.value is None else e.value
-            rows.append((list(history), code, TYPE_CODES[e.type], value, e.timestamp, e.offset or 0, user))
-            history.append((code, TYPE_CODES[e.type], value, e.timestamp))
-        n = len(rows)
-        hist = np.full((n, length), -1, dtype=np.int32)
-        htype = np.full((n, length), -1, dtype=np.int8)
-        hvalue = np.full((n, length), np.nan, dtype=np.float32)
-        htime = np.full((n, length), np.nan, dtype=np.float64)
-        for r, (past, *_rest) in enumerate(rows):
-            if past:
-                k = len(past)
-                cols = np.array(past, dtype=np.float64)
-                hist[r, -k:], htype[r, -k:] = cols[:, 0], cols[:, 1]
-                hvalue[r, -k:], htime[r, -k:] = cols[:, 2], cols[:, 3]
-        return Interactions(
-            user=np.array([r[6] for r in rows], dtype=np.int32),
-            item=np.array([r[1] for r in rows], dtype=np.int32),
-            type=np.array([r[2] for r in rows], dtype=np.int8),
-            value=np.array([r[3] for r in rows], dtype=np.float32),
-            time=np.array([r[4] for r in rows], dtype=np.float64),
-            hist_item=hist,
-            hist_type=htype,
-            hist_value=hvalue,
-            hist_time=htime,
-            position=np.array([r[5] for r in rows], dtype=np.int64),
-        )
+        batch, skipped = self.users.batch(events, self.items.codes)
+        self.state.skipped_unknown_items += skipped
+        return batch
 
     def forget_user(self, user_id: str, at: int | None = None) -> None:
         """Forget the user (their events are already deleted from the store):
@@ -233,13 +130,10 @@ class Learner:
         who returns later, with new events, is learned again."""
         with self._lock:
             self._tombstones[user_id] = self.store.last_offset() if at is None else at
-            self.histories.pop(user_id, None)
             self.quarantine.forget(user_id)
-            code = self.user_codes.pop(user_id, None)
-            if code is not None:
-                self.user_ids[code] = None
-                if self.model is not None:
-                    self.model.forget_user(code)
+            code = self.users.forget(user_id)
+            if code is not None and self.model is not None:
+                self.model.forget_user(code)
         self.checkpoints.rewrite(lambda state: self._erased(state, user_id))
 
     def _erased(self, state: dict[str, Any], user_id: str) -> dict[str, Any] | None:
@@ -259,11 +153,6 @@ class Learner:
         model.forget_user(code)
         return {**state, "user_ids": user_ids, "model": model.state()}
 
-    def _clear_users(self, user_ids: list[str | None] | None = None) -> None:
-        self.histories.clear()
-        self.user_ids = list(user_ids or [])
-        self.user_codes = {u: n for n, u in enumerate(self.user_ids) if u is not None}
-
     # -- the two jobs ---------------------------------------------------------
     def train(self, stop: threading.Event | None = None) -> Version:
         """Warm start on the whole stored log; writes a new checkpoint version.
@@ -276,8 +165,8 @@ class Learner:
             return self._train(stop)
 
     def _train(self, stop: threading.Event | None = None) -> Version:
-        text = self._catalog()
-        self._clear_users()
+        text = self.items.load()
+        self.users = Histories(self.settings.model.history_length)
         self.state = Progress()
         events = list(iter_log(self.store))
         if not events:
@@ -316,14 +205,14 @@ class Learner:
                 "move that checkpoints folder away, or use another --data folder"
             )
         version, state = self.checkpoints.load(current.version)
-        text = self._catalog(state["item_ids"])
+        text = self.items.load(state["item_ids"])
         self.model = self._new_model(text)
         self.model.load_state(state["model"])
         if self.model.private is not None and version.note not in CLEAN:
             # the last run did not stop cleanly: the events after this checkpoint may have
             # been learned already (and their effect served), and are learned again
             self.model.private.uses += 1
-        self._clear_users(state.get("user_ids", []))
+        self.users = Histories(self.settings.model.history_length, state.get("user_ids", []))
         self.quarantine.load(state.get("quarantine", {}))
         self.state = Progress(offset=version.offset, learned=version.events_learned)
         self.checkpoint_version, self.updates, self._unsaved = version.version, 0, 0
@@ -431,8 +320,8 @@ class Learner:
         health = self.model.trainer.health
         state = {
             "model": self.model.state(),
-            "item_ids": self.item_ids,
-            "user_ids": self.user_ids,
+            "item_ids": self.items.ids,
+            "user_ids": self.users.ids,
             "quarantine": self.quarantine.state(),
         }
         loss = None if np.isnan(health.last_loss) else float(health.last_loss)
@@ -458,8 +347,8 @@ class Learner:
         loss = self.model.trainer.health.last_loss
         return Snapshot.of(
             self.model.net,
-            self.item_ids,
-            self.user_ids,
+            self.items.ids,
+            self.users.ids,
             checkpoint=self.checkpoint_version,
             updates=self.updates,
             offset=self.state.offset,

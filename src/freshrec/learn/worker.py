@@ -35,8 +35,10 @@ from typing import Any
 from freshrec.bus import RedisBus
 from freshrec.learn.checkpoints import Checkpoints
 from freshrec.learn.erasures import Eraser
+from freshrec.learn.feed import IDLE_S, Feed, Polling
+from freshrec.learn.items import NoCatalog
 from freshrec.learn.lease import Lease, LeaseHeld
-from freshrec.learn.online import IDLE_S, Feed, Interrupted, Learner, NoCatalog, Polling
+from freshrec.learn.online import Interrupted, Learner
 from freshrec.model.snapshot import Snapshot
 from freshrec.runtime import SNAPSHOT, die_with_parent, last_steps, limit_threads
 from freshrec.settings import Settings
@@ -237,7 +239,7 @@ def run_learner(
 
 
 class BusFeed:
-    """The learner's :class:`~freshrec.learn.online.Feed` on the Redis bus: wakes at each
+    """The learner's :class:`~freshrec.learn.feed.Feed` on the Redis bus: wakes at each
     announced append, and wakes the eraser at each deletion an API replica recorded."""
 
     def __init__(self, bus: RedisBus, eraser: Eraser):

@@ -19,6 +19,7 @@ import torch
 
 from freshrec.domain import Event
 from freshrec.ingest.feedback import TYPE_CODES
+from freshrec.model.histories import left_padded
 from freshrec.model.sequence import HistoryTensors, SequenceNet, untouched
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import CatalogView
@@ -124,22 +125,22 @@ def history_tensors(sc: Scoring, rows: Sequence[tuple[Sequence[Event], float, in
     """Right-aligned, left-padded tensors of several ``(history, now, user row)``
     rows (oldest event first), as wide as the longest history: the encoder reads
     a shorter history in fewer steps."""
-    n = len(rows)
     length = max(1, min(length, max(len(h) for h, _, _ in rows)))
-    hist = torch.full((n, length), -1, dtype=torch.long)
-    htype = torch.full((n, length), -1, dtype=torch.long)
-    hvalue = torch.full((n, length), float("nan"))
-    htime = torch.full((n, length), float("nan"), dtype=torch.float64)
-    now = torch.empty(n, dtype=torch.float64)
-    user = torch.tensor([u for _, _, u in rows], dtype=torch.long)
-    for r, (events, at, _) in enumerate(rows):
-        past = events[-length:]
-        now[r] = max(at, past[-1].timestamp) if past else at
-        if not past:
-            continue
-        m = len(past)
-        hist[r, -m:] = torch.tensor([sc.view.codes[e.item_id] for e in past])
-        htype[r, -m:] = torch.tensor([TYPE_CODES[e.type] for e in past])
-        hvalue[r, -m:] = torch.tensor([np.nan if e.value is None else e.value for e in past], dtype=torch.float32)
-        htime[r, -m:] = torch.tensor([e.timestamp for e in past], dtype=torch.float64)
-    return {"hist_item": hist, "hist_type": htype, "hist_value": hvalue, "hist_time": htime, "time": now, "user": user}
+    codes = sc.view.codes
+    pasts = [
+        [
+            (codes[e.item_id], TYPE_CODES[e.type], np.nan if e.value is None else e.value, e.timestamp)
+            for e in h[-length:]
+        ]
+        for h, _, _ in rows
+    ]
+    hist, htype, hvalue, htime = left_padded(pasts, length)
+    now = [max(at, h[-1].timestamp) if h else at for h, at, _ in rows]
+    return {
+        "hist_item": torch.from_numpy(hist).long(),
+        "hist_type": torch.from_numpy(htype).long(),
+        "hist_value": torch.from_numpy(hvalue),
+        "hist_time": torch.from_numpy(htime),
+        "time": torch.tensor(now, dtype=torch.float64),
+        "user": torch.tensor([u for _, _, u in rows], dtype=torch.long),
+    }

@@ -1,0 +1,66 @@
+"""The learner's users: a code for each user id (the row of the model's user
+table; retired at an erasure, never reused) and each user's last events, kept
+in memory and advanced event by event, from which micro-batches are built."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from freshrec.domain import Event
+from freshrec.ingest.feedback import TYPE_CODES
+from freshrec.model.base import Interactions
+from freshrec.model.histories import Step, left_padded
+
+
+class Histories:
+    def __init__(self, length: int, user_ids: list[str | None] | None = None):
+        self.length = length
+        self.ids: list[str | None] = list(user_ids or [])
+        """User id of each user code (``None``: deleted)."""
+        self.codes = {u: n for n, u in enumerate(self.ids) if u is not None}
+        self.recent: dict[str, deque[Step]] = {}
+
+    def batch(self, events: Iterable[Event], items: Mapping[str, int]) -> tuple[Interactions, int]:
+        """``events`` with their users' histories before each of them, and how many
+        were left out for naming an item outside ``items`` (item codes); the
+        histories advance past the events."""
+        past, rows, skipped = [], [], 0
+        for e in events:
+            code = items.get(e.item_id)
+            if code is None:
+                skipped += 1
+                continue
+            history = self.recent.setdefault(e.user_id, deque(maxlen=self.length))
+            user = self.codes.get(e.user_id)
+            if user is None:
+                user = self.codes[e.user_id] = len(self.ids)
+                self.ids.append(e.user_id)
+            step = (code, TYPE_CODES[e.type], np.nan if e.value is None else e.value, e.timestamp)
+            past.append(list(history))
+            rows.append((user, e.offset or 0, *step))
+            history.append(step)
+        hist, htype, hvalue, htime = left_padded(past, self.length)
+        columns = list(zip(*rows, strict=True)) if rows else [()] * 6
+        return Interactions(
+            user=np.array(columns[0], dtype=np.int32),
+            item=np.array(columns[2], dtype=np.int32),
+            type=np.array(columns[3], dtype=np.int8),
+            value=np.array(columns[4], dtype=np.float32),
+            time=np.array(columns[5], dtype=np.float64),
+            hist_item=hist,
+            hist_type=htype,
+            hist_value=hvalue,
+            hist_time=htime,
+            position=np.array(columns[1], dtype=np.int64),
+        ), skipped
+
+    def forget(self, user_id: str) -> int | None:
+        """Drop the user's history and retire their code, which is returned."""
+        self.recent.pop(user_id, None)
+        code = self.codes.pop(user_id, None)
+        if code is not None:
+            self.ids[code] = None
+        return code

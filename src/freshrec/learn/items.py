@@ -1,0 +1,66 @@
+"""The learner's item numbering: the row of each item in the model's tables.
+
+A checkpoint fixes it (its ``item_ids``); items added to the catalog later join
+at the end as soon as an event names them, with their text embeddings read
+from the store. Serving maps these rows onto its catalog by item id when a
+snapshot arrives (:func:`freshrec.serve.scoring.row_map`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import numpy as np
+
+from freshrec.domain import Event
+from freshrec.storage.base import Store
+
+ABSENT_S = 10.0
+"""How long ids found missing from the store are not looked up again."""
+
+
+class NoCatalog(RuntimeError):
+    """There is nothing to learn about: no item has an embedding yet."""
+
+
+class ItemCodes:
+    def __init__(self, store: Store, encoder: str):
+        self.store = store
+        self.encoder = encoder
+        self.ids: list[str] = []
+        self.codes: dict[str, int] = {}
+        self._absent: set[str] = set()
+        self._absent_since = time.monotonic()
+
+    def load(self, item_ids: list[str] | None = None) -> np.ndarray:
+        """Number the catalog's embedded items (in the order of ``item_ids``, a
+        checkpoint's, when given) and return their text vectors, row by row."""
+        ids, vectors = self.store.item_vectors(self.encoder)
+        if not ids:
+            raise NoCatalog("no item has a text embedding yet: import items first (freshrec import items ...)")
+        if item_ids is not None:  # a checkpoint fixes the meaning of each table row
+            index = {item_id: n for n, item_id in enumerate(ids)}
+            vectors = np.stack([vectors[index[i]] if i in index else np.zeros(vectors.shape[1]) for i in item_ids])
+            ids = item_ids
+        self.ids = list(ids)
+        self.codes = {item_id: n for n, item_id in enumerate(self.ids)}
+        return vectors.astype(np.float32)
+
+    def add(self, events: Iterable[Event]) -> np.ndarray | None:
+        """Number the catalog items these events name that have no code yet; returns
+        their text vectors (the new rows, in order), or ``None`` if there are none.
+
+        Ids found missing from the store are remembered for a while, so a stream of
+        events for items that were never imported does not reread the catalog on
+        every micro-batch."""
+        if time.monotonic() - self._absent_since > ABSENT_S:
+            self._absent, self._absent_since = set(), time.monotonic()
+        unknown = {e.item_id for e in events if e.item_id not in self.codes} - self._absent
+        if not unknown:
+            return None
+        ids, vectors = self.store.item_vectors(self.encoder, sorted(unknown))
+        for item_id in ids:
+            self.codes[item_id] = len(self.ids)
+            self.ids.append(item_id)
+        self._absent |= {i for i in unknown if i not in self.codes}
+        return vectors if ids else None

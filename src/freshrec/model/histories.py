@@ -1,0 +1,39 @@
+"""Users' histories as the network reads them: right-aligned rows of item codes,
+event type codes, values and times, padded on the left (``-1`` and ``nan``).
+
+One builder for the learner (a micro-batch's histories, from its in-memory
+deques) and serving (a request's history, read from the store); the replay
+evaluator builds the same arrays for a whole log at once, vectorised, in
+:class:`freshrec.evaluate.replay.Sequences`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+Step = tuple[int, int, float, float]
+"""One history event: item code, event type code, value (``nan``: none), time."""
+
+
+def left_padded(
+    pasts: Sequence[Sequence[Step]], length: int
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int8], npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+    """Item codes, type codes, values and times of each history's last ``length`` events,
+    ``(len(pasts), length)`` each, oldest first and padded on the left."""
+    n = len(pasts)
+    hist = np.full((n, length), -1, dtype=np.int32)
+    htype = np.full((n, length), -1, dtype=np.int8)
+    hvalue = np.full((n, length), np.nan, dtype=np.float32)
+    htime = np.full((n, length), np.nan, dtype=np.float64)
+    for r, past in enumerate(pasts):
+        past = past[-length:] if length else ()
+        if not past:
+            continue
+        k = len(past)
+        cols = np.array(past, dtype=np.float64)
+        hist[r, -k:], htype[r, -k:] = cols[:, 0], cols[:, 1]
+        hvalue[r, -k:], htime[r, -k:] = cols[:, 2], cols[:, 3]
+    return hist, htype, hvalue, htime
