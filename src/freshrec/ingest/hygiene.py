@@ -14,9 +14,11 @@ the source of truth, and an operator can inspect them) but not trained on.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from cachetools import TLRUCache
 
 from freshrec.domain import Event
 
@@ -32,7 +34,9 @@ def _key(e: Event) -> Key:
 
 
 class RepeatFilter:
-    """Remembers the last time of each recent (user, item, type, value).
+    """Remembers the last time of each recent (user, item, type, value), for
+    ``window_s`` seconds of event time and at most ``max_keys`` keys (a
+    :class:`cachetools.TLRUCache` whose clock is the newest event time seen).
 
     ``split`` only looks; ``remember`` records what was stored, so a failed
     write followed by a retry is not mistaken for a repeat. Not thread-safe:
@@ -41,9 +45,10 @@ class RepeatFilter:
 
     def __init__(self, window_s: float, max_keys: int = MAX_KEYS):
         self.window = window_s
-        self.max_keys = max_keys
-        self._last: OrderedDict[Key, float] = OrderedDict()
         self._newest = float("-inf")
+        self._last: TLRUCache[Key, float] = TLRUCache(
+            maxsize=max_keys, ttu=lambda key, last, now: last + window_s, timer=lambda: self._newest
+        )
 
     def split(self, events: Sequence[Event]) -> tuple[list[Event], int]:
         """The events to store, and how many were repeats (of earlier ones or each other)."""
@@ -64,16 +69,9 @@ class RepeatFilter:
         if self.window <= 0:
             return
         for e in events:
+            self._newest = max(self._newest, e.timestamp)
             k = _key(e)
             self._last[k] = max(e.timestamp, self._last.get(k, e.timestamp))
-            self._last.move_to_end(k)
-            self._newest = max(self._newest, e.timestamp)
-        # keys are in the order they were last seen, which for a live stream is
-        # time order: those older than the window can never match again
-        while self._last and (
-            len(self._last) > self.max_keys or next(iter(self._last.values())) < self._newest - self.window
-        ):
-            self._last.popitem(last=False)
 
 
 class Quarantine:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable
 
 import numpy as np
+from cachetools import TTLCache
 
 from freshrec.domain import Event
 from freshrec.storage.base import Store
@@ -29,8 +30,7 @@ class ItemCodes:
         self.encoder = encoder
         self.ids: list[str] = []
         self.codes: dict[str, int] = {}
-        self._absent: set[str] = set()
-        self._absent_since = time.monotonic()
+        self._absent: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=ABSENT_S, timer=time.monotonic)
 
     def load(self, item_ids: list[str] | None = None) -> np.ndarray:
         """Number the catalog's embedded items (in the order of ``item_ids``, a
@@ -53,14 +53,12 @@ class ItemCodes:
         Ids found missing from the store are remembered for a while, so a stream of
         events for items that were never imported does not reread the catalog on
         every micro-batch."""
-        if time.monotonic() - self._absent_since > ABSENT_S:
-            self._absent, self._absent_since = set(), time.monotonic()
-        unknown = {e.item_id for e in events if e.item_id not in self.codes} - self._absent
+        unknown = {e.item_id for e in events if e.item_id not in self.codes and e.item_id not in self._absent}
         if not unknown:
             return None
         ids, vectors = self.store.item_vectors(self.encoder, sorted(unknown))
         for item_id in ids:
             self.codes[item_id] = len(self.ids)
             self.ids.append(item_id)
-        self._absent |= {i for i in unknown if i not in self.codes}
+        self._absent.update((i, True) for i in unknown if i not in self.codes)
         return vectors if ids else None

@@ -6,10 +6,11 @@ import itertools
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from cachetools import FIFOCache
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class Jobs:
 
     def __init__(self, keep: int = 100):
         self.keep = keep
-        self.jobs: OrderedDict[str, Job] = OrderedDict()
+        self.jobs: FIFOCache[str, Job] = FIFOCache(maxsize=keep)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._run_lock = threading.Lock()
@@ -43,8 +44,6 @@ class Jobs:
         with self._lock:
             job = Job(f"job-{next(self._ids)}", what)
             self.jobs[job.job_id] = job
-            while len(self.jobs) > self.keep:
-                self.jobs.popitem(last=False)
         threading.Thread(target=self._run, args=(job, work), name=job.job_id, daemon=True).start()
         return job
 

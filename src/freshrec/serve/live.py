@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from cachetools import LRUCache
 
 from freshrec.domain import Event, EventType, ItemId, UserId
 
@@ -46,8 +48,7 @@ class Live:
     def __init__(self, window_s: int = 600, served_users: int = 100_000, clock: Callable[[], float] = time.time):
         self.clock = clock
         self.seconds: deque[Second] = deque(maxlen=window_s)
-        self.served: OrderedDict[UserId, frozenset[ItemId]] = OrderedDict()
-        self.served_users = served_users
+        self.served: LRUCache[UserId, frozenset[ItemId]] = LRUCache(maxsize=served_users)
         self.hits_total = 0
         self.trials_total = 0
         self._lock = threading.Lock()
@@ -62,9 +63,6 @@ class Live:
         with self._lock:
             self._now().requests += 1
             self.served[user_id] = frozenset(items)
-            self.served.move_to_end(user_id)
-            while len(self.served) > self.served_users:
-                self.served.popitem(last=False)
 
     def events(self, events: Iterable[Event]) -> None:
         with self._lock:
