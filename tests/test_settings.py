@@ -41,6 +41,8 @@ def test_layers_file_then_environment_then_arguments(tmp_path: Path) -> None:
         ("[feedback.weights]\nlike = 1\n", {}, "feedback.weights.like"),
         ("", {"FRESHREC_ENCODER__BATCH_SIZE": "many"}, "encoder.batch_size"),
         ("", {"FRESHREC_BATCH": "1"}, "expected FRESHREC_<SECTION>__<KEY>"),
+        ("", {"FRESHREC_ENCODR__BATCH_SIZE": "8"}, "no settings section 'encodr'"),
+        ("", {"FRESHREC_ENCODER__BATCH_SISE": "8"}, "encoder.batch_sise: Extra inputs are not permitted"),
         ("not = [toml", {}, "not valid TOML"),
     ],
 )

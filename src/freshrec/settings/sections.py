@@ -1,35 +1,16 @@
-"""One typed settings object, layered: defaults < TOML file < environment.
+"""The sections of the settings: each component receives only its own.
 
-Every component receives only its own section (``settings.storage`` for the
-store, ``settings.encoder`` for the text encoder, ...), so a component cannot
-grow hidden dependencies on unrelated knobs.
-
-Environment variables use the ``FRESHREC_`` prefix and ``__`` between a section
-and a key, e.g. ``FRESHREC_ENCODER__BATCH_SIZE=32``. Values that look like JSON
-objects or lists are parsed as JSON. ``FRESHREC_DATA`` (the data directory) and
-``FRESHREC_CONFIG`` (the TOML file) are the two top-level exceptions.
-Unknown keys are errors rather than silently ignored: a typo in a config file
-must not fall back to a default unnoticed.
+Every setting is documented where it is declared; ``freshrec.toml`` at the
+project root lists them all with their defaults (a test keeps the two equal).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tomllib
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from freshrec.domain import EventType
-
-ENV_PREFIX = "FRESHREC_"
-
-
-class SettingsError(ValueError):
-    """A configuration that cannot be used; the message names each bad key."""
 
 
 class Section(BaseModel):
@@ -330,91 +311,3 @@ class ClusterSettings(Section):
     def key(self) -> bytes | None:
         """:attr:`snapshot_key` as bytes (``None`` when unset)."""
         return self.snapshot_key.get_secret_value().encode() if self.snapshot_key else None
-
-
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    data_dir: Path = Path("freshrec-data")
-    storage: StorageSettings = StorageSettings()
-    encoder: EncoderSettings = EncoderSettings()
-    ingest: IngestSettings = IngestSettings()
-    feedback: FeedbackSettings = FeedbackSettings()
-    model: ModelSettings = ModelSettings()
-    learn: LearnSettings = LearnSettings()
-    serve: ServeSettings = ServeSettings()
-    cluster: ClusterSettings = ClusterSettings()
-
-    @model_validator(mode="after")
-    def _neutral_in_scale(self) -> Settings:
-        lo, hi = self.ingest.rating_min, self.ingest.rating_max
-        if not lo <= self.feedback.rating_neutral <= hi:
-            raise ValueError(
-                f"feedback.rating_neutral ({self.feedback.rating_neutral}) must lie on the rating scale [{lo}, {hi}]"
-            )
-        return self
-
-    @property
-    def store_url(self) -> str:
-        return self.storage.url or f"sqlite:///{self.data_dir / 'freshrec.db'}"
-
-
-def load_settings(
-    config: Path | None = None,
-    data_dir: Path | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> Settings:
-    """Build the settings: defaults, then the TOML file, then ``FRESHREC_*``
-    variables, then explicit arguments (command-line flags), then validation."""
-    env = os.environ if environ is None else environ
-    layers: dict[str, Any] = {}
-    path = config or (Path(env["FRESHREC_CONFIG"]) if env.get("FRESHREC_CONFIG") else None)
-    if path is not None:
-        try:
-            with open(path, "rb") as fh:
-                layers = tomllib.load(fh)
-        except FileNotFoundError as exc:
-            raise SettingsError(f"config file not found: {path}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
-    _merge(layers, _from_env(env))
-    if env.get("FRESHREC_DATA"):
-        layers["data_dir"] = env["FRESHREC_DATA"]
-    if data_dir is not None:
-        layers["data_dir"] = data_dir
-    try:
-        return Settings.model_validate(layers)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
-        )
-        raise SettingsError(f"invalid settings ({path or 'no config file'}): {problems}") from exc
-
-
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or name in ("FRESHREC_DATA", "FRESHREC_CONFIG"):
-            continue
-        keys = name[len(ENV_PREFIX) :].lower().split("__")
-        if len(keys) < 2 or not all(keys):
-            raise SettingsError(f"{name}: expected FRESHREC_<SECTION>__<KEY>, e.g. FRESHREC_ENCODER__BATCH_SIZE")
-        value: Any = raw
-        if raw.strip()[:1] in ("{", "["):
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise SettingsError(f"{name}: not valid JSON: {exc}") from exc
-        node = out
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        node[keys[-1]] = value
-    return out
-
-
-def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> None:
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
