@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+from freshrec import serialization
 from freshrec.domain import EventType
 from freshrec.encoders.hashing import HashingEncoder
 from freshrec.evaluate.log import EventLog
 from freshrec.evaluate.replay import Sequences
 from freshrec.ingest.feedback import TYPE_CODES
-from freshrec.learn.recommender import FreshRec
-from freshrec.learn.trainer import tensors
+from freshrec.learn.recommender import build_freshrec
 from freshrec.model.base import FIELDS, Interactions
+from freshrec.model.freshrec import FreshRec
+from freshrec.model.histories import tensors
 from freshrec.settings import LearnSettings, ModelSettings
 from tests.evaluate.helpers import tiny_log
 
@@ -32,24 +32,22 @@ def log() -> EventLog:
 
 def model(log: EventLog, model: ModelSettings = MODEL, **learn: object) -> FreshRec:
     text = HashingEncoder(32).encode(log.catalog.texts)
-    return FreshRec(log.n_items, text, model, LEARN.model_copy(update=learn))
+    return build_freshrec(log.n_items, text, model, LEARN.model_copy(update=learn))
 
 
-def test_save_and_load_round_trip(log: EventLog, tmp_path: Path) -> None:
+def test_state_round_trip(log: EventLog) -> None:
     seqs = Sequences(log)
     a = model(log)
     a.fit(seqs.batch(np.arange(300), 6))
     a.learn(seqs.batch(np.arange(300, 400), 6))
-    a.save(tmp_path / "m.state")
     b = model(log, epochs=1)
-    b.load(tmp_path / "m.state")
+    b.load_state(serialization.loads(serialization.dumps(a.state())))  # as a checkpoint carries it
     queries = seqs.batch(np.arange(400, 500), 6, queries=True)
     np.testing.assert_array_equal(a.score(queries), b.score(queries))
     # and they keep learning the same way: optimizer state and RNG travelled too
     a.learn(seqs.batch(np.arange(400, 450), 6))
     b.learn(seqs.batch(np.arange(400, 450), 6))
     np.testing.assert_allclose(a.score(queries), b.score(queries), rtol=1e-5, atol=1e-5)
-    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_untouched_items_are_scored_by_text_alone(log: EventLog) -> None:
@@ -136,7 +134,7 @@ def test_an_item_first_seen_online_starts_near_its_first_user(log: EventLog) -> 
 def test_unused_item_rows_expire_and_start_over_from_text(log: EventLog) -> None:
     seqs = Sequences(log)
     text = HashingEncoder(32).encode(log.catalog.texts)
-    m = FreshRec(log.n_items, text, MODEL.model_copy(update={"id_ttl_s": 50.0}), LEARN)
+    m = build_freshrec(log.n_items, text, MODEL.model_copy(update={"id_ttl_s": 50.0}), LEARN)
     m.fit(seqs.batch(np.arange(300), 6))  # events at t = 0 .. 299
     m.learn(seqs.batch(np.arange(400, 450), 6))
     m.learn(seqs.batch(np.arange(450, 500), 6))  # now t = 499: rows unused since before t = 449 expire
@@ -170,7 +168,7 @@ def test_sampled_softmax_on_a_row_subset_matches_the_full_one_when_it_samples_ev
         torch.testing.assert_close(a, b)
 
 
-def test_user_id_rows_appear_with_users_learn_survive_a_reload_and_are_forgotten(log: EventLog, tmp_path: Path) -> None:
+def test_user_id_rows_appear_with_users_learn_survive_a_reload_and_are_forgotten(log: EventLog) -> None:
     seqs = Sequences(log)
     with_users = MODEL.model_copy(update={"use_user_ids": True})
     m = model(log, with_users)
@@ -190,9 +188,8 @@ def test_user_id_rows_appear_with_users_learn_survive_a_reload_and_are_forgotten
     other = Interactions(**{**{f: getattr(query, f) for f in FIELDS}, "user": (query.user + 1) % 15})
     assert not np.allclose(m.score(query), m.score(other))
 
-    m.save(tmp_path / "m.state")
     again = model(log, with_users)
-    again.load(tmp_path / "m.state")
+    again.load_state(serialization.loads(serialization.dumps(m.state())))
     queries = seqs.batch(np.arange(400, 500), 6, queries=True)
     np.testing.assert_array_equal(m.score(queries), again.score(queries))
 

@@ -8,7 +8,7 @@ import torch
 
 from freshrec.encoders.hashing import HashingEncoder
 from freshrec.evaluate.replay import Sequences
-from freshrec.learn.recommender import FreshRec
+from freshrec.learn.recommender import build_freshrec
 from freshrec.model import pairs
 from freshrec.model.base import Interactions
 from freshrec.model.blend import N_CONTEXTS, Features, Gate, seen_mask
@@ -199,7 +199,7 @@ def test_blended_model_calibrates_on_the_warm_start_and_round_trips() -> None:
     log = tiny_log(rows, items=[f"i{n}" for n in range(35)])
     text = HashingEncoder(32).encode(log.catalog.texts)
     settings = ModelSettings(dim=16, history_length=6, heads=2)
-    m = FreshRec(log.n_items, text, settings, LearnSettings(batch_size=64))
+    m = build_freshrec(log.n_items, text, settings, LearnSettings(batch_size=64))
     seqs = Sequences(log)
     before = m.gate.weight.detach().clone() if m.gate is not None else None
     m.fit(seqs.batch(np.arange(400), 6))
@@ -209,6 +209,6 @@ def test_blended_model_calibrates_on_the_warm_start_and_round_trips() -> None:
     assert set(m.params()["blend"]["history 0"]) == {"network", "learned-nearest", *m.signals.names}
     queries = seqs.batch(np.arange(400, 450), 6, queries=True)
     state = m.state()
-    twin = FreshRec(log.n_items, text, settings, LearnSettings(batch_size=64))
+    twin = build_freshrec(log.n_items, text, settings, LearnSettings(batch_size=64))
     twin.load_state(state)
     np.testing.assert_allclose(m.score(queries), twin.score(queries), rtol=1e-5, atol=1e-5)

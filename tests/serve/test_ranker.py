@@ -10,8 +10,9 @@ import torch
 
 from freshrec.domain import Event, EventType, Item
 from freshrec.encoders.hashing import HashingEncoder
-from freshrec.learn.recommender import FreshRec
+from freshrec.learn.recommender import build_freshrec
 from freshrec.model.base import Interactions
+from freshrec.model.freshrec import FreshRec
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.ranker import Options, Ranker
@@ -34,7 +35,9 @@ def text(ids: list[str]) -> np.ndarray:
 
 def trained_snapshot() -> tuple[FreshRec, Snapshot]:
     rng = np.random.default_rng(0)
-    model = FreshRec(len(IDS), text(IDS), MODEL, LearnSettings(epochs=1))
+    # five epochs: the fixture must have learned the topics (with one, whether the top item of a
+    # garden history was a garden item depended on the dropout draws)
+    model = build_freshrec(len(IDS), text(IDS), MODEL, LearnSettings(epochs=5))
     n, length = 400, MODEL.history_length
     users = rng.integers(0, 3, n)
     item = (users + 3 * rng.integers(0, 10, n)).astype(np.int32)  # each "user kind" sticks to one topic

@@ -52,7 +52,7 @@ def _freshrec(**overrides: Any) -> Callable[[EventLog, Inputs], Recommender]:
     """The freshrec model with some settings changed (for ablations)."""
 
     def build(log: EventLog, inputs: Inputs) -> Recommender:
-        from freshrec.learn.recommender import FreshRec
+        from freshrec.learn.recommender import build_freshrec
 
         s = inputs.settings
         model = s.model.model_copy(update=overrides.get("model", {}))
@@ -60,7 +60,7 @@ def _freshrec(**overrides: Any) -> Callable[[EventLog, Inputs], Recommender]:
         if overrides.get("private"):
             learn = learn.model_copy(update={"privacy": learn.privacy.model_copy(update={"enabled": True})})
         text = inputs.text if model.use_text else None
-        return FreshRec(log.n_items, text, model, learn, s.feedback, s.ingest)
+        return build_freshrec(log.n_items, text, model, learn, s.feedback, s.ingest)
 
     return build
 

@@ -33,8 +33,9 @@ from freshrec.learn.checkpoints import Checkpoints, Version
 from freshrec.learn.feed import IDLE_S, Feed, Polling
 from freshrec.learn.histories import Histories
 from freshrec.learn.items import ItemCodes, NoCatalog
-from freshrec.learn.recommender import FreshRec
+from freshrec.learn.recommender import build_freshrec
 from freshrec.model.base import Interactions
+from freshrec.model.freshrec import FreshRec
 from freshrec.model.snapshot import Snapshot
 from freshrec.settings import Settings
 from freshrec.storage.base import Store, identity, iter_log, redact
@@ -110,7 +111,7 @@ class Learner:
         memory (a batch's features grow with the catalog) for nothing."""
         s = self.settings
         model = s.model.model_copy(update={"blend": s.model.blend.model_copy(update={"enabled": False})})
-        return FreshRec(len(text), text, model, s.learn, s.feedback, s.ingest, progress=self.progress)
+        return build_freshrec(len(text), text, model, s.learn, s.feedback, s.ingest, progress=self.progress)
 
     def _batch(self, events: Iterable[Event]) -> Interactions:
         """Events with their users' histories before each of them; histories advance."""

@@ -54,8 +54,9 @@ from opacus.accountants import RDPAccountant
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from freshrec.learn.trainer import Trainer, example_terms, tensors
+from freshrec.learn.trainer import Trainer, example_terms
 from freshrec.model.base import Interactions
+from freshrec.model.histories import tensors
 from freshrec.model.sequence import SequenceNet
 from freshrec.settings import PrivacySettings
 

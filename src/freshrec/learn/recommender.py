@@ -1,324 +1,43 @@
-"""The freshrec model behind the evaluator's and the server's interface.
-
-``fit`` warm-starts on a time-ordered log (epochs, early stopping on the most
-recent slice), ``learn`` makes one optimizer step per micro-batch (mixing in
-older examples from a replay buffer if ``replay_share`` asks for it), and
-``score`` ranks the whole catalog: with the blend (``[model.blend]``, see
-:mod:`freshrec.model.blend`), the network's scores weighed against counting
-signals by weights learned from every scored event.
-"""
+"""The freshrec model wired from settings: the network (seeded without touching
+torch's global generator), its trainer, the replay buffer and, with privacy on,
+the private steps, handed to :class:`~freshrec.model.freshrec.FreshRec`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from freshrec import serialization
 from freshrec.ingest.feedback import FeedbackWeights
 from freshrec.learn.buffer import ReplayBuffer
-from freshrec.learn.checkpoints import atomic_write
-from freshrec.learn.trainer import Trainer, tensors
-from freshrec.model.base import FloatArray, Interactions
-from freshrec.model.blend import Features, Gate, seen_mask
+from freshrec.learn.trainer import Trainer
+from freshrec.model.freshrec import FreshRec, PrivateTraining
 from freshrec.model.sequence import SequenceNet
-from freshrec.model.signals import CountSignals, nearest
 from freshrec.settings import FeedbackSettings, IngestSettings, LearnSettings, ModelSettings
 
-if TYPE_CHECKING:
-    from freshrec.learn.privacy import PrivateSteps
 
+def build_freshrec(
+    n_items: int,
+    text: np.ndarray | None,
+    model: ModelSettings | None = None,
+    learn: LearnSettings | None = None,
+    feedback: FeedbackSettings | None = None,
+    scale: IngestSettings | None = None,
+    progress: bool = False,
+) -> FreshRec:
+    """A new model over ``n_items`` items (codes ``0 .. n_items - 1``) with ``text``,
+    their ``(n_items, width)`` frozen text embeddings, or ``None`` (IDs only)."""
+    model = model or ModelSettings()
+    learn = learn or LearnSettings()
+    scale = scale or IngestSettings()
+    text_tensor = torch.from_numpy(np.asarray(text, dtype=np.float32)) if text is not None else None
+    with torch.random.fork_rng(devices=[]):  # the same seed gives the same network; the caller's RNG is untouched
+        torch.manual_seed(model.seed)
+        net = SequenceNet(n_items, text_tensor, model, rating_scale=scale.rating_max)
+    trainer = Trainer(net, learn, FeedbackWeights(feedback or FeedbackSettings(), scale), model.seed)
+    private: PrivateTraining | None = None
+    if learn.privacy.enabled:
+        from freshrec.learn.privacy import PrivateSteps  # Opacus takes seconds to import
 
-LEARNED_NEAREST = "learned-nearest"
-"""The blend's one feature from the network's own item vectors (see :meth:`FreshRec._blend_features`)."""
-
-
-class FreshRec:
-    """Text-aware sequence recommender, learned online.
-
-    Parameters
-    ----------
-    n_items
-        Catalog size (item codes ``0 .. n_items - 1``).
-    text
-        ``(n_items, width)`` frozen text embeddings, or ``None`` (IDs only).
-    """
-
-    name = "freshrec"
-
-    def __init__(
-        self,
-        n_items: int,
-        text: np.ndarray | None,
-        model: ModelSettings | None = None,
-        learn: LearnSettings | None = None,
-        feedback: FeedbackSettings | None = None,
-        scale: IngestSettings | None = None,
-        progress: bool = False,
-    ):
-        self.model_settings = model or ModelSettings()
-        self.learn_settings = learn or LearnSettings()
-        scale = scale or IngestSettings()
-        torch.manual_seed(self.model_settings.seed)
-        self.history_length = self.model_settings.history_length
-        text_tensor = torch.from_numpy(np.asarray(text, dtype=np.float32)) if text is not None else None
-        self.net = SequenceNet(n_items, text_tensor, self.model_settings, rating_scale=scale.rating_max)
-        self.trainer = Trainer(
-            self.net,
-            self.learn_settings,
-            FeedbackWeights(feedback or FeedbackSettings(), scale),
-            self.model_settings.seed,
-        )
-        self.buffer = ReplayBuffer(self.learn_settings.replay_capacity, seed=self.model_settings.seed)
-        self.private: PrivateSteps | None = None
-        if self.learn_settings.privacy.enabled:
-            from freshrec.learn.privacy import PrivateSteps  # Opacus takes seconds to import
-
-            self.private = PrivateSteps(self.trainer, self.learn_settings.privacy, self.learn_settings.batch_size)
-        self.rng = np.random.default_rng(self.model_settings.seed)
-        self.progress = progress
-        self._table: tuple[torch.Tensor, torch.Tensor] | None = None
-        blend = self.model_settings.blend
-        self.signals: CountSignals | None = None
-        self.gate: Gate | None = None
-        if blend.enabled and not self.learn_settings.privacy.enabled:
-            # counts remember single users' transitions exactly: no place in the private mode
-            text = text if self.net.use_text else None
-            self.signals = CountSignals(n_items, blend.window, blend.half_lives, text, blend.time_half_lives)
-            q, names = self.signals.n_per_query, self.signals.names
-            self.gate = Gate(["network", *names[:q], LEARNED_NEAREST, *names[q:]], q + 1, blend)
-        self._features: tuple[np.ndarray, Features] | None = None
-        """The features of the last scored batch, by stream position: the blend learns from them."""
-
-    # -- the Recommender interface ------------------------------------------
-    def fit(self, events: Interactions, on_step: Callable[[], None] | None = None) -> None:
-        """Warm start: the network's epochs on the log, then, with the blend, the
-        most recent ``calibration_share`` of it learned in order as a stream,
-        scored first, so that the blend's weights start from real outcomes.
-        ``on_step`` is called after every optimizer step (the online learner
-        publishes the model as it goes, so serving need not wait for the end)."""
-        if self.signals is None:
-            self._fit_network(events, on_step)
-            return
-        cut = len(events) - int(len(events) * self.model_settings.blend.calibration_share)
-        first = events.take(np.arange(cut))
-        self._fit_network(first, on_step)
-        self.signals.learn(first, self.trainer.weights(first) > 0)
-        size = self.learn_settings.batch_size
-        for start in tqdm(range(cut, len(events), size), desc="calibrate", unit="batch", disable=not self.progress):
-            chunk = events.take(np.arange(start, min(start + size, len(events))))
-            self.score(chunk)
-            self._learn(chunk)
-            if on_step is not None:
-                on_step()
-
-    def _fit_network(self, events: Interactions, on_step: Callable[[], None] | None = None) -> None:
-        """Shuffled epochs on all but the most recent slice, early stopping on
-        that slice, then one in-order pass over it."""
-        s = self.learn_settings
-        self._activate(events)
-        self._add_users(events)
-        n_val = int(len(events) * s.validation_share)
-        train, val = np.arange(len(events) - n_val), np.arange(len(events) - n_val, len(events))
-        best, best_state, patience = float("inf"), None, s.patience
-        for _ in tqdm(range(s.epochs), desc="warm start", unit="epoch", disable=not self.progress):
-            order = self.rng.permutation(train)
-            for i in range(0, len(order), s.batch_size):
-                self.trainer.step(events.take(order[i : i + s.batch_size]), every_position=True)
-                if on_step is not None:
-                    on_step()
-            if not n_val:
-                continue
-            loss = self._evaluate(events.take(val))
-            if loss < best - 1e-4:
-                best, best_state, patience = loss, self.trainer.snapshot(), s.patience
-            elif patience == 0:
-                break
-            else:
-                patience -= 1
-        if best_state is not None:
-            self.trainer.restore(best_state)
-        for i in range(0, n_val, s.batch_size):
-            self.trainer.step(events.take(val[i : i + s.batch_size]))
-            if on_step is not None:
-                on_step()
-        self.buffer.add(events)
-        self._table = None
-
-    def learn(self, events: Interactions) -> None:
-        if self.learn_settings.online and len(events):
-            self._learn(events)
-
-    def _learn(self, events: Interactions) -> None:
-        self._learn_blend(events)
-        self._add_users(events)
-        if self.private is not None:  # no replay, seeding or activation: see freshrec.learn.privacy
-            self.private.step(events)
-            self._table = None
-            return
-        self._seed_new_items(events)
-        self._activate(events)
-        extra = round(len(events) * self.learn_settings.replay_share)
-        batch = events.concat(self.buffer.sample(extra))
-        self.trainer.step(batch, dropout=False)
-        self.buffer.add(events)
-        self._table = None
-
-    @torch.no_grad()
-    def score(self, queries: Interactions) -> FloatArray:
-        if self.gate is None:
-            return self._network_scores(queries)
-        features = self._blend_features(queries)
-        self._features = (queries.position.copy(), features)
-        return self.gate.combine(features).numpy()
-
-    def _blend_features(self, queries: Interactions) -> Features:
-        assert self.signals is not None
-        network = torch.from_numpy(self._network_scores(queries))
-        per_query, per_item = self.signals.features(queries)
-        assert self._table is not None
-        # nearest in the network's item space (IDs and text as learned so far), as
-        # text-nearest is in the frozen text space
-        learned = nearest(torch.nn.functional.normalize(self._table[0], dim=1), queries)
-        per_query = torch.cat([per_query, learned[:, None]], 1)
-        return Features(network, per_query, per_item, Gate.context(queries))
-
-    @torch.no_grad()
-    def _network_scores(self, queries: Interactions) -> FloatArray:
-        self.net.eval()
-        if self._table is None:
-            self._table = self.net.item_table()
-        table, bias = self._table
-        users = self.net.users(table, **tensors(queries))
-        return self.net.scores(users, table, bias).numpy().astype(np.float32, copy=False)
-
-    def _learn_blend(self, events: Interactions) -> None:
-        """The blend learns from how its features ranked each event's item (those
-        of the scoring just before, when it scored these very events), then the
-        counts take the events in."""
-        if self.signals is None or self.gate is None:
-            return
-        cached = self._features
-        if cached is not None and np.array_equal(cached[0], events.position):
-            features = cached[1]
-        else:
-            with torch.no_grad():
-                features = self._blend_features(events)
-        self._features = None
-        weight = self.trainer.weights(events)
-        target = torch.from_numpy(events.item.astype(np.int64))
-        seen = seen_mask(events, self.n_items)
-        self.gate.learn(features, target, torch.from_numpy(weight), seen)
-        self.signals.learn(events, weight > 0)
-
-    def params(self) -> dict[str, Any]:
-        return {
-            **({"blend": self.gate.report()} if self.gate is not None else {}),
-            "model": self.model_settings.model_dump(),
-            "learn": self.learn_settings.model_dump(),
-            "health": vars(self.trainer.health).copy(),
-            **({"privacy": self.private.report(self.history_length)} if self.private is not None else {}),
-        }
-
-    def add_items(self, text: np.ndarray) -> None:
-        """Grow the catalog by ``len(text)`` items (codes continue from ``n_items``)."""
-        if len(text):
-            self.trainer.grow(torch.from_numpy(np.asarray(text, dtype=np.float32)))
-            if self.signals is not None:
-                self.signals.grow(np.asarray(text, dtype=np.float32))
-            self._table = None
-
-    @property
-    def n_items(self) -> int:
-        return int(self.net.item_id.num_embeddings)
-
-    # -- internals -----------------------------------------------------------
-    @torch.no_grad()
-    def _seed_new_items(self, events: Interactions) -> None:
-        """Start the ID embedding of an item seen for the first time at a small
-        multiple of the state of the user who chose it (``new_item_seed``).
-
-        A zero row would leave the item to its text until training caught up;
-        seeded, it is at once close to users in a similar state, the way
-        co-occurrence counts surface a new item after a single transition. On
-        MovieLens-100K this took cold-item HR@10 from 0.0052 to 0.0118.
-        """
-        scale = self.model_settings.new_item_seed
-        if not scale or not self.net.use_ids:
-            return
-        fresh = (self.net.interactions[torch.from_numpy(events.item.astype(np.int64))] == 0).numpy()
-        if not fresh.any():
-            return
-        items, first = np.unique(events.item[fresh], return_index=True)
-        rows = np.flatnonzero(fresh)[first]
-        self.net.eval()
-        table, _ = self.net.item_table()
-        users = self.net.users(table, **tensors(events.take(rows)))
-        self.net.item_id.weight[torch.from_numpy(items.astype(np.int64))] = scale * users
-
-    def _add_users(self, events: Interactions) -> None:
-        if self.net.user_id is not None and len(events):
-            self.trainer.grow_users(int(events.user.max()) + 1)
-
-    def forget_user(self, code: int) -> None:
-        """Erase what the model learned about user ``code`` alone: the ID
-        embedding row and its optimizer state (a no-op without user IDs)."""
-        self.trainer.forget_user(code)
-        self.buffer.forget_user(code)
-        self._table = None
-
-    def _activate(self, events: Interactions) -> None:
-        expired = self.net.observe(
-            torch.from_numpy(events.item.astype(np.int64)), torch.from_numpy(events.time.astype(np.float64))
-        )
-        if len(expired):
-            self.trainer.forget_rows(expired)
-
-    @torch.no_grad()
-    def _evaluate(self, events: Interactions) -> float:
-        self.net.eval()
-        return float(self.trainer.loss(events))
-
-    # -- persistence -------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """Everything needed to resume exactly: parameters, item activity,
-        optimizer and schedule state, random generators and the replay buffer."""
-        return {
-            "trainer": self.trainer.snapshot(),
-            "rng": self.rng.bit_generator.state,
-            "trainer_rng": self.trainer._rng.bit_generator.state,
-            "generator": self.trainer.generator.get_state(),
-            "buffer": self.buffer.state(),
-            **({"signals": self.signals.state()} if self.signals is not None else {}),
-            **({"gate": self.gate.state()} if self.gate is not None else {}),
-            "health": vars(self.trainer.health).copy(),
-            **({"privacy": self.private.report(self.history_length)} if self.private is not None else {}),
-        }
-
-    def save(self, path: Path) -> None:
-        """Atomically: written to a temporary file, then renamed over ``path``."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, serialization.dumps(self.state()))
-
-    def load(self, path: Path) -> None:
-        self.load_state(serialization.load(path))
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.trainer.restore(state["trainer"])
-        self.rng.bit_generator.state = state["rng"]
-        self.trainer._rng.bit_generator.state = state["trainer_rng"]
-        self.trainer.generator.set_state(state["generator"])
-        self.buffer.restore(state["buffer"])
-        if self.signals is not None and "signals" in state:
-            self.signals.restore(state["signals"])
-        if self.gate is not None and "gate" in state:
-            self.gate.restore(state["gate"])
-        for key, value in state["health"].items():
-            setattr(self.trainer.health, key, value)
-        if self.private is not None and "privacy" in state:
-            self.private.uses = max(1, int(state["privacy"].get("uses", 1)))
-        self._table = None
+        private = PrivateSteps(trainer, learn.privacy, learn.batch_size)
+    buffer = ReplayBuffer(learn.replay_capacity, seed=model.seed)
+    return FreshRec(net, trainer, buffer, model, learn, text, private, progress)

@@ -16,6 +16,8 @@ since (all but the spiking one, which is dropped); the gradient norm is clipped.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +30,8 @@ from freshrec.domain import EventType
 from freshrec.ingest.feedback import TYPE_CODES, FeedbackWeights
 from freshrec.learn.optim import build_optimizer, build_schedule
 from freshrec.model.base import Interactions
-from freshrec.model.sequence import HistoryTensors, SequenceNet, upgrade_state
+from freshrec.model.histories import tensors
+from freshrec.model.sequence import SequenceNet, upgrade_state
 from freshrec.settings import LearnSettings
 
 RATING = TYPE_CODES[EventType.RATING]
@@ -43,17 +46,6 @@ class Health:
     mean_loss: float = float("nan")
 
 
-def tensors(batch: Interactions) -> HistoryTensors:
-    return {
-        "hist_item": torch.from_numpy(np.ascontiguousarray(batch.hist_item)).long(),
-        "hist_type": torch.from_numpy(np.ascontiguousarray(batch.hist_type)).long(),
-        "hist_value": torch.from_numpy(np.ascontiguousarray(batch.hist_value)).float(),
-        "hist_time": torch.from_numpy(np.ascontiguousarray(batch.hist_time)).double(),
-        "time": torch.from_numpy(np.ascontiguousarray(batch.time)).double(),
-        "user": torch.from_numpy(np.ascontiguousarray(batch.user)).long(),
-    }
-
-
 def example_terms(cross_entropy: Tensor, target_logit: Tensor, weight: Tensor) -> Tensor:
     """Each example's loss: a positive weight trains its item as the next one (softmax
     cross-entropy), a negative one pushes the item's score down (softplus)."""
@@ -66,7 +58,7 @@ class Trainer:
         self.settings = settings
         self.feedback = feedback
         self.generator = torch.Generator().manual_seed(seed)
-        self._rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed)
         tables = [net.item_id.weight, net.item_bias.weight]
         if net.user_id is not None:
             tables.append(net.user_id.weight)
@@ -121,7 +113,7 @@ class Trainer:
             if per_row < valid.shape[1]:
                 # a random subset of positions per row: the softmax over the catalog
                 # for every position costs more than it teaches
-                noise = np.where(valid, self._rng.random(valid.shape), -1.0)
+                noise = np.where(valid, self.rng.random(valid.shape), -1.0)
                 cut = -np.partition(-noise, per_row - 1, axis=1)[:, per_row - 1 : per_row]
                 valid &= noise >= cut
             users = torch.cat([states[:, :-1][torch.from_numpy(valid)], states[:, -1]])
@@ -163,12 +155,13 @@ class Trainer:
         self.net.train(dropout)
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
-        loss = self.loss(batch, every_position)
-        value = float(loss.detach())
-        if not np.isfinite(value):
-            self.health.skipped_non_finite += 1
-            return None
-        loss.backward()  # type: ignore[no-untyped-call]
+        with self._dropout_randomness(dropout):
+            loss = self.loss(batch, every_position)
+            value = float(loss.detach())
+            if not np.isfinite(value):
+                self.health.skipped_non_finite += 1
+                return None
+            loss.backward()  # type: ignore[no-untyped-call]
         norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.settings.clip_norm)
         if not torch.isfinite(norm):
             self.health.skipped_non_finite += 1
@@ -176,6 +169,19 @@ class Trainer:
                 o.zero_grad(set_to_none=True)
             return None
         return value
+
+    @contextmanager
+    def _dropout_randomness(self, dropout: bool) -> Iterator[None]:
+        """Dropout draws from torch's global generator: seeded here from the trainer's own
+        (which checkpoints carry), inside a fork of the global state, so that training is
+        reproducible and leaves the caller's randomness alone."""
+        if not dropout:
+            yield
+            return
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
 
     def advance(self, loss: float, count: bool = True) -> None:
         """Apply the gradients the parameters hold: every optimizer and schedule steps."""

@@ -13,6 +13,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
+import torch
+
+from freshrec.model.base import Interactions
+from freshrec.model.sequence import HistoryTensors
 
 Step = tuple[int, int, float, float]
 """One history event: item code, event type code, value (``nan``: none), time."""
@@ -37,3 +41,15 @@ def left_padded(
         hist[r, -k:], htype[r, -k:] = cols[:, 0], cols[:, 1]
         hvalue[r, -k:], htime[r, -k:] = cols[:, 2], cols[:, 3]
     return hist, htype, hvalue, htime
+
+
+def tensors(batch: Interactions) -> HistoryTensors:
+    """A batch's histories as the network's keyword arguments."""
+    return {
+        "hist_item": torch.from_numpy(np.ascontiguousarray(batch.hist_item)).long(),
+        "hist_type": torch.from_numpy(np.ascontiguousarray(batch.hist_type)).long(),
+        "hist_value": torch.from_numpy(np.ascontiguousarray(batch.hist_value)).float(),
+        "hist_time": torch.from_numpy(np.ascontiguousarray(batch.hist_time)).double(),
+        "time": torch.from_numpy(np.ascontiguousarray(batch.time)).double(),
+        "user": torch.from_numpy(np.ascontiguousarray(batch.user)).long(),
+    }
