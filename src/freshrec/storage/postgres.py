@@ -36,7 +36,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from freshrec.domain import Event, ItemId, UserId
 from freshrec.settings import StorageSettings
 from freshrec.storage.base import AppendResult, Erasure, StoreBusy, redact
-from freshrec.storage.rows import EVENT_COLUMNS, context_text, event_of, texts_to_embed
+from freshrec.storage.rows import EVENT_COLUMNS, event_of, event_row
 from freshrec.storage.sql import LAST_OFFSET, POSTGRES, RECORD_ERASURE, SharedSQL
 from freshrec.storage.sqlite import SchemaError
 
@@ -218,19 +218,7 @@ class PostgresStore(SharedSQL):
     # -- the log -----------------------------------------------------------
     def append_events(self, events: Sequence[Event]) -> AppendResult:
         now = time.time()
-        rows = [
-            (
-                e.event_id,
-                e.user_id,
-                e.item_id,
-                e.type.value,
-                e.value,
-                e.timestamp,
-                context_text(e),
-                now,
-            )
-            for e in events
-        ]
+        rows = [event_row(e, now) for e in events]
         with self.transaction(), self._conn() as conn:
             # the append lock has no timeout of its own: without one, a post would wait
             # for as long as another process's transaction holds it
@@ -344,19 +332,6 @@ class PostgresStore(SharedSQL):
         with self._pool.connection() as conn:
             for table in ("events", "items", "embeddings", "published", "erasures"):
                 conn.execute(f"VACUUM FULL {table}")  # type: ignore[call-overload]
-
-    # -- the catalog -------------------------------------------------------
-    def items_to_embed(self, encoder: str) -> list[tuple[str, str]]:
-        with self._conn() as conn:
-            rows = conn.execute(
-                "SELECT text_hash, title, description, categories FROM ("
-                " SELECT DISTINCT ON (i.text_hash) i.text_hash, i.title, i.description, i.categories, i.item_id"
-                " FROM items i WHERE i.vector IS NULL AND NOT EXISTS (SELECT 1 FROM embeddings e"
-                " WHERE e.encoder = %s AND e.text_hash = i.text_hash)"
-                " ORDER BY i.text_hash, i.item_id) first_of_each ORDER BY item_id",
-                (encoder,),
-            ).fetchall()
-        return texts_to_embed(rows)
 
     def close(self) -> None:
         self._pool.close()

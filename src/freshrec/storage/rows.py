@@ -22,6 +22,12 @@ ITEM_COLUMNS = "item_id, title, description, categories, attributes, vector, cre
 _TYPES = {t.value: t for t in EventType}  # a dict lookup is several times cheaper than EventType(value)
 
 
+def event_row(e: Event, now: float) -> tuple[Any, ...]:
+    """The stored columns of an event after its offset: event_id, user_id, item_id, type,
+    value, ts, context, ingested_at."""
+    return (e.event_id, e.user_id, e.item_id, e.type.value, e.value, e.timestamp, context_text(e), now)
+
+
 def context_text(event: Event) -> str | None:
     return json.dumps(event.context, separators=(",", ":"), ensure_ascii=False) if event.context else None
 

@@ -32,6 +32,7 @@ from freshrec.storage.rows import (
     erasures_of,
     event_of,
     item_of,
+    texts_to_embed,
     upsert_items_sql,
     vector_matrix,
 )
@@ -57,6 +58,14 @@ GET_ITEM = f"SELECT {ITEM_COLUMNS} FROM items WHERE item_id = ?"
 ALL_ITEMS = f"SELECT {ITEM_COLUMNS} FROM items ORDER BY item_id"
 DELETE_ITEM = "DELETE FROM items WHERE item_id = ?"
 CONTENT_HASHES = "SELECT item_id, content_hash FROM items WHERE item_id IN ({ids})"
+TEXTS_TO_EMBED = (
+    "SELECT i.text_hash, i.title, i.description, i.categories FROM items i"
+    " WHERE i.vector IS NULL"
+    " AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.encoder = ? AND e.text_hash = i.text_hash)"
+    " AND i.item_id = (SELECT MIN(j.item_id) FROM items j WHERE j.text_hash = i.text_hash AND j.vector IS NULL)"
+    " ORDER BY i.item_id"
+)
+"""Each text without a vector for the encoder once (from its first item), in item order."""
 PUT_EMBEDDING = (
     "INSERT INTO embeddings (encoder, text_hash, vector) VALUES (?, ?, ?)"
     " ON CONFLICT (encoder, text_hash) DO UPDATE SET vector = excluded.vector"
@@ -206,6 +215,10 @@ class SharedSQL:
             return bool(conn.execute(self.dialect(DELETE_ITEM), (item_id,)).rowcount > 0)
 
     # -- embeddings --------------------------------------------------------
+    def items_to_embed(self, encoder: str) -> list[tuple[str, str]]:
+        with self._read() as conn:
+            return texts_to_embed(self._all(conn, TEXTS_TO_EMBED, (encoder,)))
+
     def put_embeddings(self, encoder: str, hashes: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
         rows = embedding_rows(encoder, hashes, vectors)
         with self._write() as conn:

@@ -31,7 +31,7 @@ from typing import Any
 from freshrec.domain import Event, ItemId, UserId
 from freshrec.settings import StorageSettings
 from freshrec.storage.base import AppendResult, Erasure, StoreBusy
-from freshrec.storage.rows import EVENT_COLUMNS, context_text, event_of, texts_to_embed
+from freshrec.storage.rows import EVENT_COLUMNS, event_of, event_row
 from freshrec.storage.sql import RECORD_ERASURE, SQLITE, SharedSQL
 
 SCHEMA_VERSION = 2
@@ -212,21 +212,7 @@ class SQLiteStore(SharedSQL):
             # AUTOINCREMENT high-water mark, which never goes back (deleting
             # the newest events must not let a later event reuse an offset).
             base = self._high_water() + 1
-            rows = [
-                (
-                    seq,
-                    seq >> SEGMENT_BITS,
-                    e.event_id,
-                    e.user_id,
-                    e.item_id,
-                    e.type.value,
-                    e.value,
-                    e.timestamp,
-                    context_text(e),
-                    now,
-                )
-                for seq, e in enumerate(events, start=base)
-            ]
+            rows = [(seq, seq >> SEGMENT_BITS, *event_row(e, now)) for seq, e in enumerate(events, start=base)]
             before = self._conn.total_changes
             self._conn.executemany(
                 "INSERT INTO events (seq, segment, event_id, user_id, item_id, type, value, ts, context, ingested_at)"
@@ -309,18 +295,6 @@ class SQLiteStore(SharedSQL):
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.execute("VACUUM")
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-    # -- the catalog -------------------------------------------------------
-    def items_to_embed(self, encoder: str) -> list[tuple[str, str]]:
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT i.text_hash, i.title, i.description, i.categories FROM items i"
-                " WHERE i.vector IS NULL AND NOT EXISTS (SELECT 1 FROM embeddings e"
-                " WHERE e.encoder = ? AND e.text_hash = i.text_hash)"
-                " GROUP BY i.text_hash ORDER BY MIN(i.item_id)",
-                (encoder,),
-            ).fetchall()
-        return texts_to_embed(rows)
 
     def close(self) -> None:
         with self._lock, self._readers_lock:

@@ -1,6 +1,6 @@
 """``/v1/items``: the catalog, and similar items."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -19,16 +19,10 @@ Categories = Annotated[list[str], Query(description="Only items in any of these 
 def router(service: Service, access: Access) -> APIRouter:
     routes = APIRouter(tags=["items"])
     max_id = service.settings.ingest.max_id_length
-    writes = answers(400, 413, 422, 503)
+    writing: dict[str, Any] = {"dependencies": [access.writer], "responses": answers(400, 413, 422, 503)}
     K = Annotated[int, Query(ge=1, le=service.settings.serve.max_k, description="Length of the list.")]
 
-    @routes.post(
-        "/v1/items",
-        response_model=ItemsWritten,
-        dependencies=[access.writer],
-        responses=writes,
-        openapi_extra=body_schema(ItemIn, 100_000),
-    )
+    @routes.post("/v1/items", response_model=ItemsWritten, openapi_extra=body_schema(ItemIn, 100_000), **writing)
     async def post_items(request: Request, response: Response) -> ItemsWritten:
         """Add or replace items. Small batches are embedded before the reply; larger ones
         in the background (202 with a job to follow)."""
@@ -37,13 +31,7 @@ def router(service: Service, access: Access) -> APIRouter:
             response.status_code = 202
         return ItemsWritten(items=count, job=job.as_dict() if job else None)
 
-    @routes.put(
-        "/v1/items/{item_id}",
-        response_model=ItemOut,
-        dependencies=[access.writer],
-        responses=writes,
-        openapi_extra=body_schema(ItemIn, 1),
-    )
+    @routes.put("/v1/items/{item_id}", response_model=ItemOut, openapi_extra=body_schema(ItemIn, 1), **writing)
     async def put_item(item_id: str, request: Request) -> ItemOut:
         """Create or replace one item; its embedding is computed before the reply."""
         item_id = valid_id(item_id, "item_id", max_id)
