@@ -31,12 +31,9 @@ first minute (warm-up) to the end (the ``soak`` section of RESULTS.md).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
-import json
 import multiprocessing as mp
 import os
-import re
 import signal
 import subprocess
 import time
@@ -50,8 +47,7 @@ import redis
 from freshrec.bus import keys
 from freshrec.storage import redact
 from harness import free_port, freshrec, wait_ready, write_section
-
-KEYS = {"read": "bench-read-key-0000000", "write": "bench-write-key-000000", "admin": "bench-admin-key-000000"}
+from load import KEYS, event_load, learner_pid, percentiles, rss_mb, run_load
 
 
 def env() -> dict[str, str]:
@@ -78,148 +74,6 @@ def prepare(data: Path, items: int, users: int, history: int) -> None:
     started = time.perf_counter()
     subprocess.run(freshrec(data, "train"), check=True, env=env())
     print(f"warm start: {time.perf_counter() - started:.1f} s")
-
-
-def percentiles(values: list[float]) -> tuple[float, float, float, float]:
-    a = np.asarray(values)
-    return tuple(float(x) for x in (np.percentile(a, 50), np.percentile(a, 95), np.percentile(a, 99), a.max()))  # type: ignore[return-value]
-
-
-# -- load processes ---------------------------------------------------------------------
-class RawClient:
-    """A minimal HTTP/1.1 keep-alive client on asyncio streams.
-
-    httpx costs a few milliseconds of CPU per request here, so at 200 requests/s
-    it measured itself more than the server; this costs tens of microseconds,
-    like wrk, and leaves the cores to the server.
-    """
-
-    def __init__(self, url: str, headers: dict[str, str], connections: int = 64):
-        self.host, port = url.removeprefix("http://").split(":")
-        self.port = int(port)
-        self.extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self.free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
-        self.connections = connections
-        self.opened = 0
-
-    async def open(self, n: int) -> None:
-        """Open ``n`` connections up front, as a load balancer holds them: with several
-        API replicas on one port, the kernel spreads connections, not requests."""
-        for _ in range(min(n, self.connections) - self.opened):
-            self.opened += 1
-            self.free.put_nowait(await asyncio.open_connection(self.host, self.port))
-
-    async def request(self, method: str, path: str, body: bytes = b"") -> int:
-        if self.free.empty() and self.opened < self.connections:
-            self.opened += 1
-            self.free.put_nowait(await asyncio.open_connection(self.host, self.port))
-        reader, writer = await self.free.get()
-        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.extra}"
-        if body:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        writer.write(head.encode() + b"\r\n" + body)
-        header = await reader.readuntil(b"\r\n\r\n")
-        status = int(header[9:12])
-        length = int(re.search(rb"(?i)content-length: *(\d+)", header).group(1))  # type: ignore[union-attr]
-        await reader.readexactly(length)
-        self.free.put_nowait((reader, writer))
-        return status
-
-
-async def _open_loop(
-    url: str, rate: float, seconds: float, request: Any, headers: dict[str, str]
-) -> list[tuple[float, int]]:
-    loop = asyncio.get_running_loop()
-    client = RawClient(url, headers)
-    await client.open(16)
-    start = loop.time() + 0.2
-
-    async def one(n: int, due: float) -> tuple[float, int]:
-        try:
-            status = await request(client, n)
-        except (OSError, asyncio.IncompleteReadError, ValueError):
-            status = 0
-        return loop.time() - due, status
-
-    tasks = []
-    for n in range(int(rate * seconds)):
-        due = start + n / rate
-        await asyncio.sleep(max(0.0, due - loop.time()))
-        tasks.append(asyncio.create_task(one(n, due)))
-    return list(await asyncio.gather(*tasks))
-
-
-def recommend_load(url: str, rate: float, seconds: float, users: int, out: Any) -> None:
-    rng = np.random.default_rng(1)
-    picks = rng.integers(0, users, size=int(rate * seconds) + 1)
-
-    async def request(client: RawClient, n: int) -> int:
-        return await client.request("GET", f"/v1/users/u{picks[n]:05d}/recommendations?k=10")
-
-    out.put(asyncio.run(_open_loop(url, rate, seconds, request, {"X-API-Key": KEYS["read"]})))
-
-
-def event_load(url: str, rate: float, seconds: float, users: int, items: int, batch: int, out: Any) -> None:
-    rng = np.random.default_rng(2)
-    popularity = 1.0 / (1.0 + np.arange(items)) ** 0.8
-    popularity /= popularity.sum()
-
-    async def request(client: RawClient, n: int) -> int:
-        events = [
-            {
-                "user_id": f"u{rng.integers(users):05d}",
-                "item_id": f"i{rng.choice(items, p=popularity):06d}",
-                "type": "click",
-            }
-            for _ in range(batch)
-        ]
-        return await client.request("POST", "/v1/events", json.dumps(events).encode())
-
-    out.put(asyncio.run(_open_loop(url, rate / batch, seconds, request, {"X-API-Key": KEYS["write"]})))
-
-
-def run_load(url: str, args: argparse.Namespace) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    recs_q, events_q = ctx.Queue(), ctx.Queue()
-    procs = [ctx.Process(target=recommend_load, args=(url, args.rps, args.seconds, args.users, recs_q))]
-    if args.eps > 0:
-        procs.append(
-            ctx.Process(target=event_load, args=(url, args.eps, args.seconds, args.users, args.items, 10, events_q))
-        )
-    for p in procs:
-        p.start()
-    recs = recs_q.get()
-    events = events_q.get() if args.eps > 0 else []
-    for p in procs:
-        p.join()
-    latencies = [lat * 1000 for lat, status in recs if status == 200]
-    event_latencies = [lat * 1000 for lat, status in events if status == 202]
-    return {
-        "requests": len(recs),
-        "errors": sum(status != 200 for _, status in recs),
-        "latency_ms": percentiles(latencies),
-        "event_requests": len(events),
-        "event_errors": sum(status != 202 for _, status in events),
-        "event_latency_ms": percentiles(event_latencies) if event_latencies else (float("nan"),) * 4,
-    }
-
-
-# -- soak ---------------------------------------------------------------------------------
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def learner_pid(pid: int) -> int:
-    """The server's learner process (not multiprocessing's resource tracker)."""
-    with open(f"/proc/{pid}/task/{pid}/children") as fh:
-        for child in (int(p) for p in fh.read().split()):
-            if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes():
-                return child
-    raise RuntimeError("the server has no learner process")
 
 
 def soak(url: str, pid: int, args: argparse.Namespace, warmup_s: float = 60.0, every_s: float = 10.0) -> dict[str, Any]:
