@@ -161,6 +161,27 @@ def test_items_added_after_the_checkpoint_join_the_model(world: tuple[SQLiteStor
     assert again.items.ids == learner.items.ids
 
 
+def test_catalog_items_no_event_named_join_the_model_for_servings_numbering(
+    world: tuple[SQLiteStore, list, Path],  # type: ignore[type-arg]
+) -> None:
+    store, _later, tmp = world
+    learner = Learner(store, SETTINGS, Checkpoints(tmp / "checkpoints"))
+    learner.train()
+    n = len(learner.items.ids)
+    validator = Validator(IngestSettings())
+    store.upsert_items([validator.item({"item_id": f"quiet-{k}", "title": f"Nobody clicked {k}"}) for k in range(2)])
+    embed_items(store, build_encoder(SETTINGS.encoder))
+    known = learner.items.ids[0]
+    event = {"user_id": "u00001", "item_id": known, "type": "click", "timestamp": 1_790_000_000}
+    store.append_events([validator.event(event)])
+    assert learner.catch_up() == 1 and len(learner.items.ids) == n  # not yet: the catalog is read now and then
+    learner._catalog_at = float("-inf")  # as if CATALOG_S had passed
+    store.append_events([validator.event({**event, "timestamp": 1_790_000_100})])
+    assert learner.catch_up() == 1
+    assert learner.items.ids[n:] == ["quiet-0", "quiet-1"] and learner.snapshot().item_ids[n:] == ["quiet-0", "quiet-1"]
+    assert learner.model is not None and learner.model.n_items == n + 2 and not learner.model.net.active[n:].any()
+
+
 def test_user_ids_travel_with_checkpoints_and_snapshots_and_deletion_erases_them(
     world: tuple[SQLiteStore, list, Path],  # type: ignore[type-arg]
 ) -> None:

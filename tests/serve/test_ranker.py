@@ -85,6 +85,34 @@ def test_serving_rows_follow_item_ids_not_positions(trained: tuple[FreshRec, Sna
         torch.testing.assert_close(scoring.vectors[catalog.view.codes[item_id]], vectors[n])
 
 
+def test_the_catalog_follows_the_learners_numbering_and_a_publish_remaps_nothing(
+    trained: tuple[FreshRec, Snapshot],
+) -> None:
+    _, snapshot = trained
+    catalog = shuffled_catalog()
+    catalog.put([Item("new-1", title="space thing new-1", categories=("Space",))], text(["new-1"]))  # not learned yet
+    catalog.remove("garden-3")
+    ranker = Ranker(catalog)
+    before = catalog.view.ids
+    ranker.publish(snapshot)
+    view = catalog.view
+    assert view.ids == [*IDS, "new-1"] and sorted(before) == sorted(view.ids)  # re-laid out, nothing lost
+    assert not view.alive[view.codes["garden-3"]] and view.alive[view.codes["new-1"]]  # deletions kept
+    np.testing.assert_array_equal(view.text[view.codes["new-1"]], text(["new-1"])[0])
+    assert ranker.scoring.net is not None
+    learned = snapshot.state["item_id.weight"]
+    torch.testing.assert_close(ranker.scoring.net.item_id.weight[: len(IDS)], learned)
+    assert not ranker.scoring.net.item_id.weight[len(IDS)].any()  # the new item: untouched, judged on its text
+    assert catalog.align(snapshot.item_ids) is False  # the next snapshot with the same items: nothing to do
+    catalog.remove("new-1")
+    ranker.publish(snapshot)
+    assert catalog.view.ids == [*IDS, "new-1"]
+    learner_only = dataclasses.replace(snapshot, item_ids=[*IDS[1:], IDS[0]])  # another numbering, same items
+    fresh = build_scoring(learner_only, shuffled_catalog().view)  # an unaligned view: moved by id
+    assert fresh.net is not None
+    torch.testing.assert_close(fresh.net.item_id.weight[shuffled_catalog().view.codes[IDS[0]]], learned[-1])
+
+
 def test_explanations_are_the_score_drop_without_each_event(trained: tuple[FreshRec, Snapshot]) -> None:
     _, snapshot = trained
     ranker = Ranker(shuffled_catalog())

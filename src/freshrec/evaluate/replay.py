@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from freshrec.evaluate.log import EventLog
 from freshrec.model.base import FloatArray, Interactions, Recommender
+from freshrec.model.histories import gathered
 
 MAX_LAG = 256
 
@@ -57,7 +58,8 @@ class Sequences:
         users = log.user[events]
         cols = self.before[events][:, None] - length + np.arange(length)
         valid = cols >= 0
-        at = self.order[self.start[users][:, None] + np.where(valid, cols, 0)]
+        at = np.where(valid, self.order[self.start[users][:, None] + np.where(valid, cols, 0)], -1)
+        hist, htype, hvalue, htime = gathered(at, log.item, log.type, log.value, log.time)
         hidden = np.full(len(events), -1)
         return Interactions(
             user=users,
@@ -65,10 +67,10 @@ class Sequences:
             type=hidden.astype(np.int8) if queries else log.type[events],
             value=np.full(len(events), np.nan, np.float32) if queries else log.value[events],
             time=log.time[events],
-            hist_item=np.where(valid, log.item[at], -1).astype(np.int32),
-            hist_type=np.where(valid, log.type[at], -1).astype(np.int8),
-            hist_value=np.where(valid, log.value[at], np.nan).astype(np.float32),
-            hist_time=np.where(valid, log.time[at], np.nan),
+            hist_item=hist,
+            hist_type=htype,
+            hist_value=hvalue,
+            hist_time=htime,
             position=events.astype(np.int64),
         )
 

@@ -1,9 +1,10 @@
 """The learner's item numbering: the row of each item in the model's tables.
 
 A checkpoint fixes it (its ``item_ids``); items added to the catalog later join
-at the end as soon as an event names them, with their text embeddings read
-from the store. Serving maps these rows onto its catalog by item id when a
-snapshot arrives (:func:`freshrec.serve.scoring.row_map`)."""
+at the end as soon as an event names them, or at the latest within
+:data:`CATALOG_S`, with their text embeddings read from the store. Serving lays
+its catalog out in this numbering (:meth:`freshrec.serve.catalog.Catalog.align`),
+so that a model snapshot's tables apply to it as they are."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from cachetools import TTLCache
 from freshrec.domain import Event
 from freshrec.storage.base import Store
 
+CATALOG_S = 60.0
+"""How often the learner takes in the catalog's new items that no event named yet."""
 ABSENT_S = 10.0
 """How long ids found missing from the store are not looked up again."""
 
@@ -45,6 +48,17 @@ class ItemCodes:
         self.ids = list(ids)
         self.codes = {item_id: n for n, item_id in enumerate(self.ids)}
         return vectors.astype(np.float32)
+
+    def add_catalog(self) -> np.ndarray | None:
+        """Number every embedded catalog item that has no code yet (in the store's order),
+        so that serving, which follows this numbering, finds its whole catalog in the
+        model's tables; returns their text vectors, or ``None`` if there are none."""
+        ids, vectors = self.store.item_vectors(self.encoder)
+        new = [n for n, item_id in enumerate(ids) if item_id not in self.codes]
+        for n in new:
+            self.codes[ids[n]] = len(self.ids)
+            self.ids.append(ids[n])
+        return vectors[new] if new else None
 
     def add(self, events: Iterable[Event]) -> np.ndarray | None:
         """Number the catalog items these events name that have no code yet; returns

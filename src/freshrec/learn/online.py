@@ -32,7 +32,7 @@ from freshrec.ingest.hygiene import Quarantine
 from freshrec.learn.checkpoints import Checkpoints, Version
 from freshrec.learn.feed import IDLE_S, Feed, Polling
 from freshrec.learn.histories import Histories
-from freshrec.learn.items import ItemCodes, NoCatalog
+from freshrec.learn.items import CATALOG_S, ItemCodes, NoCatalog
 from freshrec.learn.recommender import build_freshrec
 from freshrec.model.base import Interactions
 from freshrec.model.freshrec import FreshRec
@@ -82,6 +82,7 @@ class Learner:
         self.state = Progress()
         self.items = ItemCodes(store, encoder_key(settings.encoder))
         """The row of each item in the model's tables."""
+        self._catalog_at = time.monotonic()
         self.users = Histories(settings.model.history_length)
         """User codes (rows of the model's user table) and each user's last events."""
         self.model: FreshRec | None = None
@@ -101,9 +102,17 @@ class Learner:
 
     # -- set-up -------------------------------------------------------------
     def _add_new_items(self, events: list[Event]) -> None:
-        """Grow the model by the catalog items these events name that it lacks."""
-        if self.model is not None and (vectors := self.items.add(events)) is not None:
+        """Grow the model by the catalog items these events name that it lacks and, every
+        ``CATALOG_S``, by every other catalog item it lacks (serving's catalog follows
+        the model's numbering)."""
+        if self.model is None:
+            return
+        if (vectors := self.items.add(events)) is not None:
             self.model.add_items(vectors)
+        if time.monotonic() - self._catalog_at >= CATALOG_S:
+            self._catalog_at = time.monotonic()
+            if (vectors := self.items.add_catalog()) is not None:
+                self.model.add_items(vectors)
 
     def _new_model(self, text: np.ndarray) -> FreshRec:
         """The network alone, without the blend: serving ranks with the network's

@@ -1,10 +1,10 @@
 """Users' histories as the network reads them: right-aligned rows of item codes,
 event type codes, values and times, padded on the left (``-1`` and ``nan``).
 
-One builder for the learner (a micro-batch's histories, from its in-memory
-deques) and serving (a request's history, read from the store); the replay
-evaluator builds the same arrays for a whole log at once, vectorised, in
-:class:`freshrec.evaluate.replay.Sequences`.
+Built here for everyone: :func:`left_padded` from per-user lists of steps (the
+learner's in-memory histories, a request's history read from the store), and
+:func:`gathered` from index arrays into a whole log's columns (the replay
+evaluator, vectorised over every query of a chunk).
 """
 
 from __future__ import annotations
@@ -41,6 +41,25 @@ def left_padded(
         hist[r, -k:], htype[r, -k:] = cols[:, 0], cols[:, 1]
         hvalue[r, -k:], htime[r, -k:] = cols[:, 2], cols[:, 3]
     return hist, htype, hvalue, htime
+
+
+def gathered(
+    index: npt.NDArray[np.int64],
+    item: npt.NDArray[np.integer],
+    type_: npt.NDArray[np.integer],
+    value: npt.NDArray[np.floating],
+    time: npt.NDArray[np.floating],
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int8], npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+    """The same arrays as :func:`left_padded`, from ``index``, ``(B, L)`` positions in the
+    columns ``item``, ``type_``, ``value`` and ``time`` (``-1``: padding)."""
+    valid = index >= 0
+    at = np.where(valid, index, 0)
+    return (
+        np.where(valid, item[at], -1).astype(np.int32),
+        np.where(valid, type_[at], -1).astype(np.int8),
+        np.where(valid, value[at], np.nan).astype(np.float32),
+        np.where(valid, time[at], np.nan).astype(np.float64),
+    )
 
 
 def tensors(batch: Interactions) -> HistoryTensors:

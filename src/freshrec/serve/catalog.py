@@ -4,6 +4,13 @@ A :class:`CatalogView` is immutable; a write builds a new view and swaps it in,
 so a request reads one consistent catalog from start to end without locks.
 Deleted items keep their row (codes stay stable for the model's tables) but
 are marked dead and never recommended.
+
+Rows follow the learner's numbering: when a model snapshot brings an item
+list the view does not start with, :meth:`Catalog.align` lays the view out
+again with the snapshot's items first, in its order, and the items the
+learner has not taken in yet after them. The snapshot's tables then apply to
+the view as they are (:func:`freshrec.serve.scoring.build_scoring`), and
+later snapshots with the same items cost no remapping.
 """
 
 from __future__ import annotations
@@ -105,6 +112,29 @@ class Catalog:
             text[n], titles[n], cats[n], alive[n] = vector, item.title, item.categories, True
         self.view = CatalogView(ids, text, titles, cats, alive)
 
+    def align(self, item_ids: Sequence[ItemId]) -> bool:
+        """Lay the view out with ``item_ids`` (the learner's numbering) as its first rows;
+        the catalog's other items follow, in their order. An id the catalog lacks (deleted,
+        or not yet loaded by this replica) gets a dead row. Returns whether the view changed."""
+        with self._lock:
+            old = self.view
+            if not len(old) or starts_with(old, item_ids):  # an empty catalog: nothing to lay out yet
+                return False
+            width = old.text.shape[1] if len(old) else 0
+            ids = list(item_ids)
+            listed = set(ids)
+            ids += [i for i in old.ids if i not in listed]
+            rows = np.array([old.codes.get(i, -1) for i in ids], dtype=np.int64)
+            known = rows >= 0
+            text = np.zeros((len(ids), width), dtype=np.float32)
+            text[known] = old.text[rows[known]]
+            alive = np.zeros(len(ids), dtype=bool)
+            alive[known] = old.alive[rows[known]]
+            titles = [old.titles[r] if r >= 0 else "" for r in rows]
+            cats = [old.categories[r] if r >= 0 else () for r in rows]
+            self.view = CatalogView(ids, text, titles, cats, alive)
+            return True
+
     def remove(self, item_id: ItemId) -> bool:
         with self._lock:
             old = self.view
@@ -115,3 +145,9 @@ class Catalog:
             alive[n] = False
             self.view = CatalogView(old.ids, old.text, old.titles, old.categories, alive)
             return True
+
+
+def starts_with(view: CatalogView, item_ids: Sequence[ItemId]) -> bool:
+    """Whether the view's first rows are ``item_ids``, in that order."""
+    n = len(item_ids)
+    return len(view) >= n and view.ids[:n] == list(item_ids)

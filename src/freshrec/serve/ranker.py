@@ -21,10 +21,10 @@ import torch
 from freshrec.domain import Event, ItemId
 from freshrec.model.sequence import SequenceNet
 from freshrec.model.snapshot import Snapshot
-from freshrec.serve.catalog import Catalog, CatalogView
+from freshrec.serve.catalog import Catalog
 from freshrec.serve.explain import Because, Ranked, because_of, ranked
 from freshrec.serve.fallback import by_text, diversified
-from freshrec.serve.scoring import RowMap, Scoring, build_scoring, history_tensors, row_map, top
+from freshrec.serve.scoring import Scoring, build_scoring, history_tensors, top
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,6 @@ class Ranker:
         self.catalog = catalog
         self._snapshot: Snapshot | None = None
         self._lock = threading.Lock()
-        self._rows: tuple[CatalogView, int, RowMap] | None = None
         self._spares: list[tuple[weakref.ref[Scoring], SequenceNet]] = []
         self.scoring = build_scoring(None, catalog.view)
 
@@ -65,18 +64,12 @@ class Ranker:
             self._build()
 
     def _build(self) -> None:
-        snapshot, view = self._snapshot, self.catalog.view
-        rows = None
-        if snapshot is not None:
-            # The map from learner rows to catalog rows is kept while the catalog
-            # view and the learner's ids stay the same: at a publish every few
-            # hundred milliseconds, rebuilding it was half the cost of a publish;
-            # hashing the ids is a fiftieth of it.
-            key = hash(tuple(snapshot.item_ids))
-            if self._rows is None or self._rows[0] is not view or self._rows[1] != key:
-                self._rows = (view, key, row_map(snapshot.item_ids, view))
-            rows = self._rows[2]
-        self.scoring = build_scoring(snapshot, view, rows, self._spare())
+        snapshot = self._snapshot
+        if snapshot is not None and len(self.catalog.view):
+            # the catalog follows the learner's numbering: re-laid out only when the
+            # learner's item list changed, so a publish applies the tables as they are
+            self.catalog.align(snapshot.item_ids)
+        self.scoring = build_scoring(snapshot, self.catalog.view, self._spare())
         if self.scoring.net is not None:
             self._spares.append((weakref.ref(self.scoring), self.scoring.net))
             del self._spares[:-4]

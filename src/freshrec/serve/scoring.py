@@ -22,11 +22,12 @@ from freshrec.ingest.feedback import TYPE_CODES
 from freshrec.model.histories import left_padded
 from freshrec.model.sequence import HistoryTensors, SequenceNet, untouched
 from freshrec.model.snapshot import Snapshot
-from freshrec.serve.catalog import CatalogView
+from freshrec.serve.catalog import CatalogView, starts_with
 from freshrec.settings import ModelSettings
 
 ROW_STATE = ("item_id.weight", "item_bias.weight", "active", "interactions", "last_seen")
-"""Per-item entries of the network's state, mapped from the learner's rows to the catalog's."""
+"""Per-item entries of the network's state: the learner's rows, padded for the catalog's
+items it has not taken in yet (or, on a view laid out otherwise, moved to its rows)."""
 
 
 @dataclass(frozen=True)
@@ -51,35 +52,27 @@ def unit_rows(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return np.asarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-RowMap = tuple[torch.Tensor, torch.Tensor]
-"""Learner rows and the catalog rows they go to."""
-
-
-def row_map(item_ids: list[str], view: CatalogView) -> RowMap:
-    pairs = [(k, view.codes[i]) for k, i in enumerate(item_ids) if i in view.codes]
-    return (
-        torch.tensor([k for k, _ in pairs], dtype=torch.long),
-        torch.tensor([n for _, n in pairs], dtype=torch.long),
-    )
-
-
 @torch.no_grad()
-def build_scoring(
-    snapshot: Snapshot | None, view: CatalogView, rows: RowMap | None = None, spare: SequenceNet | None = None
-) -> Scoring:
+def build_scoring(snapshot: Snapshot | None, view: CatalogView, spare: SequenceNet | None = None) -> Scoring:
     """The scoring of ``snapshot`` on ``view``; ``spare``, a network no request uses any
-    more, is refilled with the snapshot's tensors if it has the same shapes."""
+    more, is refilled with the snapshot's tensors if it has the same shapes.
+
+    On a view that starts with the snapshot's items (:meth:`Catalog.align`), the
+    snapshot's per-item tensors are used as they are, padded only for the items the
+    learner has not taken in yet; on any other view they are moved to its rows by id."""
     if snapshot is None or not len(view):
         return Scoring(view, None, None, None, None, unit_rows(view.text))
     s = snapshot.settings
     text = torch.from_numpy(view.text) if s.use_text else None
     state = dict(snapshot.state)
-    model_rows, view_rows = rows if rows is not None else row_map(snapshot.item_ids, view)
-    for name in ROW_STATE:  # the learner's rows, moved to the catalog's; items it lacks stay untouched
+    n = len(snapshot.item_ids)
+    aligned = starts_with(view, snapshot.item_ids)
+    for name in ROW_STATE:  # items the learner lacks stay untouched
         learned = state[name]
-        values = untouched(name, learned, len(view))
-        values[view_rows] = learned[model_rows]
-        state[name] = values
+        if aligned and len(view) > n:
+            state[name] = torch.cat([learned, untouched(name, learned, len(view) - n)])
+        elif not aligned:
+            state[name] = _moved(name, learned, snapshot.item_ids, view)
     net = _refill(spare, state, text, s, snapshot.rating_scale)
     if net is None:
         net = SequenceNet.from_state(state, text, s, rating_scale=snapshot.rating_scale)
@@ -87,6 +80,16 @@ def build_scoring(
     vectors, bias = net.item_table()
     user_rows = {u: n for n, u in enumerate(snapshot.user_ids) if u is not None}
     return Scoring(view, snapshot, net, vectors, bias, unit_rows(vectors.numpy()), user_rows)
+
+
+def _moved(name: str, learned: torch.Tensor, item_ids: list[str], view: CatalogView) -> torch.Tensor:
+    """``learned``'s rows (in the order of ``item_ids``) at the view's rows of those ids."""
+    pairs = [(k, view.codes[i]) for k, i in enumerate(item_ids) if i in view.codes]
+    values = untouched(name, learned, len(view))
+    if pairs:
+        model_rows, view_rows = map(list, zip(*pairs, strict=True))
+        values[torch.tensor(view_rows)] = learned[torch.tensor(model_rows)]
+    return values
 
 
 def _refill(
