@@ -15,7 +15,7 @@ from freshrec.ingest.feedback import TYPE_CODES
 from freshrec.learn.recommender import build_freshrec
 from freshrec.model.base import FIELDS, Interactions
 from freshrec.model.freshrec import FreshRec
-from freshrec.model.histories import tensors
+from freshrec.model.sequence import tensors
 from freshrec.settings import LearnSettings, ModelSettings
 from tests.evaluate.helpers import tiny_log
 

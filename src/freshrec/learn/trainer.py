@@ -30,8 +30,7 @@ from freshrec.domain import EventType
 from freshrec.ingest.feedback import TYPE_CODES, FeedbackWeights
 from freshrec.learn.optim import build_optimizer, build_schedule
 from freshrec.model.base import Interactions
-from freshrec.model.histories import tensors
-from freshrec.model.sequence import SequenceNet, upgrade_state
+from freshrec.model.sequence import SequenceNet, tensors, upgrade_state
 from freshrec.settings import LearnSettings
 
 RATING = TYPE_CODES[EventType.RATING]

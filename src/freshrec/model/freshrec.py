@@ -20,8 +20,7 @@ from tqdm.auto import tqdm
 
 from freshrec.model.base import FloatArray, Interactions
 from freshrec.model.blend import Features, Gate, seen_mask
-from freshrec.model.histories import tensors
-from freshrec.model.sequence import SequenceNet
+from freshrec.model.sequence import SequenceNet, tensors
 from freshrec.model.signals import CountSignals, nearest
 from freshrec.settings import LearnSettings, ModelSettings
 

@@ -13,10 +13,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
-import torch
-
-from freshrec.model.base import Interactions
-from freshrec.model.sequence import HistoryTensors
 
 Step = tuple[int, int, float, float]
 """One history event: item code, event type code, value (``nan``: none), time."""
@@ -60,15 +56,3 @@ def gathered(
         np.where(valid, value[at], np.nan).astype(np.float32),
         np.where(valid, time[at], np.nan).astype(np.float64),
     )
-
-
-def tensors(batch: Interactions) -> HistoryTensors:
-    """A batch's histories as the network's keyword arguments."""
-    return {
-        "hist_item": torch.from_numpy(np.ascontiguousarray(batch.hist_item)).long(),
-        "hist_type": torch.from_numpy(np.ascontiguousarray(batch.hist_type)).long(),
-        "hist_value": torch.from_numpy(np.ascontiguousarray(batch.hist_value)).float(),
-        "hist_time": torch.from_numpy(np.ascontiguousarray(batch.hist_time)).double(),
-        "time": torch.from_numpy(np.ascontiguousarray(batch.time)).double(),
-        "user": torch.from_numpy(np.ascontiguousarray(batch.user)).long(),
-    }

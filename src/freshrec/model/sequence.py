@@ -27,11 +27,13 @@ from __future__ import annotations
 
 from typing import TypedDict
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from freshrec.domain import EventType
 from freshrec.ingest.feedback import TYPE_CODES
+from freshrec.model.base import Interactions
 from freshrec.settings import ModelSettings
 
 
@@ -44,6 +46,18 @@ class HistoryTensors(TypedDict):
     hist_time: Tensor
     time: Tensor
     user: Tensor
+
+
+def tensors(batch: Interactions) -> HistoryTensors:
+    """A batch's histories as the network's keyword arguments."""
+    return {
+        "hist_item": torch.from_numpy(np.ascontiguousarray(batch.hist_item)).long(),
+        "hist_type": torch.from_numpy(np.ascontiguousarray(batch.hist_type)).long(),
+        "hist_value": torch.from_numpy(np.ascontiguousarray(batch.hist_value)).float(),
+        "hist_time": torch.from_numpy(np.ascontiguousarray(batch.hist_time)).double(),
+        "time": torch.from_numpy(np.ascontiguousarray(batch.time)).double(),
+        "user": torch.from_numpy(np.ascontiguousarray(batch.user)).long(),
+    }
 
 
 N_TYPES = len(EventType)
