@@ -53,6 +53,17 @@ def test_packages_import_only_downwards(package: str, forbidden: tuple[str, ...]
     assert not found, sorted(found)
 
 
+def test_no_constructor_starts_a_thread() -> None:
+    """Objects with background work have ``start()``: building one must not set anything off."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef) and node.name == "__init__":
+                calls = [c for c in ast.walk(node) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)]
+                found += [f"{path.relative_to(PACKAGE)}:{c.lineno}" for c in calls if c.func.attr == "start"]
+    assert not found, found
+
+
 def test_no_source_file_is_longer_than_the_limit() -> None:
     sources = [*PACKAGE.rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
     long = {

@@ -113,7 +113,7 @@ def learner_role_main(settings: Settings, halt: threading.Event) -> None:
         finally:  # the store's copy is kept even when Redis is away
             snapshots.offer(data)
 
-    sender = Sender(deliver, message, settings.cluster.snapshot_interval_ms / 1000, settings.cluster.key())
+    sender = Sender(deliver, message, settings.cluster.snapshot_interval_ms / 1000, settings.cluster.key()).start()
     failed: list[BaseException] = []
 
     def learn() -> None:

@@ -75,7 +75,11 @@ class Sender:
         self.lock = threading.Condition()
         self._sending = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="freshrec-sender", daemon=True)
+
+    def start(self) -> Sender:
+        """Start delivering (its own thread); returns itself."""
         self.thread.start()
+        return self
 
     def snapshot(self, snapshot: Snapshot) -> None:
         with self.lock:
@@ -127,7 +131,7 @@ def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], hal
         lambda message: pipe.send_bytes(json.dumps(message).encode()),
         settings.serve.publish_interval_ms / 1000,
         settings.cluster.key(),
-    )
+    ).start()
     try:
         checkpoints = Checkpoints(settings.data_dir / "checkpoints", key=settings.cluster.key())
         run_learner(settings, store, checkpoints, sender, halt, commands=commands)  # type: ignore[arg-type]
