@@ -24,7 +24,9 @@ from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.explain import Because, Ranked, because_of, ranked
 from freshrec.serve.fallback import by_text, diversified
+from freshrec.serve.retrieval import Index, Retrieval
 from freshrec.serve.scoring import Scoring, build_scoring, history_tensors, top
+from freshrec.settings import RetrievalSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +47,9 @@ Popular = Callable[[], Sequence[tuple[ItemId, float]]]
 class Ranker:
     """Recommendations and similar items from the current :class:`Scoring`."""
 
-    def __init__(self, catalog: Catalog):
+    def __init__(self, catalog: Catalog, retrieval: RetrievalSettings | None = None):
         self.catalog = catalog
+        self.retrieval = Retrieval(retrieval or RetrievalSettings())
         self._snapshot: Snapshot | None = None
         self._lock = threading.Lock()
         self._spares: list[tuple[weakref.ref[Scoring], SequenceNet]] = []
@@ -65,11 +68,14 @@ class Ranker:
 
     def _build(self) -> None:
         snapshot = self._snapshot
-        if snapshot is not None and len(self.catalog.view):
+        if snapshot is not None and len(self.catalog.view) and self.catalog.align(snapshot.item_ids):
             # the catalog follows the learner's numbering: re-laid out only when the
             # learner's item list changed, so a publish applies the tables as they are
-            self.catalog.align(snapshot.item_ids)
-        self.scoring = build_scoring(snapshot, self.catalog.view, self._spare())
+            self.retrieval.forget()
+        self.scoring = sc = build_scoring(snapshot, self.catalog.view, self._spare())
+        if sc.vectors is not None and sc.bias is not None:
+            vectors, bias = sc.vectors, sc.bias
+            self.retrieval.refresh(lambda: (vectors.numpy().copy(), bias.numpy().copy()), len(sc.view))
         if self.scoring.net is not None:
             self._spares.append((weakref.ref(self.scoring), self.scoring.net))
             del self._spares[:-4]
@@ -120,6 +126,8 @@ class Ranker:
             assert sc.snapshot is not None
             request.past = list(known[-sc.snapshot.settings.history_length :])
             request.user = sc.user_rows.get(known[-1].user_id, -1)
+            request.index = self.retrieval.current(len(view))
+            request.wanted = k + self.retrieval.settings.candidates + len(options.exclude) + len(known)
         return request
 
     def similar(self, item_id: ItemId, k: int, categories: Sequence[str] = ()) -> list[Ranked] | None:
@@ -154,6 +162,12 @@ class Request:
     """What ranked it: ``model``, ``text`` (no model yet) or ``popular`` (no history)."""
     users: torch.Tensor | None = None
     """User vectors: the history's, then (with ``explain``) the history's without each event."""
+    index: Index | None = None
+    """Where candidates come from on a large catalog (``None``: every item is scored)."""
+    wanted: int = 0
+    """How many candidates to ask the index for."""
+    candidates: npt.NDArray[np.int64] | None = None
+    """The catalog rows to score, ascending (``None``: all)."""
 
     def histories(self) -> list[list[Event]]:
         past = self.past
@@ -181,6 +195,23 @@ def encode(requests: Sequence[Request]) -> None:
         start = 0
         for r, hs in zip(group, histories, strict=True):
             r.users, start = users[start : start + len(hs)], start + len(hs)
+        _retrieve([r for r in group if r.index is not None])
+
+
+def _retrieve(requests: Sequence[Request]) -> None:
+    """Candidates for each request from its index, one search per index; rows added to
+    the catalog after the index was built are candidates too."""
+    by_index: dict[int, list[Request]] = {}
+    for r in requests:
+        by_index.setdefault(id(r.index), []).append(r)
+    for group in by_index.values():
+        index = group[0].index
+        assert index is not None
+        users = np.stack([r.users[0].numpy() for r in group if r.users is not None])
+        found = index.search(users, max(r.wanted for r in group))
+        for r, rows in zip(group, found, strict=True):
+            newer = np.arange(index.n, len(r.allowed), dtype=np.int64)
+            r.candidates = np.union1d(rows[: r.wanted][rows[: r.wanted] >= 0], newer)
 
 
 @torch.inference_mode()
@@ -190,14 +221,27 @@ def finish(request: Request) -> list[Ranked]:
         return request.result
     sc, users = request.scoring, request.users
     assert sc.vectors is not None and sc.bias is not None and users is not None
+    rows = request.candidates
+    if rows is not None:
+        rows = rows[request.allowed[rows]]
+        if len(rows) < request.k:  # a narrow filter: the candidates hold too few of its items
+            rows = None
     # NumPy views of the same memory: the final dot products cost less there than in torch
-    scores = users.numpy() @ sc.vectors.numpy().T + sc.bias.numpy()
+    vectors, bias = sc.vectors.numpy(), sc.bias.numpy()
+    if rows is None:
+        scores = users.numpy() @ vectors.T + bias
+        columns = top(scores[0], request.allowed, request.k)
+        codes = columns
+    else:  # rows ascend, so ties still go to the lower code
+        scores = users.numpy() @ vectors[rows].T + bias[rows]
+        columns = top(scores[0], np.ones(len(rows), dtype=bool), request.k)
+        codes = [int(rows[j]) for j in columns]
     out = []
-    for c in top(scores[0], request.allowed, request.k):
+    for j, c in zip(columns, codes, strict=True):
         because: tuple[Because, ...] = ()
         if request.explain:
-            drops = scores[0, c] - scores[1:, c]
-            strongest = [j for j in np.argsort(-drops, kind="stable")[:3] if drops[j] > 0]
-            because = tuple(because_of(sc, request.past[j], float(drops[j])) for j in strongest)
-        out.append(ranked(sc, c, float(scores[0, c]), because, request.explain))
+            drops = scores[0, j] - scores[1:, j]
+            strongest = [e for e in np.argsort(-drops, kind="stable")[:3] if drops[e] > 0]
+            because = tuple(because_of(sc, request.past[e], float(drops[e])) for e in strongest)
+        out.append(ranked(sc, c, float(scores[0, j]), because, request.explain))
     return out

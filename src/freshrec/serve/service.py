@@ -61,7 +61,7 @@ class Service:
         self.live = Live(clock=clock)
         self.catalog = Catalog()
         self.catalog.load(store, encoder_key(settings.encoder))
-        self.ranker = Ranker(self.catalog)
+        self.ranker = Ranker(self.catalog, settings.serve.retrieval)
         self.popularity = Popularity(clock=clock)
         self.popularity.seed(store)
         self.batcher = Batcher()

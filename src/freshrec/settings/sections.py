@@ -252,6 +252,23 @@ class LearnSettings(Section):
     privacy: PrivacySettings = PrivacySettings()
 
 
+class RetrievalSettings(Section):
+    """Candidates from an approximate nearest-neighbour index on large catalogs (see
+    :mod:`freshrec.serve.retrieval`)."""
+
+    min_items: int = Field(default=20_000, ge=0)
+    """Catalogs with at least this many items rank the index's candidates; smaller ones
+    score every item exactly."""
+    candidates: int = Field(default=200, ge=10)
+    """Items scored exactly per request (plus the request's exclusions and ``k``)."""
+    rebuild_s: float = Field(default=60.0, gt=0)
+    """The index is rebuilt in the background from the served vectors at most this often."""
+    connectivity: int = Field(default=32, ge=4, le=128)
+    """Links per node of the HNSW graph: more, better recall, bigger and slower to build."""
+    search_depth: int = Field(default=256, ge=16)
+    """Breadth of each HNSW search (``efSearch``): more, better recall, slower."""
+
+
 class ServeSettings(Section):
     """The HTTP service (``freshrec serve``). See :mod:`freshrec.serve`."""
 
@@ -283,6 +300,7 @@ class ServeSettings(Section):
     """The learner process runs at this scheduling niceness (Unix ``nice``): where
     both want a core, requests get it first and learning catches up in the gaps.
     0: equal footing."""
+    retrieval: RetrievalSettings = RetrievalSettings()
 
 
 class ClusterSettings(Section):

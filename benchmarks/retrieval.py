@@ -1,0 +1,136 @@
+"""Candidate retrieval on large catalogs: recall and latency against exact scoring.
+
+    python benchmarks/retrieval.py [--items 200000] [--users 1000] [--shared ../shared/data]
+
+Two served rankers over the same model snapshot and catalog, one scoring every item
+(``[serve.retrieval] min_items`` above the catalog) and one ranking the HNSW index's
+candidates (the defaults): recall@10 of the exact top 10, over ``--users`` random
+users' requests with default options, and the latency of one request (unloaded,
+one thread, as the server runs it), p50 and p99.
+
+* a synthetic shop of ``--items`` items (hashing encoder: the text model's speed is left
+  out), its network as initialised (text adapter only);
+* ml-1m-part: the network after a warm start on the first 20% of the time-ordered log,
+  requests from the histories of random users at the end of it.
+
+Writes the ``retrieval`` section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from freshrec.domain import Event, EventType, Item
+from freshrec.encoders.hashing import HashingEncoder
+from freshrec.evaluate.log import EventLog, load_log
+from freshrec.evaluate.replay import Sequences
+from freshrec.evaluate.runner import catalog_text
+from freshrec.learn.recommender import build_freshrec
+from freshrec.model.snapshot import Snapshot
+from freshrec.serve.catalog import Catalog
+from freshrec.serve.ranker import Options, Ranker
+from freshrec.settings import LearnSettings, RetrievalSettings, Settings
+from harness import write_section
+
+T0 = 1_700_000_000.0
+VOCAB = ["garden", "kitchen", "space", "music", "books", "games", "tools", "sport", "audio", "toys"]
+
+
+def measure(name: str, snap: Snapshot, items: list[Item], text: np.ndarray, histories: list[list[Event]]) -> str:
+    rankers = {}
+    for kind, settings in (
+        ("exact", RetrievalSettings(min_items=len(items) + 1)),
+        ("index", RetrievalSettings(min_items=0)),
+    ):
+        catalog = Catalog()
+        catalog.put(items, text)
+        rankers[kind] = Ranker(catalog, settings)
+        rankers[kind].publish(snap)
+    started = time.perf_counter()
+    while rankers["index"].retrieval.index is None:
+        time.sleep(0.05)
+    build_s = time.perf_counter() - started
+    found, latency = 0, {"exact": [], "index": []}
+    for past in histories:
+        lists = {}
+        for kind, ranker in rankers.items():
+            t = time.perf_counter()
+            lists[kind] = [r.item_id for r in ranker.recommend(past, past[-1].timestamp + 1, Options(10))]
+            latency[kind].append((time.perf_counter() - t) * 1000)
+        found += len(set(lists["exact"]) & set(lists["index"]))
+    p = {k: np.percentile(v, [50, 99]) for k, v in latency.items()}
+    recall = found / (10 * len(histories))
+    print(f"{name}: recall {recall:.4f}, exact {p['exact']}, index {p['index']}, build {build_s:.1f} s", flush=True)
+    return (
+        f"| {name} | {len(items):,} | {recall:.4f} | {p['exact'][0]:.2f} / {p['exact'][1]:.2f} | "
+        f"{p['index'][0]:.2f} / {p['index'][1]:.2f} | {build_s:.1f} |"
+    )
+
+
+def synthetic(n: int, users: int) -> str:
+    rng = np.random.default_rng(0)
+    ids = [f"i{k:07d}" for k in range(n)]
+    titles = [f"{VOCAB[k % 10]} {VOCAB[(k // 10) % 10]} item {k % 997} number {k}" for k in range(n)]
+    text = HashingEncoder(64).encode(titles)
+    items = [Item(i, title=t) for i, t in zip(ids, titles, strict=True)]
+    model = build_freshrec(n, text, Settings().model, LearnSettings())
+    snap = Snapshot.of(model.net, ids, [], checkpoint=1, updates=0, offset=0)
+    histories = [
+        [Event(f"u{u}", ids[p], EventType.CLICK, T0 + j) for j, p in enumerate(rng.choice(n, size=rng.integers(1, 20)))]
+        for u in range(users)
+    ]
+    return measure("synthetic shop, network as initialised", snap, items, text, histories)
+
+
+def movielens(shared: Path, users: int) -> str:
+    log: EventLog = load_log(shared / "ml-1m-part")
+    settings = Settings()
+    text = catalog_text(log, settings)
+    warm = int(len(log) * 0.2)
+    model = build_freshrec(log.n_items, text, settings.model, settings.learn)
+    model.fit(Sequences(log).batch(np.arange(warm, dtype=np.int64), settings.model.history_length))
+    ids = log.catalog.item_ids
+    snap = Snapshot.of(model.net, ids, [], checkpoint=1, updates=0, offset=warm)
+    items = [Item(i, title=t) for i, t in zip(ids, log.catalog.titles, strict=True)]
+    rng = np.random.default_rng(0)
+    chosen = rng.choice(np.unique(log.user[:warm]), size=min(users, len(np.unique(log.user[:warm]))), replace=False)
+    histories = []
+    for u in chosen:
+        rows = np.flatnonzero(log.user[:warm] == u)[-settings.model.history_length :]
+        histories.append(
+            [Event(str(u), ids[log.item[r]], EventType.RATING, float(log.time[r]), float(log.value[r])) for r in rows]
+        )
+    return measure("ml-1m-part, after a warm start on its first 20%", snap, items, text, histories)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=200_000)
+    parser.add_argument("--users", type=int, default=1_000)
+    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    rows = [synthetic(args.items, args.users), movielens(args.shared, args.users)]
+    r = RetrievalSettings()
+    body = (
+        f"`python benchmarks/retrieval.py --items {args.items} --users {args.users}`, run on {dt.date.today()} in "
+        f"{time.perf_counter() - started:.0f} s. Two rankers over the same snapshot and catalog: every item scored "
+        f"exactly, or the candidates of the HNSW index (faiss; defaults: {r.candidates} candidates, "
+        f"connectivity {r.connectivity}, search depth {r.search_depth}) scored exactly. Recall@10: the share of the "
+        f"exact top 10 the index's list holds, over {args.users:,} random users' requests with default options; "
+        "latency of one request, unloaded, one torch thread.\n\n"
+        "| catalog | items | recall@10 | exact p50 / p99 ms | index p50 / p99 ms | index build s |\n"
+        "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
+    )
+    write_section("retrieval", "Candidate retrieval on large catalogs (issue 18)", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Candidates from the approximate nearest-neighbour index on a large catalog, against
+exact scoring of every item by the same served model."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from freshrec.domain import Event, EventType, Item
+from freshrec.encoders.hashing import HashingEncoder
+from freshrec.learn.recommender import build_freshrec
+from freshrec.model.snapshot import Snapshot
+from freshrec.serve.catalog import Catalog
+from freshrec.serve.ranker import Options, Ranker, encode
+from freshrec.settings import LearnSettings, ModelSettings, RetrievalSettings
+
+N = 6_000
+TOPICS = ["garden", "kitchen", "space", "music", "books", "games", "tools", "sport"]
+IDS = [f"i{n:05d}" for n in range(N)]
+T0 = 1_700_000_000.0
+
+
+def titles(ids: list[str]) -> list[str]:
+    return [f"{TOPICS[int(i[1:]) % len(TOPICS)]} item {int(i[1:]) % 97} {i}" for i in ids]
+
+
+def catalog(ids: list[str] = IDS) -> Catalog:
+    c = Catalog()
+    cats = [(TOPICS[int(i[1:]) % len(TOPICS)],) if int(i[1:]) >= 12 else ("rare",) for i in ids]
+    c.put([Item(i, title=t, categories=k) for i, t, k in zip(ids, titles(ids), cats, strict=True)], text(ids))
+    return c
+
+
+def text(ids: list[str]) -> np.ndarray:
+    return HashingEncoder(48).encode(titles(ids))
+
+
+def snapshot() -> Snapshot:
+    model = build_freshrec(N, text(IDS), ModelSettings(dim=32, history_length=8), LearnSettings())
+    return Snapshot.of(model.net, IDS, [], checkpoint=1, updates=0, offset=0)
+
+
+def ranked(ranker: Ranker, past: list[Event], options: Options) -> list[str]:
+    return [r.item_id for r in ranker.recommend(past, T0 + 100, options)]
+
+
+def test_candidates_from_the_index_recall_what_exact_scoring_ranks_first() -> None:
+    snap = snapshot()
+    exact = Ranker(catalog(), RetrievalSettings(min_items=N + 1))
+    approximate = Ranker(catalog(), RetrievalSettings(min_items=1_000, candidates=200))
+    exact.publish(snap)
+    approximate.publish(snap)  # builds the index in the background
+    deadline = time.monotonic() + 60
+    while approximate.retrieval.index is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert approximate.retrieval.index is not None and exact.retrieval.index is None
+    rng = np.random.default_rng(0)
+    found, total = 0, 0
+    for user in range(300):
+        picks = rng.choice(N, size=int(rng.integers(1, 8)), replace=False)
+        past = [Event(f"u{user}", IDS[p], EventType.CLICK, T0 + j) for j, p in enumerate(picks)]
+        want = ranked(exact, past, Options(10))
+        got = ranked(approximate, past, Options(10))
+        assert len(got) == 10 and not set(got) & {e.item_id for e in past}
+        found, total = found + len(set(want) & set(got)), total + 10
+    assert found / total >= 0.98, f"recall@10 {found / total:.3f}"
+    past = [Event("u", IDS[40], EventType.CLICK, T0)]
+    rare = ranked(approximate, past, Options(10, categories=("rare",)))  # 12 items match
+    assert len(rare) == 10 and all(int(i[1:]) < 12 for i in rare)
+    explained = approximate.recommend(
+        [*past, Event("u", IDS[41], EventType.CLICK, T0 + 1)], T0 + 2, Options(5, explain=True)
+    )
+    assert explained[0].because and explained[0].explanation
+
+
+def test_items_added_after_the_index_was_built_are_always_candidates() -> None:
+    snap = snapshot()
+    c = catalog()
+    ranker = Ranker(c, RetrievalSettings(min_items=1_000))
+    ranker.publish(snap)
+    scoring = ranker.scoring
+    assert scoring.vectors is not None and scoring.bias is not None
+    ranker.retrieval.build_now(scoring.vectors.numpy(), scoring.bias.numpy())
+    c.put([Item("late", title="garden item late")], HashingEncoder(48).encode(["garden item late"]))
+    ranker.refresh()
+    request = ranker.plan([Event("u", IDS[3], EventType.CLICK, T0)], T0 + 1, Options(10))
+    encode([request])
+    assert request.candidates is not None and c.view.codes["late"] in request.candidates
+    assert len(request.candidates) < N / 10  # candidates, not the catalog
