@@ -41,10 +41,10 @@ class Index:
     among 200 candidates.)"""
 
     def __init__(self, vectors: npt.NDArray[np.float32], bias: npt.NDArray[np.float32], settings: RetrievalSettings):
-        rows = np.hstack([vectors, bias.reshape(-1, 1)]).astype(np.float64)
-        norms = (rows**2).sum(1)
+        scored = np.hstack([vectors, bias.reshape(-1, 1)]).astype(np.float64)
+        norms = (scored**2).sum(1)
         extra = np.sqrt(np.maximum(norms.max() - norms, 0.0))[:, None]
-        rows = np.ascontiguousarray(np.hstack([rows, extra]), dtype=np.float32)
+        rows = np.ascontiguousarray(np.hstack([scored, extra]), dtype=np.float32)
         self.n = len(rows)
         self.index = faiss.IndexHNSWFlat(rows.shape[1], settings.connectivity)
         self.index.hnsw.efConstruction = 80
