@@ -265,8 +265,10 @@ class RetrievalSettings(Section):
     """The index is rebuilt in the background from the served vectors at most this often."""
     connectivity: int = Field(default=32, ge=4, le=128)
     """Links per node of the HNSW graph: more, better recall, bigger and slower to build."""
-    search_depth: int = Field(default=256, ge=16)
-    """Breadth of each HNSW search (``efSearch``): more, better recall, slower."""
+    search_depth: int = Field(default=512, ge=16)
+    """Breadth of each HNSW search (``efSearch``): more, better recall, slower. It must
+    well exceed the candidates asked for: at 256 for about 230 candidates, recall@10 on a
+    200,000-item shop was 0.973; at 512, 1.0 (``benchmarks/retrieval.py``)."""
 
 
 class ServeSettings(Section):
