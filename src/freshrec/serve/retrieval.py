@@ -9,9 +9,10 @@ one snapshot and used until the next build: the vectors drift little between
 two builds, and the candidates it finds are then scored exactly with the
 current snapshot (bias, filters, exclusions and explanations as before), so a
 stale index costs recall, never a wrong score. Items added since the build are
-always candidates. Measured against usearch on 200,000 clustered vectors
-(build 6.7 s both; recall of the exact top 10 among 200 candidates 0.996 and
-0.999; 0.06 ms and 0.13 ms a query): faiss for the faster search.
+always candidates. Against usearch on a 200,000-item shop's served vectors
+(``benchmarks/retrieval.py``, RESULTS.md "Candidate retrieval"): build 30.4 s and
+31.3 s, 0.49 and 0.50 ms a query, 0.9996 and 1.0 of the exact top 10 among 200
+candidates; a tie, and faiss is the library the project already names.
 """
 
 from __future__ import annotations
