@@ -161,6 +161,23 @@ def test_items_added_after_the_checkpoint_join_the_model(world: tuple[SQLiteStor
     assert again.items.ids == learner.items.ids
 
 
+def test_checkpoints_leave_the_text_table_to_the_store(world: tuple[SQLiteStore, list, Path]) -> None:  # type: ignore[type-arg]
+    store, _later, tmp = world
+    checkpoints = Checkpoints(tmp / "checkpoints")
+    learner = Learner(store, SETTINGS, checkpoints)
+    version = learner.train()
+    _, state = checkpoints.load(version.version)
+    assert "text" not in state["model"]["trainer"]["net"] and "item_id.weight" in state["model"]["trainer"]["net"]
+    again = Learner(store, SETTINGS, checkpoints)
+    again.resume()
+    assert again.model is not None and learner.model is not None
+    torch.testing.assert_close(again.model.net.text, learner.model.net.text)  # read back from the store
+    before, after = learner.snapshot().state, again.snapshot().state
+    assert before.keys() == after.keys()
+    for name in before:
+        torch.testing.assert_close(after[name], before[name])
+
+
 def test_catalog_items_no_event_named_join_the_model_for_servings_numbering(
     world: tuple[SQLiteStore, list, Path],  # type: ignore[type-arg]
 ) -> None:
