@@ -161,6 +161,17 @@ def test_items_added_after_the_checkpoint_join_the_model(world: tuple[SQLiteStor
     assert again.items.ids == learner.items.ids
 
 
+def test_a_warm_start_can_be_limited_to_the_most_recent_events(world: tuple[SQLiteStore, list, Path]) -> None:  # type: ignore[type-arg]
+    store, _later, tmp = world
+    settings = SETTINGS.model_copy(update={"learn": SETTINGS.learn.model_copy(update={"warm_start_events": 100})})
+    learner = Learner(store, settings, Checkpoints(tmp / "checkpoints"))
+    version = learner.train()
+    head = store.last_offset()
+    assert version.events_learned == 100 and version.offset == head == learner.state.offset
+    everything = Learner(store, SETTINGS, Checkpoints(tmp / "all"))
+    assert everything.train().events_learned == len(store.read_events(0, 100_000)) > 100
+
+
 def test_checkpoints_leave_the_text_table_to_the_store(world: tuple[SQLiteStore, list, Path]) -> None:  # type: ignore[type-arg]
     store, _later, tmp = world
     checkpoints = Checkpoints(tmp / "checkpoints")

@@ -38,7 +38,7 @@ from freshrec.model.base import Interactions
 from freshrec.model.freshrec import FreshRec
 from freshrec.model.snapshot import Snapshot
 from freshrec.settings import Settings
-from freshrec.storage.base import Store, identity, iter_log, redact
+from freshrec.storage.base import Store, identity, log_chunks, redact
 
 STOPPED = "stop"
 """The note of the checkpoint a learner writes when it stops cleanly."""
@@ -178,12 +178,19 @@ class Learner:
         text = self.items.load()
         self.users = Histories(self.settings.model.history_length)
         self.state = Progress()
-        events = list(iter_log(self.store))
-        if not events:
+        # the log is read in chunks straight into arrays: only one chunk of events is
+        # ever held as Python objects (a 10-million-event log would not fit that way)
+        limit, head = self.settings.learn.warm_start_events, self.store.last_offset()
+        parts, last = [], 0
+        for chunk in log_chunks(self.store, max(0, head - limit) if limit else 0):
+            parts.append(self._batch(chunk))
+            last = chunk[-1].offset or last
+        if not parts:
             raise NoCatalog("the event log is empty: import events first (freshrec import events ...)")
-        batch = self._batch(events)
+        batch = Interactions.join(parts)
+        del parts
         self.model = self._new_model(text)
-        self.state.offset = events[-1].offset or 0
+        self.state.offset = last
         publish = self._publishing_every(self.settings.learn.warm_publish_s)
 
         def step() -> None:
@@ -226,7 +233,7 @@ class Learner:
         self.quarantine.load(state.get("quarantine", {}))
         self.state = Progress(offset=version.offset, learned=version.events_learned)
         self.checkpoint_version, self.updates, self._unsaved = version.version, 0, 0
-        for events in _chunks(e for e in iter_log(self.store) if (e.offset or 0) <= version.offset):
+        for events in log_chunks(self.store, until=version.offset):
             self._batch(events)  # histories only
         self.state.skipped_unknown_items = 0
         self._publish()
@@ -382,14 +389,3 @@ class Learner:
     def _publish(self) -> None:
         if self.on_update is not None:
             self.on_update(self.snapshot())
-
-
-def _chunks(events: Iterable[Event], size: int = 10_000) -> Iterable[list[Event]]:
-    chunk: list[Event] = []
-    for e in events:
-        chunk.append(e)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

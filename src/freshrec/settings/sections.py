@@ -244,6 +244,9 @@ class LearnSettings(Section):
     """During a warm start the online learner publishes its model every this many seconds,
     so that serving has a learned model soon after a first start (and a better one at
     each publish) instead of only when the warm start ends."""
+    warm_start_events: int | None = Field(default=None, ge=1)
+    """A warm start learns from at most the most recent this many events of the log (None:
+    all of it); the online learner then goes on from the log's end as always."""
     lease_s: float = Field(default=30.0, ge=3)
     """One learner per store: a learner renews the store's lease every third of this;
     a lease not renewed for this long may be taken over by another learner."""

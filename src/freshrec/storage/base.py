@@ -245,11 +245,21 @@ def redact(url: str) -> str:
 
 def iter_log(store: Store, after: Offset = 0, batch: int = 10_000) -> Iterator[Event]:
     """Every event after ``after``, in log order, read in batches."""
+    for chunk in log_chunks(store, after, batch=batch):
+        yield from chunk
+
+
+def log_chunks(
+    store: Store, after: Offset = 0, until: Offset | None = None, batch: int = 10_000
+) -> Iterator[list[Event]]:
+    """The events after ``after`` (up to ``until``, if given), in log order, a batch at a time."""
     while True:
         events = store.read_events(after, batch)
+        if until is not None:
+            events = [e for e in events if (e.offset or 0) <= until]
         if not events:
             return
-        yield from events
+        yield events
         last = events[-1].offset
         assert last is not None
         after = last
