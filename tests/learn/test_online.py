@@ -172,6 +172,22 @@ def test_a_warm_start_can_be_limited_to_the_most_recent_events(world: tuple[SQLi
     assert everything.train().events_learned == len(store.read_events(0, 100_000)) > 100
 
 
+def test_idle_users_leave_memory_and_come_back_from_the_store(world: tuple[SQLiteStore, list, Path]) -> None:  # type: ignore[type-arg]
+    store, later, tmp = world
+    small = SETTINGS.model_copy(update={"learn": SETTINGS.learn.model_copy(update={"max_users_in_memory": 2})})
+    bounded, everyone = Learner(store, small, Checkpoints(tmp / "a")), Learner(store, SETTINGS, Checkpoints(tmp / "b"))
+    bounded.train()
+    everyone.train()
+    assert len(bounded.users.recent) == 2 and len(everyone.users.recent) == 12
+    validator = Validator(IngestSettings())
+    import_events(store, later[:150], validator)
+    events = store.read_events(everyone.state.offset, 1_000)
+    assert len({e.user_id for e in events}) > 2
+    got, want = bounded._batch(events), everyone._batch(events)  # the same histories, from the store
+    for name in ("hist_item", "hist_type", "hist_value", "hist_time"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+
+
 def test_checkpoints_leave_the_text_table_to_the_store(world: tuple[SQLiteStore, list, Path]) -> None:  # type: ignore[type-arg]
     store, _later, tmp = world
     checkpoints = Checkpoints(tmp / "checkpoints")

@@ -1,13 +1,19 @@
 """The learner's users: a code for each user id (the row of the model's user
 table; retired at an erasure, never reused) and each user's last events, kept
-in memory and advanced event by event, from which micro-batches are built."""
+in memory and advanced event by event, from which micro-batches are built.
+
+Memory is bounded by the model, not by the log: at most ``max_users`` users'
+histories stay in memory (the least recently active leave first), and one who
+comes back is read again from the store, their last events before the one
+being learned (``reload``)."""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 
 import numpy as np
+from cachetools import LRUCache
 
 from freshrec.domain import Event
 from freshrec.ingest.feedback import TYPE_CODES
@@ -16,12 +22,20 @@ from freshrec.model.histories import Step, left_padded
 
 
 class Histories:
-    def __init__(self, length: int, user_ids: list[str | None] | None = None):
+    def __init__(
+        self,
+        length: int,
+        user_ids: list[str | None] | None = None,
+        max_users: int | None = None,
+        reload: Callable[[str, int], list[Event]] | None = None,
+    ):
         self.length = length
         self.ids: list[str | None] = list(user_ids or [])
         """User id of each user code (``None``: deleted)."""
         self.codes = {u: n for n, u in enumerate(self.ids) if u is not None}
-        self.recent: dict[str, deque[Step]] = {}
+        self.recent: MutableMapping[str, deque[Step]] = LRUCache(maxsize=max_users) if max_users else {}
+        self.reload = reload
+        """A user's last events before an offset, oldest first, from the store."""
 
     def batch(self, events: Iterable[Event], items: Mapping[str, int]) -> tuple[Interactions, int]:
         """``events`` with their users' histories before each of them, and how many
@@ -33,7 +47,9 @@ class Histories:
             if code is None:
                 skipped += 1
                 continue
-            history = self.recent.setdefault(e.user_id, deque(maxlen=self.length))
+            history = self.recent.get(e.user_id)
+            if history is None:
+                history = self.recent[e.user_id] = deque(self._stored(e, items), maxlen=self.length)
             user = self.codes.get(e.user_id)
             if user is None:
                 user = self.codes[e.user_id] = len(self.ids)
@@ -56,6 +72,15 @@ class Histories:
             hist_time=htime,
             position=np.array(columns[1], dtype=np.int64),
         ), skipped
+
+    def _stored(self, e: Event, items: Mapping[str, int]) -> list[Step]:
+        """The history of a known user who left memory, from the store (none for a new one)."""
+        if self.reload is None or e.user_id not in self.codes:
+            return []
+        past = [p for p in self.reload(e.user_id, e.offset or 0) if p.item_id in items][-self.length :]
+        return [
+            (items[p.item_id], TYPE_CODES[p.type], np.nan if p.value is None else p.value, p.timestamp) for p in past
+        ]
 
     def forget(self, user_id: str) -> int | None:
         """Drop the user's history and retire their code, which is returned."""

@@ -83,7 +83,7 @@ class Learner:
         self.items = ItemCodes(store, encoder_key(settings.encoder))
         """The row of each item in the model's tables."""
         self._catalog_at = time.monotonic()
-        self.users = Histories(settings.model.history_length)
+        self.users = self._histories()
         """User codes (rows of the model's user table) and each user's last events."""
         self.model: FreshRec | None = None
         self.checkpoint_every = settings.learn.checkpoint_every
@@ -121,6 +121,15 @@ class Learner:
         s = self.settings
         model = s.model.model_copy(update={"blend": s.model.blend.model_copy(update={"enabled": False})})
         return build_freshrec(len(text), text, model, s.learn, s.feedback, s.ingest, progress=self.progress)
+
+    def _histories(self, user_ids: list[str | None] | None = None) -> Histories:
+        s = self.settings
+
+        def reload(user_id: str, before: int) -> list[Event]:  # a micro-batch's own events are stored already
+            past = self.store.user_history(user_id, s.model.history_length + s.learn.batch_size)
+            return [e for e in past if (e.offset or 0) < before]
+
+        return Histories(s.model.history_length, user_ids, s.learn.max_users_in_memory, reload)
 
     def _batch(self, events: Iterable[Event]) -> Interactions:
         """Events with their users' histories before each of them; histories advance."""
@@ -176,7 +185,7 @@ class Learner:
 
     def _train(self, stop: threading.Event | None = None) -> Version:
         text = self.items.load()
-        self.users = Histories(self.settings.model.history_length)
+        self.users = self._histories()
         self.state = Progress()
         # the log is read in chunks straight into arrays: only one chunk of events is
         # ever held as Python objects (a 10-million-event log would not fit that way)
@@ -229,7 +238,7 @@ class Learner:
             # the last run did not stop cleanly: the events after this checkpoint may have
             # been learned already (and their effect served), and are learned again
             self.model.private.uses += 1
-        self.users = Histories(self.settings.model.history_length, state.get("user_ids", []))
+        self.users = self._histories(state.get("user_ids", []))
         self.quarantine.load(state.get("quarantine", {}))
         self.state = Progress(offset=version.offset, learned=version.events_learned)
         self.checkpoint_version, self.updates, self._unsaved = version.version, 0, 0

@@ -1,0 +1,121 @@
+"""A large shop on one machine: import, warm start, checkpoints, serving latency.
+
+    python benchmarks/scale.py [--items 200000] [--users 5000] [--events 100000] [--data /tmp/freshrec-scale]
+
+With the hashing encoder (the text model's speed is measured by ``encode.py``):
+generates the shop, imports its items and events (timed), warm-starts the model
+(``freshrec train``: time and peak RSS), then starts ``freshrec serve`` and measures
+recommendation latency unloaded (500 requests, one at a time) and under 200
+requests/s plus 500 events/s for 30 s, the learner's publish time (``/metrics``),
+the size of a checkpoint version and of the data folder. Writes the ``scale`` section
+of RESULTS.md (``scale-<items>`` for other sizes than the default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from harness import free_port, freshrec, wait_ready, write_section
+from load import KEYS, percentiles, run_load
+
+
+def env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "FRESHREC_ENCODER__MODEL": "hashing",
+        "FRESHREC_SERVE__READ_KEYS": f'["{KEYS["read"]}"]',
+        "FRESHREC_SERVE__WRITE_KEYS": f'["{KEYS["write"]}"]',
+    }
+
+
+def timed(*command: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env=env(), stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def published(url: str) -> tuple[float, int]:
+    """Mean publish time (s) and the number of publishes, from ``/metrics``."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    total = float(re.search(r"^freshrec_publish_seconds_sum (\S+)", text, re.M).group(1))  # type: ignore[union-attr]
+    count = int(float(re.search(r"^freshrec_publish_seconds_count (\S+)", text, re.M).group(1)))  # type: ignore[union-attr]
+    return total / max(count, 1), count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=200_000)
+    parser.add_argument("--users", type=int, default=5_000)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--data", type=Path, default=Path("/tmp/freshrec-scale"))
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    shutil.rmtree(args.data, ignore_errors=True)
+    gen = args.data / "gen"
+    subprocess.run(
+        freshrec(args.data, "generate", "--out", str(gen), "--items", str(args.items), "--users", str(args.users),
+                 "--events", str(args.events), "--days", "30"),
+        check=True, env=env(), stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    import_items = timed(*freshrec(args.data, "import", "items", str(gen / "items.jsonl")))
+    import_events = timed(*freshrec(args.data, "import", "events", str(gen / "events.jsonl")))
+    warm = timed(*freshrec(args.data, "train"))
+    warm_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    checkpoint = max(p.stat().st_size for p in (args.data / "checkpoints").glob("*.state")) / 2**20
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(freshrec(args.data, "serve", "--port", str(port)), env=env())
+    try:
+        wait_ready(url, server, timeout=900)
+        time.sleep(max(5.0, args.items / 5_000))  # the candidate index is built in the background (35 s at 200,000)
+        rng = np.random.default_rng(0)
+        unloaded = []
+        with httpx.Client(base_url=url, headers={"X-API-Key": KEYS["read"]}, timeout=10) as client:
+            for user in rng.integers(0, args.users, 500):
+                started = time.perf_counter()
+                client.get(f"/v1/users/u{user:05d}/recommendations?k=10").raise_for_status()
+                unloaded.append((time.perf_counter() - started) * 1000)
+        load = run_load(
+            url, argparse.Namespace(rps=200.0, eps=500.0, seconds=args.seconds, users=args.users, items=args.items)
+        )
+        publish_s, publishes = published(url)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=180)
+    p_un = percentiles(unloaded)
+    p_load = load["latency_ms"]
+    body = (
+        f"`python benchmarks/scale.py --items {args.items} --users {args.users} --events {args.events}`, run on "
+        f"{dt.date.today()}, hashing encoder, default settings otherwise.\n\n"
+        "| figure | value |\n| --- | --- |\n"
+        f"| import items / events | {import_items:.1f} s / {import_events:.1f} s |\n"
+        f"| warm start (`freshrec train`) | {warm:.1f} s, peak RSS {warm_rss:,.0f} MB |\n"
+        f"| checkpoint version | {checkpoint:,.1f} MB |\n"
+        f"| recommendation, unloaded (500, one at a time) | p50 {p_un[0]:.1f} ms, p99 {p_un[2]:.1f} ms |\n"
+        f"| recommendation under 200 req/s + 500 events/s for {args.seconds:.0f} s | p50 {p_load[0]:.1f} ms, "
+        f"p99 {p_load[2]:.1f} ms, {load['errors']} errors of {load['requests']:,} |\n"
+        f"| publish (snapshot to serving copy), mean | {publish_s * 1000:.0f} ms over {publishes:,} publishes |\n"
+        f"| data folder after the run | {size_mb(args.data):,.0f} MB |\n"
+    )
+    name = "scale" if args.items == 200_000 else f"scale-{args.items}"
+    write_section(name, f"A large shop on one machine ({args.items:,} items, issue 18)", body)
+
+
+if __name__ == "__main__":
+    main()
