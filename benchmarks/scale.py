@@ -53,8 +53,8 @@ def size_mb(path: Path) -> float:
 def published(url: str) -> tuple[float, int]:
     """Mean publish time (s) and the number of publishes, from ``/metrics``."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    total = float(re.search(r"^freshrec_publish_seconds_sum (\S+)", text, re.M).group(1))  # type: ignore[union-attr]
-    count = int(float(re.search(r"^freshrec_publish_seconds_count (\S+)", text, re.M).group(1)))  # type: ignore[union-attr]
+    total = float(re.search(r"^freshrec_model_publish_seconds_sum (\S+)", text, re.M).group(1))  # type: ignore[union-attr]
+    count = int(float(re.search(r"^freshrec_model_publish_seconds_count (\S+)", text, re.M).group(1)))  # type: ignore[union-attr]
     return total / max(count, 1), count
 
 
