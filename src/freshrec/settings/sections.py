@@ -126,9 +126,14 @@ class BlendSettings(Section):
     ``learned-nearest``,
     ``popularity-<half-life>``, ``recency-<half-life>`` (``1d``, ``7d``, ``30d``),
     ``untouched``, ``age``."""
-    calibration_share: float = Field(default=0.1, ge=0, lt=1)
+    calibration_share: float = Field(default=0.2, ge=0, lt=1)
     """The latest share of a warm-start log is learned in order, as a stream, after the
-    network's epochs on the rest: the blend's weights start from what it scored there."""
+    network's epochs on the rest: the blend's weights start from what it scored there.
+    0.2 rather than 0.1 (measured 2026-12-03, in-process replays): +2% to +10% NDCG@10 on
+    the generator's 2,500-event logs, where a tenth of the warm start is 50 events, and
+    within 0.3% either way on MovieLens-100K, the MovieLens-1M part and Steam (over three
+    seeds on Steam: 1.0980, 1.1030, 1.0988 the best baseline at 0.1; 1.1012, 1.1026,
+    1.1010 at 0.2)."""
 
 
 class ModelSettings(Section):
