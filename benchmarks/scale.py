@@ -50,12 +50,33 @@ def size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
 
-def published(url: str) -> tuple[float, int]:
-    """Mean publish time (s) and the number of publishes, from ``/metrics``."""
+def metric(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} (\S+)", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def quantile(text: str, name: str, q: float) -> float:
+    """The upper bound of the histogram bucket that holds quantile ``q`` (seconds)."""
+    buckets = [(float(b), float(c)) for b, c in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)', text, re.M)]
+    total = buckets[-1][1] if buckets else 0.0
+    return next((bound for bound, count in buckets if count >= q * total), float("nan"))
+
+
+def published(url: str) -> dict[str, float]:
+    """Publish figures from ``/metrics``: the time to build the serving copy (mean, p50 and
+    p99 by histogram bucket), the lag from the learner's micro-batch to the swap, and the
+    snapshots received whole and as deltas with their mean sizes."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    total = float(re.search(r"^freshrec_model_publish_seconds_sum (\S+)", text, re.M).group(1))  # type: ignore[union-attr]
-    count = int(float(re.search(r"^freshrec_model_publish_seconds_count (\S+)", text, re.M).group(1)))  # type: ignore[union-attr]
-    return total / max(count, 1), count
+    build, lag = "freshrec_model_publish_seconds", "freshrec_model_publish_lag_seconds"
+    count = metric(text, f"{build}_count")
+    out = {"count": count, "mean": metric(text, f"{build}_sum") / max(count, 1)}
+    for q in (0.5, 0.99):
+        out[f"p{round(q * 100)}"], out[f"lag_p{round(q * 100)}"] = quantile(text, build, q), quantile(text, lag, q)
+    for kind in ("whole", "delta"):
+        n = metric(text, f'freshrec_model_snapshots_received_total{{kind="{kind}"}}')
+        out[kind] = n
+        out[f"{kind}_mb"] = metric(text, f'freshrec_model_snapshot_bytes_total{{kind="{kind}"}}') / max(n, 1) / 2**20
+    return out
 
 
 def main() -> None:
@@ -94,7 +115,7 @@ def main() -> None:
         load = run_load(
             url, argparse.Namespace(rps=200.0, eps=500.0, seconds=args.seconds, users=args.users, items=args.items)
         )
-        publish_s, publishes = published(url)
+        publish = published(url)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=180)
@@ -110,7 +131,13 @@ def main() -> None:
         f"| recommendation, unloaded (500, one at a time) | p50 {p_un[0]:.1f} ms, p99 {p_un[2]:.1f} ms |\n"
         f"| recommendation under 200 req/s + 500 events/s for {args.seconds:.0f} s | p50 {p_load[0]:.1f} ms, "
         f"p99 {p_load[2]:.1f} ms, {load['errors']} errors of {load['requests']:,} |\n"
-        f"| publish (snapshot to serving copy), mean | {publish_s * 1000:.0f} ms over {publishes:,} publishes |\n"
+        f"| publish: building the serving copy | mean {publish['mean'] * 1000:.0f} ms, "
+        f"p50 <= {publish['p50'] * 1000:.0f} ms, p99 <= {publish['p99'] * 1000:.0f} ms "
+        f"over {publish['count']:,.0f} publishes |\n"
+        f"| publish: end of a micro-batch to serving's swap | p50 <= {publish['lag_p50'] * 1000:.0f} ms, "
+        f"p99 <= {publish['lag_p99'] * 1000:.0f} ms |\n"
+        f"| snapshots received whole / as deltas | {publish['whole']:,.0f} of {publish['whole_mb']:.1f} MB / "
+        f"{publish['delta']:,.0f} of {publish['delta_mb']:.2f} MB (means) |\n"
         f"| data folder after the run | {size_mb(args.data):,.0f} MB |\n"
     )
     name = "scale" if args.items == 200_000 else f"scale-{args.items}"

@@ -63,6 +63,28 @@ def test_nested_states_round_trip() -> None:
     assert loaded["np"] == 1.5
 
 
+def test_a_large_table_of_mostly_zero_rows_is_saved_as_its_nonzero_rows() -> None:
+    table = torch.zeros(20_000, 64)
+    table[[3, 17, 19_999]] = torch.randn(3, 64)
+    dense = torch.randn(2_000, 8)  # most rows nonzero: saved whole
+    blob = serialization.dumps({"table": table, "dense": dense, "bias": table[:, :1]})
+    assert len(blob) < dense.nbytes + 10_000  # the sparse ones take ~1 kB each, not 5 MB and 80 kB
+    loaded = serialization.loads(blob)
+    assert torch.equal(loaded["table"], table) and torch.equal(loaded["dense"], dense)
+    assert torch.equal(loaded["bias"], table[:, :1]) and loaded["bias"].shape == (20_000, 1)
+
+
+def test_a_crafted_sparse_table_is_refused_before_it_is_built() -> None:
+    from safetensors.torch import save
+
+    rows, values = torch.tensor([5, 2]), torch.zeros(2, 4)
+    for shape, reason in (([10, 4], "ascend"), ([10**12, 4], "larger"), ([10, 3], "fit"), ("x", "shape")):
+        skeleton = {"$rows": ["t0", "t1", shape]}
+        body = save({"t0": rows, "t1": values}, metadata={"freshrec": json.dumps(skeleton)})
+        with pytest.raises(Malformed, match=reason):
+            serialization.loads(b"FRESHREC/1 unsigned\n" + body)
+
+
 def test_what_cannot_be_saved_is_refused_on_saving() -> None:
     with pytest.raises(TypeError, match="NumPy array of dtype"):
         serialization.dumps({"ids": np.array(["a", "b"], dtype=object)})

@@ -38,7 +38,10 @@ from safetensors.torch import save as save_tensors
 MAGIC = b"FRESHREC/1 "
 MAX_BYTES = 8 << 30
 """Blobs larger than this are refused before they are parsed."""
-_TENSOR, _ARRAY, _DICT, _TUPLE = "$tensor", "$array", "$dict", "$tuple"
+_TENSOR, _ARRAY, _DICT, _TUPLE, _ROWS = "$tensor", "$array", "$dict", "$tuple", "$rows"
+SPARSE_MIN_ROWS = 1_024
+"""Tables with at least this many rows, most of them zero, are saved as their nonzero rows."""
+MAX_ROW_WIDTH = 1 << 16
 
 
 class Malformed(ValueError):
@@ -111,6 +114,16 @@ def _metadata(body: bytes) -> dict[str, str]:
 
 
 def _encode(x: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(x, torch.Tensor) and (rows := _nonzero_rows(x)) is not None:
+        # an item table of a large catalog is mostly rows of items nobody touched yet,
+        # which are exactly zero (and so is their optimizer state): a 200,000-item
+        # shop's checkpoint and snapshots shrink by the share of untouched items
+        values = x.detach().cpu()[rows]
+        refs = []
+        for t in (rows, values):
+            refs.append(f"t{len(tensors)}")
+            tensors[refs[-1]] = t.contiguous()
+        return {_ROWS: [*refs, list(x.shape)]}
     if isinstance(x, torch.Tensor):
         name = f"t{len(tensors)}"
         tensors[name] = _alone(x.detach().cpu(), tensors)
@@ -126,12 +139,23 @@ def _encode(x: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(x, tuple):
         return {_TUPLE: [_encode(v, tensors) for v in x]}
     if isinstance(x, list):
+        if _plain(x):  # an id list of a large catalog: 200,000 strings cost 0.8 s one by one
+            return x
         return [_encode(v, tensors) for v in x]
     if isinstance(x, np.generic):
         return x.item()
     if x is None or isinstance(x, bool | int | float | str):
         return x
     raise TypeError(f"cannot save a {type(x).__name__}")
+
+
+def _nonzero_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """The indices of ``x``'s nonzero rows if it is a large table that is mostly zero rows."""
+    if x.dim() < 2 or x.shape[0] < SPARSE_MIN_ROWS or not x.is_floating_point() or x.is_sparse:
+        return None
+    nonzero = (x.detach().cpu() != 0).reshape(x.shape[0], -1).any(1)
+    count = int(nonzero.sum())
+    return torch.nonzero(nonzero).squeeze(1) if 2 * count <= x.shape[0] else None
 
 
 def _alone(t: torch.Tensor, saved: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -144,9 +168,14 @@ def _alone(t: torch.Tensor, saved: dict[str, torch.Tensor]) -> torch.Tensor:
     return t if whole and not shared else t.contiguous().clone()
 
 
+def _plain(x: list[Any]) -> bool:
+    """Whether ``x`` holds only strings and ``None``, which JSON holds as they are."""
+    return all(type(v) is str or v is None for v in x)
+
+
 def _decode(x: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(x, list):
-        return [_decode(v, tensors) for v in x]
+        return x if _plain(x) else [_decode(v, tensors) for v in x]
     if isinstance(x, dict):
         if len(x) != 1:
             raise Malformed("unexpected object in the skeleton")
@@ -165,8 +194,30 @@ def _decode(x: Any, tensors: dict[str, torch.Tensor]) -> Any:
             return out
         if tag == _TUPLE and isinstance(value, list):
             return tuple(_decode(v, tensors) for v in value)
+        if tag == _ROWS and isinstance(value, list) and len(value) == 3:
+            return _rows(value, tensors)
         raise Malformed(f"unexpected tag {tag!r} in the skeleton")
     return x  # JSON scalars
+
+
+def _rows(value: list[Any], tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A table saved as its nonzero rows (see :func:`_encode`), checked before it is built."""
+    names, shape = value[:2], value[2]
+    if not all(isinstance(n, str) and n in tensors for n in names):
+        raise Malformed("reference to a missing tensor")
+    rows, values = (tensors[n] for n in names)
+    if not isinstance(shape, list) or len(shape) < 2 or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise Malformed("a table's shape must be a list of sizes")
+    width = int(np.prod(shape[1:]))
+    if shape[0] > MAX_BYTES // 4 or width > MAX_ROW_WIDTH:
+        raise Malformed(f"a table of shape {shape} is larger than a state may hold")
+    if rows.dtype != torch.int64 or rows.dim() != 1 or tuple(values.shape) != (len(rows), *shape[1:]):
+        raise Malformed("a table's rows do not fit its shape")
+    if len(rows) and (int(rows[0]) < 0 or int(rows[-1]) >= shape[0] or not bool((rows[1:] > rows[:-1]).all())):
+        raise Malformed("a table's rows must ascend within it")
+    out = values.new_zeros(shape)
+    out[rows] = values
+    return out
 
 
 _ARRAYS: list[Any] = [np.ndarray, np.dtype, np._core.multiarray._reconstruct]  # type: ignore[attr-defined]

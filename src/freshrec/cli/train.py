@@ -25,7 +25,7 @@ model_app = typer.Typer(help="Model versions: list them, roll back, migrate old 
 
 
 def _checkpoints(state: App) -> Checkpoints:
-    return Checkpoints(state.settings.data_dir / "checkpoints", key=state.settings.cluster.key())
+    return Checkpoints.of(state.settings)
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from freshrec import serialization
+from freshrec.settings import Settings
 
 _NAME = re.compile(r"^model-(\d{6})\.json$")
 SUFFIX = ".state"
@@ -76,9 +77,12 @@ class Checkpoints:
         keep: int = 20,
         mirror: Callable[[bytes, bool], object] | None = None,
         key: bytes | None = None,
+        max_mb: float | None = None,
     ):
         self.folder = folder
         self.keep = keep
+        self.max_bytes = None if max_mb is None else int(max_mb * (1 << 20))
+        """Older versions go once the folder's versions together would exceed this."""
         self.mirror = mirror
         self.key = key
         """Signs what is written; a mirror's copy (:meth:`restore`) must carry a valid signature."""
@@ -88,6 +92,18 @@ class Checkpoints:
         self._lock = threading.RLock()
         """Serialises saving, pruning and rewriting within a process."""
         folder.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def of(cls, settings: Settings, mirror: Callable[[bytes, bool], object] | None = None) -> Checkpoints:
+        """The data folder's checkpoints, kept and signed as ``settings`` say."""
+        learn = settings.learn
+        return cls(
+            settings.data_dir / "checkpoints",
+            keep=learn.checkpoints_keep,
+            mirror=mirror,
+            key=settings.cluster.key(),
+            max_mb=learn.checkpoints_max_mb,
+        )
 
     def list(self) -> list[Version]:
         out = []
@@ -180,12 +196,18 @@ class Checkpoints:
         return chosen
 
     def _prune(self) -> None:
+        """At most ``keep`` versions and, with ``max_mb``, as many of the newest as fit in
+        it; the newest and the current one always stay."""
         versions = self.list()  # under the lock, from save
         current = self.current()
-        for v in versions[: max(0, len(versions) - self.keep)]:
-            if current is not None and v.version == current.version:
-                continue
+        kept, size = 0, 0
+        for v in reversed(versions):
             stem = self.folder / f"model-{v.version:06d}"
+            size += stem.with_suffix(SUFFIX).stat().st_size
+            kept += 1
+            fits = kept <= self.keep and (self.max_bytes is None or size <= self.max_bytes)
+            if fits or kept == 1 or (current is not None and v.version == current.version):
+                continue
             stem.with_suffix(".json").unlink(missing_ok=True)
             stem.with_suffix(SUFFIX).unlink(missing_ok=True)
 

@@ -65,7 +65,7 @@ def shared_checkpoints(settings: Settings, store: Store) -> tuple[Checkpoints, T
     it; flush it when the learner stops) and, started with an empty data folder (a new
     machine), resumes from that copy instead of warm-starting from the whole log."""
     shelf = Throttled(lambda data: store.publish("checkpoint", data))
-    checkpoints = Checkpoints(settings.data_dir / "checkpoints", mirror=shelf.offer, key=settings.cluster.key())
+    checkpoints = Checkpoints.of(settings, mirror=shelf.offer)
     if checkpoints.current() is None and (shared := store.published("checkpoint")) is not None:
         try:
             version = checkpoints.restore(shared[1])

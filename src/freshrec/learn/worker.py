@@ -39,6 +39,7 @@ from freshrec.learn.feed import IDLE_S, Feed, Polling
 from freshrec.learn.items import NoCatalog
 from freshrec.learn.lease import Lease, LeaseHeld
 from freshrec.learn.online import Interrupted, Learner
+from freshrec.model.deltas import delta_since
 from freshrec.model.snapshot import Snapshot
 from freshrec.runtime import SNAPSHOT, die_with_parent, last_steps, limit_threads
 from freshrec.settings import Settings
@@ -55,7 +56,12 @@ class Sender:
     """Delivers the newest snapshot at most once per interval, never dropping the last
     one, and messages at once; both through the callables it is given, one call at a
     time (a pipe with two threads writing at once interleaves their bytes: the server
-    then fails to parse what it reads and never gets a model)."""
+    then fails to parse what it reads and never gets a model).
+
+    With ``full_every_s`` (a receiver that gets every delivery, in order: the pipe), a
+    snapshot goes as a delta on the one delivered before (:mod:`freshrec.model.deltas`),
+    and whole at least every ``full_every_s``, after a failed delivery, and when a delta
+    would change most rows anyway."""
 
     def __init__(
         self,
@@ -63,9 +69,13 @@ class Sender:
         message: Callable[[tuple[Any, ...]], object],
         interval_s: float,
         key: bytes | None = None,
+        full_every_s: float = 0.0,
     ):
         self._deliver, self._message = snapshot, message
         self.interval = interval_s
+        self.full_every_s = full_every_s
+        self._delivered: Snapshot | None = None
+        self._whole_at = 0.0
         self.key = key
         """Signs each snapshot (``[cluster] snapshot_key``)."""
         self.fence: Callable[[], bool] | None = None
@@ -102,12 +112,23 @@ class Sender:
                 log.warning("a model snapshot was not published: this learner does not hold the store's lease")
                 continue
             try:
-                data = snapshot.to_bytes(self.key)
+                data = self._encode(snapshot)
                 with self._sending:
                     self._deliver(data)
-            except Exception:  # the next snapshot is tried anyway
+                self._delivered = snapshot
+            except Exception:  # the next snapshot is tried anyway, whole
+                self._delivered = None
                 log.exception("could not deliver a model snapshot")
             time.sleep(self.interval)
+
+    def _encode(self, snapshot: Snapshot) -> bytes:
+        previous, now = self._delivered, time.monotonic()
+        if previous is not None and self.full_every_s and now - self._whole_at < self.full_every_s:
+            delta = delta_since(snapshot, previous)
+            if delta is not None and 2 * len(delta.rows) <= len(snapshot.item_ids):
+                return delta.to_bytes(self.key)
+        self._whole_at = now
+        return snapshot.to_bytes(self.key)
 
     def close(self, timeout_s: float | None = None) -> None:
         """Deliver what is pending and stop; with ``timeout_s``, give up on a delivery
@@ -131,9 +152,10 @@ def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], hal
         lambda message: pipe.send_bytes(json.dumps(message).encode()),
         settings.serve.publish_interval_ms / 1000,
         settings.cluster.key(),
+        full_every_s=settings.serve.snapshot_full_s,
     ).start()
     try:
-        checkpoints = Checkpoints(settings.data_dir / "checkpoints", key=settings.cluster.key())
+        checkpoints = Checkpoints.of(settings)
         run_learner(settings, store, checkpoints, sender, halt, commands=commands)  # type: ignore[arg-type]
     finally:
         store.close()

@@ -15,6 +15,7 @@ catalog size.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -189,12 +190,16 @@ def nearest(unit: Tensor, queries: Interactions, among: int = NEAREST) -> Tensor
     """``(B, n)``: each item's cosine similarity to the closest of the user's last
     ``among`` items, given unit-length item vectors ``unit`` (-1 with no history).
     A user who touched a strategy game and a puzzle game is close to both kinds;
-    their mean profile is close to neither."""
+    their mean profile is close to neither. Only the history slots that hold an item
+    are multiplied out: on a sparse log most users have one or none."""
     recent = torch.from_numpy(np.ascontiguousarray(queries.hist_item[:, ::-1][:, :among]).astype(np.int64))
-    if not recent.shape[1]:
-        return torch.full((len(queries), len(unit)), -1.0)
-    sims = (unit[recent.clamp(min=0).reshape(-1)] @ unit.T).reshape(*recent.shape, len(unit))
-    return sims.masked_fill_((recent < 0)[:, :, None], -1.0).max(1).values
+    out = torch.full((len(queries), len(unit)), -1.0)
+    rows, slots = torch.nonzero(recent >= 0, as_tuple=True)
+    if len(rows):
+        with warnings.catch_warnings():  # "in beta": stable in behaviour since torch 1.13
+            warnings.filterwarnings("ignore", message="index_reduce")
+            out.index_reduce_(0, rows, unit[recent[rows, slots]] @ unit.T, "amax")
+    return out
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

@@ -8,10 +8,15 @@ serving code never imports training code.
 The frozen text embeddings are not part of a snapshot: serving reads them
 from its own catalog (which may already hold items the learner has not met
 yet), and maps the learner's item rows onto it by item id.
+
+Between full snapshots the learner's pipe carries deltas, the rows that
+changed (:mod:`freshrec.model.deltas`): a snapshot's ``serial`` names it, and
+one made by applying a delta names its ``parent`` and the rows it ``changed``.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +46,13 @@ class Snapshot:
     rating_scale: float
     loss: float | None = None
     created: float = field(default_factory=time.time)
+    serial: int = field(default_factory=lambda: secrets.randbits(62))
+    """This snapshot's name, random: a delta applies only to the snapshot it names."""
+    parent: int = 0
+    """The serial of the snapshot a delta turned into this one (0: it came whole)."""
+    changed: Tensor | None = None
+    """The item rows that delta changed (``None``: it came whole). Serving recomputes
+    only these rows of its item table."""
 
     @property
     def version(self) -> str:
@@ -63,7 +75,8 @@ class Snapshot:
     def to_bytes(self, key: bytes | None = None) -> bytes:
         """One blob (:mod:`freshrec.serialization`) for the pipe, Redis or the store;
         signed with ``key`` when one is set."""
-        return serialization.dumps({**self.__dict__, "settings": self.settings.model_dump(mode="json")}, key)
+        whole = {**self.__dict__, "parent": 0, "changed": None}  # what a delta made is whole now
+        return serialization.dumps({**whole, "settings": self.settings.model_dump(mode="json")}, key)
 
     @classmethod
     def from_bytes(cls, data: bytes, key: bytes | None = None, max_bytes: int = serialization.MAX_BYTES) -> Snapshot:
@@ -72,8 +85,17 @@ class Snapshot:
         and that its values are finite. Anything else raises
         :class:`~freshrec.serialization.Malformed`."""
         raw = serialization.loads(data, key, max_bytes)
-        if not isinstance(raw, dict) or set(raw) != set(cls.__dataclass_fields__):
+        return cls.from_raw(raw)
+
+    @classmethod
+    def from_raw(cls, raw: object) -> Snapshot:
+        """:meth:`from_bytes` after the blob is parsed."""
+        optional = {"serial", "parent", "changed"}  # blobs before 2026-12-03 lack them
+        fields = set(cls.__dataclass_fields__)
+        if not isinstance(raw, dict) or not fields - optional <= set(raw) <= fields:
             raise serialization.Malformed("not a model snapshot: unexpected fields")
+        if raw.get("parent", 0) != 0 or raw.get("changed") is not None:
+            raise serialization.Malformed("a whole snapshot names no parent and no changed rows")
         try:
             snapshot = cls(**{**raw, "settings": ModelSettings.model_validate(raw["settings"])})
         except ValueError as exc:
@@ -85,7 +107,7 @@ class Snapshot:
         """Raise :class:`~freshrec.serialization.Malformed` unless the fields hold what
         a learner publishes (see :meth:`from_bytes`)."""
         bad = serialization.Malformed
-        for name in ("checkpoint", "updates", "offset"):
+        for name in ("checkpoint", "updates", "offset", "serial", "parent"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise bad(f"snapshot {name} must be a non-negative integer")
         if not all(isinstance(x, (int, float)) for x in (self.rating_scale, self.created)) or not (

@@ -41,6 +41,23 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.snapshots_received = Counter(
+            "freshrec_model_snapshots_received",
+            "Model snapshots received, whole or as deltas (see [serve] snapshot_full_s)",
+            ["kind"],
+            registry=r,
+        )
+        self.snapshot_bytes = Counter(
+            "freshrec_model_snapshot_bytes",
+            "Bytes of the model snapshots received, whole or as deltas",
+            ["kind"],
+            registry=r,
+        )
+        self.skipped_deltas = Counter(
+            "freshrec_model_deltas_skipped",
+            "Model deltas skipped because they apply to a snapshot this server did not get",
+            registry=r,
+        )
         self.model_served = Gauge(
             "freshrec_model_served",
             "1 once a learned model ranks (before: the text and popularity fallback)",
@@ -54,6 +71,12 @@ class Metrics:
         self.publish_seconds = Histogram(
             "freshrec_model_publish_seconds",
             "Time to make a new model snapshot servable",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.publish_lag_seconds = Histogram(
+            "freshrec_model_publish_lag_seconds",
+            "From the learner's snapshot (the end of its micro-batch) to serving's swap",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -3,10 +3,15 @@ thread, so that neither the learner's pipe nor a request ever waits for a build.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 
+import torch
+
+from freshrec.model import deltas
+from freshrec.model.deltas import SnapshotDelta
 from freshrec.model.snapshot import Snapshot
 from freshrec.serialization import Malformed
 from freshrec.serve.metrics import Metrics
@@ -25,6 +30,8 @@ class Models:
         self.cluster = cluster
         self.metrics = metrics
         self._pending: Snapshot | None = None
+        self._latest: Snapshot | None = None
+        """The newest snapshot received: the one the next delta must name."""
         self._closed = False
         self._publishing = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -35,11 +42,24 @@ class Models:
             self._thread.start()
 
     def parse(self, data: bytes, source: str) -> Snapshot | None:
-        """The snapshot in ``data``, or ``None`` if it is malformed or not signed with
-        the snapshot key: refused with one log line and a count in ``/metrics``, while
-        the current model stays served."""
+        """The snapshot in ``data`` (a delta applied to the newest snapshot received), or
+        ``None`` if it is malformed or not signed with the snapshot key: refused with one
+        log line and a count in ``/metrics``, while the current model stays served. A
+        delta on a snapshot this server did not get is skipped, counted apart: the next
+        whole snapshot follows within ``[serve] snapshot_full_s``."""
         try:
-            return Snapshot.from_bytes(data, self.cluster.key(), self.cluster.snapshot_max_mb << 20)
+            got = deltas.read(data, self.cluster.key(), self.cluster.snapshot_max_mb << 20)
+            kind = "delta" if isinstance(got, SnapshotDelta) else "whole"
+            self.metrics.snapshots_received.labels(kind).inc()
+            self.metrics.snapshot_bytes.labels(kind).inc(len(data))
+            if not isinstance(got, SnapshotDelta):
+                return got
+            latest = self._latest
+            if latest is None or latest.serial != got.parent:
+                log.debug("skipped a model delta on a snapshot this server did not get")
+                self.metrics.skipped_deltas.inc()
+                return None
+            return deltas.apply(latest, got)
         except Malformed as exc:
             log.warning("refused a model snapshot from the %s: %s", source, exc)
             self.metrics.rejected_models.labels(source).inc()
@@ -57,13 +77,18 @@ class Models:
         ``publish_interval_ms``). If snapshots arrive faster than the publisher
         builds, the newest wins and the ones in between are skipped, never the last."""
         with self._publishing:
-            self._pending = snapshot
+            pending = self._pending
+            # a delta on the one not built yet, which it replaces: the rows of both changed
+            if pending is not None and snapshot.parent == pending.serial:
+                snapshot = _merged(pending, snapshot)
+            self._pending = self._latest = snapshot
             self._publishing.notify()
 
     def _publish(self, snapshot: Snapshot) -> None:
         started = time.perf_counter()
         self.ranker.publish(snapshot)
         self.metrics.publish_seconds.observe(time.perf_counter() - started)
+        self.metrics.publish_lag_seconds.observe(max(0.0, time.time() - snapshot.created))
         self.metrics.model_served.set(1)
         self.metrics.model_version.set(snapshot.checkpoint)
         self.metrics.model_updates.set(snapshot.updates)
@@ -84,3 +109,12 @@ class Models:
         with self._publishing:
             self._closed = True
             self._publishing.notify()
+
+
+def _merged(skipped: Snapshot, snapshot: Snapshot) -> Snapshot:
+    """``snapshot``, a delta on ``skipped`` (which the publisher never built), as a delta
+    on what ``skipped`` was a delta on: the rows either changed."""
+    if skipped.changed is None or snapshot.changed is None:
+        return dataclasses.replace(snapshot, changed=None)  # whole: nothing to build on
+    changed = torch.unique(torch.cat([skipped.changed, snapshot.changed]))
+    return dataclasses.replace(snapshot, parent=skipped.parent, changed=changed)

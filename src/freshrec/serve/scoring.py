@@ -19,15 +19,12 @@ import torch
 
 from freshrec.domain import Event
 from freshrec.ingest.feedback import TYPE_CODES
+from freshrec.model.deltas import ITEM_TOWER, ROW_STATE
 from freshrec.model.histories import left_padded
 from freshrec.model.sequence import HistoryTensors, SequenceNet, untouched
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import CatalogView, starts_with
 from freshrec.settings import ModelSettings
-
-ROW_STATE = ("item_id.weight", "item_bias.weight", "active", "interactions", "last_seen")
-"""Per-item entries of the network's state: the learner's rows, padded for the catalog's
-items it has not taken in yet (or, on a view laid out otherwise, moved to its rows)."""
 
 
 @dataclass(frozen=True)
@@ -53,13 +50,19 @@ def unit_rows(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 
 @torch.no_grad()
-def build_scoring(snapshot: Snapshot | None, view: CatalogView, spare: SequenceNet | None = None) -> Scoring:
+def build_scoring(
+    snapshot: Snapshot | None, view: CatalogView, spare: SequenceNet | None = None, previous: Scoring | None = None
+) -> Scoring:
     """The scoring of ``snapshot`` on ``view``; ``spare``, a network no request uses any
     more, is refilled with the snapshot's tensors if it has the same shapes.
 
     On a view that starts with the snapshot's items (:meth:`Catalog.align`), the
     snapshot's per-item tensors are used as they are, padded only for the items the
-    learner has not taken in yet; on any other view they are moved to its rows by id."""
+    learner has not taken in yet; on any other view they are moved to its rows by id.
+
+    When ``snapshot`` came as a delta on ``previous``'s snapshot, on the same view,
+    only the rows it changed are recomputed in a copy of ``previous``'s item table:
+    on a 200,000-item catalog, a whole table is about 60 ms of matrix products."""
     if snapshot is None or not len(view):
         return Scoring(view, None, None, None, None, unit_rows(view.text))
     s = snapshot.settings
@@ -77,9 +80,33 @@ def build_scoring(snapshot: Snapshot | None, view: CatalogView, spare: SequenceN
     if net is None:
         net = SequenceNet.from_state(state, text, s, rating_scale=snapshot.rating_scale)
     net.eval()
-    vectors, bias = net.item_table()
+    if aligned and _follows(snapshot, view, previous):
+        assert previous is not None and previous.vectors is not None and previous.bias is not None
+        assert snapshot.changed is not None
+        rows = snapshot.changed
+        vectors, bias, unit = previous.vectors.clone(), previous.bias.clone(), previous.unit.copy()
+        if len(rows):
+            vectors[rows], bias[rows] = net.item_table(rows)
+            unit[rows.numpy()] = unit_rows(vectors[rows].numpy())
+    else:
+        vectors, bias = net.item_table()
+        unit = unit_rows(vectors.numpy())
     user_rows = {u: n for n, u in enumerate(snapshot.user_ids) if u is not None}
-    return Scoring(view, snapshot, net, vectors, bias, unit_rows(vectors.numpy()), user_rows)
+    return Scoring(view, snapshot, net, vectors, bias, unit, user_rows)
+
+
+def _follows(snapshot: Snapshot, view: CatalogView, previous: Scoring | None) -> bool:
+    """Whether ``snapshot`` is a delta on ``previous``'s with the same items, item tower
+    and view, so that only its changed rows of the item table differ."""
+    if previous is None or previous.snapshot is None or previous.vectors is None or previous.view is not view:
+        return False
+    before = previous.snapshot
+    return (
+        snapshot.changed is not None
+        and snapshot.parent == before.serial
+        and len(snapshot.item_ids) == len(before.item_ids)
+        and all(snapshot.state[k] is before.state[k] for k in snapshot.state if k.startswith(ITEM_TOWER))
+    )
 
 
 def _moved(name: str, learned: torch.Tensor, item_ids: list[str], view: CatalogView) -> torch.Tensor:

@@ -260,6 +260,11 @@ class LearnSettings(Section):
     a lease not renewed for this long may be taken over by another learner."""
     checkpoint_every: int = Field(default=10_000, ge=1)
     """The online learner writes a checkpoint version after this many events (and when it stops)."""
+    checkpoints_keep: int = Field(default=20, ge=1)
+    """Checkpoint versions kept at most (the newest; and the current one, if rolled back)."""
+    checkpoints_max_mb: float | None = Field(default=1_000.0, gt=0)
+    """Older checkpoint versions go once the kept ones together would exceed this many MB
+    (the newest always stays). None: no limit but ``checkpoints_keep``."""
     privacy: PrivacySettings = PrivacySettings()
 
 
@@ -306,6 +311,11 @@ class ServeSettings(Section):
     publish_interval_ms: int = Field(default=250, ge=0)
     """The learner's updates reach the request handlers at most this often (building a
     serving copy of the model costs tens of milliseconds on a large catalog)."""
+    snapshot_full_s: float = Field(default=30.0, ge=0)
+    """The learner sends its server a whole model snapshot at least this often and, in
+    between, deltas: the item rows that changed and the dense layers but the item tower
+    (:mod:`freshrec.model.deltas`), whose serving copy lags by at most this long.
+    0: always whole."""
     torch_threads: int = Field(default=1, ge=1)
     """Torch threads of the server and of its learner process each: they share the
     machine's cores, and one each keeps request latency flat on a small machine."""

@@ -1,0 +1,202 @@
+"""Snapshot deltas: what changed since the last snapshot, applied on serving's copy of it."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from freshrec import serialization
+from freshrec.learn.worker import Sender
+from freshrec.model import deltas
+from freshrec.model.deltas import ITEM_TOWER, SnapshotDelta, apply, delta_since
+from freshrec.model.sequence import SequenceNet
+from freshrec.model.snapshot import Snapshot
+from freshrec.serialization import Malformed
+from freshrec.serve.catalog import Catalog, CatalogView
+from freshrec.serve.metrics import Metrics
+from freshrec.serve.models import Models
+from freshrec.serve.ranker import Ranker
+from freshrec.serve.scoring import build_scoring
+from freshrec.settings import ClusterSettings, ModelSettings
+
+SETTINGS = ModelSettings(dim=8, history_length=4, heads=2)
+WIDTH = 6
+
+
+def ids(n: int) -> list[str]:
+    return [f"i{j}" for j in range(n)]
+
+
+def learner(n: int = 40) -> SequenceNet:
+    torch.manual_seed(0)
+    net = SequenceNet(n, torch.randn(n, WIDTH), SETTINGS)
+    with torch.no_grad():
+        net.active[: n // 2] = True
+        net.item_id.weight[: n // 2] = torch.randn(n // 2, SETTINGS.dim)
+    return net
+
+
+def snap(net: SequenceNet, **info: Any) -> Snapshot:
+    return Snapshot.of(net, ids(len(net.active)), [], checkpoint=1, updates=info.pop("updates", 0), offset=9, **info)
+
+
+def step(net: SequenceNet, rows: list[int]) -> None:
+    """What an online micro-batch does: a few item rows and every dense layer move."""
+    with torch.no_grad():
+        net.item_id.weight[rows] += 0.5
+        net.item_bias.weight[rows] -= 0.25
+        net.active[rows] = True
+        net.interactions[rows] += 1
+        net.query += 0.1
+        net.adapter.weight += 0.01
+
+
+def grow(net: SequenceNet, n: int) -> None:
+    net.grow(torch.randn(n, WIDTH))
+
+
+def test_a_delta_carries_the_changed_rows_and_applies_to_what_the_learner_has_but_the_item_tower() -> None:
+    net = learner()
+    before = snap(net)
+    step(net, [3, 25])
+    grow(net, 2)
+    after = snap(net, updates=1)
+    delta = delta_since(after, before)
+    assert delta is not None and delta.rows.tolist() == [3, 25, 40, 41]
+    assert delta.new_item_ids == ["i40", "i41"]
+    assert not any(name.startswith(ITEM_TOWER) for name in delta.state)
+    read = deltas.read(delta.to_bytes(b"k"), b"k")
+    assert isinstance(read, SnapshotDelta)
+    kept = {name: tensor.clone() for name, tensor in before.state.items()}
+    served = apply(before, read)
+    assert served.item_ids == after.item_ids and served.version == "1.1"
+    assert served.parent == before.serial and served.serial == after.serial
+    assert served.changed is not None and served.changed.tolist() == [3, 25, 40, 41]
+    for name, tensor in served.state.items():
+        if name.startswith(ITEM_TOWER):  # the tower stays the last whole snapshot's
+            assert tensor is before.state[name]
+        else:
+            assert torch.equal(tensor, after.state[name]), name
+    assert not torch.equal(served.state["adapter.weight"], after.state["adapter.weight"])
+    # requests may still read the base: applying leaves it as it was
+    assert all(torch.equal(before.state[name], kept[name]) for name in kept)
+
+
+def test_a_delta_is_not_made_where_it_cannot_say_what_changed() -> None:
+    net = learner()
+    before = snap(net)
+    reordered = dataclasses.replace(snap(net), item_ids=list(reversed(before.item_ids)))
+    other_settings = dataclasses.replace(snap(net), settings=SETTINGS.model_copy(update={"dropout": 0.3}))
+    assert delta_since(reordered, before) is None
+    assert delta_since(other_settings, before) is None
+    assert delta_since(before, before) is not None and len(delta_since(before, before).rows) == 0  # type: ignore[union-attr]
+
+
+def test_a_delta_on_another_snapshot_or_that_does_not_fit_is_refused() -> None:
+    net = learner()
+    before = snap(net)
+    step(net, [1])
+    after = snap(net, updates=1)
+    delta = delta_since(after, before)
+    assert delta is not None
+    with pytest.raises(Malformed, match="another snapshot"):
+        apply(snap(learner()), delta)
+    nan = {**delta.state, "query": torch.full_like(delta.state["query"], float("nan"))}
+    short = {**delta.state, "item_id.weight": delta.state["item_id.weight"][:0]}
+    missing = {k: v for k, v in delta.state.items() if k != "query"}
+    cases = {
+        "ascend": dataclasses.replace(delta, rows=torch.tensor([40])),
+        "not finite": dataclasses.replace(delta, state=nan),
+        "item_id.weight": dataclasses.replace(delta, state=short),
+        "expected": dataclasses.replace(delta, state=missing),
+        "every new item": dataclasses.replace(delta, new_item_ids=["new"]),
+        "repeat": dataclasses.replace(delta, new_item_ids=["i0"], rows=torch.tensor([1, 40])),
+    }
+    for reason, case in cases.items():
+        with pytest.raises(Malformed, match=reason):
+            apply(before, deltas.read(case.to_bytes()))  # type: ignore[arg-type]
+    with pytest.raises(Malformed, match="unexpected fields"):
+        deltas.read(serialization.dumps({**delta.__dict__, "kind": "delta", "evil": 1}))
+
+
+def test_serving_recomputes_only_the_changed_rows_and_gets_the_whole_rebuilds_table() -> None:
+    net = learner()
+    before = snap(net)
+    step(net, [2, 30])
+    served = apply(before, delta_since(snap(net, updates=1), before))  # type: ignore[arg-type]
+    view = CatalogView(ids(40), before_text(net), ids(40), [()] * 40, np.ones(40, dtype=bool))
+    first = build_scoring(before, view)
+    following = build_scoring(served, view, previous=first)
+    whole = build_scoring(served, view)
+    assert following.vectors is not None and whole.vectors is not None and first.vectors is not None
+    torch.testing.assert_close(following.vectors, whole.vectors)
+    torch.testing.assert_close(following.bias, whole.bias)
+    np.testing.assert_allclose(following.unit, whole.unit, rtol=1e-6, atol=1e-6)
+    moved = (following.vectors != first.vectors).any(1).nonzero().squeeze(1).tolist()
+    assert moved == [2, 30]  # the others were copied, not recomputed
+    assert first.vectors is not following.vectors  # and the previous table was left to its readers
+
+
+def before_text(net: SequenceNet) -> np.ndarray:
+    return net.text.numpy().copy()
+
+
+def test_the_server_applies_deltas_in_order_and_skips_one_on_a_snapshot_it_did_not_get() -> None:
+    metrics = Metrics()
+    models = Models(Ranker(Catalog()), ClusterSettings(), metrics)  # publisher not started: pending stays
+    net = learner()
+    first = snap(net)
+    step(net, [4])
+    second = snap(net, updates=1)
+    step(net, [5])
+    third = snap(net, updates=2)
+    assert models.receive(first.to_bytes(), "learner") is not None
+    models._pending = None  # as if the publisher had built it
+    assert models.receive(delta_since(third, second).to_bytes(), "learner") is None  # type: ignore[union-attr]
+    assert metrics.skipped_deltas._value.get() == 1
+    got = models.receive(delta_since(second, first).to_bytes(), "learner")  # type: ignore[union-attr]
+    assert got is not None and got.version == "1.1"
+    got = models.receive(delta_since(third, second).to_bytes(), "learner")  # type: ignore[union-attr]
+    assert got is not None and got.version == "1.2"
+    assert torch.equal(got.state["item_id.weight"], third.state["item_id.weight"])
+    # the publisher had not run: the one it builds covers the rows of both deltas
+    assert models._pending is not None and models._pending.changed.tolist() == [4, 5]  # type: ignore[union-attr]
+    assert models._pending.parent == first.serial
+
+
+def test_the_sender_sends_deltas_between_whole_snapshots_and_a_whole_one_after_a_failure() -> None:
+    sent: list[Snapshot | SnapshotDelta] = []
+    fail = threading.Event()
+
+    def deliver(data: bytes) -> None:
+        if fail.is_set():
+            fail.clear()
+            raise ConnectionError("the pipe is away")
+        sent.append(deltas.read(data))
+
+    sender = Sender(deliver, lambda message: None, 0.0, full_every_s=60.0).start()
+    net = learner()
+    try:
+        for n in range(4):
+            if n == 2:
+                fail.set()
+            step(net, [n])
+            sender.snapshot(snap(net, updates=n))
+            wait_for(lambda n=n: len(sent) + (n >= 2) > n and not fail.is_set())
+    finally:
+        sender.close(5)
+    kinds = [type(x).__name__ for x in sent]
+    assert kinds == ["Snapshot", "SnapshotDelta", "Snapshot"]  # the third failed; the fourth came whole
+
+
+def wait_for(condition: Any, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
