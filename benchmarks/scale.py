@@ -3,11 +3,13 @@
     python benchmarks/scale.py [--items 200000] [--users 5000] [--events 100000] [--data /tmp/freshrec-scale]
 
 With the hashing encoder (the text model's speed is measured by ``encode.py``):
-generates the shop, imports its items and events (timed), warm-starts the model
+generates the shop (once: it is kept in ``DATA-shop-ITEMS-USERS-EVENTS`` beside the
+data folder), imports its items and events (timed), warm-starts the model
 (``freshrec train``: time and peak RSS), then starts ``freshrec serve`` and measures
 recommendation latency unloaded (500 requests, one at a time) and under 200
-requests/s plus 500 events/s for 30 s, the learner's publish time (``/metrics``),
-the size of a checkpoint version and of the data folder. Writes the ``scale`` section
+requests/s plus 500 events/s for 30 s, the publish figures (``/metrics``: building the
+serving copy, the lag from the learner's micro-batch to the swap, snapshots whole and as
+deltas), the size of a checkpoint version and of the data folder. Writes the ``scale`` section
 of RESULTS.md (``scale-<items>`` for other sizes than the default).
 """
 
@@ -88,12 +90,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
     shutil.rmtree(args.data, ignore_errors=True)
-    gen = args.data / "gen"
-    subprocess.run(
-        freshrec(args.data, "generate", "--out", str(gen), "--items", str(args.items), "--users", str(args.users),
-                 "--events", str(args.events), "--days", "30"),
-        check=True, env=env(), stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    # the generated shop is kept beside the data folder: generating 200,000 items' events takes minutes
+    gen = args.data.parent / f"{args.data.name}-shop-{args.items}-{args.users}-{args.events}"
+    if not (gen / "events.jsonl").exists():
+        subprocess.run(
+            freshrec(args.data, "generate", "--out", str(gen), "--items", str(args.items), "--users", str(args.users),
+                     "--events", str(args.events), "--days", "30"),
+            check=True, env=env(), stdout=subprocess.DEVNULL,
+        )  # fmt: skip
     import_items = timed(*freshrec(args.data, "import", "items", str(gen / "items.jsonl")))
     import_events = timed(*freshrec(args.data, "import", "events", str(gen / "events.jsonl")))
     warm = timed(*freshrec(args.data, "train"))

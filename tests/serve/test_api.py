@@ -151,6 +151,35 @@ def test_a_new_user_gets_popular_diverse_items(server: Server) -> None:
         assert len(top_categories) >= 3
 
 
+def test_trending_lists_items_with_their_recent_and_usual_counts(server: Server) -> None:
+    """Which items trend is tested with a clock in tests/serve/test_trending.py: here every
+    event is seconds old, so recent and usual rates agree."""
+    with server.client(READ) as c:
+        assert c.get("/v1/items/trending?window=month").status_code == 422
+        before = c.get("/v1/items/trending?window=hour&k=5").json()
+        assert before["window"] == "hour" and len(before["items"]) <= 5
+        trending = {t["item_id"] for t in before["items"]}
+    item = next(f"i{n:06d}" for n in range(119, 0, -1) if f"i{n:06d}" not in trending)  # of the catalog
+    with server.client() as c:
+        events = [{"user_id": f"fan-{n}", "item_id": item, "type": "purchase"} for n in range(40)]
+        assert c.post("/v1/events", json=events).status_code == 202
+    with server.client(READ) as c:
+
+        def listed() -> dict[str, object] | None:
+            items = c.get("/v1/items/trending?window=hour&k=200").json()["items"]
+            return next((i for i in items if i["item_id"] == item), None)
+
+        wait_for(lambda: listed() is not None, timeout=10)  # lists are recomputed at most once a second
+        entry = listed()
+        assert (
+            entry is not None
+            and entry["recent"] >= 40
+            and entry["title"]
+            and set(entry) == {"item_id", "title", "score", "recent", "usual"}
+        )
+    assert httpx.get(f"{server.url}/v1/items/trending").status_code == 401
+
+
 def test_an_event_changes_the_very_next_recommendation(server: Server) -> None:
     user = busy_user(server)
     with server.client() as c:

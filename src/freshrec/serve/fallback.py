@@ -13,6 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +24,13 @@ from freshrec.serve.scoring import Scoring, top
 from freshrec.storage.base import Store
 
 NOT_POPULARITY = (EventType.IMPRESSION, EventType.DISLIKE)
+
+
+class ItemCounts(Protocol):
+    """Per-item counts fed by every acknowledged event (popularity, trending)."""
+
+    def add(self, events: Iterable[Event]) -> None: ...
+    def forget(self, item_id: ItemId) -> None: ...
 
 
 class Popularity:

@@ -17,7 +17,7 @@ from typing import Any
 from freshrec.ingest.hygiene import RepeatFilter
 from freshrec.ingest.importer import derive_event_id
 from freshrec.ingest.validate import InvalidRecord, Validator
-from freshrec.serve.fallback import Popularity
+from freshrec.serve.fallback import ItemCounts
 from freshrec.serve.live import Live
 from freshrec.serve.metrics import Metrics
 from freshrec.settings import Settings
@@ -55,14 +55,15 @@ class Intake:
         settings: Settings,
         validator: Validator,
         metrics: Metrics,
-        popularity: Popularity,
+        counts: Sequence[ItemCounts],
         live: Live,
     ):
         self.store = store
         self.settings = settings
         self.validator = validator
         self.metrics = metrics
-        self.popularity = popularity
+        self.counts = counts
+        """Popularity and trending: each acknowledged event counts for them."""
         self.live = live
         self.repeats = RepeatFilter(settings.ingest.repeat_window_s)
         self.append_hooks: list[Callable[[int], None]] = []
@@ -102,7 +103,8 @@ class Intake:
         if new:  # a retried request, or the repeated part of one, must not count twice
             for kind, n in Counter(e.type.value for e in new).items():
                 self.metrics.events.labels(kind).inc(n)
-            self.popularity.add(new)
+            for counts in self.counts:
+                counts.add(new)
             self.live.events(new)
         self.metrics.duplicates.inc(result.duplicates + repeats)
         return result.accepted, result.duplicates + repeats

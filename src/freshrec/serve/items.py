@@ -13,7 +13,7 @@ from freshrec.domain import Item, ItemId
 from freshrec.encoders import TextEncoder, build_encoder, embed_items, encoder_key
 from freshrec.ingest.validate import Validator
 from freshrec.serve.catalog import Catalog
-from freshrec.serve.fallback import Popularity
+from freshrec.serve.fallback import ItemCounts
 from freshrec.serve.intake import Problem, problems
 from freshrec.serve.jobs import Job, Jobs
 from freshrec.serve.metrics import Metrics
@@ -35,7 +35,7 @@ class CatalogWriter:
         validator: Validator,
         catalog: Catalog,
         ranker: Ranker,
-        popularity: Popularity,
+        counts: Sequence[ItemCounts],
         metrics: Metrics,
     ):
         self.store = store
@@ -43,7 +43,7 @@ class CatalogWriter:
         self.validator = validator
         self.catalog = catalog
         self.ranker = ranker
-        self.popularity = popularity
+        self.counts = counts
         self.metrics = metrics
         self.encoder_key = encoder_key(settings.encoder)
         self.jobs = Jobs()
@@ -119,7 +119,8 @@ class CatalogWriter:
         found = self.store.delete_item(item_id)
         if self.catalog.remove(item_id):
             self._changed()
-        self.popularity.forget(item_id)
+        for counts in self.counts:
+            counts.forget(item_id)
         return found
 
     def reload(self) -> None:

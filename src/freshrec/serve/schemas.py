@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -57,6 +57,21 @@ class Similar(BaseModel):
     item_id: str
     model_version: str | None
     items: list[RankedItem]
+
+
+class TrendingItem(BaseModel):
+    item_id: str
+    title: str
+    score: float = Field(
+        description="How far the recent count lies above the usual rate's, in Poisson standard deviations."
+    )
+    recent: float = Field(description="Events in about the last window (decayed with the window as half-life).")
+    usual: float = Field(description="What the item's usual rate (eight windows' half-life) predicts for one window.")
+
+
+class Trending(BaseModel):
+    window: Literal["hour", "day", "week"]
+    items: list[TrendingItem]
 
 
 class ItemOut(BaseModel):

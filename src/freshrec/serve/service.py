@@ -38,6 +38,7 @@ from freshrec.serve.live import Live
 from freshrec.serve.metrics import Metrics
 from freshrec.serve.models import Models
 from freshrec.serve.ranker import Options, Ranker, finish
+from freshrec.serve.trending import Trending
 from freshrec.settings import Settings
 from freshrec.storage.base import Store
 
@@ -64,11 +65,12 @@ class Service:
         self.ranker = Ranker(self.catalog, settings.serve.retrieval)
         self.popularity = Popularity(clock=clock)
         self.popularity.seed(store)
+        self.trending = Trending(clock=clock)
+        self.trending.seed(store)
+        counts = (self.popularity, self.trending)
         self.batcher = Batcher()
-        self.intake = Intake(store, settings, self.validator, self.metrics, self.popularity, self.live)
-        self.items = CatalogWriter(
-            store, settings, self.validator, self.catalog, self.ranker, self.popularity, self.metrics
-        )
+        self.intake = Intake(store, settings, self.validator, self.metrics, counts, self.live)
+        self.items = CatalogWriter(store, settings, self.validator, self.catalog, self.ranker, counts, self.metrics)
         self.models = Models(self.ranker, settings.cluster, self.metrics)
         self.figures = Figures(self.ranker, self.intake, self.live, self.metrics)
         self.forget_hooks: list[Callable[[UserId], None]] = []

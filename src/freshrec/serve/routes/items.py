@@ -1,6 +1,6 @@
 """``/v1/items``: the catalog, and similar items."""
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -10,9 +10,10 @@ from freshrec.ingest.validate import ItemIn
 from freshrec.serve.http import Access, answers, body_schema, ranked_json, read_json, split_values, valid_id
 from freshrec.serve.intake import Problem
 from freshrec.serve.items import item_dict
-from freshrec.serve.schemas import ItemOut, ItemsWritten, Similar
+from freshrec.serve.schemas import ItemOut, ItemsWritten, Similar, Trending, TrendingItem
 from freshrec.serve.service import Service
 
+Window = Literal["hour", "day", "week"]
 Categories = Annotated[list[str], Query(description="Only items in any of these (comma-separated).")]
 
 
@@ -45,6 +46,31 @@ def router(service: Service, access: Access) -> APIRouter:
         stored = service.store.get_item(item_id)
         assert stored is not None
         return ItemOut(**item_dict(stored))
+
+    @routes.get("/v1/items/trending", response_model=Trending, dependencies=[access.reader], responses=answers(422))
+    async def trending(
+        k: K = 10,
+        window: Annotated[Window, Query(description="Recent against usual over this window.")] = "day",
+        categories: Categories = [],  # noqa: B006
+    ) -> Trending:
+        """Items whose recent rate rose most against their usual rate (not the all-time
+        popular): in about the last ``window`` against eight windows' rate; items of the
+        catalog only, deleted ones left out. (So no item's id can be ``trending``.)"""
+        view = service.catalog.view
+        wanted = split_values(categories)
+        allowed = view.in_categories(wanted) if wanted else view.alive
+        out = []
+        for t in service.trending.top(window):
+            row = view.codes.get(t.item_id)
+            if row is not None and view.alive[row] and allowed[row]:
+                out.append(
+                    TrendingItem(
+                        item_id=t.item_id, title=view.titles[row], score=t.score, recent=t.recent, usual=t.usual
+                    )
+                )
+                if len(out) == k:
+                    break
+        return Trending(window=window, items=out)
 
     @routes.get(
         "/v1/items/{item_id}", response_model=ItemOut, dependencies=[access.reader], responses=answers(404, 422)
