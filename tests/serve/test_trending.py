@@ -37,7 +37,7 @@ def test_a_rise_trends_and_a_steady_bestseller_does_not() -> None:
     assert steady["bestseller"].recent == pytest.approx(steady["bestseller"].usual, rel=0.05)
     trending.add(events("lamp", 30) + events("once", 1) + events("hated", 40, EventType.DISLIKE))
     day = {t.item_id: t for t in trending.top("day")}
-    assert list(day)[0] == "lamp"
+    assert next(iter(day)) == "lamp"
     assert day["lamp"].recent > day["lamp"].usual * 5
     assert abs(day["bestseller"].score) < 2  # its rate did not change
     assert "once" not in day and "hated" not in day  # one event is no trend; dislikes count for nothing
