@@ -151,6 +151,42 @@ def test_a_new_user_gets_popular_diverse_items(server: Server) -> None:
         assert len(top_categories) >= 3
 
 
+def test_a_guest_gets_recommendations_from_an_inline_history_and_nothing_is_kept(server: Server) -> None:
+    topic = server.events[0]["item_id"]
+    with server.client(READ) as c:
+        title = c.get(f"/v1/items/{topic}").json()
+        history = [
+            {"item_id": e["item_id"], "type": "click", "timestamp": time.time() - 60 + n}
+            for n, e in enumerate(server.events[:5])
+        ]
+        offset = c.get("/v1/status").json()["log_offset"]
+        reply = c.post("/v1/recommendations", json={"history": history, "k": 7, "explain": True})
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert set(body) == {"model_version", "items"} and len(body["items"]) == 7 and title["title"]
+        seen = {h["item_id"] for h in history}
+        assert not seen & {i["item_id"] for i in body["items"]}  # exclude_seen, as on the stored path
+        because = {b["item_id"] for i in body["items"] for b in i.get("because") or []}
+        assert because <= seen and because  # explained by the inline history
+        kept = c.post("/v1/recommendations", json={"history": history, "k": 7, "exclude_seen": False}).json()
+        assert len(kept["items"]) == 7
+        newcomer = c.post("/v1/recommendations", json={"k": 3, "explain": True}).json()["items"]
+        assert [i["explanation"] for i in newcomer] == ["popular right now"] * 3
+        assert c.get("/v1/status").json()["log_offset"] == offset  # nothing was stored
+        assert c.get("/v1/users/guest/history").json()["events"] == []
+        bad = c.post(
+            "/v1/recommendations",
+            json={"history": [{"item_id": "x", "type": "stare"}, {"item_id": "y", "type": "click", "user_id": "u"}]},
+        )
+        assert bad.status_code == 422
+        assert {(e["index"], e["field"]) for e in bad.json()["errors"]} == {(0, "type"), (1, "user_id")}
+        assert c.post("/v1/recommendations", json={"k": 10_000}).status_code == 422
+        assert c.post("/v1/recommendations", json={"k": 3, "colour": "red"}).status_code == 422
+        assert c.post("/v1/recommendations", json=[1, 2]).status_code == 422
+        assert c.post("/v1/recommendations", content=b"{").status_code == 400
+    assert httpx.post(f"{server.url}/v1/recommendations", json={}).status_code == 401
+
+
 def test_trending_lists_items_with_their_recent_and_usual_counts(server: Server) -> None:
     """Which items trend is tested with a clock in tests/serve/test_trending.py: here every
     event is seconds old, so recent and usual rates agree."""

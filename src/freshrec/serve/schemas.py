@@ -53,6 +53,11 @@ class Recommendations(BaseModel):
     items: list[RankedItem]
 
 
+class GuestRecommendations(BaseModel):
+    model_version: str | None = Field(description="'<checkpoint>.<online updates>'; null before a model exists.")
+    items: list[RankedItem]
+
+
 class Similar(BaseModel):
     item_id: str
     model_version: str | None

@@ -109,11 +109,22 @@ class Service:
         history, seen = await self.store.user_context_async(user_id, length, SEEN_WINDOW * options.exclude_seen)
         if seen:
             options = replace(options, exclude=(*options.exclude, *seen))
+        version, items = await self._ranked(history, options)
+        self.live.served_list(user_id, [r.item_id for r in items])
+        return version, items
+
+    async def recommend_guest(self, history: list[Event], options: Options) -> tuple[str | None, list[Ranked]]:
+        """Recommendations for a history the store does not hold (:mod:`freshrec.serve.guests`):
+        ranked like a stored user's, and nothing of it is kept, not even in the live figures."""
+        scoring = self.ranker.scoring
+        length = scoring.snapshot.settings.history_length if scoring.snapshot is not None else MODEL_LESS_HISTORY
+        return await self._ranked(history[-length:], options)
+
+    async def _ranked(self, history: list[Event], options: Options) -> tuple[str | None, list[Ranked]]:
         request = self.ranker.plan(history, self.clock(), options, self.popularity.top)
         await self.batcher.encode(request)
         items = finish(request)
         self.metrics.recommendations.labels(request.source).inc()
-        self.live.served_list(user_id, [r.item_id for r in items])
         return request.scoring.version, items
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:

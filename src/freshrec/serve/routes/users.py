@@ -2,13 +2,15 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from freshrec.serve.http import Access, answers, ranked_json, split_values, valid_id
+from freshrec.serve import guests
+from freshrec.serve.guests import GuestIn
+from freshrec.serve.http import Access, answers, ranked_json, read_json, split_values, valid_id
 from freshrec.serve.ranker import Options
 from freshrec.serve.routes.items import Categories
-from freshrec.serve.schemas import EventOut, History, Recommendations
+from freshrec.serve.schemas import EventOut, GuestRecommendations, History, Recommendations
 from freshrec.serve.service import Service
 
 
@@ -39,6 +41,30 @@ def router(service: Service, access: Access) -> APIRouter:
         options = Options(k, tuple(split_values(exclude)), tuple(split_values(categories)), exclude_seen, explain)
         version, items = await service.recommend(user_id, options)
         return JSONResponse({"user_id": user_id, "model_version": version, "items": ranked_json(items, explain)})
+
+    @routes.post(
+        "/v1/recommendations",
+        response_model=GuestRecommendations,
+        dependencies=[access.reader],
+        responses=answers(400, 413, 422),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": GuestIn.model_json_schema(ref_template="#/components/schemas/{model}")
+                    }
+                },
+            }
+        },
+    )
+    async def guest(request: Request) -> JSONResponse:
+        """Recommendations for someone the store does not know (a guest, a session before
+        login) from the history in the body, with the options of the stored path. Nothing
+        about them is stored, logged or remembered."""
+        history, options = guests.parse(await read_json(request), service.validator, service.settings.serve.max_k)
+        version, items = await service.recommend_guest(history, options)
+        return JSONResponse({"model_version": version, "items": ranked_json(items, options.explain)})
 
     @routes.get(
         "/v1/users/{user_id}/history", response_model=History, dependencies=[access.reader], responses=answers(422)
