@@ -173,3 +173,26 @@ def test_model_migrate_rewrites_pickled_checkpoints_and_the_stores_copies(tmp_pa
         assert "version" in run("--data", str(data), "model", "list")
     finally:
         store.close()
+
+
+def test_recommend_writes_one_list_per_user_with_the_current_model(tmp_path: Path) -> None:
+    gen, data = tmp_path / "gen", tmp_path / "data"
+    run("generate", "--out", str(gen), "--items", "60", "--users", "6", "--events", "400", "--seed", "2")
+    run("--data", str(data), "import", "items", str(gen / "items.jsonl"))
+    run("--data", str(data), "import", "events", str(gen / "events.jsonl"))
+    users = tmp_path / "users.txt"
+    users.write_text("# campaign\nu00001\n\nu00003\nnobody-knows-me\n", encoding="utf-8")
+    out = tmp_path / "recs" / "out.jsonl"
+    run("--data", str(data), "recommend", "--users", str(users), "--out", str(out), "--k", "4")  # no model yet
+    before = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["model_version"] for r in before] == [None, None, None]
+    run("--data", str(data), "train")
+    run("--data", str(data), "recommend", "--users", str(users), "--out", str(out), "--k", "4", "--categories", "")
+    lists = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["user_id"] for r in lists] == ["u00001", "u00003", "nobody-knows-me"]
+    assert all(len(r["items"]) == 4 and r["model_version"] == "1.0" for r in lists)
+    events = [json.loads(line) for line in (gen / "events.jsonl").read_text().splitlines()]
+    seen = {e["item_id"] for e in events if e["user_id"] == "u00001"}
+    assert not seen & {i["item_id"] for i in lists[0]["items"]}  # what they touched is left out, as served
+    run("--data", str(data), "recommend", "--users", str(users), "--out", str(out), "--k", "0", code=2)
+    run("--data", str(data), "recommend", "--users", str(tmp_path / "none.txt"), "--out", str(out), code=2)

@@ -169,7 +169,12 @@ def test_sigterm_during_an_import_keeps_what_was_committed_and_a_rerun_adds_the_
     importing = subprocess.Popen(
         [*cli, "import", "events", str(events)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    time.sleep(3.0)  # well into the file
+    # well into the file: a first chunk of 10,000 is in the database (the command's start
+    # alone, torch's import included, takes about 3 s here: a fixed sleep raced it)
+    deadline = time.monotonic() + 60
+    while sum(p.stat().st_size for p in (tmp_path / "data").glob("freshrec.db*")) < 2 << 20:
+        assert time.monotonic() < deadline and importing.poll() is None, "the import stored nothing or ended"
+        time.sleep(0.05)
     assert importing.poll() is None, "the import ended too soon to be interrupted"
     started = time.monotonic()
     importing.send_signal(signal.SIGTERM)

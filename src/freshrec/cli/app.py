@@ -13,6 +13,7 @@ from freshrec.cli import imports
 from freshrec.cli.context import App, app_of, console, fail, out
 from freshrec.cli.demo import demo_cmd
 from freshrec.cli.evaluate import evaluate_cmd
+from freshrec.cli.recommend import recommend_cmd
 from freshrec.cli.serve import serve_cmd
 from freshrec.cli.train import learn_cmd, model_app, train_cmd
 from freshrec.datasets.synthetic import GeneratorSettings, generate
@@ -30,6 +31,7 @@ app.command("train")(train_cmd)
 app.command("learn")(learn_cmd)
 app.command("serve")(serve_cmd)
 app.command("demo")(demo_cmd)
+app.command("recommend")(recommend_cmd)
 app.add_typer(model_app, name="model")
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from freshrec import serialization
+from freshrec.model.snapshot import Snapshot
 from freshrec.settings import Settings
 
 _NAME = re.compile(r"^model-(\d{6})\.json$")
@@ -166,6 +167,29 @@ class Checkpoints:
             raise FileNotFoundError(f"no checkpoint version {version} in {self.folder}")
         data = serialization.load(path)
         return _version(data), data["state"]
+
+    def served(self, settings: Settings) -> Snapshot | None:
+        """The current version's network as the snapshot serving would get (``None``
+        without a version); :class:`~freshrec.serialization.Malformed` if the settings
+        no longer fit it (another ``[model]`` than it was trained with)."""
+        version = self.current()
+        if version is None:
+            return None
+        _, state = self.load(version.version)
+        net = state["model"]["trainer"]["net"]
+        snapshot = Snapshot(
+            checkpoint=version.version,
+            updates=0,
+            offset=version.offset,
+            item_ids=list(state["item_ids"]),
+            user_ids=list(state.get("user_ids") or []) if "user_id.weight" in net else [],
+            state={name: tensor for name, tensor in net.items() if name != "text"},
+            settings=settings.model,
+            rating_scale=settings.ingest.rating_max,
+            loss=version.loss,
+        )
+        snapshot.validate()
+        return snapshot
 
     def rewrite(self, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> int:
         """Apply ``change`` to the state of every stored version, rewriting (atomically)

@@ -110,6 +110,11 @@ class Retrieval:
         self._layout += 1
         self.index = None
 
+    def wait(self) -> None:
+        """Return once no index is being built (a batch run ranks with the index only when it is there)."""
+        with self._building:
+            pass
+
     def build_now(self, vectors: npt.NDArray[np.float32], bias: npt.NDArray[np.float32]) -> None:
         """Build the index in this thread (benchmarks and tests)."""
         self.index = Index(vectors, bias, self.settings)
