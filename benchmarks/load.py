@@ -90,11 +90,22 @@ async def _open_loop(
     return list(await asyncio.gather(*tasks))
 
 
-def recommend_load(url: str, rate: float, seconds: float, users: int, out: Any) -> None:
+def recommend_load(url: str, rate: float, seconds: float, users: int, out: Any, guest_items: int = 0) -> None:
+    """Stored users' requests; with ``guest_items``, guests' (``POST /v1/recommendations``
+    with an inline history of 1 to 20 clicks on items drawn by popularity)."""
     rng = np.random.default_rng(1)
     picks = rng.integers(0, users, size=int(rate * seconds) + 1)
+    bodies: list[bytes] = []
+    if guest_items:
+        popularity = 1.0 / (1.0 + np.arange(guest_items)) ** 0.8
+        for _ in range(len(picks)):
+            items = rng.choice(guest_items, size=int(rng.integers(1, 21)), p=popularity / popularity.sum())
+            history = [{"item_id": f"i{i:06d}", "type": "click"} for i in items]
+            bodies.append(json.dumps({"history": history, "k": 10}).encode())
 
     async def request(client: RawClient, n: int) -> int:
+        if bodies:
+            return await client.request("POST", "/v1/recommendations", bodies[n])
         return await client.request("GET", f"/v1/users/u{picks[n]:05d}/recommendations?k=10")
 
     out.put(asyncio.run(_open_loop(url, rate, seconds, request, {"X-API-Key": KEYS["read"]})))
@@ -122,7 +133,8 @@ def event_load(url: str, rate: float, seconds: float, users: int, items: int, ba
 def run_load(url: str, args: argparse.Namespace) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     recs_q, events_q = ctx.Queue(), ctx.Queue()
-    procs = [ctx.Process(target=recommend_load, args=(url, args.rps, args.seconds, args.users, recs_q))]
+    guest_items = args.items if getattr(args, "guests", False) else 0
+    procs = [ctx.Process(target=recommend_load, args=(url, args.rps, args.seconds, args.users, recs_q, guest_items))]
     if args.eps > 0:
         procs.append(
             ctx.Process(target=event_load, args=(url, args.eps, args.seconds, args.users, args.items, 10, events_q))

@@ -193,6 +193,12 @@ def main() -> None:
     parser.add_argument("--load-only", action="store_true", help="Skip the freshness and visibility phases.")
     parser.add_argument("--soak", action="store_true", help="Long load with memory sampling (see above).")
     parser.add_argument(
+        "--guests",
+        action="store_true",
+        help="Guests' requests (POST /v1/recommendations with 1-20 clicks inline) instead of stored users'; "
+        "the load phase only, written into the 'guests' section.",
+    )
+    parser.add_argument(
         "--replicas",
         type=int,
         default=0,
@@ -231,7 +237,9 @@ def main() -> None:
             return
         load = run_load(url, args)
         print("load:", load)
-        if args.load_only:
+        if args.guests and not args.no_write:
+            write_guests(args, load)
+        if args.load_only or args.guests:
             return
         fresh = freshness(url, args.users)
         print("freshness:", fresh)
@@ -244,6 +252,22 @@ def main() -> None:
             proc.wait(timeout=60)
     if not args.no_write:
         write(args, load, fresh, visible)
+
+
+def write_guests(args: argparse.Namespace, load: dict[str, Any]) -> None:
+    p50, p95, p99, top = load["latency_ms"]
+    e50, _, e99, _ = load["event_latency_ms"]
+    body = (
+        f"`python benchmarks/serve.py --guests --seconds {args.seconds:g} --rps {args.rps:g} --eps {args.eps:g}`, "
+        f"run on {dt.date.today().isoformat()}: {args.rps:g} guests' requests/s (`POST /v1/recommendations`, "
+        f"an inline history of 1 to 20 clicks on items drawn by popularity, k=10) and {args.eps:g} events/s "
+        f"for {args.seconds:g} s against `freshrec serve` on the {args.items:,}-item catalog.\n\n"
+        "| requests | errors | p50 ms | p95 ms | p99 ms | max ms | events p50 / p99 ms |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |\n"
+        f"| {load['requests']:,} | {load['errors']} | {p50:.1f} | {p95:.1f} | {p99:.1f} | {top:.1f} "
+        f"| {e50:.1f} / {e99:.1f} |\n"
+    )
+    write_section("guests", "Guest recommendations under load (issue 19)", body)
 
 
 def start_servers(args: argparse.Namespace, port: int) -> list[subprocess.Popen[bytes]]:

@@ -194,5 +194,13 @@ def test_recommend_writes_one_list_per_user_with_the_current_model(tmp_path: Pat
     events = [json.loads(line) for line in (gen / "events.jsonl").read_text().splitlines()]
     seen = {e["item_id"] for e in events if e["user_id"] == "u00001"}
     assert not seen & {i["item_id"] for i in lists[0]["items"]}  # what they touched is left out, as served
+    cheap = ["--filter", "attributes.price < 40", "--boost", 'attributes.format == "paperback":0.5']
+    run("--data", str(data), "recommend", "--users", str(users), "--out", str(out), "--k", "3", *cheap)
+    prices = {
+        json.loads(line)["item_id"]: json.loads(line)["attributes"]["price"] for line in (gen / "items.jsonl").open()
+    }
+    filtered = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(prices[i["item_id"]] < 40 for r in filtered for i in r["items"])
+    run("--data", str(data), "recommend", "--users", str(users), "--out", str(out), "--filter", "price <", code=2)
     run("--data", str(data), "recommend", "--users", str(users), "--out", str(out), "--k", "0", code=2)
     run("--data", str(data), "recommend", "--users", str(tmp_path / "none.txt"), "--out", str(out), code=2)

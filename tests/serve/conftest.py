@@ -89,7 +89,10 @@ def start_server(data: Path, settings: Settings, events: int = 1_500) -> Iterato
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("served")
-    yield from start_server(data, make_settings(data, max_events_per_request=100, max_body_mb=1.0, background_items=5))
+    settings = make_settings(
+        data, max_events_per_request=100, max_body_mb=1.0, background_items=5, rules={"cheap": "attributes.price < 20"}
+    )
+    yield from start_server(data, settings)
 
 
 def wait_for(condition: object, timeout: float = 20.0, every: float = 0.05) -> None:

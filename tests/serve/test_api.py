@@ -143,6 +143,41 @@ def test_recommendations_follow_the_filters(server: Server) -> None:
         assert first not in {i["item_id"] for i in without["items"]}
 
 
+def test_business_rules_filter_every_list_and_a_bad_one_says_where(server: Server) -> None:
+    with server.client(READ) as c:
+
+        def items(path: str, **params: object) -> list[dict[str, object]]:
+            reply = c.get(path, params=params)
+            assert reply.status_code == 200, reply.text
+            return [c.get(f"/v1/items/{i['item_id']}").json() for i in reply.json()["items"]]
+
+        user = server.events[-1]["user_id"]
+        rule = 'attributes.price < 30 and attributes.format != "hardcover"'
+        for got in (
+            items(f"/v1/users/{user}/recommendations", k=8, filter=rule),
+            items("/v1/users/nobody-yet/recommendations", k=8, filter=rule),  # the popular fallback
+            items(f"/v1/items/{server.events[0]['item_id']}/similar", k=8, filter=rule),
+        ):
+            assert len(got) == 8  # the rule matches more than 8 items: a full list
+            assert all(i["attributes"]["price"] < 30 and i["attributes"]["format"] != "hardcover" for i in got)
+        cheap = items(f"/v1/users/{user}/recommendations", k=5, filter="cheap")  # a name from [serve] rules
+        assert len(cheap) == 5 and all(i["attributes"]["price"] < 20 for i in cheap)
+        guest = c.post("/v1/recommendations", json={"k": 4, "filter": "cheap"}).json()["items"]
+        assert len(guest) == 4
+        touched = {e["item_id"] for e in server.events if e["user_id"] == user}
+        promote = [f"i{n:06d}" for n in range(119, 0, -1) if f"i{n:06d}" not in touched][:2]
+        boost = f"item_id in {json.dumps(promote)}:0.4"
+        listed = c.get(f"/v1/users/{user}/recommendations", params={"k": 5, "boost": boost}).json()["items"]
+        assert len(listed) == 5 and set(promote) <= {i["item_id"] for i in listed}
+        assert [i["score"] for i in listed] == sorted((i["score"] for i in listed), reverse=True)
+        for wrong in ("cheap", "cheap:0", "cheap:1.5", ":0.5", "price > 1:0.5"):
+            assert c.get(f"/v1/users/{user}/recommendations", params={"boost": wrong}).status_code == 422, wrong
+        bad = c.get(f"/v1/users/{user}/recommendations", params={"filter": "attributes.price << 3"})
+        assert bad.status_code == 422
+        assert bad.json()["errors"][0]["field"] == "filter" and "at position 18" in bad.json()["detail"]
+        assert c.post("/v1/recommendations", json={"filter": "price > 1"}).status_code == 422
+
+
 def test_a_new_user_gets_popular_diverse_items(server: Server) -> None:
     with server.client(READ) as c:
         items = c.get("/v1/users/never-seen-before/recommendations?k=10&explain=true").json()["items"]

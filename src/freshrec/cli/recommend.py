@@ -14,6 +14,8 @@ from freshrec import serialization
 from freshrec.cli.context import app_of, console, fail
 from freshrec.learn.checkpoints import Checkpoints
 from freshrec.serve.batch import recommend_users
+from freshrec.serve.http import valid_boost, valid_rule
+from freshrec.serve.intake import Problem
 from freshrec.serve.ranker import Options
 
 
@@ -39,6 +41,10 @@ def recommend_cmd(
     categories: Annotated[str, typer.Option(help="Only items in any of these (comma-separated).")] = "",
     exclude: Annotated[str, typer.Option(help="Item ids never to return (comma-separated).")] = "",
     exclude_seen: Annotated[bool, typer.Option(help="Leave out what each user already touched.")] = True,
+    rule: Annotated[
+        str, typer.Option("--filter", help="A business rule every item satisfies, or a [serve] rules name.")
+    ] = "",
+    boost: Annotated[str, typer.Option(help="RULE:SHARE: places for the best items that satisfy RULE.")] = "",
 ) -> None:
     """Recommend for every user of a file, with the current model version, as the server
     would (for campaigns and caches): one JSON line per user with their list."""
@@ -55,7 +61,19 @@ def recommend_cmd(
         fail(f"the current model version does not fit the settings: {exc}", 2)
     if snapshot is None:
         console.print("no model version yet (freshrec train makes one): ranking by text and popularity")
-    options = Options(k, _split(exclude), _split(categories), exclude_seen, explain=False)
+    try:
+        named = state.settings.serve.rules
+        options = Options(
+            k,
+            _split(exclude),
+            _split(categories),
+            exclude_seen,
+            False,
+            valid_rule(rule, named),
+            valid_boost(boost, named),
+        )
+    except Problem as exc:
+        fail(f"--{exc.errors[0]['field'] if exc.errors else 'filter'}: {exc.detail}", 2)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with state.store() as store, out_path.open("w", encoding="utf-8") as out:
         lists = recommend_users(store, state.settings, snapshot, ids, options)

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from freshrec.domain import Item, ItemId
+from freshrec.serve.rules import Check, Fields
 from freshrec.storage.base import Store
 
 
@@ -34,6 +36,10 @@ class CatalogView:
     titles: list[str]
     categories: list[tuple[str, ...]]
     alive: npt.NDArray[np.bool_]
+    attributes: list[dict[str, Any]] = field(default_factory=list)
+    """Each row's item attributes (for business rules; rows beyond the list have none)."""
+    created: list[float | None] = field(default_factory=list)
+    """Each row's ``created_at`` (for business rules)."""
     codes: dict[ItemId, int] = field(init=False)
     by_category: dict[str, npt.NDArray[np.int64]] = field(init=False)
 
@@ -47,6 +53,23 @@ class CatalogView:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def fields(self, row: int) -> Fields:
+        """What a business rule reads of the item in ``row``."""
+        return Fields(
+            self.ids[row],
+            self.titles[row],
+            self.categories[row],
+            self.created[row] if row < len(self.created) else None,
+            self.attributes[row] if row < len(self.attributes) else {},
+        )
+
+    def matching(self, check: Check) -> npt.NDArray[np.bool_]:
+        """Mask of the live rows whose item satisfies ``check`` (a parsed rule)."""
+        mask = np.zeros(len(self.ids), dtype=bool)
+        for row in np.flatnonzero(self.alive):
+            mask[row] = check(self.fields(int(row)))
+        return mask
 
     def in_categories(self, names: Sequence[str]) -> npt.NDArray[np.bool_]:
         """Mask of the items in any of ``names`` (case-insensitive)."""
@@ -82,7 +105,7 @@ class Catalog:
             view = self.view
             alive = np.array([i in present for i in view.ids], dtype=bool)
             if not np.array_equal(alive, view.alive):
-                self.view = CatalogView(view.ids, view.text, view.titles, view.categories, alive)
+                self.view = replace(view, alive=alive)
 
     def put(self, items: Sequence[Item], vectors: npt.NDArray[np.float32]) -> None:
         """Add or replace items (row ``n`` of ``vectors`` belongs to ``items[n]``)."""
@@ -96,6 +119,8 @@ class Catalog:
         if len(old) and vectors.shape[1] != old.text.shape[1]:
             raise ValueError(f"item vectors have width {vectors.shape[1]}, the catalog {old.text.shape[1]}")
         ids, titles, cats = list(old.ids), list(old.titles), list(old.categories)
+        attributes = [*old.attributes, *([{}] * (len(old.ids) - len(old.attributes)))]
+        created = [*old.created, *([None] * (len(old.ids) - len(old.created)))]
         new = list(dict.fromkeys(item.item_id for item in items if item.item_id not in old.codes))
         width = vectors.shape[1]
         base = old.text if len(old) else np.zeros((0, width), np.float32)
@@ -107,10 +132,13 @@ class Catalog:
             ids.append(item_id)
             titles.append("")
             cats.append(())
+            attributes.append({})
+            created.append(None)
         for item, vector in zip(items, vectors, strict=True):
             n = codes[item.item_id]
             text[n], titles[n], cats[n], alive[n] = vector, item.title, item.categories, True
-        self.view = CatalogView(ids, text, titles, cats, alive)
+            attributes[n], created[n] = item.attributes, item.created_at
+        self.view = CatalogView(ids, text, titles, cats, alive, attributes, created)
 
     def align(self, item_ids: Sequence[ItemId]) -> bool:
         """Lay the view out with ``item_ids`` (the learner's numbering) as its first rows;
@@ -132,7 +160,9 @@ class Catalog:
             alive[known] = old.alive[rows[known]]
             titles = [old.titles[r] if r >= 0 else "" for r in rows]
             cats = [old.categories[r] if r >= 0 else () for r in rows]
-            self.view = CatalogView(ids, text, titles, cats, alive)
+            attributes = [old.attributes[r] if 0 <= r < len(old.attributes) else {} for r in rows]
+            created = [old.created[r] if 0 <= r < len(old.created) else None for r in rows]
+            self.view = CatalogView(ids, text, titles, cats, alive, attributes, created)
             return True
 
     def remove(self, item_id: ItemId) -> bool:
@@ -143,7 +173,7 @@ class Catalog:
                 return False
             alive = old.alive.copy()
             alive[n] = False
-            self.view = CatalogView(old.ids, old.text, old.titles, old.categories, alive)
+            self.view = replace(old, alive=alive)
             return True
 
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from freshrec.domain import Event
 from freshrec.ingest.validate import FieldError, InvalidRecord, Validator
+from freshrec.serve.http import valid_boost, valid_rule
 from freshrec.serve.intake import Problem, problems
 from freshrec.serve.ranker import Options
 
@@ -41,9 +42,11 @@ class GuestIn(BaseModel):
     exclude: list[str] = Field(default_factory=list, description="Item ids never to return.")
     exclude_seen: bool = Field(default=True, description="Leave out the items of the history.")
     explain: bool = False
+    filter: str = Field(default="", max_length=2_000, description="A business rule (or a [serve] rules name).")
+    boost: str = Field(default="", max_length=2_000, description="RULE:SHARE, as on the stored path.")
 
 
-def parse(raw: Any, validator: Validator, max_k: int) -> tuple[list[Event], Options]:
+def parse(raw: Any, validator: Validator, max_k: int, rules: dict[str, str]) -> tuple[list[Event], Options]:
     """The history (oldest first) and options of a guest request, or :class:`Problem` 422
     with every bad field (a history event's by its index)."""
     if not isinstance(raw, Mapping):
@@ -60,6 +63,7 @@ def parse(raw: Any, validator: Validator, max_k: int) -> tuple[list[Event], Opti
         raise Problem(422, f"{len(history):,} history events; at most {MAX_HISTORY:,}")
     if body.k > max_k:
         raise Problem(422, f"k is {body.k}; at most {max_k}")
+    rule, boost = valid_rule(body.filter, rules), valid_boost(body.boost, rules)
 
     def event(record: Any) -> Event:
         if isinstance(record, Mapping) and (extra := set(record) - EVENT_FIELDS):
@@ -71,4 +75,4 @@ def parse(raw: Any, validator: Validator, max_k: int) -> tuple[list[Event], Opti
         raise Problem(422, f"{len(history) - len(events)} of {len(history)} history events are invalid", tuple(errors))
     events.sort(key=lambda e: e.timestamp)  # stable: events of one moment keep their order
     exclude = (*body.exclude, *(e.item_id for e in events)) if body.exclude_seen else tuple(body.exclude)
-    return events, Options(body.k, tuple(exclude), tuple(body.categories), body.exclude_seen, body.explain)
+    return events, Options(body.k, tuple(exclude), tuple(body.categories), body.exclude_seen, body.explain, rule, boost)

@@ -18,6 +18,7 @@ from freshrec.serve.auth import AuthError, Keys, Role
 from freshrec.serve.explain import Ranked
 from freshrec.serve.intake import Problem
 from freshrec.serve.metrics import Metrics
+from freshrec.serve.rules import RuleError, parse
 from freshrec.serve.schemas import ErrorBody
 from freshrec.storage.base import StoreBusy
 
@@ -170,6 +171,34 @@ class Access:
             return Depends(check)
 
         self.reader, self.writer, self.admin = need(Role.READ), need(Role.WRITE), need(Role.ADMIN)
+
+
+def valid_rule(text: str, named: dict[str, str], field: str = "filter") -> str:
+    """The business rule ``text`` is, or the one of ``[serve] rules`` it names, parsed
+    here so that a bad one is answered 422 with the position of its first problem."""
+    if not text.strip():
+        return ""
+    rule = named.get(text.strip(), text)
+    try:
+        parse(rule)
+    except RuleError as exc:
+        raise Problem(422, f"{field}: {exc}", ({"index": 0, "field": field, "message": str(exc)},)) from None
+    return rule
+
+
+def valid_boost(text: str, named: dict[str, str]) -> tuple[str, float] | None:
+    """``RULE:SHARE`` (e.g. ``attributes.on_sale == true:0.3``) as a rule and a share in (0, 1]."""
+    if not text.strip():
+        return None
+    rule, colon, share = text.rpartition(":")
+    try:
+        value = float(share) if colon else float("nan")
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1 or not rule.strip():
+        message = f"expected RULE:SHARE with a share in (0, 1], e.g. attributes.on_sale == true:0.3; got {text!r}"
+        raise Problem(422, f"boost: {message}", ({"index": 0, "field": "boost", "message": message},))
+    return valid_rule(rule, named, "boost"), value
 
 
 def valid_id(value: str, what: str, max_length: int) -> str:

@@ -17,14 +17,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 import torch
+from cachetools import LRUCache
 
 from freshrec.domain import Event, ItemId
 from freshrec.model.sequence import SequenceNet
 from freshrec.model.snapshot import Snapshot
-from freshrec.serve.catalog import Catalog
+from freshrec.serve.catalog import Catalog, CatalogView
 from freshrec.serve.explain import Because, Ranked, because_of, ranked
 from freshrec.serve.fallback import by_text, diversified
 from freshrec.serve.retrieval import Index, Retrieval
+from freshrec.serve.rules import parse
 from freshrec.serve.scoring import Scoring, build_scoring, history_tensors, top
 from freshrec.settings import RetrievalSettings
 
@@ -38,6 +40,11 @@ class Options:
     categories: tuple[str, ...] = ()
     exclude_seen: bool = True
     explain: bool = False
+    rule: str = ""
+    """A business rule (:mod:`freshrec.serve.rules`) every returned item satisfies ("": none)."""
+    boost: tuple[str, float] | None = None
+    """``(rule, share)``: ``round(share * k)`` places go to the best-scored items that
+    satisfy the rule, each at its own rank (model-ranked lists)."""
 
 
 Popular = Callable[[], Sequence[tuple[ItemId, float]]]
@@ -53,6 +60,8 @@ class Ranker:
         self._snapshot: Snapshot | None = None
         self._lock = threading.Lock()
         self._spares: list[tuple[weakref.ref[Scoring], SequenceNet]] = []
+        self._masks: LRUCache[tuple[str, int], tuple[CatalogView, npt.NDArray[np.bool_]]] = LRUCache(64)
+        self._masks_lock = threading.Lock()
         self.scoring = build_scoring(None, catalog.view)
 
     def publish(self, snapshot: Snapshot | None) -> None:
@@ -112,12 +121,16 @@ class Ranker:
         allowed = view.alive.copy()
         if options.categories:
             allowed &= view.in_categories(options.categories)
+        if options.rule:
+            allowed &= self.matching(options.rule, view)
         for item_id in options.exclude:
             if (n := view.codes.get(item_id)) is not None:
                 allowed[n] = False
         if options.exclude_seen:
             allowed[[view.codes[e.item_id] for e in known]] = False
         request = Request(sc, allowed, k, explain, now)
+        if options.boost is not None:
+            request.boost = (self.matching(options.boost[0], view), round(options.boost[1] * k))
         if not known:
             request.source, request.result = "popular", diversified(sc, popular(), allowed, k)
         elif sc.net is None:
@@ -130,7 +143,19 @@ class Ranker:
             request.wanted = k + self.retrieval.settings.candidates + len(options.exclude) + len(known)
         return request
 
-    def similar(self, item_id: ItemId, k: int, categories: Sequence[str] = ()) -> list[Ranked] | None:
+    def matching(self, rule: str, view: CatalogView) -> npt.NDArray[np.bool_]:
+        """Mask of the view's live items that satisfy ``rule``, computed once per rule and
+        catalog view (a Python test per item: about a microsecond each)."""
+        key = (rule, id(view))
+        with self._masks_lock:  # cachetools' caches are not thread-safe
+            cached = self._masks.get(key)
+        if cached is None or cached[0] is not view:
+            cached = (view, view.matching(parse(rule)))
+            with self._masks_lock:
+                self._masks[key] = cached
+        return cached[1]
+
+    def similar(self, item_id: ItemId, k: int, categories: Sequence[str] = (), rule: str = "") -> list[Ranked] | None:
         """The ``k`` items closest to ``item_id`` (cosine of item vectors); ``None`` if unknown."""
         sc = self.scoring
         n = sc.view.codes.get(item_id)
@@ -139,6 +164,8 @@ class Ranker:
         allowed = sc.view.alive.copy()
         if categories:
             allowed &= sc.view.in_categories(categories)
+        if rule:
+            allowed &= self.matching(rule, sc.view)
         allowed[n] = False
         scores = sc.unit @ sc.unit[n]
         return [Ranked(sc.view.ids[c], float(scores[c]), sc.view.titles[c], None) for c in top(scores, allowed, k)]
@@ -168,6 +195,8 @@ class Request:
     """How many candidates to ask the index for."""
     candidates: npt.NDArray[np.int64] | None = None
     """The catalog rows to score, ascending (``None``: all)."""
+    boost: tuple[npt.NDArray[np.bool_], int] | None = None
+    """The boosted items' mask and the places they get at least."""
 
     def histories(self) -> list[list[Event]]:
         past = self.past
@@ -214,6 +243,27 @@ def _retrieve(requests: Sequence[Request]) -> None:
             r.candidates = np.union1d(rows[: r.wanted][rows[: r.wanted] >= 0], newer)
 
 
+def promoted(
+    scores: npt.NDArray[np.floating],
+    allowed: npt.NDArray[np.bool_],
+    boosted: npt.NDArray[np.bool_],
+    chosen: list[int],
+    places: int,
+) -> list[int]:
+    """``chosen`` (the best allowed, best first) with at least ``places`` boosted items:
+    the best boosted ones not in it take the places of its worst unboosted ones, and the
+    list stays in score order (a boosted item shows at its own rank among them)."""
+    lifted = [c for c in chosen if boosted[c]]
+    missing = min(places, len(chosen)) - len(lifted)
+    if missing <= 0:
+        return chosen
+    others = allowed & boosted
+    others[lifted] = False
+    extra = top(scores, others, missing)
+    plain = [c for c in chosen if not boosted[c]][: len(chosen) - len(lifted) - len(extra)]
+    return sorted([*lifted, *extra, *plain], key=lambda c: (-scores[c], c))
+
+
 @torch.inference_mode()
 def finish(request: Request) -> list[Ranked]:
     """The ranked list of an encoded request."""
@@ -230,12 +280,15 @@ def finish(request: Request) -> list[Ranked]:
     vectors, bias = sc.vectors.numpy(), sc.bias.numpy()
     if rows is None:
         scores = users.numpy() @ vectors.T + bias
-        columns = top(scores[0], request.allowed, request.k)
-        codes = columns
+        allowed, boosted = request.allowed, request.boost[0] if request.boost else None
+        columns = top(scores[0], allowed, request.k)
     else:  # rows ascend, so ties still go to the lower code
         scores = users.numpy() @ vectors[rows].T + bias[rows]
-        columns = top(scores[0], np.ones(len(rows), dtype=bool), request.k)
-        codes = [int(rows[j]) for j in columns]
+        allowed, boosted = np.ones(len(rows), dtype=bool), request.boost[0][rows] if request.boost else None
+        columns = top(scores[0], allowed, request.k)
+    if request.boost is not None and boosted is not None:
+        columns = promoted(scores[0], allowed, boosted, columns, request.boost[1])
+    codes = columns if rows is None else [int(rows[j]) for j in columns]
     out = []
     for j, c in zip(columns, codes, strict=True):
         because: tuple[Because, ...] = ()

@@ -38,6 +38,7 @@ from freshrec.serve.live import Live
 from freshrec.serve.metrics import Metrics
 from freshrec.serve.models import Models
 from freshrec.serve.ranker import Options, Ranker, finish
+from freshrec.serve.rules import RuleError, parse
 from freshrec.serve.trending import Trending
 from freshrec.settings import Settings
 from freshrec.storage.base import Store
@@ -58,6 +59,11 @@ class Service:
         self.settings = settings
         self.clock = clock
         self.validator = Validator(settings.ingest, clock)
+        for name, rule in settings.serve.rules.items():  # a bad named rule fails the start, not a request
+            try:
+                parse(rule)
+            except RuleError as exc:
+                raise ValueError(f"[serve.rules] {name}: {exc}") from None
         self.metrics = Metrics()
         self.live = Live(clock=clock)
         self.catalog = Catalog()

@@ -324,6 +324,9 @@ class ServeSettings(Section):
     both want a core, requests get it first and learning catches up in the gaps.
     0: equal footing."""
     retrieval: RetrievalSettings = RetrievalSettings()
+    rules: dict[str, str] = Field(default_factory=dict)
+    """Named business rules (``on_sale = "attributes.on_sale == true"``): a ``filter`` or
+    ``boost`` may give a name instead of the rule (see ``freshrec.serve.rules``)."""
 
 
 class ClusterSettings(Section):

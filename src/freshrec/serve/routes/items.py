@@ -7,13 +7,39 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from freshrec.ingest.validate import ItemIn
-from freshrec.serve.http import Access, answers, body_schema, ranked_json, read_json, split_values, valid_id
+from freshrec.serve.http import (
+    Access,
+    answers,
+    body_schema,
+    ranked_json,
+    read_json,
+    split_values,
+    valid_id,
+    valid_rule,
+)
 from freshrec.serve.intake import Problem
 from freshrec.serve.items import item_dict
 from freshrec.serve.schemas import ItemOut, ItemsWritten, Similar, Trending, TrendingItem
 from freshrec.serve.service import Service
 
 Window = Literal["hour", "day", "week"]
+Boost = Annotated[
+    str,
+    Query(
+        max_length=2_000,
+        description="RULE:SHARE: round(SHARE x k) places go to the best-scored items that satisfy RULE "
+        "(a rule or a [serve] rules name), each at its own rank; e.g. `attributes.on_sale == true:0.3`.",
+    ),
+]
+Rule = Annotated[
+    str,
+    Query(
+        alias="filter",
+        max_length=2_000,
+        description='A business rule every item satisfies, e.g. `attributes.price < 50 and "Indie" in categories`, '
+        "or the name of one in [serve] rules (grammar: freshrec.serve.rules).",
+    ),
+]
 Categories = Annotated[list[str], Query(description="Only items in any of these (comma-separated).")]
 
 
@@ -100,10 +126,12 @@ def router(service: Service, access: Access) -> APIRouter:
         item_id: str,
         k: K = 10,
         categories: Categories = [],  # noqa: B006
+        rule: Rule = "",
     ) -> JSONResponse:
         item_id = valid_id(item_id, "item_id", max_id)
+        rule = valid_rule(rule, service.settings.serve.rules)
         scoring = service.ranker.scoring
-        items = service.ranker.similar(item_id, k, split_values(categories))
+        items = service.ranker.similar(item_id, k, split_values(categories), rule)
         if items is None:
             raise Problem(404, f"no recommendable item {item_id!r}")
         return JSONResponse({"item_id": item_id, "model_version": scoring.version, "items": ranked_json(items, False)})

@@ -7,9 +7,18 @@ from fastapi.responses import JSONResponse
 
 from freshrec.serve import guests
 from freshrec.serve.guests import GuestIn
-from freshrec.serve.http import Access, answers, ranked_json, read_json, split_values, valid_id
+from freshrec.serve.http import (
+    Access,
+    answers,
+    ranked_json,
+    read_json,
+    split_values,
+    valid_boost,
+    valid_id,
+    valid_rule,
+)
 from freshrec.serve.ranker import Options
-from freshrec.serve.routes.items import Categories
+from freshrec.serve.routes.items import Boost, Categories, Rule
 from freshrec.serve.schemas import EventOut, GuestRecommendations, History, Recommendations
 from freshrec.serve.service import Service
 
@@ -32,13 +41,19 @@ def router(service: Service, access: Access) -> APIRouter:
         categories: Categories = [],  # noqa: B006
         exclude: Annotated[list[str], Query(description="Item ids never to return (comma-separated).")] = [],  # noqa: B006
         explain: bool = False,
+        rule: Rule = "",
+        boost: Boost = "",
     ) -> JSONResponse:
         # Runs on the event loop, not in the thread pool: it only reads (SQLite: this
         # thread's own connection, which never waits for a writer; PostgreSQL: one round
         # trip through psycopg's async pool) and computes, and the hop to a worker
         # thread cost more than it saved.
         user_id = valid_id(user_id, "user_id", max_id)
-        options = Options(k, tuple(split_values(exclude)), tuple(split_values(categories)), exclude_seen, explain)
+        named = service.settings.serve.rules
+        rule, boosted = valid_rule(rule, named), valid_boost(boost, named)
+        options = Options(
+            k, tuple(split_values(exclude)), tuple(split_values(categories)), exclude_seen, explain, rule, boosted
+        )
         version, items = await service.recommend(user_id, options)
         return JSONResponse({"user_id": user_id, "model_version": version, "items": ranked_json(items, explain)})
 
@@ -62,7 +77,8 @@ def router(service: Service, access: Access) -> APIRouter:
         """Recommendations for someone the store does not know (a guest, a session before
         login) from the history in the body, with the options of the stored path. Nothing
         about them is stored, logged or remembered."""
-        history, options = guests.parse(await read_json(request), service.validator, service.settings.serve.max_k)
+        settings = service.settings.serve
+        history, options = guests.parse(await read_json(request), service.validator, settings.max_k, settings.rules)
         version, items = await service.recommend_guest(history, options)
         return JSONResponse({"model_version": version, "items": ranked_json(items, options.explain)})
 
