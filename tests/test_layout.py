@@ -41,6 +41,7 @@ def test_the_command_line_only_parses_and_calls(path: Path) -> None:
         ("model", ("freshrec.learn", "freshrec.serve", "freshrec.evaluate", "freshrec.cli")),
         ("storage", ("freshrec.learn", "freshrec.serve", "freshrec.model", "freshrec.cli")),
         ("learn", ("freshrec.serve", "freshrec.evaluate", "freshrec.cli")),
+        ("client", ("freshrec.",)),  # an application that calls a server needs none of it
     ],
 )
 def test_packages_import_only_downwards(package: str, forbidden: tuple[str, ...]) -> None:

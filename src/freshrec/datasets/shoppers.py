@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import httpx
 import numpy as np
 
+from freshrec.client import Client, FreshrecError
 from freshrec.datasets.synthetic import World
 
 CLICK_SCALE = 0.35
@@ -97,13 +98,12 @@ def simulate(
     """Drive simulated users against the server at ``rate`` actions per second, from
     the moment it is ready (then ``on_ready`` is called)."""
     world, rng = shoppers.world, shoppers.rng
-    with httpx.Client(base_url=url, timeout=10.0) as client:
+    with Client(url) as client:
         while not stop.is_set():
             try:
-                got = client.get("/health/ready")
-                if got.status_code == 200 and got.json().get("model_served"):
+                if client.readiness().get("model_served"):
                     break
-            except httpx.TransportError:
+            except (FreshrecError, httpx.TransportError):
                 pass
             stop.wait(0.5)
         on_ready()
@@ -114,7 +114,7 @@ def simulate(
             user_id = f"u{user:05d}"
             now = time.time()
             try:
-                served = [i["item_id"] for i in client.get(f"/v1/users/{user_id}/recommendations?k=10").json()["items"]]
+                served = [i["item_id"] for i in client.recommend(user_id, k=10)["items"]]
                 item = shoppers.pick_from(user, served, now)
                 hit = item is not None
                 events: list[dict[str, Any]] = [
@@ -122,9 +122,9 @@ def simulate(
                 ]
                 if rng.random() < 0.15:
                     events.append({"user_id": user_id, "item_id": events[0]["item_id"], "type": "cart"})
-                client.post("/v1/events", json=events).raise_for_status()
+                client.send_events(events)
                 tally.add(int((time.monotonic() - started) // window_s), hit)
-            except (httpx.HTTPError, ValueError, KeyError) as exc:
+            except (FreshrecError, httpx.HTTPError, ValueError, KeyError) as exc:
                 if stop.is_set():  # the server is shutting down
                     break
                 tally.errors += 1

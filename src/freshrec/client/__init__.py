@@ -1,0 +1,388 @@
+"""A typed Python client of the freshrec HTTP API, sync (:class:`Client`) and async
+(:class:`AsyncClient`), on httpx. It imports nothing else of freshrec, so an
+application that only calls a freshrec server needs no model, store or server code::
+
+    from freshrec.client import Client
+
+    with Client("http://127.0.0.1:8000", key="...") as fr:
+        fr.send_events([{"user_id": "u1", "item_id": "i1", "type": "click"}])
+        for item in fr.recommend("u1", k=5, filter="attributes.price < 50")["items"]:
+            print(item["item_id"], item["score"])
+
+Every method maps to one route (``docs``: the server's ``/docs``). An answer that is
+not a success raises :class:`FreshrecError` with the status, the server's one-line
+``detail`` and its per-field ``errors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
+from urllib.parse import quote
+
+import httpx
+from typing_extensions import Unpack
+
+Json = dict[str, Any]
+
+
+class FreshrecError(Exception):
+    """An answer that is not a success."""
+
+    def __init__(self, status: int, detail: str, errors: Sequence[Json] = ()):
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+        self.errors = list(errors)
+
+
+class Accepted(TypedDict):
+    accepted: int
+    duplicates: int
+
+
+class Ranked(TypedDict, total=False):
+    item_id: str
+    score: float
+    title: str
+    explanation: str | None
+    because: list[Json] | None
+
+
+class Recommendations(TypedDict, total=False):
+    user_id: str
+    model_version: str | None
+    items: list[Ranked]
+
+
+class ListOptions(TypedDict, total=False):
+    """The options of a list, as the stored and guest recommendation routes take them."""
+
+    exclude_seen: bool
+    categories: Sequence[str]
+    exclude: Sequence[str]
+    explain: bool
+    filter: str
+    """A business rule, or the name of one in the server's [serve] rules."""
+    boost: str
+    """``RULE:SHARE``."""
+
+
+class Trending(TypedDict):
+    window: str
+    items: list[Json]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request: what a method of either client sends."""
+
+    method: str
+    path: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    body: Any = None
+    empty: bool = False
+    """A 204 answer: no body to read."""
+    text: bool = False
+    """A text answer (``/metrics``)."""
+
+
+def _id(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _csv(values: Iterable[str]) -> str:
+    return ",".join(values)
+
+
+class Routes:
+    """Every route as a :class:`Call`; :class:`Client` and :class:`AsyncClient` send them."""
+
+    @staticmethod
+    def send_events(events: Json | Sequence[Json]) -> Call:
+        return Call("POST", "/v1/events", body=events)
+
+    @staticmethod
+    def put_items(items: Json | Sequence[Json]) -> Call:
+        return Call("POST", "/v1/items", body=items)
+
+    @staticmethod
+    def put_item(item_id: str, item: Json) -> Call:
+        return Call("PUT", f"/v1/items/{_id(item_id)}", body={**item, "item_id": item_id})
+
+    @staticmethod
+    def item(item_id: str) -> Call:
+        return Call("GET", f"/v1/items/{_id(item_id)}")
+
+    @staticmethod
+    def delete_item(item_id: str) -> Call:
+        return Call("DELETE", f"/v1/items/{_id(item_id)}", empty=True)
+
+    @staticmethod
+    def similar(item_id: str, k: int = 10, categories: Iterable[str] = (), filter: str = "") -> Call:
+        params = {"k": k, "categories": _csv(categories), "filter": filter}
+        return Call("GET", f"/v1/items/{_id(item_id)}/similar", params=params)
+
+    @staticmethod
+    def trending(k: int = 10, window: Literal["hour", "day", "week"] = "day", categories: Iterable[str] = ()) -> Call:
+        return Call("GET", "/v1/items/trending", params={"k": k, "window": window, "categories": _csv(categories)})
+
+    @staticmethod
+    def job(job_id: str) -> Call:
+        return Call("GET", f"/v1/jobs/{_id(job_id)}")
+
+    @staticmethod
+    def recommend(
+        user_id: str,
+        k: int = 10,
+        exclude_seen: bool = True,
+        categories: Iterable[str] = (),
+        exclude: Iterable[str] = (),
+        explain: bool = False,
+        filter: str = "",
+        boost: str = "",
+    ) -> Call:
+        params = {
+            "k": k,
+            "exclude_seen": str(exclude_seen).lower(),
+            "categories": _csv(categories),
+            "exclude": _csv(exclude),
+            "explain": str(explain).lower(),
+            "filter": filter,
+            "boost": boost,
+        }
+        return Call("GET", f"/v1/users/{_id(user_id)}/recommendations", params=params)
+
+    @staticmethod
+    def recommend_guest(
+        history: Sequence[Json],
+        k: int = 10,
+        exclude_seen: bool = True,
+        categories: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        explain: bool = False,
+        filter: str = "",
+        boost: str = "",
+    ) -> Call:
+        body = {
+            "history": list(history),
+            "k": k,
+            "exclude_seen": exclude_seen,
+            "categories": list(categories),
+            "exclude": list(exclude),
+            "explain": explain,
+            "filter": filter,
+            "boost": boost,
+        }
+        return Call("POST", "/v1/recommendations", body=body)
+
+    @staticmethod
+    def history(user_id: str, n: int = 50) -> Call:
+        return Call("GET", f"/v1/users/{_id(user_id)}/history", params={"n": n})
+
+    @staticmethod
+    def delete_user(user_id: str) -> Call:
+        return Call("DELETE", f"/v1/users/{_id(user_id)}", empty=True)
+
+    @staticmethod
+    def status() -> Call:
+        return Call("GET", "/v1/status")
+
+    @staticmethod
+    def stats() -> Call:
+        return Call("GET", "/v1/stats")
+
+    @staticmethod
+    def live() -> Call:
+        return Call("GET", "/health/live")
+
+    @staticmethod
+    def ready() -> Call:
+        return Call("GET", "/health/ready")
+
+    @staticmethod
+    def metrics() -> Call:
+        return Call("GET", "/metrics", text=True)
+
+
+def _request(call: Call) -> dict[str, Any]:
+    params = {k: v for k, v in call.params.items() if v != ""}
+    return {"method": call.method, "url": call.path, "params": params, "json": call.body}
+
+
+def _answer(call: Call, response: httpx.Response) -> Any:
+    if response.status_code >= 400 or (call.path == "/health/ready" and response.status_code != 200):
+        try:
+            body = response.json()
+            detail, errors = str(body.get("detail", response.reason_phrase)), body.get("errors") or []
+        except (ValueError, AttributeError):
+            detail, errors = response.text or response.reason_phrase, []
+        raise FreshrecError(response.status_code, detail, errors)
+    if call.empty:
+        return None
+    return response.text if call.text else response.json()
+
+
+def _headers(key: str | None) -> dict[str, str]:
+    return {"X-API-Key": key} if key else {}
+
+
+class Client:
+    """The API over one httpx connection pool. ``key``: an API key of the role the calls
+    need (read, write, admin). Use as a context manager, or call :meth:`close`."""
+
+    def __init__(
+        self, url: str = "http://127.0.0.1:8000", key: str | None = None, timeout: float = 10.0, **httpx_options: Any
+    ):
+        self.http = httpx.Client(base_url=url, headers=_headers(key), timeout=timeout, **httpx_options)
+
+    def call(self, call: Call) -> Any:
+        return _answer(call, self.http.request(**_request(call)))
+
+    def send_events(self, events: Json | Sequence[Json]) -> Accepted:
+        """Store events (one or a list of up to [serve] max_events_per_request); all or none."""
+        return self.call(Routes.send_events(events))  # type: ignore[no-any-return]
+
+    def put_items(self, items: Json | Sequence[Json]) -> Json:
+        return self.call(Routes.put_items(items))  # type: ignore[no-any-return]
+
+    def put_item(self, item_id: str, item: Json) -> Json:
+        return self.call(Routes.put_item(item_id, item))  # type: ignore[no-any-return]
+
+    def item(self, item_id: str) -> Json:
+        return self.call(Routes.item(item_id))  # type: ignore[no-any-return]
+
+    def delete_item(self, item_id: str) -> None:
+        self.call(Routes.delete_item(item_id))
+
+    def similar(self, item_id: str, k: int = 10, categories: Iterable[str] = (), filter: str = "") -> Json:
+        return self.call(Routes.similar(item_id, k, categories, filter))  # type: ignore[no-any-return]
+
+    def trending(
+        self, k: int = 10, window: Literal["hour", "day", "week"] = "day", categories: Iterable[str] = ()
+    ) -> Trending:
+        return self.call(Routes.trending(k, window, categories))  # type: ignore[no-any-return]
+
+    def job(self, job_id: str) -> Json:
+        return self.call(Routes.job(job_id))  # type: ignore[no-any-return]
+
+    def recommend(self, user_id: str, k: int = 10, **options: Unpack[ListOptions]) -> Recommendations:
+        return self.call(Routes.recommend(user_id, k, **options))  # type: ignore[no-any-return]
+
+    def recommend_guest(self, history: Sequence[Json], k: int = 10, **options: Unpack[ListOptions]) -> Recommendations:
+        """For someone the store does not know; ``options`` as :meth:`recommend`'s."""
+        return self.call(Routes.recommend_guest(history, k, **options))  # type: ignore[no-any-return]
+
+    def history(self, user_id: str, n: int = 50) -> Json:
+        return self.call(Routes.history(user_id, n))  # type: ignore[no-any-return]
+
+    def delete_user(self, user_id: str) -> None:
+        self.call(Routes.delete_user(user_id))
+
+    def status(self) -> Json:
+        return self.call(Routes.status())  # type: ignore[no-any-return]
+
+    def stats(self) -> Json:
+        return self.call(Routes.stats())  # type: ignore[no-any-return]
+
+    def readiness(self) -> Json:
+        """``/health/ready``'s body (``model_served``: whether a learned model ranks yet)."""
+        return self.call(Routes.ready())  # type: ignore[no-any-return]
+
+    def ready(self) -> bool:
+        """Whether the server is ready (its store answers, its catalog is loaded)."""
+        try:
+            self.call(Routes.ready())
+        except (FreshrecError, httpx.TransportError):  # not ready, or not there at all
+            return False
+        return True
+
+    def metrics(self) -> str:
+        return self.call(Routes.metrics())  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """:class:`Client`'s methods, awaited."""
+
+    def __init__(
+        self, url: str = "http://127.0.0.1:8000", key: str | None = None, timeout: float = 10.0, **httpx_options: Any
+    ):
+        self.http = httpx.AsyncClient(base_url=url, headers=_headers(key), timeout=timeout, **httpx_options)
+
+    async def call(self, call: Call) -> Any:
+        return _answer(call, await self.http.request(**_request(call)))
+
+    async def send_events(self, events: Json | Sequence[Json]) -> Accepted:
+        return await self.call(Routes.send_events(events))  # type: ignore[no-any-return]
+
+    async def put_items(self, items: Json | Sequence[Json]) -> Json:
+        return await self.call(Routes.put_items(items))  # type: ignore[no-any-return]
+
+    async def put_item(self, item_id: str, item: Json) -> Json:
+        return await self.call(Routes.put_item(item_id, item))  # type: ignore[no-any-return]
+
+    async def item(self, item_id: str) -> Json:
+        return await self.call(Routes.item(item_id))  # type: ignore[no-any-return]
+
+    async def delete_item(self, item_id: str) -> None:
+        await self.call(Routes.delete_item(item_id))
+
+    async def similar(self, item_id: str, k: int = 10, categories: Iterable[str] = (), filter: str = "") -> Json:
+        return await self.call(Routes.similar(item_id, k, categories, filter))  # type: ignore[no-any-return]
+
+    async def trending(
+        self, k: int = 10, window: Literal["hour", "day", "week"] = "day", categories: Iterable[str] = ()
+    ) -> Trending:
+        return await self.call(Routes.trending(k, window, categories))  # type: ignore[no-any-return]
+
+    async def job(self, job_id: str) -> Json:
+        return await self.call(Routes.job(job_id))  # type: ignore[no-any-return]
+
+    async def recommend(self, user_id: str, k: int = 10, **options: Unpack[ListOptions]) -> Recommendations:
+        return await self.call(Routes.recommend(user_id, k, **options))  # type: ignore[no-any-return]
+
+    async def recommend_guest(
+        self, history: Sequence[Json], k: int = 10, **options: Unpack[ListOptions]
+    ) -> Recommendations:
+        return await self.call(Routes.recommend_guest(history, k, **options))  # type: ignore[no-any-return]
+
+    async def history(self, user_id: str, n: int = 50) -> Json:
+        return await self.call(Routes.history(user_id, n))  # type: ignore[no-any-return]
+
+    async def delete_user(self, user_id: str) -> None:
+        await self.call(Routes.delete_user(user_id))
+
+    async def status(self) -> Json:
+        return await self.call(Routes.status())  # type: ignore[no-any-return]
+
+    async def stats(self) -> Json:
+        return await self.call(Routes.stats())  # type: ignore[no-any-return]
+
+    async def ready(self) -> bool:
+        try:
+            await self.call(Routes.ready())
+        except (FreshrecError, httpx.TransportError):
+            return False
+        return True
+
+    async def metrics(self) -> str:
+        return await self.call(Routes.metrics())  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
