@@ -2,7 +2,7 @@
 
 Why: a snapshot holds a row per item in several tables, and an online
 micro-batch changes a few hundred of them. On a 200,000-item shop a whole
-snapshot is about 60 MB to copy, serialise, check and turn into an item table
+snapshot held 55 MB of item tables to copy, serialise, check and turn into vectors
 several times a second; the learner and the request handlers share two cores.
 A delta carries every tensor but the per-item ones in full, and of those only
 the changed rows (and the items added since).
