@@ -145,7 +145,7 @@ class Ranker:
 
     def matching(self, rule: str, view: CatalogView) -> npt.NDArray[np.bool_]:
         """Mask of the view's live items that satisfy ``rule``, computed once per rule and
-        catalog view (a Python test per item: about a microsecond each)."""
+        catalog view (a Python test per item: 4-6 µs each on the reference machine)."""
         key = (rule, id(view))
         with self._masks_lock:  # cachetools' caches are not thread-safe
             cached = self._masks.get(key)
