@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 
 from freshrec import serialization
-from freshrec.model.sequence import SequenceNet, untouched
-from freshrec.model.snapshot import Snapshot
+from freshrec.model.sequence import untouched
+from freshrec.model.snapshot import Snapshot, check_tensor, expected_state
 
 ROW_STATE = ("item_id.weight", "item_bias.weight", "active", "interactions", "last_seen")
 """Per-item entries of the network's state."""
@@ -149,22 +149,14 @@ def apply(base: Snapshot, delta: SnapshotDelta) -> Snapshot:
 def _check_tensors(base: Snapshot, delta: SnapshotDelta, n: int) -> None:
     bad = serialization.Malformed
     n_users = len(delta.user_ids) if "user_id.weight" in base.state else 0
-    width = base.state["text_bias.weight"].shape[-1] if "text_bias.weight" in base.state else 1
-    with torch.device("meta"):
-        text = torch.empty(n, width) if base.settings.use_text else None
-        expected = SequenceNet(n, text, base.settings, n_users=n_users).state_dict()
+    expected = expected_state(base.state, n, n_users, base.settings)
     wanted = {name for name in base.state if not name.startswith(ITEM_TOWER)}
     if set(delta.state) != wanted:
         raise bad(f"the delta's tensors are {sorted(delta.state)}, expected {sorted(wanted)}")
     for name, tensor in delta.state.items():
         want = expected[name]
         shape = (len(delta.rows), *want.shape[1:]) if name in ROW_STATE else tuple(want.shape)
-        if tuple(tensor.shape) != shape or tensor.dtype != want.dtype:
-            raise bad(f"delta tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype}, expected {shape} {want.dtype}")
-        if tensor.is_floating_point():
-            values = tensor.masked_fill(tensor == float("-inf"), 0.0) if name == "last_seen" else tensor
-            if not bool(torch.isfinite(values).all()):
-                raise bad(f"delta tensor {name!r} holds values that are not finite")
+        check_tensor("delta", name, tensor, shape, want.dtype)
 
 
 def read(data: bytes, key: bytes | None = None, max_bytes: int = serialization.MAX_BYTES) -> Snapshot | SnapshotDelta:

@@ -125,22 +125,32 @@ class Snapshot:
             raise bad("snapshot state must map names to tensors")
         if "item_id.weight" not in state:
             raise bad("snapshot state lacks item_id.weight")
-        width = state["text_bias.weight"].shape[-1] if "text_bias.weight" in state else 1
         n_users = len(self.user_ids) if "user_id.weight" in state else 0
-        with torch.device("meta"):
-            text = torch.empty(len(self.item_ids), width) if self.settings.use_text else None
-            expected = SequenceNet(len(self.item_ids), text, self.settings, n_users=n_users).state_dict()
+        expected = expected_state(state, len(self.item_ids), n_users, self.settings)
         for name, tensor in state.items():
             want = expected.get(name)
             if want is None or name == "text":
                 raise bad(f"snapshot state has an unexpected tensor {name!r}")
-            if tensor.shape != want.shape or tensor.dtype != want.dtype:
-                raise bad(
-                    f"snapshot tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype}, "
-                    f"expected {tuple(want.shape)} {want.dtype}"
-                )
-            if tensor.is_floating_point():
-                # an item never seen was last seen at minus infinity; nothing else may be infinite
-                values = tensor.masked_fill(tensor == float("-inf"), 0.0) if name == "last_seen" else tensor
-                if not bool(torch.isfinite(values).all()):
-                    raise bad(f"snapshot tensor {name!r} holds values that are not finite")
+            check_tensor("snapshot", name, tensor, tuple(want.shape), want.dtype)
+
+
+def expected_state(state: dict[str, Tensor], n_items: int, n_users: int, settings: ModelSettings) -> dict[str, Tensor]:
+    """The state a network of these sizes has, on the meta device (shapes and dtypes only);
+    the text width is read off ``state``'s text bias."""
+    width = state["text_bias.weight"].shape[-1] if "text_bias.weight" in state else 1
+    with torch.device("meta"):
+        text = torch.empty(n_items, width) if settings.use_text else None
+        return SequenceNet(n_items, text, settings, n_users=n_users).state_dict()
+
+
+def check_tensor(what: str, name: str, tensor: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """Raise :class:`~freshrec.serialization.Malformed` unless ``tensor`` has this shape
+    and dtype and finite values (``last_seen`` may be minus infinity: an item never seen)."""
+    if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+        raise serialization.Malformed(
+            f"{what} tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype}, expected {shape} {dtype}"
+        )
+    if tensor.is_floating_point():
+        values = tensor.masked_fill(tensor == float("-inf"), 0.0) if name == "last_seen" else tensor
+        if not bool(torch.isfinite(values).all()):
+            raise serialization.Malformed(f"{what} tensor {name!r} holds values that are not finite")
