@@ -85,6 +85,12 @@ class Popularity:
             self.counts.pop(item_id, None)
             self._top_at = -math.inf
 
+    def current(self) -> dict[ItemId, float]:
+        """Every item's decayed count as of now."""
+        with self._lock:
+            scale = math.exp(-self.rate * (self.clock() - self.origin))
+            return {item_id: count * scale for item_id, count in self.counts.items()}
+
     def top(self) -> list[tuple[ItemId, float]]:
         """The most popular items, best first; recomputed at most once a second."""
         now = time.monotonic()

@@ -17,13 +17,12 @@ zero.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from freshrec.domain import Event, ItemId
-from freshrec.serve.fallback import NOT_POPULARITY
+from freshrec.serve.fallback import Popularity
 from freshrec.storage.base import Store
 
 WINDOWS = {"hour": 3_600.0, "day": 86_400.0, "week": 7 * 86_400.0}
@@ -45,49 +44,42 @@ class Trend:
 
 
 class Trending:
-    """Decayed event counts per item at each window's two half-lives; :meth:`top` ranks."""
+    """Two :class:`~freshrec.serve.fallback.Popularity` counters per window (half-lives of
+    the window and eight windows); :meth:`top` ranks."""
 
     def __init__(self, clock: Callable[[], float] = time.time, seed_size: int = 2_000):
         self.clock = clock
-        self.seed_size = seed_size
-        self.half_lives = [h for w in WINDOWS.values() for h in (w, USUAL * w)]
-        self.rates = [math.log(2) / h for h in self.half_lives]
-        self.origin = clock()
-        self.counts: dict[ItemId, list[float]] = {}
+        self.counters = {
+            window: (Popularity(w, clock, seed_size // 4), Popularity(USUAL * w, clock, seed_size // 4))
+            for window, w in WINDOWS.items()
+        }
         self.refresh_s = 1.0
         """A list is recomputed at most this often."""
         self._cache: dict[str, tuple[float, list[Trend]]] = {}
-        self._lock = threading.Lock()
+
+    @property
+    def origin(self) -> float:
+        """When the fastest-growing counter (the hour's) was last rescaled."""
+        return self.counters["hour"][0].origin
+
+    def _all(self) -> list[Popularity]:
+        return [counter for pair in self.counters.values() for counter in pair]
 
     def seed(self, store: Store) -> None:
         """Start from the store's counts at each half-life (one query each, at start-up)."""
-        for n, half_life in enumerate(self.half_lives):
-            decayed = store.popular_items(self.seed_size, half_life)
-            with self._lock:
-                scale = math.exp(self.rates[n] * (self.clock() - self.origin))
-                for item_id, count in decayed:
-                    self.counts.setdefault(item_id, [0.0] * len(self.half_lives))[n] += count * scale
+        for counter in self._all():
+            counter.seed(store)
         self._cache.clear()
 
     def add(self, events: Iterable[Event]) -> None:
-        """Count acknowledged events (growing weights instead of decaying every count)."""
-        with self._lock:
-            elapsed = self.clock() - self.origin
-            weights = [math.exp(rate * elapsed) for rate in self.rates]
-            for e in events:
-                if e.type in NOT_POPULARITY:
-                    continue
-                row = self.counts.setdefault(e.item_id, [0.0] * len(weights))
-                for n, w in enumerate(weights):
-                    row[n] += w
-            if weights[0] > 1e6:  # the shortest half-life grows fastest: rescale all
-                self.counts = {k: [c / w for c, w in zip(row, weights, strict=True)] for k, row in self.counts.items()}
-                self.origin = self.clock()
+        events = list(events)
+        for counter in self._all():
+            counter.add(events)
 
     def forget(self, item_id: ItemId) -> None:
-        with self._lock:
-            self.counts.pop(item_id, None)
-            self._cache.clear()
+        for counter in self._all():
+            counter.forget(item_id)
+        self._cache.clear()
 
     def top(self, window: str, size: int = 500) -> list[Trend]:
         """The most trending items in ``window`` (a key of :data:`WINDOWS`), best first;
@@ -98,18 +90,13 @@ class Trending:
         now = time.monotonic()
         if cached is not None and now - cached[0] <= self.refresh_s:
             return cached[1]
-        short = 2 * list(WINDOWS).index(window)
-        with self._lock:
-            elapsed = self.clock() - self.origin
-            scale = math.exp(-self.rates[short] * elapsed)
-            rows = [(item_id, row[short] * scale, row[short + 1]) for item_id, row in self.counts.items()]
-        recent_total = sum(recent for _, recent, _ in rows)
-        usual_total = sum(long for _, _, long in rows)  # in the rows' own units: only shares are used
+        short, long = (counter.current() for counter in self.counters[window])
+        recent_total, usual_total = sum(short.values()), sum(long.values())
         trends = []
-        for item_id, recent, long in rows:
+        for item_id, recent in short.items():
             if recent < MIN_RECENT:
                 continue
-            usual = long / usual_total * recent_total
+            usual = long.get(item_id, 0.0) / usual_total * recent_total
             trends.append(Trend(item_id, (recent - usual) / math.sqrt(usual + 1.0), recent, usual))
         trends.sort(key=lambda t: (-t.score, t.item_id))
         self._cache[window] = (now, trends[:size])
