@@ -237,3 +237,29 @@ def test_a_state_from_before_the_last_item_term_resumes_with_its_old_scores(log:
     assert new.net.last_item is not None and not new.net.last_item.weight.any()
     new.learn(seqs.batch(np.arange(300, 400), 6))  # the optimizer took the new weights on
     assert new.net.last_item.weight.any()
+
+
+def test_grouping_rows_by_history_length_and_the_query_only_last_layer_change_no_output() -> None:
+    """The encoder runs rows in groups cut to their length, and its last layer for the
+    query alone when only the query's state is wanted; each output equals that of the
+    whole padded batch through every layer at every position (the cost differs, not
+    the result), gradients included."""
+    settings = ModelSettings(dim=16, history_length=20, heads=2, layers=2, dropout=0.0)
+    net = build_freshrec(10, HashingEncoder(8).encode([f"i{n}" for n in range(10)]), settings).net
+    rng = np.random.default_rng(3)
+    lengths = np.array([0, 1, 2, 3, 5, 9, 16, 17, 20, 0, 4])
+    size = settings.history_length + 1
+    padding = torch.from_numpy(np.arange(size)[None, :] < (size - 1 - lengths)[:, None])
+    padding[-1, size - 3] = True  # a gap inside a history: kept, as it was
+    seq = torch.from_numpy(rng.normal(size=(len(lengths), size, 16)).astype(np.float32)).requires_grad_()
+    allowed = net.causal.unsqueeze(0) & (~padding.unsqueeze(1) | net.eye)
+    mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf")).repeat_interleave(2, dim=0)
+    reference = net.encoder(seq + net.position.weight.unsqueeze(0), mask=mask)
+    for every_position in (False, True):
+        out = net._encode(seq, padding, every_position)
+        out = out[~padding] if every_position else out  # padded positions' states are never read
+        expected = reference[~padding] if every_position else reference[:, -1]
+        torch.testing.assert_close(out, expected)
+        (grad,) = torch.autograd.grad(out.sum(), seq)
+        (expected_grad,) = torch.autograd.grad(expected.sum(), seq, retain_graph=True)
+        torch.testing.assert_close(grad, expected_grad)

@@ -9,7 +9,7 @@ import torch
 from freshrec.encoders.hashing import HashingEncoder
 from freshrec.evaluate.replay import Sequences
 from freshrec.learn.recommender import build_freshrec
-from freshrec.model import pairs
+from freshrec.model import pairs, signals
 from freshrec.model.base import Interactions
 from freshrec.model.blend import N_CONTEXTS, Features, Gate, seen_mask
 from freshrec.model.pairs import PairCounts
@@ -150,6 +150,28 @@ def test_text_nearest_finds_what_reads_like_any_one_recent_item() -> None:
     assert nearest[3] > nearest[4]  # close to one of them beats halfway to both
     assert mean[4] > mean[3]  # unlike the mean profile
     assert torch.isfinite(per_query[1]).all()  # an empty history
+
+
+def test_text_nearest_from_the_stored_pair_similarities_equals_the_products_and_grows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Small catalogs look up each pair's similarity, made once and grown with the catalog;
+    larger ones multiply: both give the same feature."""
+    rng = np.random.default_rng(2)
+    text = rng.normal(size=(12, 6)).astype(np.float32)
+    queries = events([[-1, -1, 3], [0, 1, 2], [-1, -1, -1], [4, -1, 11]], [-1, -1, -1, -1])
+    looked_up = CountSignals(8, window=3, half_lives=(10.0,), text=text[:8])
+    column = looked_up.names.index("text-nearest")
+    looked_up.features(queries.take(np.arange(2)))  # the similarities are made here, for 8 items
+    looked_up.grow(text[8:])
+    assert looked_up._gram is not None and looked_up._gram.shape == (12, 12)
+    assert looked_up.text is not None
+    products = signals.nearest(torch.from_numpy(looked_up.text), queries)
+    torch.testing.assert_close(looked_up.features(queries)[0][:, column], products)
+    monkeypatch.setattr(signals, "GRAM_MAX_ITEMS", 4)
+    large = CountSignals(12, window=3, half_lives=(10.0,), text=text)
+    torch.testing.assert_close(large.features(queries)[0][:, column], products)
+    assert large._gram is None
 
 
 def gate_data(n: int, rows: int, seed: int) -> tuple[Features, torch.Tensor]:

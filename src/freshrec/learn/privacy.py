@@ -94,6 +94,7 @@ class _ExampleLoss(nn.Module):
     def __init__(self, net: SequenceNet):
         super().__init__()
         self.net = net
+        net.grouped = False  # vmap maps over one example at a time: nothing to group
 
     def forward(self, history: dict[str, Tensor], target: Tensor, weight: Tensor) -> Tensor:
         net = self.net

@@ -113,6 +113,9 @@ class SequenceNet(nn.Module):
             d, s.heads, dim_feedforward=2 * d, dropout=s.dropout, batch_first=True, norm_first=True
         )
         self.encoder = nn.TransformerEncoder(layer, s.layers, enable_nested_tensor=False)
+        self.grouped = True
+        """Run rows in groups by history length (see :meth:`_encode`); off where the
+        batch is mapped over (``torch.func.vmap`` allows no data-dependent shapes)."""
         self.norm = nn.LayerNorm(d)
         causal, eye = _masks(s.history_length + 1)
         self.register_buffer("causal", causal, persistent=False)
@@ -223,7 +226,7 @@ class SequenceNet(nn.Module):
         ``every_position``, the states ``(B, L + 1, d)`` after each history token
         and the query (SASRec trains each of them to predict the next item).
         ``user`` holds the users' codes for the ID embedding (``-1``: none)."""
-        batch, length = hist_item.shape
+        batch = hist_item.shape[0]
         pad = hist_item < 0
         items = table[hist_item.clamp(min=0)] * (~pad).unsqueeze(2)
         value = torch.nan_to_num(hist_value, nan=0.0) / self.rating_scale
@@ -244,22 +247,67 @@ class SequenceNet(nn.Module):
             query = query + self.user_id(torch.where(known, user, 0)) * known.unsqueeze(1)
         query = query.unsqueeze(1)
         seq = torch.cat([tokens, query], dim=1)
-        size = length + 1
-        offset = self.position.num_embeddings - size
-        seq = seq + self.position.weight[offset:].unsqueeze(0)
         padding = torch.cat([pad, torch.zeros(batch, 1, dtype=torch.bool, device=pad.device)], dim=1)
-        # causal, padding hidden, and every position may see itself: a padded
-        # position with nothing to attend to would otherwise produce NaNs
-        allowed = self.causal[offset:, offset:].unsqueeze(0) & (~padding.unsqueeze(1) | self.eye[:size, :size])
-        mask = torch.zeros(allowed.shape, device=seq.device).masked_fill(~allowed, float("-inf"))
-        mask = mask.repeat_interleave(self.settings.heads, dim=0)
-        out: Tensor = self.encoder(seq, mask=mask)
-        states: Tensor = self.norm(out if every_position else out[:, -1])
+        states: Tensor = self.norm(self._encode(seq, padding, every_position))
         if self.last_item is not None:
             # padded positions hold zero vectors, so an empty history adds nothing
             touched = items * self.last_item(types)
             states = states + (torch.cat([touched, touched[:, -1:]], dim=1) if every_position else touched[:, -1])
         return states
+
+    def _encode(self, seq: Tensor, padding: Tensor, every_position: bool) -> Tensor:
+        """The encoder's outputs ``(B, size, d)`` for every position, or ``(B, d)`` for the
+        query's alone; rows are run in groups by how many trailing positions they need.
+
+        Why: on a sparse log most histories hold a few events or none, and padded
+        positions cost as much as real ones. A row's positions before its first token
+        are padding that no later position attends to, so cutting them off changes
+        nothing but the cost (positions stay right-aligned, as for a shorter history
+        length): a batch of Steam-like histories runs several times faster. Widths
+        are rounded up to powers of two, so a batch makes a few groups at most. The
+        outputs of cut positions are zeros (nothing reads a padded position's state).
+        """
+        batch, size = padding.shape
+        groups, widths = [size], None
+        if self.grouped:
+            needed = size - (~padding).float().argmax(1)  # from the first token on (the query's at least)
+            widths = torch.clamp(2 ** torch.ceil(torch.log2(needed.float())).long(), max=size)
+            groups = torch.unique(widths).tolist()
+        if widths is None or groups == [size]:
+            return self._run(seq, padding, every_position)
+        result = seq.new_zeros((batch, size, seq.shape[2]) if every_position else (batch, seq.shape[2]))
+        for width in groups:
+            rows = torch.nonzero(widths == width).squeeze(1)
+            out = self._run(seq[rows, size - width :], padding[rows, size - width :], every_position)
+            if every_position:
+                result[rows, size - width :] = out
+            else:
+                result[rows] = out
+        return result
+
+    def _run(self, seq: Tensor, padding: Tensor, every_position: bool) -> Tensor:
+        """The encoder over right-aligned positions, the last one the query's: the outputs
+        of all ``(B, size, d)``, or of the query alone ``(B, d)``.
+
+        For the query alone, the last layer computes attention from the query only and its
+        feed-forward block for the query only: nothing else of that layer is read, and
+        those per-position blocks were three quarters of the encoder's work in scoring and
+        online steps (every position's keys and values are still needed)."""
+        size = seq.shape[1]
+        offset = self.position.num_embeddings - size
+        x = seq + self.position.weight[offset:].unsqueeze(0)
+        # causal, padding hidden, and every position may see itself: a padded
+        # position with nothing to attend to would otherwise produce NaNs
+        allowed = self.causal[offset:, offset:].unsqueeze(0) & (~padding.unsqueeze(1) | self.eye[:size, :size])
+        mask = torch.zeros(allowed.shape, device=seq.device).masked_fill(~allowed, float("-inf"))
+        mask = mask.repeat_interleave(self.settings.heads, dim=0)
+        if every_position:
+            out: Tensor = self.encoder(x, mask=mask)
+            return out
+        *layers, last = self.encoder.layers
+        for layer in layers:
+            x = layer(x, src_mask=mask)
+        return _query_output(last, x, mask[:, -1:])
 
     def scores(self, users: Tensor, table: Tensor, bias: Tensor, items: Tensor | None = None) -> Tensor:
         """Scores of ``items`` (default: every item) for each user."""
@@ -290,6 +338,17 @@ def upgrade_state(net: SequenceNet, state: dict[str, Tensor]) -> dict[str, Tenso
     if net.last_item is None or "last_item.weight" in state:
         return state
     return {**state, "last_item.weight": torch.zeros(N_TYPES + 1, 1)}
+
+
+def _query_output(layer: nn.TransformerEncoderLayer, x: Tensor, mask: Tensor) -> Tensor:
+    """What the pre-norm ``layer`` outputs at the last position of ``x`` ``(B, size, d)``
+    (``mask``: that position's attention mask ``(B * heads, 1, size)``), computed for that
+    position alone: the same operations as ``layer(x)[:, -1]``, less the others' rows."""
+    h = layer.norm1(x)
+    attended = layer.self_attn(h[:, -1:], h, h, attn_mask=mask, need_weights=False)[0][:, 0]
+    y = x[:, -1] + layer.dropout1(attended)
+    out: Tensor = y + layer._ff_block(layer.norm2(y))
+    return out
 
 
 def _masks(size: int) -> tuple[Tensor, Tensor]:
