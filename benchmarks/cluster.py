@@ -38,12 +38,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import psycopg
 import redis
 
 from freshrec.bus import keys
+from freshrec.client import Client, FreshrecError
 from harness import free_port, freshrec, wait_ready, write_section
 
 ENV = {
@@ -80,17 +80,20 @@ def post_load(url: str, seconds: float, rate: float | None, seed: int, out: Any)
 
     def worker(n: int) -> None:
         nonlocal acked, errors
-        with httpx.Client(base_url=url, timeout=30.0) as c:
+        with Client(url, timeout=30.0) as c:
             due = time.monotonic()
             while time.monotonic() < end:
                 batch = [
                     {"user_id": f"u{rng.integers(1000):05d}", "item_id": f"i{rng.integers(10000):06d}", "type": "click"}
                     for _ in range(100)
                 ]
-                r = c.post("/v1/events", json=batch)
+                try:
+                    accepted = c.send_events(batch)["accepted"]
+                except FreshrecError:
+                    accepted = -1
                 with lock:
-                    if r.status_code == 202:
-                        acked += r.json()["accepted"]
+                    if accepted >= 0:
+                        acked += accepted
                     else:
                         errors += 1
                 if rate is not None:
@@ -105,8 +108,8 @@ def post_load(url: str, seconds: float, rate: float | None, seed: int, out: Any)
     out.put((acked, errors))
 
 
-def status(c: httpx.Client) -> dict[str, Any]:
-    return c.get("/v1/status").json()  # type: ignore[no-any-return]
+def status(c: Client) -> dict[str, Any]:
+    return c.status()
 
 
 def ingest(urls: list[str], args: argparse.Namespace) -> dict[str, Any]:
@@ -114,7 +117,7 @@ def ingest(urls: list[str], args: argparse.Namespace) -> dict[str, Any]:
     q = ctx.Queue()
     procs = [ctx.Process(target=post_load, args=(u, args.seconds, None, n, q)) for n, u in enumerate(urls)]
     lags: list[int] = []
-    with httpx.Client(base_url=urls[0], timeout=10.0) as c:
+    with Client(urls[0]) as c:
         before = status(c)["log_offset"]
         started = time.monotonic()
         for p in procs:
@@ -148,7 +151,7 @@ def propagation(urls: list[str], args: argparse.Namespace) -> dict[str, Any]:
     q = ctx.Queue()
     procs = [ctx.Process(target=post_load, args=(u, args.seconds, 100.0, 10 + n, q)) for n, u in enumerate(urls)]
     delays: list[float] = []
-    clients = [httpx.Client(base_url=u, timeout=10.0) for u in urls]
+    clients = [Client(u) for u in urls]
     seen: list[set[str]] = [set() for _ in urls]
     for p in procs:
         p.start()

@@ -44,6 +44,7 @@ from typing import Any
 
 import httpx
 
+from freshrec.client import Client, FreshrecError
 from harness import free_port, freshrec, wait_ready
 
 KEY = "crash-benchmark-key-0123456789"
@@ -92,8 +93,8 @@ class Server:
         wait_ready(self.url, self.process, timeout=120.0)
 
     def status(self) -> dict[str, Any]:
-        with httpx.Client(base_url=self.url, headers={"X-API-Key": KEY}, timeout=5.0) as c:
-            return c.get("/v1/status").json()  # type: ignore[no-any-return]
+        with Client(self.url, key=KEY, timeout=5.0) as c:
+            return c.status()
 
     def kill(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)
@@ -116,7 +117,7 @@ class Stream(threading.Thread):
         self.sent = 0
 
     def run(self) -> None:
-        with httpx.Client(base_url=self.url, headers={"X-API-Key": KEY}, timeout=5.0) as c:
+        with Client(self.url, key=KEY, timeout=5.0) as c:
             n = 0
             while True:
                 batch = [
@@ -131,12 +132,14 @@ class Stream(threading.Thread):
                 n += 10
                 self.batches.append(batch)
                 try:
-                    r = c.post("/v1/events", json=batch)
+                    c.send_events(batch)
+                except FreshrecError:  # not acknowledged
+                    self.sent += 10
+                    continue
                 except httpx.TransportError:
                     return
                 self.sent += 10
-                if 200 <= r.status_code < 300:
-                    self.acked += [e["event_id"] for e in batch]
+                self.acked += [e["event_id"] for e in batch]
 
 
 def stored_ids(data: Path, run: int) -> set[str]:
@@ -154,15 +157,13 @@ def retry(url: str, batches: list[list[dict[str, str]]], stored: set[str], acked
     there = [e for e in events if e["event_id"] in stored]
     rest = [e for e in events if e["event_id"] not in stored]
     twice = unacknowledged = 0
-    with httpx.Client(base_url=url, headers={"X-API-Key": KEY}, timeout=30.0) as c:
+    with Client(url, key=KEY, timeout=30.0) as c:
         for start in range(0, len(there), 500):
             chunk = there[start : start + 500]
-            r = c.post("/v1/events", json=chunk)
-            r.raise_for_status()
-            twice += r.json()["accepted"]
+            twice += c.send_events(chunk)["accepted"]
             unacknowledged += sum(e["event_id"] not in acked for e in chunk)
         for start in range(0, len(rest), 500):
-            c.post("/v1/events", json=rest[start : start + 500]).raise_for_status()
+            c.send_events(rest[start : start + 500])
     return twice, unacknowledged
 
 

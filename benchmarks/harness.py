@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+from freshrec.client import Client
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
@@ -31,14 +31,10 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300.
     """Poll ``/health/ready`` until it answers 200 and, with ``model``, a learned model is
     served (``model_served``); fail if ``process`` exits or time runs out."""
     deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=url, timeout=2.0) as c:
+    with Client(url, timeout=2.0) as c:
         while True:
-            try:
-                got = c.get("/health/ready")
-                if got.status_code == 200 and (not model or got.json().get("model_served")):
-                    return
-            except httpx.TransportError:
-                pass
+            if c.ready() and (not model or c.readiness().get("model_served")):
+                return
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError("the server did not become ready")
             time.sleep(0.05)

@@ -26,9 +26,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 
+from freshrec.client import Client
 from harness import free_port, freshrec, wait_ready, write_section
 from load import KEYS, percentiles, run_load
 
@@ -68,7 +68,8 @@ def published(url: str) -> dict[str, float]:
     """Publish figures from ``/metrics``: the time to build the serving copy (mean, p50 and
     p99 by histogram bucket), the lag from the learner's micro-batch to the swap, and the
     snapshots received whole and as deltas with their mean sizes."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    with Client(url) as c:
+        text = c.metrics()
     build, lag = "freshrec_model_publish_seconds", "freshrec_model_publish_lag_seconds"
     count = metric(text, f"{build}_count")
     out = {"count": count, "mean": metric(text, f"{build}_sum") / max(count, 1)}
@@ -111,10 +112,10 @@ def main() -> None:
         time.sleep(max(5.0, args.items / 5_000))  # the candidate index is built in the background (35 s at 200,000)
         rng = np.random.default_rng(0)
         unloaded = []
-        with httpx.Client(base_url=url, headers={"X-API-Key": KEYS["read"]}, timeout=10) as client:
+        with Client(url, key=KEYS["read"]) as client:
             for user in rng.integers(0, args.users, 500):
                 started = time.perf_counter()
-                client.get(f"/v1/users/u{user:05d}/recommendations?k=10").raise_for_status()
+                client.recommend(f"u{user:05d}", k=10)
                 unloaded.append((time.perf_counter() - started) * 1000)
         load = run_load(
             url, argparse.Namespace(rps=200.0, eps=500.0, seconds=args.seconds, users=args.users, items=args.items)

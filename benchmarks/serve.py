@@ -40,11 +40,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import redis
 
 from freshrec.bus import keys
+from freshrec.client import Client
 from freshrec.storage import redact
 from harness import free_port, freshrec, wait_ready, write_section
 from load import KEYS, event_load, learner_pid, percentiles, rss_mb, run_load
@@ -128,14 +128,13 @@ def freshness(url: str, users: int, samples: int = 200) -> dict[str, Any]:
     the clicked item would drop out of the list whatever the model did."""
     rng = np.random.default_rng(3)
     times, reflected = [], 0
-    path = "/v1/users/{}/recommendations?k=10&exclude_seen=false"
-    with httpx.Client(base_url=url, headers={"X-API-Key": KEYS["write"]}, timeout=10.0) as c:
+    with Client(url, key=KEYS["write"]) as c:
         for _ in range(samples):
             user = f"u{rng.integers(users):05d}"
-            before = [i["item_id"] for i in c.get(path.format(user)).json()["items"]]
+            before = [i["item_id"] for i in c.recommend(user, k=10, exclude_seen=False)["items"]]
             started = time.perf_counter()
-            c.post("/v1/events", json={"user_id": user, "item_id": before[0], "type": "click"}).raise_for_status()
-            after = [i["item_id"] for i in c.get(path.format(user)).json()["items"]]
+            c.send_events({"user_id": user, "item_id": before[0], "type": "click"})
+            after = [i["item_id"] for i in c.recommend(user, k=10, exclude_seen=False)["items"]]
             times.append((time.perf_counter() - started) * 1000)
             reflected += after != before
     return {"samples": samples, "reflected": reflected, "ms": percentiles(times)}
@@ -150,10 +149,10 @@ def visibility(url: str, args: argparse.Namespace, seconds: float = 30.0, rate: 
     learned_at: dict[int, float] = {}
     last_log = last_learned = 0
     lags = []
-    with httpx.Client(base_url=url, headers={"X-API-Key": KEYS["read"]}, timeout=10.0) as c:
+    with Client(url, key=KEYS["read"]) as c:
         end = time.monotonic() + seconds + 5
         while time.monotonic() < end:
-            s = c.get("/v1/status").json()
+            s = c.status()
             now = time.monotonic()
             if s["log_offset"] > last_log:
                 stored_at[s["log_offset"]] = now

@@ -10,10 +10,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.cli.test_cluster import ENV, FRESHREC, free_port, ready, shop, start
+from freshrec.client import Client
+from tests.cli.test_cluster import ENV, FRESHREC, free_port, shop, start
 from tests.serve.conftest import wait_for
 
 EVENTS = 300_000
@@ -43,8 +43,8 @@ def test_events_posted_during_a_large_import_are_acknowledged_within_a_second(
     server = start(tmp_path / "serve", env, "--port", str(port), "--insecure-no-auth")
     importing = None
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as c:
-            wait_for(lambda: ready(c), timeout=60)
+        with Client(f"http://127.0.0.1:{port}") as c:
+            wait_for(c.ready, timeout=60)
             importing = subprocess.Popen(
                 [FRESHREC, "--data", str(tmp_path / "import"), "import", "events", str(big)],
                 env=env,
@@ -56,9 +56,8 @@ def test_events_posted_during_a_large_import_are_acknowledged_within_a_second(
             while importing.poll() is None:
                 event = {"event_id": f"live-{n}", "user_id": "live", "item_id": f"i{n % 200:06d}", "type": "click"}
                 started = time.monotonic()
-                r = c.post("/v1/events", json=event)
+                assert c.send_events(event)["accepted"] == 1
                 waits.append(time.monotonic() - started)
-                assert r.status_code == 202, r.text
                 n += 1
                 time.sleep(0.1)
             output = importing.communicate()[0]
@@ -66,7 +65,7 @@ def test_events_posted_during_a_large_import_are_acknowledged_within_a_second(
             assert f"stored {EVENTS:,}" in " ".join(output.split()), output
             assert len(waits) >= 10, "the import ended before it could be measured"
             assert max(waits) < 1.0, sorted(waits)[-5:]
-            history = c.get("/v1/users/live/history", params={"n": 1000}).json()["events"]
+            history = c.history("live", n=1000)["events"]
             assert len(history) == n  # every acknowledged event is there
     finally:
         for process in (importing, server):

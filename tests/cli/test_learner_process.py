@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
-import httpx
 import pytest
 
+from freshrec.client import Client
 from freshrec.learn.worker import Sender
 from freshrec.model.snapshot import Snapshot
 
@@ -113,14 +113,9 @@ def serving(cli: list[str], env: dict[str, str] | None = None) -> Iterator[tuple
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
-        with httpx.Client(base_url=url, timeout=2.0) as c:
-            while True:
+        with Client(url, timeout=2.0) as c:
+            while not c.ready():
                 assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-                try:
-                    if c.get("/health/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
                 time.sleep(0.2)
         yield server, url
     finally:
@@ -145,9 +140,9 @@ def test_the_learner_dies_within_seconds_of_a_sigkill_of_the_server_alone(tmp_pa
 def test_sigterm_during_a_warm_start_stops_within_seconds_and_says_so(tmp_path: Path) -> None:
     slow = {"FRESHREC_LEARN__EPOCHS": "50", "FRESHREC_LEARN__PATIENCE": "50", "FRESHREC_LEARN__WARM_PUBLISH_S": "600"}
     with serving(prepared(tmp_path, 6000), slow) as (server, url):
-        with httpx.Client(base_url=url, timeout=5.0) as c:
+        with Client(url, timeout=5.0) as c:
             deadline = time.monotonic() + 60
-            while c.get("/v1/status").json()["learner"] != "warm start":
+            while c.status()["learner"] != "warm start":
                 assert time.monotonic() < deadline, "the warm start did not begin"
                 time.sleep(0.1)
         time.sleep(1.0)

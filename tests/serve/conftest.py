@@ -13,6 +13,7 @@ import pytest
 import torch
 from pydantic import SecretStr
 
+from freshrec.client import Client
 from freshrec.datasets.files import read_records
 from freshrec.datasets.synthetic import GeneratorSettings, generate
 from freshrec.encoders import build_encoder, embed_items
@@ -37,8 +38,13 @@ class Server:
     """The generated history (all imported before start)."""
 
     def client(self, key: str | None = ADMIN) -> httpx.Client:
+        """Raw HTTP, for requests the typed client would not send (malformed ones)."""
         headers = {"X-API-Key": key} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
+
+    def api(self, key: str | None = ADMIN) -> Client:
+        """The typed client, as an application would call the server."""
+        return Client(self.url, key=key, timeout=30.0)
 
 
 def make_settings(data: Path, **serve: object) -> Settings:
@@ -72,8 +78,8 @@ def start_server(data: Path, settings: Settings, events: int = 1_500) -> Iterato
         assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
         time.sleep(0.02)
     url = engine.url
-    with httpx.Client(base_url=url) as c:
-        while not c.get("/health/ready").json().get("model_served"):
+    with Client(url) as c:
+        while not c.readiness().get("model_served"):
             assert time.monotonic() < deadline, "no model within two minutes"
             time.sleep(0.1)
     history = [r.data for r in read_records(paths["events"]) if r.data is not None]

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from freshrec.client import FreshrecError
 from freshrec.model.snapshot import Snapshot
 from tests.serve.conftest import ADMIN, READ, WRITE, Server, wait_for
 
@@ -118,28 +119,26 @@ def test_the_openapi_document_lists_every_answer_in_one_error_model(server: Serv
 
 def test_recommendations_follow_the_filters(server: Server) -> None:
     user = busy_user(server)
-    with server.client(READ) as c:
-        r = c.get(f"/v1/users/{user}/recommendations?k=7&explain=true").json()
+    with server.api(READ) as c:
+        r = c.recommend(user, k=7, explain=True)
         assert set(r) == {"user_id", "model_version", "items"} and r["user_id"] == user
-        assert re.fullmatch(r"\d+\.\d+", r["model_version"])
+        assert re.fullmatch(r"\d+\.\d+", r["model_version"] or "")
         items = r["items"]
         assert len(items) == 7 and len({i["item_id"] for i in items}) == 7
         scores = [i["score"] for i in items]
         assert scores == sorted(scores, reverse=True)
-        seen = {e["item_id"] for e in c.get(f"/v1/users/{user}/history?n=1000").json()["events"]}
+        seen = {e["item_id"] for e in c.history(user, n=1000)["events"]}
         assert not seen & {i["item_id"] for i in items}
         assert all(i["explanation"] and i["title"] for i in items)
         # explanations only ever name this user's own history
-        assert {b["item_id"] for i in items for b in i["because"]} <= seen
-        assert seen & {
-            i["item_id"] for i in c.get(f"/v1/users/{user}/recommendations?k=50&exclude_seen=false").json()["items"]
-        }
+        assert {b["item_id"] for i in items for b in i["because"] or ()} <= seen
+        assert seen & {i["item_id"] for i in c.recommend(user, k=50, exclude_seen=False)["items"]}
 
-        category = c.get(f"/v1/items/{items[0]['item_id']}").json()["categories"][0]
-        in_cat = c.get(f"/v1/users/{user}/recommendations", params={"k": 5, "categories": category}).json()["items"]
-        assert in_cat and all(category in c.get(f"/v1/items/{i['item_id']}").json()["categories"] for i in in_cat)
+        category = c.item(items[0]["item_id"])["categories"][0]
+        in_cat = c.recommend(user, k=5, categories=[category])["items"]
+        assert in_cat and all(category in c.item(i["item_id"])["categories"] for i in in_cat)
         first = items[0]["item_id"]
-        without = c.get(f"/v1/users/{user}/recommendations", params={"k": 7, "exclude": f"{first},nothing"}).json()
+        without = c.recommend(user, k=7, exclude=[first, "nothing"])
         assert first not in {i["item_id"] for i in without["items"]}
 
 
@@ -179,10 +178,10 @@ def test_business_rules_filter_every_list_and_a_bad_one_says_where(server: Serve
 
 
 def test_a_new_user_gets_popular_diverse_items(server: Server) -> None:
-    with server.client(READ) as c:
-        items = c.get("/v1/users/never-seen-before/recommendations?k=10&explain=true").json()["items"]
+    with server.api(READ) as c:
+        items = c.recommend("never-seen-before", k=10, explain=True)["items"]
         assert len(items) == 10 and all(i["explanation"] == "popular right now" for i in items)
-        top_categories = {c.get(f"/v1/items/{i['item_id']}").json()["categories"][0] for i in items}
+        top_categories = {c.item(i["item_id"])["categories"][0] for i in items}
         assert len(top_categories) >= 3
 
 
@@ -253,74 +252,75 @@ def test_trending_lists_items_with_their_recent_and_usual_counts(server: Server)
 
 def test_an_event_changes_the_very_next_recommendation(server: Server) -> None:
     user = busy_user(server)
-    with server.client() as c:
-        before = c.get(f"/v1/users/{user}/recommendations?k=10").json()["items"]
+    with server.api() as c:
+        before = c.recommend(user, k=10)["items"]
         clicked = before[0]["item_id"]
-        assert c.post("/v1/events", json={"user_id": user, "item_id": clicked, "type": "purchase"}).status_code == 202
-        after = c.get(f"/v1/users/{user}/recommendations?k=10&explain=true").json()["items"]
+        assert c.send_events({"user_id": user, "item_id": clicked, "type": "purchase"})["accepted"] == 1
+        after = c.recommend(user, k=10, explain=True)["items"]
         assert clicked not in {i["item_id"] for i in after}
         assert [i["score"] for i in after[:5]] != [i["score"] for i in before[1:6]]
-        assert c.get(f"/v1/users/{user}/history?n=1").json()["events"][0]["item_id"] == clicked
+        assert c.history(user, n=1)["events"][0]["item_id"] == clicked
 
 
 def test_online_updates_reach_serving(server: Server) -> None:
-    with server.client() as c:
-        version = c.get("/v1/status").json()["model_version"]
+    with server.api() as c:
+        version = c.status()["model_version"]
         events = [{"user_id": f"learn-{n % 7}", "item_id": f"i{n % 90:06d}", "type": "click"} for n in range(100)]
-        assert c.post("/v1/events", json=events).status_code == 202
+        assert c.send_events(events)["accepted"] == 100
 
         def learned() -> bool:
-            status = c.get("/v1/status").json()
+            status = c.status()
             return bool(status["learned_offset"] >= status["log_offset"] and status["model_version"] != version)
 
         wait_for(learned, timeout=30)
-        metrics = c.get("/metrics").text
+        metrics = c.metrics()
         assert "freshrec_learner_lag_events" in metrics and "freshrec_model_version" in metrics
 
 
 def test_items_are_recommendable_at_once_and_gone_when_deleted(server: Server) -> None:
-    with server.client() as c:
+    with server.api() as c:
         item = {"title": "Zeppelin spare parts", "description": "Airship hull fabric", "categories": ["Airships"]}
-        r = c.put("/v1/items/airship-1", json=item)
-        assert r.status_code == 200 and r.json()["categories"] == ["Airships"]
-        assert c.get("/v1/items/airship-1").json()["title"] == "Zeppelin spare parts"
-        picks = c.get(f"/v1/users/{busy_user(server)}/recommendations", params={"categories": "airships"}).json()
+        assert c.put_item("airship-1", item)["categories"] == ["Airships"]
+        assert c.item("airship-1")["title"] == "Zeppelin spare parts"
+        picks = c.recommend(busy_user(server), categories=["airships"])
         assert [i["item_id"] for i in picks["items"]] == ["airship-1"]
-        r = c.put("/v1/items/airship-1", json={"item_id": "other", "title": "x"})
+        with server.client() as raw:  # the typed client always sends the path's id in the body
+            r = raw.put("/v1/items/airship-1", json={"item_id": "other", "title": "x"})
         assert r.status_code == 422 and "differs" in r.json()["detail"]
-        assert c.delete("/v1/items/airship-1").status_code == 204
-        assert c.get("/v1/items/airship-1").status_code == 404
-        assert c.get("/v1/items/airship-1/similar").status_code == 404
-        picks = c.get(f"/v1/users/{busy_user(server)}/recommendations", params={"categories": "airships"}).json()
-        assert picks["items"] == []
-        assert c.delete("/v1/items/airship-1").status_code == 404
+        c.delete_item("airship-1")
+        for gone in (lambda: c.item("airship-1"), lambda: c.similar("airship-1"), lambda: c.delete_item("airship-1")):
+            with pytest.raises(FreshrecError) as missing:
+                gone()
+            assert missing.value.status == 404
+        assert c.recommend(busy_user(server), categories=["airships"])["items"] == []
 
 
 def test_a_large_item_batch_is_embedded_in_the_background(server: Server) -> None:
-    with server.client() as c:
+    with server.api() as c:
         batch = [{"item_id": f"kite-{n}", "title": f"Kite number {n}", "categories": ["Kites"]} for n in range(8)]
-        r = c.post("/v1/items", json=batch)
-        assert r.status_code == 202 and r.json()["items"] == 8
-        job = r.json()["job"]["job_id"]
-        wait_for(lambda: c.get(f"/v1/jobs/{job}").json()["state"] == "done")
-        assert c.get(f"/v1/jobs/{job}").json()["done"] == 8
-        similar = c.get("/v1/items/kite-0/similar?k=3").json()
+        written = c.put_items(batch)
+        assert written["items"] == 8
+        job = written["job"]["job_id"]
+        wait_for(lambda: c.job(job)["state"] == "done")
+        assert c.job(job)["done"] == 8
+        similar = c.similar("kite-0", k=3)
         assert len(similar["items"]) == 3 and similar["items"][0]["item_id"].startswith("kite-")
-        small = c.post("/v1/items", json={"item_id": "kite-x", "title": "Kite"})
-        assert small.status_code == 200 and small.json() == {"items": 1, "job": None}
-        bad = c.post("/v1/items", json=[{"item_id": "ok", "title": "fine"}, {"item_id": "", "title": "no id"}])
-        assert bad.status_code == 422 and bad.json()["errors"][0]["index"] == 1
-        assert c.get("/v1/items/ok").status_code == 404
+        assert c.put_items({"item_id": "kite-x", "title": "Kite"}) == {"items": 1, "job": None}
+        with pytest.raises(FreshrecError) as bad:
+            c.put_items([{"item_id": "ok", "title": "fine"}, {"item_id": "", "title": "no id"}])
+        assert bad.value.status == 422 and bad.value.errors[0]["index"] == 1
+        with pytest.raises(FreshrecError, match="404"):
+            c.item("ok")
 
 
 def test_deleting_a_user_forgets_their_history(server: Server) -> None:
-    with server.client() as c:
+    with server.api() as c:
         events = [{"user_id": "leaving", "item_id": f"i{n:06d}", "type": "click"} for n in range(5)]
-        c.post("/v1/events", json=events).raise_for_status()
-        assert len(c.get("/v1/users/leaving/history").json()["events"]) == 5
-        assert c.delete("/v1/users/leaving").status_code == 204
-        assert c.get("/v1/users/leaving/history").json()["events"] == []
-        items = c.get("/v1/users/leaving/recommendations?explain=true").json()["items"]
+        c.send_events(events)
+        assert len(c.history("leaving")["events"]) == 5
+        c.delete_user("leaving")
+        assert c.history("leaving")["events"] == []
+        items = c.recommend("leaving", explain=True)["items"]
         assert all(i["explanation"] == "popular right now" for i in items)
 
 

@@ -12,7 +12,8 @@ from tests.serve.conftest import ADMIN, READ, WRITE, Server, wait_for
 
 def test_the_client_covers_every_route(server: Server) -> None:
     with Client(server.url, key=ADMIN) as fr:
-        assert fr.ready() and fr.status()["model_version"] is not None
+        assert fr.ready() and fr.readiness()["model_served"] and fr.live()["status"] == "alive"
+        assert fr.status()["model_version"] is not None
         assert isinstance(fr.stats(), dict)
         assert "freshrec_model_version" in fr.metrics()
         sent = fr.send_events([{"user_id": "client-u", "item_id": "i000001", "type": "click"}])
@@ -62,6 +63,7 @@ def test_the_async_client_answers_as_the_sync_one(server: Server) -> None:
             )
             with pytest.raises(FreshrecError, match="404"):
                 await fr.item("no-such-item")
+            assert (await fr.readiness())["model_served"] and await fr.live()
             return dict(recs), list(guest["items"]), await fr.ready()
 
     recs, guest, ready = asyncio.run(calls())

@@ -26,9 +26,9 @@ FLAGS = [
 def test_dashboard_shows_live_charts_and_a_user_page(server: Server, tmp_path: Path) -> None:
     if not shutil.which(CHROMIUM):
         pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (or set FRESHREC_CHROMIUM)")
-    with server.client() as c:  # some live traffic for the charts and the hit rate
-        user = c.get("/v1/users/u00002/recommendations?k=5").json()["items"]
-        c.post("/v1/events", json={"user_id": "u00002", "item_id": user[0]["item_id"], "type": "click"})
+    with server.api() as c:  # some live traffic for the charts and the hit rate
+        user = c.recommend("u00002", k=5)["items"]
+        c.send_events({"user_id": "u00002", "item_id": user[0]["item_id"], "type": "click"})
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})

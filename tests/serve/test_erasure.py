@@ -40,10 +40,10 @@ def holding(data: Path, text: str) -> list[Path]:
 def test_deleting_a_user_erases_every_trace(served: Server) -> None:
     data = served.settings.data_dir
     checkpoints = Checkpoints(data / "checkpoints")
-    with served.client() as c:
+    with served.api() as c:
         for user in (VICTIM, STAYS):
             events = [{"user_id": user, "item_id": f"i{n * 7 % 120:06d}", "type": "purchase"} for n in range(40)]
-            assert c.post("/v1/events", json=events).status_code == 202
+            assert c.send_events(events)["accepted"] == 40
 
         def checkpointed() -> bool:  # a version holds the victim's learned row
             current = checkpoints.current()
@@ -60,13 +60,13 @@ def test_deleting_a_user_erases_every_trace(served: Server) -> None:
         row = state["user_ids"].index(VICTIM)
         assert holding(data, VICTIM), "the id should be on disk before the deletion"
 
-        assert c.delete(f"/v1/users/{VICTIM}").status_code == 204
-        assert c.get("/v1/status").json()["erasures_pending"] in (0, 1)  # 0 once the learner was that quick
-        wait_for(lambda: c.get("/v1/status").json()["erasures_pending"] == 0, timeout=60)  # carried out
-        assert "freshrec_erasures_pending 0.0" in c.get("/metrics").text
+        c.delete_user(VICTIM)
+        assert c.status()["erasures_pending"] in (0, 1)  # 0 once the learner was that quick
+        wait_for(lambda: c.status()["erasures_pending"] == 0, timeout=60)  # carried out
+        assert "freshrec_erasures_pending 0.0" in c.metrics()
         # while it runs, within a bounded time: no byte left in the database, its WAL or a checkpoint
         wait_for(lambda: holding(data, VICTIM) == [], timeout=30)
-        assert c.get(f"/v1/users/{VICTIM}/history").json()["events"] == []
+        assert c.history(VICTIM)["events"] == []
 
     served.engine.stop()  # the learner writes its last checkpoint; no `freshrec compact`
     wait_for(lambda: not served.engine.process.is_alive(), timeout=60)

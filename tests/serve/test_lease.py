@@ -7,8 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
-
+from freshrec.client import Client
 from freshrec.datasets.files import read_records
 from freshrec.datasets.synthetic import GeneratorSettings, generate
 from freshrec.encoders import build_encoder, embed_items
@@ -36,17 +35,16 @@ def test_the_servers_learner_waits_for_the_lease_and_serves_meanwhile(tmp_path: 
     thread.start()
     try:
         wait_for(lambda: engine.server.started, timeout=60)
-        with httpx.Client(base_url=engine.url, headers={"X-API-Key": ADMIN}, timeout=10) as c:
-            wait_for(lambda: c.get("/v1/status").json()["learner"].startswith("waiting for lease"), timeout=60)
-            status = c.get("/v1/status").json()
+        with Client(engine.url, key=ADMIN) as c:
+            wait_for(lambda: c.status()["learner"].startswith("waiting for lease"), timeout=60)
+            status = c.status()
             assert "elsewhere:7:abc" in status["learner"] and not status["model_served"]
-            assert c.get("/health/ready").status_code == 200  # ready without a model
-            user = str(c.get("/v1/stats").json()["status"]["catalog_items"] and "u0")
-            assert c.get(f"/v1/users/{user}/recommendations", params={"k": 3}).status_code == 200
+            assert c.ready()  # without a model
+            assert len(c.recommend("u0", k=3)["items"]) == 3  # popular items, until a model is served
             time.sleep(1.0)
             assert not list((tmp_path / "checkpoints").glob("model-*"))  # nothing written while waiting
             store.release_lease(NAME, "elsewhere:7:abc", other.token)
-            wait_for(lambda: c.get("/v1/status").json()["model_served"], timeout=120)
+            wait_for(lambda: c.status()["model_served"], timeout=120)
     finally:
         engine.stop()
         thread.join(timeout=60)

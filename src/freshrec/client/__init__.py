@@ -286,6 +286,10 @@ class Client:
     def stats(self) -> Json:
         return self.call(Routes.stats())  # type: ignore[no-any-return]
 
+    def live(self) -> Json:
+        """``/health/live``: the process answers (it needs neither store nor model)."""
+        return self.call(Routes.live())  # type: ignore[no-any-return]
+
     def readiness(self) -> Json:
         """``/health/ready``'s body (``model_served``: whether a learned model ranks yet)."""
         return self.call(Routes.ready())  # type: ignore[no-any-return]
@@ -367,6 +371,12 @@ class AsyncClient:
 
     async def stats(self) -> Json:
         return await self.call(Routes.stats())  # type: ignore[no-any-return]
+
+    async def live(self) -> Json:
+        return await self.call(Routes.live())  # type: ignore[no-any-return]
+
+    async def readiness(self) -> Json:
+        return await self.call(Routes.ready())  # type: ignore[no-any-return]
 
     async def ready(self) -> bool:
         try:
