@@ -4,10 +4,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from freshrec.datasets.files import read_records
-from freshrec.datasets.synthetic import GeneratorSettings, World, generate
+from freshrec.datasets.synthetic import GeneratorSettings, GroupSampler, World, generate
 from freshrec.datasets.vocabulary import TOPICS
 from freshrec.ingest.importer import import_events, import_items
 from freshrec.ingest.validate import Validator
@@ -39,7 +40,7 @@ def test_generated_files_import_cleanly(tmp_path: Path) -> None:
 
 def test_stream_is_time_ordered_and_uses_new_items(tmp_path: Path) -> None:
     world = World(SMALL)
-    events = world.events()
+    events = list(world.events())
     times = [e["timestamp"] for e in events]
     assert times == sorted(times)
     late = {world.items[i]["item_id"] for i in range(SMALL.items) if world.item_created[i] > SMALL.start}
@@ -50,7 +51,7 @@ def test_stream_is_time_ordered_and_uses_new_items(tmp_path: Path) -> None:
 
 def test_tastes_drift_and_show_in_behaviour() -> None:
     world = World(GeneratorSettings(items=300, users=30, events=20_000, seed=3))
-    events = world.events()
+    events = list(world.events())
     topic_of = {item["item_id"]: item["categories"][0] for item in world.items}
     names = [t.name for t in TOPICS]
     checked = follows = moved = 0
@@ -82,3 +83,33 @@ def test_items_carry_text_categories_and_prices() -> None:
 def test_invalid_settings_are_rejected() -> None:
     with pytest.raises(ValueError, match="items must be at least 1"):
         GeneratorSettings(items=0)
+
+
+def test_the_large_catalog_sampler_draws_from_the_exact_distributions() -> None:
+    """Catalogs above EXACT_MAX_ITEMS are drawn from by group in logarithmic time: over
+    many draws, each kind of draw (by taste, continuing the previous item's
+    sub-category, a dislike weighted by topic) lands on items as often as weighing the
+    whole catalog does, and only on items that exist at the time."""
+    settings = GeneratorSettings(items=400, users=5, events=10, seed=4, continue_share=0.5)
+    exact, grouped = World(settings), World(settings)
+    grouped.sampler = GroupSampler(grouped)
+    t = settings.start + 0.4 * settings.days * 86_400  # some items exist, some not yet
+    previous = int(np.flatnonzero(exact.available(t))[0])
+    draws = 30_000
+    for kind in ("taste", "continue", "dislike"):
+        counts = []
+        for world in (exact, grouped):
+            taste = world.taste(0, t)
+            if kind == "dislike":
+                avoid = 1.0 / (taste + 1e-3)
+                if world.sampler is not None:
+                    picks = [world.sampler.by_topic_weights(avoid, t) for _ in range(draws)]
+                else:
+                    weights = world.item_popularity * avoid[world.item_topic] * world.available(t)
+                    picks = list(world.rng.choice(settings.items, size=draws, p=weights / weights.sum()))
+            else:
+                picks = [world.choose_item(0, t, previous if kind == "continue" else None) for _ in range(draws)]
+            assert world.available(t)[picks].all()
+            counts.append(np.bincount(picks, minlength=settings.items) / draws)
+        distance = 0.5 * np.abs(counts[0] - counts[1]).sum()
+        assert distance < 0.06, (kind, distance)  # two samples of one distribution; others differ by far more

@@ -15,11 +15,17 @@ How users behave (the hidden truth a good recommender should recover):
   item, which gives the stream sequential structure;
 * the event type follows a shopping funnel; ratings are higher for items of
   the user's favourite topics; dislikes land on topics the user avoids.
+
+Events are written as they are drawn. Up to :data:`EXACT_MAX_ITEMS` items each draw
+weighs the whole catalog (what every figure measured on generated logs used);
+beyond, :class:`GroupSampler` draws from the same distributions in logarithmic
+time, so a shop of a million items and ten million events takes minutes, not days.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +43,9 @@ _TYPES = (
     EventType.FAVORITE, EventType.CART, EventType.PURCHASE, EventType.DISLIKE,
 )  # fmt: skip
 _TYPE_P = np.array([0.40, 0.25, 0.06, 0.08, 0.06, 0.07, 0.05, 0.03])
+EXACT_MAX_ITEMS = 20_000
+"""Catalogs up to this size are drawn from by weighing every item (O(items) per event,
+the generator's original way, kept so that its small logs stay what they were)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +90,7 @@ class World:
         self.drift_time = rng.uniform(s.start, self.end, size=s.users)
         self.activity = rng.lognormal(0.0, 1.0, size=s.users)
         self.activity /= self.activity.sum()
+        self.sampler = None if s.items <= EXACT_MAX_ITEMS else GroupSampler(self)
 
     def taste(self, user: int, t: float) -> np.ndarray:
         """The user's topic distribution at time ``t``."""
@@ -110,6 +120,8 @@ class World:
         return self.item_created <= t
 
     def choose_item(self, user: int, t: float, previous: int | None) -> int:
+        if self.sampler is not None:
+            return self.sampler.choose(self.taste(user, t), t, previous)
         rng = self.rng
         live = self.available(t)
         if previous is not None and rng.random() < self.settings.continue_share:
@@ -124,20 +136,23 @@ class World:
         weights = self.item_popularity * (in_topic if in_topic.any() else live * taste[self.item_topic])
         return int(rng.choice(len(weights), p=weights / weights.sum()))
 
-    def events(self) -> list[dict[str, Any]]:
+    def events(self) -> Iterator[dict[str, Any]]:
+        """The stream, in time order, drawn as it is read."""
         s, rng = self.settings, self.rng
         times = np.sort(rng.uniform(s.start, self.end, size=s.events))
         users = rng.choice(s.users, size=s.events, p=self.activity)
         types = rng.choice(len(_TYPES), size=s.events, p=_TYPE_P)
         last: dict[int, int] = {}
-        out = []
         for n, (t, u, k) in enumerate(zip(times, users, types, strict=True)):
             u, kind = int(u), _TYPES[k]
             taste = self.taste(u, t)
             if kind is EventType.DISLIKE:
                 avoid = 1.0 / (taste + 1e-3)
-                weights = self.item_popularity * avoid[self.item_topic] * self.available(t)
-                item = int(rng.choice(len(weights), p=weights / weights.sum()))
+                if self.sampler is not None:
+                    item = self.sampler.by_topic_weights(avoid, t)
+                else:
+                    weights = self.item_popularity * avoid[self.item_topic] * self.available(t)
+                    item = int(rng.choice(len(weights), p=weights / weights.sum()))
             else:
                 item = self.choose_item(u, t, last.get(u))
                 last[u] = item
@@ -152,8 +167,7 @@ class World:
                 affinity = taste[self.item_topic[item]] / taste.max()
                 stars = 1.0 + 4.0 * affinity + rng.normal(0.0, 0.6)
                 event["value"] = float(np.clip(np.round(stars * 2) / 2, 0.5, 5.0))
-            out.append(event)
-        return out
+            yield event
 
     def users(self) -> list[dict[str, Any]]:
         """Hidden truth per user (favourite topics early and late), for analysis."""
@@ -171,6 +185,70 @@ class World:
         return out
 
 
+class Group:
+    """Items of one group (a topic, or a topic's sub-category), by creation time, with
+    their running popularity sums: the items alive at ``t`` are a prefix."""
+
+    def __init__(self, members: np.ndarray, created: np.ndarray, popularity: np.ndarray):
+        order = np.argsort(created[members], kind="stable")
+        self.members = members[order]
+        self.created = created[self.members]
+        self.running = np.cumsum(popularity[self.members])
+
+    def alive(self, t: float) -> int:
+        """How many of the group's items exist at ``t``."""
+        return int(np.searchsorted(self.created, t, side="right"))
+
+    def weight(self, t: float) -> float:
+        n = self.alive(t)
+        return float(self.running[n - 1]) if n else 0.0
+
+    def draw(self, rng: np.random.Generator, t: float) -> int:
+        """An item alive at ``t``, by popularity (the group must hold one)."""
+        n = self.alive(t)
+        at = int(np.searchsorted(self.running[:n], rng.random() * self.running[n - 1], side="right"))
+        return int(self.members[min(at, n - 1)])
+
+
+class GroupSampler:
+    """The generator's draws for a large catalog, each from the same distribution as
+    the exact way's but in logarithmic time: items are grouped by topic and by
+    sub-category, so "an item of this group alive now, by popularity" is a binary
+    search, and a draw over the whole catalog weighted by topic (a dislike; a topic
+    with nothing alive yet) picks the topic first, by its alive popularity."""
+
+    def __init__(self, world: World):
+        self.world = world
+        created, popularity = world.item_created, world.item_popularity
+        topics, subs = world.item_topic, world.item_sub
+        self.topics = [Group(np.flatnonzero(topics == k), created, popularity) for k in range(len(TOPICS))]
+        self.subs = {
+            (int(k), int(j)): Group(np.flatnonzero((topics == k) & (subs == j)), created, popularity)
+            for k, j in {(int(k), int(j)) for k, j in zip(topics, subs, strict=True)}
+        }
+
+    def choose(self, taste: np.ndarray, t: float, previous: int | None) -> int:
+        w, rng = self.world, self.world.rng
+        if previous is not None and rng.random() < w.settings.continue_share:
+            group = self.subs[(int(w.item_topic[previous]), int(w.item_sub[previous]))]
+            if group.alive(t) > 1:  # the previous item is one of them: it was chosen before
+                while True:  # the previous item left out: drawn again when drawn (rarely)
+                    item = group.draw(rng, t)
+                    if item != previous:
+                        return item
+        topic = int(rng.choice(len(taste), p=taste))
+        if self.topics[topic].alive(t):
+            return self.topics[topic].draw(rng, t)
+        return self.by_topic_weights(taste, t)
+
+    def by_topic_weights(self, weights: np.ndarray, t: float) -> int:
+        """An alive item with probability proportional to its popularity times its topic's weight."""
+        rng = self.world.rng
+        mass = np.array([g.weight(t) for g in self.topics]) * weights
+        topic = int(rng.choice(len(mass), p=mass / mass.sum()))
+        return self.topics[topic].draw(rng, t)
+
+
 def generate(settings: GeneratorSettings, out: Path) -> dict[str, Path]:
     """Write ``items.jsonl``, ``events.jsonl`` and ``users.jsonl`` into ``out``."""
     world = World(settings)
@@ -182,7 +260,7 @@ def generate(settings: GeneratorSettings, out: Path) -> dict[str, Path]:
     return paths
 
 
-def _write(path: Path, rows: Any) -> None:
+def _write(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")

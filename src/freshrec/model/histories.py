@@ -1,8 +1,9 @@
 """Users' histories as the network reads them: right-aligned rows of item codes,
 event type codes, values and times, padded on the left (``-1`` and ``nan``).
 
-Built here for everyone: :func:`left_padded` from per-user lists of steps (the
-learner's in-memory histories, a request's history read from the store), and
+Built here for everyone: :func:`left_padded` from per-user lists of steps (a
+request's history read from the store; the learner packs its own, see
+:mod:`freshrec.learn.histories`), and
 :func:`gathered` from index arrays into a whole log's columns (the replay
 evaluator, vectorised over every query of a chunk).
 """
