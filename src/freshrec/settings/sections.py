@@ -253,8 +253,9 @@ class LearnSettings(Section):
     """A warm start learns from at most the most recent this many events of the log (None:
     all of it); the online learner then goes on from the log's end as always."""
     max_users_in_memory: int = Field(default=1_000_000, ge=1)
-    """The learner keeps the recent events of at most this many users in memory; the least
-    recently active leave first, and one who comes back is read again from the store."""
+    """The learner keeps the recent events of at most this many users in memory (about
+    1.3 kB each with 20 events); the least recently active leave first, and one who comes
+    back is read again from the store."""
     lease_s: float = Field(default=30.0, ge=3)
     """One learner per store: a learner renews the store's lease every third of this;
     a lease not renewed for this long may be taken over by another learner."""
