@@ -13,6 +13,7 @@ from freshrec.evaluate.log import EventLog
 from freshrec.evaluate.replay import Sequences
 from freshrec.ingest.feedback import TYPE_CODES
 from freshrec.learn.recommender import build_freshrec
+from freshrec.model import sequence
 from freshrec.model.base import FIELDS, Interactions
 from freshrec.model.freshrec import FreshRec
 from freshrec.model.sequence import tensors
@@ -239,11 +240,15 @@ def test_a_state_from_before_the_last_item_term_resumes_with_its_old_scores(log:
     assert new.net.last_item.weight.any()
 
 
-def test_grouping_rows_by_history_length_and_the_query_only_last_layer_change_no_output() -> None:
+@pytest.mark.parametrize("group_cost", [0, sequence.GROUP_COST])  # always grouped; grouped where it pays
+def test_grouping_rows_by_history_length_and_the_query_only_last_layer_change_no_output(
+    group_cost: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The encoder runs rows in groups cut to their length, and its last layer for the
     query alone when only the query's state is wanted; each output equals that of the
     whole padded batch through every layer at every position (the cost differs, not
     the result), gradients included."""
+    monkeypatch.setattr(sequence, "GROUP_COST", group_cost)
     settings = ModelSettings(dim=16, history_length=20, heads=2, layers=2, dropout=0.0)
     net = build_freshrec(10, HashingEncoder(8).encode([f"i{n}" for n in range(10)]), settings).net
     rng = np.random.default_rng(3)

@@ -9,11 +9,12 @@ import re
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from freshrec.client import FreshrecError
+from freshrec.client import AsyncClient, FreshrecError, Recommendations
 from freshrec.model.snapshot import Snapshot
 from tests.serve.conftest import ADMIN, READ, WRITE, Server, wait_for
 
@@ -46,16 +47,15 @@ def test_keys_gate_every_role(server: Server) -> None:
 
 
 def test_events_are_stored_once_and_counted(server: Server) -> None:
-    with server.client() as c:
+    with server.api() as c:
         one = {"user_id": "ingest-user", "item_id": "i000002", "type": "view", "event_id": "ingest-1"}
-        assert c.post("/v1/events", json=one).json() == {"accepted": 1, "duplicates": 0}
-        assert c.post("/v1/events", json=one).json() == {"accepted": 0, "duplicates": 1}
+        assert c.send_events(one) == {"accepted": 1, "duplicates": 0}
+        assert c.send_events(one) == {"accepted": 0, "duplicates": 1}
         batch = [{**one, "event_id": f"ingest-{n}", "item_id": f"i{n:06d}", "type": "click"} for n in range(2, 12)]
-        r = c.post("/v1/events", json=batch)
-        assert r.status_code == 202 and r.json() == {"accepted": 10, "duplicates": 0}
-        history = c.get("/v1/users/ingest-user/history").json()["events"]
+        assert c.send_events(batch) == {"accepted": 10, "duplicates": 0}
+        history = c.history("ingest-user")["events"]
         assert [e["event_id"] for e in history] == [f"ingest-{n}" for n in range(11, 0, -1)]
-        metrics = c.get("/metrics").text
+        metrics = c.metrics()
         assert re.search(r'freshrec_events_ingested_total\{type="click"\} \d+', metrics)
 
 
@@ -143,30 +143,27 @@ def test_recommendations_follow_the_filters(server: Server) -> None:
 
 
 def test_business_rules_filter_every_list_and_a_bad_one_says_where(server: Server) -> None:
-    with server.client(READ) as c:
+    with server.api(READ) as fr, server.client(READ) as c:
 
-        def items(path: str, **params: object) -> list[dict[str, object]]:
-            reply = c.get(path, params=params)
-            assert reply.status_code == 200, reply.text
-            return [c.get(f"/v1/items/{i['item_id']}").json() for i in reply.json()["items"]]
+        def items(listed: dict[str, Any]) -> list[dict[str, Any]]:
+            return [fr.item(i["item_id"]) for i in listed["items"]]
 
-        user = server.events[-1]["user_id"]
+        user = str(server.events[-1]["user_id"])
         rule = 'attributes.price < 30 and attributes.format != "hardcover"'
         for got in (
-            items(f"/v1/users/{user}/recommendations", k=8, filter=rule),
-            items("/v1/users/nobody-yet/recommendations", k=8, filter=rule),  # the popular fallback
-            items(f"/v1/items/{server.events[0]['item_id']}/similar", k=8, filter=rule),
+            items(fr.recommend(user, k=8, filter=rule)),
+            items(fr.recommend("nobody-yet", k=8, filter=rule)),  # the popular fallback
+            items(fr.similar(str(server.events[0]["item_id"]), k=8, filter=rule)),
         ):
             assert len(got) == 8  # the rule matches more than 8 items: a full list
             assert all(i["attributes"]["price"] < 30 and i["attributes"]["format"] != "hardcover" for i in got)
-        cheap = items(f"/v1/users/{user}/recommendations", k=5, filter="cheap")  # a name from [serve] rules
+        cheap = items(fr.recommend(user, k=5, filter="cheap"))  # a name from [serve] rules
         assert len(cheap) == 5 and all(i["attributes"]["price"] < 20 for i in cheap)
-        guest = c.post("/v1/recommendations", json={"k": 4, "filter": "cheap"}).json()["items"]
-        assert len(guest) == 4
+        assert len(fr.recommend_guest([], k=4, filter="cheap")["items"]) == 4
         touched = {e["item_id"] for e in server.events if e["user_id"] == user}
         promote = [f"i{n:06d}" for n in range(119, 0, -1) if f"i{n:06d}" not in touched][:2]
         boost = f"item_id in {json.dumps(promote)}:0.4"
-        listed = c.get(f"/v1/users/{user}/recommendations", params={"k": 5, "boost": boost}).json()["items"]
+        listed = fr.recommend(user, k=5, boost=boost)["items"]
         assert len(listed) == 5 and set(promote) <= {i["item_id"] for i in listed}
         assert [i["score"] for i in listed] == sorted((i["score"] for i in listed), reverse=True)
         for wrong in ("cheap", "cheap:0", "cheap:1.5", ":0.5", "price > 1:0.5"):
@@ -186,28 +183,24 @@ def test_a_new_user_gets_popular_diverse_items(server: Server) -> None:
 
 
 def test_a_guest_gets_recommendations_from_an_inline_history_and_nothing_is_kept(server: Server) -> None:
-    topic = server.events[0]["item_id"]
-    with server.client(READ) as c:
-        title = c.get(f"/v1/items/{topic}").json()
-        history = [
-            {"item_id": e["item_id"], "type": "click", "timestamp": time.time() - 60 + n}
-            for n, e in enumerate(server.events[:5])
-        ]
-        offset = c.get("/v1/status").json()["log_offset"]
-        reply = c.post("/v1/recommendations", json={"history": history, "k": 7, "explain": True})
-        assert reply.status_code == 200, reply.text
-        body = reply.json()
-        assert set(body) == {"model_version", "items"} and len(body["items"]) == 7 and title["title"]
+    history = [
+        {"item_id": e["item_id"], "type": "click", "timestamp": time.time() - 60 + n}
+        for n, e in enumerate(server.events[:5])
+    ]
+    with server.api(READ) as fr:
+        offset = fr.status()["log_offset"]
+        body = fr.recommend_guest(history, k=7, explain=True)
+        assert set(body) == {"model_version", "items"} and len(body["items"]) == 7
         seen = {h["item_id"] for h in history}
         assert not seen & {i["item_id"] for i in body["items"]}  # exclude_seen, as on the stored path
         because = {b["item_id"] for i in body["items"] for b in i.get("because") or []}
         assert because <= seen and because  # explained by the inline history
-        kept = c.post("/v1/recommendations", json={"history": history, "k": 7, "exclude_seen": False}).json()
-        assert len(kept["items"]) == 7
-        newcomer = c.post("/v1/recommendations", json={"k": 3, "explain": True}).json()["items"]
+        assert len(fr.recommend_guest(history, k=7, exclude_seen=False)["items"]) == 7
+        newcomer = fr.recommend_guest([], k=3, explain=True)["items"]
         assert [i["explanation"] for i in newcomer] == ["popular right now"] * 3
-        assert c.get("/v1/status").json()["log_offset"] == offset  # nothing was stored
-        assert c.get("/v1/users/guest/history").json()["events"] == []
+        assert fr.status()["log_offset"] == offset  # nothing was stored
+        assert fr.history("guest")["events"] == []
+    with server.client(READ) as c:  # malformed requests
         bad = c.post(
             "/v1/recommendations",
             json={"history": [{"item_id": "x", "type": "stare"}, {"item_id": "y", "type": "click", "user_id": "u"}]},
@@ -226,18 +219,18 @@ def test_trending_lists_items_with_their_recent_and_usual_counts(server: Server)
     event is seconds old, so recent and usual rates agree."""
     with server.client(READ) as c:
         assert c.get("/v1/items/trending?window=month").status_code == 422
-        before = c.get("/v1/items/trending?window=hour&k=5").json()
+    with server.api(READ) as fr:
+        before = fr.trending(k=5, window="hour")
         assert before["window"] == "hour" and len(before["items"]) <= 5
         trending = {t["item_id"] for t in before["items"]}
     item = next(f"i{n:06d}" for n in range(119, 0, -1) if f"i{n:06d}" not in trending)  # of the catalog
-    with server.client() as c:
+    with server.api() as fr:
         events = [{"user_id": f"fan-{n}", "item_id": item, "type": "purchase"} for n in range(40)]
-        assert c.post("/v1/events", json=events).status_code == 202
-    with server.client(READ) as c:
+        assert fr.send_events(events)["accepted"] == 40
+    with server.api(READ) as fr:
 
-        def listed() -> dict[str, object] | None:
-            items = c.get("/v1/items/trending?window=hour&k=200").json()["items"]
-            return next((i for i in items if i["item_id"] == item), None)
+        def listed() -> dict[str, Any] | None:
+            return next((i for i in fr.trending(k=200, window="hour")["items"] if i["item_id"] == item), None)
 
         wait_for(lambda: listed() is not None, timeout=10)  # lists are recomputed at most once a second
         entry = listed()
@@ -325,10 +318,10 @@ def test_deleting_a_user_forgets_their_history(server: Server) -> None:
 
 
 def test_health_metrics_and_openapi(server: Server) -> None:
-    with server.client(None) as c:
-        body = c.get("/health/ready").json()
+    with server.api(None) as fr:
+        body = fr.readiness()
         assert body["status"] == "ready" and body["model_served"] is True
-        metrics = c.get("/metrics").text
+        metrics = fr.metrics()
         assert "freshrec_model_served 1.0" in metrics
         names = {line.split("{")[0].split(" ")[0] for line in metrics.splitlines() if line and not line.startswith("#")}
         assert names and all(n.startswith("freshrec_") for n in names)
@@ -339,6 +332,7 @@ def test_health_metrics_and_openapi(server: Server) -> None:
         ):
             assert wanted in names
         assert 'route="/v1/users/{user_id}/recommendations"' in metrics
+    with server.client(None) as c:
         spec = c.get("/openapi.json").json()
         body = spec["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert body["anyOf"][1]["maxItems"] == 100 and "user_id" in json.dumps(body)
@@ -349,32 +343,31 @@ def test_concurrent_requests_never_see_another_users_history(server: Server) -> 
     """Requests that arrive together share one forward pass of the user encoder;
     each must still get exactly what it gets alone, explained by its own history."""
     users = {f"apart-{n}": [f"i{10 * n + k:06d}" for k in range(5)] for n in range(8)}
-    with server.client() as c:
+    with server.api() as c:
         events = [{"user_id": u, "item_id": i, "type": "purchase"} for u, items in users.items() for i in items]
-        assert c.post("/v1/events", json=events).status_code == 202
+        assert c.send_events(events)["accepted"] == len(events)
 
         def learned() -> bool:
-            status = c.get("/v1/status").json()
+            status = c.status()
             return bool(status["learned_offset"] >= status["log_offset"])
 
         wait_for(learned, timeout=30)
-        path = "/v1/users/{}/recommendations?k=10&explain=true&exclude_seen=false"
-        alone = {u: c.get(path.format(u)).json() for u in users}
+        alone = {u: c.recommend(u, k=10, explain=True, exclude_seen=False) for u in users}
 
-    async def together() -> list[dict[str, object]]:
-        headers = {"X-API-Key": READ}
-        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as ac:
-            replies = await asyncio.gather(*(ac.get(path.format(u)) for _ in range(4) for u in users))
-        return [r.json() for r in replies]
+    async def together() -> list[Recommendations]:
+        async with AsyncClient(server.url, key=READ, timeout=30) as ac:
+            return await asyncio.gather(
+                *(ac.recommend(u, k=10, explain=True, exclude_seen=False) for _ in range(4) for u in users)
+            )
 
     for reply in asyncio.run(together()):
         user = str(reply["user_id"])
         assert user in users
         if reply["model_version"] == alone[user]["model_version"]:  # the same list, up to float rounding
             mine, single = reply["items"], alone[user]["items"]
-            assert [i["item_id"] for i in mine] == [i["item_id"] for i in single]  # type: ignore[attr-defined]
-            assert [i["score"] for i in mine] == pytest.approx([i["score"] for i in single], abs=1e-3)  # type: ignore[attr-defined]
-        named = {b["item_id"] for item in reply["items"] for b in item["because"]}  # type: ignore[attr-defined]
+            assert [i["item_id"] for i in mine] == [i["item_id"] for i in single]
+            assert [i["score"] for i in mine] == pytest.approx([i["score"] for i in single], abs=1e-3)
+        named = {b["item_id"] for item in reply["items"] for b in item["because"] or ()}
         assert named and named <= set(users[user]), (user, named)
 
 

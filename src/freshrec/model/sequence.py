@@ -61,6 +61,10 @@ def tensors(batch: Interactions) -> HistoryTensors:
 
 
 N_TYPES = len(EventType)
+GROUP_COST = 256
+"""What one more encoder pass costs in fixed per-operation overhead, in positions (measured
+on the reference machine: a pass over a few rows costs about what 256 more positions do).
+Rows are grouped by length only where the padding cut saves more than the passes added."""
 SECONDS_PER_HOUR = 3600.0
 
 
@@ -273,6 +277,8 @@ class SequenceNet(nn.Module):
             needed = size - (~padding).float().argmax(1)  # from the first token on (the query's at least)
             widths = torch.clamp(2 ** torch.ceil(torch.log2(needed.float())).long(), max=size)
             groups = torch.unique(widths).tolist()
+            if batch * size - int(widths.sum()) < GROUP_COST * (len(groups) - 1):
+                groups = [size]  # too little padding to cut for the passes it takes (a server's small batches)
         if widths is None or groups == [size]:
             return self._run(seq, padding, every_position)
         result = seq.new_zeros((batch, size, seq.shape[2]) if every_position else (batch, seq.shape[2]))
