@@ -6,8 +6,9 @@ Memory is bounded by the model, not by the log: at most ``max_users`` users'
 histories stay in memory (the least recently active leave first), and one who
 comes back is read again from the store, their last events before the one
 being learned (``reload``). Each history is one small packed array (17 bytes an
-event: item code, type code, value, time), not a deque of Python tuples (about
-eight times as much), so a million users of 20 events fit in well under 1 GB."""
+event: item code, type code, value, time), not a deque of Python tuples: a user
+with 20 events costs about 1.3 kB in all, against 3.7 kB before (mostly the
+per-object overhead that is left: the array, the cache entry, the id)."""
 
 from __future__ import annotations
 

@@ -98,8 +98,9 @@ class CountSignals:
         """New items (rows of text vectors), untouched."""
         n = len(text)
         if self.text is not None:
-            old, new = torch.from_numpy(self.text), torch.from_numpy(_unit_rows(text))
-            self.text = np.concatenate([self.text, _unit_rows(text)])
+            unit = _unit_rows(text)
+            old, new = torch.from_numpy(self.text), torch.from_numpy(unit)
+            self.text = np.concatenate([self.text, unit])
             if self._gram is not None and self.n_items + n <= GRAM_MAX_ITEMS:  # the new rows and columns only
                 across = new @ old.T
                 self._gram = torch.cat([torch.cat([self._gram, across.T], 1), torch.cat([across, new @ new.T], 1)])
