@@ -20,9 +20,7 @@ from cachetools import LRUCache
 from freshrec.domain import Event
 from freshrec.ingest.feedback import TYPE_CODES
 from freshrec.model.base import Interactions
-
-STEP = np.dtype([("item", np.int32), ("type", np.int8), ("value", np.float32), ("time", np.float64)])
-"""One history event, packed."""
+from freshrec.model.histories import STEP, left_padded
 
 
 class Histories:
@@ -67,7 +65,7 @@ class Histories:
                 advanced = np.empty(len(kept) + 1, dtype=STEP)
                 advanced[:-1], advanced[-1] = kept, step
                 self.recent[e.user_id] = advanced
-        hist, htype, hvalue, htime = self._padded(past)
+        hist, htype, hvalue, htime = left_padded(past, self.length)
         columns = list(zip(*rows, strict=True)) if rows else [()] * 6
         return Interactions(
             user=np.array(columns[0], dtype=np.int32),
@@ -81,19 +79,6 @@ class Histories:
             hist_time=htime,
             position=np.array(columns[1], dtype=np.int64),
         ), skipped
-
-    def _padded(self, pasts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The histories as the network reads them: right-aligned, padded on the left."""
-        n, length = len(pasts), self.length
-        hist = np.full((n, length), -1, dtype=np.int32)
-        htype = np.full((n, length), -1, dtype=np.int8)
-        hvalue = np.full((n, length), np.nan, dtype=np.float32)
-        htime = np.full((n, length), np.nan, dtype=np.float64)
-        for r, past in enumerate(pasts):
-            if k := len(past):
-                hist[r, -k:], htype[r, -k:] = past["item"], past["type"]
-                hvalue[r, -k:], htime[r, -k:] = past["value"], past["time"]
-        return hist, htype, hvalue, htime
 
     def _stored(self, e: Event, items: Mapping[str, int]) -> np.ndarray:
         """The history of a known user who left memory, from the store (none for a new one)."""

@@ -1,9 +1,8 @@
 """Users' histories as the network reads them: right-aligned rows of item codes,
 event type codes, values and times, padded on the left (``-1`` and ``nan``).
 
-Built here for everyone: :func:`left_padded` from per-user lists of steps (a
-request's history read from the store; the learner packs its own, see
-:mod:`freshrec.learn.histories`), and
+Built here for everyone: :func:`left_padded` from per-user histories (the
+learner's packed ones, a request's history read from the store), and
 :func:`gathered` from index arrays into a whole log's columns (the replay
 evaluator, vectorised over every query of a chunk).
 """
@@ -17,26 +16,28 @@ import numpy.typing as npt
 
 Step = tuple[int, int, float, float]
 """One history event: item code, event type code, value (``nan``: none), time."""
+STEP = np.dtype([("item", np.int32), ("type", np.int8), ("value", np.float32), ("time", np.float64)])
+"""One history event, packed (17 bytes): how the learner keeps its users' histories."""
 
 
 def left_padded(
-    pasts: Sequence[Sequence[Step]], length: int
+    pasts: Sequence[Sequence[Step] | np.ndarray], length: int
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int8], npt.NDArray[np.float32], npt.NDArray[np.float64]]:
     """Item codes, type codes, values and times of each history's last ``length`` events,
-    ``(len(pasts), length)`` each, oldest first and padded on the left."""
+    ``(len(pasts), length)`` each, oldest first and padded on the left. A history is a
+    list of steps or an array of :data:`STEP` rows."""
     n = len(pasts)
     hist = np.full((n, length), -1, dtype=np.int32)
     htype = np.full((n, length), -1, dtype=np.int8)
     hvalue = np.full((n, length), np.nan, dtype=np.float32)
     htime = np.full((n, length), np.nan, dtype=np.float64)
     for r, past in enumerate(pasts):
-        past = past[-length:] if length else ()
-        if not past:
+        k = min(len(past), length)
+        if not k:
             continue
-        k = len(past)
-        cols = np.array(past, dtype=np.float64)
-        hist[r, -k:], htype[r, -k:] = cols[:, 0], cols[:, 1]
-        hvalue[r, -k:], htime[r, -k:] = cols[:, 2], cols[:, 3]
+        steps = past[-k:] if isinstance(past, np.ndarray) else np.array(list(past[-k:]), dtype=STEP)
+        hist[r, -k:], htype[r, -k:] = steps["item"], steps["type"]
+        hvalue[r, -k:], htime[r, -k:] = steps["value"], steps["time"]
     return hist, htype, hvalue, htime
 
 
