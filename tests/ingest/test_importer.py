@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from freshrec.datasets.files import DataFileError, read_records
-from freshrec.ingest.importer import ImportAborted, derive_event_id, import_events, import_items
+from freshrec.ingest.importer import ChunkSizer, ImportAborted, derive_event_id, import_events, import_items
 from freshrec.ingest.validate import Validator
 from freshrec.storage import SQLiteStore, Store
 from tests.conftest import T0, make_event, write
@@ -106,3 +106,34 @@ def test_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
         list(read_records(write(tmp_path / "data.txt", "x")))
     with pytest.raises(DataFileError, match="not a readable Parquet file"):
         list(read_records(write(tmp_path / "bad.parquet", "not parquet")))
+
+
+def test_chunks_follow_the_stores_speed_towards_the_lock_budget() -> None:
+    sizer = ChunkSizer(10_000, budget_s=0.2, first=1_000)
+    assert sizer() == 1_000
+    sizer.took(1_000, 0.01)  # fast: grows, but at most twice per chunk
+    assert sizer() == 2_000
+    for _ in range(10):
+        sizer.took(sizer(), 0.001)
+    assert sizer() == 10_000  # never above the most
+    sizer.took(10_000, 1.0)  # the store slowed down: a chunk that fits the budget
+    assert sizer() == 2_000
+    sizer.took(500, 10.0)  # a short last chunk says little
+    assert sizer() == 2_000
+    sizer.took(2_000, 1_000.0)
+    assert sizer() == 1
+
+
+def test_an_import_commits_in_chunks_it_sizes(store: Store, tmp_path: Path, validator: Validator) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"user_id": f"u{n}", "item_id": "i", "type": "view", "timestamp": T0 + n}) + "\n"
+            for n in range(2_500)
+        )
+    )
+    sizes: list[int] = []
+    report = import_events(store, read_records(path), validator, batch=700, committed=lambda r: sizes.append(r.stored))
+    assert report.stored == 2_500 and store.counts("hashing").events == 2_500
+    steps = [b - a for a, b in zip([0, *sizes], sizes, strict=False)]
+    assert max(steps) <= 700 and sum(steps) == 2_500
