@@ -28,6 +28,9 @@ log = logging.getLogger("freshrec")
 SNAPSHOT = b"snapshot\n"
 """On the pipe to the server, what starts a model snapshot's bytes; other messages
 are JSON arrays. Nothing on the pipe is pickled (see :mod:`freshrec.serialization`)."""
+ARM_SNAPSHOT = b"arm-snapshot\n"
+"""What starts the snapshot of an experiment arm's model: then the arm's name, a
+newline, and the snapshot's bytes."""
 
 
 PARENT_WATCH = "freshrec-parent-watch"

@@ -121,7 +121,8 @@ def test_recommendations_follow_the_filters(server: Server) -> None:
     user = busy_user(server)
     with server.api(READ) as c:
         r = c.recommend(user, k=7, explain=True)
-        assert set(r) == {"user_id", "model_version", "items"} and r["user_id"] == user
+        assert set(r) == {"user_id", "model_version", "items", "recommendation_id", "variant"} and r["user_id"] == user
+        assert re.fullmatch(r"[0-9a-f]{24}", r["recommendation_id"]) and r["variant"] == "default"
         assert re.fullmatch(r"\d+\.\d+", r["model_version"] or "")
         items = r["items"]
         assert len(items) == 7 and len({i["item_id"] for i in items}) == 7
@@ -190,7 +191,7 @@ def test_a_guest_gets_recommendations_from_an_inline_history_and_nothing_is_kept
     with server.api(READ) as fr:
         offset = fr.status()["log_offset"]
         body = fr.recommend_guest(history, k=7, explain=True)
-        assert set(body) == {"model_version", "items"} and len(body["items"]) == 7
+        assert set(body) == {"model_version", "items", "recommendation_id", "variant"} and len(body["items"]) == 7
         seen = {h["item_id"] for h in history}
         assert not seen & {i["item_id"] for i in body["items"]}  # exclude_seen, as on the stored path
         because = {b["item_id"] for i in body["items"] for b in i.get("because") or []}

@@ -22,7 +22,10 @@ def test_the_client_covers_every_route(server: Server) -> None:
         recs = fr.recommend("client-u", k=4, explain=True, categories=(), filter="attributes.price < 1000")
         assert recs["user_id"] == "client-u" and len(recs["items"]) == 4
         guest = fr.recommend_guest([{"item_id": "i000002", "type": "click"}], k=3, boost="cheap:0.5")
-        assert len(guest["items"]) == 3 and set(guest) == {"model_version", "items"}
+        assert len(guest["items"]) == 3 and set(guest) == {"model_version", "items", "recommendation_id", "variant"}
+        assert fr.experiments() == []  # none configured (tests/serve/test_experiments.py runs one)
+        with pytest.raises(FreshrecError, match="no experiment"):
+            fr.stop_experiment("colours")
         assert len(fr.similar("i000001", k=3)["items"]) == 3
         assert fr.trending(k=2, window="hour")["window"] == "hour"
         written = fr.put_items([{"item_id": "client-item", "title": "A client's lamp", "categories": ["Home"]}])

@@ -54,6 +54,10 @@ class Recommendations(TypedDict, total=False):
     user_id: str
     model_version: str | None
     items: list[Ranked]
+    recommendation_id: str
+    """Name it in the events that follow this list (``recommendation_id``): an experiment credits it."""
+    variant: str
+    """The model variant that ranked the list: an experiment's arm, or ``default``."""
 
 
 class ListOptions(TypedDict, total=False):
@@ -205,6 +209,26 @@ class Routes:
     def metrics() -> Call:
         return Call("GET", "/metrics", text=True)
 
+    @staticmethod
+    def experiments() -> Call:
+        return Call("GET", "/v1/experiments")
+
+    @staticmethod
+    def experiment(name: str) -> Call:
+        return Call("GET", f"/v1/experiments/{_id(name)}")
+
+    @staticmethod
+    def start_experiment(name: str) -> Call:
+        return Call("POST", f"/v1/experiments/{_id(name)}/start")
+
+    @staticmethod
+    def stop_experiment(name: str) -> Call:
+        return Call("POST", f"/v1/experiments/{_id(name)}/stop")
+
+    @staticmethod
+    def conclude_experiment(name: str, winner: str) -> Call:
+        return Call("POST", f"/v1/experiments/{_id(name)}/conclude", body={"winner": winner})
+
 
 def _request(call: Call) -> dict[str, Any]:
     params = {k: v for k, v in call.params.items() if v != ""}
@@ -305,6 +329,25 @@ class Client:
     def metrics(self) -> str:
         return self.call(Routes.metrics())  # type: ignore[no-any-return]
 
+    def experiments(self) -> list[Json]:
+        """The configured experiment (a list of none or one) with its figures per arm."""
+        return self.call(Routes.experiments())["experiments"]  # type: ignore[no-any-return]
+
+    def experiment(self, name: str) -> Json:
+        return self.call(Routes.experiment(name))  # type: ignore[no-any-return]
+
+    def start_experiment(self, name: str) -> Json:
+        """Serve each user their arm's model (again); needs an admin key."""
+        return self.call(Routes.start_experiment(name))  # type: ignore[no-any-return]
+
+    def stop_experiment(self, name: str) -> Json:
+        """Serve every user the default model; the arms keep learning."""
+        return self.call(Routes.stop_experiment(name))  # type: ignore[no-any-return]
+
+    def conclude_experiment(self, name: str, winner: str) -> Json:
+        """Serve every user ``winner``'s model from now on."""
+        return self.call(Routes.conclude_experiment(name, winner))  # type: ignore[no-any-return]
+
     def close(self) -> None:
         self.http.close()
 
@@ -387,6 +430,25 @@ class AsyncClient:
 
     async def metrics(self) -> str:
         return await self.call(Routes.metrics())  # type: ignore[no-any-return]
+
+    async def experiments(self) -> list[Json]:
+        """The configured experiment (a list of none or one) with its figures per arm."""
+        return (await self.call(Routes.experiments()))["experiments"]  # type: ignore[no-any-return]
+
+    async def experiment(self, name: str) -> Json:
+        return await self.call(Routes.experiment(name))  # type: ignore[no-any-return]
+
+    async def start_experiment(self, name: str) -> Json:
+        """Serve each user their arm's model (again); needs an admin key."""
+        return await self.call(Routes.start_experiment(name))  # type: ignore[no-any-return]
+
+    async def stop_experiment(self, name: str) -> Json:
+        """Serve every user the default model; the arms keep learning."""
+        return await self.call(Routes.stop_experiment(name))  # type: ignore[no-any-return]
+
+    async def conclude_experiment(self, name: str, winner: str) -> Json:
+        """Serve every user ``winner``'s model from now on."""
+        return await self.call(Routes.conclude_experiment(name, winner))  # type: ignore[no-any-return]
 
     async def close(self) -> None:
         await self.http.aclose()

@@ -127,6 +127,12 @@ def parse_timestamp(value: Any, now: float, max_future_skew_s: float) -> float:
     return ts
 
 
+def _with_list(context: dict[str, Any] | None, recommendation_id: str | None) -> dict[str, Any] | None:
+    if recommendation_id is not None:
+        return {**(context or {}), "recommendation_id": recommendation_id}
+    return context or None
+
+
 class EventIn(BaseModel):
     """Wire shape of an event. Validate through :class:`Validator`."""
 
@@ -139,8 +145,11 @@ class EventIn(BaseModel):
     timestamp: float | None = None
     event_id: str | None = None
     context: dict[str, Any] | None = None
+    recommendation_id: str | None = None
+    """The served list this event follows (its ``recommendation_id``): stored in the
+    event's context, it credits the list in an experiment."""
 
-    @field_validator("user_id", "item_id", "event_id", mode="before")
+    @field_validator("user_id", "item_id", "event_id", "recommendation_id", mode="before")
     @classmethod
     def _ids(cls, v: Any, info: ValidationInfo) -> Any:
         return None if v is None else check_id(v, _limits(info).max_id_length)
@@ -331,7 +340,7 @@ class Validator:
             timestamp=now if parsed.timestamp is None else parsed.timestamp,
             value=parsed.value,
             event_id=parsed.event_id,
-            context=parsed.context or None,
+            context=_with_list(parsed.context, parsed.recommendation_id),
         )
 
     def _check_value(self, parsed: EventIn) -> None:

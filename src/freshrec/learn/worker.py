@@ -26,7 +26,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as ProcessEvent
@@ -41,7 +41,7 @@ from freshrec.learn.lease import Lease, LeaseHeld
 from freshrec.learn.online import Interrupted, Learner
 from freshrec.model.deltas import delta_since
 from freshrec.model.snapshot import Snapshot
-from freshrec.runtime import SNAPSHOT, die_with_parent, last_steps, limit_threads
+from freshrec.runtime import ARM_SNAPSHOT, SNAPSHOT, die_with_parent, last_steps, limit_threads
 from freshrec.settings import Settings
 from freshrec.storage import Store, open_store
 from freshrec.storage.base import LeaseState
@@ -141,22 +141,41 @@ class Sender:
 
 def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], halt: ProcessEvent) -> None:
     """The learner beside the server (``serve --role all``): snapshots and state go
-    through ``pipe``, deletions come through ``commands``."""
+    through ``pipe``, deletions come through ``commands``. With an experiment, each arm
+    whose settings differ from the defaults is learned too, its snapshots tagged with
+    its name (:data:`~freshrec.runtime.ARM_SNAPSHOT`)."""
     # Ctrl-C in a terminal reaches the whole process group; the server stops this
     # process through ``halt``, after its last micro-batch and checkpoint.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
     store = open_store(settings.store_url, settings.storage)
-    sender = Sender(
-        lambda data: pipe.send_bytes(SNAPSHOT + data),
-        lambda message: pipe.send_bytes(json.dumps(message).encode()),
-        settings.serve.publish_interval_ms / 1000,
-        settings.cluster.key(),
-        full_every_s=settings.serve.snapshot_full_s,
-    ).start()
+    writing = threading.Lock()  # every sender writes to the one pipe: one message at a time
+
+    def send(data: bytes) -> None:
+        with writing:
+            pipe.send_bytes(data)
+
+    def sender_for(tag: bytes, arm: str | None) -> Sender:
+        def message(m: tuple[Any, ...]) -> None:
+            send(json.dumps(m if arm is None else ["arm", arm, *m]).encode())
+
+        return Sender(
+            lambda data: send(tag + data),
+            message,
+            settings.serve.publish_interval_ms / 1000,
+            settings.cluster.key(),
+            full_every_s=settings.serve.snapshot_full_s,
+        ).start()
+
+    sender = sender_for(SNAPSHOT, None)
+    arms = {
+        arm: (settings.for_arm(arm), sender_for(ARM_SNAPSHOT + arm.encode() + b"\n", arm))
+        for arm in settings.experiment.arms
+        if settings.arm_differs(arm)
+    }
     try:
         checkpoints = Checkpoints.of(settings)
-        run_learner(settings, store, checkpoints, sender, halt, commands=commands)  # type: ignore[arg-type]
+        run_learner(settings, store, checkpoints, sender, halt, commands=commands, arms=arms)  # type: ignore[arg-type]
     finally:
         store.close()
         pipe.close()
@@ -172,6 +191,7 @@ def run_learner(
     bus: RedisBus | None = None,
     wait_for_lease: bool = True,
     lease: Lease | None = None,
+    arms: Mapping[str, tuple[Settings, Sender]] | None = None,
 ) -> None:
     """Take the store's learner lease (waiting for it, or raising
     :class:`~freshrec.learn.lease.LeaseHeld` if ``wait_for_lease`` is false), resume or
@@ -180,7 +200,11 @@ def run_learner(
 
     Deleted users are erased from the store's pending erasures, at once when
     ``commands`` (a queue, ended by ``None``) or the ``bus`` says so, else at the next
-    poll."""
+    poll.
+
+    ``arms`` are an experiment's arms with models of their own: each is learned by a
+    :class:`~freshrec.learn.online.Learner` of its own (its checkpoints in its own data
+    folder) in a thread, under the same lease, and erasures reach every one of them."""
     if settings.serve.learner_niceness and hasattr(os, "nice"):
         os.nice(settings.serve.learner_niceness)
     limit_threads(settings.serve.torch_threads)
@@ -194,13 +218,33 @@ def run_learner(
             sender.message("hygiene", figures)
 
     learner = Learner(store, settings, checkpoints, on_update=updated)
+    others = {
+        arm: (Learner(store, s, Checkpoints.of(s), on_update=arm_sender.snapshot), arm_sender)
+        for arm, (s, arm_sender) in (arms or {}).items()
+    }
 
     owned = lease is None  # a lease handed in is the caller's to release
     lease = lease or Lease(store, settings.learn.lease_s)
     checkpoints.fence = sender.fence = lambda: lease.valid
+    for other, other_sender in others.values():
+        other.checkpoints.fence = other_sender.fence = lambda: lease.valid
+
+    def forget(user_id: str, at: int) -> None:
+        learner.forget_user(user_id, at)
+        for other, _ in others.values():
+            other.forget_user(user_id, at)
+
     eraser = Eraser(
-        store, learner.forget_user, halt, allowed=lambda: lease.valid, report=lambda n: sender.message("erasures", n)
+        store, forget, halt, allowed=lambda: lease.valid, report=lambda n: sender.message("erasures", n)
     ).start()
+    arm_threads = [
+        threading.Thread(
+            target=_learn_arm, args=(other, other_sender, halt, lease), name=f"freshrec-arm-{arm}", daemon=True
+        )
+        for arm, (other, other_sender) in others.items()
+    ]
+    for thread in arm_threads:
+        thread.start()
     feed: Feed = Polling() if bus is None else BusFeed(bus, eraser)
 
     def obey() -> None:
@@ -258,10 +302,44 @@ def run_learner(
     finally:
         if commands is not None:
             commander.join(timeout=5)
+        for thread in arm_threads:  # each finishes its micro-batch and checkpoints on ``halt``
+            thread.join(timeout=60)
+        for _, other_sender in others.values():
+            other_sender.close(timeout_s=SENDER_GRACE_S)
         eraser.close(timeout_s=60)  # an erasure in progress finishes rewriting the checkpoints
         sender.close(timeout_s=SENDER_GRACE_S)
         if owned:
             last_steps([("release the learner lease", lease.release)], within_s=2.0)
+
+
+def _learn_arm(learner: Learner, sender: Sender, halt: threading.Event, lease: Lease) -> None:
+    """An experiment arm's learner, in its own thread: learns while this process holds
+    the lease (the default learner's loop takes and keeps it), retries after failures."""
+    while not halt.is_set():
+        if not lease.valid:
+            learner.model = None  # whatever it learned meanwhile, the lease's holder has learned too
+            halt.wait(1.0)
+            continue
+        try:
+            if learner.model is None:
+                if learner.checkpoints.current() is None:
+                    sender.message("state", "warm start", True)
+                    learner.train(halt)
+                else:
+                    sender.message("state", "loading checkpoint", True)
+                    learner.resume()
+            sender.message("state", "following", True)
+            learner.follow(halt)
+        except NoCatalog as exc:
+            sender.message("state", f"waiting: {exc}", False)
+            halt.wait(2.0)
+        except Interrupted as exc:
+            log.warning("experiment arm shutting down: %s", exc)
+        except Exception as exc:
+            log.exception("an experiment arm's learner failed")
+            sender.message("state", f"failed ({type(exc).__name__}: {exc}); retrying", True)
+            learner.model = None
+            halt.wait(5.0)
 
 
 class BusFeed:

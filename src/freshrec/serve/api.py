@@ -15,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from freshrec.serve.auth import Keys
 from freshrec.serve.http import Access, Guard, answers, install_error_handlers
-from freshrec.serve.routes import dashboard, events, items, jobs, operations, users
+from freshrec.serve.routes import dashboard, events, experiments, items, jobs, operations, users
 from freshrec.serve.service import Service
 
 
@@ -40,7 +40,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
     app.state.service = service
     install_error_handlers(app)
     access = Access(keys)
-    for resource in (events, items, jobs, users, operations):
+    for resource in (events, items, jobs, users, experiments, operations):
         app.include_router(resource.router(service, access))
     dashboard.install(app)
     if settings.cors_origins:

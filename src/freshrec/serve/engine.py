@@ -22,7 +22,7 @@ from typing import Any
 import uvicorn
 
 from freshrec.bus import RedisBus
-from freshrec.runtime import SNAPSHOT, exit_cleanly, limit_threads
+from freshrec.runtime import ARM_SNAPSHOT, SNAPSHOT, exit_cleanly, limit_threads
 from freshrec.serve.api import create_app
 from freshrec.serve.auth import Keys
 from freshrec.serve.replica import Replica
@@ -61,6 +61,13 @@ class Engine:
         self.service = Service(store, settings)
         self.replica: Replica | None = None
         self.process: Any = None
+        own = [arm for arm in settings.experiment.arms if settings.arm_differs(arm)]
+        if own and role != "all":
+            raise ValueError(
+                f"experiment {settings.experiment.name!r} has arms with models of their own ({', '.join(own)}): "
+                "these are learned beside the server (--role all); API replicas and a separate learner "
+                "do not serve them yet"
+            )
         if role == "api":
             self.replica = Replica(self.service, store, RedisBus(settings.cluster), settings.cluster.poll_ms / 1000)
         else:
@@ -93,9 +100,16 @@ class Engine:
             if data.startswith(SNAPSHOT):
                 self.service.models.receive(data[len(SNAPSHOT) :], "learner")
                 continue
+            if data.startswith(ARM_SNAPSHOT):
+                self._arm_snapshot(data[len(ARM_SNAPSHOT) :])
+                continue
             try:
                 message = json.loads(data)
-                if message[0] == "hygiene" and isinstance(message[1], dict):
+                if message[0] == "arm" and self.service.experiment is not None and message[2] == "state":
+                    self.service.experiment.arm_states[str(message[1])] = str(message[3])
+                elif message[0] == "arm":
+                    pass  # an arm's other figures are the default learner's concern
+                elif message[0] == "hygiene" and isinstance(message[1], dict):
                     self.service.figures.hygiene = message[1]
                 elif message[0] == "erasures" and isinstance(message[1], int):
                     self.service.figures.erasures_pending = message[1]
@@ -105,6 +119,15 @@ class Engine:
                     raise ValueError("unknown message")
             except (ValueError, IndexError, TypeError) as exc:
                 log.warning("ignored a malformed message from the learner: %s", exc)
+
+    def _arm_snapshot(self, data: bytes) -> None:
+        arm, _, snapshot = data.partition(b"\n")
+        experiment = self.service.experiment
+        models = experiment.arm_models.get(arm.decode("utf-8", "replace")) if experiment is not None else None
+        if models is None:
+            log.warning("ignored a snapshot for an experiment arm this server does not serve: %r", arm[:64])
+            return
+        models.receive(snapshot, "learner")
 
     @property
     def started(self) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from freshrec.domain import Event
 from freshrec.ingest.hygiene import RepeatFilter
 from freshrec.ingest.importer import derive_event_id
 from freshrec.ingest.validate import InvalidRecord, Validator
@@ -68,6 +69,8 @@ class Intake:
         self.repeats = RepeatFilter(settings.ingest.repeat_window_s)
         self.append_hooks: list[Callable[[int], None]] = []
         """Called with the log's newest offset after each append that stored events."""
+        self.stored_hooks: list[Callable[[list[Event]], None]] = []
+        """Called with the events each append newly stored (an experiment credits its lists)."""
         self.head = store.last_offset()
         self._acks: deque[tuple[int, float]] = deque()
         self._ingest_lock = threading.Lock()
@@ -106,6 +109,8 @@ class Intake:
             for counts in self.counts:
                 counts.add(new)
             self.live.events(new)
+            for stored in self.stored_hooks:
+                stored(new)
         self.metrics.duplicates.inc(result.duplicates + repeats)
         return result.accepted, result.duplicates + repeats
 

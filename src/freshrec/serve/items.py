@@ -34,7 +34,7 @@ class CatalogWriter:
         settings: Settings,
         validator: Validator,
         catalog: Catalog,
-        ranker: Ranker,
+        rankers: Sequence[Ranker],
         counts: Sequence[ItemCounts],
         metrics: Metrics,
     ):
@@ -42,7 +42,8 @@ class CatalogWriter:
         self.settings = settings
         self.validator = validator
         self.catalog = catalog
-        self.ranker = ranker
+        self.rankers = rankers
+        """The default model's ranker and an experiment's arms': each follows the catalog."""
         self.counts = counts
         self.metrics = metrics
         self.encoder_key = encoder_key(settings.encoder)
@@ -134,7 +135,8 @@ class CatalogWriter:
             hook()
 
     def _reloaded(self) -> None:
-        self.ranker.refresh()
+        for ranker in self.rankers:
+            ranker.refresh()
         self.metrics.catalog_items.set(int(self.catalog.view.alive.sum()))
 
 

@@ -22,6 +22,21 @@ class Metrics:
             registry=r,
         )
         self.events = Counter("freshrec_events_ingested", "Events stored, by type", ["type"], registry=r)
+        self.experiment_lists = Counter(
+            "freshrec_experiment_lists", "Lists served by an experiment's arm", ["experiment", "variant"], registry=r
+        )
+        self.experiment_attributed = Counter(
+            "freshrec_experiment_attributed_events",
+            "Events that named a list of an experiment's arm and counted for it",
+            ["experiment", "variant"],
+            registry=r,
+        )
+        self.experiment_hits = Counter(
+            "freshrec_experiment_positive_events",
+            "Positive events of an arm's users, by whether the item was in the last list served to them",
+            ["experiment", "variant", "hit"],
+            registry=r,
+        )
         self.duplicates = Counter("freshrec_events_duplicate", "Events skipped as already stored", registry=r)
         self.rejected = Counter("freshrec_events_rejected", "Events refused by validation", registry=r)
         self.recommendations = Counter(

@@ -25,8 +25,11 @@ class Models:
     """Receives snapshots (from the learner's pipe, the bus or the store) and has the
     ranker serve the newest; :meth:`start` starts the publisher thread."""
 
-    def __init__(self, ranker: Ranker, cluster: ClusterSettings, metrics: Metrics):
+    def __init__(self, ranker: Ranker, cluster: ClusterSettings, metrics: Metrics, arm: str | None = None):
         self.ranker = ranker
+        self.arm = arm
+        """The experiment arm whose model this is; ``None``: the default model, the one the
+        gauges of ``/metrics`` describe."""
         self.cluster = cluster
         self.metrics = metrics
         self._pending: Snapshot | None = None
@@ -38,7 +41,8 @@ class Models:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._publisher, name="freshrec-publisher", daemon=True)
+            name = "freshrec-publisher" if self.arm is None else f"freshrec-publisher-{self.arm}"
+            self._thread = threading.Thread(target=self._publisher, name=name, daemon=True)
             self._thread.start()
 
     def parse(self, data: bytes, source: str) -> Snapshot | None:
@@ -89,6 +93,8 @@ class Models:
         self.ranker.publish(snapshot)
         self.metrics.publish_seconds.observe(time.perf_counter() - started)
         self.metrics.publish_lag_seconds.observe(max(0.0, time.time() - snapshot.created))
+        if self.arm is not None:
+            return
         self.metrics.model_served.set(1)
         self.metrics.model_version.set(snapshot.checkpoint)
         self.metrics.model_updates.set(snapshot.updates)

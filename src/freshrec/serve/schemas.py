@@ -51,17 +51,29 @@ class Recommendations(BaseModel):
     user_id: str
     model_version: str | None = Field(description="'<checkpoint>.<online updates>'; null before a model exists.")
     items: list[RankedItem]
+    recommendation_id: str = Field(
+        description="This list's id: an event that names it (`recommendation_id`) counts for it in an experiment."
+    )
+    variant: str = Field(description="The model variant that ranked it: an experiment's arm, or 'default'.")
 
 
 class GuestRecommendations(BaseModel):
     model_version: str | None = Field(description="'<checkpoint>.<online updates>'; null before a model exists.")
     items: list[RankedItem]
+    recommendation_id: str = Field(
+        description="This list's id: an event that names it (`recommendation_id`) counts for it in an experiment."
+    )
+    variant: str = Field(description="The model variant that ranked it: an experiment's arm, or 'default'.")
 
 
 class Similar(BaseModel):
     item_id: str
     model_version: str | None
     items: list[RankedItem]
+    recommendation_id: str = Field(
+        description="This list's id: an event that names it (`recommendation_id`) counts for it in an experiment."
+    )
+    variant: str = Field(description="The model variant that ranked it: an experiment's arm, or 'default'.")
 
 
 class TrendingItem(BaseModel):
@@ -110,3 +122,45 @@ class EventOut(BaseModel):
 class History(BaseModel):
     user_id: str
     events: list[EventOut]
+
+
+class ArmOut(BaseModel):
+    share: float = Field(description="The fraction of users assigned to this arm.")
+    own_model: bool = Field(description="Whether the arm learns a model of its own (else the default model serves it).")
+    model_version: str | None
+    learner: str | None = Field(description="The state of the arm's learner.")
+    lists: int = Field(description="Lists served by the arm.")
+    clicked: int = Field(description="Lists with at least one attributed event.")
+    attributed: int = Field(description="Events that named one of the arm's lists and counted for it.")
+    hits: int = Field(description="Positive events of the arm's users on an item of the last list served to them.")
+    trials: int = Field(description="Positive events of the arm's users who had been served a list.")
+    click_through: float | None = Field(description="clicked / lists; null before a list was served.")
+    click_through_interval: list[float] = Field(description="95% Wilson score interval of click_through.")
+    hit_rate: float | None = Field(description="hits / trials: the online hit rate.")
+    hit_rate_interval: list[float] = Field(description="95% Wilson score interval of hit_rate.")
+    difference: float | None = Field(default=None, description="click_through minus the control's.")
+    difference_interval: list[float] | None = Field(
+        default=None, description="95% interval of the difference (Newcombe's hybrid score interval)."
+    )
+    significant: bool | None = Field(default=None, description="Whether that interval excludes zero.")
+
+
+class ExperimentOut(BaseModel):
+    name: str
+    status: Literal["running", "stopped", "concluded"]
+    winner: str | None = Field(description="The concluded experiment's winner, whose model serves every user.")
+    changed_at: float = Field(description="When the status last changed (seconds since the epoch).")
+    serving_arms: bool = Field(
+        description="Whether the arms' models serve their users now (running, and every arm has a model)."
+    )
+    control: str = Field(description="The arm the others are compared with.")
+    window_s: float = Field(description="How long after a list an event naming it counts for it.")
+    arms: dict[str, ArmOut]
+
+
+class Experiments(BaseModel):
+    experiments: list[ExperimentOut]
+
+
+class Conclusion(BaseModel):
+    winner: str = Field(description="The arm whose model serves every user from now on.")

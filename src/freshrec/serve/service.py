@@ -21,14 +21,16 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from freshrec.domain import Event, UserId
 from freshrec.encoders import encoder_key
+from freshrec.experiments import DEFAULT_VARIANT
 from freshrec.ingest.validate import Validator
 from freshrec.serve.batching import Batcher
 from freshrec.serve.catalog import Catalog
+from freshrec.serve.experiments import Experiment, new_list_id
 from freshrec.serve.explain import Ranked
 from freshrec.serve.fallback import Popularity
 from freshrec.serve.figures import Figures
@@ -44,6 +46,18 @@ from freshrec.settings import Settings
 from freshrec.storage.base import Store
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A served list: the model version that ranked it, its items, its id (which later
+    events may name, see :mod:`freshrec.serve.experiments`) and the variant that served it."""
+
+    version: str | None
+    items: list[Ranked]
+    recommendation_id: str
+    variant: str
+
 
 SEEN_WINDOW = 500
 """Most recent events of a user whose items ``exclude_seen`` leaves out."""
@@ -76,8 +90,18 @@ class Service:
         counts = (self.popularity, self.trending)
         self.batcher = Batcher()
         self.intake = Intake(store, settings, self.validator, self.metrics, counts, self.live)
-        self.items = CatalogWriter(store, settings, self.validator, self.catalog, self.ranker, counts, self.metrics)
         self.models = Models(self.ranker, settings.cluster, self.metrics)
+        self.experiment: Experiment | None = None
+        if settings.experiment.name:
+            arm_models = {
+                arm: Models(Ranker(self.catalog, settings.serve.retrieval), settings.cluster, self.metrics, arm)
+                for arm in settings.experiment.arms
+                if settings.arm_differs(arm)
+            }
+            self.experiment = Experiment(store, settings, self.ranker, arm_models, self.metrics, clock)
+            self.intake.stored_hooks.append(self.experiment.events)
+        rankers = [self.ranker, *(m.ranker for m in self._arm_models())]
+        self.items = CatalogWriter(store, settings, self.validator, self.catalog, rankers, counts, self.metrics)
         self.figures = Figures(self.ranker, self.intake, self.live, self.metrics)
         self.forget_hooks: list[Callable[[UserId], None]] = []
         """Called with each deleted user (the learner must forget them too)."""
@@ -89,6 +113,8 @@ class Service:
         if self._ticker is not None:
             return
         self.models.start()
+        for models in self._arm_models():
+            models.start()
         self.items.start()
         self._ticker = threading.Thread(target=self._tick, name="freshrec-tick", daemon=True)
         self._ticker.start()
@@ -96,38 +122,55 @@ class Service:
     def _tick(self) -> None:
         while not self._stop.wait(TICK_S):
             self.figures.tick()
+            if self.experiment is not None:
+                self.experiment.save()
+
+    def _arm_models(self) -> list[Models]:
+        return list(self.experiment.arm_models.values()) if self.experiment is not None else []
 
     def close(self) -> None:
         self._stop.set()
         self.models.close()
+        for models in self._arm_models():
+            models.close()
+        if self.experiment is not None:
+            self.experiment.save()
         if self._ticker is not None and self._ticker is not threading.current_thread():
             self._ticker.join()
 
     # -- users -------------------------------------------------------------------
-    async def recommend(self, user_id: UserId, options: Options) -> tuple[str | None, list[Ranked]]:
+    async def recommend(self, user_id: UserId, options: Options) -> Served:
         """Recommendations for a user, on the event loop: the model pass is shared with
-        the requests that arrived at the same time (:mod:`freshrec.serve.batching`)."""
+        the requests that arrived at the same time (:mod:`freshrec.serve.batching`). With
+        an experiment, the model of the user's arm ranks (:mod:`freshrec.serve.experiments`)."""
         user_id = self.validator.user_key(user_id)
-        scoring = self.ranker.scoring
+        route = self.experiment.route(user_id) if self.experiment is not None else None
+        ranker = route.ranker if route is not None else self.ranker
+        scoring = ranker.scoring
         # the model reads the last history_length events; exclude_seen needs the
         # items of many more, which a one-column read gives much more cheaply
         length = scoring.snapshot.settings.history_length if scoring.snapshot is not None else MODEL_LESS_HISTORY
         history, seen = await self.store.user_context_async(user_id, length, SEEN_WINDOW * options.exclude_seen)
         if seen:
             options = replace(options, exclude=(*options.exclude, *seen))
-        version, items = await self._ranked(history, options)
-        self.live.served_list(user_id, [r.item_id for r in items])
-        return version, items
+        version, items = await self._ranked(ranker, history, options)
+        ids = [r.item_id for r in items]
+        self.live.served_list(user_id, ids)
+        if route is None:
+            return Served(version, items, new_list_id(), DEFAULT_VARIANT)
+        return Served(version, items, self.experiment.served(route, user_id, ids), route.variant)  # type: ignore[union-attr]
 
-    async def recommend_guest(self, history: list[Event], options: Options) -> tuple[str | None, list[Ranked]]:
+    async def recommend_guest(self, history: list[Event], options: Options) -> Served:
         """Recommendations for a history the store does not hold (:mod:`freshrec.serve.guests`):
-        ranked like a stored user's, and nothing of it is kept, not even in the live figures."""
+        ranked like a stored user's by the default model (a guest has no id to assign an
+        experiment's arm by), and nothing of it is kept, not even in the live figures."""
         scoring = self.ranker.scoring
         length = scoring.snapshot.settings.history_length if scoring.snapshot is not None else MODEL_LESS_HISTORY
-        return await self._ranked(history[-length:], options)
+        version, items = await self._ranked(self.ranker, history[-length:], options)
+        return Served(version, items, new_list_id(), DEFAULT_VARIANT)
 
-    async def _ranked(self, history: list[Event], options: Options) -> tuple[str | None, list[Ranked]]:
-        request = self.ranker.plan(history, self.clock(), options, self.popularity.top)
+    async def _ranked(self, ranker: Ranker, history: list[Event], options: Options) -> tuple[str | None, list[Ranked]]:
+        request = ranker.plan(history, self.clock(), options, self.popularity.top)
         await self.batcher.encode(request)
         items = finish(request)
         self.metrics.recommendations.labels(request.source).inc()
@@ -150,6 +193,8 @@ class Service:
         removed = self.store.delete_user(user_id)
         self.figures.erasures_pending += 1  # until the learner (or the replica's look at the store) counts again
         self.live.forget(user_id)
+        if self.experiment is not None:
+            self.experiment.forget(user_id)
         for hook in self.forget_hooks:
             hook(user_id)
         return removed

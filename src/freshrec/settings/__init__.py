@@ -27,9 +27,11 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from freshrec.settings.sections import (
+    ArmSettings,
     BlendSettings,
     ClusterSettings,
     EncoderSettings,
+    ExperimentSettings,
     FeedbackSettings,
     IngestSettings,
     LearnSettings,
@@ -43,9 +45,11 @@ from freshrec.settings.sections import (
 )
 
 __all__ = [
+    "ArmSettings",
     "BlendSettings",
     "ClusterSettings",
     "EncoderSettings",
+    "ExperimentSettings",
     "FeedbackSettings",
     "IngestSettings",
     "LearnSettings",
@@ -87,6 +91,7 @@ class Settings(BaseSettings):
     learn: LearnSettings = LearnSettings()
     serve: ServeSettings = ServeSettings()
     cluster: ClusterSettings = ClusterSettings()
+    experiment: ExperimentSettings = ExperimentSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -111,9 +116,50 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _arms_valid(self) -> Settings:
+        for arm in self.experiment.arms:
+            try:
+                self.for_arm(arm)
+            except ValidationError as exc:
+                raise ValueError(f"experiment arm {arm!r}: {exc}") from None
+        return self
+
     @property
     def store_url(self) -> str:
         return self.storage.url or f"sqlite:///{self.data_dir / 'freshrec.db'}"
+
+    def for_arm(self, arm: str) -> Settings:
+        """These settings with experiment arm ``arm``'s model and learning settings, and a
+        data folder of its own (``<data_dir>/arms/<arm>``, for its checkpoints) on the
+        same store."""
+        overrides = self.experiment.arms[arm]
+        model = ModelSettings.model_validate(_merged(self.model.model_dump(), overrides.model))
+        learn = LearnSettings.model_validate(_merged(self.learn.model_dump(), overrides.learn))
+        return self.model_copy(
+            update={
+                "model": model,
+                "learn": learn,
+                "data_dir": self.data_dir / "arms" / arm,
+                "storage": self.storage.model_copy(update={"url": self.store_url}),
+            }
+        )
+
+    def arm_differs(self, arm: str) -> bool:
+        """Whether arm ``arm`` learns a model of its own (its settings are not the defaults')."""
+        other = self.for_arm(arm)
+        return (other.model, other.learn) != (self.model, self.learn)
+
+
+def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` laid over it, nested tables key by key."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 SECTIONS = ", ".join(name for name in Settings.model_fields if name != "data_dir")

@@ -6,7 +6,9 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from freshrec.experiments import DEFAULT_VARIANT
 from freshrec.ingest.validate import ItemIn
+from freshrec.serve.experiments import new_list_id
 from freshrec.serve.http import (
     Access,
     answers,
@@ -134,6 +136,14 @@ def router(service: Service, access: Access) -> APIRouter:
         items = service.ranker.similar(item_id, k, split_values(categories), rule)
         if items is None:
             raise Problem(404, f"no recommendable item {item_id!r}")
-        return JSONResponse({"item_id": item_id, "model_version": scoring.version, "items": ranked_json(items, False)})
+        return JSONResponse(
+            {
+                "item_id": item_id,
+                "model_version": scoring.version,
+                "items": ranked_json(items, False),
+                "recommendation_id": new_list_id(),
+                "variant": DEFAULT_VARIANT,
+            }
+        )
 
     return routes

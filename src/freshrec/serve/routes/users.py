@@ -54,8 +54,16 @@ def router(service: Service, access: Access) -> APIRouter:
         options = Options(
             k, tuple(split_values(exclude)), tuple(split_values(categories)), exclude_seen, explain, rule, boosted
         )
-        version, items = await service.recommend(user_id, options)
-        return JSONResponse({"user_id": user_id, "model_version": version, "items": ranked_json(items, explain)})
+        served = await service.recommend(user_id, options)
+        return JSONResponse(
+            {
+                "user_id": user_id,
+                "model_version": served.version,
+                "items": ranked_json(served.items, explain),
+                "recommendation_id": served.recommendation_id,
+                "variant": served.variant,
+            }
+        )
 
     @routes.post(
         "/v1/recommendations",
@@ -79,8 +87,15 @@ def router(service: Service, access: Access) -> APIRouter:
         about them is stored, logged or remembered."""
         settings = service.settings.serve
         history, options = guests.parse(await read_json(request), service.validator, settings.max_k, settings.rules)
-        version, items = await service.recommend_guest(history, options)
-        return JSONResponse({"model_version": version, "items": ranked_json(items, options.explain)})
+        served = await service.recommend_guest(history, options)
+        return JSONResponse(
+            {
+                "model_version": served.version,
+                "items": ranked_json(served.items, options.explain),
+                "recommendation_id": served.recommendation_id,
+                "variant": served.variant,
+            }
+        )
 
     @routes.get(
         "/v1/users/{user_id}/history", response_model=History, dependencies=[access.reader], responses=answers(422)
