@@ -84,3 +84,22 @@ def test_cli_runs_freshrec_with_its_text_vectors(generated: dict[str, Path], tmp
     assert [r["model"] for r in results] == ["freshrec", "freshrec-frozen"]
     assert results[0]["params"]["model"]["dim"] == 16 and results[1]["params"]["learn"]["online"] is False
     assert list((tmp_path / "cache").glob("text-*.npy"))  # the text vectors are cached for the next run
+
+
+def test_an_experiments_arms_are_replayed_under_the_protocol(generated: dict[str, Path], tmp_path: Path) -> None:
+    config = tmp_path / "freshrec.toml"
+    config.write_text(
+        "[encoder]\nmodel = 'hashing'\n[model]\ndim = 16\nhistory_length = 5\n[learn]\nepochs = 1\n"
+        "[experiment]\nname = 'lengths'\n"
+        "[experiment.arms.control]\nshare = 0.5\n"
+        "[experiment.arms.short]\nshare = 0.5\nmodel = { history_length = 2 }\n"
+    )
+    args = ["--config", str(config), "--data", str(tmp_path), "evaluate", "--dataset", str(generated["events"])]
+    args += ["--items", str(generated["items"]), "--out", str(tmp_path / "e.json"), "--limit", "1200", "--in-process"]
+    result = CliRunner().invoke(app, [*args, "--models", "transitions,experiment:lengths"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "e.json").read_text())["results"]
+    assert [r["model"] for r in results] == ["transitions", "experiment:lengths/control", "experiment:lengths/short"]
+    assert [r["params"]["model"]["history_length"] for r in results[1:]] == [5, 2]
+    result = CliRunner().invoke(app, [*args, "--models", "experiment:other"])
+    assert result.exit_code == 2 and "no experiment 'other'" in result.output

@@ -12,7 +12,16 @@ from freshrec.cli.context import app_of, console, fail, out
 from freshrec.datasets.files import DataFileError
 from freshrec.evaluate.log import load_log
 from freshrec.evaluate.report import table, to_json, write_json, write_report
-from freshrec.evaluate.runner import MODELS, NEEDS_TEXT, Inputs, UnknownModel, catalog_text, check_models, evaluate
+from freshrec.evaluate.runner import (
+    MODELS,
+    Inputs,
+    UnknownModel,
+    catalog_text,
+    check_models,
+    evaluate,
+    expand_experiments,
+    needs_text,
+)
 
 
 def evaluate_cmd(
@@ -21,7 +30,11 @@ def evaluate_cmd(
     out_path: Annotated[Path, typer.Option("--out", help="Where to write the JSON results.")],
     items: Annotated[Path | None, typer.Option(help="Items file, when --dataset is an events file.")] = None,
     models: Annotated[
-        str, typer.Option(help="Comma-separated models; ablations: freshrec-frozen, freshrec-ids-only, ...")
+        str,
+        typer.Option(
+            help="Comma-separated models; ablations: freshrec-frozen, freshrec-ids-only, ...; "
+            "experiment:NAME replays each arm of the configured experiment"
+        ),
     ] = ",".join(MODELS),
     warmup: Annotated[float, typer.Option(help="Share of the log used for warm-up, not scored.")] = 0.2,
     k: Annotated[int, typer.Option(help="Cut-off of HR@K, NDCG@K and coverage@K in the report.")] = 10,
@@ -38,6 +51,7 @@ def evaluate_cmd(
     if k < 1 or (limit is not None and limit < 1):
         fail("--k and --limit must be positive", 2)
     try:
+        names = expand_experiments(names, app_of(ctx).settings)
         check_models(names)
         with console.status(f"loading {dataset} ..."):
             log = load_log(dataset, items, app_of(ctx).settings.ingest)
@@ -48,7 +62,7 @@ def evaluate_cmd(
     console.print(f"{log.name}: {len(log):,} events, {log.n_users:,} users, {log.n_items:,} items")
     settings = app_of(ctx).settings
     text = None
-    if NEEDS_TEXT & set(names):
+    if any(needs_text(name) for name in names):
         with console.status(f"encoding {log.n_items:,} item texts with {settings.encoder.model} ..."):
             started = time.perf_counter()
             text = catalog_text(log, settings)

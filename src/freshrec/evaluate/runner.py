@@ -113,16 +113,60 @@ ABLATIONS: dict[str, Callable[[EventLog, Inputs], Recommender]] = {
     "freshrec-dp": _freshrec(private=True),
 }
 NEEDS_TEXT = {"freshrec", *ABLATIONS}
+EXPERIMENT = "experiment:"
+"""``experiment:NAME`` names the configured experiment's arms, each the freshrec model
+with its arm's settings: ``experiment:NAME/ARM`` (:func:`expand_experiments`)."""
 
 
 class UnknownModel(ValueError):
     pass
 
 
+def expand_experiments(names: list[str], settings: Settings) -> list[str]:
+    """``names`` with ``experiment:NAME`` replaced by one ``experiment:NAME/ARM`` per arm of
+    the configured experiment ``[experiment]``, so that its variants are replayed under
+    the protocol beside the baselines, as they are compared on live traffic."""
+    out = []
+    for name in names:
+        if name.startswith(EXPERIMENT) and "/" not in name:
+            wanted = name[len(EXPERIMENT) :]
+            if wanted != settings.experiment.name or not wanted:
+                configured = settings.experiment.name or "none"
+                raise UnknownModel(f"no experiment {wanted!r} in the settings ([experiment] name: {configured})")
+            out += [f"{name}/{arm}" for arm in settings.experiment.arms]
+        else:
+            out.append(name)
+    return out
+
+
+def needs_text(name: str) -> bool:
+    return name in NEEDS_TEXT or name.startswith(EXPERIMENT)
+
+
+def _arm(name: str) -> Callable[[EventLog, Inputs], Recommender]:
+    """The freshrec model with the settings of experiment arm ``experiment:NAME/ARM``."""
+    experiment, _, arm = name[len(EXPERIMENT) :].partition("/")
+
+    def build(log: EventLog, inputs: Inputs) -> Recommender:
+        if experiment != inputs.settings.experiment.name or arm not in inputs.settings.experiment.arms:
+            raise UnknownModel(f"{name!r} is not an arm of the configured experiment")
+        return _freshrec()(log, Inputs(inputs.settings.for_arm(arm), inputs.text))
+
+    return build
+
+
+def builder(name: str) -> Callable[[EventLog, Inputs], Recommender]:
+    if name.startswith(EXPERIMENT) and "/" in name:
+        return _arm(name)
+    return {**MODELS, **ABLATIONS}[name]
+
+
 def check_models(names: list[str]) -> None:
     for name in names:
-        if name not in MODELS and name not in ABLATIONS:
-            raise UnknownModel(f"unknown model {name!r}; available: {', '.join([*MODELS, *ABLATIONS])}")
+        if name not in MODELS and name not in ABLATIONS and not (name.startswith(EXPERIMENT) and "/" in name):
+            raise UnknownModel(
+                f"unknown model {name!r}; available: {', '.join([*MODELS, *ABLATIONS])}, experiment:NAME"
+            )
 
 
 @dataclass(frozen=True)
@@ -141,7 +185,7 @@ def run_model(
     """Replay ``log`` through a freshly built model, in this process."""
     check_models([name])
     start = time.perf_counter()
-    model = {**MODELS, **ABLATIONS}[name](log, inputs)
+    model = builder(name)(log, inputs)
     steps = replay(model, log, warmup=warmup, k=k)
     scored = len(log) - warmup_size(len(log), warmup)
     summary = summarise(_progress(steps, scored, name, progress), log.n_items, k=k)
@@ -186,7 +230,7 @@ def evaluate(
     check_models(names)
     warmup_size(len(log), warmup)  # validates the share before any work
     inputs = inputs or Inputs(Settings())
-    if any(name in NEEDS_TEXT for name in names) and inputs.text is None and inputs.settings.model.use_text:
+    if any(needs_text(name) for name in names) and inputs.text is None and inputs.settings.model.use_text:
         raise ValueError("the freshrec models need the catalog's text vectors (Inputs.text)")
     if not isolate:
         return [run_model(name, log, inputs, warmup, k, progress) for name in names]

@@ -29,7 +29,10 @@ def router(service: Service, access: Access) -> APIRouter:
         return {"experiments": [experiment.summary()] if experiment is not None else []}
 
     @routes.get(
-        "/v1/experiments/{name}", response_model=ExperimentOut, dependencies=[access.reader], responses=answers(404, 422)
+        "/v1/experiments/{name}",
+        response_model=ExperimentOut,
+        dependencies=[access.reader],
+        responses=answers(404, 422),
     )
     async def experiment(name: str) -> dict[str, Any]:
         """One experiment's figures (see ``GET /v1/experiments``)."""
