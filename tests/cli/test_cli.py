@@ -88,6 +88,29 @@ def test_demo_serves_simulated_shoppers(tmp_path: Path) -> None:
     assert list((tmp_path / "checkpoints").glob("model-*.state"))  # the learner checkpointed on the way out
 
 
+def test_a_demo_experiment_finds_the_better_variant_with_a_significant_difference(tmp_path: Path) -> None:
+    """``demo --experiment``: half the shoppers get the model learning online, half the same
+    model frozen after its warm start; their tastes drift after 10 s, which only the
+    online arm follows. The experiment must find it better, significantly."""
+    freshrec = Path(sys.executable).parent / "freshrec"
+    args = ["--items", "300", "--users", "150", "--history", "8000", "--port", "0", "--duration", "45"]
+    args += ["--drift-after", "10", "--rate", "25", "--experiment"]
+    done = subprocess.run(
+        [str(freshrec), "--data", str(tmp_path), "demo", *args],
+        env={**os.environ, **HASHING},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = " ".join(done.stdout.split())
+    online = re.search(r"online: ([\d,]+) lists, click-through ([\d.]+)", text)
+    frozen = re.search(r"frozen: ([\d,]+) lists, click-through ([\d.]+) .*?, difference (-[\d.]+) .*?\((\w+)\)", text)
+    assert online and frozen, text
+    assert int(frozen.group(1).replace(",", "")) > 100 and float(frozen.group(3)) < 0, text
+    assert frozen.group(4) == "significant", text
+
+
 def test_serve_refuses_to_run_open_or_without_keys(tmp_path: Path) -> None:
     out = run("--data", str(tmp_path), "serve", "--host", "0.0.0.0", "--insecure-no-auth", code=2)
     assert "only allowed on a loopback address" in out

@@ -9,7 +9,7 @@ the demo; the dashboard's online hit rate shows how fast the model follows.
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -22,6 +22,30 @@ from freshrec.ingest.importer import import_events, import_items
 from freshrec.learn.worker import learner_main
 from freshrec.serve.auth import Keys
 from freshrec.serve.engine import Engine
+from freshrec.settings import ArmSettings, ExperimentSettings
+
+DEMO_EXPERIMENT = ExperimentSettings(
+    name="demo",
+    arms={"online": ArmSettings(share=0.5), "frozen": ArmSettings(share=0.5, learn={"online": False})},
+)
+"""``demo --experiment`` without an ``[experiment]`` in the settings: does online learning pay?"""
+
+
+def experiment_lines(summary: dict[str, Any]) -> str:
+    """An experiment's figures per arm, as ``demo --experiment`` prints them at the end."""
+    lines = [f"experiment {summary['name']!r} ({summary['status']}), control {summary['control']!r}:"]
+    for arm, row in summary["arms"].items():
+        ctr = row["click_through"]
+        low, high = row["click_through_interval"]
+        line = f"  {arm}: {row['lists']:,} lists, click-through " + (
+            f"{ctr:.3f} [{low:.3f}, {high:.3f}]" if ctr is not None else "-"
+        )
+        if row.get("difference") is not None:
+            d_low, d_high = row["difference_interval"]
+            verdict = "significant" if row["significant"] else "not significant"
+            line += f", difference {row['difference']:+.3f} [{d_low:+.3f}, {d_high:+.3f}] ({verdict})"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def demo_cmd(
@@ -50,10 +74,20 @@ def demo_cmd(
         float | None, typer.Option(help="Stop this many seconds after the shoppers start (default: Ctrl-C).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    experiment: Annotated[
+        bool,
+        typer.Option(
+            "--experiment",
+            help="Run an A/B experiment: the [experiment] of the settings, or else the model learning "
+            "online against the same model frozen after its warm start, half the shoppers each.",
+        ),
+    ] = False,
 ) -> None:
     """Run a simulated shop against a live server: open the printed URL to watch it learn."""
     state = app_of(ctx)
     settings = state.settings
+    if experiment and not settings.experiment.name:
+        settings = settings.model_copy(update={"experiment": DEMO_EXPERIMENT})
     gen = GeneratorSettings(
         items=items, users=users, events=history, seed=seed, days=7.0, start=time.time() - 7 * 86_400
     )
@@ -76,6 +110,8 @@ def demo_cmd(
             out.print(f"\nfreshrec demo running at {url}/ (try {url}/?user=u00000); Ctrl-C to stop\n", highlight=False)
 
         tally = run_with_shoppers(engine, shoppers, rate, window, duration, on_url=announce)
+    for summary in tally.experiments:
+        out.print(experiment_lines(summary), highlight=False)
     rates = ", ".join("–" if np.isnan(r) else f"{r:.2f}" for r in tally.rates(window))
     errors = f"{tally.errors} errors" + (f", the last: {tally.last_error}" if tally.errors else "")
     out.print(

@@ -35,6 +35,8 @@ class Tally:
     last_error: str = ""
     seconds: float = 0.0
     """How long the shoppers have been at it."""
+    experiments: list[dict[str, Any]] = field(default_factory=list)
+    """The server's experiments with their figures (``GET /v1/experiments``) as the run ended."""
 
     def add(self, window: int, hit: bool) -> None:
         while len(self.clicks) <= window:
@@ -114,14 +116,17 @@ def simulate(
             user_id = f"u{user:05d}"
             now = time.time()
             try:
-                served = [i["item_id"] for i in client.recommend(user_id, k=10)["items"]]
+                listed = client.recommend(user_id, k=10)
+                served = [i["item_id"] for i in listed["items"]]
                 item = shoppers.pick_from(user, served, now)
                 hit = item is not None
+                # a click on a served item names its list, as a shop's page would
+                named = {"recommendation_id": listed["recommendation_id"]} if hit else {}
                 events: list[dict[str, Any]] = [
-                    {"user_id": user_id, "item_id": item or shoppers.find(user, now), "type": "click"}
+                    {"user_id": user_id, "item_id": item or shoppers.find(user, now), "type": "click", **named}
                 ]
                 if rng.random() < 0.15:
-                    events.append({"user_id": user_id, "item_id": events[0]["item_id"], "type": "cart"})
+                    events.append({"user_id": user_id, "item_id": events[0]["item_id"], "type": "cart", **named})
                 client.send_events(events)
                 tally.add(int((time.monotonic() - started) // window_s), hit)
             except (FreshrecError, httpx.HTTPError, ValueError, KeyError) as exc:
@@ -132,6 +137,10 @@ def simulate(
             n += 1
             tally.seconds = time.monotonic() - started
             stop.wait(max(0.0, started + n / rate - time.monotonic()))
+        try:  # the server is still up: it stops after this thread (run_with_shoppers)
+            tally.experiments = client.experiments()
+        except (FreshrecError, httpx.HTTPError) as exc:
+            tally.last_error = f"{type(exc).__name__}: {exc}"
 
 
 class Server(Protocol):
