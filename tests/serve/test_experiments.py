@@ -4,6 +4,7 @@ process, users served by their arm's model, events credited to the lists they na
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,3 +100,35 @@ def test_an_experiment_is_stopped_started_and_concluded_without_a_restart(server
     with server.api(WRITE) as writer, pytest.raises(FreshrecError) as unknown:
         writer.experiment("other")
     assert unknown.value.status == 404
+
+
+def test_the_dashboard_shows_each_arm_with_its_intervals(server: Server, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.serve.test_dashboard import CHROMIUM, FLAGS
+
+    with server.api(ADMIN) as fr:
+        wait_for(lambda: fr.experiment("lengths")["serving_arms"], timeout=120)
+        fr.start_experiment("lengths")
+        for n in range(6):
+            fr.recommend(f"u{n:05d}", k=3)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(server.url)
+        page.evaluate(f"localStorage.setItem('freshrec-key', '{READ}')")
+        page.reload()
+        expect(page.locator("#experiment")).to_be_visible()
+        expect(page.locator("#experiment-name")).to_have_text("lengths")
+        expect(page.locator("#experiment-status")).to_contain_text("running")
+        expect(page.locator("#arms tbody tr")).to_have_count(2)
+        expect(page.locator('#arms tr[data-arm="short"]')).to_contain_text("[")  # an interval
+        expect(page.locator('#arms tr[data-arm="control"]')).to_contain_text("control")
+        expect(page.locator("#chart-arms path").first).to_be_attached()
+        page.fill("#user-id", "u00001")
+        page.click("#user-form button")
+        expect(page.locator("#rec-version")).to_contain_text(f"arm {assign(server.settings.experiment, 'u00001')}")
+        shot = Path(os.environ.get("FRESHREC_SCREENSHOTS", tmp_path)) / "experiment.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()

@@ -79,7 +79,50 @@ async function refresh() {
   draw($("chart-lag-s"), [{ name: "seconds", values: g("lag_seconds") }]);
   draw($("chart-loss"), [{ name: "loss", values: g("loss") }]);
   draw($("chart-requests"), [{ name: "requests", values: se.requests }]);
+  await refreshExperiment();
   document.body.dataset.updated = String(Date.now());
+}
+
+const armSeries = {};  // arm -> click-through sampled once a second since the page opened
+
+function interval(values) {
+  return `[${(100 * values[0]).toFixed(1)}, ${(100 * values[1]).toFixed(1)}]`;
+}
+
+function percent(v) { return v === null || v === undefined ? "–" : (100 * v).toFixed(1) + " %"; }
+
+async function refreshExperiment() {
+  let data;
+  try { data = await api("/v1/experiments"); } catch (e) { return; }
+  const ex = data.experiments[0];
+  $("experiment").hidden = !ex;
+  if (!ex) return;
+  $("experiment-name").textContent = ex.name;
+  const serving = ex.serving_arms ? "arms serving" : "default model serving everyone";
+  $("experiment-status").textContent = `${ex.status}${ex.winner ? ` (winner ${ex.winner})` : ""}, ${serving}`;
+  const arms = Object.entries(ex.arms);
+  $("arms").tBodies[0].replaceChildren(...arms.map(([name, a]) => {
+    const tr = document.createElement("tr");
+    tr.dataset.arm = name;
+    let vs = name === ex.control ? "control" : "–";
+    if (a.difference !== null && a.difference !== undefined) {
+      vs = `${(100 * a.difference).toFixed(1)} pts ${interval(a.difference_interval)}${a.significant ? " significant" : ""}`;
+    }
+    const cells = [
+      name, `${(100 * a.share).toFixed(0)} %`, a.own_model ? (a.model_version ?? a.learner ?? "–") : "default",
+      fmt(a.lists), `${percent(a.click_through)} ${interval(a.click_through_interval)}`,
+      `${percent(a.hit_rate)} ${interval(a.hit_rate_interval)}`, vs,
+    ];
+    tr.replaceChildren(...cells.map((text) => { const td = document.createElement("td"); td.textContent = text; return td; }));
+    return tr;
+  }));
+  arms.forEach(([name, a]) => {
+    const values = (armSeries[name] = armSeries[name] || []);
+    values.push(a.click_through);
+    if (values.length > 600) values.shift();
+  });
+  draw($("chart-arms"), arms.map(([name]) => ({ name, values: armSeries[name] })), { min: 0 });
+  $("legend-arms").innerHTML = arms.map(([name], k) => `<span><i style="background:${COLORS[k % COLORS.length]}"></i>${name}</span>`).join("");
 }
 
 function itemLink(id, title) {
@@ -97,7 +140,8 @@ async function showUser(userId) {
       api(`/v1/users/${encodeURIComponent(userId)}/recommendations?k=10&explain=true`),
       api(`/v1/users/${encodeURIComponent(userId)}/history?n=20`),
     ]);
-    $("rec-version").textContent = recs.model_version ? `model ${recs.model_version}` : "(no model yet)";
+    const variant = recs.variant && recs.variant !== "default" ? `, arm ${recs.variant}` : "";
+    $("rec-version").textContent = (recs.model_version ? `model ${recs.model_version}` : "(no model yet)") + variant;
     const ol = $("recs");
     ol.replaceChildren(...recs.items.map((it) => {
       const li = document.createElement("li");
