@@ -236,6 +236,7 @@ class Experiment:
             models = self.arm_models.get(arm)
             scoring = (models.ranker if models is not None else self.default).scoring
             row["model_version"] = scoring.version
+            row["learned_offset"] = scoring.snapshot.offset if scoring.snapshot is not None else None
             row["learner"] = self.arm_states.get(arm) if arm in self.arm_models else "default model"
         return {
             "name": self.config.name,

@@ -128,6 +128,7 @@ class ArmOut(BaseModel):
     share: float = Field(description="The fraction of users assigned to this arm.")
     own_model: bool = Field(description="Whether the arm learns a model of its own (else the default model serves it).")
     model_version: str | None
+    learned_offset: int | None = Field(description="The log offset the arm's served model has learned up to.")
     learner: str | None = Field(description="The state of the arm's learner.")
     lists: int = Field(description="Lists served by the arm.")
     clicked: int = Field(description="Lists with at least one attributed event.")
