@@ -131,16 +131,22 @@ def write_soak(args: argparse.Namespace, r: dict[str, Any]) -> None:
 
 # -- experiment -----------------------------------------------------------------------
 def experiment_load(url: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Wait until both arms serve (the second arm's warm start runs in the server's
-    learner process), then the load of :func:`run_load` while each model's lag behind
-    the log is sampled; then how long each takes to learn the whole log."""
+    """Wait until both arms serve and follow the log (the second arm's warm start runs in
+    the server's learner process, and publishes on the way), then the load of
+    :func:`run_load` while each model's lag behind the log is sampled; then how long
+    each takes to learn the whole log."""
     import threading
+
+    def settled(summary: dict[str, Any]) -> bool:
+        own = [row for row in summary["arms"].values() if row["own_model"]]
+        return bool(summary["serving_arms"]) and all(row["learner"] == "following" for row in own)
 
     with Client(url, key=KEYS["read"]) as c:
         started = time.monotonic()
-        while not c.experiment("history")["serving_arms"]:
+        while not settled(c.experiment("history")):
             time.sleep(1.0)
         arms_ready_s = time.monotonic() - started
+        before = {arm: row["lists"] for arm, row in c.experiment("history")["arms"].items()}  # earlier runs'
         result: dict[str, Any] = {}
         runner = threading.Thread(target=lambda: result.update(run_load(url, args)))
         runner.start()
@@ -164,7 +170,7 @@ def experiment_load(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "arms_ready_s": arms_ready_s,
         "lag_events": {arm: (int(np.median(v)), max(v)) for arm, v in lags.items()},
         "caught_up_s": caught_up,
-        "lists": {arm: row["lists"] for arm, row in summary["arms"].items()},
+        "lists": {arm: row["lists"] - before[arm] for arm, row in summary["arms"].items()},
     }
 
 
@@ -181,7 +187,7 @@ def write_experiment(args: argparse.Namespace, r: dict[str, Any]) -> None:
         + " |"
         for arm, lag in r["lag_events"].items()
     )
-    body = f"""`{command}`, run on {today}: an experiment of two arms (the defaults, and `history_length = 10`), each learned online by the learner process beside `freshrec serve`, on the 10,000-item shop; {args.rps:g} recommendations/s and {args.eps:g} events/s for {args.seconds:g} s once both arms served ({r["arms_ready_s"]:.0f} s after the server answered: the second arm's warm start).
+    body = f"""`{command}`, run on {today}: an experiment of two arms (the defaults, and `history_length = 10`), each learned online by the learner process beside `freshrec serve`, on the 10,000-item shop; {args.rps:g} recommendations/s and {args.eps:g} events/s for {args.seconds:g} s once both arms served and followed the log ({r["arms_ready_s"]:.0f} s after the server answered: the second arm's warm start, or its resumption from its checkpoint).
 
 | requests | errors | p50 ms | p95 ms | p99 ms | max ms | events p50 / p99 ms |
 | --- | --- | --- | --- | --- | --- | --- |

@@ -155,6 +155,11 @@ def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], hal
         with writing:
             pipe.send_bytes(data)
 
+    own = [arm for arm in settings.experiment.arms if settings.arm_differs(arm)]
+    # the server builds every snapshot it gets: the models share one model's publish
+    # budget, each publishing as often as the others (a fair comparison of freshness)
+    interval_s = settings.serve.publish_interval_ms / 1000 * (1 + len(own))
+
     def sender_for(tag: bytes, arm: str | None) -> Sender:
         def message(m: tuple[Any, ...]) -> None:
             send(json.dumps(m if arm is None else ["arm", arm, *m]).encode())
@@ -162,17 +167,13 @@ def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], hal
         return Sender(
             lambda data: send(tag + data),
             message,
-            settings.serve.publish_interval_ms / 1000,
+            interval_s,
             settings.cluster.key(),
             full_every_s=settings.serve.snapshot_full_s,
         ).start()
 
     sender = sender_for(SNAPSHOT, None)
-    arms = {
-        arm: (settings.for_arm(arm), sender_for(ARM_SNAPSHOT + arm.encode() + b"\n", arm))
-        for arm in settings.experiment.arms
-        if settings.arm_differs(arm)
-    }
+    arms = {arm: (settings.for_arm(arm), sender_for(ARM_SNAPSHOT + arm.encode() + b"\n", arm)) for arm in own}
     try:
         checkpoints = Checkpoints.of(settings)
         run_learner(settings, store, checkpoints, sender, halt, commands=commands, arms=arms)  # type: ignore[arg-type]
