@@ -56,7 +56,8 @@ class OnnxEncoder:
                 [texts[r] for r in rows], padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
             )
             mask = tokens["attention_mask"].astype(np.int64)
-            hidden = self.session.run(None, {"input_ids": tokens["input_ids"].astype(np.int64), "attention_mask": mask})[0]
+            ids = tokens["input_ids"].astype(np.int64)
+            hidden = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
             pooled = (hidden * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)
             out[rows] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
         return out

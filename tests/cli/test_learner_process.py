@@ -164,7 +164,7 @@ def test_sigterm_during_an_import_keeps_what_was_committed_and_a_rerun_adds_the_
     importing = subprocess.Popen(
         [*cli, "import", "events", str(events)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    # well into the file: a first chunk of 10,000 is in the database (the command's start
+    # well into the file: its first chunks are in the database (the command's start
     # alone, torch's import included, takes about 3 s here: a fixed sleep raced it)
     deadline = time.monotonic() + 60
     while sum(p.stat().st_size for p in (tmp_path / "data").glob("freshrec.db*")) < 2 << 20:
@@ -178,7 +178,7 @@ def test_sigterm_during_an_import_keeps_what_was_committed_and_a_rerun_adds_the_
     said = re.search(r"interrupted by SIGTERM: ([\d,]+) events stored", " ".join(output.split()))
     assert said is not None, output
     kept = int(said.group(1).replace(",", ""))
-    assert 0 < kept < 300_000 and kept % 10_000 == 0  # whole chunks: the one in progress rolled back
+    assert 0 < kept < 300_000  # the chunk in progress rolled back: what is stored is what was said (below)
 
     def stored() -> int:
         stats = subprocess.run([*cli, "stats", "--json"], env=env, capture_output=True, text=True, check=True)
