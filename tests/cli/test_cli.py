@@ -93,7 +93,7 @@ def test_a_demo_experiment_finds_the_better_variant_with_a_significant_differenc
     model frozen after its warm start; their tastes drift after 10 s, which only the
     online arm follows. The experiment must find it better, significantly."""
     freshrec = Path(sys.executable).parent / "freshrec"
-    args = ["--items", "300", "--users", "150", "--history", "8000", "--port", "0", "--duration", "45"]
+    args = ["--items", "300", "--users", "150", "--history", "8000", "--port", "0", "--duration", "30"]
     args += ["--drift-after", "10", "--rate", "25", "--experiment"]
     done = subprocess.run(
         [str(freshrec), "--data", str(tmp_path), "demo", *args],

@@ -26,12 +26,11 @@ from pydantic import ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from freshrec.settings.experiment import ArmSettings, ExperimentSettings
 from freshrec.settings.sections import (
-    ArmSettings,
     BlendSettings,
     ClusterSettings,
     EncoderSettings,
-    ExperimentSettings,
     FeedbackSettings,
     IngestSettings,
     LearnSettings,
