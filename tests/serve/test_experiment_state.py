@@ -74,3 +74,11 @@ def test_changes_are_checked_and_a_bad_stored_state_is_refused(store: Store) -> 
     store.publish("experiment:colours:counts", b'{"blue": {"lists": -3}}')
     store.publish("experiment:colours", b'{"status": "running", "winner": null, "changed_at": 1}')
     assert started(store, [0.0]).counts["blue"].lists == 0  # unreadable counts are ignored, with a warning
+
+
+def test_a_change_made_elsewhere_is_seen_at_the_next_refresh(store: Store) -> None:
+    serving, elsewhere = started(store, [0.0]), started(store, [0.0])
+    elsewhere.change("stopped")
+    assert serving.route("someone").arm is not None  # not yet read
+    serving.refresh()  # the server does this once a second
+    assert serving.state["status"] == "stopped" and serving.route("someone").variant == "default"

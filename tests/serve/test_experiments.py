@@ -12,7 +12,9 @@ import pytest
 
 from freshrec.client import FreshrecError
 from freshrec.experiments import assign
+from freshrec.settings import ExperimentSettings, LearnSettings, ModelSettings
 from tests.serve.conftest import ADMIN, READ, WRITE, Server, make_settings, start_server, wait_for
+from tests.serve.test_erasure import holding
 
 ARMS = {"control": {"share": 0.5}, "short": {"share": 0.5, "model": {"history_length": 2}}}
 
@@ -21,7 +23,12 @@ ARMS = {"control": {"share": 0.5}, "short": {"share": 0.5, "model": {"history_le
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("experiment")
     settings = make_settings(data).model_copy(
-        update={"experiment": make_settings(data).experiment.model_validate({"name": "lengths", "arms": ARMS})}
+        update={
+            "experiment": ExperimentSettings.model_validate({"name": "lengths", "arms": ARMS}),
+            # user rows and frequent checkpoints: a deleted user's learned row must leave every arm's
+            "model": ModelSettings(dim=16, history_length=8, heads=2, use_user_ids=True),
+            "learn": LearnSettings(epochs=1, batch_size=64, max_wait_ms=50, checkpoint_every=20),
+        }
     )
     yield from start_server(data, settings)
 
@@ -132,3 +139,15 @@ def test_the_dashboard_shows_each_arm_with_its_intervals(server: Server, tmp_pat
         shot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
+
+
+def test_a_deleted_user_is_erased_from_every_arm(server: Server) -> None:
+    data, victim = server.settings.data_dir, "victim-arms-0c4e1b"
+    arm = data / "arms" / "short"
+    with server.api(ADMIN) as fr:
+        events = [{"user_id": victim, "item_id": f"i{n * 7 % 120:06d}", "type": "purchase"} for n in range(40)]
+        assert fr.send_events(events)["accepted"] == 40
+        wait_for(lambda: holding(arm, victim) != [], timeout=60, every=0.5)  # the arm's checkpoint has them
+        fr.delete_user(victim)
+        wait_for(lambda: fr.status()["erasures_pending"] == 0, timeout=60)
+        wait_for(lambda: holding(data, victim) == [], timeout=30)  # the default's files and the arm's

@@ -18,6 +18,7 @@ the encoder's loading and the once-a-second sampling of the figures;
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ from freshrec.settings import Settings
 from freshrec.storage.base import Store
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,10 @@ class Service:
             self.figures.tick()
             if self.experiment is not None:
                 self.experiment.save()
+                try:  # a change made through another process (a script on the store) shows within a second
+                    self.experiment.refresh()
+                except Exception as exc:  # keep serving with the state known
+                    log.warning("could not read the experiment's state: %s", exc)
 
     def _arm_models(self) -> list[Models]:
         return list(self.experiment.arm_models.values()) if self.experiment is not None else []
