@@ -150,7 +150,8 @@ class Service:
         the requests that arrived at the same time (:mod:`freshrec.serve.batching`). With
         an experiment, the model of the user's arm ranks (:mod:`freshrec.serve.experiments`)."""
         user_id = self.validator.user_key(user_id)
-        route = self.experiment.route(user_id) if self.experiment is not None else None
+        experiment = self.experiment
+        route = experiment.route(user_id) if experiment is not None else None
         ranker = route.ranker if route is not None else self.ranker
         scoring = ranker.scoring
         # the model reads the last history_length events; exclude_seen needs the
@@ -162,9 +163,9 @@ class Service:
         version, items = await self._ranked(ranker, history, options)
         ids = [r.item_id for r in items]
         self.live.served_list(user_id, ids)
-        if route is None:
+        if experiment is None or route is None:
             return Served(version, items, new_list_id(), DEFAULT_VARIANT)
-        return Served(version, items, self.experiment.served(route, user_id, ids), route.variant)  # type: ignore[union-attr]
+        return Served(version, items, experiment.served(route, user_id, ids), route.variant)
 
     async def recommend_guest(self, history: list[Event], options: Options) -> Served:
         """Recommendations for a history the store does not hold (:mod:`freshrec.serve.guests`):
