@@ -69,18 +69,24 @@ def test_import_items_and_events_from_generated_data(tmp_path: Path) -> None:
     assert (s["items"], s["items_embedded"], s["events"]) == (50, 50, 300)
 
 
-def test_demo_serves_simulated_shoppers(tmp_path: Path) -> None:
-    """The README's first command, as a real process, for a few seconds."""
+def demo(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``freshrec demo`` as a real process (the hashing encoder); it must end cleanly."""
     freshrec = Path(sys.executable).parent / "freshrec"
-    args = ["--items", "80", "--users", "15", "--history", "600", "--port", "0", "--duration", "8", "--rate", "25"]
     done = subprocess.run(
-        [str(freshrec), "--data", str(tmp_path), "demo", *args],
+        [str(freshrec), "--data", str(data), "demo", *args],
         env={**os.environ, **HASHING},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_demo_serves_simulated_shoppers(tmp_path: Path) -> None:
+    """The README's first command, as a real process, for a few seconds."""
+    args = ["--items", "80", "--users", "15", "--history", "600", "--port", "0", "--duration", "8", "--rate", "25"]
+    done = demo(tmp_path, *args)
     assert re.search(r"freshrec demo running at http://127\.0\.0\.1:\d+/", done.stdout)
     clicks = re.search(r"\(([\d,]+) clicks, 0 errors\)", done.stdout)
     assert clicks and int(clicks.group(1).replace(",", "")) > 20, done.stdout
@@ -92,17 +98,8 @@ def test_a_demo_experiment_finds_the_better_variant_with_a_significant_differenc
     """``demo --experiment``: half the shoppers get the model learning online, half the same
     model frozen after its warm start; their tastes drift after 10 s, which only the
     online arm follows. The experiment must find it better, significantly."""
-    freshrec = Path(sys.executable).parent / "freshrec"
     args = ["--items", "300", "--users", "150", "--history", "8000", "--port", "0", "--duration", "30"]
-    args += ["--drift-after", "10", "--rate", "25", "--experiment"]
-    done = subprocess.run(
-        [str(freshrec), "--data", str(tmp_path), "demo", *args],
-        env={**os.environ, **HASHING},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = demo(tmp_path, *args, "--drift-after", "10", "--rate", "25", "--experiment")
     text = " ".join(done.stdout.split())
     online = re.search(r"online: ([\d,]+) lists, click-through ([\d.]+)", text)
     frozen = re.search(r"frozen: ([\d,]+) lists, click-through ([\d.]+) .*?, difference (-[\d.]+) .*?\((\w+)\)", text)

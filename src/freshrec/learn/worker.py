@@ -279,27 +279,7 @@ def run_learner(
                     sender.message("state", f"waiting for the store: {exc}", True)
                     halt.wait(5.0)
                     continue
-            try:
-                if learner.model is None:
-                    if checkpoints.current() is None:
-                        sender.message("state", "warm start", True)
-                        learner.train(halt)
-                    else:
-                        sender.message("state", "loading checkpoint", True)
-                        learner.resume()
-                sender.message("state", "following", True)
-                gc.freeze()  # the model is long-lived: keep it out of the collector's scans
-                learner.follow(halt, feed=feed)
-            except NoCatalog as exc:
-                sender.message("state", f"waiting: {exc}", False)
-                feed.wait(halt, 2.0)  # deletions are carried out meanwhile
-            except Interrupted as exc:
-                log.warning("shutting down: %s", exc)
-            except Exception as exc:  # keep going; the learner retries from its checkpoint
-                log.exception("learner failed")
-                sender.message("state", f"failed ({type(exc).__name__}: {exc}); retrying", True)
-                learner.model = None
-                halt.wait(5.0)
+            learn_until_halted(learner, sender, halt, feed)
     finally:
         if commands is not None:
             commander.join(timeout=5)
@@ -321,26 +301,35 @@ def _learn_arm(learner: Learner, sender: Sender, halt: threading.Event, lease: L
             learner.model = None  # whatever it learned meanwhile, the lease's holder has learned too
             halt.wait(1.0)
             continue
-        try:
-            if learner.model is None:
-                if learner.checkpoints.current() is None:
-                    sender.message("state", "warm start", True)
-                    learner.train(halt)
-                else:
-                    sender.message("state", "loading checkpoint", True)
-                    learner.resume()
-            sender.message("state", "following", True)
-            learner.follow(halt)
-        except NoCatalog as exc:
-            sender.message("state", f"waiting: {exc}", False)
-            halt.wait(2.0)
-        except Interrupted as exc:
-            log.warning("experiment arm shutting down: %s", exc)
-        except Exception as exc:
-            log.exception("an experiment arm's learner failed")
-            sender.message("state", f"failed ({type(exc).__name__}: {exc}); retrying", True)
-            learner.model = None
-            halt.wait(5.0)
+        learn_until_halted(learner, sender, halt, Polling())
+
+
+def learn_until_halted(learner: Learner, sender: Sender, halt: threading.Event, feed: Feed) -> None:
+    """Resume ``learner`` from its checkpoint (or warm-start it) if it holds no model, then
+    follow the log until ``halt``. A failure is reported through ``sender`` and ends the
+    call after a pause: the caller calls again and the learner starts over from its
+    checkpoint."""
+    try:
+        if learner.model is None:
+            if learner.checkpoints.current() is None:
+                sender.message("state", "warm start", True)
+                learner.train(halt)
+            else:
+                sender.message("state", "loading checkpoint", True)
+                learner.resume()
+        sender.message("state", "following", True)
+        gc.freeze()  # the model is long-lived: keep it out of the collector's scans
+        learner.follow(halt, feed=feed)
+    except NoCatalog as exc:
+        sender.message("state", f"waiting: {exc}", False)
+        feed.wait(halt, 2.0)  # deletions are carried out meanwhile
+    except Interrupted as exc:
+        log.warning("shutting down: %s", exc)
+    except Exception as exc:  # keep going; the learner retries from its checkpoint
+        log.exception("learner failed")
+        sender.message("state", f"failed ({type(exc).__name__}: {exc}); retrying", True)
+        learner.model = None
+        halt.wait(5.0)
 
 
 class BusFeed:
