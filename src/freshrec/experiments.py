@@ -14,6 +14,7 @@ from the two Wilson intervals (Newcombe 1998, method 10).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Mapping
@@ -90,19 +91,13 @@ class ArmCounts:
     """Positive events of the arm's users who had been served a list."""
 
     def as_dict(self) -> dict[str, int]:
-        return {
-            "lists": self.lists,
-            "clicked": self.clicked,
-            "attributed": self.attributed,
-            "hits": self.hits,
-            "trials": self.trials,
-        }
+        return dataclasses.asdict(self)
 
     @classmethod
     def of(cls, data: Mapping[str, object]) -> ArmCounts:
         """Counts read back from JSON; anything but non-negative integers is refused."""
         values = {}
-        for name in ("lists", "clicked", "attributed", "hits", "trials"):
+        for name in (f.name for f in dataclasses.fields(cls)):
             value = data.get(name, 0)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"experiment count {name!r} must be a non-negative integer, got {value!r}")

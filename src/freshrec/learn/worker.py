@@ -155,7 +155,7 @@ def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], hal
         with writing:
             pipe.send_bytes(data)
 
-    own = [arm for arm in settings.experiment.arms if settings.arm_differs(arm)]
+    own = settings.own_arms()
     # the server builds every snapshot it gets: the models share one model's publish
     # budget, each publishing as often as the others (a fair comparison of freshness)
     interval_s = settings.serve.publish_interval_ms / 1000 * (1 + len(own))

@@ -61,7 +61,7 @@ class Engine:
         self.service = Service(store, settings)
         self.replica: Replica | None = None
         self.process: Any = None
-        own = [arm for arm in settings.experiment.arms if settings.arm_differs(arm)]
+        own = settings.own_arms()
         if own and role != "all":
             raise ValueError(
                 f"experiment {settings.experiment.name!r} has arms with models of their own ({', '.join(own)}): "

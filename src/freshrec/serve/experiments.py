@@ -22,6 +22,7 @@ blob too, written at most once a second, so a crash loses at most that second.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import secrets
@@ -238,7 +239,7 @@ class Experiment:
     def summary(self) -> dict[str, Any]:
         """The experiment as ``/v1/experiments`` shows it."""
         with self._lock:
-            counts = {arm: ArmCounts(**c.as_dict()) for arm, c in self.counts.items()}
+            counts = {arm: dataclasses.replace(c) for arm, c in self.counts.items()}
         arms = report(counts, self.control)
         for arm, row in arms.items():
             row["share"] = self.config.arms[arm].share

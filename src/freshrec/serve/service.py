@@ -97,8 +97,7 @@ class Service:
         if settings.experiment.name:
             arm_models = {
                 arm: Models(Ranker(self.catalog, settings.serve.retrieval), settings.cluster, self.metrics, arm)
-                for arm in settings.experiment.arms
-                if settings.arm_differs(arm)
+                for arm in settings.own_arms()
             }
             self.experiment = Experiment(store, settings, self.ranker, arm_models, self.metrics, clock)
             self.intake.stored_hooks.append(self.experiment.events)

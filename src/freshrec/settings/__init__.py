@@ -149,6 +149,10 @@ class Settings(BaseSettings):
         other = self.for_arm(arm)
         return (other.model, other.learn) != (self.model, self.learn)
 
+    def own_arms(self) -> list[str]:
+        """The experiment's arms that learn models of their own, in their order."""
+        return [arm for arm in self.experiment.arms if self.arm_differs(arm)]
+
 
 def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """``base`` with ``overrides`` laid over it, nested tables key by key."""

@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from freshrec.serve.experiments import ExperimentError
+from freshrec.serve.experiments import Experiment, ExperimentError
 from freshrec.serve.http import Access, answers
 from freshrec.serve.intake import Problem
 from freshrec.serve.schemas import Conclusion, ExperimentOut, Experiments
@@ -14,7 +14,7 @@ from freshrec.serve.service import Service
 def router(service: Service, access: Access) -> APIRouter:
     routes = APIRouter(tags=["experiments"])
 
-    def named(name: str) -> Any:
+    def named(name: str) -> Experiment:
         experiment = service.experiment
         if experiment is None or experiment.config.name != name:
             raise Problem(404, f"no experiment {name!r} is configured ([experiment] in the settings)")
@@ -36,7 +36,7 @@ def router(service: Service, access: Access) -> APIRouter:
     )
     async def experiment(name: str) -> dict[str, Any]:
         """One experiment's figures (see ``GET /v1/experiments``)."""
-        return named(name).summary()  # type: ignore[no-any-return]
+        return named(name).summary()
 
     def change(name: str, status: str, winner: str | None = None) -> dict[str, Any]:
         experiment = named(name)
@@ -44,7 +44,7 @@ def router(service: Service, access: Access) -> APIRouter:
             experiment.change(status, winner)
         except ExperimentError as exc:
             raise Problem(422, str(exc)) from None
-        return experiment.summary()  # type: ignore[no-any-return]
+        return experiment.summary()
 
     @routes.post(
         "/v1/experiments/{name}/start",
