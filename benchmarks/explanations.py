@@ -3,13 +3,15 @@
     python benchmarks/explanations.py [--dataset ../shared/data/ml-100k] [--lists 1000] [--checked 100]
 
 Warm-starts the default model on the whole log (as `freshrec serve` does on an
-imported store), publishes it to a ranker over the catalog with its text vectors, and
+imported store), publishes it with its blend (weights and counts) to a ranker over
+the catalog with its text vectors, and
 asks for ``--lists`` lists of 10 with ``explain=true``, each for a random user's last
 ``history_length`` events an hour after the latest. Reports the mean share of a list's
 items under its most frequent explanation, how often the named event is the user's
 latest one, and, on the first ``--checked`` lists, whether removing the named event
 lowers the item's score more than removing any other event of the history (each
-history without each event, scored again through the ranker).
+history without each event, scored again through the ranker with the blend's weights
+of the whole history's context held, as explanations hold them).
 """
 
 from __future__ import annotations
@@ -53,11 +55,15 @@ def main() -> None:
     catalog = Catalog()
     catalog.put([Item(i, title=t) for i, t in zip(ids, log.catalog.titles, strict=True)], text.astype(np.float32))
     ranker = Ranker(catalog)
-    ranker.publish(Snapshot.of(model.net, ids, [], checkpoint=1, updates=0, offset=len(log)))
+    part = model.blend_part()
+    if part is not None and model.signals is not None:
+        part["signals"] = model.signals.state()
+    ranker.publish(Snapshot.of(model.net, ids, [], checkpoint=1, updates=0, offset=len(log), blend=part))
 
     counts = np.bincount(log.user, minlength=log.n_users)
     rng = np.random.default_rng(0)
     shares, latest, named, checked, faithful = [], 0, 0, 0, 0
+    reasons: Counter[str | None] = Counter()
     for n, user in enumerate(rng.choice(np.flatnonzero(counts), args.lists)):
         rows = sequences.order[sequences.start[user] : sequences.start[user] + counts[user]][-length:]
         past = [
@@ -67,13 +73,17 @@ def main() -> None:
         now = past[-1].timestamp + 3_600
         listed = ranker.recommend(past, now, Options(K, explain=True))
         shares.append(max(Counter(r.explanation for r in listed).values()) / len(listed))
+        reasons.update(r.reason for r in listed)
         for r in listed:
             if r.because:
                 named += 1
                 latest += r.because[0].item_id == past[-1].item_id
         if n < args.checked:
             rescored = [
-                {x.item_id: x.score for x in ranker.recommend(past[:j] + past[j + 1 :], now, everything(log.n_items))}
+                {
+                    x.item_id: x.score
+                    for x in ranker.recommend(past[:j] + past[j + 1 :], now, everything(log.n_items), held=past)
+                }
                 for j in range(len(past))
             ]
             for r in listed:
@@ -89,7 +99,13 @@ def main() -> None:
         "| lists | mean share of a list under its most frequent explanation | named event is the user's latest "
         "| removing the named event lowers the item's score most |\n| --- | --- | --- | --- |\n"
         f"| {args.lists:,} | {np.mean(shares):.3f} | {latest / max(named, 1):.1%} of {named:,} explained items "
-        f"| {faithful:,} of {checked:,} items (the first {args.checked} lists) |"
+        f"| {faithful:,} of {checked:,} items (the first {args.checked} lists) |\n\n"
+        "What placed the listed items (the blend's feature that raised each most above the average item): "
+        + ", ".join(
+            f"{name or 'the network alone'} {count / sum(reasons.values()):.1%}"
+            for name, count in reasons.most_common()
+        )
+        + "."
     )
     write_section("explanations", "Explanations (issue 19)", body)
 

@@ -95,14 +95,14 @@ def test_demo_serves_simulated_shoppers(tmp_path: Path) -> None:
 
 
 def test_a_demo_experiment_finds_the_better_variant_with_a_significant_difference(tmp_path: Path) -> None:
-    """``demo --experiment``: half the shoppers get the model learning online, half the same
-    model frozen after its warm start; their tastes drift after 10 s, which only the
-    online arm follows. The experiment must find it better, significantly."""
+    """``demo --experiment``: half the shoppers get the model learning online, half a static
+    one (the network alone, frozen after its warm start); their tastes drift after 10 s,
+    which the online arm follows. The experiment must find it better, significantly."""
     args = ["--items", "300", "--users", "150", "--history", "8000", "--port", "0", "--duration", "30"]
     done = demo(tmp_path, *args, "--drift-after", "10", "--rate", "25", "--experiment")
     text = " ".join(done.stdout.split())
     online = re.search(r"online: ([\d,]+) lists, click-through ([\d.]+)", text)
-    frozen = re.search(r"frozen: ([\d,]+) lists, click-through ([\d.]+) .*?, difference (-[\d.]+) .*?\((\w+)\)", text)
+    frozen = re.search(r"static: ([\d,]+) lists, click-through ([\d.]+) .*?, difference (-[\d.]+) .*?\((\w+)\)", text)
     assert online and frozen, text
     assert int(frozen.group(1).replace(",", "")) > 100 and float(frozen.group(3)) < 0, text
     assert frozen.group(4) == "significant", text

@@ -25,6 +25,8 @@ from freshrec.model.snapshot import Snapshot
 
 
 class Payload:
+    blend = None
+
     def to_bytes(self, key: bytes | None = None) -> bytes:
         return b"snapshot"
 

@@ -131,6 +131,7 @@ def test_recommendations_follow_the_filters(server: Server) -> None:
         seen = {e["item_id"] for e in c.history(user, n=1000)["events"]}
         assert not seen & {i["item_id"] for i in items}
         assert all(i["explanation"] and i["title"] for i in items)
+        assert all(i["reason"] for i in items)  # the learner's blend ranked them, the feature that placed each
         # explanations only ever name this user's own history
         assert {b["item_id"] for i in items for b in i["because"] or ()} <= seen
         assert seen & {i["item_id"] for i in c.recommend(user, k=50, exclude_seen=False)["items"]}

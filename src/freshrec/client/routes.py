@@ -32,6 +32,7 @@ class Ranked(TypedDict, total=False):
     title: str
     explanation: str | None
     because: list[Json] | None
+    reason: str | None
 
 
 class Recommendations(TypedDict, total=False):

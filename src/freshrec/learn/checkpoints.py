@@ -177,6 +177,10 @@ class Checkpoints:
             return None
         _, state = self.load(version.version)
         net = state["model"]["trainer"]["net"]
+        model = state["model"]
+        blend = None
+        if settings.model.blend.enabled and "signals" in model and "gate" in model:
+            blend = {"weight": model["gate"]["weight"], "counted": [], "signals": model["signals"]}
         snapshot = Snapshot(
             checkpoint=version.version,
             updates=0,
@@ -187,6 +191,7 @@ class Checkpoints:
             settings=settings.model,
             rating_scale=settings.ingest.rating_max,
             loss=version.loss,
+            blend=blend,
         )
         snapshot.validate()
         return snapshot

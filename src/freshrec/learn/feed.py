@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 IDLE_S = 1.0
@@ -33,3 +35,19 @@ class Polling:
 
     def learned(self, offset: int) -> None:
         pass
+
+
+def at_most_every(seconds: float, action: Callable[[], None]) -> Callable[[], None]:
+    """A callback that runs ``action`` once ``seconds`` have passed since it last ran (or
+    since it was made): the warm start publishes the model this way from its steps, so
+    serving gets a learned model within seconds of a first start, and better ones as the
+    warm start goes on."""
+    last = time.monotonic()
+
+    def maybe() -> None:
+        nonlocal last
+        if time.monotonic() - last >= seconds:
+            action()
+            last = time.monotonic()
+
+    return maybe

@@ -30,7 +30,7 @@ from freshrec.domain import Event
 from freshrec.encoders import encoder_key
 from freshrec.ingest.hygiene import Quarantine
 from freshrec.learn.checkpoints import Checkpoints, Version, with_text, without_text
-from freshrec.learn.feed import IDLE_S, Feed, Polling
+from freshrec.learn.feed import IDLE_S, Feed, Polling, at_most_every
 from freshrec.learn.histories import Histories
 from freshrec.learn.items import CATALOG_S, ItemCodes, NoCatalog
 from freshrec.learn.recommender import build_freshrec
@@ -115,12 +115,20 @@ class Learner:
                 self.model.add_items(vectors)
 
     def _new_model(self, text: np.ndarray) -> FreshRec:
-        """The network alone, without the blend: serving ranks with the network's
-        snapshot only, so the blend's counts would cost the learner time and
-        memory (a batch's features grow with the catalog) for nothing."""
+        """The model of the settings; its counts keep a journal of what they take in,
+        which the snapshots carry to serving (:meth:`FreshRec.blend_part`)."""
         s = self.settings
-        model = s.model.model_copy(update={"blend": s.model.blend.model_copy(update={"enabled": False})})
-        return build_freshrec(len(text), text, model, s.learn, s.feedback, s.ingest, progress=self.progress)
+        model = build_freshrec(len(text), text, s.model, s.learn, s.feedback, s.ingest, progress=self.progress)
+        if model.signals is not None:
+            model.signals.journal = []
+        return model
+
+    def counts(self) -> dict[str, Any] | None:
+        """The blend's counts as they are now (``None`` without a blend), for a whole
+        snapshot: serving's copy takes them, then what later snapshots say was counted."""
+        with self._lock:
+            signals = self.model.signals if self.model is not None else None
+            return signals.state() if signals is not None else None
 
     def _histories(self, user_ids: list[str | None] | None = None) -> Histories:
         s = self.settings
@@ -200,7 +208,7 @@ class Learner:
         del parts
         self.model = self._new_model(text)
         self.state.offset = last
-        publish = self._publishing_every(self.settings.learn.warm_publish_s)
+        publish = at_most_every(self.settings.learn.warm_publish_s, self._publish)
 
         def step() -> None:
             if stop is not None and stop.is_set():
@@ -379,21 +387,8 @@ class Learner:
             updates=self.updates,
             offset=self.state.offset,
             loss=None if np.isnan(loss) else float(loss),
+            blend=self.model.blend_part(),
         )
-
-    def _publishing_every(self, seconds: float) -> Callable[[], None]:
-        """A callback for the warm start's steps that publishes the model once
-        ``seconds`` have passed since the last time: serving gets a learned model
-        within seconds of a first start, and better ones as the warm start goes on."""
-        last = time.monotonic()
-
-        def maybe_publish() -> None:
-            nonlocal last
-            if time.monotonic() - last >= seconds:
-                self._publish()
-                last = time.monotonic()
-
-        return maybe_publish
 
     def _publish(self) -> None:
         if self.on_update is not None:

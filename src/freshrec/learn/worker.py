@@ -19,6 +19,7 @@ A deployment's only learner (``serve --role learner``) runs the same loop,
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -80,6 +81,10 @@ class Sender:
         """Signs each snapshot (``[cluster] snapshot_key``)."""
         self.fence: Callable[[], bool] | None = None
         """While it returns false (the learner lost the store's lease), snapshots are dropped."""
+        self.counts: Callable[[], dict[str, Any] | None] | None = None
+        """The blend's counts now (:meth:`~freshrec.learn.online.Learner.counts`), put in
+        each whole snapshot; without it (a receiver that may miss a delivery) snapshots go
+        without the blend and serving ranks with the network alone."""
         self.pending: Snapshot | None = None
         self.closed = False
         self.lock = threading.Condition()
@@ -93,6 +98,11 @@ class Sender:
 
     def snapshot(self, snapshot: Snapshot) -> None:
         with self.lock:
+            pending = self.pending
+            if pending is not None and pending.blend is not None and snapshot.blend is not None:
+                # the one replaced is never sent: what it counted goes with this one
+                counted = [*pending.blend["counted"], *snapshot.blend["counted"]]
+                snapshot = dataclasses.replace(snapshot, blend={**snapshot.blend, "counted": counted})
             self.pending = snapshot
             self.lock.notify()
 
@@ -123,11 +133,16 @@ class Sender:
 
     def _encode(self, snapshot: Snapshot) -> bytes:
         previous, now = self._delivered, time.monotonic()
+        if self.counts is None and snapshot.blend is not None:
+            snapshot = dataclasses.replace(snapshot, blend=None)
         if previous is not None and self.full_every_s and now - self._whole_at < self.full_every_s:
             delta = delta_since(snapshot, previous)
             if delta is not None and 2 * len(delta.rows) <= len(snapshot.item_ids):
                 return delta.to_bytes(self.key)
         self._whole_at = now
+        if snapshot.blend is not None and self.counts is not None:
+            # counts taken now, perhaps past the snapshot: serving skips what they hold
+            snapshot = dataclasses.replace(snapshot, blend={**snapshot.blend, "counted": [], "signals": self.counts()})
         return snapshot.to_bytes(self.key)
 
     def close(self, timeout_s: float | None = None) -> None:
@@ -223,6 +238,9 @@ def run_learner(
         arm: (Learner(store, s, Checkpoints.of(s), on_update=arm_sender.snapshot), arm_sender)
         for arm, (s, arm_sender) in (arms or {}).items()
     }
+    for one, its_sender in [(learner, sender), *others.values()]:
+        if its_sender.full_every_s:  # a receiver that gets every delivery in order: the pipe
+            its_sender.counts = one.counts
 
     owned = lease is None  # a lease handed in is the caller's to release
     lease = lease or Lease(store, settings.learn.lease_s)

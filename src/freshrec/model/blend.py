@@ -21,6 +21,7 @@ is that feature alone, which is where it starts: the network.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from freshrec.model.base import Interactions
-from freshrec.settings import BlendSettings
+from freshrec.model.counted import Counted
+from freshrec.model.signals import CountSignals
+from freshrec.settings import BlendSettings, ModelSettings
 
 HISTORY_EDGES = (1, 2, 5, 10, 20)
 """Context buckets by the number of events in the user's (truncated) history:
@@ -48,6 +51,58 @@ class Features:
     per_query: Tensor
     per_item: Tensor
     context: Tensor
+
+
+LEARNED_NEAREST = "learned-nearest"
+"""The blend's one feature from the network's own item vectors: nearest in the
+network's item space (IDs and text as learned so far), as text-nearest is in the
+frozen text space."""
+
+
+def feature_names(signals: CountSignals) -> list[str]:
+    """The blend's features, in the order of its weights' columns."""
+    q, names = signals.n_per_query, signals.names
+    return ["network", *names[:q], LEARNED_NEAREST, *names[q:]]
+
+
+def new_signals(n_items: int, settings: ModelSettings, text: np.ndarray | None) -> CountSignals:
+    """The count signals the blend of ``settings`` reads (text features only with text)."""
+    b = settings.blend
+    return CountSignals(n_items, b.window, b.half_lives, text if settings.use_text else None, b.time_half_lives)
+
+
+def raw_part(part: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``part`` as :mod:`freshrec.serialization` writes it (increments as dicts)."""
+    if part is None:
+        return None
+    return {**part, "counted": [c.to_raw() if isinstance(c, Counted) else c for c in part["counted"]]}
+
+
+def check_part(part: object, settings: ModelSettings) -> None:
+    """:class:`ValueError` unless ``part`` is what a learner sends serving of its blend
+    (see :meth:`freshrec.model.freshrec.FreshRec.blend_part`): the weights, what was
+    counted since the last snapshot and, in a whole one, the counts themselves."""
+    if not isinstance(part, dict) or set(part) != {"weight", "counted", "signals"}:
+        raise ValueError("blend: unexpected fields")
+    if not settings.blend.enabled:
+        raise ValueError("blend sent for settings without one")
+    probe = new_signals(0, settings, np.zeros((0, 1), np.float32))
+    weight = part["weight"]
+    shape = (sum(N_CONTEXTS), len(feature_names(probe)))
+    if not isinstance(weight, Tensor) or tuple(weight.shape) != shape or weight.dtype != torch.float32:
+        raise ValueError(f"blend weight must be a float32 tensor of shape {shape}")
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError("blend weight holds values that are not finite")
+    counted = part["counted"]
+    if not isinstance(counted, list):
+        raise ValueError("blend counted must be a list")
+    width = max(settings.blend.window, 3)
+    part["counted"] = [c if isinstance(c, Counted) else Counted.from_raw(c, width) for c in counted]
+    seqs = [c.seq for c in part["counted"]]
+    if any(b != a + 1 for a, b in itertools.pairwise(seqs)):
+        raise ValueError("blend counted increments out of order")
+    if part["signals"] is not None:
+        probe.check(part["signals"])
 
 
 GAP_EDGES = (60.0, 3_600.0, 86_400.0, 7 * 86_400.0)
@@ -86,13 +141,7 @@ class Gate:
         return torch.from_numpy(np.stack([by_length, N_CONTEXTS[0] + by_gap], axis=1).astype(np.int64))
 
     def _logits(self, f: Features, rows: slice | None, weight: Tensor) -> Tensor:
-        network, per_query, context = f.network, f.per_query, f.context
-        if rows is not None:
-            network, per_query, context = network[rows], per_query[rows], context[rows]
-        w = weight[context].sum(1)
-        q = 1 + self.n_per_query
-        per_item = (weight[:, q:] @ f.per_item.T)[context].sum(1)  # one row per context, then picked
-        return torch.baddbmm((per_item + w[:, :1] * network).unsqueeze(1), w[:, None, 1:q], per_query).squeeze(1)
+        return blended(weight, self.n_per_query, f, rows)
 
     def combine(self, features: Features) -> Tensor:
         """``(B, n_items)`` blended scores."""
@@ -138,6 +187,28 @@ class Gate:
         with torch.no_grad():
             self.weight.copy_(state["weight"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def blended(weight: Tensor, n_per_query: int, f: Features, rows: slice | None = None) -> Tensor:
+    """``(B, n_items)``: the scores of the blend with these weights (rows of contexts by
+    features, as :class:`Gate` learns them); also what a server computes with the
+    weights it was sent."""
+    network, per_query, context = f.network, f.per_query, f.context
+    if rows is not None:
+        network, per_query, context = network[rows], per_query[rows], context[rows]
+    w = weight[context].sum(1)
+    q = 1 + n_per_query
+    per_item = (weight[:, q:] @ f.per_item.T)[context].sum(1)  # one row per context, then picked
+    return torch.baddbmm((per_item + w[:, :1] * network).unsqueeze(1), w[:, None, 1:q], per_query).squeeze(1)
+
+
+def contributions(weight: Tensor, n_per_query: int, f: Features, row: int, items: Tensor) -> Tensor:
+    """``(len(items), n_features)``: what each feature adds to query ``row``'s blended
+    score of each of ``items`` (they sum to :func:`blended`'s scores)."""
+    w = weight[f.context[row]].sum(0)
+    q = 1 + n_per_query
+    parts = torch.cat([f.network[row, items, None], f.per_query[row][:, items].T, f.per_item[items]], 1)
+    return parts * torch.cat([w[:1], w[1:q], w[q:]])
 
 
 def seen_mask(batch: Interactions, n_items: int) -> Tensor:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from freshrec import serialization
+from freshrec.model.blend import check_part, raw_part
 from freshrec.model.sequence import untouched
 from freshrec.model.snapshot import Snapshot, check_tensor, expected_state
 
@@ -56,9 +57,12 @@ class SnapshotDelta:
     loss: float | None = None
     created: float = field(default_factory=time.time)
     serial: int = field(default_factory=lambda: secrets.randbits(62))
+    blend: dict[str, Any] | None = None
+    """The blend's weights and what its counts took in since the parent (see
+    :attr:`Snapshot.blend`), never the counts themselves."""
 
     def to_bytes(self, key: bytes | None = None) -> bytes:
-        return serialization.dumps({**self.__dict__, "kind": KIND}, key)
+        return serialization.dumps({**self.__dict__, "blend": raw_part(self.blend), "kind": KIND}, key)
 
 
 def delta_since(current: Snapshot, previous: Snapshot) -> SnapshotDelta | None:
@@ -97,6 +101,7 @@ def delta_since(current: Snapshot, previous: Snapshot) -> SnapshotDelta | None:
         loss=current.loss,
         created=current.created,
         serial=current.serial,
+        blend=current.blend,
     )
 
 
@@ -120,6 +125,13 @@ def apply(base: Snapshot, delta: SnapshotDelta) -> Snapshot:
     if n > n0 and (len(rows) < n - n0 or not torch.equal(rows[len(rows) - (n - n0) :], torch.arange(n0, n))):
         raise bad("the delta must carry every new item's rows")
     _check_tensors(base, delta, n)
+    if delta.blend is not None:
+        try:
+            check_part(delta.blend, base.settings)
+        except ValueError as exc:
+            raise bad(f"delta {exc}") from exc
+        if delta.blend["signals"] is not None:
+            raise bad("a delta carries no counts, only what they took in")
     state = dict(base.state)  # the item tower stays the base's
     for name, tensor in delta.state.items():
         if name in ROW_STATE:
@@ -143,6 +155,7 @@ def apply(base: Snapshot, delta: SnapshotDelta) -> Snapshot:
         serial=delta.serial,
         parent=base.serial,
         changed=rows,
+        blend=delta.blend,
     )
 
 
@@ -171,7 +184,7 @@ def read(data: bytes, key: bytes | None = None, max_bytes: int = serialization.M
 def _delta(raw: dict[str, Any]) -> SnapshotDelta:
     bad = serialization.Malformed
     fields = set(SnapshotDelta.__dataclass_fields__)
-    raw = {k: v for k, v in raw.items() if k != "kind"}
+    raw = {"blend": None, **{k: v for k, v in raw.items() if k != "kind"}}
     if set(raw) != fields:
         raise bad("not a model snapshot delta: unexpected fields")
     for name in ("parent", "checkpoint", "updates", "offset", "serial"):

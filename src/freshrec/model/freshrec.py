@@ -10,6 +10,7 @@ signals by weights learned from every scored event.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -19,10 +20,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from freshrec.model.base import FloatArray, Interactions
-from freshrec.model.blend import Features, Gate, seen_mask
+from freshrec.model.blend import Features, Gate, feature_names, new_signals, seen_mask
 from freshrec.model.sequence import SequenceNet, tensors
 from freshrec.model.signals import CountSignals, nearest
 from freshrec.settings import LearnSettings, ModelSettings
+
+log = logging.getLogger(__name__)
 
 
 class Training(Protocol):
@@ -62,10 +65,6 @@ class PrivateTraining(Protocol):
     def report(self, history_length: int) -> dict[str, Any]: ...
 
 
-LEARNED_NEAREST = "learned-nearest"
-"""The blend's one feature from the network's own item vectors (see :meth:`FreshRec._blend_features`)."""
-
-
 class FreshRec:
     """Text-aware sequence recommender, learned online.
 
@@ -101,12 +100,10 @@ class FreshRec:
         blend = model.blend
         self.signals: CountSignals | None = None
         self.gate: Gate | None = None
-        if blend.enabled and private is None:
-            # counts remember single users' transitions exactly: no place in the private mode
-            text = text if net.use_text else None
-            self.signals = CountSignals(self.n_items, blend.window, blend.half_lives, text, blend.time_half_lives)
-            q, names = self.signals.n_per_query, self.signals.names
-            self.gate = Gate(["network", *names[:q], LEARNED_NEAREST, *names[q:]], q + 1, blend)
+        # counts remember single users' transitions exactly: no place in the private mode
+        if blend.enabled and private is None and self.n_items <= blend.max_items:
+            self.signals = new_signals(self.n_items, model, text)
+            self.gate = Gate(feature_names(self.signals), self.signals.n_per_query + 1, blend)
         self._features: tuple[np.ndarray, Features] | None = None
         """The features of the last scored batch, by stream position: the blend learns from them."""
 
@@ -244,9 +241,21 @@ class FreshRec:
         """Grow the catalog by ``len(text)`` items (codes continue from ``n_items``)."""
         if len(text):
             self.trainer.grow(torch.from_numpy(np.asarray(text, dtype=np.float32)))
-            if self.signals is not None:
+            if self.signals is not None and self.n_items > self.model_settings.blend.max_items:
+                log.info("%d items, more than [model.blend] max_items: the network alone from now on", self.n_items)
+                self.signals = self.gate = None
+                self._features = None
+            elif self.signals is not None:
                 self.signals.grow(np.asarray(text, dtype=np.float32))
             self._table = None
+
+    def blend_part(self) -> dict[str, Any] | None:
+        """What serving needs of the blend for a snapshot (``None`` without one): its
+        weights and what the counts took in since the last call (with a journal, see
+        :attr:`CountSignals.journal`); ``signals`` is filled in for a whole snapshot."""
+        if self.gate is None or self.signals is None:
+            return None
+        return {"weight": self.gate.weight.detach().clone(), "counted": self.signals.drain(), "signals": None}
 
     @property
     def n_items(self) -> int:

@@ -16,6 +16,7 @@ catalog size.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from freshrec.model.base import Interactions
+from freshrec.model.counted import Counted
 from freshrec.model.pairs import PairCounts
 
 NEAREST = 5
@@ -59,7 +61,7 @@ class CountSignals:
         time_half_lives: tuple[float, ...] = (86_400.0, 604_800.0, 2_592_000.0),
     ):
         self.window = window
-        self.text = None if text is None else _unit_rows(text)
+        self.text = None if text is None else unit_rows(text)
         """Unit-length text vectors of the catalog: "reads like what they touched"
         needs no learning, so it holds from a user's first event and a new item's
         first minute."""
@@ -77,6 +79,11 @@ class CountSignals:
         self.first_seen = np.full(n_items, np.inf)
         """Stream position of each item's first counted event."""
         self._last = 0.0  # latest stream position counted
+        self.seq = 0
+        """How many :meth:`learn` calls counted something."""
+        self.journal: list[Counted] | None = None
+        """When a list (the learner's, which sends serving a copy), what each
+        :meth:`learn` counted, until :meth:`drain` takes it."""
 
     @property
     def n_items(self) -> int:
@@ -98,7 +105,7 @@ class CountSignals:
         """New items (rows of text vectors), untouched."""
         n = len(text)
         if self.text is not None:
-            unit = _unit_rows(text)
+            unit = unit_rows(text)
             old, new = torch.from_numpy(self.text), torch.from_numpy(unit)
             self.text = np.concatenate([self.text, unit])
             if self._gram is not None and self.n_items + n <= GRAM_MAX_ITEMS:  # the new rows and columns only
@@ -121,8 +128,24 @@ class CountSignals:
             events = events.take(np.flatnonzero(keep))
         if not len(events):
             return
-        items = events.item.astype(np.int64)
-        recent = events.hist_item[:, ::-1].astype(np.int64)  # most recent first
+        recent = events.hist_item[:, ::-1][:, : max(self.window, len(LAG_WEIGHTS))]  # most recent first
+        counted = Counted(
+            self.seq + 1,
+            self.n_items,
+            events.item.astype(np.int64),
+            np.ascontiguousarray(recent, dtype=np.int64),
+            events.position.astype(np.int64),
+            events.time.astype(np.float64),
+        )
+        self.apply(counted)
+        if self.journal is not None:
+            self.journal.append(counted)
+
+    def apply(self, counted: Counted) -> None:
+        """Count what :meth:`learn` counted (on a copy: the same counts follow)."""
+        if counted.n_items > self.n_items:
+            raise ValueError(f"counted on {counted.n_items} items, this copy holds {self.n_items}")
+        items, recent = counted.items, counted.recent
         for k in range(min(len(LAG_WEIGHTS), recent.shape[1])):
             valid = recent[:, k] >= 0
             self.transitions.add(recent[valid, k], items[valid])
@@ -131,7 +154,13 @@ class CountSignals:
         dst = np.broadcast_to(items[:, None], window.shape)[window >= 0]
         self.cooc.add(src, dst)
         self.cooc.add(dst, src)
-        self._count(items, events.position.astype(np.float64), events.time.astype(np.float64))
+        self._count(items, counted.position.astype(np.float64), counted.time)
+        self.seq = counted.seq
+
+    def drain(self) -> list[Counted]:
+        """What was counted since the last call (with a :attr:`journal`)."""
+        taken, self.journal = self.journal or [], [] if self.journal is not None else None
+        return taken
 
     def _count(self, items: np.ndarray, position: np.ndarray, time: np.ndarray) -> None:
         np.add.at(self.interactions, items, 1.0)
@@ -142,35 +171,50 @@ class CountSignals:
         self.recency.add(items[known], time[known])
 
     # -- reading -----------------------------------------------------------
-    def features(self, queries: Interactions) -> tuple[Tensor, Tensor]:
+    def features(
+        self, queries: Interactions, text: np.ndarray | None = None, gram: SimilarityRows | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Per query ``(B, Q, n_items)``: log-shares of transitions from the
         user's last items and of co-occurrence with their recent items, and the
         text similarity to their recent items; per item ``(n_items, S)``:
         log-shares of decayed popularity at each half-life, whether the item is
         untouched, and how long ago (in events, log) it was first touched.
-        Names in :attr:`names`."""
+        Names in :attr:`names`.
+
+        ``text`` (unit rows) and ``gram``, its products' rows, stand in
+        for the copy's own: a server reads the features over its whole catalog, whose
+        items past ``n_items`` the counts have not met (they read as untouched)."""
         n = self.n_items
+        width = n if text is None else len(text)
         floor = 0.1 / max(n, 1)
         recent = queries.hist_item[:, ::-1].astype(np.int64)  # most recent first
-        lags = recent[:, : len(LAG_WEIGHTS)]
+        counted = np.where(recent < n, recent, -1)  # a server's items the counts have not met
+        lags = counted[:, : len(LAG_WEIGHTS)]
         trans = self.transitions.mix(lags, np.asarray(LAG_WEIGHTS[: lags.shape[1]]) / sum(LAG_WEIGHTS))
         window = recent[:, : self.window]
         weights = np.where(window >= 0, 0.8 ** np.arange(window.shape[1]), 0.0)
-        cooc = self.cooc.mix(window, weights / np.maximum(weights.sum(1, keepdims=True), 1e-9))
-        per_query = torch.empty(len(queries), self.n_per_query, n)
-        torch.log(torch.from_numpy(trans) + floor, out=per_query[:, 0])
-        torch.log(torch.from_numpy(cooc) + floor, out=per_query[:, 1])
-        if self.text is not None:
-            text = torch.from_numpy(self.text)
-            recent_text = text[torch.from_numpy(np.maximum(window, 0))]
+        cooc = self.cooc.mix(counted[:, : self.window], weights / np.maximum(weights.sum(1, keepdims=True), 1e-9))
+        per_query = torch.empty(len(queries), self.n_per_query, width)
+        torch.log(_padded(torch.from_numpy(trans), width) + floor, out=per_query[:, 0])
+        torch.log(_padded(torch.from_numpy(cooc), width) + floor, out=per_query[:, 1])
+        unit = self.text if text is None else text
+        if unit is not None and self.text is not None:
+            units = torch.from_numpy(unit)
+            recent_text = units[torch.from_numpy(np.maximum(window, 0))]
             profile = torch.bmm(torch.from_numpy(weights.astype(np.float32))[:, None], recent_text)[:, 0]
-            per_query[:, 2] = F.normalize(profile, dim=1) @ text.T
-            per_query[:, 3] = nearest(text, queries, self._text_gram())
+            per_query[:, 2] = F.normalize(profile, dim=1) @ units.T
+            own = self._text_gram() if text is None else None
+            per_query[:, 3] = nearest(units, queries, own.__getitem__ if own is not None else gram)
         pop = np.concatenate([self.popularity.shares(), self.recency.shares()])
         untouched = self.interactions == 0
         age = np.where(untouched, 0.0, np.log1p(np.maximum(self._last - self.first_seen, 0.0) / 100.0))
         per_item = np.concatenate([np.log(pop + floor), untouched[None], age[None]]).T.astype(np.float32)
-        return per_query, torch.from_numpy(np.ascontiguousarray(per_item))
+        if width > n:  # items the counts have not met: no share, untouched, no age
+            extra = np.zeros((width - n, per_item.shape[1]), dtype=np.float32)
+            extra[:, : len(pop)] = np.log(floor)
+            extra[:, len(pop)] = 1.0
+            per_item = np.concatenate([per_item, extra])
+        return per_query, torch.from_numpy(np.ascontiguousarray(per_item[:width]))
 
     def _text_gram(self) -> Tensor | None:
         if self.text is None or self.n_items > GRAM_MAX_ITEMS:
@@ -195,9 +239,13 @@ class CountSignals:
             "interactions": self.interactions.copy(),
             "first_seen": self.first_seen.copy(),
             "last": self._last,
+            "seq": self.seq,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
+        """Take ``state`` (from :meth:`state`), checked first: :class:`ValueError` unless
+        it holds counts of this copy's shape (what comes over a pipe or from disk)."""
+        self.check(state)
         self.transitions.restore(state["transitions"])
         self.cooc.restore(state["cooc"])
         self.popularity.restore(state["popularity"])
@@ -205,12 +253,57 @@ class CountSignals:
         self.interactions = np.asarray(state["interactions"], dtype=np.float64).copy()
         self.first_seen = np.asarray(state["first_seen"], dtype=np.float64).copy()
         self._last = float(state["last"])
+        self.seq = int(state.get("seq", 0))
+
+    def check(self, state: object) -> int:
+        """The number of items ``state`` counts; :class:`ValueError` unless it is a
+        :meth:`state` of counts with this copy's half-lives."""
+        fields = {"transitions", "cooc", "popularity", "recency", "interactions", "first_seen", "last"}
+        if not isinstance(state, dict) or not fields <= set(state) <= fields | {"seq"}:
+            raise ValueError("not a state of count signals: unexpected fields")
+        interactions = np.asarray(state["interactions"])
+        n = len(interactions)
+        if interactions.shape != (n,) or np.asarray(state["first_seen"]).shape != (n,):
+            raise ValueError("count signals: item arrays of different lengths")
+        for name, decayed in (("popularity", self.popularity), ("recency", self.recency)):
+            raw = state[name]
+            if not isinstance(raw, dict) or set(raw) != {"counts", "now"}:
+                raise ValueError(f"count signals: {name} is not a state of decayed counts")
+            counts = np.asarray(raw["counts"])
+            if counts.shape != (len(decayed.half_lives), n) or not np.isfinite(counts).all() or (counts < 0).any():
+                raise ValueError(f"count signals: {name} counts of the wrong shape or not finite")
+        for name in ("transitions", "cooc"):
+            check_pairs(state[name], n)
+        if not np.isfinite(interactions).all() or np.isnan(np.asarray(state["first_seen"])).any():
+            raise ValueError("count signals: item counts not finite")
+        if not isinstance(state["last"], (int, float)) or not isinstance(state.get("seq", 0), int):
+            raise ValueError("count signals: last and seq must be numbers")
+        return n
 
 
-def nearest(unit: Tensor, queries: Interactions, gram: Tensor | None = None, among: int = NEAREST) -> Tensor:
+def check_pairs(raw: object, n: int) -> None:
+    """:class:`ValueError` unless ``raw`` is a :meth:`PairCounts.state` of ``n`` items."""
+    if not isinstance(raw, dict) or set(raw) != {"n", "indptr", "indices", "data"} or raw["n"] != n:
+        raise ValueError("count signals: pair counts of another size or not a state")
+    indptr, indices, data = (np.asarray(raw[k]) for k in ("indptr", "indices", "data"))
+    if indptr.shape != (n + 1,) or indices.shape != data.shape or indices.ndim != 1:
+        raise ValueError("count signals: pair counts' arrays of the wrong shape")
+    if indptr[0] != 0 or indptr[-1] != len(indices) or (np.diff(indptr) < 0).any():
+        raise ValueError("count signals: pair counts' row pointers are not a CSR matrix's")
+    if len(indices) and (indices.min() < 0 or indices.max() >= n):
+        raise ValueError("count signals: pair counts name items out of range")
+    if not np.isfinite(data).all() or (data < 0).any():
+        raise ValueError("count signals: pair counts not finite and non-negative")
+
+
+SimilarityRows = Callable[[Tensor], Tensor]
+"""Item codes to their rows of ``unit @ unit.T``, made once and looked up."""
+
+
+def nearest(unit: Tensor, queries: Interactions, gram: SimilarityRows | None = None, among: int = NEAREST) -> Tensor:
     """``(B, n)``: each item's cosine similarity to the closest of the user's last
     ``among`` items, given unit-length item vectors ``unit`` (-1 with no history),
-    or their products ``gram`` (``unit @ unit.T``) when already made.
+    or ``gram``, which looks their rows of ``unit @ unit.T`` up where already made.
     A user who touched a strategy game and a puzzle game is close to both kinds;
     their mean profile is close to neither. Only the history slots that hold an item
     are multiplied out: on a sparse log most users have one or none."""
@@ -221,11 +314,16 @@ def nearest(unit: Tensor, queries: Interactions, gram: Tensor | None = None, amo
         with warnings.catch_warnings():  # "in beta": stable in behaviour since torch 1.13
             warnings.filterwarnings("ignore", message="index_reduce")
             touched = recent[rows, slots]
-            out.index_reduce_(0, rows, gram[touched] if gram is not None else unit[touched] @ unit.T, "amax")
+            out.index_reduce_(0, rows, gram(touched) if gram is not None else unit[touched] @ unit.T, "amax")
     return out
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
+def _padded(x: Tensor, width: int) -> Tensor:
+    """``x``'s first ``width`` columns, zeros past its own."""
+    return x[:, :width] if x.shape[1] >= width else F.pad(x, (0, width - x.shape[1]))
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     out: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-9)
     return out

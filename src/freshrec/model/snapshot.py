@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from freshrec import serialization
+from freshrec.model.blend import check_part, raw_part
 from freshrec.model.sequence import SequenceNet
 from freshrec.settings import ModelSettings
 
@@ -54,6 +55,10 @@ class Snapshot:
     changed: Tensor | None = None
     """The item rows that delta changed (``None``: it came whole). Serving recomputes
     only these rows of its item table."""
+    blend: dict[str, Any] | None = None
+    """The blend (:meth:`freshrec.model.freshrec.FreshRec.blend_part`): its weights, the
+    counts taken in since the snapshot before and, in a whole one, the counts
+    themselves; ``None`` for the network alone."""
 
     @property
     def version(self) -> str:
@@ -77,6 +82,7 @@ class Snapshot:
         """One blob (:mod:`freshrec.serialization`) for the pipe, Redis or the store;
         signed with ``key`` when one is set."""
         whole = {**self.__dict__, "parent": 0, "changed": None}  # what a delta made is whole now
+        whole["blend"] = raw_part(self.blend)
         return serialization.dumps({**whole, "settings": self.settings.model_dump(mode="json")}, key)
 
     @classmethod
@@ -91,7 +97,7 @@ class Snapshot:
     @classmethod
     def from_raw(cls, raw: object) -> Snapshot:
         """:meth:`from_bytes` after the blob is parsed."""
-        optional = {"serial", "parent", "changed"}  # blobs before 2026-12-03 lack them
+        optional = {"serial", "parent", "changed", "blend"}  # blobs before 2026-12-03 lack them
         fields = set(cls.__dataclass_fields__)
         if not isinstance(raw, dict) or not fields - optional <= set(raw) <= fields:
             raise serialization.Malformed("not a model snapshot: unexpected fields")
@@ -133,6 +139,11 @@ class Snapshot:
             if want is None or name == "text":
                 raise bad(f"snapshot state has an unexpected tensor {name!r}")
             check_tensor("snapshot", name, tensor, tuple(want.shape), want.dtype)
+        if self.blend is not None:
+            try:
+                check_part(self.blend, self.settings)
+            except ValueError as exc:
+                raise bad(f"snapshot {exc}") from exc
 
 
 def expected_state(state: dict[str, Tensor], n_items: int, n_users: int, settings: ModelSettings) -> dict[str, Tensor]:

@@ -119,16 +119,6 @@ class Experiment:
         self._dirty = False
         self.state = self._load_state()
         self._load_counts()
-        for arm in arm_models:
-            other = settings.for_arm(arm)
-            if other.model.model_copy(update={"blend": settings.model.blend}) == settings.model and (
-                other.learn == settings.learn
-            ):
-                log.warning(
-                    "experiment arm %r differs from the defaults in [model.blend] only, which serving does not use "
-                    "yet (it ranks with the network): its lists will be the default model's",
-                    arm,
-                )
 
     # -- state -----------------------------------------------------------------
     def _load_state(self) -> dict[str, Any]:

@@ -1,11 +1,14 @@
 """Explanations: which history event an item's score depends on most.
 
-They are leave-one-out attributions: the user vector is recomputed for the
+They are leave-one-out attributions: the scores are recomputed for the
 history without each of its events (one batched forward pass, see
 :func:`freshrec.serve.ranker.encode`), and the event whose absence lowers an
-item's score most is the one named in "because you rated X", with that drop as
-its weight. They say what the model actually used, not a similarity guessed
-after the fact.
+item's score most is the one named, with that drop as its weight. With the
+blend, the sentence also says which of its features raised the item most above
+the average allowed item: what follows what ("often chosen right after X"),
+what goes together, text, or the item's own popularity ("popular this week"),
+where no history event is named. They say what the model actually used, not a
+similarity guessed after the fact.
 """
 
 from __future__ import annotations
@@ -51,6 +54,46 @@ class Ranked:
     title: str
     explanation: str | None
     because: tuple[Because, ...] = ()
+    reason: str | None = None
+    """With explanations and the blend: the feature that placed the item (its name in
+    the blend's report, e.g. ``transitions``, ``recency-7d``)."""
+
+
+_ABOUT_AN_EVENT = {
+    "transitions": "often chosen right after {title}",
+    "co-occurrence": "often goes with {title}",
+    "text-similarity": "reads like {title}",
+    "text-nearest": "reads like {title}",
+    "learned-nearest": "liked by those who liked {title}",
+}
+"""Sentences of the features that follow the user's history, about its strongest event."""
+_POPULAR = {
+    "popularity-100": "popular right now",
+    "popularity-1000": "popular right now",
+    "popularity-10000": "popular lately",
+    "recency-1d": "popular today",
+    "recency-7d": "popular this week",
+    "recency-30d": "popular this month",
+    "untouched": "new: nobody has tried it yet",
+}
+
+
+def sentence(because: tuple[Because, ...], placed_by: tuple[str, float] | None) -> str:
+    """The explanation: the strongest history event in the words of the feature that
+    placed the item (``(name, its weight)``), or that feature alone when it is about
+    the item rather than the user."""
+    if placed_by is None or placed_by[0] == "network":
+        return because[0].sentence() if because else "matches your recent activity"
+    name, weight = placed_by
+    if name in _ABOUT_AN_EVENT:
+        return (
+            _ABOUT_AN_EVENT[name].format(title=because[0].title or because[0].item_id)
+            if because
+            else ("matches your recent activity")
+        )
+    if name == "age":
+        return "new arrival" if weight < 0 else "a long-time favourite"
+    return _POPULAR.get(name, "popular")
 
 
 def because_of(sc: Scoring, event: Event, weight: float) -> Because:
@@ -58,8 +101,14 @@ def because_of(sc: Scoring, event: Event, weight: float) -> Because:
     return Because(event.item_id, sc.view.titles[n], event.type, event.value, weight)
 
 
-def ranked(sc: Scoring, code: int, score: float, because: tuple[Because, ...], explain: bool) -> Ranked:
-    explanation = None
-    if explain:
-        explanation = because[0].sentence() if because else "matches your recent activity"
-    return Ranked(sc.view.ids[code], score, sc.view.titles[code], explanation, because)
+def ranked(
+    sc: Scoring,
+    code: int,
+    score: float,
+    because: tuple[Because, ...],
+    explain: bool,
+    placed_by: tuple[str, float] | None = None,
+) -> Ranked:
+    explanation = sentence(because, placed_by) if explain else None
+    reason = placed_by[0] if placed_by is not None else None
+    return Ranked(sc.view.ids[code], score, sc.view.titles[code], explanation, because, reason)

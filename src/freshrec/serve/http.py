@@ -142,6 +142,7 @@ def ranked_json(items: list[Ranked], explain: bool) -> list[dict[str, Any]]:
     for r in items:
         row: dict[str, Any] = {"item_id": r.item_id, "score": r.score, "title": r.title, "explanation": r.explanation}
         if explain:
+            row["reason"] = r.reason
             row["because"] = [
                 {"item_id": b.item_id, "title": b.title, "type": b.type.value, "value": b.value, "weight": b.weight}
                 for b in r.because

@@ -57,17 +57,24 @@ class Models:
             self.metrics.snapshots_received.labels(kind).inc()
             self.metrics.snapshot_bytes.labels(kind).inc(len(data))
             if not isinstance(got, SnapshotDelta):
-                return got
+                return self._blend_taken(got)
             latest = self._latest
             if latest is None or latest.serial != got.parent:
                 log.debug("skipped a model delta on a snapshot this server did not get")
                 self.metrics.skipped_deltas.inc()
+                self.ranker.blend.forget()  # what that delta counted is missing too
                 return None
-            return deltas.apply(latest, got)
+            return self._blend_taken(deltas.apply(latest, got))
         except Malformed as exc:
             log.warning("refused a model snapshot from the %s: %s", source, exc)
             self.metrics.rejected_models.labels(source).inc()
             return None
+
+    def _blend_taken(self, snapshot: Snapshot) -> Snapshot:
+        """``snapshot`` without its blend, which the ranker's copy takes now, in the order
+        snapshots arrive (the publisher may skip some; their counts must not be)."""
+        self.ranker.blend.take(snapshot.blend, snapshot.settings)
+        return dataclasses.replace(snapshot, blend=None)
 
     def receive(self, data: bytes, source: str) -> Snapshot | None:
         """Publish the snapshot in ``data`` unless :meth:`parse` refuses it."""

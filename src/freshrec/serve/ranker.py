@@ -20,8 +20,9 @@ import torch
 from cachetools import LRUCache
 
 from freshrec.domain import Event, ItemId
-from freshrec.model.sequence import SequenceNet
+from freshrec.model.sequence import HistoryTensors, SequenceNet
 from freshrec.model.snapshot import Snapshot
+from freshrec.serve.blend import Blended, ServedBlend, contexts
 from freshrec.serve.catalog import Catalog, CatalogView
 from freshrec.serve.explain import Because, Ranked, because_of, ranked
 from freshrec.serve.fallback import by_text, diversified
@@ -62,10 +63,16 @@ class Ranker:
         self._spares: list[tuple[weakref.ref[Scoring], SequenceNet]] = []
         self._masks: LRUCache[tuple[str, int], tuple[CatalogView, npt.NDArray[np.bool_]]] = LRUCache(64)
         self._masks_lock = threading.Lock()
+        self.blend = ServedBlend()
+        """The learner's blend, fed by :class:`~freshrec.serve.models.Models` as snapshots arrive."""
         self.scoring = build_scoring(None, catalog.view)
 
     def publish(self, snapshot: Snapshot | None) -> None:
-        """Serve ``snapshot`` from now on (called from the publisher thread)."""
+        """Serve ``snapshot`` from now on (called from the publisher thread); its blend,
+        if it brings one, too (:class:`~freshrec.serve.models.Models` hands blends over
+        as snapshots arrive, and publishes them without)."""
+        if snapshot is not None and snapshot.blend is not None:
+            self.blend.take(snapshot.blend, snapshot.settings)
         with self._lock:
             self._snapshot = snapshot
             self._build()
@@ -99,10 +106,20 @@ class Ranker:
 
     # -- recommendations -------------------------------------------------------
     def recommend(
-        self, history: Sequence[Event], now: float, options: Options, popular: Popular = lambda: ()
+        self,
+        history: Sequence[Event],
+        now: float,
+        options: Options,
+        popular: Popular = lambda: (),
+        held: Sequence[Event] | None = None,
     ) -> list[Ranked]:
-        """Top ``options.k`` items for a user with this history (oldest first)."""
+        """Top ``options.k`` items for a user with this history (oldest first). With
+        ``held``, the blend weighs the features with the weights of that history's context
+        (length, time since its last event) instead: what an explanation's leave-one-out
+        does, so that it measures what an event adds, not a switch of weights."""
         request = self.plan(history, now, options, popular)
+        if held is not None and request.past:
+            request.held = [e for e in held if e.item_id in request.scoring.view.codes]
         encode([request])
         return finish(request)
 
@@ -139,7 +156,10 @@ class Ranker:
             assert sc.snapshot is not None
             request.past = list(known[-sc.snapshot.settings.history_length :])
             request.user = sc.user_rows.get(known[-1].user_id, -1)
-            request.index = self.retrieval.current(len(view))
+            if sc.aligned and self.blend.ready:  # the blend reads every item: no candidates
+                request.blend = self.blend
+            else:
+                request.index = self.retrieval.current(len(view))
             request.wanted = k + self.retrieval.settings.candidates + len(options.exclude) + len(known)
         return request
 
@@ -197,6 +217,12 @@ class Request:
     """The catalog rows to score, ascending (``None``: all)."""
     boost: tuple[npt.NDArray[np.bool_], int] | None = None
     """The boosted items' mask and the places they get at least."""
+    blend: ServedBlend | None = None
+    """The blend that ranks it (``None``: the network alone)."""
+    blended: tuple[Blended, int] | None = None
+    """Its rows' blended scores: the batch's and where its rows start."""
+    held: list[Event] | None = None
+    """The history whose context's weights the blend uses (``None``: its own)."""
 
     def histories(self) -> list[list[Event]]:
         past = self.past
@@ -221,10 +247,35 @@ def encode(requests: Sequence[Request]) -> None:
         rows = [(h, r.now, r.user) for r, hs in zip(group, histories, strict=True) for h in hs]
         t = history_tensors(sc, rows, sc.snapshot.settings.history_length)
         users = sc.net.users(sc.vectors, **t)
+        mixed = None
+        if group[0].blend is not None:  # one ranker per scoring: all or none of the group
+            assert sc.bias is not None
+            context = _contexts(sc, group, histories, t)
+            mixed = group[0].blend.score(users @ sc.vectors.T + sc.bias, t, sc.vectors, sc.view, context)
         start = 0
         for r, hs in zip(group, histories, strict=True):
-            r.users, start = users[start : start + len(hs)], start + len(hs)
+            r.users = users[start : start + len(hs)]
+            r.blended = None if mixed is None else (mixed, start)
+            start += len(hs)
         _retrieve([r for r in group if r.index is not None])
+
+
+def _contexts(sc: Scoring, group: list[Request], histories: list[list[list[Event]]], t: HistoryTensors) -> torch.Tensor:
+    """Each row's blend context: its own, but an explanation's leave-one-out rows take
+    their request's (so that an event's drop is what it adds to the features, not the
+    difference between the weights of two history lengths), and a request with a
+    ``held`` history takes that one's."""
+    context = contexts(t)
+    start = 0
+    for r, hs in zip(group, histories, strict=True):
+        if r.held is not None:
+            assert sc.snapshot is not None
+            held = history_tensors(sc, [(r.held, r.now, r.user)], sc.snapshot.settings.history_length)
+            context[start : start + len(hs)] = contexts(held)[0]
+        elif len(hs) > 1:
+            context[start + 1 : start + len(hs)] = context[start]
+        start += len(hs)
+    return context
 
 
 def _retrieve(requests: Sequence[Request]) -> None:
@@ -278,23 +329,42 @@ def finish(request: Request) -> list[Ranked]:
             rows = None
     # NumPy views of the same memory: the final dot products cost less there than in torch
     vectors, bias = sc.vectors.numpy(), sc.bias.numpy()
-    if rows is None:
+    if request.blended is not None:
+        mixed, start = request.blended
+        scores = mixed.scores[start : start + len(users)].numpy()
+        rows = None
+    elif rows is None:
         scores = users.numpy() @ vectors.T + bias
-        allowed, boosted = request.allowed, request.boost[0] if request.boost else None
-        columns = top(scores[0], allowed, request.k)
     else:  # rows ascend, so ties still go to the lower code
         scores = users.numpy() @ vectors[rows].T + bias[rows]
+    if rows is None:
+        allowed, boosted = request.allowed, request.boost[0] if request.boost else None
+    else:
         allowed, boosted = np.ones(len(rows), dtype=bool), request.boost[0][rows] if request.boost else None
-        columns = top(scores[0], allowed, request.k)
+    columns = top(scores[0], allowed, request.k)
     if request.boost is not None and boosted is not None:
         columns = promoted(scores[0], allowed, boosted, columns, request.boost[1])
     codes = columns if rows is None else [int(rows[j]) for j in columns]
+    why = _reasons(request, codes) if request.explain else [None] * len(codes)
     out = []
-    for j, c in zip(columns, codes, strict=True):
+    for j, c, placed_by in zip(columns, codes, why, strict=True):
         because: tuple[Because, ...] = ()
         if request.explain:
             drops = scores[0, j] - scores[1:, j]
             strongest = [e for e in np.argsort(-drops, kind="stable")[:3] if drops[e] > 0]
             because = tuple(because_of(sc, request.past[e], float(drops[e])) for e in strongest)
-        out.append(ranked(sc, c, float(scores[0, j]), because, request.explain))
+        out.append(ranked(sc, c, float(scores[0, j]), because, request.explain, placed_by))
     return out
+
+
+def _reasons(request: Request, codes: list[int]) -> list[tuple[str, float] | None]:
+    """Per listed item, the blend's feature that raised its score most above the
+    average allowed item's (``None``: the network alone ranked it)."""
+    if request.blended is None or not codes:
+        return [None] * len(codes)
+    mixed, start = request.blended
+    allowed = np.flatnonzero(request.allowed)
+    typical = mixed.parts(start, allowed).mean(0)
+    lift = mixed.parts(start, np.asarray(codes, dtype=np.int64)) - typical
+    weights = mixed.weights(start)
+    return [(mixed.names[int(f)], float(weights[int(f)])) for f in lift.argmax(1)]

@@ -45,6 +45,12 @@ class RankedItem(BaseModel):
     because: list[BecauseOut] | None = Field(
         default=None, description="With explain=true: the history events that raised this item most."
     )
+    reason: str | None = Field(
+        default=None,
+        description="With explain=true: the blend's feature that raised this item most above the average "
+        "item (`network`, `transitions`, `co-occurrence`, `text-nearest`, `recency-7d`, ...); "
+        "null where the network ranks alone or no model ranked the list.",
+    )
 
 
 class Recommendations(BaseModel):

@@ -38,6 +38,9 @@ class Scoring:
     """Unit item vectors: the model's when there is one, else the text embeddings."""
     user_rows: dict[str, int] = field(default_factory=dict)
     """Row of each user in the model's user table (only with ``use_user_ids``)."""
+    aligned: bool = False
+    """Whether the view's first rows are the snapshot's items, in its order (then the
+    blend's counts, numbered like the learner's items, read the view's rows)."""
 
     @property
     def version(self) -> str | None:
@@ -92,7 +95,7 @@ def build_scoring(
         vectors, bias = net.item_table()
         unit = unit_rows(vectors.numpy())
     user_rows = {u: n for n, u in enumerate(snapshot.user_ids) if u is not None}
-    return Scoring(view, snapshot, net, vectors, bias, unit, user_rows)
+    return Scoring(view, snapshot, net, vectors, bias, unit, user_rows, aligned)
 
 
 def _follows(snapshot: Snapshot, view: CatalogView, previous: Scoring | None) -> bool:

@@ -120,6 +120,10 @@ class BlendSettings(Section):
     time_half_lives: tuple[float, ...] = (86_400.0, 604_800.0, 2_592_000.0)
     """And with each of these, in seconds (a day, a week, thirty days): a stream's rate
     changes, so the blend also gets popularity on the wall clock."""
+    max_items: int = Field(default=20_000, ge=0)
+    """Above this many catalog items the model is the network alone (served with candidate
+    retrieval, ``[serve.retrieval] min_items``): the blend's features of a micro-batch and
+    of a request grow with the catalog (six floats per item and query)."""
     exclude: tuple[str, ...] = ()
     """Features the blend leaves at weight zero (ablations), by the names its report uses:
     ``network``, ``transitions``, ``co-occurrence``, ``text-similarity``, ``text-nearest``,
