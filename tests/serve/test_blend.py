@@ -4,6 +4,7 @@ lists rank by the same scores the learner's model gives (what the evaluator meas
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
@@ -12,14 +13,17 @@ import torch
 from freshrec import serialization
 from freshrec.domain import Event, EventType
 from freshrec.learn.recommender import build_freshrec
+from freshrec.learn.worker import Sender
 from freshrec.model.base import Interactions
 from freshrec.model.deltas import apply, delta_since, read
 from freshrec.model.freshrec import FreshRec
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve import blend
 from freshrec.serve.catalog import Catalog
+from freshrec.serve.metrics import Metrics
+from freshrec.serve.models import Models
 from freshrec.serve.ranker import Options, Ranker
-from freshrec.settings import LearnSettings
+from freshrec.settings import ClusterSettings, LearnSettings
 from tests.serve.test_ranker import IDS, MODEL, T0, items, text
 
 LENGTH = MODEL.history_length
@@ -223,3 +227,48 @@ def test_the_similarity_rows_a_server_keeps_equal_the_products(monkeypatch: pyte
     for codes in ([1, 2, 2, 39], list(range(30)), [5, 1, 0]):
         torch.testing.assert_close(cache(torch.tensor(codes)), unit[codes] @ unit.T)
     assert len(cache.rows) == 16
+
+
+def test_the_pipes_sender_keeps_the_servers_counts_equal_to_the_learners_through_a_failed_delivery() -> None:
+    """Whole counts with the first snapshot, increments after; a failed delivery loses a
+    snapshot's increments, so the next one brings the counts whole again."""
+    rng = np.random.default_rng(4)
+    model = build_freshrec(len(IDS), text(IDS), MODEL, LearnSettings(epochs=1))
+    assert model.signals is not None
+    model.fit(events(rng, 200, 0))
+    model.signals.journal = []
+    ranker = aligned_ranker()
+    models = Models(ranker, ClusterSettings(), Metrics())
+    fail, delivered = threading.Event(), threading.Event()
+    carried: list[bool] = []
+
+    def deliver(data: bytes) -> None:
+        if fail.is_set():
+            fail.clear()
+            raise ConnectionError("the pipe is away")
+        got = read(data)
+        carried.append(got.blend is not None and got.blend["signals"] is not None)
+        assert models.receive(data, "learner") is not None
+        delivered.set()
+
+    sender = Sender(deliver, lambda message: None, 0.0, full_every_s=60.0, counts=True).start()
+    try:
+        for n in range(5):
+            batch = events(rng, 50, 200 + 50 * n)
+            model.score(batch)
+            model.learn(batch)
+            if n == 2:
+                fail.set()
+            delivered.clear()
+            sender.snapshot(snapshot_of(model, model.blend_part(with_counts=sender.counts_due()), updates=n))
+            assert delivered.wait(5) or n == 2
+    finally:
+        sender.close(5)
+    assert carried == [True, False, True, False]  # the third failed: the fourth brought the counts whole
+    served, learned = ranker.blend.signals, model.signals
+    assert served is not None and served.seq == learned.seq
+    for name in ("transitions", "cooc"):
+        a, b = getattr(served, name).state(), getattr(learned, name).state()
+        assert all(np.array_equal(a[k], b[k]) for k in ("indptr", "indices", "data"))
+    np.testing.assert_array_equal(served.popularity.counts, learned.popularity.counts)
+    np.testing.assert_array_equal(served.interactions, learned.interactions)

@@ -88,6 +88,9 @@ class Learner:
         self.model: FreshRec | None = None
         self.checkpoint_every = settings.learn.checkpoint_every
         self.on_update = on_update
+        self.counts_due: Callable[[], bool] = lambda: False
+        """Whether the next snapshot should carry the blend's counts whole (asked by the
+        sender of a receiver that takes them: the server beside this learner)."""
         self.checkpoint_version = 0
         self.updates = 0
         self._unsaved = 0
@@ -122,13 +125,6 @@ class Learner:
         if model.signals is not None:
             model.signals.journal = []
         return model
-
-    def counts(self) -> dict[str, Any] | None:
-        """The blend's counts as they are now (``None`` without a blend), for a whole
-        snapshot: serving's copy takes them, then what later snapshots say was counted."""
-        with self._lock:
-            signals = self.model.signals if self.model is not None else None
-            return signals.state() if signals is not None else None
 
     def _histories(self, user_ids: list[str | None] | None = None) -> Histories:
         s = self.settings
@@ -387,7 +383,7 @@ class Learner:
             updates=self.updates,
             offset=self.state.offset,
             loss=None if np.isnan(loss) else float(loss),
-            blend=self.model.blend_part(),
+            blend=self.model.blend_part(with_counts=self.counts_due()),
         )
 
     def _publish(self) -> None:

@@ -49,6 +49,9 @@ from freshrec.storage.base import LeaseState
 
 log = logging.getLogger("freshrec.learner")
 
+COUNTS_EVERY_S = 60.0
+"""The blend's counts go whole at least this often (a copy: tens of milliseconds, tens of
+megabytes on a catalog of thousands of items); in between, what they took in."""
 SENDER_GRACE_S = 2.0
 """How long a stopping learner waits for its last snapshot and state to be delivered."""
 
@@ -71,6 +74,7 @@ class Sender:
         interval_s: float,
         key: bytes | None = None,
         full_every_s: float = 0.0,
+        counts: bool = False,
     ):
         self._deliver, self._message = snapshot, message
         self.interval = interval_s
@@ -81,10 +85,13 @@ class Sender:
         """Signs each snapshot (``[cluster] snapshot_key``)."""
         self.fence: Callable[[], bool] | None = None
         """While it returns false (the learner lost the store's lease), snapshots are dropped."""
-        self.counts: Callable[[], dict[str, Any] | None] | None = None
-        """The blend's counts now (:meth:`~freshrec.learn.online.Learner.counts`), put in
-        each whole snapshot; without it (a receiver that may miss a delivery) snapshots go
-        without the blend and serving ranks with the network alone."""
+        self.carries_counts = bool(full_every_s)
+        """Whether snapshots go with the blend: its counts now and then, and what they took in
+        in between, which a receiver must get in order (the pipe). Without, serving ranks with
+        the network alone."""
+        self._counts_at: float | None = None
+        """When the counts were last asked for whole (``None``: before the first, or after a
+        failed delivery)."""
         self.pending: Snapshot | None = None
         self.closed = False
         self.lock = threading.Condition()
@@ -96,13 +103,28 @@ class Sender:
         self.thread.start()
         return self
 
+    def counts_due(self) -> bool:
+        """Whether the next snapshot should carry the blend's counts whole: the first, the
+        one after a failed delivery, and one every :data:`COUNTS_EVERY_S` (so a server
+        that refused a snapshot, and with it some counting, is whole again soon)."""
+        if not self.carries_counts:
+            return False
+        now = time.monotonic()
+        with self.lock:
+            if self._counts_at is not None and now - self._counts_at < COUNTS_EVERY_S:
+                return False
+            self._counts_at = now
+            return True
+
     def snapshot(self, snapshot: Snapshot) -> None:
         with self.lock:
-            pending = self.pending
-            if pending is not None and pending.blend is not None and snapshot.blend is not None:
-                # the one replaced is never sent: what it counted goes with this one
-                counted = [*pending.blend["counted"], *snapshot.blend["counted"]]
-                snapshot = dataclasses.replace(snapshot, blend={**snapshot.blend, "counted": counted})
+            pending, blend = self.pending, snapshot.blend
+            if pending is not None and pending.blend is not None and blend is not None:
+                # the one replaced is never sent: what it counted goes with this one, and so
+                # do its whole counts (the increments they hold are skipped where applied)
+                counted = [*pending.blend["counted"], *blend["counted"]]
+                counts = blend["signals"] if blend["signals"] is not None else pending.blend["signals"]
+                snapshot = dataclasses.replace(snapshot, blend={**blend, "counted": counted, "signals": counts})
             self.pending = snapshot
             self.lock.notify()
 
@@ -128,21 +150,20 @@ class Sender:
                 self._delivered = snapshot
             except Exception:  # the next snapshot is tried anyway, whole
                 self._delivered = None
+                with self.lock:
+                    self._counts_at = None
                 log.exception("could not deliver a model snapshot")
             time.sleep(self.interval)
 
     def _encode(self, snapshot: Snapshot) -> bytes:
         previous, now = self._delivered, time.monotonic()
-        if self.counts is None and snapshot.blend is not None:
+        if not self.carries_counts and snapshot.blend is not None:
             snapshot = dataclasses.replace(snapshot, blend=None)
         if previous is not None and self.full_every_s and now - self._whole_at < self.full_every_s:
             delta = delta_since(snapshot, previous)
             if delta is not None and 2 * len(delta.rows) <= len(snapshot.item_ids):
                 return delta.to_bytes(self.key)
         self._whole_at = now
-        if snapshot.blend is not None and self.counts is not None:
-            # counts taken now, perhaps past the snapshot: serving skips what they hold
-            snapshot = dataclasses.replace(snapshot, blend={**snapshot.blend, "counted": [], "signals": self.counts()})
         return snapshot.to_bytes(self.key)
 
     def close(self, timeout_s: float | None = None) -> None:
@@ -185,6 +206,7 @@ def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], hal
             interval_s,
             settings.cluster.key(),
             full_every_s=settings.serve.snapshot_full_s,
+            counts=True,
         ).start()
 
     sender = sender_for(SNAPSHOT, None)
@@ -239,8 +261,7 @@ def run_learner(
         for arm, (s, arm_sender) in (arms or {}).items()
     }
     for one, its_sender in [(learner, sender), *others.values()]:
-        if its_sender.full_every_s:  # a receiver that gets every delivery in order: the pipe
-            its_sender.counts = one.counts
+        one.counts_due = its_sender.counts_due
 
     owned = lease is None  # a lease handed in is the caller's to release
     lease = lease or Lease(store, settings.learn.lease_s)

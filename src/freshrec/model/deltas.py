@@ -58,8 +58,8 @@ class SnapshotDelta:
     created: float = field(default_factory=time.time)
     serial: int = field(default_factory=lambda: secrets.randbits(62))
     blend: dict[str, Any] | None = None
-    """The blend's weights and what its counts took in since the parent (see
-    :attr:`Snapshot.blend`), never the counts themselves."""
+    """The blend's weights, what its counts took in since the parent and, now and then,
+    the counts themselves (see :attr:`Snapshot.blend`)."""
 
     def to_bytes(self, key: bytes | None = None) -> bytes:
         return serialization.dumps({**self.__dict__, "blend": raw_part(self.blend), "kind": KIND}, key)
@@ -130,8 +130,6 @@ def apply(base: Snapshot, delta: SnapshotDelta) -> Snapshot:
             check_part(delta.blend, base.settings)
         except ValueError as exc:
             raise bad(f"delta {exc}") from exc
-        if delta.blend["signals"] is not None:
-            raise bad("a delta carries no counts, only what they took in")
     state = dict(base.state)  # the item tower stays the base's
     for name, tensor in delta.state.items():
         if name in ROW_STATE:

@@ -249,13 +249,14 @@ class FreshRec:
                 self.signals.grow(np.asarray(text, dtype=np.float32))
             self._table = None
 
-    def blend_part(self) -> dict[str, Any] | None:
+    def blend_part(self, with_counts: bool = False) -> dict[str, Any] | None:
         """What serving needs of the blend for a snapshot (``None`` without one): its
-        weights and what the counts took in since the last call (with a journal, see
-        :attr:`CountSignals.journal`); ``signals`` is filled in for a whole snapshot."""
+        weights, what the counts took in since the last call (with a journal, see
+        :attr:`CountSignals.journal`) and, ``with_counts``, the counts themselves."""
         if self.gate is None or self.signals is None:
             return None
-        return {"weight": self.gate.weight.detach().clone(), "counted": self.signals.drain(), "signals": None}
+        counts = self.signals.state() if with_counts else None
+        return {"weight": self.gate.weight.detach().clone(), "counted": self.signals.drain(), "signals": counts}
 
     @property
     def n_items(self) -> int:
