@@ -14,11 +14,11 @@ from freshrec import serialization
 from freshrec.domain import Event, EventType
 from freshrec.learn.recommender import build_freshrec
 from freshrec.learn.worker import Sender
+from freshrec.model import signals
 from freshrec.model.base import Interactions
 from freshrec.model.deltas import apply, delta_since, read
 from freshrec.model.freshrec import FreshRec
 from freshrec.model.snapshot import Snapshot
-from freshrec.serve import blend
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.metrics import Metrics
 from freshrec.serve.models import Models
@@ -221,9 +221,9 @@ def test_a_model_past_max_items_drops_the_blend_and_says_so_in_its_snapshots() -
 
 
 def test_the_similarity_rows_a_server_keeps_equal_the_products(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(blend, "SIMILARITY_CACHE_BYTES", 0)  # 16 rows: the cache evicts
+    monkeypatch.setattr(signals, "SIMILARITY_CACHE_BYTES", 0)  # 16 rows: the cache evicts
     unit = torch.nn.functional.normalize(torch.randn(40, 8, generator=torch.Generator().manual_seed(3)), dim=1)
-    cache = blend.SimilarityCache(unit)
+    cache = signals.SimilarityCache(unit)
     for codes in ([1, 2, 2, 39], list(range(30)), [5, 1, 0]):
         torch.testing.assert_close(cache(torch.tensor(codes)), unit[codes] @ unit.T)
     assert len(cache.rows) == 16

@@ -30,6 +30,9 @@ class PairCounts:
         self.matrix = sp.csr_matrix((0 if self.dense is not None else n_items,) * 2, dtype=np.float32)
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending_size = 0
+        self._pending_csr: sp.csr_matrix | None = None
+        """The pending pairs as a matrix, made at the first read after a change (a server
+        reads many times between two additions)."""
 
     def grow(self, n: int) -> None:
         self.matrix = self._csr()
@@ -53,6 +56,7 @@ class PairCounts:
             return
         self._pending.append((src.astype(np.int32), dst.astype(np.int32)))
         self._pending_size += len(src)
+        self._pending_csr = None
         if self._pending_size > max(self.matrix.nnz // 8, 65_536):
             self._merge()
 
@@ -78,14 +82,16 @@ class PairCounts:
         return mixed
 
     def _pending_matrix(self) -> sp.csr_matrix:
-        src = np.concatenate([s for s, _ in self._pending])
-        dst = np.concatenate([d for _, d in self._pending])
-        return sp.csr_matrix((np.ones(len(src), np.float32), (src, dst)), shape=(self.n, self.n))
+        if self._pending_csr is None or self._pending_csr.shape != (self.n, self.n):
+            src = np.concatenate([s for s, _ in self._pending])
+            dst = np.concatenate([d for _, d in self._pending])
+            self._pending_csr = sp.csr_matrix((np.ones(len(src), np.float32), (src, dst)), shape=(self.n, self.n))
+        return self._pending_csr
 
     def _merge(self) -> None:
         if self._pending:
             self.matrix = (self.matrix + self._pending_matrix()).tocsr()
-            self._pending, self._pending_size = [], 0
+            self._pending, self._pending_size, self._pending_csr = [], 0, None
 
     def _csr(self) -> sp.csr_matrix:
         """The counts as a CSR matrix (the dense ones converted, pending ones merged)."""
@@ -107,7 +113,7 @@ class PairCounts:
         self.n = int(state["n"])
         matrix = sp.csr_matrix((state["data"], state["indices"], state["indptr"]), shape=(self.n, self.n))
         self.row_sums = np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
-        self._pending, self._pending_size = [], 0
+        self._pending, self._pending_size, self._pending_csr = [], 0, None
         if self.n <= DENSE_MAX:
             self.dense = torch.from_numpy(matrix.toarray().astype(np.float32))
             self.matrix = sp.csr_matrix((0, 0), dtype=np.float32)

@@ -21,18 +21,15 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from cachetools import LRUCache
 
 from freshrec.model.base import Interactions
 from freshrec.model.blend import Features, Gate, blended, contributions, feature_names, new_signals
 from freshrec.model.sequence import HistoryTensors
-from freshrec.model.signals import CountSignals, nearest, unit_rows
+from freshrec.model.signals import CountSignals, SimilarityCache, nearest, unit_rows
 from freshrec.serve.catalog import CatalogView
 from freshrec.settings import ModelSettings
 
 log = logging.getLogger(__name__)
-
-SIMILARITY_CACHE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -140,26 +137,6 @@ class ServedBlend:
             unit = unit_rows(view.text)
             self._text = (view, unit, SimilarityCache(torch.from_numpy(unit)))
         return self._text
-
-
-class SimilarityCache:
-    """Rows of ``unit @ unit.T`` by item code, kept up to :data:`SIMILARITY_CACHE_BYTES`.
-    "text-nearest" reads the rows of a user's last five items: on a 10,000-item catalog
-    each is a 3.8-million-term product, so a request would cost milliseconds of a core
-    that the same few hundred popular items' rows, made once, save."""
-
-    def __init__(self, unit: torch.Tensor):
-        self.unit = unit
-        self.rows: LRUCache[int, torch.Tensor] = LRUCache(max(16, SIMILARITY_CACHE_BYTES // (4 * max(len(unit), 1))))
-
-    def __call__(self, codes: torch.Tensor) -> torch.Tensor:
-        wanted = [int(c) for c in codes]
-        missing = sorted({c for c in wanted if c not in self.rows})
-        made = dict(zip(missing, self.unit[missing] @ self.unit.T, strict=True)) if missing else {}
-        out = torch.stack([made[c] if c in made else self.rows[c] for c in wanted])
-        for c, row in made.items():
-            self.rows[c] = row.clone()
-        return out
 
 
 def contexts(t: HistoryTensors) -> torch.Tensor:
