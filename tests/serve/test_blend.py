@@ -207,17 +207,14 @@ def test_explanations_name_the_event_whose_removal_lowers_the_blended_score_most
         assert r.because[0].weight == pytest.approx(drops[named], abs=1e-4)
 
 
-def test_a_model_past_max_items_drops_the_blend_and_says_so_in_its_snapshots() -> None:
-    settings = MODEL.model_copy(update={"blend": MODEL.blend.model_copy(update={"max_items": len(IDS) + 2})})
-    model = build_freshrec(len(IDS), text(IDS), settings, LearnSettings(epochs=1))
+def test_a_model_without_its_blend_says_so_in_its_snapshots_and_scores_with_the_network() -> None:
+    model = build_freshrec(len(IDS), text(IDS), MODEL, LearnSettings(epochs=1))
     assert model.blend_part() is not None
-    model.add_items(text(["new-1", "new-2"]))
-    assert model.blend_part() is not None
-    model.add_items(text(["new-3"]))
+    model.drop_blend()  # the online learner's choice on a catalog over [model.blend] max_items
+    model.add_items(text(["new-1"]))
     assert model.blend_part() is None and model.gate is None
-    scores = model.score(query([0, 3], T0))
-    assert scores.shape == (1, len(IDS) + 3) and np.isfinite(scores).all()
-    assert torch.is_tensor(model.net.item_id.weight)
+    now = T0 + 60
+    np.testing.assert_array_equal(model.score(query([0, 3], now)), model._network_scores(query([0, 3], now)))
 
 
 def test_the_similarity_rows_a_server_keeps_equal_the_products(monkeypatch: pytest.MonkeyPatch) -> None:

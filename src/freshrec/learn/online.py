@@ -18,6 +18,7 @@ publishes it to its request handlers).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -39,6 +40,8 @@ from freshrec.model.freshrec import FreshRec
 from freshrec.model.snapshot import Snapshot
 from freshrec.settings import Settings
 from freshrec.storage.base import Store, identity, log_chunks, redact
+
+log = logging.getLogger(__name__)
 
 STOPPED = "stop"
 """The note of the checkpoint a learner writes when it stops cleanly."""
@@ -116,12 +119,24 @@ class Learner:
             self._catalog_at = time.monotonic()
             if (vectors := self.items.add_catalog()) is not None:
                 self.model.add_items(vectors)
+        self._fit_blend(self.model)
+
+    def _fit_blend(self, model: FreshRec) -> None:
+        """Leave the blend out on a catalog larger than ``[model.blend] max_items``: the
+        server would compute its text features over every item for every request."""
+        limit = self.settings.model.blend.max_items
+        if model.signals is not None and model.n_items > limit:
+            log.info(
+                "%d items, more than [model.blend] max_items (%d): serving the network alone", model.n_items, limit
+            )
+            model.drop_blend()
 
     def _new_model(self, text: np.ndarray) -> FreshRec:
         """The model of the settings; its counts keep a journal of what they take in,
         which the snapshots carry to serving (:meth:`FreshRec.blend_part`)."""
         s = self.settings
         model = build_freshrec(len(text), text, s.model, s.learn, s.feedback, s.ingest, progress=self.progress)
+        self._fit_blend(model)
         if model.signals is not None:
             model.signals.journal = []
         return model

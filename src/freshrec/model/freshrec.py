@@ -109,7 +109,7 @@ class FreshRec:
         self.signals: CountSignals | None = None
         self.gate: Gate | None = None
         # counts remember single users' transitions exactly: no place in the private mode
-        if blend.enabled and private is None and self.n_items <= blend.max_items:
+        if blend.enabled and private is None:
             self.signals = new_signals(self.n_items, model, text)
             self.gate = Gate(feature_names(self.signals), self.signals.n_per_query + 1, blend)
         self._features: tuple[np.ndarray, Features] | None = None
@@ -253,13 +253,15 @@ class FreshRec:
         """Grow the catalog by ``len(text)`` items (codes continue from ``n_items``)."""
         if len(text):
             self.trainer.grow(torch.from_numpy(np.asarray(text, dtype=np.float32)))
-            if self.signals is not None and self.n_items > self.model_settings.blend.max_items:
-                log.info("%d items, more than [model.blend] max_items: the network alone from now on", self.n_items)
-                self.signals = self.gate = None
-                self._features = None
-            elif self.signals is not None:
+            if self.signals is not None:
                 self.signals.grow(np.asarray(text, dtype=np.float32))
             self._table = None
+
+    def drop_blend(self) -> None:
+        """The network alone from now on (the online learner's choice on a catalog larger
+        than ``[model.blend] max_items``, where serving the blend costs too much)."""
+        self.signals = self.gate = None
+        self._features = None
 
     def blend_part(self, with_counts: bool = False) -> dict[str, Any] | None:
         """What serving needs of the blend for a snapshot (``None`` without one): its

@@ -205,10 +205,9 @@ class CountSignals:
         unit = self.text if text is None else text
         if unit is not None and self.text is not None:
             units = torch.from_numpy(unit)
-            recent_text = units[torch.from_numpy(np.maximum(window, 0))]
-            profile = torch.bmm(torch.from_numpy(weights.astype(np.float32))[:, None], recent_text)[:, 0]
-            per_query[:, 2] = F.normalize(profile, dim=1) @ units.T
-            per_query[:, 3] = nearest(units, queries, self._text_rows() if text is None else gram)
+            rows_of = self._text_rows() if text is None else gram
+            per_query[:, 2] = _profile_similarity(units, window, weights, rows_of)
+            per_query[:, 3] = nearest(units, queries, rows_of)
         pop = np.concatenate([self.popularity.shares(), self.recency.shares()])
         untouched = self.interactions == 0
         age = np.where(untouched, 0.0, np.log1p(np.maximum(self._last - self.first_seen, 0.0) / 100.0))
@@ -329,6 +328,27 @@ class SimilarityCache:
         for c, row in made.items():
             self.rows[c] = row.clone()
         return out
+
+
+def _profile_similarity(
+    units: Tensor, window: np.ndarray, weights: np.ndarray, rows_of: SimilarityRows | None
+) -> Tensor:
+    """``(B, n)``: each item's cosine similarity to the recency-weighted mean of the text
+    of each row's ``window`` items. From their similarity rows where they are looked up
+    (the same sum, regrouped: reading a 10,000-item catalog's text per request cost a
+    server two milliseconds, twenty looked-up rows a tenth of that), else by products."""
+    w = torch.from_numpy(weights.astype(np.float32))
+    profile = torch.bmm(w[:, None], units[torch.from_numpy(np.maximum(window, 0))])[:, 0]
+    norm: Tensor = profile.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    if rows_of is None:
+        return (profile / norm) @ units.T
+    rows, slots = np.nonzero(window >= 0)
+    out = torch.zeros(len(window), len(units))
+    if len(rows):
+        picked = rows_of(torch.from_numpy(window[rows, slots]))
+        out.index_add_(0, torch.from_numpy(rows), picked * w[rows, slots][:, None])
+    similarity: Tensor = out / norm
+    return similarity
 
 
 def nearest(unit: Tensor, queries: Interactions, gram: SimilarityRows | None = None, among: int = NEAREST) -> Tensor:

@@ -25,7 +25,14 @@ import torch.nn.functional as F
 from freshrec.model.base import Interactions
 from freshrec.model.blend import Features, Gate, blended, contributions, feature_names, new_signals
 from freshrec.model.sequence import HistoryTensors
-from freshrec.model.signals import CountSignals, SimilarityCache, nearest, unit_rows
+from freshrec.model.signals import (
+    GRAM_MAX_ITEMS,
+    CountSignals,
+    SimilarityCache,
+    SimilarityRows,
+    nearest,
+    unit_rows,
+)
 from freshrec.serve.catalog import CatalogView
 from freshrec.settings import ModelSettings
 
@@ -60,7 +67,7 @@ class ServedBlend:
         self.settings: ModelSettings | None = None
         self.signals: CountSignals | None = None
         self.weight: torch.Tensor | None = None
-        self._text: tuple[CatalogView, npt.NDArray[np.float32], SimilarityCache] | None = None
+        self._text: tuple[CatalogView, npt.NDArray[np.float32], SimilarityRows] | None = None
 
     @property
     def ready(self) -> bool:
@@ -131,11 +138,14 @@ class ServedBlend:
         q = signals.n_per_query + 1
         return Blended(blended(weight, q, features), features, weight, q, feature_names(signals))
 
-    def _text_of(self, view: CatalogView) -> tuple[CatalogView, npt.NDArray[np.float32], SimilarityCache]:
-        """The view's unit text vectors and a cache of their similarity rows."""
+    def _text_of(self, view: CatalogView) -> tuple[CatalogView, npt.NDArray[np.float32], SimilarityRows]:
+        """The view's unit text vectors and their similarity rows: every pair's made at
+        once on a small catalog (as the learner does), a cache of those read on a larger one."""
         if self._text is None or self._text[0] is not view:
             unit = unit_rows(view.text)
-            self._text = (view, unit, SimilarityCache(torch.from_numpy(unit)))
+            units = torch.from_numpy(unit)
+            rows = (units @ units.T).__getitem__ if len(unit) <= GRAM_MAX_ITEMS else SimilarityCache(units)
+            self._text = (view, unit, rows)
         return self._text
 
 

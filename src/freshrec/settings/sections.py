@@ -120,10 +120,12 @@ class BlendSettings(Section):
     time_half_lives: tuple[float, ...] = (86_400.0, 604_800.0, 2_592_000.0)
     """And with each of these, in seconds (a day, a week, thirty days): a stream's rate
     changes, so the blend also gets popularity on the wall clock."""
-    max_items: int = Field(default=20_000, ge=0)
-    """Above this many catalog items the model is the network alone (served with candidate
-    retrieval, ``[serve.retrieval] min_items``): the blend's features of a micro-batch and
-    of a request grow with the catalog (six floats per item and query)."""
+    max_items: int = Field(default=4_096, ge=0)
+    """Above this many catalog items the online learner and the server use the network
+    alone (``freshrec evaluate`` blends at any size): the blend's text features read every
+    item's text for every request. Up to 4,096 items a server looks each pair's similarity
+    up (64 MB); on 10,000 items the blend cost the server 3-10 ms per request and the learner
+    three times the network's time per micro-batch (measured 2026-12-03)."""
     exclude: tuple[str, ...] = ()
     """Features the blend leaves at weight zero (ablations), by the names its report uses:
     ``network``, ``transitions``, ``co-occurrence``, ``text-similarity``, ``text-nearest``,
