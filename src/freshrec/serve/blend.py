@@ -75,21 +75,27 @@ class ServedBlend:
 
     def take(self, part: dict[str, Any] | None, settings: ModelSettings) -> None:
         """A snapshot's blend (checked when the snapshot was read): the counts of a whole
-        one, then the increments that follow the copy's own, and the weights. A gap in the
-        increments (a snapshot this server missed) leaves the copy out until the next
-        whole one: the network ranks alone meanwhile."""
+        one, then the increments that follow the copy's own, and the weights. Whole counts
+        are only taken where the increments do not already bring the copy to them (the
+        learner sends them every minute), and are made before the lock is taken: requests
+        do not wait for them. A gap in the increments (a snapshot this server missed)
+        leaves the copy out until the next whole counts: the network ranks alone meanwhile.
+        Called from one thread (the snapshots' receiver)."""
+        current = self.signals if settings == self.settings else None
+        whole = None
+        if part is not None and part["signals"] is not None and _behind(current, part):
+            state = part["signals"]
+            n = len(state["interactions"])
+            # the server reads text from its catalog: a one-column stand-in
+            whole = new_signals(n, settings, np.zeros((n, 1), np.float32) if settings.use_text else None)
+            whole.restore(state)
         with self._lock:
             if part is None or settings != self.settings:
                 self.signals = self.weight = None
                 self.settings = settings
             if part is None:
                 return
-            if part["signals"] is not None:
-                state = part["signals"]
-                width = 1 if settings.use_text else None  # the server reads text from its catalog
-                n = len(state["interactions"])
-                whole = new_signals(n, settings, None if width is None else np.zeros((n, width), np.float32))
-                whole.restore(state)
+            if whole is not None:
                 self.signals = whole
             signals = self.signals
             if signals is None:
@@ -105,6 +111,15 @@ class ServedBlend:
                     signals.grow(np.zeros((counted.n_items - signals.n_items, 1), np.float32))
                 signals.apply(counted)
             self.weight = part["weight"]
+
+    def prepare(self, view: CatalogView) -> None:
+        """Make the view's text similarities before requests need them (from the thread
+        that publishes a new view: on 4,096 items, every pair's took half a second)."""
+        known = self._text
+        if self.settings is not None and self.settings.use_text and (known is None or known[0] is not view):
+            made = self._text_for(view)
+            with self._lock:
+                self._text = made
 
     def forget(self) -> None:
         with self._lock:
@@ -139,14 +154,32 @@ class ServedBlend:
         return Blended(blended(weight, q, features), features, weight, q, feature_names(signals))
 
     def _text_of(self, view: CatalogView) -> tuple[CatalogView, npt.NDArray[np.float32], SimilarityRows]:
+        if self._text is None or self._text[0] is not view:
+            self._text = self._text_for(view)
+        return self._text
+
+    @staticmethod
+    def _text_for(view: CatalogView) -> tuple[CatalogView, npt.NDArray[np.float32], SimilarityRows]:
         """The view's unit text vectors and their similarity rows: every pair's made at
         once on a small catalog (as the learner does), a cache of those read on a larger one."""
-        if self._text is None or self._text[0] is not view:
-            unit = unit_rows(view.text)
-            units = torch.from_numpy(unit)
-            rows = (units @ units.T).__getitem__ if len(unit) <= GRAM_MAX_ITEMS else SimilarityCache(units)
-            self._text = (view, unit, rows)
-        return self._text
+        unit = unit_rows(view.text)
+        units = torch.from_numpy(unit)
+        rows = (units @ units.T).__getitem__ if len(unit) <= GRAM_MAX_ITEMS else SimilarityCache(units)
+        return view, unit, rows
+
+
+def _behind(current: CountSignals | None, part: dict[str, Any]) -> bool:
+    """Whether a copy at ``current`` needs the whole counts of ``part``: it has none, or
+    the increments that come with them leave it short of them."""
+    if current is None:
+        return True
+    seq = current.seq
+    for counted in part["counted"]:
+        if counted.seq == seq + 1:
+            seq += 1
+        elif counted.seq > seq:
+            return True
+    return seq < int(part["signals"].get("seq", 0))
 
 
 def contexts(t: HistoryTensors) -> torch.Tensor:

@@ -89,6 +89,7 @@ class Ranker:
             # learner's item list changed, so a publish applies the tables as they are
             self.retrieval.forget()
         self.scoring = sc = build_scoring(snapshot, self.catalog.view, self._spare(), self.scoring)
+        self.blend.prepare(sc.view)
         if sc.vectors is not None and sc.bias is not None:
             vectors, bias = sc.vectors, sc.bias
             self.retrieval.refresh(lambda: (vectors.numpy().copy(), bias.numpy().copy()), len(sc.view))
