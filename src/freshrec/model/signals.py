@@ -71,6 +71,7 @@ class CountSignals:
         """Text similarities of every pair of items (see :data:`GRAM_MAX_ITEMS`), made when first read."""
         self._rows: SimilarityCache | None = None
         """On larger catalogs, the similarity rows read lately."""
+        self._item_features: tuple[tuple[int, int, int], Tensor] | None = None
         self.transitions = PairCounts(n_items)
         self.cooc = PairCounts(n_items)
         self.popularity = Decayed(n_items, half_lives)
@@ -208,6 +209,15 @@ class CountSignals:
             rows_of = self._text_rows() if text is None else gram
             per_query[:, 2] = _profile_similarity(units, window, weights, rows_of)
             per_query[:, 3] = nearest(units, queries, rows_of)
+        return per_query, self._per_item(width)
+
+    def _per_item(self, width: int) -> Tensor:
+        """The per-item features over ``width`` items, made once per state of the counts (a
+        server reads them for every request, between two increments)."""
+        key = (self.seq, self.n_items, width)
+        if self._item_features is not None and self._item_features[0] == key:
+            return self._item_features[1]
+        n, floor = self.n_items, 0.1 / max(self.n_items, 1)
         pop = np.concatenate([self.popularity.shares(), self.recency.shares()])
         untouched = self.interactions == 0
         age = np.where(untouched, 0.0, np.log1p(np.maximum(self._last - self.first_seen, 0.0) / 100.0))
@@ -217,7 +227,9 @@ class CountSignals:
             extra[:, : len(pop)] = np.log(floor)
             extra[:, len(pop)] = 1.0
             per_item = np.concatenate([per_item, extra])
-        return per_query, torch.from_numpy(np.ascontiguousarray(per_item[:width]))
+        made = torch.from_numpy(np.ascontiguousarray(per_item[:width]))
+        self._item_features = (key, made)
+        return made
 
     def _text_rows(self) -> SimilarityRows | None:
         """Each pair's text similarity looked up: all made at once on a small catalog, the
@@ -255,6 +267,7 @@ class CountSignals:
         """Take ``state`` (from :meth:`state`), checked first: :class:`ValueError` unless
         it holds counts of this copy's shape (what comes over a pipe or from disk)."""
         self.check(state)
+        self._item_features = None
         self.transitions.restore(state["transitions"])
         self.cooc.restore(state["cooc"])
         self.popularity.restore(state["popularity"])

@@ -68,6 +68,7 @@ class ServedBlend:
         self.signals: CountSignals | None = None
         self.weight: torch.Tensor | None = None
         self._text: tuple[CatalogView, npt.NDArray[np.float32], SimilarityRows] | None = None
+        self._units: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def ready(self) -> bool:
@@ -147,11 +148,18 @@ class ServedBlend:
                 per_query, per_item = signals.features(queries, unit, rows)
             else:
                 per_query, per_item = signals.features(queries, _no_text(len(view)))
-        learned = nearest(F.normalize(vectors, dim=1), queries)
+        learned = nearest(self._unit_vectors(vectors), queries)
         context = Gate.context(queries) if context is None else context
         features = Features(network, torch.cat([per_query, learned[:, None]], 1), per_item, context)
         q = signals.n_per_query + 1
         return Blended(blended(weight, q, features), features, weight, q, feature_names(signals))
+
+    def _unit_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
+        """The network's item vectors at unit length, made once per item table."""
+        known = self._units
+        if known is None or known[0] is not vectors:
+            known = self._units = (vectors, F.normalize(vectors, dim=1))
+        return known[1]
 
     def _text_of(self, view: CatalogView) -> tuple[CatalogView, npt.NDArray[np.float32], SimilarityRows]:
         if self._text is None or self._text[0] is not view:
