@@ -20,7 +20,7 @@ from typing import Any, cast
 import pytest
 
 from freshrec.client import Client
-from freshrec.learn.worker import Sender
+from freshrec.learn.sender import Sender
 from freshrec.model.snapshot import Snapshot
 
 

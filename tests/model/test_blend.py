@@ -9,7 +9,7 @@ import torch
 from freshrec.encoders.hashing import HashingEncoder
 from freshrec.evaluate.replay import Sequences
 from freshrec.learn.recommender import build_freshrec
-from freshrec.model import pairs, signals
+from freshrec.model import pairs, signals, similarity
 from freshrec.model.base import Interactions
 from freshrec.model.blend import N_CONTEXTS, Features, Gate, seen_mask
 from freshrec.model.pairs import PairCounts
@@ -166,7 +166,7 @@ def test_text_nearest_from_the_stored_pair_similarities_equals_the_products_and_
     looked_up.grow(text[8:])
     assert looked_up._gram is not None and looked_up._gram.shape == (12, 12)
     assert looked_up.text is not None
-    products = signals.nearest(torch.from_numpy(looked_up.text), queries)
+    products = similarity.nearest(torch.from_numpy(looked_up.text), queries)
     torch.testing.assert_close(looked_up.features(queries)[0][:, column], products)
     monkeypatch.setattr(signals, "GRAM_MAX_ITEMS", 4)
     large = CountSignals(12, window=3, half_lives=(10.0,), text=text)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from freshrec import serialization
-from freshrec.learn.worker import Sender
+from freshrec.learn.sender import Sender
 from freshrec.model import deltas
 from freshrec.model.deltas import ITEM_TOWER, SnapshotDelta, apply, delta_since
 from freshrec.model.sequence import SequenceNet

@@ -13,8 +13,8 @@ import torch
 from freshrec import serialization
 from freshrec.domain import Event, EventType
 from freshrec.learn.recommender import build_freshrec
-from freshrec.learn.worker import Sender
-from freshrec.model import signals
+from freshrec.learn.sender import Sender
+from freshrec.model import similarity
 from freshrec.model.base import Interactions
 from freshrec.model.deltas import apply, delta_since, read
 from freshrec.model.freshrec import FreshRec
@@ -218,9 +218,9 @@ def test_a_model_without_its_blend_says_so_in_its_snapshots_and_scores_with_the_
 
 
 def test_the_similarity_rows_a_server_keeps_equal_the_products(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(signals, "SIMILARITY_CACHE_BYTES", 0)  # 16 rows: the cache evicts
+    monkeypatch.setattr(similarity, "SIMILARITY_CACHE_BYTES", 0)  # 16 rows: the cache evicts
     unit = torch.nn.functional.normalize(torch.randn(40, 8, generator=torch.Generator().manual_seed(3)), dim=1)
-    cache = signals.SimilarityCache(unit)
+    cache = similarity.SimilarityCache(unit)
     for codes in ([1, 2, 2, 39], list(range(30)), [5, 1, 0]):
         torch.testing.assert_close(cache(torch.tensor(codes)), unit[codes] @ unit.T)
     assert len(cache.rows) == 16

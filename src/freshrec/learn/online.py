@@ -92,8 +92,7 @@ class Learner:
         self.checkpoint_every = settings.learn.checkpoint_every
         self.on_update = on_update
         self.counts_due: Callable[[], bool] = lambda: False
-        """Whether the next snapshot should carry the blend's counts whole (asked by the
-        sender of a receiver that takes them: the server beside this learner)."""
+        """Whether the next snapshot carries the blend's counts whole (its sender says)."""
         self.checkpoint_version = 0
         self.updates = 0
         self._unsaved = 0
@@ -108,9 +107,8 @@ class Learner:
 
     # -- set-up -------------------------------------------------------------
     def _add_new_items(self, events: list[Event]) -> None:
-        """Grow the model by the catalog items these events name that it lacks and, every
-        ``CATALOG_S``, by every other catalog item it lacks (serving's catalog follows
-        the model's numbering)."""
+        """Grow the model by the catalog items these events name and, every ``CATALOG_S``, by
+        every other one it lacks (serving's catalog follows the model's numbering)."""
         if self.model is None:
             return
         if (vectors := self.items.add(events)) is not None:
@@ -122,13 +120,9 @@ class Learner:
         self._fit_blend(self.model)
 
     def _fit_blend(self, model: FreshRec) -> None:
-        """Leave the blend out on a catalog larger than ``[model.blend] max_items``: the
-        server would compute its text features over every item for every request."""
-        limit = self.settings.model.blend.max_items
-        if model.signals is not None and model.n_items > limit:
-            log.info(
-                "%d items, more than [model.blend] max_items (%d): serving the network alone", model.n_items, limit
-            )
+        """No blend on a catalog over ``[model.blend] max_items`` (its features cost serving too much)."""
+        if model.signals is not None and model.n_items > self.settings.model.blend.max_items:
+            log.info("%d items, over [model.blend] max_items: the network alone", model.n_items)
             model.drop_blend()
 
     def _new_model(self, text: np.ndarray) -> FreshRec:

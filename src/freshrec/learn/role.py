@@ -17,7 +17,8 @@ from typing import Any
 from freshrec.bus import RedisBus
 from freshrec.learn.checkpoints import Checkpoints
 from freshrec.learn.lease import Lease, LeaseHeld
-from freshrec.learn.worker import Sender, run_learner
+from freshrec.learn.sender import Sender
+from freshrec.learn.worker import run_learner
 from freshrec.runtime import end_past_stuck_threads, last_steps
 from freshrec.serialization import Malformed
 from freshrec.settings import Settings

@@ -19,15 +19,13 @@ A deployment's only learner (``serve --role learner``) runs the same loop,
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import logging
 import os
 import signal
 import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as ProcessEvent
@@ -40,7 +38,7 @@ from freshrec.learn.feed import IDLE_S, Feed, Polling
 from freshrec.learn.items import NoCatalog
 from freshrec.learn.lease import Lease, LeaseHeld
 from freshrec.learn.online import Interrupted, Learner
-from freshrec.model.deltas import delta_since
+from freshrec.learn.sender import Sender
 from freshrec.model.snapshot import Snapshot
 from freshrec.runtime import ARM_SNAPSHOT, SNAPSHOT, die_with_parent, last_steps, limit_threads
 from freshrec.settings import Settings
@@ -49,130 +47,8 @@ from freshrec.storage.base import LeaseState
 
 log = logging.getLogger("freshrec.learner")
 
-COUNTS_EVERY_S = 60.0
-"""The blend's counts go whole at least this often (a copy: tens of milliseconds, tens of
-megabytes on a catalog of thousands of items); in between, what they took in."""
 SENDER_GRACE_S = 2.0
 """How long a stopping learner waits for its last snapshot and state to be delivered."""
-
-
-class Sender:
-    """Delivers the newest snapshot at most once per interval, never dropping the last
-    one, and messages at once; both through the callables it is given, one call at a
-    time (a pipe with two threads writing at once interleaves their bytes: the server
-    then fails to parse what it reads and never gets a model).
-
-    With ``full_every_s`` (a receiver that gets every delivery, in order: the pipe), a
-    snapshot goes as a delta on the one delivered before (:mod:`freshrec.model.deltas`),
-    and whole at least every ``full_every_s``, after a failed delivery, and when a delta
-    would change most rows anyway."""
-
-    def __init__(
-        self,
-        snapshot: Callable[[bytes], object],
-        message: Callable[[tuple[Any, ...]], object],
-        interval_s: float,
-        key: bytes | None = None,
-        full_every_s: float = 0.0,
-        counts: bool = False,
-    ):
-        self._deliver, self._message = snapshot, message
-        self.interval = interval_s
-        self.full_every_s = full_every_s
-        self._delivered: Snapshot | None = None
-        self._whole_at = 0.0
-        self.key = key
-        """Signs each snapshot (``[cluster] snapshot_key``)."""
-        self.fence: Callable[[], bool] | None = None
-        """While it returns false (the learner lost the store's lease), snapshots are dropped."""
-        self.carries_counts = bool(full_every_s)
-        """Whether snapshots go with the blend: its counts now and then, and what they took in
-        in between, which a receiver must get in order (the pipe). Without, serving ranks with
-        the network alone."""
-        self._counts_at: float | None = None
-        """When the counts were last asked for whole (``None``: before the first, or after a
-        failed delivery)."""
-        self.pending: Snapshot | None = None
-        self.closed = False
-        self.lock = threading.Condition()
-        self._sending = threading.Lock()
-        self.thread = threading.Thread(target=self._run, name="freshrec-sender", daemon=True)
-
-    def start(self) -> Sender:
-        """Start delivering (its own thread); returns itself."""
-        self.thread.start()
-        return self
-
-    def counts_due(self) -> bool:
-        """Whether the next snapshot should carry the blend's counts whole: the first, the
-        one after a failed delivery, and one every :data:`COUNTS_EVERY_S` (so a server
-        that refused a snapshot, and with it some counting, is whole again soon)."""
-        if not self.carries_counts:
-            return False
-        now = time.monotonic()
-        with self.lock:
-            if self._counts_at is not None and now - self._counts_at < COUNTS_EVERY_S:
-                return False
-            self._counts_at = now
-            return True
-
-    def snapshot(self, snapshot: Snapshot) -> None:
-        with self.lock:
-            pending, blend = self.pending, snapshot.blend
-            if pending is not None and pending.blend is not None and blend is not None:
-                # the one replaced is never sent: what it counted goes with this one, and so
-                # do its whole counts (the increments they hold are skipped where applied)
-                counted = [*pending.blend["counted"], *blend["counted"]]
-                counts = blend["signals"] if blend["signals"] is not None else pending.blend["signals"]
-                snapshot = dataclasses.replace(snapshot, blend={**blend, "counted": counted, "signals": counts})
-            self.pending = snapshot
-            self.lock.notify()
-
-    def message(self, *message: Any) -> None:
-        with self._sending:
-            self._message(message)
-
-    def _run(self) -> None:
-        while True:
-            with self.lock:
-                while self.pending is None and not self.closed:
-                    self.lock.wait()
-                if self.pending is None:
-                    return
-                snapshot, self.pending = self.pending, None
-            if self.fence is not None and not self.fence():
-                log.warning("a model snapshot was not published: this learner does not hold the store's lease")
-                continue
-            try:
-                data = self._encode(snapshot)
-                with self._sending:
-                    self._deliver(data)
-                self._delivered = snapshot
-            except Exception:  # the next snapshot is tried anyway, whole
-                self._delivered = None
-                with self.lock:
-                    self._counts_at = None
-                log.exception("could not deliver a model snapshot")
-            time.sleep(self.interval)
-
-    def _encode(self, snapshot: Snapshot) -> bytes:
-        previous, now = self._delivered, time.monotonic()
-        if not self.carries_counts and snapshot.blend is not None:
-            snapshot = dataclasses.replace(snapshot, blend=None)
-        if previous is not None and self.full_every_s and now - self._whole_at < self.full_every_s:
-            delta = delta_since(snapshot, previous)
-            if delta is not None and 2 * len(delta.rows) <= len(snapshot.item_ids):
-                return delta.to_bytes(self.key)
-        self._whole_at = now
-        return snapshot.to_bytes(self.key)
-
-    def close(self, timeout_s: float | None = None) -> None:
-        """Deliver what is pending and stop; with ``timeout_s``, give up on a delivery
-        that hangs (the store or the bus away at shutdown)."""
-        with self.lock:
-            self.closed = True
-            self.lock.notify()
-        self.thread.join(timeout_s)
 
 
 def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], halt: ProcessEvent) -> None:

@@ -15,25 +15,20 @@ catalog size.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cachetools import LRUCache
 from torch import Tensor
 
 from freshrec.model.base import Interactions
 from freshrec.model.counted import Counted
 from freshrec.model.pairs import PairCounts
+from freshrec.model.similarity import SimilarityCache, SimilarityRows, nearest, profile_similarity, unit_rows
 
-NEAREST = 5
-"""How many of a user's latest items "nearest in text" looks among."""
 LAG_WEIGHTS = (1.0, 0.6, 0.36)
 """Transitions from the user's last, second-last and third-last item."""
-SIMILARITY_CACHE_BYTES = 64 << 20
-"""Above :data:`GRAM_MAX_ITEMS`, the similarity rows kept (:class:`SimilarityCache`)."""
 GRAM_MAX_ITEMS = 4_096
 """Up to this many items, the text similarity of every pair is computed once (64 MB at
 most) and "text-nearest" looks it up: on MovieLens-100K the five matrix products per
@@ -207,7 +202,7 @@ class CountSignals:
         if unit is not None and self.text is not None:
             units = torch.from_numpy(unit)
             rows_of = self._text_rows() if text is None else gram
-            per_query[:, 2] = _profile_similarity(units, window, weights, rows_of)
+            per_query[:, 2] = profile_similarity(units, window, weights, rows_of)
             per_query[:, 3] = nearest(units, queries, rows_of)
         return per_query, self._per_item(width)
 
@@ -318,80 +313,9 @@ def check_pairs(raw: object, n: int) -> None:
         raise ValueError("count signals: pair counts not finite and non-negative")
 
 
-SimilarityRows = Callable[[Tensor], Tensor]
-"""Item codes to their rows of ``unit @ unit.T``, made once and looked up."""
-
-
-class SimilarityCache:
-    """Rows of ``unit @ unit.T`` by item code, kept up to :data:`SIMILARITY_CACHE_BYTES`.
-    "text-nearest" reads the rows of a user's last five items: on a 10,000-item catalog
-    each is a 3.8-million-term product (a learner's micro-batch of 256 events took 220 ms
-    for them, a server a millisecond per request), which the rows of the popular items,
-    made once, save."""
-
-    def __init__(self, unit: torch.Tensor):
-        self.unit = unit
-        self.rows: LRUCache[int, torch.Tensor] = LRUCache(max(16, SIMILARITY_CACHE_BYTES // (4 * max(len(unit), 1))))
-
-    def __call__(self, codes: torch.Tensor) -> torch.Tensor:
-        wanted = [int(c) for c in codes]
-        missing = sorted({c for c in wanted if c not in self.rows})
-        made = dict(zip(missing, self.unit[missing] @ self.unit.T, strict=True)) if missing else {}
-        out = torch.stack([made[c] if c in made else self.rows[c] for c in wanted])
-        for c, row in made.items():
-            self.rows[c] = row.clone()
-        return out
-
-
-def _profile_similarity(
-    units: Tensor, window: np.ndarray, weights: np.ndarray, rows_of: SimilarityRows | None
-) -> Tensor:
-    """``(B, n)``: each item's cosine similarity to the recency-weighted mean of the text
-    of each row's ``window`` items. From their similarity rows where they are looked up
-    (the same sum, regrouped: reading a 10,000-item catalog's text per request cost a
-    server two milliseconds, twenty looked-up rows a tenth of that), else by products."""
-    w = torch.from_numpy(weights.astype(np.float32))
-    profile = torch.bmm(w[:, None], units[torch.from_numpy(np.maximum(window, 0))])[:, 0]
-    norm: Tensor = profile.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    if rows_of is None:
-        return (profile / norm) @ units.T
-    rows, slots = np.nonzero(window >= 0)
-    out = torch.zeros(len(window), len(units))
-    if len(rows):
-        picked = rows_of(torch.from_numpy(window[rows, slots]))
-        out.index_add_(0, torch.from_numpy(rows), picked * w[rows, slots][:, None])
-    similarity: Tensor = out / norm
-    return similarity
-
-
-def nearest(unit: Tensor, queries: Interactions, gram: SimilarityRows | None = None, among: int = NEAREST) -> Tensor:
-    """``(B, n)``: each item's cosine similarity to the closest of the user's last
-    ``among`` items, given unit-length item vectors ``unit`` (-1 with no history),
-    or ``gram``, which looks their rows of ``unit @ unit.T`` up where already made.
-    A user who touched a strategy game and a puzzle game is close to both kinds;
-    their mean profile is close to neither. Only the history slots that hold an item
-    are multiplied out: on a sparse log most users have one or none."""
-    recent = torch.from_numpy(np.ascontiguousarray(queries.hist_item[:, ::-1][:, :among]).astype(np.int64))
-    rows, slots = torch.nonzero(recent >= 0, as_tuple=True)
-    if not len(rows):
-        return torch.full((len(queries), len(unit)), -1.0)
-    # one row per (query, slot), -1 where the slot is empty, then the most similar slot
-    # (twice as fast as a scatter of the maximum over the touched rows)
-    sims = torch.full((len(queries), recent.shape[1], len(unit)), -1.0)
-    touched = recent[rows, slots]
-    sims[rows, slots] = gram(touched) if gram is not None else unit[touched] @ unit.T
-    return sims.amax(1)
-
-
 def _padded(x: Tensor, width: int) -> Tensor:
     """``x``'s first ``width`` columns, zeros past its own."""
     return x[:, :width] if x.shape[1] >= width else F.pad(x, (0, width - x.shape[1]))
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    out: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-9)
-    return out
 
 
 class Decayed:
