@@ -110,8 +110,10 @@ class ServedBlend:
     def prepare(self, view: CatalogView) -> None:
         """Make the view's text similarities before requests need them (from the thread
         that publishes a new view: on 4,096 items, every pair's took half a second)."""
-        known = self._text
-        if self.settings is not None and self.settings.use_text and (known is None or known[0] is not view):
+        known, settings = self._text, self.settings
+        if self.signals is None or settings is None or not settings.use_text:
+            return  # nothing reads them (yet: the first request after the counts arrive makes them)
+        if known is None or known[0] is not view:
             made = self._text_for(view)
             with self._lock:
                 self._text = made
