@@ -201,9 +201,8 @@ class CountSignals:
         unit = self.text if text is None else text
         if unit is not None and self.text is not None:
             units = torch.from_numpy(unit)
-            rows_of = self._text_rows() if text is None else gram
-            per_query[:, 2] = profile_similarity(units, window, weights, rows_of)
-            per_query[:, 3] = nearest(units, queries, rows_of)
+            per_query[:, 2] = profile_similarity(units, window, weights)
+            per_query[:, 3] = nearest(units, queries, self._text_rows() if text is None else gram)
         return per_query, self._per_item(width)
 
     def _per_item(self, width: int) -> Tensor:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from cachetools import LRUCache
 from torch import Tensor
 
@@ -44,25 +45,14 @@ class SimilarityCache:
         return out
 
 
-def profile_similarity(
-    units: Tensor, window: np.ndarray, weights: np.ndarray, rows_of: SimilarityRows | None
-) -> Tensor:
+def profile_similarity(units: Tensor, window: np.ndarray, weights: np.ndarray) -> Tensor:
     """``(B, n)``: each item's cosine similarity to the recency-weighted mean of the text
-    of each row's ``window`` items. From their similarity rows where they are looked up
-    (the same sum, regrouped: reading a 10,000-item catalog's text per request cost a
-    server two milliseconds, twenty looked-up rows a tenth of that), else by products."""
+    of each row's ``window`` items. (From looked-up similarity rows instead, the same sum
+    regrouped cost six times as much on a 256-row batch over 3,706 items, and saved a
+    server a quarter of a millisecond per request: measured 2026-12-03.)"""
     w = torch.from_numpy(weights.astype(np.float32))
     profile = torch.bmm(w[:, None], units[torch.from_numpy(np.maximum(window, 0))])[:, 0]
-    norm: Tensor = profile.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    if rows_of is None:
-        return (profile / norm) @ units.T
-    rows, slots = np.nonzero(window >= 0)
-    out = torch.zeros(len(window), len(units))
-    if len(rows):
-        picked = rows_of(torch.from_numpy(window[rows, slots]))
-        out.index_add_(0, torch.from_numpy(rows), picked * w[rows, slots][:, None])
-    similarity: Tensor = out / norm
-    return similarity
+    return F.normalize(profile, dim=1) @ units.T
 
 
 def nearest(unit: Tensor, queries: Interactions, gram: SimilarityRows | None = None, among: int = NEAREST) -> Tensor:
