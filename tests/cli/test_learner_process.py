@@ -191,3 +191,52 @@ def test_sigterm_during_an_import_keeps_what_was_committed_and_a_rerun_adds_the_
     summary = " ".join((again.stdout + again.stderr).split())
     assert f"stored {300_000 - kept:,}, unchanged/duplicate {kept:,}" in summary, summary
     assert stored() == 300_000
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_an_evaluations_worker_dies_within_seconds_of_a_sigkill_of_its_parent(tmp_path: Path) -> None:
+    """``freshrec evaluate`` replays each model in a worker process: killed, it must not
+    leave the worker replaying on (one did, for minutes, beside the next benchmark)."""
+    cli = [str(Path(sys.executable).parent / "freshrec")]
+    env = {**os.environ, **ENV}
+    gen = tmp_path / "gen"
+    subprocess.run(
+        [*cli, "generate", "--out", str(gen), "--items", "200", "--users", "100", "--events", "20000"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    evaluation = subprocess.Popen(
+        [
+            *cli,
+            "evaluate",
+            "--dataset",
+            str(gen / "events.jsonl"),
+            "--items",
+            str(gen / "items.jsonl"),
+            "--models",
+            "freshrec",
+            "--out",
+            str(tmp_path / "r.json"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(helpers := children(evaluation.pid)) < 2:  # the replay's worker and the resource tracker
+            assert evaluation.poll() is None and time.monotonic() < deadline, "no worker process started"
+            time.sleep(0.1)
+        time.sleep(1.0)  # the worker is replaying
+        evaluation.send_signal(signal.SIGKILL)
+        evaluation.wait()
+        deadline = time.monotonic() + 5
+        while any(alive(pid) for pid in helpers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in helpers if alive(pid)], "a worker outlived its evaluation by 5 s"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(evaluation.pid, signal.SIGKILL)

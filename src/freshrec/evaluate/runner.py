@@ -24,6 +24,7 @@ from freshrec.evaluate.replay import Step, replay, warmup_size
 from freshrec.evaluate.retrain import PeriodicRetrain
 from freshrec.model.base import Recommender
 from freshrec.model.baselines import Popularity, RecentPopularity, Transitions
+from freshrec.runtime import die_with_parent
 from freshrec.settings import BlendSettings, OptimizerSettings, Settings
 
 
@@ -237,6 +238,7 @@ def evaluate(
     runs = []
     context = multiprocessing.get_context("spawn")
     for name in names:
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        # the worker dies with this process, also when it is killed and cannot shut the pool down
+        with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=die_with_parent) as pool:
             runs.append(pool.submit(run_model, name, log, inputs, warmup, k, progress).result())
     return runs
