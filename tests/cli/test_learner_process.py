@@ -69,6 +69,14 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def outliving(pids: list[int], within_s: float) -> list[int]:
+    """Those of ``pids`` still alive after waiting up to ``within_s`` for all to end."""
+    deadline = time.monotonic() + within_s
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [pid for pid in pids if alive(pid)]
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -133,10 +141,7 @@ def test_the_learner_dies_within_seconds_of_a_sigkill_of_the_server_alone(tmp_pa
         assert helpers, "the server started no learner process"
         server.send_signal(signal.SIGKILL)
         server.wait()
-        deadline = time.monotonic() + 5
-        while any(alive(pid) for pid in helpers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [pid for pid in helpers if alive(pid)], "a helper outlived its server by 5 s"
+        assert not outliving(helpers, 5.0), "a helper outlived its server by 5 s"
 
 
 def test_sigterm_during_a_warm_start_stops_within_seconds_and_says_so(tmp_path: Path) -> None:
@@ -233,10 +238,7 @@ def test_an_evaluations_worker_dies_within_seconds_of_a_sigkill_of_its_parent(tm
         time.sleep(1.0)  # the worker is replaying
         evaluation.send_signal(signal.SIGKILL)
         evaluation.wait()
-        deadline = time.monotonic() + 5
-        while any(alive(pid) for pid in helpers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [pid for pid in helpers if alive(pid)], "a worker outlived its evaluation by 5 s"
+        assert not outliving(helpers, 5.0), "a worker outlived its evaluation by 5 s"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(evaluation.pid, signal.SIGKILL)
