@@ -100,7 +100,7 @@ def main() -> None:
         "| removing the named event lowers the item's score most |\n| --- | --- | --- | --- |\n"
         f"| {args.lists:,} | {np.mean(shares):.3f} | {latest / max(named, 1):.1%} of {named:,} explained items "
         f"| {faithful:,} of {checked:,} items (the first {args.checked} lists) |\n\n"
-        "What placed the listed items (the blend's feature that raised each most above the average item): "
+        "What placed the listed items (the blend's feature that raised each most above the next items): "
         + ", ".join(
             f"{name or 'the network alone'} {count / sum(reasons.values()):.1%}"
             for name, count in reasons.most_common()

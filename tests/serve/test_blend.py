@@ -16,6 +16,7 @@ from freshrec.learn.recommender import build_freshrec
 from freshrec.learn.sender import Sender
 from freshrec.model import similarity
 from freshrec.model.base import Interactions
+from freshrec.model.blend import contributions
 from freshrec.model.deltas import apply, delta_since, read
 from freshrec.model.freshrec import FreshRec
 from freshrec.model.snapshot import Snapshot
@@ -205,6 +206,29 @@ def test_explanations_name_the_event_whose_removal_lowers_the_blended_score_most
         named = codes.index(IDS.index(r.because[0].item_id))
         assert drops[named] == pytest.approx(max(drops), abs=1e-5)
         assert r.because[0].weight == pytest.approx(drops[named], abs=1e-4)
+
+
+def test_each_reason_is_the_feature_that_lifts_the_item_most_above_the_items_that_would_come_next(
+    learned: tuple[FreshRec, Snapshot, Snapshot],
+) -> None:
+    """Against the next items of the list (not the average item, which every listed item
+    beats by the same feature), computed here from the learner's own model."""
+    model, whole, later = learned
+    ranker = aligned_ranker()
+    ranker.publish(whole)
+    ranker.publish(later)
+    codes, now, k = [0, 3, 9, 12, 6], T0 + 300, 6
+    listed = ranker.recommend(history(*codes), now, Options(k=k, explain=True))
+    assert model.gate is not None
+    features = model._blend_features(query(codes, now))
+    scores = model.score(query(codes, now))[0]
+    order = [int(i) for i in np.argsort(-scores, kind="stable") if i not in codes]
+    assert [IDS[i] for i in order[:k]] == [r.item_id for r in listed]
+    with torch.no_grad():
+        parts = contributions(model.gate.weight, model.gate.n_per_query, features, 0, torch.arange(len(IDS)))
+    lift = parts[order[:k]] - parts[order[k : 2 * k]].mean(0)
+    assert [r.reason for r in listed] == [model.gate.names[int(f)] for f in lift.argmax(1)]
+    assert (lift.max(1).values > 0).all()  # ahead of the next items, so some feature raised it
 
 
 def test_a_model_without_its_blend_says_so_in_its_snapshots_and_scores_with_the_network() -> None:

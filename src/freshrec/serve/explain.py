@@ -5,10 +5,10 @@ history without each of its events (one batched forward pass, see
 :func:`freshrec.serve.ranker.encode`), and the event whose absence lowers an
 item's score most is the one named, with that drop as its weight. With the
 blend, the sentence also says which of its features raised the item most above
-the average allowed item: what follows what ("often chosen right after X"),
-what goes together, text, or the item's own popularity ("popular this week"),
-where no history event is named. They say what the model actually used, not a
-similarity guessed after the fact.
+the items that would fill the list next (why this one rather than them): what
+follows what ("often chosen right after X"), what goes together, text, or the
+item's own popularity ("popular this week"), where no history event is named.
+They say what the model actually used, not a similarity guessed after the fact.
 """
 
 from __future__ import annotations

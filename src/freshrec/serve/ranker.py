@@ -359,13 +359,24 @@ def finish(request: Request) -> list[Ranked]:
 
 
 def _reasons(request: Request, codes: list[int]) -> list[tuple[str, float] | None]:
-    """Per listed item, the blend's feature that raised its score most above the
-    average allowed item's (``None``: the network alone ranked it)."""
+    """Per listed item, the blend's feature that raised its score most above the items
+    that would fill the list next (the next ``len(codes)`` allowed ones; ``None``: the
+    network alone ranked it).
+
+    The question a list's reader asks is "why this one and not the others": against the
+    average allowed item (mostly items nobody would list), every listed item stands out
+    by the same strong feature, so every sentence said the same (on MovieLens-100K
+    co-occurrence placed 99.8% of listed items); against its close competitors, an item
+    ahead by popularity or by what follows what says so."""
     if request.blended is None or not codes:
         return [None] * len(codes)
     mixed, start = request.blended
-    allowed = np.flatnonzero(request.allowed)
-    typical = mixed.parts(start, allowed).mean(0)
+    allowed = request.allowed.copy()
+    allowed[codes] = False
+    foil = np.asarray(top(mixed.scores[start].numpy(), allowed, len(codes)), dtype=np.int64)
+    if not len(foil):  # the list took every allowed item
+        foil = np.asarray(codes, dtype=np.int64)
+    typical = mixed.parts(start, foil).mean(0)
     lift = mixed.parts(start, np.asarray(codes, dtype=np.int64)) - typical
     weights = mixed.weights(start)
     return [(mixed.names[int(f)], float(weights[int(f)])) for f in lift.argmax(1)]

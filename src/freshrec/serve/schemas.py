@@ -47,8 +47,8 @@ class RankedItem(BaseModel):
     )
     reason: str | None = Field(
         default=None,
-        description="With explain=true: the blend's feature that raised this item most above the average "
-        "item (`network`, `transitions`, `co-occurrence`, `text-nearest`, `recency-7d`, ...); "
+        description="With explain=true: the blend's feature that raised this item most above the items "
+        "that would fill the list next (`network`, `transitions`, `co-occurrence`, `text-nearest`, `recency-7d`, ...); "
         "null where the network ranks alone or no model ranked the list.",
     )
 
