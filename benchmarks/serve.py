@@ -2,10 +2,12 @@
 
     python benchmarks/serve.py [--data /tmp/freshrec-bench-serve] [--seconds 60] [--rps 200] [--eps 500]
 
-1. Prepares (once; reused while the data folder exists) a synthetic shop of
-   10,000 items and 1,000 users with 50,000 events of history, embedded with
+1. Prepares (once, in ``DATA/prepared``; reused while it exists) a synthetic shop
+   of 10,000 items and 1,000 users with 50,000 events of history, embedded with
    the configured text encoder, and warm-starts the model (``freshrec train``).
-2. Starts ``freshrec serve`` as its own process, with API keys.
+2. Copies it to ``DATA/run`` (every run starts from the same store; with ``--store``
+   the prepared folder is served, and the store keeps what earlier runs added) and
+   starts ``freshrec serve`` there as its own process, with API keys.
 3. Load: from two separate load processes, GET recommendations at ``--rps``
    (open loop: each request's latency counts from the moment it was due, so a
    stalled server cannot hide behind a slowed-down client) while events stream
@@ -39,6 +41,7 @@ import argparse
 import datetime as dt
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -65,21 +68,35 @@ def env() -> dict[str, str]:
     }
 
 
-def prepare(data: Path, items: int, users: int, history: int) -> None:
-    if (data / "checkpoints" / "CURRENT").exists():
-        print(f"reusing {data}")
-        return
-    gen = data / "gen"
-    subprocess.run(
-        freshrec(data, "generate", "--out", str(gen), "--items", str(items), "--users", str(users),
-                 "--events", str(history), "--days", "30"),
-        check=True, env=env(),
-    )  # fmt: skip
-    for kind in ("items", "events"):
-        subprocess.run(freshrec(data, "import", kind, str(gen / f"{kind}.jsonl")), check=True, env=env())
-    started = time.perf_counter()
-    subprocess.run(freshrec(data, "train"), check=True, env=env())
-    print(f"warm start: {time.perf_counter() - started:.1f} s")
+def prepare(data: Path, items: int, users: int, history: int, fresh: bool = True) -> Path:
+    """The folder to serve from: the prepared shop in ``data/prepared`` (made once, then
+    never served from, so it stays as made), copied to ``data/run`` for this run. Every
+    run starts from the same store: a reused one grew by each earlier run's 30,000 events
+    and more, its users' histories with it, and the same command's p99 drifted upwards run
+    after run. Without ``fresh`` (a PostgreSQL store, which no copy of the folder resets)
+    the prepared folder itself is served."""
+    prepared = data / "prepared"
+    if (prepared / "checkpoints" / "CURRENT").exists():
+        print(f"reusing {prepared}")
+    else:
+        shutil.rmtree(prepared, ignore_errors=True)
+        gen = data / "gen"
+        subprocess.run(
+            freshrec(prepared, "generate", "--out", str(gen), "--items", str(items), "--users", str(users),
+                     "--events", str(history), "--days", "30"),
+            check=True, env=env(),
+        )  # fmt: skip
+        for kind in ("items", "events"):
+            subprocess.run(freshrec(prepared, "import", kind, str(gen / f"{kind}.jsonl")), check=True, env=env())
+        started = time.perf_counter()
+        subprocess.run(freshrec(prepared, "train"), check=True, env=env())
+        print(f"warm start: {time.perf_counter() - started:.1f} s")
+    if not fresh:
+        return prepared
+    run = data / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(prepared, run)
+    return run
 
 
 def soak(url: str, pid: int, args: argparse.Namespace, warmup_s: float = 60.0, every_s: float = 10.0) -> dict[str, Any]:
@@ -227,7 +244,7 @@ def main() -> None:
         for name, value in long_run.items():
             if getattr(args, name) == defaults[name]:
                 setattr(args, name, value)
-    prepare(args.data, args.items, args.users, args.history)
+    args.data = prepare(args.data, args.items, args.users, args.history, fresh=not args.store)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     servers = start_servers(args, port)

@@ -181,6 +181,33 @@ def test_requests_ready_together_share_one_model_pass() -> None:
     assert calls == [3, 1]
 
 
+def test_a_failed_model_pass_fails_each_of_its_requests_and_the_next_batch_runs() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from freshrec.serve.batching import Batcher
+
+    calls: list[int] = []
+
+    def run(requests: list[object]) -> None:
+        calls.append(len(requests))
+        if len(calls) == 1:
+            raise RuntimeError("broken pass")
+
+    batcher = Batcher(run=run)  # type: ignore[arg-type]
+
+    async def main() -> list[object]:
+        failed = await asyncio.gather(
+            *(batcher.encode(SimpleNamespace(result=None)) for _ in range(2)),  # type: ignore[arg-type]
+            return_exceptions=True,
+        )
+        await batcher.encode(SimpleNamespace(result=None))  # type: ignore[arg-type]
+        return failed
+
+    failed = asyncio.run(main())
+    assert [str(f) for f in failed] == ["broken pass", "broken pass"] and calls == [2, 1]
+
+
 def test_the_learners_safeguard_counts_become_prometheus_counters(tmp_path: Path) -> None:
     from freshrec.serve.service import Service
     from freshrec.storage import SQLiteStore
