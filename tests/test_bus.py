@@ -139,17 +139,36 @@ def test_the_learner_follows_the_log_through_the_bus(
         eraser.close(30)
 
 
-def test_snapshots_travel_on_the_bus_and_survive_a_flushed_redis(cluster: ClusterSettings) -> None:
+def test_snapshots_travel_in_order_from_the_newest_start_and_survive_a_flushed_redis(cluster: ClusterSettings) -> None:
     learner, replica = RedisBus(cluster), RedisBus(cluster)
-    assert replica.snapshot() is None
-    v1 = learner.put_snapshot(b"one")
-    assert replica.snapshot() == (v1, b"one") and replica.snapshot(after=v1) is None
-    v2 = learner.put_snapshot(b"two\x00")
-    assert v2 > v1 and replica.snapshot(after=v1) == (v2, b"two\x00")
-    learner.client.delete(learner.snapshot_key, learner.version_key)  # Redis restarted without its data
-    assert replica.snapshot(after=v2) is None
-    v3 = learner.put_snapshot(b"three")
-    assert v3 < v2 and replica.snapshot(after=v2) == (v3, b"three")  # a new count, not an old version
+    assert replica.snapshots() == []
+    learner.put_snapshot(b"delta before any start", start=False)
+    assert replica.snapshots() == []  # nothing to begin from
+    s1 = learner.put_snapshot(b"one", start=True)
+    d1 = learner.put_snapshot(b"d1\x00", start=False)
+    assert replica.snapshots() == [(s1, b"one"), (d1, b"d1\x00")]
+    s2 = learner.put_snapshot(b"two", start=True)
+    d2 = learner.put_snapshot(b"d2", start=False)
+    assert replica.snapshots() == [(s2, b"two"), (d2, b"d2")]  # a new replica: from the newest start
+    assert replica.snapshots(after=s1) == [(d1, b"d1\x00"), (s2, b"two"), (d2, b"d2")]  # one that follows: each
+    assert replica.snapshots(after=s1, count=2) == [(d1, b"d1\x00"), (s2, b"two")]
+    assert replica.snapshots(after=d2) == []
+    learner.client.delete(learner.snapshots_key)  # Redis restarted without its data
+    assert replica.snapshots(after=d2) == [] and replica.snapshots() == []
+    s3 = learner.put_snapshot(b"three", start=True)
+    assert replica.snapshots(after=d2) == [(s3, b"three")]
+
+
+def test_the_snapshots_stream_keeps_its_length_and_a_start_far_back(cluster: ClusterSettings) -> None:
+    short = cluster.model_copy(update={"snapshot_stream_len": 60})
+    learner, replica = RedisBus(short), RedisBus(short)
+    start = learner.put_snapshot(b"start", start=True)
+    for n in range(59):
+        learner.put_snapshot(b"d%d" % n, start=False)
+    got = replica.snapshots(count=100)
+    assert got[0] == (start, b"start") and len(got) == 60  # found 59 entries back (pages of 50)
+    learner.put_snapshot(b"one too many", start=False)
+    assert learner.client.xlen(learner.snapshots_key) == 60 and replica.snapshots() == []
 
 
 def test_a_failed_command_is_handed_over_again_and_an_unreachable_bus_means_polling(cluster: ClusterSettings) -> None:

@@ -13,14 +13,18 @@ Two streams, under ``cluster.prefix``:
     out the erasures recorded in the store (the user ids stay there: the bus holds
     no personal data). ``{"forget": <user id>}`` from older replicas is read alike.
 
-Beside the streams, two plain keys carry the newest serving snapshot from the
-learner to the replicas: ``<prefix>:snapshot`` (the bytes) and
-``<prefix>:snapshot-version`` (a counter), set together in one transaction. A
-snapshot is a few megabytes every half second: in Redis's memory it costs
-nothing durable; written to the store it cost SQLite a synced write of that
-size twice a second under its one write lock (request latency went up
-several-fold). The learner still leaves a copy in the store now and then, for
-replicas that start while Redis has none.
+A third stream, ``<prefix>:snapshots``, carries the learner's serving snapshots to
+the replicas, in order: a whole one now and then and, in between, deltas (the rows
+that changed) with what the blend's counts took in. Each entry is ``{"data": <bytes>,
+"start": 0|1}``; ``start`` marks a whole snapshot that also carries the counts whole
+(or a model without a blend), where a replica that starts, or lost its place, begins
+reading; from there it applies every entry in order, as the server beside the learner
+does with its pipe. A replica that misses an entry (trimmed before it read it) skips
+deltas and ranks with the network alone until the next start, within a minute. The
+snapshots stream is kept short (``snapshot_stream_len`` entries): in Redis's memory a
+few megabytes per start cost nothing durable; written to the store they cost SQLite a
+synced write under its one write lock. The learner still leaves a whole copy in the
+store now and then, for replicas that start while Redis has none.
 
 The learner reads both through the consumer group ``learner``. An entry is
 acknowledged (``XACK``) only once its work is done: a log entry when the
@@ -61,7 +65,7 @@ DOWN_S = 5.0
 
 def keys(prefix: str) -> dict[str, str]:
     """Every Redis key a deployment with this prefix uses (to clear one, say)."""
-    return {name: f"{prefix}:{name}" for name in ("log", "commands", "snapshot", "snapshot-version")}
+    return {name: f"{prefix}:{name}" for name in ("log", "commands", "snapshots")}
 
 
 def connect(url: str) -> redis.Redis:
@@ -88,7 +92,7 @@ class RedisBus:
         self.client = connect(settings.bus_url)
         named = keys(settings.prefix)
         self.log_key, self.commands_key = named["log"], named["commands"]
-        self.snapshot_key, self.version_key = named["snapshot"], named["snapshot-version"]
+        self.snapshots_key = named["snapshots"]
         self.consumer = consumer
         self._pending: dict[bytes, int] = {}
         """Log entries handed to the learner and not yet acknowledged: (entry id, offset)."""
@@ -124,25 +128,40 @@ class RedisBus:
         except redis.RedisError as exc:
             raise BusError(f"could not send {name!r} to the learner: {exc}") from exc
 
-    def snapshot(self, after: int = 0) -> tuple[int, bytes] | None:
-        """``(version, bytes)`` of the newest snapshot if its version is not ``after``
-        (a lower one means Redis lost its keys and the count started again)."""
-        version: Any = self.client.get(self.version_key)
-        if version is None or int(version) == after:
-            return None
-        pipe = self.client.pipeline(transaction=True)
-        pipe.get(self.version_key)
-        pipe.get(self.snapshot_key)
-        version, data = pipe.execute()
-        return (int(version), bytes(data)) if version is not None and data is not None else None
+    def snapshots(self, after: str | None = None, count: int = 100) -> list[tuple[str, bytes]]:
+        """``(entry id, bytes)`` of the snapshots put after entry ``after``, oldest first, at
+        most ``count``; with ``after=None``, from the newest start (see above) on."""
+        if after is None:
+            after = self._newest_start()
+            if after is None:
+                return []
+            entries: Any = self.client.xrange(self.snapshots_key, min=after, count=count)
+        else:
+            entries = self.client.xrange(self.snapshots_key, min=f"({after}", count=count)
+        return [(entry.decode(), bytes(fields[b"data"])) for entry, fields in entries if b"data" in fields]
+
+    def _newest_start(self) -> str | None:
+        """The id of the newest entry marked as a start, looked for from the end."""
+        before = "+"
+        while True:
+            page: Any = self.client.xrevrange(self.snapshots_key, max=before, count=50)
+            for entry, fields in page:
+                if fields.get(b"start") == b"1":
+                    return str(entry.decode())
+            if len(page) < 50:
+                return None
+            before = f"({page[-1][0].decode()}"
 
     # -- the learner ---------------------------------------------------------------
-    def put_snapshot(self, data: bytes) -> int:
-        """Replace the newest snapshot; returns its version."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.set(self.snapshot_key, data)
-        pipe.incr(self.version_key)
-        return int(pipe.execute()[1])
+    def put_snapshot(self, data: bytes, start: bool) -> str:
+        """Add a snapshot (``start``: whole, with the blend's counts whole); returns its id."""
+        entry: Any = self.client.xadd(
+            self.snapshots_key,
+            {"data": data, "start": int(start)},
+            maxlen=self.settings.snapshot_stream_len,
+            approximate=False,  # one entry trimmed per entry added: cheap, and the length is kept
+        )
+        return str(entry.decode())
 
     def join(self) -> None:
         """Create the consumer group on both streams (idempotent). A new group starts

@@ -113,6 +113,9 @@ def test_two_api_replicas_and_a_learner_share_events_and_model_versions(
         wait_for(moved, timeout=30)
         status = b.status()
         assert status["learner"] == "following" and status["learned_offset"] == status["log_offset"]
+        for c in (a, b):  # the replicas rank with the blend (weights and counts came on the bus)
+            listed = c.recommend("u00001", k=5, explain=True)["items"]
+            assert listed and all(i["reason"] for i in listed), listed
 
         # an item written through B is recommendable through A
         item = {"item_id": "brand-new", "title": "A brand new thing", "categories": ["fresh"]}

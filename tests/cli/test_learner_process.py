@@ -47,7 +47,7 @@ def test_a_message_waits_for_the_snapshot_being_written() -> None:
         finally:
             writing.release()
 
-    sender = Sender(write, write, interval_s=0).start()
+    sender = Sender(lambda data, start: write(data), write, interval_s=0).start()
     sender.snapshot(cast(Snapshot, Payload()))
     assert started.wait(5)
     sender.message("state", "following")  # while the snapshot is being written

@@ -174,7 +174,7 @@ def test_the_sender_sends_deltas_between_whole_snapshots_and_a_whole_one_after_a
     sent: list[Snapshot | SnapshotDelta] = []
     fail = threading.Event()
 
-    def deliver(data: bytes) -> None:
+    def deliver(data: bytes, start: bool) -> None:
         if fail.is_set():
             fail.clear()
             raise ConnectionError("the pipe is away")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import uuid
 
 import numpy as np
 import pytest
 import torch
 
 from freshrec import serialization
+from freshrec.bus import RedisBus, keys
 from freshrec.domain import Event, EventType
 from freshrec.learn.recommender import build_freshrec
 from freshrec.learn.sender import Sender
@@ -24,7 +26,9 @@ from freshrec.serve.catalog import Catalog
 from freshrec.serve.metrics import Metrics
 from freshrec.serve.models import Models
 from freshrec.serve.ranker import Options, Ranker
+from freshrec.serve.replica import follow
 from freshrec.settings import ClusterSettings, LearnSettings
+from tests.serve.conftest import wait_for
 from tests.serve.test_ranker import IDS, MODEL, T0, items, text
 
 LENGTH = MODEL.history_length
@@ -263,7 +267,7 @@ def test_the_pipes_sender_keeps_the_servers_counts_equal_to_the_learners_through
     fail, delivered = threading.Event(), threading.Event()
     carried: list[bool] = []
 
-    def deliver(data: bytes) -> None:
+    def deliver(data: bytes, start: bool) -> None:
         if fail.is_set():
             fail.clear()
             raise ConnectionError("the pipe is away")
@@ -293,3 +297,73 @@ def test_the_pipes_sender_keeps_the_servers_counts_equal_to_the_learners_through
         assert all(np.array_equal(a[k], b[k]) for k in ("indptr", "indices", "data"))
     np.testing.assert_array_equal(served.popularity.counts, learned.popularity.counts)
     np.testing.assert_array_equal(served.interactions, learned.interactions)
+
+
+def test_replicas_follow_the_bus_to_the_learners_counts_from_a_late_start_and_past_trimmed_entries(
+    redis_url: str,
+) -> None:
+    """Through a real Redis: one replica reads every snapshot; one starts late (from the
+    newest start); one loses its place (entries trimmed before it read them), ranks with
+    the network alone meanwhile, and is whole again from the next start."""
+    cluster = ClusterSettings(bus_url=redis_url, prefix=f"test-{uuid.uuid4().hex[:12]}", snapshot_stream_len=10)
+    rng = np.random.default_rng(5)
+    model = build_freshrec(len(IDS), text(IDS), MODEL, LearnSettings(epochs=1))
+    assert model.signals is not None
+    model.fit(events(rng, 200, 0))
+    model.signals.journal = []
+    bus, delivered = RedisBus(cluster), threading.Event()
+
+    def deliver(data: bytes, start: bool) -> None:
+        bus.put_snapshot(data, start)
+        delivered.set()
+
+    sender = Sender(deliver, lambda m: None, 0.0, None, 60.0, counts=True).start()
+    replicas = {name: Models(aligned_ranker(), cluster, Metrics()) for name in ("every", "late", "lost")}
+    read_to: dict[str, str | None] = dict.fromkeys(replicas)
+
+    def learn_and_send(n: int, counts_whole: bool) -> None:
+        batch = events(rng, 50, 200 + 50 * n)
+        model.score(batch)
+        model.learn(batch)
+        delivered.clear()
+        sender.snapshot(snapshot_of(model, model.blend_part(with_counts=counts_whole), updates=n))
+        assert delivered.wait(5)
+
+    def take(*names: str) -> None:
+        for name in names:
+            read_to[name] = follow(bus, replicas[name], read_to[name])
+
+    def same_counts(name: str) -> bool:
+        served, learned = replicas[name].ranker.blend.signals, model.signals
+        assert learned is not None
+        return (
+            served is not None
+            and served.seq == learned.seq
+            and np.array_equal(served.interactions, learned.interactions)
+        )
+
+    try:
+        learn_and_send(0, True)
+        take("every", "lost")
+        for n in range(1, 12):  # the stream keeps ten: the start and the first delta are trimmed
+            learn_and_send(n, False)
+            take("every")
+        take("late", "lost")
+        assert same_counts("every")
+        assert read_to["late"] is None  # no start left to begin from: it waits for the next
+        assert replicas["lost"].ranker.blend.signals is None  # missed increments: the network alone
+        learn_and_send(12, True)  # the next start (the learner sends one a minute)
+        take("every", "late", "lost")
+        assert all(same_counts(name) for name in replicas)
+        now = T0 + 700 * 60
+        expected = model.score(query([0, 3, 9], now))[0]
+        for models in replicas.values():
+            models.start()
+            wait_for(lambda m=models: m.ranker.scoring.snapshot is not None and m.ranker.scoring.snapshot.updates == 12)
+            np.testing.assert_allclose(served_scores(models.ranker, [0, 3, 9], now), expected, rtol=1e-4, atol=1e-4)
+    finally:
+        sender.close(5)
+        for models in replicas.values():
+            models.close()
+        bus.client.delete(*keys(cluster.prefix).values())
+        bus.close()

@@ -108,13 +108,21 @@ def learner_role_main(settings: Settings, halt: threading.Event) -> None:
     snapshots = Throttled(lambda data: store.publish("snapshot", data))
     checkpoints, checkpoint_shelf = shared_checkpoints(settings, store)
 
-    def deliver(data: bytes) -> None:
+    def deliver(data: bytes, start: bool) -> None:
         try:
-            bus.put_snapshot(data)
-        finally:  # the store's copy is kept even when Redis is away
-            snapshots.offer(data)
+            bus.put_snapshot(data, start)
+        finally:  # the store's copy (whole ones only) is kept even when Redis is away
+            if start:
+                snapshots.offer(data)
 
-    sender = Sender(deliver, message, settings.cluster.snapshot_interval_ms / 1000, settings.cluster.key()).start()
+    sender = Sender(
+        deliver,
+        message,
+        settings.cluster.snapshot_interval_ms / 1000,
+        settings.cluster.key(),
+        full_every_s=settings.serve.snapshot_full_s,
+        counts=True,
+    ).start()
     failed: list[BaseException] = []
 
     def learn() -> None:

@@ -1,6 +1,7 @@
 """Delivering the learner's snapshots: the newest at most once per interval, as deltas
 between whole ones where the receiver gets every delivery in order (the pipe to the
-server beside the learner), with the blend's counts now and then."""
+server beside the learner, the bus's snapshots stream), with the blend's counts now
+and then."""
 
 from __future__ import annotations
 
@@ -27,14 +28,17 @@ class Sender:
     time (a pipe with two threads writing at once interleaves their bytes: the server
     then fails to parse what it reads and never gets a model).
 
-    With ``full_every_s`` (a receiver that gets every delivery, in order: the pipe), a
-    snapshot goes as a delta on the one delivered before (:mod:`freshrec.model.deltas`),
-    and whole at least every ``full_every_s``, after a failed delivery, and when a delta
-    would change most rows anyway."""
+    With ``full_every_s`` (a receiver that gets every delivery, in order: the pipe, the
+    bus's stream), a snapshot goes as a delta on the one delivered before
+    (:mod:`freshrec.model.deltas`), and whole at least every ``full_every_s``, after a
+    failed delivery, when a delta would change most rows anyway, and when it carries the
+    blend's counts whole. The second argument of ``snapshot`` says whether the bytes are a
+    start: a whole snapshot with whole counts (or without a blend), from which a receiver
+    that has nothing, or lost its place, can follow."""
 
     def __init__(
         self,
-        snapshot: Callable[[bytes], object],
+        snapshot: Callable[[bytes, bool], object],
         message: Callable[[tuple[Any, ...]], object],
         interval_s: float,
         key: bytes | None = None,
@@ -109,9 +113,9 @@ class Sender:
                 log.warning("a model snapshot was not published: this learner does not hold the store's lease")
                 continue
             try:
-                data = self._encode(snapshot)
+                data, start = self._encode(snapshot)
                 with self._sending:
-                    self._deliver(data)
+                    self._deliver(data, start)
                 self._delivered = snapshot
             except Exception:  # the next snapshot is tried anyway, whole
                 self._delivered = None
@@ -120,16 +124,23 @@ class Sender:
                 log.exception("could not deliver a model snapshot")
             time.sleep(self.interval)
 
-    def _encode(self, snapshot: Snapshot) -> bytes:
+    def _encode(self, snapshot: Snapshot) -> tuple[bytes, bool]:
+        """The bytes to deliver, and whether they are a start."""
         previous, now = self._delivered, time.monotonic()
         if not self.carries_counts and snapshot.blend is not None:
             snapshot = dataclasses.replace(snapshot, blend=None)
-        if previous is not None and self.full_every_s and now - self._whole_at < self.full_every_s:
+        counts_whole = snapshot.blend is None or snapshot.blend["signals"] is not None
+        if (
+            previous is not None
+            and self.full_every_s
+            and now - self._whole_at < self.full_every_s
+            and not (snapshot.blend is not None and counts_whole)
+        ):
             delta = delta_since(snapshot, previous)
             if delta is not None and 2 * len(delta.rows) <= len(snapshot.item_ids):
-                return delta.to_bytes(self.key)
+                return delta.to_bytes(self.key), False
         self._whole_at = now
-        return snapshot.to_bytes(self.key)
+        return snapshot.to_bytes(self.key), counts_whole
 
     def close(self, timeout_s: float | None = None) -> None:
         """Deliver what is pending and stop; with ``timeout_s``, give up on a delivery

@@ -77,7 +77,7 @@ def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], hal
             send(json.dumps(m if arm is None else ["arm", arm, *m]).encode())
 
         return Sender(
-            lambda data: send(tag + data),
+            lambda data, start: send(tag + data),
             message,
             interval_s,
             settings.cluster.key(),

@@ -5,11 +5,14 @@ number of them can run behind a load balancer:
 
 * user histories are read from the store on every request, so an event posted
   to one replica is in the next recommendation served by any other;
-* the model comes from the snapshot the learner puts on the bus (a Redis key);
-  a replica looks for a newer one every ``cluster.poll_ms`` and swaps it in
-  while requests go on with the old one. The learner's copy in the store
-  (``published("snapshot")``, at most every 30 s) serves a replica that starts
-  while Redis has none, or cannot reach Redis;
+* the model comes from the snapshots the learner puts on the bus's snapshots
+  stream: every ``cluster.poll_ms`` a replica reads what was added since it last
+  looked, in order, from the newest start on when it has nothing yet (whole
+  snapshots, deltas between them, and the blend's counts: the same chain as the
+  pipe of the server beside the learner, so replicas rank with the blend too), and
+  swaps in the newest while requests go on with the old one. The learner's whole
+  copy in the store (``published("snapshot")``, at most every 30 s) serves a
+  replica that starts while Redis has none, or cannot reach Redis;
 * an item written or deleted through one replica bumps ``published("catalog")``,
   and the others read the catalog again;
 * new events are announced to the learner on the bus, deletions queued for it.
@@ -24,10 +27,13 @@ import threading
 import redis
 
 from freshrec.bus import BusError, RedisBus
+from freshrec.serve.models import Models
 from freshrec.serve.service import Service
 from freshrec.storage.base import Store
 
 log = logging.getLogger(__name__)
+
+SNAPSHOTS_PER_READ = 100
 
 
 class Replica:
@@ -36,7 +42,10 @@ class Replica:
         self.store = store
         self.bus = bus
         self.poll_s = poll_s
-        self.versions = {"snapshot": 0, "stored-snapshot": 0, "learner": 0, "catalog": 0}
+        self.versions = {"stored-snapshot": 0, "learner": 0, "catalog": 0}
+        self.read_to: str | None = None
+        """The id of the last entry read from the bus's snapshots stream (``None``: from
+        the newest start on, next time)."""
         catalog = store.published("catalog")
         if catalog is not None:  # the service has just read this catalog
             self.versions["catalog"] = catalog[0]
@@ -70,14 +79,11 @@ class Replica:
         """Take whatever the learner and the other replicas published since the last look."""
         service, store = self.service, self.store
         try:
-            got = self.bus.snapshot(self.versions["snapshot"])
-            if got is not None:
-                self.versions["snapshot"] = got[0]
-                service.models.receive(got[1], "bus")
+            self.read_to = follow(self.bus, self.service.models, self.read_to)
         except redis.RedisError as exc:
             log.debug("no snapshot from the bus: %s", exc)
-            self.versions["snapshot"] = 0  # Redis may come back empty
-        if not self.versions["snapshot"]:  # nothing from the bus (yet): the store's copy, if newer
+            self.read_to = None  # Redis may come back empty
+        if self.read_to is None:  # nothing from the bus (yet): the store's copy, if newer
             stored = store.published("snapshot", self.versions["stored-snapshot"])
             if stored is not None:
                 self.versions["stored-snapshot"] = stored[0]
@@ -106,3 +112,17 @@ class Replica:
         if self._thread.is_alive():
             self._thread.join(timeout=10)
         self.bus.close()
+
+
+def follow(bus: RedisBus, models: Models, read_to: str | None) -> str | None:
+    """Take the snapshots the bus got after entry ``read_to`` (``None``: from the newest
+    start) each in turn, as the server beside the learner takes those of its pipe:
+    deltas and the blend's counts apply in order, and the publisher builds only the
+    newest. Returns the id of the last entry read."""
+    while True:
+        entries = bus.snapshots(read_to, SNAPSHOTS_PER_READ)
+        for entry, data in entries:
+            read_to = entry
+            models.receive(data, "bus")
+        if len(entries) < SNAPSHOTS_PER_READ:
+            return read_to
