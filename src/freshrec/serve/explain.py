@@ -71,6 +71,7 @@ _POPULAR = {
     "popularity-100": "popular right now",
     "popularity-1000": "popular right now",
     "popularity-10000": "popular lately",
+    "popularity-100000": "popular all along",
     "recency-1d": "popular today",
     "recency-7d": "popular this week",
     "recency-30d": "popular this month",
