@@ -123,13 +123,17 @@ class Lease:
                 self.on_lost()
             return
 
-    def release(self) -> None:
+    def release(self, raising: bool = False) -> None:
+        """Give the lease up; where the store cannot be reached it expires by itself (with
+        ``raising``, the error is raised after that, for a caller that reports it)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        if self.token is not None and not self._lost:
+        token, self.token = self.token, None
+        if token is not None and not self._lost:
             try:
-                self.store.release_lease(NAME, self.holder, self.token)
+                self.store.release_lease(NAME, self.holder, token)
             except Exception as exc:
+                if raising:
+                    raise
                 log.warning("could not release the learner lease (it expires by itself): %s", exc)
-        self.token = None

@@ -146,7 +146,7 @@ def learner_role_main(settings: Settings, halt: threading.Event) -> None:
     finally:
         last_steps(
             [
-                ("release the learner lease", lease.release),
+                ("release the learner lease", lambda: lease.release(raising=True)),
                 ("publish the last snapshot copy", snapshots.flush),
                 ("publish the last checkpoint copy", checkpoint_shelf.flush),
                 ("close the store", store.close),
