@@ -170,6 +170,10 @@ def test_the_snapshots_stream_keeps_its_length_and_a_start_far_back(cluster: Clu
     assert got[0] == (start, b"start") and len(got) == 60  # found 59 entries back (pages of 50)
     learner.put_snapshot(b"one too many", start=False)
     assert learner.client.xlen(learner.snapshots_key) == 60 and replica.snapshots() == []
+    s2 = learner.put_snapshot(b"second start", start=True)
+    d = learner.put_snapshot(b"delta", start=False)
+    s3 = learner.put_snapshot(b"third start", start=True)  # trims what came before the second
+    assert [entry for entry, _ in replica.snapshots(after="0-0")] == [s2, d, s3]
 
 
 def test_a_failed_command_is_handed_over_again_and_an_unreachable_bus_means_polling(cluster: ClusterSettings) -> None:

@@ -21,9 +21,10 @@ that changed) with what the blend's counts took in. Each entry is ``{"data": <by
 reading; from there it applies every entry in order, as the server beside the learner
 does with its pipe. A replica that misses an entry (trimmed before it read it) skips
 deltas and ranks with the network alone until the next start, within a minute. The
-snapshots stream is kept short (``snapshot_stream_len`` entries): in Redis's memory a
-few megabytes per start cost nothing durable; written to the store they cost SQLite a
-synced write under its one write lock. The learner still leaves a whole copy in the
+stream keeps what came since the start before the newest (and at most
+``snapshot_stream_len`` entries): two whole snapshots and the deltas since, a few times
+the model's size in Redis's memory, nothing durable; written to the store, snapshots
+cost SQLite a synced write under its one write lock twice a second. The learner still leaves a whole copy in the
 store now and then, for replicas that start while Redis has none.
 
 The learner reads both through the consumer group ``learner``. An entry is
@@ -93,6 +94,8 @@ class RedisBus:
         named = keys(settings.prefix)
         self.log_key, self.commands_key = named["log"], named["commands"]
         self.snapshots_key = named["snapshots"]
+        self._start: str | None = None
+        """The learner's last start on the snapshots stream (what the next one trims to)."""
         self.consumer = consumer
         self._pending: dict[bytes, int] = {}
         """Log entries handed to the learner and not yet acknowledged: (entry id, offset)."""
@@ -154,13 +157,22 @@ class RedisBus:
 
     # -- the learner ---------------------------------------------------------------
     def put_snapshot(self, data: bytes, start: bool) -> str:
-        """Add a snapshot (``start``: whole, with the blend's counts whole); returns its id."""
-        entry: Any = self.client.xadd(
+        """Add a snapshot (``start``: whole, with the blend's counts whole); returns its id.
+        A start trims what came before the start before it: the stream holds at most two
+        whole snapshots and the deltas since the older (also at most
+        ``snapshot_stream_len`` entries), a few of the model's sizes in Redis's memory."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(
             self.snapshots_key,
             {"data": data, "start": int(start)},
             maxlen=self.settings.snapshot_stream_len,
             approximate=False,  # one entry trimmed per entry added: cheap, and the length is kept
         )
+        if start and self._start is not None:
+            pipe.xtrim(self.snapshots_key, minid=self._start, approximate=False)
+        entry: Any = pipe.execute()[0]
+        if start:
+            self._start = entry.decode()
         return str(entry.decode())
 
     def join(self) -> None:

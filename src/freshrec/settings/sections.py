@@ -348,9 +348,10 @@ class ClusterSettings(Section):
     stream_max_len: int = Field(default=100_000, ge=1_000)
     """Entries each stream keeps (approximately); older ones are trimmed."""
     snapshot_stream_len: int = Field(default=1_000, ge=10)
-    """Snapshots the bus keeps (at one per ``snapshot_interval_ms``, 500 s of them by
-    default): enough to hold the newest start (a whole snapshot with the blend's counts
-    whole, at least one a minute) and to let a replica that paused catch up in order."""
+    """At most this many snapshots on the bus (500 s of them at one per
+    ``snapshot_interval_ms``); it keeps those since the start before the newest (whole
+    snapshots with the blend's counts whole, one at least a minute), fewer than this
+    unless snapshots come much faster."""
     snapshot_interval_ms: int = Field(default=500, ge=50)
     """The learner puts a model snapshot on the bus at most this often (a snapshot of
     a 10,000-item model is about 3 MB)."""
