@@ -56,8 +56,8 @@ class Sender:
         """While it returns false (the learner lost the store's lease), snapshots are dropped."""
         self.carries_counts = counts
         """Whether snapshots go with the blend: its counts now and then, and what they took in
-        in between, which a receiver must get in order (the pipe). Without, serving ranks with
-        the network alone."""
+        in between, which a receiver must get in order (the pipe, the bus's stream). Without,
+        serving ranks with the network alone."""
         self._counts_at: float | None = None
         """When the counts were last asked for whole (``None``: before the first, or after a
         failed delivery)."""
@@ -129,18 +129,13 @@ class Sender:
         previous, now = self._delivered, time.monotonic()
         if not self.carries_counts and snapshot.blend is not None:
             snapshot = dataclasses.replace(snapshot, blend=None)
-        counts_whole = snapshot.blend is None or snapshot.blend["signals"] is not None
-        if (
-            previous is not None
-            and self.full_every_s
-            and now - self._whole_at < self.full_every_s
-            and not (snapshot.blend is not None and counts_whole)
-        ):
+        whole_counts = snapshot.blend is not None and snapshot.blend["signals"] is not None
+        if previous is not None and self.full_every_s and now - self._whole_at < self.full_every_s and not whole_counts:
             delta = delta_since(snapshot, previous)
             if delta is not None and 2 * len(delta.rows) <= len(snapshot.item_ids):
                 return delta.to_bytes(self.key), False
         self._whole_at = now
-        return snapshot.to_bytes(self.key), counts_whole
+        return snapshot.to_bytes(self.key), snapshot.blend is None or whole_counts
 
     def close(self, timeout_s: float | None = None) -> None:
         """Deliver what is pending and stop; with ``timeout_s``, give up on a delivery

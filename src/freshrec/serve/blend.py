@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from freshrec.model.base import Interactions
 from freshrec.model.blend import Features, Gate, blended, contributions, feature_names, new_signals
+from freshrec.model.counted import Counted
 from freshrec.model.sequence import HistoryTensors
 from freshrec.model.signals import GRAM_MAX_ITEMS, CountSignals
 from freshrec.model.similarity import SimilarityCache, SimilarityRows, nearest, unit_rows
@@ -95,13 +96,12 @@ class ServedBlend:
             signals = self.signals
             if signals is None:
                 return
-            for counted in part["counted"]:
-                if counted.seq <= signals.seq:
-                    continue
-                if counted.seq != signals.seq + 1:
-                    log.debug("the blend's counts missed an increment; the network ranks alone until the next")
-                    self.signals = self.weight = None
-                    return
+            following = _following(signals.seq, part["counted"])
+            if following is None:
+                log.debug("the blend's counts missed an increment; the network ranks alone until the next")
+                self.signals = self.weight = None
+                return
+            for counted in following:
                 if counted.n_items > signals.n_items:
                     signals.grow(np.zeros((counted.n_items - signals.n_items, 1), np.float32))
                 signals.apply(counted)
@@ -172,18 +172,23 @@ class ServedBlend:
         return view, unit, rows
 
 
+def _following(seq: int, counted: list[Counted]) -> list[Counted] | None:
+    """The increments of ``counted`` that follow a copy at ``seq``, in order (those it
+    already took skipped); ``None`` if one is missing between them."""
+    following = [c for c in counted if c.seq > seq]
+    if any(c.seq != seq + 1 + n for n, c in enumerate(following)):
+        return None
+    return following
+
+
 def _behind(current: CountSignals | None, part: dict[str, Any]) -> bool:
     """Whether a copy at ``current`` needs the whole counts of ``part``: it has none, or
     the increments that come with them leave it short of them."""
     if current is None:
         return True
-    seq = current.seq
-    for counted in part["counted"]:
-        if counted.seq == seq + 1:
-            seq += 1
-        elif counted.seq > seq:
-            return True
-    return seq < int(part["signals"].get("seq", 0))
+    following = _following(current.seq, part["counted"])
+    reached = following[-1].seq if following else current.seq
+    return following is None or reached < int(part["signals"].get("seq", 0))
 
 
 def contexts(t: HistoryTensors) -> torch.Tensor:
