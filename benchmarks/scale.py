@@ -11,15 +11,21 @@ requests/s plus 500 events/s for 30 s, the publish figures (``/metrics``: buildi
 serving copy, the lag from the learner's micro-batch to the swap, snapshots whole and as
 deltas), the size of a checkpoint version and of the data folder. Writes the ``scale`` section
 of RESULTS.md (``scale-<items>`` for other sizes than the default).
+
+``--warm-start-events N`` warm-starts on the log's most recent N events (the
+``learn.warm_start_events`` setting). ``--reuse`` keeps the data folder of an earlier run
+of the same shop and the import and warm-start figures it recorded (``phases.json``
+there), and measures serving again: the import of ten million events takes a quarter of
+an hour.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -30,7 +36,7 @@ import numpy as np
 
 from freshrec.client import Client
 from harness import free_port, freshrec, wait_ready, write_section
-from load import KEYS, percentiles, run_load
+from load import KEYS, learner_pid, percentiles, rss_mb, run_load
 
 
 def env() -> dict[str, str]:
@@ -42,10 +48,15 @@ def env() -> dict[str, str]:
     }
 
 
-def timed(*command: str) -> float:
+def timed(*command: str) -> tuple[float, float]:
+    """Run ``command``; its wall time (s) and its own peak RSS (MB)."""
     started = time.perf_counter()
-    subprocess.run(command, check=True, env=env(), stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    process = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command)
+    return time.perf_counter() - started, usage.ru_maxrss / 1024
 
 
 def size_mb(path: Path) -> float:
@@ -82,6 +93,28 @@ def published(url: str) -> dict[str, float]:
     return out
 
 
+def prepare(args: argparse.Namespace, gen: Path) -> dict[str, float]:
+    """Import the shop and warm-start the model; the figures, also kept in ``phases.json``."""
+    shutil.rmtree(args.data, ignore_errors=True)
+    figures: dict[str, float] = {}
+    figures["import_items_s"], _ = timed(*freshrec(args.data, "import", "items", str(gen / "items.jsonl")))
+    figures["import_events_s"], _ = timed(*freshrec(args.data, "import", "events", str(gen / "events.jsonl")))
+    figures["warm_s"], figures["warm_rss_mb"] = timed(*freshrec(args.data, "train"))
+    (args.data / "phases.json").write_text(json.dumps(figures))
+    return figures
+
+
+def wait_for_index(url: str, items: int, timeout: float) -> float:
+    """Seconds until the server's candidate index holds the catalog (large catalogs only)."""
+    started = time.monotonic()
+    with Client(url) as c:
+        while metric(c.metrics(), "freshrec_candidate_index_items") < items * 0.99:
+            if time.monotonic() - started > timeout:
+                raise RuntimeError("the candidate index was not built in time")
+            time.sleep(1.0)
+    return time.monotonic() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=200_000)
@@ -89,8 +122,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--data", type=Path, default=Path("/tmp/freshrec-scale"))
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--warm-start-events", type=int, default=None)
+    parser.add_argument("--reuse", action="store_true", help="serve the data folder of an earlier run again")
     args = parser.parse_args()
-    shutil.rmtree(args.data, ignore_errors=True)
+    if args.warm_start_events:
+        os.environ["FRESHREC_LEARN__WARM_START_EVENTS"] = str(args.warm_start_events)
     # the generated shop is kept beside the data folder: generating 200,000 items' events takes minutes
     gen = args.data.parent / f"{args.data.name}-shop-{args.items}-{args.users}-{args.events}"
     if not (gen / "events.jsonl").exists():
@@ -99,17 +135,17 @@ def main() -> None:
                      "--events", str(args.events), "--days", "30"),
             check=True, env=env(), stdout=subprocess.DEVNULL,
         )  # fmt: skip
-    import_items = timed(*freshrec(args.data, "import", "items", str(gen / "items.jsonl")))
-    import_events = timed(*freshrec(args.data, "import", "events", str(gen / "events.jsonl")))
-    warm = timed(*freshrec(args.data, "train"))
-    warm_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    phases = args.data / "phases.json"
+    figures = json.loads(phases.read_text()) if args.reuse and phases.exists() else prepare(args, gen)
     checkpoint = max(p.stat().st_size for p in (args.data / "checkpoints").glob("*.state")) / 2**20
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
     server = subprocess.Popen(freshrec(args.data, "serve", "--port", str(port)), env=env())
     try:
-        wait_ready(url, server, timeout=900)
-        time.sleep(max(5.0, args.items / 5_000))  # the candidate index is built in the background (35 s at 200,000)
+        wait_ready(url, server, timeout=1800)
+        ready = time.monotonic() - started
+        index = wait_for_index(url, args.items, timeout=1800) if args.items >= 20_000 else 0.0
         rng = np.random.default_rng(0)
         unloaded = []
         with Client(url, key=KEYS["read"]) as client:
@@ -121,18 +157,22 @@ def main() -> None:
             url, argparse.Namespace(rps=200.0, eps=500.0, seconds=args.seconds, users=args.users, items=args.items)
         )
         publish = published(url)
+        api_mb = rss_mb(server.pid)
+        learner_mb = rss_mb(learner_pid(server.pid))
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=180)
     p_un = percentiles(unloaded)
     p_load = load["latency_ms"]
+    limit = f" --warm-start-events {args.warm_start_events}" if args.warm_start_events else ""
     body = (
-        f"`python benchmarks/scale.py --items {args.items} --users {args.users} --events {args.events}`, run on "
-        f"{dt.date.today()}, hashing encoder, default settings otherwise.\n\n"
+        f"`python benchmarks/scale.py --items {args.items} --users {args.users} --events {args.events}{limit}`, "
+        f"run on {dt.date.today()}, hashing encoder, default settings otherwise.\n\n"
         "| figure | value |\n| --- | --- |\n"
-        f"| import items / events | {import_items:.1f} s / {import_events:.1f} s |\n"
-        f"| warm start (`freshrec train`) | {warm:.1f} s, peak RSS {warm_rss:,.0f} MB |\n"
+        f"| import items / events | {figures['import_items_s']:.1f} s / {figures['import_events_s']:.1f} s |\n"
+        f"| warm start (`freshrec train`) | {figures['warm_s']:.1f} s, peak RSS {figures['warm_rss_mb']:,.0f} MB |\n"
         f"| checkpoint version | {checkpoint:,.1f} MB |\n"
+        f"| `freshrec serve` start: ready / candidate index built | {ready:.1f} s / {ready + index:.1f} s |\n"
         f"| recommendation, unloaded (500, one at a time) | p50 {p_un[0]:.1f} ms, p99 {p_un[2]:.1f} ms |\n"
         f"| recommendation under 200 req/s + 500 events/s for {args.seconds:.0f} s | p50 {p_load[0]:.1f} ms, "
         f"p99 {p_load[2]:.1f} ms, {load['errors']} errors of {load['requests']:,} |\n"
@@ -143,6 +183,7 @@ def main() -> None:
         f"p99 <= {publish['lag_p99'] * 1000:.0f} ms |\n"
         f"| snapshots received whole / as deltas | {publish['whole']:,.0f} of {publish['whole_mb']:.1f} MB / "
         f"{publish['delta']:,.0f} of {publish['delta_mb']:.2f} MB (means) |\n"
+        f"| memory after the load: API / learner process (RSS) | {api_mb:,.0f} MB / {learner_mb:,.0f} MB |\n"
         f"| data folder after the run | {size_mb(args.data):,.0f} MB |\n"
     )
     name = "scale" if args.items == 200_000 else f"scale-{args.items}"

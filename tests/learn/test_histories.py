@@ -51,3 +51,19 @@ def test_a_history_is_packed_into_seventeen_bytes_an_event() -> None:
     kept = histories.recent["u"]
     assert kept.nbytes == 17 * 20 and kept["value"].tolist() == [4.0] * 20 and kept["time"][-1] == 49.0
     assert np.isnan(histories.batch([Event("u", "i1", EventType.CLICK, 60.0, offset=50)], items)[0].value).all()
+
+
+def test_learning_that_starts_mid_log_reads_a_new_users_earlier_events_from_the_store() -> None:
+    """A warm start on the log's most recent events meets users whose history began
+    before it: with ``reload_new`` their past comes from the store, up to each event."""
+    stored = [Event("u", f"i{n}", EventType.CLICK, float(n), offset=n) for n in range(8)]
+
+    def reload(user_id: str, before: int) -> list[Event]:
+        return [e for e in stored if e.user_id == user_id and (e.offset or 0) < before]
+
+    items = {f"i{n}": n for n in range(8)}
+    for reload_new, want in ((False, []), (True, [3, 4, 5])):
+        histories = Histories(3, reload=reload, reload_new=reload_new)
+        batch, _ = histories.batch(stored[6:], items)  # the window: offsets 6 and 7
+        first = batch.hist_item[0]
+        assert list(first[first >= 0]) == want

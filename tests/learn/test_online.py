@@ -82,6 +82,34 @@ def test_warm_start_catch_up_resume_and_rollback(world: tuple[SQLiteStore, list,
     assert not list((tmp / "checkpoints").glob("*.tmp"))
 
 
+def test_a_resumed_learner_reads_histories_from_the_store_not_the_log(world: tuple[SQLiteStore, list, Path]) -> None:  # type: ignore[type-arg]
+    """Resuming does not read the log the checkpoint covers again: each user's history
+    comes from the store at their next event, and holds exactly what a learner that
+    never stopped holds, for a user with more events since the checkpoint than a history
+    and a micro-batch together, and with every user but one evicted from memory."""
+    store, later, tmp = world
+    checkpoints = Checkpoints(tmp / "checkpoints")
+    kept = Learner(store, SETTINGS, checkpoints)
+    first = kept.train()
+    heavy = later[0].data
+    burst = [
+        Record("burst", n, {**heavy, "event_id": f"burst{n}", "item_id": later[n % 50].data["item_id"],
+                            "timestamp": heavy["timestamp"] + 0.5 * n})
+        for n in range(150)
+    ]  # fmt: skip
+    import_events(store, [*burst, *later], Validator(IngestSettings()))
+    events = store.read_events(first.offset, 10_000)
+    expected = kept._batch(events)
+    small = SETTINGS.model_copy(update={"learn": SETTINGS.learn.model_copy(update={"max_users_in_memory": 1})})
+    resumed = Learner(store, small, checkpoints)
+    resumed.resume()
+    got = resumed._batch(events)
+    mine = sum(e.user_id == heavy["user_id"] for e in events)
+    assert len(got) == len(events) and mine > SETTINGS.model.history_length + SETTINGS.learn.batch_size
+    for column in ("hist_item", "hist_type", "hist_value", "hist_time"):
+        np.testing.assert_array_equal(getattr(got, column), getattr(expected, column))
+
+
 def test_cli_train_learn_list_rollback(world: tuple[SQLiteStore, list, Path]) -> None:  # type: ignore[type-arg]
     store, later, tmp = world
     store.close()

@@ -3,7 +3,9 @@ exact scoring of every item by the same served model."""
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -14,6 +16,7 @@ from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.ranker import Options, Ranker, encode
 from freshrec.settings import LearnSettings, ModelSettings, RetrievalSettings
+from tests.serve.conftest import READ, make_settings, start_server, wait_for
 
 N = 6_000
 TOPICS = ["garden", "kitchen", "space", "music", "books", "games", "tools", "sport"]
@@ -88,3 +91,14 @@ def test_items_added_after_the_index_was_built_are_always_candidates() -> None:
     encode([request])
     assert request.candidates is not None and c.view.codes["late"] in request.candidates
     assert len(request.candidates) < N / 10  # candidates, not the catalog
+
+
+def test_a_server_builds_the_index_in_the_background_says_so_and_ranks_its_candidates(tmp_path: Path) -> None:
+    """End to end: a catalog above ``min_items`` gets its index after the first model is
+    served (``/metrics`` counts its items), and requests still return full lists."""
+    settings = make_settings(tmp_path, retrieval=RetrievalSettings(min_items=50, candidates=20))
+    for served in start_server(tmp_path, settings):
+        with served.api(READ) as api:
+            wait_for(lambda: re.search(r"^freshrec_candidate_index_items 120\.0$", api.metrics(), re.M), 60)
+            user = str(served.events[-1]["user_id"])
+            assert len(api.recommend(user, k=10)["items"]) == 10

@@ -88,6 +88,9 @@ def test_user_history_is_the_last_n_oldest_first(store: Store) -> None:
     history = store.user_history("u1", 3)
     assert [e.item_id for e in history] == ["i15", "i17", "i19"]
     assert store.user_history("nobody", 5) == []
+    before = history[1].offset  # what was known of u1 when i17 arrived
+    assert [e.item_id for e in store.user_history("u1", 3, before=before)] == ["i11", "i13", "i15"]
+    assert store.user_history("u1", 3, before=store.read_events()[0].offset) == []
     assert store.user_items("u1", 3) == {"i15", "i17", "i19"}
     assert store.user_items("u1", 100) == {f"i{i}" for i in range(1, 20, 2)} and store.user_items("nobody", 5) == set()
 

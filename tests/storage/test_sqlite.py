@@ -74,6 +74,9 @@ def test_history_and_deletion_across_many_segments(monkeypatch: pytest.MonkeyPat
         for n in (1, 5, 40, 1_000):
             assert store.user_history(user, n) == mine[-n:]
             assert store.user_items(user, n) == {e.item_id for e in mine[-n:]}
+            for before in (1, 4, 5, 117, 118, 301):  # segment edges (4 offsets each) and inside
+                earlier = [e for e in mine if (e.offset or 0) < before]
+                assert store.user_history(user, n, before=before) == earlier[-n:]
     assert store.delete_user("u3") == users.count("u3")
     assert all(e.user_id != "u3" for e in store.read_events(0, 1_000))
 

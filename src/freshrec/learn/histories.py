@@ -30,6 +30,7 @@ class Histories:
         user_ids: list[str | None] | None = None,
         max_users: int | None = None,
         reload: Callable[[str, int], list[Event]] | None = None,
+        reload_new: bool = False,
     ):
         self.length = length
         self.ids: list[str | None] = list(user_ids or [])
@@ -39,6 +40,8 @@ class Histories:
         """Each user's last ``length`` events (:data:`STEP` rows, oldest first)."""
         self.reload = reload
         """A user's last events before an offset, oldest first, from the store."""
+        self.reload_new = reload_new
+        """Read the stored history of users without a code too (learning started mid-log)."""
 
     def batch(self, events: Iterable[Event], items: Mapping[str, int]) -> tuple[Interactions, int]:
         """``events`` with their users' histories before each of them, and how many
@@ -81,8 +84,9 @@ class Histories:
         ), skipped
 
     def _stored(self, e: Event, items: Mapping[str, int]) -> np.ndarray:
-        """The history of a known user who left memory, from the store (none for a new one)."""
-        if self.reload is None or e.user_id not in self.codes or not self.length:
+        """The history of a known user who left memory, from the store (none for a new
+        one, unless learning started mid-log)."""
+        if self.reload is None or not self.length or (e.user_id not in self.codes and not self.reload_new):
             return _steps([])
         past = [p for p in self.reload(e.user_id, e.offset or 0) if p.item_id in items][-self.length :]
         return _steps(

@@ -135,14 +135,15 @@ class Learner:
             model.signals.journal = []
         return model
 
-    def _histories(self, user_ids: list[str | None] | None = None) -> Histories:
+    def _histories(self, user_ids: list[str | None] | None = None, mid_log: bool = False) -> Histories:
+        """``mid_log``: learning starts past the log's beginning (a warm start on its most
+        recent events), so a user first met may have a history before it."""
         s = self.settings
 
-        def reload(user_id: str, before: int) -> list[Event]:  # a micro-batch's own events are stored already
-            past = self.store.user_history(user_id, s.model.history_length + s.learn.batch_size)
-            return [e for e in past if (e.offset or 0) < before]
+        def reload(user_id: str, before: int) -> list[Event]:
+            return self.store.user_history(user_id, s.model.history_length, before=before)
 
-        return Histories(s.model.history_length, user_ids, s.learn.max_users_in_memory, reload)
+        return Histories(s.model.history_length, user_ids, s.learn.max_users_in_memory, reload, mid_log)
 
     def _batch(self, events: Iterable[Event]) -> Interactions:
         """Events with their users' histories before each of them; histories advance."""
@@ -198,13 +199,14 @@ class Learner:
 
     def _train(self, stop: threading.Event | None = None) -> Version:
         text = self.items.load()
-        self.users = self._histories()
         self.state = Progress()
         # the log is read in chunks straight into arrays: only one chunk of events is
         # ever held as Python objects (a 10-million-event log would not fit that way)
         limit, head = self.settings.learn.warm_start_events, self.store.last_offset()
+        start = max(0, head - limit) if limit else 0
+        self.users = self._histories(mid_log=start > 0)
         parts, last = [], 0
-        for chunk in log_chunks(self.store, max(0, head - limit) if limit else 0):
+        for chunk in log_chunks(self.store, start):
             parts.append(self._batch(chunk))
             last = chunk[-1].offset or last
         if not parts:
@@ -255,9 +257,8 @@ class Learner:
         self.quarantine.load(state.get("quarantine", {}))
         self.state = Progress(offset=version.offset, learned=version.events_learned)
         self.checkpoint_version, self.updates, self._unsaved = version.version, 0, 0
-        for events in log_chunks(self.store, until=version.offset):
-            self._batch(events)  # histories only
-        self.state.skipped_unknown_items = 0
+        # the log up to the checkpoint is not read again: each user's history is read
+        # from the store when their next event comes (their last events before it)
         self._publish()
         return version
 

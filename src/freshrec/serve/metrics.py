@@ -96,6 +96,11 @@ class Metrics:
             registry=r,
         )
         self.catalog_items = Gauge("freshrec_catalog_items", "Recommendable items", registry=r)
+        self.candidate_index_items = Gauge(
+            "freshrec_candidate_index_items",
+            "Items in the candidate index that requests take candidates from (0: none yet, every item is scored)",
+            registry=r,
+        )
         self.quarantined_users = Gauge(
             "freshrec_quarantined_users", "Users above the event rate limit: stored, not trained on", registry=r
         )

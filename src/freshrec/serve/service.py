@@ -85,6 +85,7 @@ class Service:
         self.catalog = Catalog()
         self.catalog.load(store, encoder_key(settings.encoder))
         self.ranker = Ranker(self.catalog, settings.serve.retrieval)
+        self.metrics.candidate_index_items.set_function(self._index_items)
         self.popularity = Popularity(clock=clock)
         self.popularity.seed(store)
         self.trending = Trending(clock=clock)
@@ -129,6 +130,10 @@ class Service:
                     self.experiment.refresh()
                 except Exception as exc:  # keep serving with the state known
                     log.warning("could not read the experiment's state: %s", exc)
+
+    def _index_items(self) -> float:
+        index = self.ranker.retrieval.index
+        return 0.0 if index is None else float(index.n)
 
     def _arm_models(self) -> list[Models]:
         return list(self.experiment.arm_models.values()) if self.experiment is not None else []

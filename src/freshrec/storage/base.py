@@ -104,8 +104,9 @@ class Store(Protocol):
         """Up to ``limit`` events with offset greater than ``after``, in log order."""
         ...
 
-    def user_history(self, user_id: UserId, n: int) -> list[Event]:
-        """The user's last ``n`` events, oldest first."""
+    def user_history(self, user_id: UserId, n: int, before: Offset | None = None) -> list[Event]:
+        """The user's last ``n`` events (of those with an offset below ``before``, if
+        given: what the learner knew of them at a point of the log), oldest first."""
         ...
 
     def user_items(self, user_id: UserId, n: int) -> set[ItemId]:

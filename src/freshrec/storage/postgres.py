@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from freshrec.domain import Event, ItemId, UserId
+from freshrec.domain import Event, ItemId, Offset, UserId
 from freshrec.settings import StorageSettings
 from freshrec.storage.base import AppendResult, Erasure, StoreBusy, redact
 from freshrec.storage.rows import EVENT_COLUMNS, event_of, event_row
@@ -251,10 +251,12 @@ class PostgresStore(SharedSQL):
             accepted=accepted, duplicates=len(rows) - accepted, last_offset=int(last), stored=frozenset(stored)
         )
 
-    def user_history(self, user_id: UserId, n: int) -> list[Event]:
+    def user_history(self, user_id: UserId, n: int, before: Offset | None = None) -> list[Event]:
+        below, bound = ("", ()) if before is None else (" AND seq < %s", (before,))
         with self._conn() as conn:
             rows = conn.execute(
-                f"SELECT {EVENT_COLUMNS} FROM events WHERE user_id = %s ORDER BY seq DESC LIMIT %s", (user_id, n)
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE user_id = %s{below} ORDER BY seq DESC LIMIT %s",
+                (user_id, *bound, n),
             ).fetchall()
         return [event_of(r) for r in reversed(rows)]
 

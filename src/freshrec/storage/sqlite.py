@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from freshrec.domain import Event, ItemId, UserId
+from freshrec.domain import Event, ItemId, Offset, UserId
 from freshrec.settings import StorageSettings
 from freshrec.storage.base import AppendResult, Erasure, StoreBusy
 from freshrec.storage.rows import EVENT_COLUMNS, event_of, event_row
@@ -235,22 +235,27 @@ class SQLiteStore(SharedSQL):
         """Every segment that may hold events, newest first."""
         return range(self._high_water(conn) >> SEGMENT_BITS, -1, -1)
 
-    def user_history(self, user_id: UserId, n: int) -> list[Event]:
-        return [event_of(r) for r in reversed(self._user_rows(EVENT_COLUMNS, user_id, n))]
+    def user_history(self, user_id: UserId, n: int, before: Offset | None = None) -> list[Event]:
+        return [event_of(r) for r in reversed(self._user_rows(EVENT_COLUMNS, user_id, n, before))]
 
     def user_items(self, user_id: UserId, n: int) -> set[ItemId]:
         return {r[0] for r in self._user_rows("item_id", user_id, n)}
 
-    def _user_rows(self, columns: str, user_id: UserId, n: int) -> list[tuple[Any, ...]]:
-        """The user's last ``n`` rows, newest first, read segment by segment."""
+    def _user_rows(self, columns: str, user_id: UserId, n: int, before: Offset | None = None) -> list[tuple[Any, ...]]:
+        """The user's last ``n`` rows (below offset ``before``, if given), newest first,
+        read segment by segment."""
         rows: list[tuple[Any, ...]] = []
+        below = "" if before is None else " AND seq < ?"
         with self._read() as conn:
             for segment in self._segments(conn):
                 if len(rows) >= n:
                     break
+                if before is not None and segment > (before - 1) >> SEGMENT_BITS:
+                    continue  # every offset there is at or past ``before``
+                bound = () if before is None else (before,)
                 rows += conn.execute(
-                    f"SELECT {columns} FROM events WHERE segment = ? AND user_id = ? ORDER BY seq DESC LIMIT ?",
-                    (segment, user_id, n - len(rows)),
+                    f"SELECT {columns} FROM events WHERE segment = ? AND user_id = ?{below} ORDER BY seq DESC LIMIT ?",
+                    (segment, user_id, *bound, n - len(rows)),
                 ).fetchall()
         return rows
 
