@@ -1,23 +1,27 @@
 """Candidate retrieval on large catalogs: recall and latency against exact scoring.
 
-    python benchmarks/retrieval.py [--items 200000] [--users 1000] [--shared ../shared/data]
+    python benchmarks/retrieval.py [--items 200000] [--users 1000] [--shared ../shared/data] [--data FOLDER]
 
 Two served rankers over the same model snapshot and catalog, one scoring every item
-(``[serve.retrieval] min_items`` above the catalog) and one ranking the HNSW index's
-candidates (the defaults): recall@10 of the exact top 10, over ``--users`` random
-users' requests with default options, and the latency of one request (unloaded,
-one thread, as the server runs it), p50 and p99.
+(``[serve.retrieval] min_items`` above the catalog) and one ranking the candidates of the
+inverted-file index (the defaults), calibrated on the first 256 requests as a server's
+next build is: recall@10 of the exact top 10, over ``--users`` random users' requests
+after those, with default options, and the latency of one request (unloaded, one
+thread, as the server runs it), p50 and p99.
 
 * a synthetic shop of ``--items`` items (hashing encoder: the text model's speed is left
   out), its network as initialised (text adapter only);
 * ml-1m-part: the network after a warm start on the first 20% of the time-ordered log,
-  requests from the histories of random users at the end of it.
+  requests from the histories of random users at the end of it;
+* with ``--data``, the trained model in a data folder that ``scale.py`` left (resumed
+  from its checkpoint), its catalog, and random users' stored histories.
 
-With usearch installed (``pip install usearch``), also builds the same index with it
-on the synthetic shop's served vectors, for the choice of library: build time, query
-time and how much of the exact top 10 each finds among 200 candidates.
+On the synthetic shop's served vectors, the index against HNSW graphs (faiss on the
+reduced vectors, as serving used before, and on the inner product; usearch too when
+installed: ``pip install usearch``): build time, query time and how much of the exact
+top 10 each finds among 200 candidates.
 
-Writes the ``retrieval`` section of RESULTS.md.
+Writes the ``retrieval`` section of RESULTS.md (``retrieval-<items>`` for other sizes).
 """
 
 from __future__ import annotations
@@ -26,43 +30,68 @@ import argparse
 import datetime as dt
 import time
 from pathlib import Path
+from typing import Any
 
+import faiss
 import numpy as np
 import torch
 
 from freshrec.domain import Event, EventType, Item
+from freshrec.encoders import encoder_key
 from freshrec.encoders.hashing import HashingEncoder
 from freshrec.evaluate.log import EventLog, load_log
 from freshrec.evaluate.replay import Sequences
 from freshrec.evaluate.runner import catalog_text
+from freshrec.learn.checkpoints import Checkpoints
+from freshrec.learn.online import Learner
 from freshrec.learn.recommender import build_freshrec
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.ranker import Options, Ranker, encode
 from freshrec.serve.retrieval import Index
-from freshrec.settings import LearnSettings, RetrievalSettings, Settings
+from freshrec.settings import EncoderSettings, LearnSettings, RetrievalSettings, Settings
+from freshrec.storage import open_store
 from harness import write_section
 
 T0 = 1_700_000_000.0
+CALIBRATION = 256
+"""Requests served before the measured ones: the index's build calibrates on them."""
 VOCAB = ["garden", "kitchen", "space", "music", "books", "games", "tools", "sport", "audio", "toys"]
 
 
 def measure(name: str, snap: Snapshot, items: list[Item], text: np.ndarray, histories: list[list[Event]]) -> str:
+    catalog = Catalog()
+    catalog.put(items, text)
+    return measure_catalog(name, snap, catalog, histories)
+
+
+def measure_catalog(name: str, snap: Snapshot, catalog: Catalog, histories: list[list[Event]]) -> str:
+    """Recall@10 of the index's list against exact scoring, and each one's latency (two
+    rankers over one catalog: it is only read). The first ``CALIBRATION`` histories are
+    served first, as a server's earlier traffic, and the index is built again calibrated
+    on them (as a server's next build is); the rest are measured."""
     rankers = {}
+    n_items = len(catalog.view)
     for kind, settings in (
-        ("exact", RetrievalSettings(min_items=len(items) + 1)),
+        ("exact", RetrievalSettings(min_items=n_items + 1)),
         ("index", RetrievalSettings(min_items=0)),
     ):
-        catalog = Catalog()
-        catalog.put(items, text)
         rankers[kind] = Ranker(catalog, settings)
         rankers[kind].publish(snap)
+    retrieval = rankers["index"].retrieval
+    retrieval.wait()
+    for past in histories[:CALIBRATION]:
+        rankers["index"].recommend(past, past[-1].timestamp + 1, Options(10))
+    sc = rankers["index"].scoring
+    assert sc.vectors is not None and sc.bias is not None
     started = time.perf_counter()
-    while rankers["index"].retrieval.index is None:
-        time.sleep(0.05)
+    retrieval.build_now(sc.vectors.numpy(), sc.bias.numpy(), np.array(retrieval.recent))
     build_s = time.perf_counter() - started
+    index = retrieval.index
+    assert index is not None
     found, latency = 0, {"exact": [], "index": []}
-    for past in histories:
+    measured = histories[CALIBRATION:]
+    for past in measured:
         lists = {}
         for kind, ranker in rankers.items():
             t = time.perf_counter()
@@ -70,53 +99,71 @@ def measure(name: str, snap: Snapshot, items: list[Item], text: np.ndarray, hist
             latency[kind].append((time.perf_counter() - t) * 1000)
         found += len(set(lists["exact"]) & set(lists["index"]))
     p = {k: np.percentile(v, [50, 99]) for k, v in latency.items()}
-    recall = found / (10 * len(histories))
+    recall = found / (10 * len(measured))
     print(f"{name}: recall {recall:.4f}, exact {p['exact']}, index {p['index']}, build {build_s:.1f} s", flush=True)
     return (
-        f"| {name} | {len(items):,} | {recall:.4f} | {p['exact'][0]:.2f} / {p['exact'][1]:.2f} | "
-        f"{p['index'][0]:.2f} / {p['index'][1]:.2f} | {build_s:.1f} |"
+        f"| {name} | {n_items:,} | {len(measured):,} | {recall:.4f} | {index.probes} of {index.index.nlist} | "
+        f"{p['exact'][0]:.2f} / {p['exact'][1]:.2f} | {p['index'][0]:.2f} / {p['index'][1]:.2f} | {build_s:.1f} |"
     )
 
 
 def libraries(vectors: np.ndarray, bias: np.ndarray, users: np.ndarray) -> str:
-    """faiss (what serving uses) and usearch on the same rows and the same reduction."""
-    settings = RetrievalSettings()
+    """The calibrated inverted file serving uses, against HNSW graphs (faiss, on the
+    reduced vectors as serving used them and on the inner-product metric; usearch if
+    installed) on the same rows: build time, query time and the share of the exact top 10
+    among 200 candidates, on the users after the first ``CALIBRATION`` (those calibrate)."""
+    calibrate, users = users[:CALIBRATION], users[CALIBRATION:]
     exact = np.argsort(-(users @ vectors.T + bias), axis=1)[:, :10]
-    rows = []
-    started = time.perf_counter()
-    index = Index(vectors, bias, settings)
-    build = time.perf_counter() - started
-    started = time.perf_counter()
-    found = np.stack([index.search(u[None], 200)[0] for u in users])
-    query = (time.perf_counter() - started) / len(users) * 1000
-    rows.append(("faiss", build, query, found))
+    scored = np.hstack([vectors, bias[:, None]]).astype(np.float64)
+    norms = (scored**2).sum(1)
+    reduced = np.hstack([scored, np.sqrt(norms.max() - norms)[:, None]]).astype(np.float32)
+    queries = np.hstack([users, np.ones((len(users), 1)), np.zeros((len(users), 1))]).astype(np.float32)
+    plain, plain_q = scored.astype(np.float32), np.ascontiguousarray(queries[:, :-1])
+
+    def timed(build: Any, search: Any, q: np.ndarray) -> tuple[float, float, np.ndarray]:
+        started = time.perf_counter()
+        built = build()
+        build_s = time.perf_counter() - started
+        started = time.perf_counter()
+        found = np.concatenate([search(built, q[i : i + 1]) for i in range(len(q))])
+        return build_s, (time.perf_counter() - started) / len(q) * 1000, found
+
+    def hnsw(rows: np.ndarray, metric: int) -> Any:
+        graph = faiss.IndexHNSWFlat(rows.shape[1], 32, metric)
+        graph.hnsw.efConstruction, graph.hnsw.efSearch = 80, 512
+        graph.add(rows)
+        return graph
+
+    rows = [
+        ("faiss inverted file, calibrated (serving)",
+         *timed(lambda: Index(vectors, bias, RetrievalSettings(), calibrate), lambda x, q: x.search(q, 200), users)),
+        ("faiss HNSW, reduced to Euclidean (serving before)",
+         *timed(lambda: hnsw(reduced, faiss.METRIC_L2), lambda x, q: x.search(q, 200)[1], queries)),
+        ("faiss HNSW, inner product",
+         *timed(lambda: hnsw(plain, faiss.METRIC_INNER_PRODUCT), lambda x, q: x.search(q, 200)[1], plain_q)),
+    ]  # fmt: skip
     try:
         from usearch.index import Index as USearch
     except ImportError:
         print("usearch is not installed: faiss alone")
     else:
-        scored = np.hstack([vectors, bias[:, None]]).astype(np.float64)
-        norms = (scored**2).sum(1)
-        items = np.hstack([scored, np.sqrt(norms.max() - norms)[:, None]]).astype(np.float32)
-        queries = np.hstack([users, np.ones((len(users), 1)), np.zeros((len(users), 1))]).astype(np.float32)
-        started = time.perf_counter()
-        other = USearch(ndim=items.shape[1], metric="l2sq", connectivity=settings.connectivity, expansion_add=80)
-        other.add(np.arange(len(items)), items, threads=1)
-        other.expansion_search = settings.search_depth
-        build = time.perf_counter() - started
-        started = time.perf_counter()
-        keys = np.stack([other.search(q, 200).keys for q in queries])
-        query = (time.perf_counter() - started) / len(users) * 1000
-        rows.append(("usearch", build, query, keys))
+
+        def usearch() -> Any:
+            other = USearch(ndim=reduced.shape[1], metric="l2sq", connectivity=32, expansion_add=80)
+            other.add(np.arange(len(reduced)), reduced, threads=1)
+            other.expansion_search = 512
+            return other
+
+        rows.append(("usearch HNSW, reduced", *timed(usearch, lambda x, q: x.search(q[0], 200).keys[None], queries)))
     lines = [
         f"| {name} | {build:.1f} | {query:.3f} | "
         f"{np.mean([len(set(exact[i]) & set(got[i])) / 10 for i in range(len(users))]):.4f} |"
         for name, build, query, got in rows
     ]
     return (
-        f"\nThe library, on the synthetic shop's served vectors ({len(vectors):,} items, one thread, "
+        f"\nThe index, on the synthetic shop's served vectors ({len(vectors):,} items, one thread, "
         f"{len(users):,} users; the exact top 10 found among 200 candidates):\n\n"
-        "| library | build s | query ms | recall@10 in 200 |\n| --- | --- | --- | --- |\n" + "\n".join(lines) + "\n"
+        "| index | build s | query ms | recall@10 in 200 |\n| --- | --- | --- | --- |\n" + "\n".join(lines) + "\n"
     )
 
 
@@ -130,7 +177,7 @@ def synthetic(n: int, users: int) -> tuple[str, str]:
     snap = Snapshot.of(model.net, ids, [], checkpoint=1, updates=0, offset=0)
     histories = [
         [Event(f"u{u}", ids[p], EventType.CLICK, T0 + j) for j, p in enumerate(rng.choice(n, size=rng.integers(1, 20)))]
-        for u in range(users)
+        for u in range(users + CALIBRATION)
     ]
     row = measure("synthetic shop, network as initialised", snap, items, text, histories)
     ranker = Ranker(Catalog(), RetrievalSettings(min_items=n + 1))
@@ -155,7 +202,8 @@ def movielens(shared: Path, users: int) -> str:
     snap = Snapshot.of(model.net, ids, [], checkpoint=1, updates=0, offset=warm)
     items = [Item(i, title=t) for i, t in zip(ids, log.catalog.titles, strict=True)]
     rng = np.random.default_rng(0)
-    chosen = rng.choice(np.unique(log.user[:warm]), size=min(users, len(np.unique(log.user[:warm]))), replace=False)
+    pool = np.unique(log.user[:warm])
+    chosen = rng.choice(pool, size=min(users + CALIBRATION, len(pool)), replace=False)
     histories = []
     for u in chosen:
         rows = np.flatnonzero(log.user[:warm] == u)[-settings.model.history_length :]
@@ -165,28 +213,56 @@ def movielens(shared: Path, users: int) -> str:
     return measure("ml-1m-part, after a warm start on its first 20%", snap, items, text, histories)
 
 
+def trained(data: Path, users: int) -> str:
+    """The model a learner resumes from the checkpoint of a ``freshrec`` data folder (one
+    that ``benchmarks/scale.py`` left, hashing encoder), over its store's catalog, for
+    the stored histories of random users."""
+    settings = Settings(data_dir=data, encoder=EncoderSettings(model="hashing"))
+    store = open_store(settings.store_url, settings.storage)
+    learner = Learner(store, settings, Checkpoints(data / "checkpoints"))
+    learner.resume()
+    snap = learner.snapshot()
+    catalog = Catalog()
+    catalog.load(store, encoder_key(settings.encoder))
+    rng = np.random.default_rng(0)
+    known = [u for u in learner.users.ids if u is not None]
+    histories = []
+    for u in rng.choice(len(known), size=min(users + CALIBRATION, len(known)), replace=False):
+        past = store.user_history(known[u], settings.model.history_length)
+        if past:
+            histories.append(past)
+    store.close()
+    return measure_catalog(f"synthetic shop of `scale.py`, its trained model ({data.name})", snap, catalog, histories)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--users", type=int, default=1_000)
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, help="also a trained model: the data folder scale.py left")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
     shop, compared = synthetic(args.items, args.users)
     rows = [shop, movielens(args.shared, args.users)]
+    if args.data is not None:
+        rows.append(trained(args.data, args.users))
     r = RetrievalSettings()
     body = (
-        f"`python benchmarks/retrieval.py --items {args.items} --users {args.users}`, run on {dt.date.today()} in "
+        f"`python benchmarks/retrieval.py --items {args.items} --users {args.users}"
+        f"{f' --data {args.data}' if args.data else ''}`, run on {dt.date.today()} in "
         f"{time.perf_counter() - started:.0f} s. Two rankers over the same snapshot and catalog: every item scored "
-        f"exactly, or the candidates of the HNSW index (faiss; defaults: {r.candidates} candidates, "
-        f"connectivity {r.connectivity}, search depth {r.search_depth}) scored exactly. Recall@10: the share of the "
-        f"exact top 10 the index's list holds, over {args.users:,} random users' requests with default options; "
-        "latency of one request, unloaded, one torch thread.\n\n"
-        "| catalog | items | recall@10 | exact p50 / p99 ms | index p50 / p99 ms | index build s |\n"
-        "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n" + compared
+        f"exactly, or the candidates of the inverted-file index (faiss; defaults: {r.candidates} candidates, "
+        f"the fewest probed lists that find {r.target_recall} of the exact top 10 of the {CALIBRATION} requests "
+        "served before) scored exactly. Recall@10: the share of the exact top 10 the index's list holds, over the "
+        "random users' requests after those, with default options; latency of one request, unloaded, one torch "
+        "thread; build: the calibrated build, calibration included.\n\n"
+        "| catalog | items | requests | recall@10 | lists probed | exact p50 / p99 ms | index p50 / p99 ms "
+        "| index build s |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n" + compared
     )
-    write_section("retrieval", "Candidate retrieval on large catalogs (issue 18)", body)
+    name = "retrieval" if args.items == 200_000 else f"retrieval-{args.items}"
+    write_section(name, f"Candidate retrieval on large catalogs ({args.items:,} items, issue 18)", body)
 
 
 if __name__ == "__main__":

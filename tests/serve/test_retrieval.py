@@ -77,6 +77,44 @@ def test_candidates_from_the_index_recall_what_exact_scoring_ranks_first() -> No
     assert explained[0].because and explained[0].explanation
 
 
+def test_a_build_calibrates_its_probes_on_the_latest_requests_to_the_recall_it_is_asked_for() -> None:
+    """Searches leave their user vectors behind; the next build scores them exactly and
+    probes the fewest lists that find ``target_recall`` of their top 10: what it measured
+    holds for other requests too, and a lower target probes fewer lists."""
+    snap = snapshot()
+    ranker = Ranker(catalog(), RetrievalSettings(min_items=1_000, candidates=50, calibration_requests=200))
+    ranker.publish(snap)
+    ranker.retrieval.wait()
+    rng = np.random.default_rng(1)
+
+    def requests(n: int) -> list[list[Event]]:
+        return [
+            [Event(f"u{u}", IDS[p], EventType.CLICK, T0 + j) for j, p in enumerate(rng.choice(N, size=5))]
+            for u in range(n)
+        ]
+
+    for past in requests(200):
+        ranked(ranker, past, Options(10))
+    assert len(ranker.retrieval.recent) == 200
+    scoring = ranker.scoring
+    assert scoring.vectors is not None and scoring.bias is not None
+    vectors, bias = scoring.vectors.numpy(), scoring.bias.numpy()
+    queries = np.array(ranker.retrieval.recent)
+    probes = {}
+    for target in (0.5, 0.99):
+        ranker.retrieval.settings = RetrievalSettings(min_items=1_000, candidates=50, target_recall=target)
+        ranker.retrieval.build_now(vectors, bias, queries)
+        index = ranker.retrieval.index
+        assert index is not None and index.recall >= target
+        probes[target] = index.probes
+    assert probes[0.5] < probes[0.99] <= index.index.nlist
+    exact = Ranker(catalog(), RetrievalSettings(min_items=N + 1))
+    exact.publish(snap)
+    others = requests(100)
+    found = sum(len(set(ranked(exact, p, Options(10))) & set(ranked(ranker, p, Options(10)))) for p in others)
+    assert found / 1_000 >= 0.97, f"recall@10 {found / 1_000:.3f} on requests it was not calibrated on"
+
+
 def test_items_added_after_the_index_was_built_are_always_candidates() -> None:
     snap = snapshot()
     c = catalog()
@@ -100,5 +138,6 @@ def test_a_server_builds_the_index_in_the_background_says_so_and_ranks_its_candi
     for served in start_server(tmp_path, settings):
         with served.api(READ) as api:
             wait_for(lambda: re.search(r"^freshrec_candidate_index_items 120\.0$", api.metrics(), re.M), 60)
+            assert re.search(r"^freshrec_candidate_index_recall ", api.metrics(), re.M)
             user = str(served.events[-1]["user_id"])
             assert len(api.recommend(user, k=10)["items"]) == 10

@@ -136,8 +136,7 @@ class Learner:
         return model
 
     def _histories(self, user_ids: list[str | None] | None = None, mid_log: bool = False) -> Histories:
-        """``mid_log``: learning starts past the log's beginning (a warm start on its most
-        recent events), so a user first met may have a history before it."""
+        """``mid_log``: learning starts past the log's start: a new user may have a past."""
         s = self.settings
 
         def reload(user_id: str, before: int) -> list[Event]:

@@ -101,6 +101,12 @@ class Metrics:
             "Items in the candidate index that requests take candidates from (0: none yet, every item is scored)",
             registry=r,
         )
+        self.candidate_index_recall = Gauge(
+            "freshrec_candidate_index_recall",
+            "Share of the exact top 10 the candidate index found among its candidates, measured at its build "
+            "on the latest requests (NaN: not measured yet)",
+            registry=r,
+        )
         self.quarantined_users = Gauge(
             "freshrec_quarantined_users", "Users above the event rate limit: stored, not trained on", registry=r
         )

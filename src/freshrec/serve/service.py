@@ -85,7 +85,8 @@ class Service:
         self.catalog = Catalog()
         self.catalog.load(store, encoder_key(settings.encoder))
         self.ranker = Ranker(self.catalog, settings.serve.retrieval)
-        self.metrics.candidate_index_items.set_function(self._index_items)
+        self.metrics.candidate_index_items.set_function(lambda: self._index("n"))
+        self.metrics.candidate_index_recall.set_function(lambda: self._index("recall"))
         self.popularity = Popularity(clock=clock)
         self.popularity.seed(store)
         self.trending = Trending(clock=clock)
@@ -131,9 +132,12 @@ class Service:
                 except Exception as exc:  # keep serving with the state known
                     log.warning("could not read the experiment's state: %s", exc)
 
-    def _index_items(self) -> float:
+    def _index(self, figure: str) -> float:
+        """The default model's candidate index's ``n`` or ``recall`` (0 and NaN without one)."""
         index = self.ranker.retrieval.index
-        return 0.0 if index is None else float(index.n)
+        if index is None:
+            return 0.0 if figure == "n" else float("nan")
+        return float(getattr(index, figure))
 
     def _arm_models(self) -> list[Models]:
         return list(self.experiment.arm_models.values()) if self.experiment is not None else []

@@ -286,12 +286,14 @@ class RetrievalSettings(Section):
     """Items scored exactly per request (plus the request's exclusions and ``k``)."""
     rebuild_s: float = Field(default=60.0, gt=0)
     """The index is rebuilt in the background from the served vectors at most this often."""
-    connectivity: int = Field(default=32, ge=4, le=128)
-    """Links per node of the HNSW graph: more, better recall, bigger and slower to build."""
-    search_depth: int = Field(default=512, ge=16)
-    """Breadth of each HNSW search (``efSearch``): more, better recall, slower. It must
-    well exceed the candidates asked for: at 256 for about 230 candidates, recall@10 on a
-    200,000-item shop was 0.973; at 512, 1.0 (``benchmarks/retrieval.py``)."""
+    probes: int = Field(default=32, ge=1)
+    """Lists of the inverted-file index a search scans until the index is calibrated on
+    recent requests (the fewest lists that reach ``target_recall``)."""
+    target_recall: float = Field(default=0.99, gt=0, le=1)
+    """The share of the exact top 10 a calibrated index must find among the candidates,
+    on average over recent requests."""
+    calibration_requests: int = Field(default=256, ge=1)
+    """Recent requests an index build calibrates on (each scored exactly against every item)."""
 
 
 class ServeSettings(Section):
