@@ -167,7 +167,7 @@ def libraries(vectors: np.ndarray, bias: np.ndarray, users: np.ndarray) -> str:
     )
 
 
-def synthetic(n: int, users: int) -> tuple[str, str]:
+def synthetic(n: int, users: int, compare: bool) -> tuple[str, str]:
     rng = np.random.default_rng(0)
     ids = [f"i{k:07d}" for k in range(n)]
     titles = [f"{VOCAB[k % 10]} {VOCAB[(k // 10) % 10]} item {k % 997} number {k}" for k in range(n)]
@@ -180,6 +180,8 @@ def synthetic(n: int, users: int) -> tuple[str, str]:
         for u in range(users + CALIBRATION)
     ]
     row = measure("synthetic shop, network as initialised", snap, items, text, histories)
+    if not compare:
+        return row, ""
     ranker = Ranker(Catalog(), RetrievalSettings(min_items=n + 1))
     ranker.catalog.put(items, text)
     ranker.publish(snap)
@@ -241,17 +243,24 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1_000)
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--data", type=Path, help="also a trained model: the data folder scale.py left")
+    parser.add_argument(
+        "--no-compare",
+        dest="compare",
+        action="store_false",
+        help="leave out the HNSW graphs (minutes each at 1M items)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
-    shop, compared = synthetic(args.items, args.users)
+    shop, compared = synthetic(args.items, args.users, args.compare)
     rows = [shop, movielens(args.shared, args.users)]
     if args.data is not None:
         rows.append(trained(args.data, args.users))
     r = RetrievalSettings()
     body = (
         f"`python benchmarks/retrieval.py --items {args.items} --users {args.users}"
-        f"{f' --data {args.data}' if args.data else ''}`, run on {dt.date.today()} in "
+        f"{f' --data {args.data}' if args.data else ''}{'' if args.compare else ' --no-compare'}`, "
+        f"run on {dt.date.today()} in "
         f"{time.perf_counter() - started:.0f} s. Two rankers over the same snapshot and catalog: every item scored "
         f"exactly, or the candidates of the inverted-file index (faiss; defaults: {r.candidates} candidates, "
         f"the fewest probed lists that find {r.target_recall} of the exact top 10 of the {CALIBRATION} requests "
