@@ -171,7 +171,8 @@ class Retrieval:
         try:
             started = time.perf_counter()
             faiss.omp_set_num_threads(1)  # requests keep the other core
-            recent = np.array(self.recent, dtype=np.float32) if len(self.recent) >= MIN_CALIBRATION else None
+            latest = self.recent.copy()  # one C call: searches append meanwhile, and iterating would fail
+            recent = np.array(latest, dtype=np.float32) if len(latest) >= MIN_CALIBRATION else None
             index = Index(*vectors(), self.settings, recent, self.recent)
             if layout == self._layout:
                 self.index = index
