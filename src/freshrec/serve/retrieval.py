@@ -93,12 +93,16 @@ class Index:
         return int(self.index.nprobe)
 
     def search(self, users: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.int64]:
-        """``(len(users), k)`` rows with the highest scores for each user (``-1``: none)."""
+        """``(len(users), k)`` rows with the highest scores for each user (``-1``: none);
+        the users are kept in ``recent`` for the next build's calibration."""
+        if self.recent is not None:
+            self.recent.extend(users)
+        return self._search(users, k)
+
+    def _search(self, users: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.int64]:
         ones, zeros = np.ones((len(users), 1), np.float32), np.zeros((len(users), 1), np.float32)
         queries = np.ascontiguousarray(np.hstack([users, ones, zeros]), dtype=np.float32)
         _, rows = self.index.search(queries, min(k, self.n))
-        if self.recent is not None:
-            self.recent.extend(users)
         return np.asarray(rows, dtype=np.int64)
 
     def _calibrate(
@@ -109,16 +113,15 @@ class Index:
         the lists (scanning more costs about what scoring every item does: vectors
         without clusters, as random ones, need them all)."""
         best = np.concatenate([_top10(vectors, bias, users[i : i + 64]) for i in range(0, len(users), 64)])
-        most, recent, self.recent = max(1, self.index.nlist // 4), self.recent, None  # not its own queries
+        most = max(1, self.index.nlist // 4)
         probes = min(4, most)
         while True:
             self.index.nprobe = probes
-            found = self.search(users, self.settings.candidates)
+            found = self._search(users, self.settings.candidates)
             self.recall = float(np.mean([np.isin(b, f).mean() for b, f in zip(best, found, strict=True)]))
             if self.recall >= self.settings.target_recall or probes >= most:
                 break
             probes = min(probes * 2, most)
-        self.recent = recent
         if self.recall < self.settings.target_recall:
             log.warning(
                 "the candidate index finds %.3f of the exact top 10 with a quarter of its lists probed "
