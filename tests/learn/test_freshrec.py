@@ -111,9 +111,10 @@ def test_a_loss_spike_restores_the_last_good_state_and_learns_the_batches_since_
         torch.testing.assert_close(value, learned[name], msg=name)
 
 
-def test_an_item_first_seen_online_starts_near_its_first_user(log: EventLog) -> None:
+@pytest.mark.parametrize("full_softmax_max", [4_096, 1])  # 1: a "large" catalog, seeded from the rows it needs
+def test_an_item_first_seen_online_starts_near_its_first_user(log: EventLog, full_softmax_max: int) -> None:
     seqs = Sequences(log)
-    m = model(log)
+    m = model(log, full_softmax_max=full_softmax_max)
     m.fit(seqs.batch(np.arange(400), 6))
     first = 400
     event = seqs.batch(np.array([first]), 6)

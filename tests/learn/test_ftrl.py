@@ -70,3 +70,21 @@ def test_rows_without_gradient_are_left_alone() -> None:
 def test_invalid_hyperparameters() -> None:
     with pytest.raises(ValueError, match="invalid FTRL"):
         FTRL([torch.nn.Parameter(torch.zeros(1))], lr=0)
+
+
+def test_a_sparse_gradient_steps_its_rows_as_the_dense_one_and_leaves_the_others() -> None:
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(6, 3, generator=gen)
+    dense, sparse = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    optimizers = [FTRL([dense], lr=0.5, l1=0.1, l2=0.2), FTRL([sparse], lr=0.5, l1=0.1, l2=0.2)]
+    for _ in range(3):
+        grad = torch.zeros(6, 3)
+        grad[[1, 4]] = torch.randn(2, 3, generator=gen)
+        dense.grad = grad
+        sparse.grad = grad.to_sparse(1)  # rows 1 and 4
+        for o in optimizers:
+            o.step()
+    assert torch.equal(sparse[[1, 4]], dense[[1, 4]])
+    assert torch.equal(optimizers[1].state[sparse]["z"], optimizers[0].state[dense]["z"])
+    # rows without a gradient keep their weights; a dense step recomputes them from their state
+    assert torch.equal(sparse[[0, 2, 3, 5]], start[[0, 2, 3, 5]])

@@ -23,8 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from freshrec import serialization
 from freshrec.model.snapshot import Snapshot
 from freshrec.settings import Settings
@@ -271,19 +269,3 @@ def _version(data: Any) -> Version:
         return Version(**data["meta"])
     except TypeError as exc:
         raise serialization.Malformed(f"checkpoint metadata: {exc}") from exc
-
-
-def without_text(model: dict[str, Any]) -> dict[str, Any]:
-    """A model state without the frozen text table, which the store holds: it was 60% of
-    a checkpoint on a 200,000-item catalog."""
-    trainer = model["trainer"]
-    net = {k: v for k, v in trainer["net"].items() if k != "text"}
-    return {**model, "trainer": {**trainer, "net": net}}
-
-
-def with_text(model: dict[str, Any], text: torch.Tensor) -> dict[str, Any]:
-    """``model`` with ``text`` (rows in the checkpoint's item order, as the store holds
-    them) as its text table; one a checkpoint of an older version carries is replaced."""
-    trainer = model["trainer"]
-    net = {**trainer["net"], "text": text}
-    return {**model, "trainer": {**trainer, "net": net}}

@@ -13,7 +13,10 @@ gradient ``g_i``::
 so L1 gives exact zeros, which is why it suits large sparse tables (embedding
 rows and biases). The weights are a function of ``z`` and ``n``: a parameter
 starts from zero whatever its initial value, so use it for tables that start
-at zero. No well-kept PyTorch implementation exists, hence this one.
+at zero. A sparse gradient (an embedding looked up with ``sparse=True``) steps
+the rows it holds alone, at a cost that does not grow with the table; the other
+rows keep their weights. No well-kept PyTorch implementation exists, hence
+this one.
 """
 
 from __future__ import annotations
@@ -56,20 +59,29 @@ class FTRL(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                g = p.grad
-                if g.is_sparse:
-                    raise RuntimeError("FTRL does not take sparse gradients; use a dense embedding")
                 state = self.state[p]
                 if not state:
                     state["z"] = torch.zeros_like(p)
                     state["n"] = torch.zeros_like(p)
-                z, n = state["z"], state["n"]
-                touched = g != 0  # rows without gradient keep their state and weight
-                n_new = n + g * g
-                sigma = (n_new.sqrt() - n.sqrt()) / alpha
-                z.add_(torch.where(touched, g - sigma * p, torch.zeros_like(p)))
-                n.copy_(torch.where(touched, n_new, n))
-                denom = (beta + n.sqrt()) / alpha + l2
-                w = -(z - z.sign() * l1) / denom
-                p.copy_(torch.where(z.abs() <= l1, torch.zeros_like(p), w))
+                if p.grad.is_sparse:  # the rows it holds, the rest untouched
+                    g = p.grad.coalesce()
+                    rows = g.indices()[0]
+                    z, n, w = state["z"][rows], state["n"][rows], p[rows]
+                    _update(w, z, n, g.values(), alpha, beta, l1, l2)
+                    state["z"][rows], state["n"][rows], p[rows] = z, n, w
+                else:
+                    _update(p, state["z"], state["n"], p.grad, alpha, beta, l1, l2)
         return loss
+
+
+def _update(p: torch.Tensor, z: torch.Tensor, n: torch.Tensor, g: torch.Tensor, *hyper: float) -> None:
+    """One step of the paper's algorithm on the weights ``p`` and their state, in place."""
+    alpha, beta, l1, l2 = hyper
+    touched = g != 0  # coordinates without gradient keep their state and weight
+    n_new = n + g * g
+    sigma = (n_new.sqrt() - n.sqrt()) / alpha
+    z.add_(torch.where(touched, g - sigma * p, torch.zeros_like(p)))
+    n.copy_(torch.where(touched, n_new, n))
+    denom = (beta + n.sqrt()) / alpha + l2
+    w = -(z - z.sign() * l1) / denom
+    p.copy_(torch.where(z.abs() <= l1, torch.zeros_like(p), w))

@@ -30,7 +30,7 @@ import numpy as np
 from freshrec.domain import Event
 from freshrec.encoders import encoder_key
 from freshrec.ingest.hygiene import Quarantine
-from freshrec.learn.checkpoints import Checkpoints, Version, with_text, without_text
+from freshrec.learn.checkpoints import Checkpoints, Version
 from freshrec.learn.feed import IDLE_S, Feed, Polling, at_most_every
 from freshrec.learn.histories import Histories
 from freshrec.learn.items import CATALOG_S, ItemCodes, NoCatalog
@@ -181,9 +181,9 @@ class Learner:
         net = state["model"]["trainer"]["net"]
         n_items, width = net["item_id.weight"].shape[0], net["text_bias.weight"].shape[1]
         model = self._new_model(np.zeros((n_items, width), dtype=np.float32))  # no part in a user's rows
-        model.load_state(with_text(state["model"], model.net.text))
+        model.load_state(state["model"])
         model.forget_user(code)
-        return {**state, "user_ids": user_ids, "model": without_text(model.state())}
+        return {**state, "user_ids": user_ids, "model": model.state()}
 
     # -- the two jobs ---------------------------------------------------------
     def train(self, stop: threading.Event | None = None) -> Version:
@@ -247,7 +247,7 @@ class Learner:
         version, state = self.checkpoints.load(current.version)
         text = self.items.load(state["item_ids"])
         self.model = self._new_model(text)
-        self.model.load_state(with_text(state["model"], self.model.net.text))  # the store's: checkpoints leave it out
+        self.model.load_state(state["model"])  # the text table is the store's: checkpoints leave it out
         if self.model.private is not None and version.note not in CLEAN:
             # the last run did not stop cleanly: the events after this checkpoint may have
             # been learned already (and their effect served), and are learned again
@@ -358,7 +358,7 @@ class Learner:
         assert self.model is not None
         health = self.model.trainer.health
         state = {
-            "model": without_text(self.model.state()),
+            "model": self.model.state(),
             "item_ids": self.items.ids,
             "user_ids": self.users.ids,
             "quarantine": self.quarantine.state(),

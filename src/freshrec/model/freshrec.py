@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from freshrec.model.base import FloatArray, Interactions
 from freshrec.model.blend import Features, Gate, feature_names, new_signals, seen_mask
-from freshrec.model.sequence import SequenceNet, tensors
+from freshrec.model.sequence import SequenceNet, compact, tensors
 from freshrec.model.signals import CountSignals
 from freshrec.model.similarity import nearest
 from freshrec.settings import LearnSettings, ModelSettings
@@ -278,6 +278,11 @@ class FreshRec:
     def n_items(self) -> int:
         return int(self.net.item_id.num_embeddings)
 
+    @property
+    def _large(self) -> bool:
+        """A catalog the trainer samples negatives from (see ``full_softmax_max``)."""
+        return self.n_items > self.learn_settings.full_softmax_max
+
     # -- internals -----------------------------------------------------------
     @torch.no_grad()
     def _seed_new_items(self, events: Interactions) -> None:
@@ -298,8 +303,11 @@ class FreshRec:
         items, first = np.unique(events.item[fresh], return_index=True)
         rows = np.flatnonzero(fresh)[first]
         self.net.eval()
-        table, _ = self.net.item_table()
-        users = self.net.users(table, **tensors(events.take(rows)))
+        history = tensors(events.take(rows))
+        # on a large catalog, the rows the histories name alone (the whole table cost most of a step)
+        needed = compact(history, torch.zeros(0, dtype=torch.long)) if self._large else None
+        table, _ = self.net.item_table(needed)
+        users = self.net.users(table, **history)
         self.net.item_id.weight[torch.from_numpy(items.astype(np.int64))] = scale * users
 
     def _add_users(self, events: Interactions) -> None:

@@ -29,6 +29,7 @@ from typing import TypedDict
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from freshrec.domain import EventType
@@ -153,10 +154,11 @@ class SequenceNet(nn.Module):
     def observe(self, items: Tensor, times: Tensor) -> Tensor:
         """Count interactions (an item's ID parts switch on at its first) and,
         with ``id_ttl_s``, switch off the rows unused for longer; returns the
-        expired rows, whose ID parts are now zero."""
-        self.interactions += torch.bincount(items, minlength=self.interactions.numel()).float()
-        self.active |= self.interactions > 0
-        self.last_seen[items] = torch.maximum(self.last_seen[items], times)
+        expired rows, whose ID parts are now zero. Only the events' rows are
+        written (without a TTL, the cost does not grow with the catalog)."""
+        self.interactions.index_add_(0, items, torch.ones(len(items)))
+        self.active[items] = True
+        self.last_seen.scatter_reduce_(0, items, times, "amax")  # the latest, whatever the order
         ttl = self.settings.id_ttl_s
         if ttl is None:
             return torch.zeros(0, dtype=torch.long)
@@ -197,12 +199,19 @@ class SequenceNet(nn.Module):
             _extend(table, n_users - before)
         return before
 
-    def item_table(self, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def item_table(self, rows: Tensor | None = None, sparse: bool = False) -> tuple[Tensor, Tensor]:
         """Vectors ``(n, d)`` and biases ``(n,)`` of every item, or of ``rows`` only
-        (a training step on a large catalog needs a few thousand of them)."""
+        (a training step on a large catalog needs a few thousand of them).
+
+        ``sparse``: the ID and bias tables' gradients are sparse, ``rows`` only. Why: a
+        dense gradient is a whole table, and the optimizer then walks every row of it
+        (on a million items that was most of a training step's time)."""
         text = self.text if rows is None else self.text[rows]
-        ids = self.item_id.weight if rows is None else self.item_id.weight[rows]
-        item_bias = self.item_bias.weight if rows is None else self.item_bias.weight[rows]
+        if rows is None:
+            ids, item_bias = self.item_id.weight, self.item_bias.weight
+        else:
+            ids = F.embedding(rows, self.item_id.weight, sparse=sparse)
+            item_bias = F.embedding(rows, self.item_bias.weight, sparse=sparse)
         active = (self.active if rows is None else self.active[rows]).unsqueeze(1).float()
         vectors = torch.zeros_like(ids)
         bias = torch.zeros(ids.shape[0], device=vectors.device)
@@ -225,11 +234,13 @@ class SequenceNet(nn.Module):
         time: Tensor,
         user: Tensor | None = None,
         every_position: bool = False,
+        sparse: bool = False,
     ) -> Tensor:
         """User vectors ``(B, d)`` from right-aligned, left-padded histories; with
         ``every_position``, the states ``(B, L + 1, d)`` after each history token
         and the query (SASRec trains each of them to predict the next item).
-        ``user`` holds the users' codes for the ID embedding (``-1``: none)."""
+        ``user`` holds the users' codes for the ID embedding (``-1``: none);
+        ``sparse``: its gradient is sparse (see :meth:`item_table`)."""
         batch = hist_item.shape[0]
         pad = hist_item < 0
         items = table[hist_item.clamp(min=0)] * (~pad).unsqueeze(2)
@@ -248,7 +259,8 @@ class SequenceNet(nn.Module):
         query = self.query + self.features(q_feats.float())
         if self.user_id is not None and user is not None and self.user_id.num_embeddings:
             known = (user >= 0) & (user < self.user_id.num_embeddings)
-            query = query + self.user_id(torch.where(known, user, 0)) * known.unsqueeze(1)
+            rows = F.embedding(torch.where(known, user, 0), self.user_id.weight, sparse=sparse)
+            query = query + rows * known.unsqueeze(1)
         query = query.unsqueeze(1)
         seq = torch.cat([tokens, query], dim=1)
         padding = torch.cat([pad, torch.zeros(batch, 1, dtype=torch.bool, device=pad.device)], dim=1)
@@ -324,6 +336,16 @@ class SequenceNet(nn.Module):
 
 
 NOT_POSITIVE = (EventType.DISLIKE, EventType.IMPRESSION)
+
+
+def compact(history: HistoryTensors, extra: Tensor) -> Tensor:
+    """The sorted rows of the item table that ``history`` and ``extra`` name, with the
+    histories renumbered into them (in place): a step on a large catalog computes those
+    rows of :meth:`SequenceNet.item_table` alone."""
+    hist = history["hist_item"]
+    rows: Tensor = torch.unique(torch.cat([hist[hist >= 0], extra]))
+    history["hist_item"] = torch.where(hist >= 0, torch.searchsorted(rows, hist.clamp(min=0)), hist)
+    return rows
 
 
 def _last_item_weights(start: float) -> nn.Embedding:
