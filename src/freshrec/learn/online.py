@@ -6,14 +6,14 @@ event is learned exactly once in log order: a crash between two checkpoints
 replays the events after the last checkpoint's offset (the log is the source
 of truth, the model a view of it at an offset).
 
-User histories are rebuilt from the log when the learner starts and then
-kept current in memory, event by event.
+User histories are read from the store as users come back and then kept
+current in memory, event by event.
 
 Items added to the catalog after the checkpoint join the model as soon as an
 event names them: the learner reads their embeddings from the store and
-grows the model's tables. After every update the learner hands a
-:class:`~freshrec.model.snapshot.Snapshot` to ``on_update`` (the server
-publishes it to its request handlers).
+grows the model's tables. After an update the learner hands a
+:class:`~freshrec.model.snapshot.Snapshot` (or a delta on the one before) to
+``on_update`` when its sender is ready (:mod:`freshrec.learn.publishing`).
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ from freshrec.learn.checkpoints import Checkpoints, Version
 from freshrec.learn.feed import IDLE_S, Feed, Polling, at_most_every
 from freshrec.learn.histories import Histories
 from freshrec.learn.items import CATALOG_S, ItemCodes, NoCatalog
+from freshrec.learn.publishing import Publishing
 from freshrec.learn.recommender import build_freshrec
 from freshrec.model.base import Interactions
+from freshrec.model.deltas import SnapshotDelta
 from freshrec.model.freshrec import FreshRec
 from freshrec.model.snapshot import Snapshot
 from freshrec.settings import Settings
@@ -75,7 +77,7 @@ class Learner:
         settings: Settings,
         checkpoints: Checkpoints,
         progress: bool = False,
-        on_update: Callable[[Snapshot], None] | None = None,
+        on_update: Callable[[Snapshot | SnapshotDelta], None] | None = None,
     ):
         self.store = store
         self.store_id = identity(store)
@@ -90,9 +92,8 @@ class Learner:
         """User codes (rows of the model's user table) and each user's last events."""
         self.model: FreshRec | None = None
         self.checkpoint_every = settings.learn.checkpoint_every
-        self.on_update = on_update
-        self.counts_due: Callable[[], bool] = lambda: False
-        """Whether the next snapshot carries the blend's counts whole (its sender says)."""
+        self.publishing = Publishing(on_update)
+        """Hands the model to serving (whole, or as deltas where its sender takes them)."""
         self.checkpoint_version = 0
         self.updates = 0
         self._unsaved = 0
@@ -214,7 +215,7 @@ class Learner:
         del parts
         self.model = self._new_model(text)
         self.state.offset = last
-        publish = at_most_every(self.settings.learn.warm_publish_s, self._publish)
+        publish = at_most_every(self.settings.learn.warm_publish_s, lambda: self._publish(force=True))
 
         def step() -> None:
             if stop is not None and stop.is_set():
@@ -225,7 +226,7 @@ class Learner:
         self.model.fit(batch, on_step=step)
         self.state.learned = len(batch)
         version = self._checkpoint(WARM_START)
-        self._publish()
+        self._publish(force=True)
         return version
 
     def resume(self) -> Version:
@@ -258,7 +259,7 @@ class Learner:
         self.checkpoint_version, self.updates, self._unsaved = version.version, 0, 0
         # the log up to the checkpoint is not read again: each user's history is read
         # from the store when their next event comes (their last events before it)
-        self._publish()
+        self._publish(force=True)
         return version
 
     def catch_up(self, checkpoint_every: int | None = None) -> int:
@@ -268,6 +269,8 @@ class Learner:
         while events := self.store.read_events(self.state.offset, self.settings.learn.batch_size):
             learned += self._learn(events)
         self._flush()
+        if self.publishing.stale:
+            self._publish(force=True)
         return learned
 
     def follow(
@@ -302,6 +305,8 @@ class Learner:
                 timeout = max_wait - (now - waiting_since)
             else:
                 waiting_since = None
+                if self.publishing.owed():  # idle: what a busy sender could not take yet
+                    self._publish(force=True)
             feed.wait(stop, timeout)
         self._flush(stopping=True)
         return learned
@@ -381,20 +386,15 @@ class Learner:
         }
 
     def snapshot(self) -> Snapshot:
-        """The current parameters, for serving."""
+        """The current parameters, whole, without the blend (serving gets the model through
+        :attr:`publishing`)."""
         assert self.model is not None
-        loss = self.model.trainer.health.last_loss
-        return Snapshot.of(
-            self.model.net,
-            self.items.ids,
-            self.users.ids,
-            checkpoint=self.checkpoint_version,
-            updates=self.updates,
-            offset=self.state.offset,
-            loss=None if np.isnan(loss) else float(loss),
-            blend=self.model.blend_part(with_counts=self.counts_due()),
-        )
+        return Snapshot.of(self.model.net, self.items.ids, self.users.ids, **self._info())
 
-    def _publish(self) -> None:
-        if self.on_update is not None:
-            self.on_update(self.snapshot())
+    def _info(self) -> dict[str, int]:
+        return {"checkpoint": self.checkpoint_version, "updates": self.updates, "offset": self.state.offset}
+
+    def _publish(self, force: bool = False) -> None:
+        """Hand the model to serving if its sender is ready (or ``force``)."""
+        if self.model is not None:
+            self.publishing.publish(self.model, force, item_ids=self.items.ids, user_ids=self.users.ids, **self._info())

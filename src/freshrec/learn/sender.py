@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from freshrec.model.deltas import delta_since
+from freshrec.learn.publishing import Due
+from freshrec.model.deltas import SnapshotDelta, delta_since, merge
 from freshrec.model.snapshot import Snapshot
 
 log = logging.getLogger("freshrec.learner")
@@ -48,7 +49,11 @@ class Sender:
         self._deliver, self._message = snapshot, message
         self.interval = interval_s
         self.full_every_s = full_every_s
-        self._delivered: Snapshot | None = None
+        self._delivered: Snapshot | SnapshotDelta | None = None
+        """The last snapshot delivered; ``None`` before the first and after a lost one (the
+        receiver's place is lost: the next goes whole)."""
+        self._free_at = 0.0
+        """When the interval after the last delivery ends."""
         self._whole_at = 0.0
         self.key = key
         """Signs each snapshot (``[cluster] snapshot_key``)."""
@@ -61,7 +66,7 @@ class Sender:
         self._counts_at: float | None = None
         """When the counts were last asked for whole (``None``: before the first, or after a
         failed delivery)."""
-        self.pending: Snapshot | None = None
+        self.pending: Snapshot | SnapshotDelta | None = None
         self.closed = False
         self.lock = threading.Condition()
         self._sending = threading.Lock()
@@ -85,9 +90,27 @@ class Sender:
             self._counts_at = now
             return True
 
-    def snapshot(self, snapshot: Snapshot) -> None:
+    def due(self) -> Due:
+        """What the learner should hand over next (:mod:`freshrec.learn.publishing`):
+        nothing while one waits or the interval is not over; else a whole snapshot where
+        the receiver lost its place (``"resync"``), without ``full_every_s`` or when a whole
+        one is due; else a delta on the last one."""
+        now = time.monotonic()
         with self.lock:
-            pending, blend = self.pending, snapshot.blend
+            if self.pending is not None or now < self._free_at:
+                return None
+            if self._delivered is None:
+                return "resync"
+            return "whole" if not self.full_every_s or now - self._whole_at >= self.full_every_s else "delta"
+
+    def snapshot(self, snapshot: Snapshot | SnapshotDelta) -> None:
+        """Deliver ``snapshot`` next, in place of one still waiting (a delta on that one is
+        merged with it)."""
+        with self.lock:
+            pending = self.pending
+            if isinstance(snapshot, SnapshotDelta) and pending is not None and snapshot.parent == pending.serial:
+                snapshot = merge(pending, snapshot)
+            blend = snapshot.blend
             if pending is not None and pending.blend is not None and blend is not None:
                 # the one replaced is never sent: what it counted goes with this one, and so
                 # do its whole counts (the increments they hold are skipped where applied)
@@ -111,6 +134,12 @@ class Sender:
                 snapshot, self.pending = self.pending, None
             if self.fence is not None and not self.fence():
                 log.warning("a model snapshot was not published: this learner does not hold the store's lease")
+                self._lost()
+                continue
+            if isinstance(snapshot, SnapshotDelta) and (
+                self._delivered is None or self._delivered.serial != snapshot.parent
+            ):
+                self._lost()  # a delta on one the receiver did not get: the learner sends whole next
                 continue
             try:
                 data, start = self._encode(snapshot)
@@ -118,19 +147,31 @@ class Sender:
                     self._deliver(data, start)
                 self._delivered = snapshot
             except Exception:  # the next snapshot is tried anyway, whole
-                self._delivered = None
-                with self.lock:
-                    self._counts_at = None
+                self._lost()
                 log.exception("could not deliver a model snapshot")
+            with self.lock:
+                self._free_at = time.monotonic() + self.interval
             time.sleep(self.interval)
 
-    def _encode(self, snapshot: Snapshot) -> tuple[bytes, bool]:
+    def _lost(self) -> None:
+        with self.lock:
+            self._delivered = None
+            self._counts_at = None
+
+    def _encode(self, snapshot: Snapshot | SnapshotDelta) -> tuple[bytes, bool]:
         """The bytes to deliver, and whether they are a start."""
         previous, now = self._delivered, time.monotonic()
         if not self.carries_counts and snapshot.blend is not None:
             snapshot = dataclasses.replace(snapshot, blend=None)
+        if isinstance(snapshot, SnapshotDelta):  # the learner's own (see freshrec.learn.publishing)
+            return snapshot.to_bytes(self.key), False
         whole_counts = snapshot.blend is not None and snapshot.blend["signals"] is not None
-        if previous is not None and self.full_every_s and now - self._whole_at < self.full_every_s and not whole_counts:
+        if (
+            isinstance(previous, Snapshot)
+            and self.full_every_s
+            and now - self._whole_at < self.full_every_s
+            and not whole_counts
+        ):
             delta = delta_since(snapshot, previous)
             if delta is not None and 2 * len(delta.rows) <= len(snapshot.item_ids):
                 return delta.to_bytes(self.key), False

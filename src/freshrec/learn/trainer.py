@@ -30,6 +30,7 @@ from freshrec.domain import EventType
 from freshrec.ingest.feedback import TYPE_CODES, FeedbackWeights
 from freshrec.learn.optim import build_optimizer, build_schedule, clip_gradients, takes_sparse
 from freshrec.model.base import Interactions
+from freshrec.model.deltas import ChangedRows
 from freshrec.model.sequence import SequenceNet, compact, tensors, upgrade_state
 from freshrec.settings import LearnSettings
 
@@ -66,6 +67,9 @@ class Trainer:
         self.optimizers = [build_optimizer(dense, settings.dense), build_optimizer(tables, settings.embeddings)]
         self.schedules = [build_schedule(o, settings.schedule, settings.warmup_steps) for o in self.optimizers]
         self._sparse = [takes_sparse(o) for o in self.optimizers]
+        self.changed = ChangedRows()
+        """The item rows changed since a snapshot last took them (the model adds those it
+        writes itself)."""
         self.health = Health()
         self._good: dict[str, Any] | None = None
         self._since_good: list[tuple[Interactions, bool, bool]] = []
@@ -186,6 +190,11 @@ class Trainer:
     def advance(self, loss: float, count: bool = True) -> None:
         """Apply the gradients the parameters hold: every optimizer and schedule steps
         (one that takes no sparse gradients gets them dense)."""
+        for table in (self.net.item_id.weight, self.net.item_bias.weight):
+            if table.grad is not None and table.grad.is_sparse and self._sparse[1]:
+                self.changed.add(table.grad.coalesce().indices()[0])
+            elif table.grad is not None:
+                self.changed.everything()  # a dense step (or Adam's momentum) moves any row
         for o, s, sparse in zip(self.optimizers, self.schedules, self._sparse, strict=True):
             if not sparse:
                 _densify(o)
@@ -287,6 +296,7 @@ class Trainer:
             self.grow_users(users.shape[0])
         net = {**state["net"], "text": self.net.text}
         self.net.load_state_dict(upgrade_state(self.net, net))
+        self.changed.everything()
         for o, saved in zip(self.optimizers, state["optimizers"], strict=True):
             o.load_state_dict(_appended(o, saved))
         for s, saved in zip(self.schedules, state["schedules"], strict=True):

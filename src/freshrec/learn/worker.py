@@ -39,6 +39,7 @@ from freshrec.learn.items import NoCatalog
 from freshrec.learn.lease import Lease, LeaseHeld
 from freshrec.learn.online import Interrupted, Learner
 from freshrec.learn.sender import Sender
+from freshrec.model.deltas import SnapshotDelta
 from freshrec.model.snapshot import Snapshot
 from freshrec.runtime import ARM_SNAPSHOT, SNAPSHOT, die_with_parent, last_steps, limit_threads
 from freshrec.settings import Settings
@@ -124,7 +125,7 @@ def run_learner(
     limit_threads(settings.serve.torch_threads)
     reported: dict[str, int] = {}
 
-    def updated(snapshot: Snapshot) -> None:
+    def updated(snapshot: Snapshot | SnapshotDelta) -> None:
         sender.snapshot(snapshot)
         figures = learner.figures()
         if figures != reported:
@@ -137,7 +138,7 @@ def run_learner(
         for arm, (s, arm_sender) in (arms or {}).items()
     }
     for one, its_sender in [(learner, sender), *others.values()]:
-        one.counts_due = its_sender.counts_due
+        one.publishing.counts_due, one.publishing.due = its_sender.counts_due, its_sender.due
 
     owned = lease is None  # a lease handed in is the caller's to release
     lease = lease or Lease(store, settings.learn.lease_s)

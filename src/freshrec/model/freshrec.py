@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from freshrec.model.base import FloatArray, Interactions
 from freshrec.model.blend import Features, Gate, feature_names, new_signals, seen_mask
+from freshrec.model.deltas import ChangedRows
 from freshrec.model.sequence import SequenceNet, compact, tensors
 from freshrec.model.signals import CountSignals
 from freshrec.model.similarity import nearest
@@ -45,6 +46,8 @@ class Training(Protocol):
     def grow_users(self, n_users: int) -> None: ...
     def forget_user(self, row: int) -> None: ...
     def forget_rows(self, rows: Tensor) -> None: ...
+    @property
+    def changed(self) -> ChangedRows: ...
 
 
 class Replay(Protocol):
@@ -308,7 +311,9 @@ class FreshRec:
         needed = compact(history, torch.zeros(0, dtype=torch.long)) if self._large else None
         table, _ = self.net.item_table(needed)
         users = self.net.users(table, **history)
-        self.net.item_id.weight[torch.from_numpy(items.astype(np.int64))] = scale * users
+        seeded = torch.from_numpy(items.astype(np.int64))
+        self.net.item_id.weight[seeded] = scale * users
+        self.trainer.changed.add(seeded)
 
     def _add_users(self, events: Interactions) -> None:
         if self.net.user_id is not None and len(events):
@@ -322,9 +327,9 @@ class FreshRec:
         self._table = None
 
     def _activate(self, events: Interactions) -> None:
-        expired = self.net.observe(
-            torch.from_numpy(events.item.astype(np.int64)), torch.from_numpy(events.time.astype(np.float64))
-        )
+        items = torch.from_numpy(events.item.astype(np.int64))
+        expired = self.net.observe(items, torch.from_numpy(events.time.astype(np.float64)))
+        self.trainer.changed.add(torch.cat([items, expired]))
         if len(expired):
             self.trainer.forget_rows(expired)
 
