@@ -11,6 +11,10 @@ micro-batch it times: a whole snapshot (``Snapshot.of``: a copy of every item ro
 found by comparing that copy with the one before (how the sender made deltas until
 2026-12-04), and a delta built from the rows the model says it changed (``delta_of``, what
 the learner hands over now), with their sizes as sent. Prints a Markdown table.
+
+``--step-only`` times the step alone, and runs on versions before the learner's deltas
+(``git show HEAD:benchmarks/learner.py > /tmp/learner.py``, check out the older commit,
+``python /tmp/learner.py --step-only``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import torch
 
 from freshrec.learn.recommender import build_freshrec
 from freshrec.model.base import Interactions
-from freshrec.model.deltas import delta_of, delta_since
 from freshrec.model.snapshot import Snapshot
 from freshrec.settings import ModelSettings
 
@@ -64,6 +67,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--hot", type=float, default=0.2, help="share of the catalog the events name")
+    parser.add_argument("--step-only", action="store_true", help="time the step alone (runs on older versions too)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     n = args.items
@@ -73,6 +77,16 @@ def main() -> None:
     ids, info = [f"item-{i}" for i in range(n)], {"checkpoint": 1, "updates": 0, "offset": 0}
     work = batches(n, max(1, int(n * args.hot)), model.history_length, args.batches + 2)
     model.learn(work[0])
+    if args.step_only:
+        times = []
+        for batch in work[1:]:
+            start = time.perf_counter()
+            model.learn(batch)
+            times.append(time.perf_counter() - start)
+        print(f"{n:,} items: optimizer step (`FreshRec.learn`) mean / p50 {ms(times)} ms")
+        return
+    from freshrec.model.deltas import delta_of, delta_since  # delta_of: not in versions before 2026-12-04
+
     model.trainer.changed.take()
     base = Snapshot.of(model.net, ids, [], **info)
     parent = (base.serial, n)
