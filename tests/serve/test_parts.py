@@ -88,6 +88,21 @@ def test_a_seeded_popularity_decays_what_the_store_counted_by_arrival_time() -> 
     store.close()
 
 
+def test_popularity_is_seeded_from_the_latest_events_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from freshrec.serve import fallback
+    from freshrec.storage import SQLiteStore
+    from tests.conftest import make_item
+
+    monkeypatch.setattr(fallback, "SEED_EVENTS", 3)
+    store = SQLiteStore(":memory:")
+    store.upsert_items([make_item("early"), make_item("late")])
+    store.append_events([click(f"u{n}", "early") for n in range(5)] + [click(f"v{n}", "late") for n in range(3)])
+    pop = Popularity()
+    pop.seed(store)
+    assert [item for item, _ in pop.top()] == ["late"]  # five clicks on "early", all before the latest three
+    store.close()
+
+
 def test_hit_rate_counts_positive_feedback_on_served_items() -> None:
     clock = Clock()
     live = Live(clock=clock)

@@ -220,6 +220,9 @@ def test_popular_items_counts_catalog_items_only(store: Store) -> None:
     )
     assert store.popular_items(10) == [("b", 2), ("a", 1)]
     assert store.popular_items(1) == [("b", 2)]
+    first_b = store.read_events(0, 10)[1].offset
+    assert first_b is not None
+    assert store.popular_items(10, after=first_b) == [("b", 1)]  # the events after that offset alone
 
 
 def test_popular_items_decay_by_arrival_time(store: Store) -> None:

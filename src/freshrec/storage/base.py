@@ -142,11 +142,11 @@ class Store(Protocol):
         files (WAL truncated, freed pages zeroed or vacuumed)."""
         ...
 
-    def popular_items(self, limit: int, half_life_s: float | None = None) -> list[tuple[ItemId, float]]:
+    def popular_items(self, limit: int, half_life_s: float | None = None, after: int = 0) -> list[tuple[ItemId, float]]:
         """Catalog items by number of events, most first (impressions and dislikes do not
         count). With ``half_life_s``, each event counts ``0.5 ** (age / half_life_s)``,
         its age taken from when it was stored (arrival time, as the server's live
-        popularity counts it)."""
+        popularity counts it). Only the events after offset ``after`` count."""
         ...
 
     # -- the catalog -------------------------------------------------------

@@ -51,7 +51,7 @@ PENDING_ERASURES = "SELECT user_id, at, asked_at FROM erasures ORDER BY asked_at
 ERASURE_DONE = "DELETE FROM erasures WHERE user_id = ? AND at <= ?"
 POPULAR = (
     "SELECT e.item_id, SUM(exp({greatest}(? * (e.ingested_at - ?), -700))) AS n"
-    " FROM events e JOIN items i ON i.item_id = e.item_id WHERE e.type NOT IN (?, ?)"
+    " FROM events e JOIN items i ON i.item_id = e.item_id WHERE e.type NOT IN (?, ?) AND e.seq > ?"
     " GROUP BY e.item_id ORDER BY n DESC, e.item_id LIMIT ?"
 )
 GET_ITEM = f"SELECT {ITEM_COLUMNS} FROM items WHERE item_id = ?"
@@ -181,9 +181,9 @@ class SharedSQL:
         with self._write() as conn:
             conn.execute(self.dialect(ERASURE_DONE), (erasure.user_id, erasure.at))
 
-    def popular_items(self, limit: int, half_life_s: float | None = None) -> list[tuple[ItemId, float]]:
+    def popular_items(self, limit: int, half_life_s: float | None = None, after: int = 0) -> list[tuple[ItemId, float]]:
         rate = math.log(2) / half_life_s if half_life_s else 0.0
-        params = (rate, time.time(), EventType.IMPRESSION.value, EventType.DISLIKE.value, limit)
+        params = (rate, time.time(), EventType.IMPRESSION.value, EventType.DISLIKE.value, after, limit)
         with self._read() as conn:
             rows = self._all(conn, POPULAR.format(greatest=self.dialect.greatest), params)
         return [(r[0], float(r[1])) for r in rows]
