@@ -200,3 +200,40 @@ def wait_for(condition: Any, timeout_s: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def test_serving_writes_each_delta_over_the_table_no_request_reads_any_more() -> None:
+    """A chain of deltas received as bytes: their per-item tables are patched in place and
+    the item table of two publishes ago is written over, unless a request still holds its
+    scoring; every table served equals a whole build of its snapshot."""
+    net = learner()
+    catalog = Catalog()
+    catalog.view = CatalogView(ids(40), before_text(net), ids(40), [()] * 40, np.ones(40, dtype=bool))
+    ranker = Ranker(catalog)
+    models = Models(ranker, ClusterSettings(), Metrics())  # publisher not started: published by hand
+    sent = snap(net)
+    first = models.parse(sent.to_bytes(), "learner")
+    assert first is not None
+    models.publish(first)
+    ranker.publish(first)
+    tables, held = [ranker.scoring.vectors], None  # the tables alone: no scoring is kept alive
+    for n, rows in enumerate([[1], [2, 3], [3], [7], [1, 9]]):
+        step(net, rows)
+        now = snap(net, updates=n + 1)
+        got = models.parse(delta_since(now, sent).to_bytes(), "learner")  # type: ignore[union-attr]
+        assert got is not None and got.state["item_id.weight"] is first.state["item_id.weight"]  # patched in place
+        models.publish(got)
+        ranker.publish(got)
+        sent = now
+        if n == 2:
+            held = ranker.scoring  # a request still reading it: its table must stay
+            kept = held.vectors.clone()  # type: ignore[union-attr]
+        tables.append(ranker.scoring.vectors)
+        expected = build_scoring(got, catalog.view)  # whole, with the item tower serving keeps
+        torch.testing.assert_close(ranker.scoring.vectors, expected.vectors)
+        torch.testing.assert_close(ranker.scoring.bias, expected.bias)
+        np.testing.assert_allclose(ranker.scoring.unit, expected.unit, rtol=1e-6, atol=1e-6)
+    assert held is not None and torch.equal(held.vectors, kept)  # type: ignore[arg-type]
+    a, b = tables[0], tables[1]
+    assert [t is a for t in tables] == [True, False, True, False, True, False]  # two tables take turns
+    assert tables[3] is b and tables[5] is not b  # not the one the request held: a copy instead

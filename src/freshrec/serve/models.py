@@ -64,7 +64,7 @@ class Models:
                 self.metrics.skipped_deltas.inc()
                 self.ranker.blend.forget()  # what that delta counted is missing too
                 return None
-            return self._blend_taken(deltas.apply(latest, got))
+            return self._blend_taken(deltas.apply(latest, got, in_place=True))  # nothing reads latest's tables
         except Malformed as exc:
             log.warning("refused a model snapshot from the %s: %s", source, exc)
             self.metrics.rejected_models.labels(source).inc()
