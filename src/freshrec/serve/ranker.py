@@ -28,7 +28,7 @@ from freshrec.serve.explain import Because, Ranked, because_of, ranked
 from freshrec.serve.fallback import by_text, diversified
 from freshrec.serve.retrieval import Index, Retrieval
 from freshrec.serve.rules import parse
-from freshrec.serve.scoring import Scoring, Spare, build_scoring, history_tensors, top
+from freshrec.serve.scoring import Behind, Scoring, build_scoring, history_tensors, top
 from freshrec.settings import RetrievalSettings
 
 
@@ -61,8 +61,7 @@ class Ranker:
         self._snapshot: Snapshot | None = None
         self._lock = threading.Lock()
         self._spares: list[tuple[weakref.ref[Scoring], SequenceNet]] = []
-        self._behind: tuple[weakref.ref[Scoring], Spare, int] | None = None
-        """The scoring before the current one (weakly), its item table and snapshot serial."""
+        self._behind: Behind | None = None
         self._masks: LRUCache[tuple[str, int], tuple[CatalogView, npt.NDArray[np.bool_]]] = LRUCache(64)
         self._masks_lock = threading.Lock()
         self.blend = ServedBlend()
@@ -90,12 +89,10 @@ class Ranker:
             # the catalog follows the learner's numbering: re-laid out only when the
             # learner's item list changed, so a publish applies the tables as they are
             self.retrieval.forget()
-        previous = self.scoring
-        self.scoring = sc = build_scoring(snapshot, self.catalog.view, self._spare(), previous, self._tables())
-        self._behind = None
-        if previous.vectors is not None and previous.bias is not None and previous.snapshot is not None:
-            tables = Spare(previous.vectors, previous.bias, previous.unit, torch.zeros(0, dtype=torch.long))
-            self._behind = (weakref.ref(previous), tables, previous.snapshot.serial)
+        previous, behind = self.scoring, self._behind
+        tables = behind.spare_for(previous) if behind is not None else None
+        self.scoring = sc = build_scoring(snapshot, self.catalog.view, self._spare(), previous, tables)
+        self._behind = Behind.of(previous)
         self.blend.prepare(sc.view)
         if sc.vectors is not None and sc.bias is not None:
             vectors, bias = sc.vectors, sc.bias
@@ -103,17 +100,6 @@ class Ranker:
         if self.scoring.net is not None:
             self._spares.append((weakref.ref(self.scoring), self.scoring.net))
             del self._spares[:-4]
-
-    def _tables(self) -> Spare | None:
-        """The item table before the current scoring's, if no request reads it any more and
-        the current one came from it as a delta (see :func:`build_scoring`)."""
-        behind, current = self._behind, self.scoring.snapshot
-        if behind is None or behind[0]() is not None or current is None or current.changed is None:
-            return None
-        _, tables, serial = behind
-        if current.parent != serial:
-            return None
-        return Spare(tables.vectors, tables.bias, tables.unit, current.changed)
 
     def _spare(self) -> SequenceNet | None:
         """A network whose scoring is gone: no request can be using it."""

@@ -10,6 +10,7 @@ never mixes two model versions and never waits for a publish.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -61,6 +62,37 @@ class Spare:
     bias: torch.Tensor
     unit: npt.NDArray[np.float32]
     stale: torch.Tensor
+
+
+class Behind:
+    """The item table of the scoring before the current one, kept to be written over (see
+    :func:`build_scoring`) once no request holds that scoring (it is held weakly)."""
+
+    def __init__(self, scoring: Scoring):
+        assert scoring.snapshot is not None and scoring.vectors is not None and scoring.bias is not None
+        self.owner = weakref.ref(scoring)
+        self.tables = (scoring.vectors, scoring.bias, scoring.unit)
+        self.serial, self.view, self.tower = scoring.snapshot.serial, scoring.view, _tower(scoring.snapshot)
+
+    @classmethod
+    def of(cls, scoring: Scoring) -> Behind | None:
+        return cls(scoring) if scoring.snapshot is not None and scoring.vectors is not None else None
+
+    def spare_for(self, current: Scoring) -> Spare | None:
+        """The table, if no request holds its scoring and ``current`` differs from it in the
+        rows ``current``'s delta changed alone (same view and item tower)."""
+        snapshot = current.snapshot
+        if self.owner() is not None or snapshot is None or snapshot.changed is None:
+            return None
+        if snapshot.parent != self.serial or current.view is not self.view:
+            return None
+        if any(a is not b for a, b in zip(self.tower, _tower(snapshot), strict=True)):
+            return None
+        return Spare(*self.tables, snapshot.changed)
+
+
+def _tower(snapshot: Snapshot) -> list[torch.Tensor]:
+    return [tensor for name, tensor in sorted(snapshot.state.items()) if name.startswith(ITEM_TOWER)]
 
 
 @torch.no_grad()
