@@ -52,13 +52,16 @@ class ItemCodes:
     def add_catalog(self) -> np.ndarray | None:
         """Number every embedded catalog item that has no code yet (in the store's order),
         so that serving, which follows this numbering, finds its whole catalog in the
-        model's tables; returns their text vectors, or ``None`` if there are none."""
-        ids, vectors = self.store.item_vectors(self.encoder)
-        new = [n for n, item_id in enumerate(ids) if item_id not in self.codes]
-        for n in new:
-            self.codes[ids[n]] = len(self.ids)
-            self.ids.append(ids[n])
-        return vectors[new] if new else None
+        model's tables; returns their text vectors, or ``None`` if there are none. Only the
+        new items' vectors are read (all of a million items' took the learner minutes)."""
+        new = [item_id for item_id in self.store.embedded_ids(self.encoder) if item_id not in self.codes]
+        if not new:
+            return None
+        ids, vectors = self.store.item_vectors(self.encoder, new)
+        for item_id in ids:
+            self.codes[item_id] = len(self.ids)
+            self.ids.append(item_id)
+        return vectors if ids else None
 
     def add(self, events: Iterable[Event]) -> np.ndarray | None:
         """Number the catalog items these events name that have no code yet; returns

@@ -174,6 +174,11 @@ class Store(Protocol):
         cached), in id order; with ``ids``, of those items only."""
         ...
 
+    def embedded_ids(self, encoder: str) -> list[ItemId]:
+        """The ids of :meth:`item_vectors`, without the vectors: which items are new is a
+        question of ids (on a million items the vectors are a gigabyte to read)."""
+        ...
+
     # -- published blobs (shared state of the processes of a deployment) ------
     def publish(self, name: str, data: bytes) -> int:
         """Replace the blob called ``name``; returns its new version (1, 2, ...). The

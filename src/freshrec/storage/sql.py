@@ -75,6 +75,11 @@ ITEM_VECTORS = (
     " LEFT JOIN embeddings e ON e.encoder = ? AND e.text_hash = i.text_hash"
     " WHERE (i.vector IS NOT NULL OR e.vector IS NOT NULL)"
 )
+EMBEDDED_IDS = (
+    "SELECT i.item_id FROM items i"
+    " LEFT JOIN embeddings e ON e.encoder = ? AND e.text_hash = i.text_hash"
+    " WHERE (i.vector IS NOT NULL OR e.vector IS NOT NULL) ORDER BY i.item_id"
+)
 PUBLISH = (
     "INSERT INTO published (name, version, data, updated_at) VALUES (?, 1, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET version = published.version + 1, data = excluded.data,"
@@ -234,6 +239,10 @@ class SharedSQL:
                 query = ITEM_VECTORS + " AND i.item_id IN ({ids}) ORDER BY i.item_id"
                 rows = self._chunked(conn, query, sorted(set(ids)), (encoder,))
         return vector_matrix(encoder, rows)
+
+    def embedded_ids(self, encoder: str) -> list[ItemId]:
+        with self._read() as conn:
+            return [r[0] for r in self._all(conn, EMBEDDED_IDS, (encoder,))]
 
     # -- published blobs -----------------------------------------------------
     def publish(self, name: str, data: bytes) -> int:
