@@ -144,3 +144,30 @@ def test_a_whole_snapshot_is_built_when_the_blend_counts_go_whole(world: World, 
     learner.train()
     catch_up(learner, store, later[:32])
     assert all(isinstance(p, Snapshot) for p in published)
+
+
+def test_whole_snapshots_are_spaced_by_what_the_last_one_cost(
+    world: World,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from freshrec.learn import sender as sending
+
+    monkeypatch.setattr(sending, "WHOLE_SHARE", 0.1)
+    store, _later, tmp = world
+    learner, published = learner_with(LARGE, store, tmp, ["whole"])
+    learner.train()
+    sent: list[bool] = []
+
+    def deliver(data: bytes, start: bool) -> None:
+        sent.append(start)
+        time.sleep(0.1)  # a whole snapshot this slow is sent at most once a second
+
+    sender = Sender(deliver, lambda message: None, 0.0, full_every_s=0.01).start()
+    try:
+        assert sender.due() == "resync"
+        sender.snapshot(published[-1])
+        wait_for(lambda: sender.due() is not None)
+        assert sender.due() == "delta"  # 0.01 s have long passed, but not ten times 0.1 s
+        wait_for(lambda: sender.due() == "whole", timeout_s=3.0)
+    finally:
+        sender.close(5)

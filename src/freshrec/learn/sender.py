@@ -18,6 +18,11 @@ from freshrec.model.snapshot import Snapshot
 
 log = logging.getLogger("freshrec.learner")
 
+WHOLE_SHARE = 0.02
+"""Whole snapshots go at most this share of the time: at least ``1 / WHOLE_SHARE`` times as
+long apart as the last one took to encode and deliver. Why: on a million items a whole one
+was 129 MB, seconds of work for the learner and more for the server that parses it and
+rebuilds its item table (while it serves), and ``full_every_s`` is 30 s."""
 COUNTS_EVERY_S = 60.0
 """The blend's counts go whole at least this often (a copy: tens of milliseconds, tens of
 megabytes on a catalog of thousands of items); in between, what they took in."""
@@ -55,6 +60,8 @@ class Sender:
         self._free_at = 0.0
         """When the interval after the last delivery ends."""
         self._whole_at = 0.0
+        self._whole_cost = 0.0
+        """Seconds the last whole snapshot took to encode and deliver."""
         self.key = key
         """Signs each snapshot (``[cluster] snapshot_key``)."""
         self.fence: Callable[[], bool] | None = None
@@ -101,7 +108,10 @@ class Sender:
                 return None
             if self._delivered is None:
                 return "resync"
-            return "whole" if not self.full_every_s or now - self._whole_at >= self.full_every_s else "delta"
+            return "whole" if not self.full_every_s or now - self._whole_at >= self._full_every() else "delta"
+
+    def _full_every(self) -> float:
+        return max(self.full_every_s, self._whole_cost / WHOLE_SHARE)
 
     def snapshot(self, snapshot: Snapshot | SnapshotDelta) -> None:
         """Deliver ``snapshot`` next, in place of one still waiting (a delta on that one is
@@ -132,20 +142,24 @@ class Sender:
                 if self.pending is None:
                     return
                 snapshot, self.pending = self.pending, None
+                self._free_at = float("inf")  # busy until delivered and the interval is over
             if self.fence is not None and not self.fence():
                 log.warning("a model snapshot was not published: this learner does not hold the store's lease")
-                self._lost()
+                self._lost(free=True)
                 continue
             if isinstance(snapshot, SnapshotDelta) and (
                 self._delivered is None or self._delivered.serial != snapshot.parent
             ):
-                self._lost()  # a delta on one the receiver did not get: the learner sends whole next
+                self._lost(free=True)  # a delta on one the receiver did not get: the learner sends whole next
                 continue
             try:
-                data, start = self._encode(snapshot)
+                began = time.monotonic()
+                data, start, whole = self._encode(snapshot)
                 with self._sending:
                     self._deliver(data, start)
                 self._delivered = snapshot
+                if whole:
+                    self._whole_cost = time.monotonic() - began
             except Exception:  # the next snapshot is tried anyway, whole
                 self._lost()
                 log.exception("could not deliver a model snapshot")
@@ -153,30 +167,32 @@ class Sender:
                 self._free_at = time.monotonic() + self.interval
             time.sleep(self.interval)
 
-    def _lost(self) -> None:
+    def _lost(self, free: bool = False) -> None:
         with self.lock:
             self._delivered = None
             self._counts_at = None
+            if free:
+                self._free_at = 0.0
 
-    def _encode(self, snapshot: Snapshot | SnapshotDelta) -> tuple[bytes, bool]:
-        """The bytes to deliver, and whether they are a start."""
+    def _encode(self, snapshot: Snapshot | SnapshotDelta) -> tuple[bytes, bool, bool]:
+        """The bytes to deliver, whether they are a start, and whether they are whole."""
         previous, now = self._delivered, time.monotonic()
         if not self.carries_counts and snapshot.blend is not None:
             snapshot = dataclasses.replace(snapshot, blend=None)
         if isinstance(snapshot, SnapshotDelta):  # the learner's own (see freshrec.learn.publishing)
-            return snapshot.to_bytes(self.key), False
+            return snapshot.to_bytes(self.key), False, False
         whole_counts = snapshot.blend is not None and snapshot.blend["signals"] is not None
         if (
             isinstance(previous, Snapshot)
             and self.full_every_s
-            and now - self._whole_at < self.full_every_s
+            and now - self._whole_at < self._full_every()
             and not whole_counts
         ):
             delta = delta_since(snapshot, previous)
             if delta is not None and 2 * len(delta.rows) <= len(snapshot.item_ids):
-                return delta.to_bytes(self.key), False
+                return delta.to_bytes(self.key), False, False
         self._whole_at = now
-        return snapshot.to_bytes(self.key), snapshot.blend is None or whole_counts
+        return snapshot.to_bytes(self.key), snapshot.blend is None or whole_counts, True
 
     def close(self, timeout_s: float | None = None) -> None:
         """Deliver what is pending and stop; with ``timeout_s``, give up on a delivery
