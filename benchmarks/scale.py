@@ -184,6 +184,8 @@ def main() -> None:
         f"| recommendation, unloaded (500, one at a time) | p50 {p_un[0]:.1f} ms, p99 {p_un[2]:.1f} ms |\n"
         f"| recommendation under 200 req/s + 500 events/s for {args.seconds:.0f} s | p50 {p_load[0]:.1f} ms, "
         f"p99 {p_load[2]:.1f} ms, {load['errors']} errors of {load['requests']:,} |\n"
+        f"| event posts (10 events each) under that load | p50 {load['event_latency_ms'][0]:.1f} ms, "
+        f"p99 {load['event_latency_ms'][2]:.1f} ms, {load['event_errors']} errors of {load['event_requests']:,} |\n"
         f"| publish: building the serving copy | mean {publish['mean'] * 1000:.0f} ms, "
         f"p50 <= {publish['p50'] * 1000:.0f} ms, p99 <= {publish['p99'] * 1000:.0f} ms "
         f"over {publish['count']:,.0f} publishes |\n"
