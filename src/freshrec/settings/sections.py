@@ -321,10 +321,11 @@ class ServeSettings(Section):
     """The learner's updates reach the request handlers at most this often (building a
     serving copy of the model costs tens of milliseconds on a large catalog)."""
     snapshot_full_s: float = Field(default=30.0, ge=0)
-    """The learner sends its server a whole model snapshot at least this often and, in
-    between, deltas: the item rows that changed and the dense layers but the item tower
-    (:mod:`freshrec.model.deltas`), whose serving copy lags by at most this long.
-    0: always whole."""
+    """The learner sends its server a whole model snapshot this often and, in between,
+    deltas: the item rows that changed and the dense layers but the item tower
+    (:mod:`freshrec.model.deltas`), whose serving copy lags by about this long. Where a
+    whole one is costly (129 MB on a million items), less often: at most 2% of the time
+    goes to them (``freshrec.learn.sender.WHOLE_SHARE``). 0: always whole."""
     torch_threads: int = Field(default=1, ge=1)
     """Torch threads of the server and of its learner process each: they share the
     machine's cores, and one each keeps request latency flat on a small machine."""
