@@ -6,18 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from freshrec.encoders.hashing import HashingEncoder
 from freshrec.evaluate.log import EventLog
 from freshrec.evaluate.replay import Sequences
 from freshrec.learn.optim import clip_gradients, takes_sparse
-from freshrec.learn.recommender import build_freshrec
 from freshrec.model.base import Interactions
 from freshrec.model.freshrec import FreshRec
-from freshrec.settings import LearnSettings, ModelSettings, OptimizerSettings
+from freshrec.settings import ModelSettings, OptimizerSettings
 from tests.evaluate.helpers import tiny_log
-
-MODEL = ModelSettings(dim=16, history_length=6, heads=2)
-LEARN = LearnSettings(epochs=1, batch_size=64)
+from tests.learn.test_freshrec import MODEL
+from tests.learn.test_freshrec import model as freshrec_model
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +25,8 @@ def log() -> EventLog:
 
 
 def model(log: EventLog, settings: ModelSettings = MODEL, **learn: object) -> FreshRec:
-    text = HashingEncoder(32).encode(log.catalog.texts)
-    return build_freshrec(log.n_items, text, settings, LEARN.model_copy(update=learn))
+    """The model of ``test_freshrec``'s tests, with one warm-start epoch unless told."""
+    return freshrec_model(log, settings, **{"epochs": 1, **learn})
 
 
 def batch(log: EventLog, start: int, size: int = 32) -> Interactions:
