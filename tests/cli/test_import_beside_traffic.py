@@ -1,7 +1,7 @@
 """An import never blocks live traffic: during a 300,000-event ``freshrec import
 events`` into the store a running ``freshrec serve`` uses, events posted every 100 ms
 are each acknowledged within a second, on SQLite and on PostgreSQL (the import
-commits chunks sized to hold the write lock for about 0.2 s each, one at a time)."""
+commits chunks sized to hold the write lock for about 0.1 s each, one at a time)."""
 
 from __future__ import annotations
 
