@@ -123,7 +123,8 @@ def event_load(url: str, rate: float, seconds: float, users: int, items: int, ba
 
     async def request(client: RawClient, n: int) -> int:
         events = [
-            {"user_id": f"u{u:05d}", "item_id": f"i{i:06d}", "type": "click"} for u, i in zip(who[n], what[n])
+            {"user_id": f"u{u:05d}", "item_id": f"i{i:06d}", "type": "click"}
+            for u, i in zip(who[n], what[n], strict=True)
         ]
         return await client.request("POST", "/v1/events", json.dumps(events).encode())
 

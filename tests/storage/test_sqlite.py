@@ -56,13 +56,16 @@ def test_unknown_url_scheme_is_a_clear_error() -> None:
         open_store("mysql://localhost/db")
 
 
-def test_history_and_deletion_across_many_segments(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tiny segments, so that a user's events spread over dozens of them."""
+@pytest.mark.parametrize("merged", [64, 3, 1])
+def test_history_and_deletion_across_many_segments(monkeypatch: pytest.MonkeyPatch, merged: int) -> None:
+    """Tiny segments, so that a user's events spread over dozens of them (75: more than
+    one read merges, whatever ``merged``)."""
     import random
 
     from freshrec.storage import sqlite as module
 
     monkeypatch.setattr(module, "SEGMENT_BITS", 2)
+    monkeypatch.setattr(module, "MERGED_SEGMENTS", merged)
     store = SQLiteStore(":memory:")
     rng = random.Random(1)
     users = [f"u{rng.randrange(6)}" for _ in range(300)]

@@ -89,6 +89,9 @@ CREATE TABLE IF NOT EXISTS erasures (
 """
 
 SEGMENT_BITS = 17  # 131,072 offsets per segment
+MERGED_SEGMENTS = 64
+"""The most segments one read of a user's rows merges (SQLite allows 500 terms in a
+compound ``SELECT``)."""
 READER_CACHE_MB = 8  # page cache of each reading thread's connection (the OS caches the file too)
 
 
@@ -242,21 +245,29 @@ class SQLiteStore(SharedSQL):
         return {r[0] for r in self._user_rows("item_id", user_id, n)}
 
     def _user_rows(self, columns: str, user_id: UserId, n: int, before: Offset | None = None) -> list[tuple[Any, ...]]:
-        """The user's last ``n`` rows (below offset ``before``, if given), newest first,
-        read segment by segment."""
+        """The user's last ``n`` rows (below offset ``before``, if given), newest first.
+
+        One statement reads up to :data:`MERGED_SEGMENTS` segments: each segment's newest
+        rows by the index, merged by SQLite. A statement per segment cost a Python round
+        trip each, about 90 per request at 10,000,000 events (77 segments)."""
         rows: list[tuple[Any, ...]] = []
-        below = "" if before is None else " AND seq < ?"
+        below, bound = ("", ()) if before is None else (" AND seq < ?", (before,))
+        part = (
+            f"SELECT * FROM (SELECT {columns}, seq AS _seq FROM events"
+            f" WHERE segment = ? AND user_id = ?{below} ORDER BY seq DESC LIMIT ?)"
+        )
         with self._read() as conn:
-            for segment in self._segments(conn):
-                if len(rows) >= n:
+            segments = list(self._segments(conn))
+            if before is not None:  # every offset of the segments above is at or past ``before``
+                segments = [s for s in segments if s <= (before - 1) >> SEGMENT_BITS]
+            for start in range(0, len(segments), MERGED_SEGMENTS):
+                want = n - len(rows)
+                if want <= 0:
                     break
-                if before is not None and segment > (before - 1) >> SEGMENT_BITS:
-                    continue  # every offset there is at or past ``before``
-                bound = () if before is None else (before,)
-                rows += conn.execute(
-                    f"SELECT {columns} FROM events WHERE segment = ? AND user_id = ?{below} ORDER BY seq DESC LIMIT ?",
-                    (segment, user_id, *bound, n - len(rows)),
-                ).fetchall()
+                group = segments[start : start + MERGED_SEGMENTS]
+                statement = " UNION ALL ".join([part] * len(group)) + " ORDER BY _seq DESC LIMIT ?"
+                values = [v for s in group for v in (s, user_id, *bound, want)]
+                rows += [r[:-1] for r in conn.execute(statement, (*values, want))]
         return rows
 
     def user_context(self, user_id: UserId, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:
