@@ -58,8 +58,8 @@ def test_unknown_url_scheme_is_a_clear_error() -> None:
 
 @pytest.mark.parametrize("merged", [64, 3, 1])
 def test_history_and_deletion_across_many_segments(monkeypatch: pytest.MonkeyPatch, merged: int) -> None:
-    """Tiny segments, so that a user's events spread over dozens of them (75: more than
-    one read merges, whatever ``merged``)."""
+    """Tiny segments, so that a user's events spread over dozens of them (75: read in
+    several statements, however many segments each spans)."""
     import random
 
     from freshrec.storage import sqlite as module

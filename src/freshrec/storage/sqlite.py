@@ -10,7 +10,7 @@ random page write per event once it outgrows what a batch touches, and ingest
 slowed from 100k to 25k events/s over the first million events; with the
 segment first, inserts only touch the current segment's small, cache-resident
 part of the index and the rate stays flat. A user's history is then read
-segment by segment, newest first, until enough events are found.
+newest segments first, until enough events are found.
 
 ``secure_delete`` is on so that deleting a user overwrites their rows in the
 file instead of leaving the bytes on free pages.
@@ -90,8 +90,7 @@ CREATE TABLE IF NOT EXISTS erasures (
 
 SEGMENT_BITS = 17  # 131,072 offsets per segment
 MERGED_SEGMENTS = 64
-"""The most segments one read of a user's rows merges (SQLite allows 500 terms in a
-compound ``SELECT``)."""
+"""The most segments one read of a user's older rows spans."""
 READER_CACHE_MB = 8  # page cache of each reading thread's connection (the OS caches the file too)
 
 
@@ -247,27 +246,27 @@ class SQLiteStore(SharedSQL):
     def _user_rows(self, columns: str, user_id: UserId, n: int, before: Offset | None = None) -> list[tuple[Any, ...]]:
         """The user's last ``n`` rows (below offset ``before``, if given), newest first.
 
-        One statement reads up to :data:`MERGED_SEGMENTS` segments: each segment's newest
-        rows by the index, merged by SQLite. A statement per segment cost a Python round
-        trip each, about 90 per request at 10,000,000 events (77 segments)."""
+        The newest segment is read alone (by the index, in order: an active user's rows
+        end there), the older ones :data:`MERGED_SEGMENTS` at a time, which SQLite sorts.
+        A statement per segment took twice as long on a 10,000,000-event log (77
+        segments): 1.3 ms against 0.6 ms for a history and the items seen."""
         rows: list[tuple[Any, ...]] = []
         below, bound = ("", ()) if before is None else (" AND seq < ?", (before,))
-        part = (
-            f"SELECT * FROM (SELECT {columns}, seq AS _seq FROM events"
-            f" WHERE segment = ? AND user_id = ?{below} ORDER BY seq DESC LIMIT ?)"
-        )
         with self._read() as conn:
             segments = list(self._segments(conn))
             if before is not None:  # every offset of the segments above is at or past ``before``
                 segments = [s for s in segments if s <= (before - 1) >> SEGMENT_BITS]
-            for start in range(0, len(segments), MERGED_SEGMENTS):
-                want = n - len(rows)
-                if want <= 0:
+            groups = [segments[:1]] + [
+                segments[i : i + MERGED_SEGMENTS] for i in range(1, len(segments), MERGED_SEGMENTS)
+            ]
+            for group in groups:
+                if len(rows) >= n or not group:
                     break
-                group = segments[start : start + MERGED_SEGMENTS]
-                statement = " UNION ALL ".join([part] * len(group)) + " ORDER BY _seq DESC LIMIT ?"
-                values = [v for s in group for v in (s, user_id, *bound, want)]
-                rows += [r[:-1] for r in conn.execute(statement, (*values, want))]
+                rows += conn.execute(
+                    f"SELECT {columns} FROM events WHERE segment IN ({', '.join('?' * len(group))})"
+                    f" AND user_id = ?{below} ORDER BY seq DESC LIMIT ?",
+                    (*group, user_id, *bound, n - len(rows)),
+                ).fetchall()
         return rows
 
     def user_context(self, user_id: UserId, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:
