@@ -67,29 +67,44 @@ def metric(text: str, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def quantile(text: str, name: str, q: float) -> float:
-    """The upper bound of the histogram bucket that holds quantile ``q`` (seconds)."""
-    buckets = [(float(b), float(c)) for b, c in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)', text, re.M)]
-    total = buckets[-1][1] if buckets else 0.0
-    return next((bound for bound, count in buckets if count >= q * total), float("nan"))
+def quantile(text: str, name: str, q: float, since: str = "") -> float:
+    """The upper bound of the histogram bucket that holds quantile ``q`` (seconds), of the
+    observations made after the ``/metrics`` text ``since`` was read."""
+
+    def buckets(t: str) -> dict[float, float]:
+        return {float(b): float(c) for b, c in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)', t, re.M)}
+
+    now, then = buckets(text), buckets(since)
+    counts = [(bound, count - then.get(bound, 0.0)) for bound, count in now.items()]
+    total = counts[-1][1] if counts else 0.0
+    return next((bound for bound, count in counts if total and count >= q * total), float("nan"))
 
 
-def published(url: str) -> dict[str, float]:
-    """Publish figures from ``/metrics``: the time to build the serving copy (mean, p50 and
-    p99 by histogram bucket), the lag from the learner's micro-batch to the swap, and the
-    snapshots received whole and as deltas with their mean sizes."""
-    with Client(url) as c:
-        text = c.metrics()
+def published(text: str, since: str = "") -> dict[str, float]:
+    """Publish figures from the ``/metrics`` text ``text``, of the publishes after ``since``
+    was read: the time to build the serving copy (mean, p50 and p99 by histogram bucket),
+    the lag from the learner's micro-batch to the swap, and the snapshots received whole
+    and as deltas with their mean sizes."""
+
+    def grown(name: str) -> float:
+        return metric(text, name) - metric(since, name)
+
     build, lag = "freshrec_model_publish_seconds", "freshrec_model_publish_lag_seconds"
-    count = metric(text, f"{build}_count")
-    out = {"count": count, "mean": metric(text, f"{build}_sum") / max(count, 1)}
+    count = grown(f"{build}_count")
+    out = {"count": count, "mean": grown(f"{build}_sum") / max(count, 1)}
     for q in (0.5, 0.99):
-        out[f"p{round(q * 100)}"], out[f"lag_p{round(q * 100)}"] = quantile(text, build, q), quantile(text, lag, q)
+        out[f"p{round(q * 100)}"] = quantile(text, build, q, since)
+        out[f"lag_p{round(q * 100)}"] = quantile(text, lag, q, since)
     for kind in ("whole", "delta"):
-        n = metric(text, f'freshrec_model_snapshots_received_total{{kind="{kind}"}}')
+        n = grown(f'freshrec_model_snapshots_received_total{{kind="{kind}"}}')
         out[kind] = n
-        out[f"{kind}_mb"] = metric(text, f'freshrec_model_snapshot_bytes_total{{kind="{kind}"}}') / max(n, 1) / 2**20
+        out[f"{kind}_mb"] = grown(f'freshrec_model_snapshot_bytes_total{{kind="{kind}"}}') / max(n, 1) / 2**20
     return out
+
+
+def metrics_text(url: str) -> str:
+    with Client(url) as c:
+        return c.metrics()
 
 
 def prepare(args: argparse.Namespace, gen: Path) -> dict[str, float]:
@@ -161,10 +176,12 @@ def main() -> None:
                 started = time.perf_counter()
                 client.recommend(f"u{user:05d}", k=10)
                 unloaded.append((time.perf_counter() - started) * 1000)
+        before = metrics_text(url)
         load = run_load(
             url, argparse.Namespace(rps=200.0, eps=500.0, seconds=args.seconds, users=args.users, items=args.items)
         )
-        publish = published(url)
+        after = metrics_text(url)
+        publish, since_start = published(after, before), published(after)
         api_mb = rss_mb(server.pid)
         learner_mb = rss_mb(learner_pid(server.pid))
     finally:
@@ -186,14 +203,16 @@ def main() -> None:
         f"p99 {p_load[2]:.1f} ms, {load['errors']} errors of {load['requests']:,} |\n"
         f"| event posts (10 events each) under that load | p50 {load['event_latency_ms'][0]:.1f} ms, "
         f"p99 {load['event_latency_ms'][2]:.1f} ms, {load['event_errors']} errors of {load['event_requests']:,} |\n"
-        f"| publish: building the serving copy | mean {publish['mean'] * 1000:.0f} ms, "
-        f"p50 <= {publish['p50'] * 1000:.0f} ms, p99 <= {publish['p99'] * 1000:.0f} ms "
-        f"over {publish['count']:,.0f} publishes |\n"
-        f"| publish: end of a micro-batch to serving's swap | p50 <= {publish['lag_p50'] * 1000:.0f} ms, "
-        f"p99 <= {publish['lag_p99'] * 1000:.0f} ms |\n"
-        f"| snapshots received whole / as deltas | {publish['whole']:,.0f} of {publish['whole_mb']:.1f} MB / "
-        f"{publish['delta']:,.0f} of {publish['delta_mb']:.2f} MB (means) |\n"
-        f"| memory after the load: API / learner process (RSS) | {api_mb:,.0f} MB / {learner_mb:,.0f} MB |\n"
+        + "".join(
+            f"| publish ({when}): building the serving copy | mean {p['mean'] * 1000:.0f} ms, "
+            f"p50 <= {p['p50'] * 1000:.0f} ms, p99 <= {p['p99'] * 1000:.0f} ms over {p['count']:,.0f} publishes |\n"
+            f"| publish ({when}): end of a micro-batch to serving's swap | p50 <= {p['lag_p50'] * 1000:.0f} ms, "
+            f"p99 <= {p['lag_p99'] * 1000:.0f} ms |\n"
+            f"| snapshots received ({when}) whole / as deltas | {p['whole']:,.0f} of {p['whole_mb']:.1f} MB / "
+            f"{p['delta']:,.0f} of {p['delta_mb']:.2f} MB (means) |\n"
+            for when, p in (("under the load", publish), ("since the server started", since_start))
+        )
+        + f"| memory after the load: API / learner process (RSS) | {api_mb:,.0f} MB / {learner_mb:,.0f} MB |\n"
         f"| data folder after the run | {size_mb(args.data):,.0f} MB |\n"
     )
     name = "scale" if args.items == 200_000 else f"scale-{args.items}"
