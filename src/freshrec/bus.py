@@ -20,7 +20,8 @@ that changed) with what the blend's counts took in. Each entry is ``{"data": <by
 (or a model without a blend), where a replica that starts, or lost its place, begins
 reading; from there it applies every entry in order, as the server beside the learner
 does with its pipe. A replica that misses an entry (trimmed before it read it) skips
-deltas and ranks with the network alone until the next start, within a minute. The
+deltas and ranks with the network alone until the next start: within a minute, or, where
+whole snapshots are costly and further apart, with the next whole one. The
 stream keeps what came since the start before the newest (and at most
 ``snapshot_stream_len`` entries): two whole snapshots and the deltas since, a few times
 the model's size in Redis's memory, nothing durable; written to the store, snapshots

@@ -146,6 +146,26 @@ def test_a_whole_snapshot_is_built_when_the_blend_counts_go_whole(world: World, 
     assert all(isinstance(p, Snapshot) for p in published)
 
 
+@pytest.mark.parametrize("counts", [True, False])
+@pytest.mark.parametrize("kind", ["whole", "delta"])
+def test_where_whole_snapshots_are_far_apart_whole_counts_ride_deltas_and_every_whole_one_is_a_start(
+    world: World,  # noqa: F811
+    kind: Due,
+    counts: bool,
+) -> None:
+    store, later, tmp = world
+    learner, published = learner_with(LARGE, store, tmp, [kind])
+    learner.publishing.counts_due = lambda: counts
+    learner.publishing.counts_ride = lambda: True
+    learner.train()
+    catch_up(learner, store, later[:32])
+    assert len(published) > 2
+    for one in published[1:]:  # the first, after the warm start, has no base to be a delta on
+        assert isinstance(one, Snapshot if kind == "whole" else SnapshotDelta)
+        assert one.blend is not None
+        assert (one.blend["signals"] is not None) == (counts or kind == "whole")
+
+
 def test_whole_snapshots_are_spaced_by_what_the_last_one_cost(
     world: World,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
@@ -168,6 +188,13 @@ def test_whole_snapshots_are_spaced_by_what_the_last_one_cost(
         sender.snapshot(published[-1])
         wait_for(lambda: sender.due() is not None)
         assert sender.due() == "delta"  # 0.01 s have long passed, but not ten times 0.1 s
+        assert not sender.counts_ride()  # one second apart: counts due make a snapshot whole
         wait_for(lambda: sender.due() == "whole", timeout_s=3.0)
+        sender.snapshot(published[-1])
+        wait_for(lambda: sender.due() is not None)
+        sender.served(10.0)  # the receiver took ten seconds over that one: whole ones 100 s apart
+        assert sender.counts_ride()
+        time.sleep(1.2)
+        assert sender.due() == "delta"
     finally:
         sender.close(5)

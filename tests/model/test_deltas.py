@@ -237,3 +237,27 @@ def test_serving_writes_each_delta_over_the_table_no_request_reads_any_more() ->
     a, b = tables[0], tables[1]
     assert [t is a for t in tables] == [True, False, True, False, True, False]  # two tables take turns
     assert tables[3] is b and tables[5] is not b  # not the one the request held: a copy instead
+
+
+def test_the_server_tells_what_each_whole_snapshot_cost_it_and_nothing_for_deltas() -> None:
+    net = learner()
+    catalog = Catalog()
+    catalog.view = CatalogView(ids(40), before_text(net), ids(40), [()] * 40, np.ones(40, dtype=bool))
+    models = Models(Ranker(catalog), ClusterSettings(), Metrics())
+    costs: list[float] = []
+    models.on_whole = costs.append
+    models.start()
+    try:
+        first = snap(net)
+        assert models.receive(first.to_bytes(), "learner") is not None
+        wait_for(lambda: len(costs) == 1)
+        step(net, [3])
+        second = snap(net, updates=1)
+        assert models.receive(delta_since(second, first).to_bytes(), "learner") is not None  # type: ignore[union-attr]
+        wait_for(lambda: models.ranker.scoring.snapshot is not None and models.ranker.scoring.snapshot.updates == 1)
+        step(net, [4])
+        assert models.receive(snap(net, updates=2).to_bytes(), "learner") is not None
+        wait_for(lambda: len(costs) == 2)
+    finally:
+        models.close()
+    assert all(0 < cost < 60 for cost in costs)

@@ -36,6 +36,9 @@ class Publishing:
         self.due: Callable[[], Due] = lambda: "whole"
         self.counts_due: Callable[[], bool] = lambda: False
         """Whether the next snapshot carries the blend's counts whole (its sender says)."""
+        self.counts_ride: Callable[[], bool] = lambda: False
+        """Whether whole counts may go with a delta (its sender says: where whole snapshots
+        are far apart); if not, they make the snapshot whole."""
         self.stale = False
         """Whether the model changed since it was last handed over (a micro-batch came while
         the sender was busy): the learner publishes again when it has time."""
@@ -60,12 +63,17 @@ class Publishing:
         self.stale = False
         counts = self.counts_due()
         changed = model.trainer.changed.take()
+        whole = due not in ("delta", None) or changed is None or self._base is None
+        if self.counts_ride():
+            counts = counts or due in ("whole", "resync")  # a start: what a receiver begins from
+        else:
+            whole = whole or counts
         loss = model.trainer.health.last_loss
         info = {**info, "loss": None if np.isnan(loss) else float(loss), "blend": model.blend_part(with_counts=counts)}
         out: Snapshot | SnapshotDelta
-        if due in ("delta", None) and changed is not None and self._base is not None and not counts:
-            out = delta_of(model.net, self._base, changed, **info)
-        else:
+        if whole or changed is None or self._base is None:
             out = Snapshot.of(model.net, **info)
+        else:
+            out = delta_of(model.net, self._base, changed, **info)
         self._base = (out.serial, len(info["item_ids"]))
         self.on_update(out)

@@ -20,9 +20,10 @@ log = logging.getLogger("freshrec.learner")
 
 WHOLE_SHARE = 0.02
 """Whole snapshots go at most this share of the time: at least ``1 / WHOLE_SHARE`` times as
-long apart as the last one took to encode and deliver. Why: on a million items a whole one
-was 129 MB, seconds of work for the learner and more for the server that parses it and
-rebuilds its item table (while it serves), and ``full_every_s`` is 30 s."""
+long apart as the last one took to encode and deliver, or the receiver to parse and build
+(where it says: the server beside the learner). Why: on a million items a whole one was
+129 MB, seconds of work for the learner and ten times more for the server that parses it
+and rebuilds its item table (while it serves), and ``full_every_s`` is 30 s."""
 COUNTS_EVERY_S = 60.0
 """The blend's counts go whole at least this often (a copy: tens of milliseconds, tens of
 megabytes on a catalog of thousands of items); in between, what they took in."""
@@ -62,6 +63,9 @@ class Sender:
         self._whole_at = 0.0
         self._whole_cost = 0.0
         """Seconds the last whole snapshot took to encode and deliver."""
+        self._served_cost = 0.0
+        """Seconds the receiver said the last whole snapshot took it to parse and build
+        (:meth:`served`)."""
         self.key = key
         """Signs each snapshot (``[cluster] snapshot_key``)."""
         self.fence: Callable[[], bool] | None = None
@@ -111,7 +115,21 @@ class Sender:
             return "whole" if not self.full_every_s or now - self._whole_at >= self._full_every() else "delta"
 
     def _full_every(self) -> float:
-        return max(self.full_every_s, self._whole_cost / WHOLE_SHARE)
+        return max(self.full_every_s, max(self._whole_cost, self._served_cost) / WHOLE_SHARE)
+
+    def served(self, seconds: float) -> None:
+        """The receiver took ``seconds`` to parse and build the last whole snapshot (on a
+        million items, ten times what it cost the learner): whole ones are spaced by that
+        too."""
+        with self.lock:
+            self._served_cost = max(float(seconds), 0.0)
+
+    def counts_ride(self) -> bool:
+        """Whether the blend's counts, when due whole, go with a delta: where whole snapshots
+        are further apart than :data:`COUNTS_EVERY_S`. Then every whole snapshot carries
+        them whole (it is a start). Elsewhere counts due make the snapshot whole."""
+        with self.lock:
+            return bool(self.full_every_s) and self._full_every() > COUNTS_EVERY_S
 
     def snapshot(self, snapshot: Snapshot | SnapshotDelta) -> None:
         """Deliver ``snapshot`` next, in place of one still waiting (a delta on that one is

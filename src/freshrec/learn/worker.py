@@ -139,6 +139,7 @@ def run_learner(
     }
     for one, its_sender in [(learner, sender), *others.values()]:
         one.publishing.counts_due, one.publishing.due = its_sender.counts_due, its_sender.due
+        one.publishing.counts_ride = its_sender.counts_ride
 
     owned = lease is None  # a lease handed in is the caller's to release
     lease = lease or Lease(store, settings.learn.lease_s)
@@ -169,6 +170,11 @@ def run_learner(
         while (command := commands.get()) is not None:
             if command[0] == "erase":  # the deletion is recorded in the store: carried out from there
                 eraser.wake()
+            elif command[0] == "served":  # ("served", seconds, arm or None): a whole snapshot's cost
+                _, seconds, arm = command
+                served = sender if arm is None else (arms or {}).get(arm, (None, None))[1]
+                if served is not None:
+                    served.served(seconds)
 
     commander = threading.Thread(target=obey, name="freshrec-commands", daemon=True)
     if commands is not None:

@@ -83,6 +83,9 @@ class Engine:
                 name="freshrec-learner",
             )
             self.service.forget_hooks.append(lambda user_id: self.commands.put(("erase",)))
+            self.service.models.on_whole = lambda seconds: self.commands.put(("served", seconds, None))
+            for arm, models in (self.service.experiment.arm_models if self.service.experiment else {}).items():
+                models.on_whole = lambda seconds, arm=arm: self.commands.put(("served", seconds, arm))
             self.receiver = threading.Thread(target=self._receive, name="freshrec-receiver", daemon=True)
         config = uvicorn.Config(
             create_app(self.service, keys), host=host, port=port, log_level="warning", access_log=False

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -37,6 +38,11 @@ class Models:
         """The newest snapshot received: the one the next delta must name."""
         self._closed = False
         self._publishing = threading.Condition()
+        self.on_whole: Callable[[float], object] | None = None
+        """Told the seconds each whole snapshot took to parse and build (the learner spaces
+        whole ones by that: :meth:`~freshrec.learn.sender.Sender.served`)."""
+        self._parsed: tuple[int, float] | None = None
+        """The serial of the last whole snapshot parsed, and the seconds that took."""
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -52,11 +58,13 @@ class Models:
         delta on a snapshot this server did not get is skipped, counted apart: the next
         whole snapshot follows within ``[serve] snapshot_full_s``."""
         try:
+            started = time.perf_counter()
             got = deltas.read(data, self.cluster.key(), self.cluster.snapshot_max_mb << 20)
             kind = "delta" if isinstance(got, SnapshotDelta) else "whole"
             self.metrics.snapshots_received.labels(kind).inc()
             self.metrics.snapshot_bytes.labels(kind).inc(len(data))
             if not isinstance(got, SnapshotDelta):
+                self._parsed = (got.serial, time.perf_counter() - started)
                 return self._blend_taken(got)
             latest = self._latest
             if latest is None or latest.serial != got.parent:
@@ -98,7 +106,12 @@ class Models:
     def _publish(self, snapshot: Snapshot) -> None:
         started = time.perf_counter()
         self.ranker.publish(snapshot)
-        self.metrics.publish_seconds.observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self.metrics.publish_seconds.observe(took)
+        parsed = self._parsed
+        if parsed is not None and parsed[0] == snapshot.serial and self.on_whole is not None:
+            self._parsed = None
+            self.on_whole(parsed[1] + took)
         self.metrics.publish_lag_seconds.observe(max(0.0, time.time() - snapshot.created))
         if self.arm is not None:
             return

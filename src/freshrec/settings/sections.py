@@ -324,8 +324,9 @@ class ServeSettings(Section):
     """The learner sends its server a whole model snapshot this often and, in between,
     deltas: the item rows that changed and the dense layers but the item tower
     (:mod:`freshrec.model.deltas`), whose serving copy lags by about this long. Where a
-    whole one is costly (129 MB on a million items), less often: at most 2% of the time
-    goes to them (``freshrec.learn.sender.WHOLE_SHARE``). 0: always whole."""
+    whole one is costly (129 MB on a million items), less often: at most 2% of the
+    learner's time, or of the server's beside it, goes to them
+    (``freshrec.learn.sender.WHOLE_SHARE``). 0: always whole."""
     torch_threads: int = Field(default=1, ge=1)
     """Torch threads of the server and of its learner process each: they share the
     machine's cores, and one each keeps request latency flat on a small machine."""
