@@ -63,9 +63,9 @@ class Publishing:
         self.stale = False
         counts = self.counts_due()
         changed = model.trainer.changed.take()
-        whole = due not in ("delta", None) or changed is None or self._base is None
+        whole = due not in ("delta", None)  # what the sender asks; a delta may still not do
         if self.counts_ride():
-            counts = counts or due in ("whole", "resync")  # a start: what a receiver begins from
+            counts = counts or whole  # a start: what a receiver begins from
         else:
             whole = whole or counts
         loss = model.trainer.health.last_loss

@@ -70,16 +70,13 @@ PUT_EMBEDDING = (
     "INSERT INTO embeddings (encoder, text_hash, vector) VALUES (?, ?, ?)"
     " ON CONFLICT (encoder, text_hash) DO UPDATE SET vector = excluded.vector"
 )
-ITEM_VECTORS = (
-    "SELECT i.item_id, COALESCE(i.vector, e.vector) FROM items i"
-    " LEFT JOIN embeddings e ON e.encoder = ? AND e.text_hash = i.text_hash"
+_EMBEDDED = (
+    " FROM items i LEFT JOIN embeddings e ON e.encoder = ? AND e.text_hash = i.text_hash"
     " WHERE (i.vector IS NOT NULL OR e.vector IS NOT NULL)"
 )
-EMBEDDED_IDS = (
-    "SELECT i.item_id FROM items i"
-    " LEFT JOIN embeddings e ON e.encoder = ? AND e.text_hash = i.text_hash"
-    " WHERE (i.vector IS NOT NULL OR e.vector IS NOT NULL) ORDER BY i.item_id"
-)
+"""The items with a vector for the encoder: their own, or their text's."""
+ITEM_VECTORS = "SELECT i.item_id, COALESCE(i.vector, e.vector)" + _EMBEDDED
+EMBEDDED_IDS = "SELECT i.item_id" + _EMBEDDED + " ORDER BY i.item_id"
 PUBLISH = (
     "INSERT INTO published (name, version, data, updated_at) VALUES (?, 1, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET version = published.version + 1, data = excluded.data,"
