@@ -178,7 +178,9 @@ def apply(base: Snapshot, delta: SnapshotDelta, in_place: bool = False) -> Snaps
     bad = serialization.Malformed
     if delta.parent != base.serial:
         raise bad("the delta applies to another snapshot")
-    item_ids = [*base.item_ids, *delta.new_item_ids]
+    # the parent's list itself where no item is new: serving then knows its rows as they
+    # are (:func:`freshrec.serve.catalog.starts_with`) without comparing a million ids
+    item_ids = [*base.item_ids, *delta.new_item_ids] if delta.new_item_ids else base.item_ids
     n, n0 = len(item_ids), len(base.item_ids)
     new = set(delta.new_item_ids)
     if len(new) != len(delta.new_item_ids) or (new and not new.isdisjoint(base.item_ids)):
