@@ -108,6 +108,17 @@ def test_a_build_calibrates_its_probes_on_the_latest_requests_to_the_recall_it_i
         assert index is not None and index.recall >= target
         probes[target] = index.probes
     assert probes[0.5] < probes[0.99] <= index.index.nlist
+    # the fewest probes that reach the target, found one by one: the calibration's doubling
+    # and halving land within an eighth of its last step above them, not at a power of two
+    best = np.argsort(-(queries @ vectors.T + bias), axis=1)[:, :10]
+
+    def recall(n: int) -> float:
+        index.index.nprobe = n
+        return float(np.mean([np.isin(b, f).mean() for b, f in zip(best, index._search(queries, 50), strict=True)]))
+
+    fewest = next(n for n in range(1, index.index.nlist + 1) if recall(n) >= 0.99)
+    assert fewest <= probes[0.99] <= fewest + max(1, fewest // 8), (fewest, probes[0.99])
+    index.index.nprobe = probes[0.99]
     exact = Ranker(catalog(), RetrievalSettings(min_items=N + 1))
     exact.publish(snap)
     others = requests(100)

@@ -108,20 +108,35 @@ class Index:
     def _calibrate(
         self, vectors: npt.NDArray[np.float32], bias: npt.NDArray[np.float32], users: npt.NDArray[np.float32]
     ) -> None:
-        """The fewest probes (4, 8, 16, ... lists) whose ``candidates`` hold
-        ``target_recall`` of the requests' exact top 10, on average; at most a quarter of
-        the lists (scanning more costs about what scoring every item does: vectors
-        without clusters, as random ones, need them all)."""
+        """The fewest probes whose ``candidates`` hold ``target_recall`` of the requests'
+        exact top 10, on average: doubled from 4 lists until they do, then narrowed down by
+        three halvings of the last step (within an eighth of it: on a million items'
+        trained model, 512 probes found 0.990 and 1,000 were probed, each search twice as
+        long as needed); at most a quarter of the lists (scanning more costs about what
+        scoring every item does: vectors without clusters, as random ones, need them all)."""
         best = np.concatenate([_top10(vectors, bias, users[i : i + 64]) for i in range(0, len(users), 64)])
-        most = max(1, self.index.nlist // 4)
-        probes = min(4, most)
-        while True:
+
+        def recall(probes: int) -> float:
             self.index.nprobe = probes
             found = self._search(users, self.settings.candidates)
-            self.recall = float(np.mean([np.isin(b, f).mean() for b, f in zip(best, found, strict=True)]))
-            if self.recall >= self.settings.target_recall or probes >= most:
+            return float(np.mean([np.isin(b, f).mean() for b, f in zip(best, found, strict=True)]))
+
+        target, most = self.settings.target_recall, max(1, self.index.nlist // 4)
+        below, probes = 0, min(4, most)
+        self.recall = recall(probes)
+        while self.recall < target and probes < most:
+            below, probes = probes, min(probes * 2, most)
+            self.recall = recall(probes)
+        for _ in range(3 if self.recall >= target else 0):
+            middle = (below + probes) // 2
+            if middle <= below:
                 break
-            probes = min(probes * 2, most)
+            found = recall(middle)
+            if found >= target:
+                probes, self.recall = middle, found
+            else:
+                below = middle
+        self.index.nprobe = probes
         if self.recall < self.settings.target_recall:
             log.warning(
                 "the candidate index finds %.3f of the exact top 10 with a quarter of its lists probed "
