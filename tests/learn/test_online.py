@@ -247,7 +247,7 @@ def test_catalog_items_no_event_named_join_the_model_for_servings_numbering(
     event = {"user_id": "u00001", "item_id": known, "type": "click", "timestamp": 1_790_000_000}
     store.append_events([validator.event(event)])
     assert learner.catch_up() == 1 and len(learner.items.ids) == n  # not yet: the catalog is read now and then
-    learner._catalog_at = float("-inf")  # as if CATALOG_S had passed
+    learner.items._catalog_due = float("-inf")  # as if CATALOG_S had passed
     store.append_events([validator.event({**event, "timestamp": 1_790_000_100})])
     assert learner.catch_up() == 1
     assert learner.items.ids[n:] == ["quiet-0", "quiet-1"] and learner.snapshot().item_ids[n:] == ["quiet-0", "quiet-1"]

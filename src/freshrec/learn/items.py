@@ -18,7 +18,10 @@ from freshrec.domain import Event
 from freshrec.storage.base import Store
 
 CATALOG_S = 60.0
-"""How often the learner takes in the catalog's new items that no event named yet."""
+"""How often the learner takes in the catalog's new items that no event named yet, at
+most: where reading the catalog's ids takes longer than a fiftieth of that, the reads are
+spaced by fifty times what the last one took (3.6 s at a million items)."""
+CATALOG_SHARE = 0.02
 ABSENT_S = 10.0
 """How long ids found missing from the store are not looked up again."""
 
@@ -34,6 +37,7 @@ class ItemCodes:
         self.ids: list[str] = []
         self.codes: dict[str, int] = {}
         self._absent: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=ABSENT_S, timer=time.monotonic)
+        self._catalog_due = time.monotonic() + CATALOG_S
 
     def load(self, item_ids: list[str] | None = None) -> np.ndarray:
         """Number the catalog's embedded items (in the order of ``item_ids``, a
@@ -50,11 +54,17 @@ class ItemCodes:
         return vectors.astype(np.float32)
 
     def add_catalog(self) -> np.ndarray | None:
-        """Number every embedded catalog item that has no code yet (in the store's order),
-        so that serving, which follows this numbering, finds its whole catalog in the
-        model's tables; returns their text vectors, or ``None`` if there are none. Only the
-        new items' vectors are read (all of a million items' took the learner minutes)."""
-        new = [item_id for item_id in self.store.embedded_ids(self.encoder) if item_id not in self.codes]
+        """Number every embedded catalog item that has no code yet (in id order), so that
+        serving, which follows this numbering, finds its whole catalog in the model's
+        tables; returns their text vectors, or ``None`` if there are none or the catalog
+        is not due to be read yet (:data:`CATALOG_S`). Only the new items' vectors are
+        read (all of a million items' took the learner minutes)."""
+        now = time.monotonic()
+        if now < self._catalog_due:
+            return None
+        embedded = self.store.embedded_ids(self.encoder)
+        self._catalog_due = time.monotonic() + max(CATALOG_S, (time.monotonic() - now) / CATALOG_SHARE)
+        new = sorted(item_id for item_id in embedded if item_id not in self.codes)
         if not new:
             return None
         ids, vectors = self.store.item_vectors(self.encoder, new)

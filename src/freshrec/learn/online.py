@@ -33,7 +33,7 @@ from freshrec.ingest.hygiene import Quarantine
 from freshrec.learn.checkpoints import Checkpoints, Version
 from freshrec.learn.feed import IDLE_S, Feed, Polling, at_most_every
 from freshrec.learn.histories import Histories
-from freshrec.learn.items import CATALOG_S, ItemCodes, NoCatalog
+from freshrec.learn.items import ItemCodes, NoCatalog
 from freshrec.learn.publishing import Publishing
 from freshrec.learn.recommender import build_freshrec
 from freshrec.model.base import Interactions
@@ -87,7 +87,6 @@ class Learner:
         self.state = Progress()
         self.items = ItemCodes(store, encoder_key(settings.encoder))
         """The row of each item in the model's tables."""
-        self._catalog_at = time.monotonic()
         self.users = self._histories()
         """User codes (rows of the model's user table) and each user's last events."""
         self.model: FreshRec | None = None
@@ -114,10 +113,8 @@ class Learner:
             return
         if (vectors := self.items.add(events)) is not None:
             self.model.add_items(vectors)
-        if time.monotonic() - self._catalog_at >= CATALOG_S:
-            self._catalog_at = time.monotonic()
-            if (vectors := self.items.add_catalog()) is not None:
-                self.model.add_items(vectors)
+        if (vectors := self.items.add_catalog()) is not None:
+            self.model.add_items(vectors)
         self._fit_blend(self.model)
 
     def _fit_blend(self, model: FreshRec) -> None:

@@ -76,7 +76,13 @@ _EMBEDDED = (
 )
 """The items with a vector for the encoder: their own, or their text's."""
 ITEM_VECTORS = "SELECT i.item_id, COALESCE(i.vector, e.vector)" + _EMBEDDED
-EMBEDDED_IDS = "SELECT i.item_id" + _EMBEDDED + " ORDER BY i.item_id"
+EMBEDDED_IDS = (
+    "SELECT i.item_id FROM embeddings e JOIN items i ON i.text_hash = e.text_hash"
+    " WHERE e.encoder = ? AND i.vector IS NULL"
+    " UNION ALL SELECT item_id FROM items WHERE vector IS NOT NULL"
+)
+"""The ids of ``ITEM_VECTORS``, found from the encoder's embeddings (in ``ITEM_VECTORS``'s
+order SQLite looked up an embedding per item: 33 s at a million items, against 3.6 s)."""
 PUBLISH = (
     "INSERT INTO published (name, version, data, updated_at) VALUES (?, 1, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET version = published.version + 1, data = excluded.data,"
