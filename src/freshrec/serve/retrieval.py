@@ -112,8 +112,11 @@ class Index:
         exact top 10, on average: doubled from 4 lists until they do, then narrowed down by
         three halvings of the last step (within an eighth of it: on a million items'
         trained model, 512 probes found 0.990 and 1,000 were probed, each search twice as
-        long as needed); at most a quarter of the lists (scanning more costs about what
-        scoring every item does: vectors without clusters, as random ones, need them all)."""
+        long as needed); at most half the lists (scanning more costs about what scoring
+        every item does: vectors without clusters, as random ones, need them all). Half,
+        not a quarter as before: the million-item model after 100,000 more events learned
+        online needed 2,000 of 4,000 lists for 0.989 (9 ms against 22 ms exact), and a
+        quarter found 0.925."""
         best = np.concatenate([_top10(vectors, bias, users[i : i + 64]) for i in range(0, len(users), 64)])
 
         def recall(probes: int) -> float:
@@ -121,7 +124,7 @@ class Index:
             found = self._search(users, self.settings.candidates)
             return float(np.mean([np.isin(b, f).mean() for b, f in zip(best, found, strict=True)]))
 
-        target, most = self.settings.target_recall, max(1, self.index.nlist // 4)
+        target, most = self.settings.target_recall, max(1, self.index.nlist // 2)
         below, probes = 0, min(4, most)
         self.recall = recall(probes)
         while self.recall < target and probes < most:
@@ -139,7 +142,7 @@ class Index:
         self.index.nprobe = probes
         if self.recall < self.settings.target_recall:
             log.warning(
-                "the candidate index finds %.3f of the exact top 10 with a quarter of its lists probed "
+                "the candidate index finds %.3f of the exact top 10 with half its lists probed "
                 "(target_recall %.3f): the served vectors form few clusters", self.recall, self.settings.target_recall
             )  # fmt: skip
 
