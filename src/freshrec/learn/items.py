@@ -22,6 +22,7 @@ CATALOG_S = 60.0
 most: where reading the catalog's ids takes longer than a fiftieth of that, the reads are
 spaced by fifty times what the last one took (3.6 s at a million items)."""
 CATALOG_SHARE = 0.02
+"""The share of the learner's time the catalog reads may take."""
 ABSENT_S = 10.0
 """How long ids found missing from the store are not looked up again."""
 

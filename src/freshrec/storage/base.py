@@ -175,9 +175,9 @@ class Store(Protocol):
         ...
 
     def embedded_ids(self, encoder: str) -> list[ItemId]:
-        """The ids of :meth:`item_vectors`, without the vectors, in no particular order:
-        which items are new is a question of ids (on a million items the vectors are a
-        gigabyte to read, and sorting the ids cost the query most of its time)."""
+        """The ids of :meth:`item_vectors`, without the vectors, in no particular order
+        (the learner sorts the few it lacks): which items are new is a question of ids (on
+        a million items the vectors are a gigabyte to read)."""
         ...
 
     # -- published blobs (shared state of the processes of a deployment) ------
