@@ -18,7 +18,9 @@ from freshrec.encoders import build_encoder, embed_items, encoder_key
 from freshrec.ingest.importer import import_events, import_items
 from freshrec.ingest.validate import Validator
 from freshrec.learn.checkpoints import Checkpoints
-from freshrec.learn.online import Learner
+from freshrec.learn.items import CATALOG_SHARE
+from freshrec.learn.online import CHECKPOINT_SHARE, Learner
+from freshrec.learn.pacing import Paced
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.scoring import build_scoring
@@ -60,6 +62,7 @@ def test_warm_start_catch_up_resume_and_rollback(world: tuple[SQLiteStore, list,
     assert first.offset == store.read_events(0, 10_000)[-1].offset
 
     import_events(store, later[:200], Validator(IngestSettings()))
+    learner._saving = Paced(0.0, CHECKPOINT_SHARE, clock=lambda: float("inf"))  # never put off by their cost
     assert learner.catch_up(checkpoint_every=100) == 200
     versions = checkpoints.list()
     assert [v.version for v in versions] == [1, 2, 3] and versions[-1].events_learned == 800
@@ -158,6 +161,52 @@ def test_follow_learns_events_as_they_arrive(world: tuple[SQLiteStore, list, Pat
     assert checkpoints.current().events_learned == 610  # type: ignore[union-attr]
 
 
+def test_online_checkpoints_are_put_off_by_their_cost_and_written_once_due(
+    world: tuple[SQLiteStore, list, Path],  # type: ignore[type-arg]
+) -> None:
+    import threading
+    import time
+
+    store, later, tmp = world
+    checkpoints = Checkpoints(tmp / "checkpoints")
+    learn = SETTINGS.learn.model_copy(update={"max_wait_ms": 20, "checkpoint_every": 5})
+    Learner(store, SETTINGS.model_copy(update={"learn": learn}), checkpoints).train()
+    follower = Learner(store, SETTINGS.model_copy(update={"learn": learn}), checkpoints)
+    follower.resume()
+    now = [0.0]
+    follower._saving = Paced(0.0, CHECKPOINT_SHARE, clock=lambda: now[0])
+    stop = threading.Event()
+    thread = threading.Thread(target=follower.follow, args=(stop,))
+    thread.start()
+
+    def learned(n: int) -> None:
+        deadline = time.monotonic() + 10
+        while follower.state.learned < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert follower.state.learned >= n
+
+    def saved(n: int) -> bool:
+        deadline = time.monotonic() + 10
+        while checkpoints.current().events_learned != n and time.monotonic() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.01)
+        return checkpoints.current().events_learned == n  # type: ignore[union-attr]
+
+    try:
+        validator = Validator(IngestSettings())
+        import_events(store, later[:10], validator)
+        learned(610)
+        assert saved(610)  # due: the first one
+        import_events(store, later[10:20], validator)
+        learned(620)
+        time.sleep(0.2)  # idle: the clock has not moved past the last one's cost over its share
+        assert checkpoints.current().events_learned == 610  # type: ignore[union-attr]
+        now[0] += 1e6  # as if twenty times what it took had passed
+        assert saved(620)  # written while idle, with no further event
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
 def test_items_added_after_the_checkpoint_join_the_model(world: tuple[SQLiteStore, list, Path]) -> None:  # type: ignore[type-arg]
     store, _later, tmp = world
     checkpoints = Checkpoints(tmp / "checkpoints")
@@ -247,7 +296,7 @@ def test_catalog_items_no_event_named_join_the_model_for_servings_numbering(
     event = {"user_id": "u00001", "item_id": known, "type": "click", "timestamp": 1_790_000_000}
     store.append_events([validator.event(event)])
     assert learner.catch_up() == 1 and len(learner.items.ids) == n  # not yet: the catalog is read now and then
-    learner.items._catalog_due = float("-inf")  # as if CATALOG_S had passed
+    learner.items._catalog = Paced(0.0, CATALOG_SHARE)  # as if CATALOG_S had passed
     store.append_events([validator.event({**event, "timestamp": 1_790_000_100})])
     assert learner.catch_up() == 1
     assert learner.items.ids[n:] == ["quiet-0", "quiet-1"] and learner.snapshot().item_ids[n:] == ["quiet-0", "quiet-1"]

@@ -16,7 +16,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
+
+from freshrec.ingest.hygiene import Quarantine
+from freshrec.model.freshrec import FreshRec
 from freshrec.storage.base import Store
 
 log = logging.getLogger(__name__)
@@ -132,3 +137,25 @@ class Eraser:
         self.woken.set()
         if self.thread.is_alive():
             self.thread.join(timeout_s)
+
+
+def erased_state(
+    state: dict[str, Any], user_id: str, new_model: Callable[[np.ndarray], FreshRec]
+) -> dict[str, Any] | None:
+    """A checkpoint's state without the user, or ``None`` if it never held them;
+    ``new_model`` builds a model of the settings on a text table (the user's rows do
+    not depend on it, so zeros do)."""
+    quarantine = Quarantine.erased(state.get("quarantine", {}), user_id)
+    if quarantine is not None:
+        state = {**state, "quarantine": quarantine}
+    user_ids = list(state.get("user_ids", []))
+    if user_id not in user_ids:
+        return None if quarantine is None else state
+    code = user_ids.index(user_id)
+    user_ids[code] = None
+    net = state["model"]["trainer"]["net"]
+    n_items, width = net["item_id.weight"].shape[0], net["text_bias.weight"].shape[1]
+    model = new_model(np.zeros((n_items, width), dtype=np.float32))
+    model.load_state(state["model"])
+    model.forget_user(code)
+    return {**state, "user_ids": user_ids, "model": model.state()}

@@ -15,6 +15,7 @@ import numpy as np
 from cachetools import TTLCache
 
 from freshrec.domain import Event
+from freshrec.learn.pacing import Paced
 from freshrec.storage.base import Store
 
 CATALOG_S = 60.0
@@ -22,7 +23,7 @@ CATALOG_S = 60.0
 most: where reading the catalog's ids takes longer than a fiftieth of that, the reads are
 spaced by fifty times what the last one took (3.6 s at a million items)."""
 CATALOG_SHARE = 0.02
-"""The share of the learner's time the catalog reads may take."""
+"""The share of the learner's time the catalog reads may take (:class:`Paced`)."""
 ABSENT_S = 10.0
 """How long ids found missing from the store are not looked up again."""
 
@@ -38,7 +39,7 @@ class ItemCodes:
         self.ids: list[str] = []
         self.codes: dict[str, int] = {}
         self._absent: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=ABSENT_S, timer=time.monotonic)
-        self._catalog_due = time.monotonic() + CATALOG_S
+        self._catalog = Paced(CATALOG_S, CATALOG_SHARE, due_now=False)
 
     def load(self, item_ids: list[str] | None = None) -> np.ndarray:
         """Number the catalog's embedded items (in the order of ``item_ids``, a
@@ -60,11 +61,11 @@ class ItemCodes:
         tables; returns their text vectors, or ``None`` if there are none or the catalog
         is not due to be read yet (:data:`CATALOG_S`). Only the new items' vectors are
         read (all of a million items' took the learner minutes)."""
-        now = time.monotonic()
-        if now < self._catalog_due:
+        if not self._catalog.due():
             return None
+        started = time.monotonic()
         embedded = self.store.embedded_ids(self.encoder)
-        self._catalog_due = time.monotonic() + max(CATALOG_S, (time.monotonic() - now) / CATALOG_SHARE)
+        self._catalog.ran(time.monotonic() - started)
         new = sorted(item_id for item_id in embedded if item_id not in self.codes)
         if not new:
             return None

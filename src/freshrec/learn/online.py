@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -31,9 +30,11 @@ from freshrec.domain import Event
 from freshrec.encoders import encoder_key
 from freshrec.ingest.hygiene import Quarantine
 from freshrec.learn.checkpoints import Checkpoints, Version
+from freshrec.learn.erasures import erased_state
 from freshrec.learn.feed import IDLE_S, Feed, Polling, at_most_every
 from freshrec.learn.histories import Histories
 from freshrec.learn.items import ItemCodes, NoCatalog
+from freshrec.learn.pacing import Paced
 from freshrec.learn.publishing import Publishing
 from freshrec.learn.recommender import build_freshrec
 from freshrec.model.base import Interactions
@@ -53,6 +54,11 @@ LEARNING = "learning online"
 CLEAN = (STOPPED, WARM_START)
 """Checkpoints after which nothing was learned, unless a later one says otherwise: a
 resume from one replays nothing (see :mod:`freshrec.learn.privacy`)."""
+CHECKPOINT_SHARE = 0.05
+"""Online checkpoints take at most this share of the learner's time: after
+``checkpoint_every`` events, one is put off until twenty times what the last took has
+passed (on a million items a version took 5 s, a quarter of the time at 500 events/s,
+and the learner fell behind). A crash then replays a little more of the log."""
 
 
 class OtherStore(RuntimeError):
@@ -96,6 +102,7 @@ class Learner:
         self.checkpoint_version = 0
         self.updates = 0
         self._unsaved = 0
+        self._saving = Paced(0.0, CHECKPOINT_SHARE)
         self._lock = threading.RLock()
         """Held by a micro-batch; a deletion from another thread waits for it."""
         ingest = settings.ingest
@@ -164,24 +171,7 @@ class Learner:
             code = self.users.forget(user_id)
             if code is not None and self.model is not None:
                 self.model.forget_user(code)
-        self.checkpoints.rewrite(lambda state: self._erased(state, user_id))
-
-    def _erased(self, state: dict[str, Any], user_id: str) -> dict[str, Any] | None:
-        """A checkpoint's state without the user, or ``None`` if it never held them."""
-        quarantine = Quarantine.erased(state.get("quarantine", {}), user_id)
-        if quarantine is not None:
-            state = {**state, "quarantine": quarantine}
-        user_ids = list(state.get("user_ids", []))
-        if user_id not in user_ids:
-            return None if quarantine is None else state
-        code = user_ids.index(user_id)
-        user_ids[code] = None
-        net = state["model"]["trainer"]["net"]
-        n_items, width = net["item_id.weight"].shape[0], net["text_bias.weight"].shape[1]
-        model = self._new_model(np.zeros((n_items, width), dtype=np.float32))  # no part in a user's rows
-        model.load_state(state["model"])
-        model.forget_user(code)
-        return {**state, "user_ids": user_ids, "model": model.state()}
+        self.checkpoints.rewrite(lambda state: erased_state(state, user_id, self._new_model))
 
     # -- the two jobs ---------------------------------------------------------
     def train(self, stop: threading.Event | None = None) -> Version:
@@ -304,6 +294,8 @@ class Learner:
                 waiting_since = None
                 if self.publishing.owed():  # idle: what a busy sender could not take yet
                     self._publish(force=True)
+                if self._checkpoint_due():  # one put off by its cost (CHECKPOINT_SHARE)
+                    self._flush()
             feed.wait(stop, timeout)
         self._flush(stopping=True)
         return learned
@@ -342,10 +334,13 @@ class Learner:
             self._unsaved += learned
             self.updates += 1
         self.state.offset = last
-        if self._unsaved >= self.checkpoint_every:
+        if self._checkpoint_due():
             self._checkpoint("online")
         self._publish()  # serving reads the learned offset from snapshots, so also when nothing was learned
         return learned
+
+    def _checkpoint_due(self) -> bool:
+        return self._unsaved >= self.checkpoint_every and self._saving.due()
 
     def _flush(self, stopping: bool = False) -> None:
         """Checkpoint what is not yet saved. ``stopping``: the learner stops cleanly, which
@@ -366,8 +361,9 @@ class Learner:
             "quarantine": self.quarantine.state(),
         }
         loss = None if np.isnan(health.last_loss) else float(health.last_loss)
-        self._unsaved = 0
+        self._unsaved, started = 0, time.monotonic()
         version = self.checkpoints.save(state, self.state.offset, self.state.learned, loss, note, self.store_id)
+        self._saving.ran(time.monotonic() - started)
         self.checkpoint_version, self.updates = version.version, 0
         return version
 

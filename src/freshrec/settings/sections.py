@@ -266,7 +266,9 @@ class LearnSettings(Section):
     """One learner per store: a learner renews the store's lease every third of this;
     a lease not renewed for this long may be taken over by another learner."""
     checkpoint_every: int = Field(default=10_000, ge=1)
-    """The online learner writes a checkpoint version after this many events (and when it stops)."""
+    """The online learner writes a checkpoint version after this many events (and when it
+    stops), or later where versions are costly: at most 5% of its time goes to them
+    (``freshrec.learn.online.CHECKPOINT_SHARE``)."""
     checkpoints_keep: int = Field(default=20, ge=1)
     """Checkpoint versions kept at most (the newest; and the current one, if rolled back)."""
     checkpoints_max_mb: float | None = Field(default=1_000.0, gt=0)

@@ -1,0 +1,29 @@
+"""Work spaced by its own cost: the learner's reads of the whole catalog and its
+checkpoints both grow with the store, and at a fixed interval they would take
+more and more of the learner's time until it fell behind the log."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class Paced:
+    """Due ``every_s`` after it last ran or, where that run took longer than ``share`` of
+    that interval, ``took / share`` after: it then takes at most ``share`` of the
+    process's time, however long one run takes. ``due_now``: due before its first run."""
+
+    def __init__(self, every_s: float, share: float, due_now: bool = True, clock: Callable[[], float] = time.monotonic):
+        if every_s < 0 or not 0 < share <= 1:
+            raise ValueError("every_s must be >= 0 and share in (0, 1]")
+        self.every_s = every_s
+        self.share = share
+        self.clock = clock
+        self._due = clock() + (0.0 if due_now else every_s)
+
+    def due(self) -> bool:
+        return self.clock() >= self._due
+
+    def ran(self, took_s: float) -> None:
+        """One run, which took ``took_s`` seconds, has just ended."""
+        self._due = self.clock() + max(self.every_s, took_s / self.share)
