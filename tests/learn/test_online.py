@@ -20,8 +20,8 @@ from freshrec.ingest.validate import Validator
 from freshrec.learn.checkpoints import Checkpoints
 from freshrec.learn.items import CATALOG_SHARE
 from freshrec.learn.online import CHECKPOINT_SHARE, Learner
-from freshrec.learn.pacing import Paced
 from freshrec.model.snapshot import Snapshot
+from freshrec.pacing import Paced
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.scoring import build_scoring
 from freshrec.settings import EncoderSettings, IngestSettings, LearnSettings, ModelSettings, Settings

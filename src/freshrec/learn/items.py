@@ -15,7 +15,7 @@ import numpy as np
 from cachetools import TTLCache
 
 from freshrec.domain import Event
-from freshrec.learn.pacing import Paced
+from freshrec.pacing import Paced
 from freshrec.storage.base import Store
 
 CATALOG_S = 60.0

@@ -34,13 +34,13 @@ from freshrec.learn.erasures import erased_state
 from freshrec.learn.feed import IDLE_S, Feed, Polling, at_most_every
 from freshrec.learn.histories import Histories
 from freshrec.learn.items import ItemCodes, NoCatalog
-from freshrec.learn.pacing import Paced
 from freshrec.learn.publishing import Publishing
 from freshrec.learn.recommender import build_freshrec
 from freshrec.model.base import Interactions
 from freshrec.model.deltas import SnapshotDelta
 from freshrec.model.freshrec import FreshRec
 from freshrec.model.snapshot import Snapshot
+from freshrec.pacing import Paced
 from freshrec.settings import Settings
 from freshrec.storage.base import Store, identity, log_chunks, redact
 

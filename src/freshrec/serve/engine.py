@@ -14,6 +14,7 @@ import logging
 import multiprocessing as mp
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -31,6 +32,14 @@ from freshrec.settings import Settings
 from freshrec.storage.base import Store
 
 log = logging.getLogger("freshrec")
+
+SWITCH_INTERVAL_S = 0.0005
+"""How long a thread of the server may hold the interpreter lock while another waits for
+it (Python's default: 5 ms). A request's store reads and model pass each give the lock
+up and wait to take it back; with a model build or event posts in other threads, each
+such wait took up to the whole interval, several per request. On a million items under
+200 requests/s and 500 events/s requests then queued for seconds (p50 15 s); with 0.5 ms,
+p50 83 ms in the same run otherwise."""
 
 
 class Engine:
@@ -156,6 +165,7 @@ class Engine:
             self.process.start()
             self._send_end.close()  # the child holds it now; its exit ends the receiver
             self.receiver.start()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         gc.freeze()  # the catalog and the app are long-lived: keep them out of the collector's scans
         try:
             self.server.run(sockets=[self.socket] if self.socket is not None else None)

@@ -48,6 +48,11 @@ class Options:
     satisfy the rule, each at its own rank (model-ranked lists)."""
 
 
+SPARE_WAIT_S = 1.0
+"""How long a build waits for the requests that still read the item table it would write
+over (see :meth:`Behind.spare_for`); a request takes milliseconds."""
+
+
 Popular = Callable[[], Sequence[tuple[ItemId, float]]]
 """Popular items, best first; called only for a user without history."""
 
@@ -90,7 +95,7 @@ class Ranker:
             # learner's item list changed, so a publish applies the tables as they are
             self.retrieval.forget()
         previous, behind = self.scoring, self._behind
-        tables = behind.spare_for(previous) if behind is not None else None
+        tables = behind.spare_for(previous, SPARE_WAIT_S) if behind is not None else None
         self.scoring = sc = build_scoring(snapshot, self.catalog.view, self._spare(), previous, tables)
         self._behind = Behind.of(previous)
         self.blend.prepare(sc.view)

@@ -1,6 +1,7 @@
 """Work spaced by its own cost: the learner's reads of the whole catalog and its
-checkpoints both grow with the store, and at a fixed interval they would take
-more and more of the learner's time until it fell behind the log."""
+checkpoints, and serving's builds of each model it is sent, all grow with the
+catalog, and at a fixed interval they would take more and more of a process's
+time until it fell behind (the learner behind the log, requests behind builds)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ class Paced:
 
     def due(self) -> bool:
         return self.clock() >= self._due
+
+    def wait_s(self) -> float:
+        """Seconds until it is due (0: it is)."""
+        return max(0.0, self._due - self.clock())
 
     def ran(self, took_s: float) -> None:
         """One run, which took ``took_s`` seconds, has just ended."""

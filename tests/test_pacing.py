@@ -1,10 +1,10 @@
-"""Work spaced by its own cost (:class:`freshrec.learn.pacing.Paced`)."""
+"""Work spaced by its own cost (:class:`freshrec.pacing.Paced`)."""
 
 from __future__ import annotations
 
 import pytest
 
-from freshrec.learn.pacing import Paced
+from freshrec.pacing import Paced
 
 
 class Clock:
@@ -41,9 +41,9 @@ def test_without_an_interval_it_is_due_at_once_and_then_by_cost_alone() -> None:
     assert paced.due()
     paced.ran(5.0)
     clock.now += 99.0
-    assert not paced.due()
+    assert not paced.due() and paced.wait_s() == pytest.approx(1.0)
     clock.now += 1.0
-    assert paced.due()
+    assert paced.due() and paced.wait_s() == 0.0
 
 
 @pytest.mark.parametrize(("every_s", "share"), [(-1.0, 0.5), (1.0, 0.0), (1.0, 1.5)])
