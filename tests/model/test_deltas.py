@@ -318,26 +318,31 @@ def test_builds_are_spaced_by_their_cost_and_what_arrives_meanwhile_is_built_onc
 ) -> None:
     from freshrec.serve import models as serving_models
 
-    monkeypatch.setattr(serving_models, "PUBLISH_SHARE", 0.002)  # 500 times a build's cost between two
+    monkeypatch.setattr(serving_models, "PUBLISH_SHARE", 0.002)  # 500 times a delta's build between two
     net = learner()
     catalog = Catalog()
     catalog.view = CatalogView(ids(40), before_text(net), ids(40), [()] * 40, np.ones(40, dtype=bool))
     metrics = Metrics()
     models = Models(Ranker(catalog), ClusterSettings(), metrics)
+    served = models.ranker
+
+    def built(updates: int) -> bool:
+        return served.scoring.snapshot is not None and served.scoring.snapshot.updates == updates
+
     models.start()
     try:
-        first = snap(net)
-        assert models.receive(first.to_bytes(), "learner") is not None
-        wait_for(lambda: metrics.publish_seconds._sum.get() > 0)
-        step(net, [3])
-        second = snap(net, updates=1)
-        step(net, [4])
-        third = snap(net, updates=2)
-        assert models.receive(delta_since(second, first).to_bytes(), "learner") is not None  # type: ignore[union-attr]
-        assert models.receive(delta_since(third, second).to_bytes(), "learner") is not None  # type: ignore[union-attr]
-        served = models.ranker
-        wait_for(lambda: served.scoring.snapshot is not None and served.scoring.snapshot.updates == 2, 30.0)
+        sent = snap(net)
+        assert models.receive(sent.to_bytes(), "learner") is not None
+        wait_for(lambda: built(0))  # a whole one: not spaced here (the learner spaces those)
+        for n in range(1, 4):
+            step(net, [n])
+            now = snap(net, updates=n)
+            assert models.receive(delta_since(now, sent).to_bytes(), "learner") is not None  # type: ignore[union-attr]
+            sent = now
+            if n == 1:
+                wait_for(lambda: built(1))  # the first delta at once, the next two after its cost
+        wait_for(lambda: built(3), 30.0)
     finally:
         models.close()
-    built = [s for s in metrics.publish_seconds.collect()[0].samples if s.name.endswith("_count")]
-    assert built[0].value == 2  # the first, then both deltas as one
+    count = [s for s in metrics.publish_seconds.collect()[0].samples if s.name.endswith("_count")]
+    assert count[0].value == 3  # the whole one, the first delta, then the other two as one

@@ -159,13 +159,13 @@ class Engine:
             # it started: the default one would end the process before the learner's last
             # checkpoint (the ``finally`` below); this one ends it through that
             signal.signal(signal.SIGTERM, exit_cleanly)
+            sys.setswitchinterval(SWITCH_INTERVAL_S)  # the process is the server's own
         if self.replica is not None:
             self.replica.start()
         else:
             self.process.start()
             self._send_end.close()  # the child holds it now; its exit ends the receiver
             self.receiver.start()
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         gc.freeze()  # the catalog and the app are long-lived: keep them out of the collector's scans
         try:
             self.server.run(sockets=[self.socket] if self.socket is not None else None)

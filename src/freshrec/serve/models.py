@@ -28,7 +28,9 @@ that took ``t`` of the processor, the next starts ``t / PUBLISH_SHARE`` later at
 deltas that arrive meanwhile are merged into one. Builds hold the interpreter lock that
 requests need: on a million items one took 35 ms alone and 50 to 300 ms under 200
 requests/s, and four a second (``publish_interval_ms``) left requests queueing behind
-them. On small catalogs a build takes milliseconds and this never waits."""
+them. On small catalogs a build takes milliseconds and this never waits. Only deltas'
+builds count: a whole snapshot's (seconds on a million items, and rare: the learner
+spaces them by their cost) would hold back the deltas after it for half a minute."""
 
 
 class Models:
@@ -141,7 +143,8 @@ class Models:
                 return
             started = time.thread_time()  # its cost: not the waits for the lock or a spare table
             self._publish(snapshot)
-            paced.ran(time.thread_time() - started)
+            if snapshot.changed is not None:  # whole ones are spaced by the learner (by their cost)
+                paced.ran(time.thread_time() - started)
 
     def close(self) -> None:
         with self._publishing:
