@@ -220,20 +220,27 @@ def wait_for(condition: Any, timeout_s: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def test_serving_writes_each_delta_over_the_table_no_request_reads_any_more() -> None:
-    """A chain of deltas received as bytes: their per-item tables are patched in place and
-    the item table of two publishes ago is written over, unless a request still holds its
-    scoring; every table served equals a whole build of its snapshot."""
-    net = learner()
+def published_by_hand(net: SequenceNet) -> tuple[Catalog, Ranker, Models, Snapshot, Snapshot]:
+    """A server's catalog, ranker and models (publisher not started) serving ``net``'s
+    snapshot, which is returned as sent and as parsed."""
     catalog = Catalog()
     catalog.view = CatalogView(ids(40), before_text(net), ids(40), [()] * 40, np.ones(40, dtype=bool))
     ranker = Ranker(catalog)
-    models = Models(ranker, ClusterSettings(), Metrics())  # publisher not started: published by hand
+    models = Models(ranker, ClusterSettings(), Metrics())
     sent = snap(net)
     first = models.parse(sent.to_bytes(), "learner")
     assert first is not None
     models.publish(first)
     ranker.publish(first)
+    return catalog, ranker, models, sent, first
+
+
+def test_serving_writes_each_delta_over_the_table_no_request_reads_any_more() -> None:
+    """A chain of deltas received as bytes: their per-item tables are patched in place and
+    the item table of two publishes ago is written over, unless a request still holds its
+    scoring; every table served equals a whole build of its snapshot."""
+    net = learner()
+    catalog, ranker, models, sent, first = published_by_hand(net)
     tables, held = [ranker.scoring.vectors], None  # the tables alone: no scoring is kept alive
     for n, rows in enumerate([[1], [2, 3], [3], [7], [1, 9]]):
         step(net, rows)
@@ -285,15 +292,7 @@ def test_a_build_waits_for_the_request_that_reads_the_table_it_would_write_over(
     """Rather than copy the whole table (half a second on a million items), a build waits
     for a request still reading the older table to end, then writes over that one."""
     net = learner()
-    catalog = Catalog()
-    catalog.view = CatalogView(ids(40), before_text(net), ids(40), [()] * 40, np.ones(40, dtype=bool))
-    ranker = Ranker(catalog)
-    models = Models(ranker, ClusterSettings(), Metrics())  # publisher not started: published by hand
-    sent = snap(net)
-    first = models.parse(sent.to_bytes(), "learner")
-    assert first is not None
-    models.publish(first)
-    ranker.publish(first)
+    _, ranker, models, sent, _ = published_by_hand(net)
     oldest = ranker.scoring.vectors
     for n in range(2):
         step(net, [n + 1])
