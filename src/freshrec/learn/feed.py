@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Protocol
+
+from freshrec.pacing import Paced
 
 IDLE_S = 1.0
 """Longest wait between two reads of the log when nothing is waiting to be learned."""
@@ -42,12 +43,11 @@ def at_most_every(seconds: float, action: Callable[[], None]) -> Callable[[], No
     since it was made): the warm start publishes the model this way from its steps, so
     serving gets a learned model within seconds of a first start, and better ones as the
     warm start goes on."""
-    last = time.monotonic()
+    paced = Paced(seconds, 1.0, due_now=False)
 
     def maybe() -> None:
-        nonlocal last
-        if time.monotonic() - last >= seconds:
+        if paced.due():
             action()
-            last = time.monotonic()
+            paced.ran(0.0)  # due ``seconds`` after the action ended
 
     return maybe

@@ -25,12 +25,12 @@ log = logging.getLogger(__name__)
 PUBLISH_SHARE = 0.1
 """Building serving copies takes at most this share of the server's time: after a build
 that took ``t`` of the processor, the next starts ``t / PUBLISH_SHARE`` later at the
-earliest, and the deltas that arrive meanwhile are merged into one. Builds hold the interpreter lock that
-requests need: on a million items one took 35 ms alone and 50 to 300 ms under 200
-requests/s, and four a second (``publish_interval_ms``) left requests queueing behind
-them. On small catalogs a build takes milliseconds and this never waits. Only deltas'
-builds count: a whole snapshot's (seconds on a million items, and rare: the learner
-spaces them by their cost) would hold back the deltas after it for half a minute."""
+earliest, and the deltas that arrive meanwhile are merged into one. Builds hold the
+interpreter lock that requests need: on a million items one took 35 ms alone and 50 to
+300 ms under 200 requests/s, and four a second (``publish_interval_ms``) left requests
+queueing behind them. On small catalogs a build takes milliseconds and this never waits.
+Only deltas' builds count: a whole snapshot's (seconds on a million items, and rare: the
+learner spaces them by their cost) would hold back the deltas after it for half a minute."""
 
 
 class Models:
