@@ -5,6 +5,7 @@ time until it fell behind (the learner behind the log, requests behind builds)."
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -12,13 +13,25 @@ from collections.abc import Callable
 class Paced:
     """Due ``every_s`` after it last ran or, where that run took longer than ``share`` of
     that interval, ``took / share`` after: it then takes at most ``share`` of the
-    process's time, however long one run takes. ``due_now``: due before its first run."""
+    process's time, however long one run takes. ``due_now``: due before its first run.
 
-    def __init__(self, every_s: float, share: float, due_now: bool = True, clock: Callable[[], float] = time.monotonic):
-        if every_s < 0 or not 0 < share <= 1:
-            raise ValueError("every_s must be >= 0 and share in (0, 1]")
+    ``longest_s`` bounds the wait whatever the cost, for work whose next run gets cheaper
+    the sooner it comes (a build of what changed since the last one): one costly run
+    must not make the next one wait so long that it is costly too."""
+
+    def __init__(
+        self,
+        every_s: float,
+        share: float,
+        due_now: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        longest_s: float = math.inf,
+    ):
+        if every_s < 0 or not 0 < share <= 1 or longest_s < every_s:
+            raise ValueError("every_s must be >= 0, share in (0, 1] and longest_s >= every_s")
         self.every_s = every_s
         self.share = share
+        self.longest_s = longest_s
         self.clock = clock
         self._due = clock() + (0.0 if due_now else every_s)
 
@@ -31,4 +44,4 @@ class Paced:
 
     def ran(self, took_s: float) -> None:
         """One run, which took ``took_s`` seconds, has just ended."""
-        self._due = self.clock() + max(self.every_s, took_s / self.share)
+        self._due = self.clock() + min(max(self.every_s, took_s / self.share), self.longest_s)

@@ -265,12 +265,15 @@ def test_serving_writes_each_delta_over_the_table_no_request_reads_any_more() ->
 
 
 def test_the_server_tells_what_each_whole_snapshot_cost_it_and_nothing_for_deltas() -> None:
+    """Settling after a whole snapshot's build (the server's collector) counts in its cost."""
     net = learner()
     catalog = Catalog()
     catalog.view = CatalogView(ids(40), before_text(net), ids(40), [()] * 40, np.ones(40, dtype=bool))
     models = Models(Ranker(catalog), ClusterSettings(), Metrics())
     costs: list[float] = []
+    settled: list[int | None] = []
     models.on_whole = costs.append
+    models.settle = lambda: (settled.append(models.ranker.scoring.snapshot.updates), time.sleep(0.1))  # type: ignore[union-attr]
     models.start()
     try:
         first = snap(net)
@@ -285,7 +288,8 @@ def test_the_server_tells_what_each_whole_snapshot_cost_it_and_nothing_for_delta
         wait_for(lambda: len(costs) == 2)
     finally:
         models.close()
-    assert all(0 < cost < 60 for cost in costs)
+    assert settled == [0, 2]  # after each whole one's build, not after the delta's
+    assert all(0.1 <= cost < 60 for cost in costs)
 
 
 def test_a_build_waits_for_the_request_that_reads_the_table_it_would_write_over() -> None:
@@ -345,3 +349,27 @@ def test_builds_are_spaced_by_their_cost_and_what_arrives_meanwhile_is_built_onc
         models.close()
     count = [s for s in metrics.publish_seconds.collect()[0].samples if s.name.endswith("_count")]
     assert count[0].value == 3  # the whole one, the first delta, then the other two as one
+
+
+def test_a_costly_build_puts_the_next_off_by_at_most_the_longest_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    from freshrec.serve import models as serving_models
+
+    monkeypatch.setattr(serving_models, "PUBLISH_SHARE", 1e-6)  # by cost alone: hours between two builds
+    monkeypatch.setattr(serving_models, "PUBLISH_LONGEST_S", 0.2)
+    net = learner()
+    catalog = Catalog()
+    catalog.view = CatalogView(ids(40), before_text(net), ids(40), [()] * 40, np.ones(40, dtype=bool))
+    models = Models(Ranker(catalog), ClusterSettings(), Metrics())
+    served = models.ranker
+    models.start()
+    try:
+        sent = snap(net)
+        models.receive(sent.to_bytes(), "learner")
+        for n in (1, 2):
+            step(net, [n])
+            now = snap(net, updates=n)
+            assert models.receive(delta_since(now, sent).to_bytes(), "learner") is not None  # type: ignore[union-attr]
+            sent = now
+            wait_for(lambda n=n: served.scoring.snapshot is not None and served.scoring.snapshot.updates == n, 5.0)
+    finally:
+        models.close()

@@ -241,3 +241,24 @@ def test_the_learners_safeguard_counts_become_prometheus_counters(tmp_path: Path
     assert service.figures.status()["reverted_spikes"] == 4
     service.close()
     store.close()
+
+
+def test_refreeze_frees_what_frozen_objects_left_as_garbage_and_freezes_the_rest() -> None:
+    import gc
+    import weakref
+
+    from freshrec.serve.engine import refreeze
+
+    class Node:
+        pass
+
+    lost = Node()
+    lost.me = lost  # type: ignore[attr-defined]  # a cycle: only the collector frees it
+    gone = weakref.ref(lost)
+    gc.freeze()  # frozen while still in use
+    del lost
+    gc.collect()
+    assert gone() is not None  # a frozen cycle is not collected
+    refreeze()
+    assert gone() is None
+    assert gc.get_freeze_count() > 0

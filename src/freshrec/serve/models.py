@@ -31,6 +31,12 @@ interpreter lock that requests need: on a million items one took 35 ms alone and
 queueing behind them. On small catalogs a build takes milliseconds and this never waits.
 Only deltas' builds count: a whole snapshot's (seconds on a million items, and rare: the
 learner spaces them by their cost) would hold back the deltas after it for half a minute."""
+PUBLISH_LONGEST_S = 1.0
+"""But a build waits at most this long: the deltas that arrive meanwhile merge, and the
+next build costs more the longer it waits. On a million items, the first delta after a
+whole snapshot copies the whole table (half a second of a core); spaced by its share alone,
+the next came five seconds later with 104,000 rows changed, cost as much, and serving
+stayed seconds behind the learner for the whole load."""
 
 
 class Models:
@@ -52,6 +58,10 @@ class Models:
         self.on_whole: Callable[[float], object] | None = None
         """Told the seconds each whole snapshot took to parse and build (the learner spaces
         whole ones by that: :meth:`~freshrec.learn.sender.Sender.served`)."""
+        self.settle: Callable[[], object] | None = None
+        """Called on the publisher thread after each whole snapshot's build (the server's own
+        process tidies its memory then: :func:`freshrec.serve.engine.refreeze`); what it
+        takes counts in what ``on_whole`` is told."""
         self._parsed: tuple[int, float] | None = None
         """The serial of the last whole snapshot parsed, and the seconds that took."""
         self._thread: threading.Thread | None = None
@@ -117,12 +127,14 @@ class Models:
     def _publish(self, snapshot: Snapshot) -> None:
         started = time.perf_counter()
         self.ranker.publish(snapshot)
-        took = time.perf_counter() - started
-        self.metrics.publish_seconds.observe(took)
+        self.metrics.publish_seconds.observe(time.perf_counter() - started)
         parsed = self._parsed
-        if parsed is not None and parsed[0] == snapshot.serial and self.on_whole is not None:
+        if parsed is not None and parsed[0] == snapshot.serial:
             self._parsed = None
-            self.on_whole(parsed[1] + took)
+            if self.settle is not None:
+                self.settle()
+            if self.on_whole is not None:
+                self.on_whole(parsed[1] + time.perf_counter() - started)
         self.metrics.publish_lag_seconds.observe(max(0.0, time.time() - snapshot.created))
         if self.arm is not None:
             return
@@ -133,7 +145,7 @@ class Models:
             self.metrics.training_loss.set(snapshot.loss)
 
     def _publisher(self) -> None:
-        paced = Paced(0.0, PUBLISH_SHARE)
+        paced = Paced(0.0, PUBLISH_SHARE, longest_s=PUBLISH_LONGEST_S)
         while True:
             with self._publishing:
                 while (self._pending is None or not paced.due()) and not self._closed:

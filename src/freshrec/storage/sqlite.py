@@ -259,23 +259,32 @@ class SQLiteStore(SharedSQL):
         if given), newest first, from the index alone.
 
         The newest segment is read alone (in the index's order: an active user's events
-        end there), the older ones :data:`MERGED_SEGMENTS` at a time, which SQLite sorts.
-        A statement per segment, reading whole rows, took 1.3 ms for a history and the
-        items seen on a 10,000,000-event log (77 segments)."""
+        end there), the older ones several at a time, which SQLite sorts: as many as the
+        user's events found so far say the rest needs (a quarter more), at most
+        :data:`MERGED_SEGMENTS`, and that many when none was found. A statement per
+        segment, reading whole rows, took 1.3 ms for a history and the items seen on a
+        10,000,000-event log (77 segments); 64 segments at a time after the newest, 0.5 ms
+        for a learner's 20 events before the log's head, and 0.42 ms when sized by the
+        events found (each segment holds about one of a user's events there)."""
         keys: list[tuple[int, ItemId]] = []
         below, bound = ("", ()) if before is None else (" AND seq < ?", (before,))
         segments = list(self._segments(conn))
         if before is not None:  # every offset of the segments above is at or past ``before``
             segments = [s for s in segments if s <= (before - 1) >> SEGMENT_BITS]
-        groups = [segments[:1]] + [segments[i : i + MERGED_SEGMENTS] for i in range(1, len(segments), MERGED_SEGMENTS)]
-        for group in groups:
-            if len(keys) >= n or not group:
-                break
+        start, size = 0, 1
+        while len(keys) < n and start < len(segments):
+            group = segments[start : start + size]
+            start += len(group)
             keys += conn.execute(
                 f"SELECT seq, item_id FROM events WHERE segment IN ({', '.join('?' * len(group))})"
                 f" AND user_id = ?{below} ORDER BY seq DESC LIMIT ?",
                 (*group, user_id, *bound, n - len(keys)),
             ).fetchall()
+            # as many segments as the user's events so far say the rest needs, and a quarter more
+            per_segment = len(keys) / start
+            size = (
+                MERGED_SEGMENTS if not keys else min(MERGED_SEGMENTS, math.ceil(1.25 * (n - len(keys)) / per_segment))
+            )
         return keys
 
     @staticmethod
