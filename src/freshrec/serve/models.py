@@ -35,8 +35,8 @@ PUBLISH_LONGEST_S = 1.0
 """But a build waits at most this long: the deltas that arrive meanwhile merge, and the
 next build costs more the longer it waits. On a million items, the first delta after a
 whole snapshot copies the whole table (half a second of a core); spaced by its share alone,
-the next came five seconds later with 104,000 rows changed, cost as much, and serving
-stayed seconds behind the learner for the whole load."""
+the next came five seconds later with 104,000 rows changed: 4 builds in 30 s under 200
+requests/s and 500 events/s (mean 688 ms), serving up to 10 s behind the learner."""
 
 
 class Models:
