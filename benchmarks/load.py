@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import multiprocessing as mp
 import re
 from pathlib import Path
@@ -131,6 +132,18 @@ def event_load(url: str, rate: float, seconds: float, users: int, items: int, ba
     out.put(asyncio.run(_open_loop(url, rate / batch, seconds, request, {"X-API-Key": KEYS["write"]})))
 
 
+def each_second(results: list[tuple[float, int]], rate: float) -> list[tuple[float, float]]:
+    """p50 and p99 (ms) of the answered requests due in each second of an open loop at
+    ``rate`` (results in the order they were due): a tail made of a few stalls shows as a
+    few bad seconds, a server that cannot keep up as a rise that does not come down."""
+    per = max(1, round(rate))
+    out = []
+    for start in range(0, len(results), per):
+        ms = [lat * 1000 for lat, status in results[start : start + per] if status == 200]
+        out.append((float(np.percentile(ms, 50)), float(np.percentile(ms, 99))) if ms else (math.nan, math.nan))
+    return out
+
+
 def run_load(url: str, args: argparse.Namespace) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     recs_q, events_q = ctx.Queue(), ctx.Queue()
@@ -152,6 +165,7 @@ def run_load(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "requests": len(recs),
         "errors": sum(status != 200 for _, status in recs),
         "latency_ms": percentiles(latencies),
+        "each_second_ms": each_second(recs, args.rps),
         "event_requests": len(events),
         "event_errors": sum(status != 202 for _, status in events),
         "event_latency_ms": percentiles(event_latencies) if event_latencies else (float("nan"),) * 4,

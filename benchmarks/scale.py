@@ -10,7 +10,8 @@ recommendation latency unloaded (500 requests, one at a time) and under 200
 requests/s plus 500 events/s for 30 s, the publish figures (``/metrics``: building the
 serving copy, the lag from the learner's micro-batch to the swap, snapshots whole and as
 deltas), the size of a checkpoint version and of the data folder. Writes the ``scale`` section
-of RESULTS.md (``scale-<items>`` for other sizes than the default).
+of RESULTS.md (``scale-<items>`` for other sizes than the default), and prints each second's
+p50 and p99 of the loaded requests (where the tail comes from: stalls or a slow climb).
 
 ``--warm-start-events N`` warm-starts on the log's most recent N events (the
 ``learn.warm_start_events`` setting). ``--reuse`` keeps the data folder of an earlier run
@@ -181,6 +182,9 @@ def main() -> None:
             url, argparse.Namespace(rps=200.0, eps=500.0, seconds=args.seconds, users=args.users, items=args.items)
         )
         after = metrics_text(url)
+        print(
+            "each second of the load, p50 / p99 ms:", ", ".join(f"{a:.0f}/{b:.0f}" for a, b in load["each_second_ms"])
+        )
         publish, since_start = published(after, before), published(after)
         api_mb = rss_mb(server.pid)
         learner_mb = rss_mb(learner_pid(server.pid))
