@@ -140,7 +140,7 @@ def each_second(results: list[tuple[float, int]], rate: float) -> list[tuple[flo
     out = []
     for start in range(0, len(results), per):
         ms = [lat * 1000 for lat, status in results[start : start + per] if status == 200]
-        out.append((float(np.percentile(ms, 50)), float(np.percentile(ms, 99))) if ms else (math.nan, math.nan))
+        out.append(percentiles(ms)[::2] if ms else (math.nan, math.nan))  # p50, p99
     return out
 
 

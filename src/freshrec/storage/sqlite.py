@@ -280,11 +280,9 @@ class SQLiteStore(SharedSQL):
                 f" AND user_id = ?{below} ORDER BY seq DESC LIMIT ?",
                 (*group, user_id, *bound, n - len(keys)),
             ).fetchall()
-            # as many segments as the user's events so far say the rest needs, and a quarter more
-            per_segment = len(keys) / start
-            size = (
-                MERGED_SEGMENTS if not keys else min(MERGED_SEGMENTS, math.ceil(1.25 * (n - len(keys)) / per_segment))
-            )
+            # as many segments as the user's events per segment so far say the rest needs, a quarter more
+            wanted = math.ceil(1.25 * (n - len(keys)) * start / len(keys)) if keys else MERGED_SEGMENTS
+            size = min(MERGED_SEGMENTS, wanted)
         return keys
 
     @staticmethod
