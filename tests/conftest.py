@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import uuid
 from collections.abc import Iterator
@@ -74,3 +76,19 @@ def redis_url() -> Iterator[str]:
         _unavailable("Redis", exc)
     yield REDIS
     client.close()
+
+
+def resident_share(path: Path) -> float:
+    """The share of ``path``'s pages in the kernel's page cache (``mincore`` on a mapping)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    page = mmap.PAGESIZE
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) as mapped:
+        size = len(mapped)
+        pages = (size + page - 1) // page
+        flags = ctypes.create_string_buffer(pages)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(mapped))
+        assert libc.mincore(ctypes.c_void_p(address), size, flags) == 0, os.strerror(ctypes.get_errno())
+        share = sum(b & 1 for b in flags.raw) / pages
+        del address  # the buffer export must end before the mapping closes
+    return share

@@ -264,6 +264,31 @@ def test_serving_writes_each_delta_over_the_table_no_request_reads_any_more() ->
     assert tables[3] is b and tables[5] is not b  # not the one the request held: a copy instead
 
 
+def test_the_first_delta_after_a_whole_snapshot_writes_over_a_copy_made_with_the_whole_build() -> None:
+    """After a whole snapshot there is no older table a delta could write over, so a copy
+    of the whole one's is made with its build: the first delta takes that copy at once,
+    even while a request still reads the whole one's scoring, and copies nothing itself."""
+    net = learner()
+    catalog, ranker, models, sent, _ = published_by_hand(net)
+    held = ranker.scoring  # a request reading the whole snapshot's table
+    before = held.vectors.clone()  # type: ignore[union-attr]
+    copy = ranker._behind.tables[0]  # type: ignore[union-attr]
+    assert copy is not held.vectors and torch.equal(copy, held.vectors)  # type: ignore[arg-type]
+    step(net, [2, 5])
+    now = snap(net, updates=1)
+    got = models.parse(delta_since(now, sent).to_bytes(), "learner")  # type: ignore[union-attr]
+    assert got is not None
+    started = time.monotonic()
+    ranker.publish(got)
+    assert time.monotonic() - started < 0.5  # no wait for the request (that would be SPARE_WAIT_S)
+    assert ranker.scoring.vectors is copy
+    assert torch.equal(held.vectors, before)  # type: ignore[arg-type]
+    expected = build_scoring(got, catalog.view)
+    torch.testing.assert_close(ranker.scoring.vectors, expected.vectors)
+    torch.testing.assert_close(ranker.scoring.bias, expected.bias)
+    np.testing.assert_allclose(ranker.scoring.unit, expected.unit, rtol=1e-6, atol=1e-6)
+
+
 def test_the_server_tells_what_each_whole_snapshot_cost_it_and_nothing_for_deltas() -> None:
     """Settling after a whole snapshot's build (the server's collector) counts in its cost."""
     net = learner()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -11,11 +12,16 @@ import pytest
 from pydantic import SecretStr
 
 from freshrec.domain import Event, EventType, Item
+from freshrec.learn.worker import learner_main
 from freshrec.serve.auth import AuthError, Keys, Role, is_loopback
 from freshrec.serve.catalog import Catalog
+from freshrec.serve.engine import Engine
 from freshrec.serve.fallback import Popularity
 from freshrec.serve.live import Live
 from freshrec.settings import ServeSettings
+from freshrec.storage import SQLiteStore
+from tests.conftest import make_event, resident_share
+from tests.serve.conftest import make_settings, wait_for
 
 
 class Clock:
@@ -262,3 +268,26 @@ def test_refreeze_frees_what_frozen_objects_left_as_garbage_and_freezes_the_rest
     refreeze()
     assert gone() is None
     assert gc.get_freeze_count() > 0
+
+
+def test_the_server_tells_the_learner_each_whole_snapshots_cost_and_prefetches_the_store_after_the_first(
+    tmp_path: Path,
+) -> None:
+    """The first whole snapshot served makes the server ready: traffic comes now, so the
+    store's file is read into memory then (pages the startup read may be gone by then)."""
+    path = tmp_path / "freshrec.db"
+    with SQLiteStore(path) as store:
+        store.append_events([make_event(f"u{n}", f"i{n % 7}", event_id=f"e{n}") for n in range(2_000)])
+        settings = make_settings(tmp_path)
+        engine = Engine(store, settings, Keys(settings.serve), "127.0.0.1", 0, learner=learner_main)
+        try:
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+                os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            assert resident_share(path) < 0.5
+            engine.service.models.on_whole(0.25)  # type: ignore[misc]
+            wait_for(lambda: resident_share(path) > 0.99, timeout=20)
+            engine.service.models.on_whole(0.5)  # type: ignore[misc]
+            assert [engine.commands.get(timeout=5) for _ in range(2)] == [("served", 0.25, None), ("served", 0.5, None)]
+        finally:
+            engine.service.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -10,8 +11,9 @@ import pytest
 
 from freshrec.settings import StorageSettings
 from freshrec.storage import SQLiteStore, open_store
+from freshrec.storage import sqlite as sqlite_module
 from freshrec.storage.sqlite import SchemaError
-from tests.conftest import make_event
+from tests.conftest import make_event, resident_share
 
 
 def test_data_survives_reopening_and_uses_wal(tmp_path: Path) -> None:
@@ -108,3 +110,39 @@ def test_readers_do_not_wait_for_a_writers_transaction(tmp_path: Path) -> None:
     thread.join()
     assert [e.item_id for e in store.user_history("u", 10)] == ["committed", "pending"]
     store.close()
+
+
+def test_prefetch_reads_the_whole_file_into_the_page_cache(tmp_path: Path) -> None:
+    """Asked for the whole file at once, the kernel reads only its first megabytes; the
+    store asks a chunk at a time, so all of a file larger than one request is read."""
+    path = tmp_path / "f.db"
+    with SQLiteStore(path) as store:
+        padding = "x" * 2_000
+        for chunk in range(12):
+            store.append_events(
+                [make_event(f"u{n}", f"i{n}", event_id=f"e{chunk}-{n}", context={"p": padding}) for n in range(1_000)]
+            )
+    assert path.stat().st_size > 2 * sqlite_module.PREFETCH_CHUNK
+    with path.open("rb") as fh:
+        os.fsync(fh.fileno())  # dirty pages cannot be dropped
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    assert resident_share(path) < 0.5
+    with SQLiteStore(path) as store:
+        assert store.prefetch()
+        deadline = time.monotonic() + 20
+        while resident_share(path) < 0.99:
+            assert time.monotonic() < deadline, f"{resident_share(path):.0%} of the file read after 20 s"
+            time.sleep(0.05)
+    assert not SQLiteStore(":memory:").prefetch()
+
+
+def test_prefetch_leaves_a_file_larger_than_half_the_free_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SQLiteStore(tmp_path / "f.db") as store:
+        store.append_events([make_event("u1", "i1")])
+        size = (tmp_path / "f.db").stat().st_size
+        monkeypatch.setattr(sqlite_module, "free_memory", lambda: 2 * size - 1)
+        assert not store.prefetch()
+        monkeypatch.setattr(sqlite_module, "free_memory", lambda: 2 * size)
+        assert store.prefetch()

@@ -108,7 +108,8 @@ class Engine:
                 name="freshrec-learner",
             )
             self.service.forget_hooks.append(lambda user_id: self.commands.put(("erase",)))
-            self.service.models.on_whole = lambda seconds: self.commands.put(("served", seconds, None))
+            self.service.models.on_whole = self._whole_served
+            self._prefetched = False
             for arm, models in (self.service.experiment.arm_models if self.service.experiment else {}).items():
                 models.on_whole = lambda seconds, arm=arm: self.commands.put(("served", seconds, arm))
             self.receiver = threading.Thread(target=self._receive, name="freshrec-receiver", daemon=True)
@@ -117,6 +118,17 @@ class Engine:
         )
         self.server = uvicorn.Server(config)
         self.socket = shared_socket(host, port) if reuse_port else None
+
+    def _whole_served(self, seconds: float) -> None:
+        """Tell the learner what a whole snapshot cost to serve; after the first one (the
+        server is ready then: traffic comes now) have the store's file read into memory in
+        the background (:meth:`~freshrec.storage.sqlite.SQLiteStore.prefetch`): pages the
+        startup read may be gone by then, and the first requests would queue on the disk."""
+        self.commands.put(("served", seconds, None))
+        if not self._prefetched:
+            self._prefetched = True
+            store = self.service.store
+            threading.Thread(target=store.prefetch, name="freshrec-prefetch", daemon=True).start()
 
     def _receive(self) -> None:
         """Snapshots and state from the learner process, until it closes the pipe."""

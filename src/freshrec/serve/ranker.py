@@ -97,7 +97,8 @@ class Ranker:
         previous, behind = self.scoring, self._behind
         tables = behind.spare_for(previous, SPARE_WAIT_S) if behind is not None else None
         self.scoring = sc = build_scoring(snapshot, self.catalog.view, self._spare(), previous, tables)
-        self._behind = Behind.of(previous)
+        whole = sc.snapshot is not None and sc.snapshot.changed is None
+        self._behind = Behind.copy_of(sc) if whole else Behind.of(previous)
         self.blend.prepare(sc.view)
         if sc.vectors is not None and sc.bias is not None:
             vectors, bias = sc.vectors, sc.bias

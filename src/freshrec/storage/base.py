@@ -221,6 +221,11 @@ class Store(Protocol):
         while on a large store)."""
         ...
 
+    def prefetch(self) -> bool:
+        """Bring what requests read into memory ahead of them (a server calls it once it
+        serves a model); ``True`` if anything was asked for."""
+        ...
+
     def close(self) -> None: ...
 
     async def aclose(self) -> None:

@@ -335,6 +335,10 @@ class PostgresStore(SharedSQL):
             for table in ("events", "items", "embeddings", "published", "erasures"):
                 conn.execute(f"VACUUM FULL {table}")  # type: ignore[call-overload]
 
+    def prefetch(self) -> bool:
+        """Nothing: the database server keeps its own cache (``pg_prewarm`` fills it)."""
+        return False
+
     def close(self) -> None:
         self._pool.close()
 
