@@ -3,11 +3,15 @@ exact scoring of every item by the same served model."""
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from freshrec.domain import Event, EventType, Item
 from freshrec.encoders.hashing import HashingEncoder
@@ -15,6 +19,7 @@ from freshrec.learn.recommender import build_freshrec
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.ranker import Options, Ranker, encode
+from freshrec.serve.retrieval import BUILD_NICENESS
 from freshrec.settings import LearnSettings, ModelSettings, RetrievalSettings
 from tests.serve.conftest import READ, make_settings, start_server, wait_for
 
@@ -140,6 +145,29 @@ def test_items_added_after_the_index_was_built_are_always_candidates() -> None:
     encode([request])
     assert request.candidates is not None and c.view.codes["late"] in request.candidates
     assert len(request.candidates) < N / 10  # candidates, not the catalog
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="niceness per thread is Linux's")
+def test_the_background_build_runs_at_a_lower_priority_than_requests_and_only_its_thread() -> None:
+    snap = snapshot()
+    ranker = Ranker(catalog(), RetrievalSettings(min_items=1_000))
+    ranker.publish(snap)  # builds in the background
+    ranker.retrieval.wait()
+    seen: list[tuple[int, int]] = []
+    scoring = ranker.scoring
+    assert scoring.vectors is not None and scoring.bias is not None
+    vectors, bias = scoring.vectors.numpy(), scoring.bias.numpy()
+
+    def tables() -> tuple[np.ndarray, np.ndarray]:  # called on the build's thread
+        seen.append((os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), threading.get_native_id()))
+        return vectors, bias
+
+    ranker.retrieval.index = None
+    ranker.retrieval.refresh(tables, len(vectors))
+    ranker.retrieval.wait()
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert [nice for nice, _ in seen] == [min(base + BUILD_NICENESS, 19)]
+    assert seen[0][1] != threading.get_native_id() and ranker.retrieval.index is not None
 
 
 def test_a_server_builds_the_index_in_the_background_says_so_and_ranks_its_candidates(tmp_path: Path) -> None:
