@@ -267,7 +267,9 @@ def test_serving_writes_each_delta_over_the_table_no_request_reads_any_more() ->
 def test_the_first_delta_after_a_whole_snapshot_writes_over_a_copy_made_with_the_whole_build() -> None:
     """After a whole snapshot there is no older table a delta could write over, so a copy
     of the whole one's is made with its build: the first delta takes that copy at once,
-    even while a request still reads the whole one's scoring, and copies nothing itself."""
+    even while a request still reads the whole one's scoring, and copies nothing itself.
+    What the items' text adds to their rows (the item tower's work, which deltas leave as
+    it was) is kept from the whole build too."""
     net = learner()
     catalog, ranker, models, sent, _ = published_by_hand(net)
     held = ranker.scoring  # a request reading the whole snapshot's table
@@ -283,6 +285,7 @@ def test_the_first_delta_after_a_whole_snapshot_writes_over_a_copy_made_with_the
     assert time.monotonic() - started < 0.5  # no wait for the request (that would be SPARE_WAIT_S)
     assert ranker.scoring.vectors is copy
     assert torch.equal(held.vectors, before)  # type: ignore[arg-type]
+    assert held.text_part is not None and ranker.scoring.text_part is held.text_part  # kept, not recomputed
     expected = build_scoring(got, catalog.view)
     torch.testing.assert_close(ranker.scoring.vectors, expected.vectors)
     torch.testing.assert_close(ranker.scoring.bias, expected.bias)

@@ -199,14 +199,23 @@ class SequenceNet(nn.Module):
             _extend(table, n_users - before)
         return before
 
-    def item_table(self, rows: Tensor | None = None, sparse: bool = False) -> tuple[Tensor, Tensor]:
+    def text_part(self, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """What the items' text adds to their vectors and biases (of ``rows`` only, if
+        given): the item tower's work alone, which a snapshot delta leaves as it was, so
+        serving keeps it between whole snapshots instead of redoing it for each delta's rows."""
+        text = self.text if rows is None else self.text[rows]
+        return self.adapter(text), self.text_bias(text).squeeze(1)
+
+    def item_table(
+        self, rows: Tensor | None = None, sparse: bool = False, text_part: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Vectors ``(n, d)`` and biases ``(n,)`` of every item, or of ``rows`` only
         (a training step on a large catalog needs a few thousand of them).
 
         ``sparse``: the ID and bias tables' gradients are sparse, ``rows`` only. Why: a
         dense gradient is a whole table, and the optimizer then walks every row of it
-        (on a million items that was most of a training step's time)."""
-        text = self.text if rows is None else self.text[rows]
+        (on a million items that was most of a training step's time). ``text_part``: what
+        :meth:`text_part` gives for the same rows, computed before."""
         if rows is None:
             ids, item_bias = self.item_id.weight, self.item_bias.weight
         else:
@@ -216,8 +225,9 @@ class SequenceNet(nn.Module):
         vectors = torch.zeros_like(ids)
         bias = torch.zeros(ids.shape[0], device=vectors.device)
         if self.use_text:
-            vectors = vectors + self.adapter(text)
-            bias = bias + self.text_bias(text).squeeze(1)
+            from_text, text_bias = text_part if text_part is not None else self.text_part(rows)
+            vectors = vectors + from_text
+            bias = bias + text_bias
         if self.use_ids:
             vectors = vectors + ids * active
         bias = bias + (item_bias * active).squeeze(1)
