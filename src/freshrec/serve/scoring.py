@@ -180,8 +180,9 @@ def build_scoring(
             vectors, bias, unit = previous.vectors.clone(), previous.bias.clone(), previous.unit.copy()
         part = previous.text_part
         if len(rows):
-            vectors[rows], bias[rows] = net.item_table(rows, text_part=None if part is None else _rows(part, rows))
-            unit[rows.numpy()] = unit_rows(vectors[rows].numpy())
+            changed, changed_bias = net.item_table(rows, text_part=None if part is None else _rows(part, rows))
+            vectors[rows], bias[rows] = changed, changed_bias
+            unit[rows.numpy()] = unit_rows(changed.numpy())
     else:
         part = net.text_part() if net.use_text else None
         vectors, bias = net.item_table(text_part=part)
