@@ -62,6 +62,7 @@ def tensors(batch: Interactions) -> HistoryTensors:
 
 
 N_TYPES = len(EventType)
+Pair = tuple[Tensor, Tensor]
 GROUP_COST = 256
 """What one more encoder pass costs in fixed per-operation overhead, in positions (measured
 on the reference machine: a pass over a few rows costs about what 256 more positions do).
@@ -199,35 +200,28 @@ class SequenceNet(nn.Module):
             _extend(table, n_users - before)
         return before
 
-    def text_part(self, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """What the items' text adds to their vectors and biases (of ``rows`` only, if
-        given): the item tower's work alone, which a snapshot delta leaves as it was, so
-        serving keeps it between whole snapshots instead of redoing it for each delta's rows."""
+    def text_part(self, rows: Tensor | None = None) -> Pair:
+        """What the items' text adds to their vectors and biases (``rows`` only, if given):
+        the item tower's alone, which deltas leave as it was (serving keeps it between them)."""
         text = self.text if rows is None else self.text[rows]
         return self.adapter(text), self.text_bias(text).squeeze(1)
 
-    def item_table(
-        self, rows: Tensor | None = None, sparse: bool = False, text_part: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Vectors ``(n, d)`` and biases ``(n,)`` of every item, or of ``rows`` only
-        (a training step on a large catalog needs a few thousand of them).
-
-        ``sparse``: the ID and bias tables' gradients are sparse, ``rows`` only. Why: a
-        dense gradient is a whole table, and the optimizer then walks every row of it
-        (on a million items that was most of a training step's time). ``text_part``: what
-        :meth:`text_part` gives for the same rows, computed before."""
+    def item_table(self, rows: Tensor | None = None, sparse: bool = False, text_part: Pair | None = None) -> Pair:
+        """Vectors ``(n, d)`` and biases ``(n,)`` of every item, or of ``rows`` only (a
+        training step on a large catalog needs a few thousand of them); ``text_part``: what
+        :meth:`text_part` gave for the same rows. ``sparse``: the ID and bias tables'
+        gradients are sparse, ``rows`` only. Why: a dense gradient is a whole table, and the
+        optimizer then walks every row of it (most of a step's time on a million items)."""
         if rows is None:
             ids, item_bias = self.item_id.weight, self.item_bias.weight
         else:
             ids = F.embedding(rows, self.item_id.weight, sparse=sparse)
             item_bias = F.embedding(rows, self.item_bias.weight, sparse=sparse)
         active = (self.active if rows is None else self.active[rows]).unsqueeze(1).float()
-        vectors = torch.zeros_like(ids)
-        bias = torch.zeros(ids.shape[0], device=vectors.device)
+        vectors, bias = torch.zeros_like(ids), torch.zeros(ids.shape[0], device=ids.device)
         if self.use_text:
             from_text, text_bias = text_part if text_part is not None else self.text_part(rows)
-            vectors = vectors + from_text
-            bias = bias + text_bias
+            vectors, bias = vectors + from_text, bias + text_bias
         if self.use_ids:
             vectors = vectors + ids * active
         bias = bias + (item_bias * active).squeeze(1)
