@@ -37,10 +37,10 @@ MIN_CALIBRATION = 32
 """Recent requests needed to calibrate a build (fewer: ``probes`` lists are probed)."""
 BUILD_NICENESS = 10
 """The build thread runs this much nicer than the server (where the system sets niceness
-per thread, as Linux does). A million items' build keeps a core busy for about 20 s, every 80 s (four
-times its own time): at the requests' priority it would take half their processor time
-away on two cores, as the learner process did before it was niced (p99 263 to 367 ms
-against 30 to 82 ms under 200 requests/s and 500 events/s)."""
+per thread, as Linux does). A million items' build keeps a core busy for about 20 s,
+every 80 s (four times its own time); at the requests' priority it competes with them
+for the processor as the learner process did before it was niced (p99 263 to 367 ms
+against 30 to 82 ms then, under 200 requests/s and 500 events/s)."""
 
 
 class Index:

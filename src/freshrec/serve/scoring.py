@@ -95,10 +95,10 @@ class Behind:
     def copy_of(cls, scoring: Scoring) -> Behind | None:
         """A copy of ``scoring``'s table, made now for the first delta on its snapshot to
         write its rows over. Why: that delta has no older table to take (the one before a
-        whole snapshot differs from it everywhere), and copying then, under load, took 0.25
-        to 0.64 s on a million items with requests waiting behind it; made right after the
-        whole snapshot's build, the copy counts in that build's cost, which the learner
-        spaces whole snapshots by."""
+        whole snapshot differs from it everywhere), and its build, copying then, took 0.25
+        to 0.64 s on a million items under load, with requests waiting behind it; made right
+        after the whole snapshot's build, the copy counts in that build's cost, which the
+        learner spaces whole snapshots by."""
         return cls(scoring, copy=True) if scoring.snapshot is not None and scoring.vectors is not None else None
 
     def spare_for(self, current: Scoring, wait_s: float = 0.0) -> Spare | None:
