@@ -1,12 +1,14 @@
-"""Checkpoint retention: by count and by total size, never the newest."""
+"""Checkpoint retention (by count and by total size, never the newest) and writing."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
 import torch
 
-from freshrec.learn.checkpoints import SUFFIX, Checkpoints
+from freshrec.learn.checkpoints import SUFFIX, SYNC_CHUNK, Checkpoints, atomic_write
 from freshrec.settings import Settings
 
 
@@ -33,3 +35,25 @@ def test_the_settings_size_the_retention(tmp_path: Path) -> None:
     checkpoints = Checkpoints.of(settings)
     assert checkpoints.keep == 2 and checkpoints.max_bytes == 50 << 20
     assert checkpoints.folder == tmp_path / "checkpoints"
+
+
+def test_a_large_file_is_synced_as_it_is_written_and_arrives_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Synced every ``SYNC_CHUNK`` bytes, so that the store's commits beside it are not held
+    up behind one flush of the whole file; the file is whole, and a small one synced once."""
+    synced: list[int] = []
+    real = os.fdatasync
+
+    def counted(fd: int) -> None:
+        synced.append(os.fstat(fd).st_size)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counted)
+    data = os.urandom(2 * SYNC_CHUNK + 5)
+    atomic_write(tmp_path / "big", data)
+    assert (tmp_path / "big").read_bytes() == data
+    assert synced == [SYNC_CHUNK, 2 * SYNC_CHUNK]
+    atomic_write(tmp_path / "small", b"x" * 100)
+    assert (tmp_path / "small").read_bytes() == b"x" * 100 and len(synced) == 2
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []

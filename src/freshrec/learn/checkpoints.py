@@ -50,13 +50,28 @@ class Fenced(RuntimeError):
     """A learner that lost the store's lease tried to write a checkpoint."""
 
 
+SYNC_CHUNK = 16 << 20
+"""Bytes written between two syncs of a large file (:func:`atomic_write`)."""
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, sync it, then rename over ``path``."""
+    """Write to a temporary file in the same folder, sync it, then rename over ``path``.
+
+    A large file is synced every :data:`SYNC_CHUNK` bytes, not once at the end. Why: a
+    280 MB checkpoint version synced at once held the disk for the whole flush, and the
+    store's commits beside it (each event post's, synced) waited: up to 100-130 ms against
+    9-19 ms with 16 MB between syncs (a `/tmp` script: a SQLite commit of 10 rows every
+    20 ms while 280 MB were written, two runs of each; the write took 0.2-1 s either way).
+    On a million items that stalled the server's requests and event posts."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+            view, sync = memoryview(data), getattr(os, "fdatasync", os.fsync)  # macOS lacks fdatasync
+            for start in range(0, len(view), SYNC_CHUNK):
+                fh.write(view[start : start + SYNC_CHUNK])
+                fh.flush()
+                if start + SYNC_CHUNK < len(view):
+                    sync(fh.fileno())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
