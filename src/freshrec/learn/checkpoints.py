@@ -62,7 +62,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     store's commits beside it (each event post's, synced) waited: up to 100-130 ms against
     9-19 ms with 16 MB between syncs (a `/tmp` script: a SQLite commit of 10 rows every
     20 ms while 280 MB were written, two runs of each; the write took 0.2-1 s either way).
-    On a million items that stalled the server's requests and event posts."""
+    On a million items, a request and an event post were caught stalled 100-120 ms in one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
