@@ -23,7 +23,7 @@ from freshrec.domain import Event
 from freshrec.ingest.feedback import TYPE_CODES
 from freshrec.model.deltas import ITEM_TOWER, ROW_STATE
 from freshrec.model.histories import left_padded
-from freshrec.model.sequence import HistoryTensors, SequenceNet, untouched
+from freshrec.model.sequence import HistoryTensors, Pair, SequenceNet, untouched
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import CatalogView, starts_with
 from freshrec.settings import ModelSettings
@@ -45,7 +45,7 @@ class Scoring:
     aligned: bool = False
     """Whether the view's first rows are the snapshot's items, in its order (then the
     blend's counts, numbered like the learner's items, read the view's rows)."""
-    text_part: tuple[torch.Tensor, torch.Tensor] | None = None
+    text_part: Pair | None = None
     """What the items' text adds to each row's vector and bias
     (:meth:`~freshrec.model.sequence.SequenceNet.text_part`), kept for the deltas that
     follow: on a million items, recomputing it took 43% of a delta's build (its rows' text
@@ -82,9 +82,8 @@ class Behind:
         self.copy = copy
         """Whether the table is a copy of ``scoring``'s, which no scoring holds."""
         self.owner: Callable[[], Scoring | None] = (lambda: None) if copy else weakref.ref(scoring)
-        self.tables = (scoring.vectors, scoring.bias, scoring.unit)
-        if copy:
-            self.tables = (scoring.vectors.clone(), scoring.bias.clone(), scoring.unit.copy())
+        vectors, bias, unit = scoring.vectors, scoring.bias, scoring.unit
+        self.tables = (vectors.clone(), bias.clone(), unit.copy()) if copy else (vectors, bias, unit)
         self.serial, self.view, self.tower = scoring.snapshot.serial, scoring.view, _tower(scoring.snapshot)
 
     @classmethod
@@ -191,7 +190,7 @@ def build_scoring(
     return Scoring(view, snapshot, net, vectors, bias, unit, user_rows, aligned, part)
 
 
-def _rows(part: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _rows(part: Pair, rows: torch.Tensor) -> Pair:
     return part[0][rows], part[1][rows]
 
 
