@@ -218,3 +218,15 @@ def test_migrate_rewrites_pickled_checkpoints_once_and_republishes_the_current(t
     assert np.array_equal(state["a"], np.arange(2))
     assert len(mirrored) == 1 and serialization.loads(mirrored[0], KEY)["meta"]["version"] == 2
     assert checkpoints.migrate() == ()  # once
+
+
+def test_a_blob_is_read_from_a_view_of_a_larger_message_without_copying_the_message() -> None:
+    """The learner's pipe carries a prefix, then the blob: the server hands a view on."""
+    blob = serialization.dumps({"ids": ["a", "b"], "t": torch.arange(3)}, key=b"k" * 16)
+    message = b"SNAPSHOT" + blob
+    state = serialization.loads(memoryview(message)[len(b"SNAPSHOT") :], key=b"k" * 16)
+    assert state["ids"] == ["a", "b"] and torch.equal(state["t"], torch.arange(3))
+    with pytest.raises(serialization.Malformed, match="no FRESHREC/1 header"):
+        serialization.loads(memoryview(message))
+    with pytest.raises(serialization.Malformed, match="signature"):
+        serialization.loads(memoryview(message)[len(b"SNAPSHOT") : -1], key=b"k" * 16)

@@ -401,3 +401,22 @@ def test_a_costly_build_puts_the_next_off_by_at_most_the_longest_wait(monkeypatc
             wait_for(lambda n=n: served.scoring.snapshot is not None and served.scoring.snapshot.updates == n, 5.0)
     finally:
         models.close()
+
+
+def test_long_id_lists_are_checked_and_compared_in_pieces_with_the_same_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call on a whole list of a million ids holds the interpreter lock throughout; in
+    pieces, requests go on between them. The answers must not depend on where pieces end."""
+    from freshrec.model import snapshot as module
+    from freshrec.serve import catalog
+
+    monkeypatch.setattr(module, "PIECE", 3)
+    monkeypatch.setattr(catalog, "PIECE", 3)
+    assert not module.repeats(ids(10)) and module.repeats([*ids(5), "i1"]) and module.repeats(["i7", *ids(8)])
+    net = learner(8)
+    with pytest.raises(Malformed, match="repeat"):
+        dataclasses.replace(snap(net), item_ids=[*ids(7), "i0"]).validate()
+    view = CatalogView(ids(8), np.zeros((8, WIDTH), np.float32), [""] * 8, [()] * 8, np.ones(8, bool))
+    for lead, found in ((ids(7), True), (ids(8), True), ([*ids(4), "x", "i5"], False), (ids(9), False), ([], True)):
+        assert starts_with(view, lead) is found, lead

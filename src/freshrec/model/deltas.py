@@ -241,7 +241,9 @@ def _check_tensors(base: Snapshot, delta: SnapshotDelta, n: int) -> None:
         check_tensor("delta", name, tensor, shape, want.dtype)
 
 
-def read(data: bytes, key: bytes | None = None, max_bytes: int = serialization.MAX_BYTES) -> Snapshot | SnapshotDelta:
+def read(
+    data: bytes | memoryview, key: bytes | None = None, max_bytes: int = serialization.MAX_BYTES
+) -> Snapshot | SnapshotDelta:
     """A whole snapshot or a delta from its bytes; the delta's tensors are checked when
     it is applied (:func:`apply`), against the snapshot it names."""
     raw = serialization.loads(data, key, max_bytes)

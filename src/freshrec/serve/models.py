@@ -72,7 +72,7 @@ class Models:
             self._thread = threading.Thread(target=self._publisher, name=name, daemon=True)
             self._thread.start()
 
-    def parse(self, data: bytes, source: str) -> Snapshot | None:
+    def parse(self, data: bytes | memoryview, source: str) -> Snapshot | None:
         """The snapshot in ``data`` (a delta applied to the newest snapshot received), or
         ``None`` if it is malformed or not signed with the snapshot key: refused with one
         log line and a count in ``/metrics``, while the current model stays served. A
@@ -105,7 +105,7 @@ class Models:
         self.ranker.blend.take(snapshot.blend, snapshot.settings)
         return dataclasses.replace(snapshot, blend=None)
 
-    def receive(self, data: bytes, source: str) -> Snapshot | None:
+    def receive(self, data: bytes | memoryview, source: str) -> Snapshot | None:
         """Publish the snapshot in ``data`` unless :meth:`parse` refuses it."""
         snapshot = self.parse(data, source)
         if snapshot is not None:

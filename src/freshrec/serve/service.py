@@ -29,6 +29,7 @@ from freshrec.domain import Event, UserId
 from freshrec.encoders import encoder_key
 from freshrec.experiments import DEFAULT_VARIANT
 from freshrec.ingest.validate import Validator
+from freshrec.model.snapshot import prepare_validation
 from freshrec.serve.batching import Batcher
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.experiments import Experiment, new_list_id
@@ -81,6 +82,7 @@ class Service:
             except RuleError as exc:
                 raise ValueError(f"[serve.rules] {name}: {exc}") from None
         self.metrics = Metrics()
+        prepare_validation()  # before traffic: the first snapshot's check would import for seconds
         self.live = Live(clock=clock)
         self.catalog = Catalog()
         self.catalog.load(store, encoder_key(settings.encoder))
