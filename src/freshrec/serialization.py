@@ -6,7 +6,8 @@ A blob is a header line and a safetensors file::
     FRESHREC/1 unsigned\\n<safetensors>
     FRESHREC/1 hmac-sha256 <64 hex digits>\\n<safetensors>
 
-Every tensor and NumPy array of the state is a tensor of the safetensors file;
+Every tensor and NumPy array of the state is a tensor of the safetensors file, and
+so is every long list of strings (a catalog's item ids: their UTF-8 bytes and ends);
 everything else (nested dicts, lists, numbers, strings) is a JSON skeleton in
 the file's metadata, with references to the tensors. Reading parses JSON and
 safetensors and nothing else: no pickle, so crafted bytes cannot run code, and
@@ -32,13 +33,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 MAGIC = b"FRESHREC/1 "
 MAX_BYTES = 8 << 30
 """Blobs larger than this are refused before they are parsed."""
 _TENSOR, _ARRAY, _DICT, _TUPLE, _ROWS = "$tensor", "$array", "$dict", "$tuple", "$rows"
+_STRINGS = "$strings"
+STRINGS_MIN = 1_024
+"""Lists of at least this many strings (a catalog's item ids) are saved as tensors, not in
+the JSON skeleton. Why: parsing JSON is one call that holds the interpreter lock; for a
+million ids the skeleton and the header that holds it took 85 and 50-70 ms, while a
+server taking in a whole snapshot made its requests wait."""
+STRINGS_PIECE = 1 << 16
+"""Such a list is decoded this many strings at a time (each a short hold of the lock)."""
 SPARSE_MIN_ROWS = 1_024
 """Tables with at least this many rows, most of them zero, are saved as their nonzero rows."""
 MAX_ROW_WIDTH = 1 << 16
@@ -86,13 +94,16 @@ def loads(data: bytes | memoryview, key: bytes | None = None, max_bytes: int = M
             raise Malformed("signature does not match the snapshot key")
     elif header not in ([b"unsigned"],) and (len(header) != 2 or header[0] != b"hmac-sha256"):
         raise Malformed(f"unknown header {start[:end]!r}")
-    raw = bytes(body)
     try:
-        skeleton = json.loads(_metadata(raw)["freshrec"])
-        tensors = load_tensors(raw)
+        entries = _header(body)
+        meta = entries.pop("__metadata__", None)
+        if not isinstance(meta, dict) or not isinstance(meta.get("freshrec"), str):
+            raise Malformed("no freshrec metadata")
+        skeleton = json.loads(meta["freshrec"])
+        tensors = _tensors(body, entries)
     except Malformed:
         raise
-    except Exception as exc:  # safetensors and json raise their own errors on bad bytes
+    except Exception as exc:  # json and NumPy raise their own errors on bad bytes
         raise Malformed(f"unreadable: {exc}") from exc
     return _decode(skeleton, tensors)
 
@@ -106,17 +117,54 @@ def _mac(key: bytes, body: bytes | memoryview) -> str:
     return hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
-def _metadata(body: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file's JSON header (8-byte length, then JSON)."""
+def _header(body: memoryview) -> dict[str, Any]:
+    """The JSON header of a safetensors file (8-byte little-endian length, then JSON)."""
     if len(body) < 8:
         raise Malformed("truncated")
     (size,) = struct.unpack("<Q", body[:8])
     if size > len(body) - 8:
         raise Malformed("truncated header")
-    meta = json.loads(body[8 : 8 + size]).get("__metadata__")
-    if not isinstance(meta, dict) or not isinstance(meta.get("freshrec"), str):
-        raise Malformed("no freshrec metadata")
-    return meta
+    header = json.loads(bytes(body[8 : 8 + size]))
+    if not isinstance(header, dict):
+        raise Malformed("a safetensors header must be an object")
+    return header
+
+
+_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4",
+    "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?",
+}  # fmt: skip
+
+
+def _tensors(body: memoryview, header: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file whose ``header`` was read, each copied out of
+    ``body`` by NumPy.
+
+    Why not ``safetensors.torch.load``: it needs the body as one ``bytes`` object (a copy
+    of the blob) and copies each tensor out of it again, both with the interpreter lock
+    held: a server taking in a whole snapshot of a million items (150 MB) paused its
+    requests 112 and 126 ms for them. NumPy's copies let go of the lock. The checks are
+    safetensors' own: known dtypes, and data that fits its shape inside the file."""
+    start = 8 + struct.unpack("<Q", body[:8])[0]
+    out = {}
+    for name, info in header.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise Malformed(f"tensor {name!r}: not a safetensors entry")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in _DTYPES:
+            raise Malformed(f"tensor {name!r}: dtype {dtype!r} is not one freshrec writes")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise Malformed(f"tensor {name!r}: bad shape")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets):
+            raise Malformed(f"tensor {name!r}: bad data offsets")
+        kind = np.dtype(_DTYPES[dtype])
+        count = int(np.prod(shape, dtype=np.int64))
+        begin, end = offsets
+        if not 0 <= begin <= end <= len(body) - start or end - begin != count * kind.itemsize:
+            raise Malformed(f"tensor {name!r}: its data does not fit its shape inside the file")
+        values = np.frombuffer(body, dtype=kind, count=count, offset=start + begin).reshape(shape).copy()
+        out[name] = torch.from_numpy(values)
+    return out
 
 
 def _encode(x: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -145,6 +193,8 @@ def _encode(x: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(x, tuple):
         return {_TUPLE: [_encode(v, tensors) for v in x]}
     if isinstance(x, list):
+        if len(x) >= STRINGS_MIN and all(type(v) is str for v in x):
+            return {_STRINGS: _strings_out(x, tensors)}
         if _plain(x):  # an id list of a large catalog: 200,000 strings cost 0.8 s one by one
             return x
         return [_encode(v, tensors) for v in x]
@@ -202,6 +252,8 @@ def _decode(x: Any, tensors: dict[str, torch.Tensor]) -> Any:
             return tuple(_decode(v, tensors) for v in value)
         if tag == _ROWS and isinstance(value, list) and len(value) == 3:
             return _rows(value, tensors)
+        if tag == _STRINGS and isinstance(value, list) and len(value) == 2:
+            return _strings_in(value, tensors)
         raise Malformed(f"unexpected tag {tag!r} in the skeleton")
     return x  # JSON scalars
 
@@ -223,6 +275,44 @@ def _rows(value: list[Any], tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         raise Malformed("a table's rows must ascend within it")
     out = values.new_zeros(shape)
     out[rows] = values
+    return out
+
+
+def _strings_out(x: list[str], tensors: dict[str, torch.Tensor]) -> list[str]:
+    """A long list of strings as two tensors: their UTF-8 bytes one after the other, and
+    where each ends (see :data:`STRINGS_MIN`)."""
+    encoded = [v.encode("utf-8", "surrogatepass") for v in x]
+    ends = np.cumsum([len(v) for v in encoded], dtype=np.int64)
+    refs = [f"t{len(tensors)}", f"t{len(tensors) + 1}"]
+    tensors[refs[0]] = torch.from_numpy(np.frombuffer(b"".join(encoded), dtype=np.uint8).copy())
+    tensors[refs[1]] = torch.from_numpy(ends)
+    return refs
+
+
+def _strings_in(value: list[Any], tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The list :func:`_strings_out` wrote, decoded a piece at a time (:data:`STRINGS_PIECE`)."""
+    if not all(isinstance(n, str) and n in tensors for n in value):
+        raise Malformed("reference to a missing tensor")
+    blob, ends = (tensors[n] for n in value)
+    if blob.dtype != torch.uint8 or blob.dim() != 1 or ends.dtype != torch.int64 or ends.dim() != 1:
+        raise Malformed("a string list must be bytes and their ends")
+    data, where = blob.numpy().tobytes(), ends.numpy()
+    if len(where) and (where[0] < 0 or where[-1] != len(data) or bool((where[1:] < where[:-1]).any())):
+        raise Malformed("a string list's ends must ascend to its length")
+    out: list[str] = []
+    start = 0
+    try:
+        for first in range(0, len(where), STRINGS_PIECE):
+            piece = where[first : first + STRINGS_PIECE].tolist()
+            text = data[start : piece[-1]].decode("utf-8", "surrogatepass")
+            bounds = zip([start, *piece[:-1]], piece, strict=True)
+            if text.isascii():  # one byte a character: the byte offsets cut the text
+                out += [text[a - start : b - start] for a, b in bounds]
+            else:
+                out += [data[a:b].decode("utf-8", "surrogatepass") for a, b in bounds]
+            start = piece[-1]
+    except UnicodeDecodeError as exc:
+        raise Malformed(f"a string list is not UTF-8: {exc}") from exc
     return out
 
 
