@@ -283,6 +283,7 @@ def test_tensors_are_read_without_safetensors_copies_and_crafted_entries_are_ref
         ({"dtype": "F32", "shape": [2], "data_offsets": [0, 16]}, "fit"),
         ({"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}, "fit"),
         ({"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}, "shape"),
+        ({"dtype": "F32", "shape": [2**63 + 1, 2], "data_offsets": [0, 8]}, "fit"),  # 2 in int64, wrapped
         ({"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}, "fit"),
         ({"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "extra": 1}, "entry"),
     ):

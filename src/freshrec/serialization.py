@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import io
 import json
+import math
 import struct
 from pathlib import Path
 from typing import Any
@@ -74,9 +75,9 @@ def dumps(state: Any, key: bytes | None = None) -> bytes:
 def loads(data: bytes | memoryview, key: bytes | None = None, max_bytes: int = MAX_BYTES) -> Any:
     """What :func:`dumps` wrote. With ``key``, only a blob signed with it.
 
-    ``data`` may be a view of a larger buffer (a message's tail): the body is copied once,
-    for safetensors, and a copy of a large snapshot holds the interpreter lock (150 MB:
-    about 0.1 s on the reference machine)."""
+    ``data`` may be a view of a larger buffer (a message's tail): it is not copied whole
+    (a copy of a large snapshot holds the interpreter lock: 150 MB, about 0.1 s on the
+    reference machine), only each tensor out of it (:func:`_tensors`)."""
     view = memoryview(data)
     if len(view) > max_bytes:
         raise Malformed(f"{len(view):,} bytes, more than the limit of {max_bytes:,}")
@@ -158,7 +159,7 @@ def _tensors(body: memoryview, header: dict[str, Any]) -> dict[str, torch.Tensor
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets):
             raise Malformed(f"tensor {name!r}: bad data offsets")
         kind = np.dtype(_DTYPES[dtype])
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # exact: a crafted shape must not wrap around
         begin, end = offsets
         if not 0 <= begin <= end <= len(body) - start or end - begin != count * kind.itemsize:
             raise Malformed(f"tensor {name!r}: its data does not fit its shape inside the file")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import multiprocessing as mp
 import signal
 import socket
@@ -58,7 +59,8 @@ class Refreeze:
     nothing to free. Frozen after each whole snapshot's build (one per ``[serve]
     snapshot_full_s`` at the most), the full collections under that load took 8 to 23 ms.
 
-    The frozen objects themselves are collected too (unfrozen first) at most once per
+    The frozen objects themselves are collected too (unfrozen first) the first time (the
+    whole snapshot a server starts with, before its traffic) and then at most once per
     ``full_every_s``: that scan of every object of the server held the interpreter lock
     300 to 450 ms on a million items (requests wait that long) and freed 15 objects;
     what it misses in between is what cycles among frozen objects left, which that
@@ -67,7 +69,7 @@ class Refreeze:
     def __init__(self, full_every_s: float = FULL_COLLECT_S, clock: Callable[[], float] = time.monotonic):
         self.full_every_s = full_every_s
         self.clock = clock
-        self._last_full = clock()
+        self._last_full = -math.inf
 
     def __call__(self) -> None:
         now = self.clock()

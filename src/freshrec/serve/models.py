@@ -60,7 +60,7 @@ class Models:
         whole ones by that: :meth:`~freshrec.learn.sender.Sender.served`)."""
         self.settle: Callable[[], object] | None = None
         """Called on the publisher thread after each whole snapshot's build (the server's own
-        process tidies its memory then: :func:`freshrec.serve.engine.refreeze`); what it
+        process tidies its memory then: :class:`freshrec.serve.engine.Refreeze`); what it
         takes counts in what ``on_whole`` is told."""
         self._parsed: tuple[int, float] | None = None
         """The serial of the last whole snapshot parsed, and the seconds that took."""
