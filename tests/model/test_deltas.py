@@ -407,13 +407,16 @@ def test_long_id_lists_are_checked_and_compared_in_pieces_with_the_same_answers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A call on a whole list of a million ids holds the interpreter lock throughout; in
-    pieces, requests go on between them. The answers must not depend on where pieces end."""
+    pieces (or hashed and sorted by NumPy), requests go on between them. The answers must
+    not depend on where pieces end, nor on hashes that collide."""
     from freshrec.model import snapshot as module
     from freshrec.serve import catalog
 
-    monkeypatch.setattr(module, "PIECE", 3)
     monkeypatch.setattr(catalog, "PIECE", 3)
     assert not module.repeats(ids(10)) and module.repeats([*ids(5), "i1"]) and module.repeats(["i7", *ids(8)])
+    assert not module.repeats([])
+    monkeypatch.setattr(module, "hash", len, raising=False)  # every id of one length collides
+    assert not module.repeats(ids(10)) and module.repeats([*ids(10), "i3"])
     net = learner(8)
     with pytest.raises(Malformed, match="repeat"):
         dataclasses.replace(snap(net), item_ids=[*ids(7), "i0"]).validate()

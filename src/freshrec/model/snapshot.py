@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -147,18 +148,23 @@ class Snapshot:
 
 
 PIECE = 1 << 16
-"""Long id lists are gone through in pieces of this many: a Python call on a whole list of
-a million ids (``set(ids)``, a comparison) is one step of the interpreter that holds its
-lock throughout (110 ms for the set on the reference machine), while the server's
-requests wait; between pieces they get it back."""
+"""Long id lists are compared in pieces of this many: a Python call on a whole list of a
+million ids (a comparison: 42 ms) is one step of the interpreter that holds its lock
+throughout, while the server's requests wait; between pieces they get it back."""
 
 
 def repeats(ids: list[str]) -> bool:
-    """Whether an id occurs twice in ``ids`` (see :data:`PIECE`)."""
-    seen: set[str] = set()
-    for start in range(0, len(ids), PIECE):
-        seen.update(ids[start : start + PIECE])
-    return len(seen) != len(ids)
+    """Whether an id occurs twice in ``ids``: their hashes sorted (NumPy, without the
+    interpreter lock), then the ids of any hash that occurs twice compared. Why not
+    ``len(set(ids))``: growing a set of a million strings holds the lock 110 ms, and 47 ms
+    for its last resize alone when filled in pieces."""
+    hashes = np.fromiter((hash(i) for i in ids), dtype=np.int64, count=len(ids))
+    ordered = np.sort(hashes)
+    twice = ordered[1:] == ordered[:-1]
+    if not twice.any():
+        return False
+    shared = [ids[r] for r in np.flatnonzero(np.isin(hashes, ordered[1:][twice])).tolist()]
+    return len(set(shared)) != len(shared)
 
 
 def prepare_validation() -> None:
