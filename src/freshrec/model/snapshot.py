@@ -147,12 +147,6 @@ class Snapshot:
                 raise bad(f"snapshot {exc}") from exc
 
 
-PIECE = 1 << 16
-"""Long id lists are compared in pieces of this many: a Python call on a whole list of a
-million ids (a comparison: 42 ms) is one step of the interpreter that holds its lock
-throughout, while the server's requests wait; between pieces they get it back."""
-
-
 def repeats(ids: list[str]) -> bool:
     """Whether an id occurs twice in ``ids``: their hashes sorted (NumPy, without the
     interpreter lock), then the ids of any hash that occurs twice compared. Why not

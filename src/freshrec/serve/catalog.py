@@ -24,9 +24,13 @@ import numpy as np
 import numpy.typing as npt
 
 from freshrec.domain import Item, ItemId
-from freshrec.model.snapshot import PIECE
 from freshrec.serve.rules import Check, Fields
 from freshrec.storage.base import Store
+
+PIECE = 1 << 16
+"""A new item list is compared with the view's ids in pieces of this many: comparing a
+million ids at once is one step of the interpreter that holds its lock throughout (42 ms),
+while the server's requests wait; between pieces they get it back."""
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,7 @@ def starts_with(view: CatalogView, item_ids: Sequence[ItemId]) -> bool:
     without new items keeps its parent's list (:func:`freshrec.model.deltas.apply`), and
     comparing a million ids took 42 ms, twice per publish, with the interpreter lock held
     while requests waited. Item lists are never changed in place; a new one is compared in
-    pieces (:data:`~freshrec.model.snapshot.PIECE`), between which requests go on."""
+    pieces (:data:`PIECE`), between which requests go on."""
     n = len(item_ids)
     led_by = view.led_by
     if led_by is not None and led_by[0] is item_ids and led_by[1] == n:
