@@ -243,7 +243,7 @@ def test_long_string_lists_are_saved_as_tensors_and_decoded_in_pieces(monkeypatc
     loaded = serialization.loads(blob)
     assert loaded == {"ids": ascii_ids, "mixed": mixed, "users": with_none, "few": ["a", "b"]}
     body = memoryview(blob)[blob.index(b"\n") + 1 :]
-    skeleton = serialization._header(body)["__metadata__"]["freshrec"]
+    skeleton = serialization._header(body)[0]["__metadata__"]["freshrec"]
     assert "i1999" not in skeleton and "日本語" not in skeleton and "u1998" in skeleton  # the list with None stays
 
 
