@@ -15,12 +15,15 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from freshrec.serve.auth import Keys
 from freshrec.serve.http import Access, Guard, answers, install_error_handlers
+from freshrec.serve.lane import FastLane
 from freshrec.serve.routes import dashboard, events, experiments, items, jobs, operations, users
 from freshrec.serve.service import Service
 
 
-def create_app(service: Service, keys: Keys) -> FastAPI:
-    """The application over ``service``; its lifespan starts and closes the service."""
+def create_app(service: Service, keys: Keys, lane: bool = True) -> FastAPI:
+    """The application over ``service``; its lifespan starts and closes the service.
+    ``lane``: the common recommendation requests take the fast lane
+    (:mod:`freshrec.serve.lane`); off, FastAPI answers every request (tests compare)."""
     settings = service.settings.serve
 
     @asynccontextmanager
@@ -41,7 +44,9 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
     install_error_handlers(app)
     access = Access(keys)
     for resource in (events, items, jobs, users, experiments, operations):
-        app.include_router(resource.router(service, access))
+        app.include_router(router := resource.router(service, access))
+        if resource is users:
+            route = next(r for r in router.routes if getattr(r, "path", None) == users.RECOMMENDATIONS)
     dashboard.install(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -50,5 +55,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
+    if lane:
+        app.add_middleware(FastLane, service=service, keys=keys, route=route, handlers=lambda: app.exception_handlers)
     app.add_middleware(Guard, max_body=int(settings.max_body_mb * 1024 * 1024), metrics=service.metrics)
     return app

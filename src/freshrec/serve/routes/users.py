@@ -1,6 +1,6 @@
 """``/v1/users``: recommendations, history, erasure."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -22,6 +22,36 @@ from freshrec.serve.routes.items import Boost, Categories, Rule
 from freshrec.serve.schemas import EventOut, GuestRecommendations, History, Recommendations
 from freshrec.serve.service import Service
 
+RECOMMENDATIONS = "/v1/users/{user_id}/recommendations"
+
+
+async def recommended(
+    service: Service,
+    user_id: str,
+    k: int = 10,
+    exclude_seen: bool = True,
+    categories: list[str] | tuple[str, ...] = (),
+    exclude: list[str] | tuple[str, ...] = (),
+    explain: bool = False,
+    rule: str = "",
+    boost: str = "",
+) -> dict[str, Any]:
+    """The body of ``GET /v1/users/{user_id}/recommendations`` for parameters that passed
+    their type and range checks: the route and the fast lane both answer with it."""
+    user_id = valid_id(user_id, "user_id", service.settings.ingest.max_id_length)
+    named = service.settings.serve.rules
+    rule, boosted = valid_rule(rule, named), valid_boost(boost, named)
+    excluded, only = tuple(split_values(list(exclude))), tuple(split_values(list(categories)))
+    options = Options(k, excluded, only, exclude_seen, explain, rule, boosted)
+    served = await service.recommend(user_id, options)
+    return {
+        "user_id": user_id,
+        "model_version": served.version,
+        "items": ranked_json(served.items, explain),
+        "recommendation_id": served.recommendation_id,
+        "variant": served.variant,
+    }
+
 
 def router(service: Service, access: Access) -> APIRouter:
     routes = APIRouter(tags=["users"])
@@ -29,7 +59,7 @@ def router(service: Service, access: Access) -> APIRouter:
     K = Annotated[int, Query(ge=1, le=service.settings.serve.max_k, description="Length of the list.")]
 
     @routes.get(
-        "/v1/users/{user_id}/recommendations",
+        RECOMMENDATIONS,
         response_model=Recommendations,
         dependencies=[access.reader],
         responses=answers(422),
@@ -47,22 +77,10 @@ def router(service: Service, access: Access) -> APIRouter:
         # Runs on the event loop, not in the thread pool: it only reads (SQLite: this
         # thread's own connection, which never waits for a writer; PostgreSQL: one round
         # trip through psycopg's async pool) and computes, and the hop to a worker
-        # thread cost more than it saved.
-        user_id = valid_id(user_id, "user_id", max_id)
-        named = service.settings.serve.rules
-        rule, boosted = valid_rule(rule, named), valid_boost(boost, named)
-        options = Options(
-            k, tuple(split_values(exclude)), tuple(split_values(categories)), exclude_seen, explain, rule, boosted
-        )
-        served = await service.recommend(user_id, options)
+        # thread cost more than it saved. Most requests do not get here: the fast lane
+        # (freshrec.serve.lane) answers them with the same function.
         return JSONResponse(
-            {
-                "user_id": user_id,
-                "model_version": served.version,
-                "items": ranked_json(served.items, explain),
-                "recommendation_id": served.recommendation_id,
-                "variant": served.variant,
-            }
+            await recommended(service, user_id, k, exclude_seen, categories, exclude, explain, rule, boost)
         )
 
     @routes.post(
