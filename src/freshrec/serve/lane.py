@@ -1,12 +1,12 @@
 """A fast lane for the hottest request, ``GET /v1/users/{user_id}/recommendations``.
 
 FastAPI's routing through every router, its dependency solving (two security schemes,
-eight query parameters) and its stack of middleware took about a fifth of the event
-loop's processor time per recommendation on a million-item shop under 200 requests/s
-(py-spy), and an event loop that is busy most of the time makes requests queue. The
-lane sits outside FastAPI and answers the common form of the request itself, with the
-function the route calls (:func:`~freshrec.serve.routes.users.recommended`), and the
-response class it returns.
+seven query parameters) and its stack of middleware cost the event loop about a third
+of a millisecond per request (``python benchmarks/lane.py``): close to a tenth of a
+recommendation's processor time on a million-item shop, where the loop is busy most of
+the time at 200 requests/s and requests queue. The lane sits outside FastAPI and answers
+the common form of the request itself, with the function the route calls
+(:func:`~freshrec.serve.routes.users.recommended`) and the response class it returns.
 
 It takes only what it can read without interpreting: known parameters each given once
 (the list ones any number of times), ``k`` as plain digits within range, booleans
