@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -76,8 +77,10 @@ def path(user: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pair(server: Server) -> Pair:
-    return Pair(server)
+def pair(server: Server) -> Iterator[Pair]:
+    both = Pair(server)
+    yield both
+    both.loop.close()
 
 
 def test_the_lane_reads_the_route_s_parameters_and_no_other(pair: Pair) -> None:
@@ -96,7 +99,7 @@ def test_common_requests_take_the_lane_and_answer_as_the_route_does(server: Serv
         ("GET", path(user), [("k", "010"), ("exclude_seen", "0"), ("explain", "false")], bearer),
         ("GET", path(user), [("exclude", f"{item},nothing"), ("exclude", "x"), ("categories", "")], read),
         ("GET", path(user), [("filter", "cheap"), ("boost", "attributes.price < 30:0.5")], {"X-API-Key": ADMIN}),
-        ("GET", path("nobody yet/é"[:9]), [("k", "3")], read),  # no history: the popular list
+        ("GET", path("nobody yet"), [("k", "3")], read),  # no history: the popular list
         ("GET", path(user), [("filter", "attributes.price << 3")], read),  # 422 from the route's own check
         ("GET", path(user), [("boost", "cheap:1.5")], read),
         ("GET", path("x" * 1000), [], read),  # too long an id: 422 from the shared function
