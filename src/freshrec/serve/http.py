@@ -4,7 +4,7 @@ parsed strictly, and the OpenAPI pieces the routes declare."""
 
 import json
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Security
@@ -151,7 +151,7 @@ def ranked_json(items: list[Ranked], explain: bool) -> list[dict[str, Any]]:
     return out
 
 
-def split_values(values: list[str]) -> list[str]:
+def split_values(values: Iterable[str]) -> list[str]:
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 

@@ -71,7 +71,7 @@ class FastLane:
         try:
             response = JSONResponse(await recommended(self.service, *request))
         except Exception as exc:
-            handler = next((h for c in type(exc).__mro__ if (h := self.handlers().get(c)) is not None), None)
+            handler = _handler(self.handlers(), exc)
             if handler is None:
                 raise
             response = handler(Request(scope, receive), exc)
@@ -125,3 +125,10 @@ class FastLane:
                 bearer = token if scheme.lower() == "bearer" and token else ""
         role = self.keys.role_of(key or bearer or None)
         return role is not None and role >= Role.READ
+
+
+def _handler(handlers: dict[Any, Callable[..., Any]], exc: Exception) -> Callable[..., Any] | None:
+    """The application's handler of ``exc``, as Starlette's exception middleware finds it:
+    by the exception's classes, nearest first, but not ``Exception``'s (Starlette leaves
+    that one to its outermost middleware, which answers 500 and raises again)."""
+    return next((handlers[c] for c in type(exc).__mro__ if c is not Exception and c in handlers), None)

@@ -1,5 +1,6 @@
 """``/v1/users``: recommendations, history, erasure."""
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -30,8 +31,8 @@ async def recommended(
     user_id: str,
     k: int = 10,
     exclude_seen: bool = True,
-    categories: list[str] | tuple[str, ...] = (),
-    exclude: list[str] | tuple[str, ...] = (),
+    categories: Sequence[str] = (),
+    exclude: Sequence[str] = (),
     explain: bool = False,
     rule: str = "",
     boost: str = "",
@@ -41,7 +42,7 @@ async def recommended(
     user_id = valid_id(user_id, "user_id", service.settings.ingest.max_id_length)
     named = service.settings.serve.rules
     rule, boosted = valid_rule(rule, named), valid_boost(boost, named)
-    excluded, only = tuple(split_values(list(exclude))), tuple(split_values(list(categories)))
+    excluded, only = tuple(split_values(exclude)), tuple(split_values(categories))
     options = Options(k, excluded, only, exclude_seen, explain, rule, boosted)
     served = await service.recommend(user_id, options)
     return {
