@@ -9,6 +9,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -104,12 +105,21 @@ def test_delete_user_removes_all_their_events_only(store: Store) -> None:
 
 
 def test_user_context_is_history_and_seen_items_in_one_read(store: Store) -> None:
-    store.append_events([make_event("u1", f"i{n}", t=T0 + n) for n in range(6)] + [make_event("u2", "x")])
+    store.append_events(
+        [make_event("u1", f"i{n}", t=T0 + n, event_id=f"e{n}", context={"page": n}) for n in range(5)]
+        + [make_event("u1", "i5", EventType.RATING, T0 + 5, value=4.5), make_event("u2", "x")]
+    )
+
+    def bare(events: list[Event]) -> list[Event]:  # what a recommendation reads (the rest may be left out)
+        return [replace(e, event_id=None, context=None) for e in events]
+
     history, seen = store.user_context("u1", 3, 5)
     assert [e.item_id for e in history] == ["i3", "i4", "i5"]  # oldest first, as user_history
-    assert history == store.user_history("u1", 3)
+    assert bare(history) == bare(store.user_history("u1", 3))
     assert seen == {"i1", "i2", "i3", "i4", "i5"} == store.user_items("u1", 5)
-    assert store.user_context("u1", 2, 0) == (store.user_history("u1", 2), set())
+    history, seen = store.user_context("u1", 7, 0)
+    assert seen == set() and len(history) == 6
+    assert bare(history) == bare(store.user_history("u1", 7))
     assert store.user_context("nobody", 3, 5) == ([], set())
     assert isinstance(store.remote, bool)
 

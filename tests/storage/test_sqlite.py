@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,24 +34,33 @@ def test_refuses_a_file_of_another_schema_version(tmp_path: Path) -> None:
         SQLiteStore(path)
 
 
-def test_a_version_1_file_is_upgraded_to_the_covering_user_index(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("version", "index"),
+    [
+        (1, "events_user ON events (segment, user_id, seq)"),
+        (2, "events_user_items ON events (segment, user_id, seq, item_id)"),
+    ],
+)
+def test_older_files_are_upgraded_to_the_covering_user_index(tmp_path: Path, version: int, index: str) -> None:
     path = tmp_path / "s.db"
     with SQLiteStore(path) as store:
         store.append_events([make_event(event_id="e1")])
-    with sqlite3.connect(path) as conn:  # as version 1 left it
-        conn.execute("DROP INDEX events_user_items")
-        conn.execute("CREATE INDEX events_user ON events (segment, user_id, seq)")
-        conn.execute("PRAGMA user_version = 1")
+    with sqlite3.connect(path) as conn:  # as that version left it
+        conn.execute("DROP INDEX events_user_history")
+        conn.execute(f"CREATE INDEX {index}")
+        conn.execute(f"PRAGMA user_version = {version}")
     with SQLiteStore(path) as store:
         assert store.user_items("u1", 10) == {"i1"}
+        assert [(e.item_id, e.offset) for e in store.user_context("u1", 5, 5)[0]] == [("i1", 1)]
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert "events_user" not in indexes and "events_user_items" in indexes
-    plan = conn.execute(
-        "EXPLAIN QUERY PLAN SELECT item_id FROM events WHERE segment = 0 AND user_id = 'u1' ORDER BY seq DESC"
+    assert {"events_user", "events_user_items"}.isdisjoint(indexes) and "events_user_history" in indexes
+    plan = conn.execute(  # what a recommendation reads comes from the index alone
+        "EXPLAIN QUERY PLAN SELECT seq, item_id, type, value, ts FROM events"
+        " WHERE segment IN (0, 1) AND user_id = 'u1' ORDER BY seq DESC LIMIT 5"
     ).fetchall()
-    assert "COVERING INDEX events_user_items" in plan[0][3]
+    assert "COVERING INDEX events_user_history" in plan[0][3]
 
 
 def test_unknown_url_scheme_is_a_clear_error() -> None:
@@ -78,6 +88,8 @@ def test_history_and_deletion_across_many_segments(monkeypatch: pytest.MonkeyPat
         mine = [e for e in log if e.user_id == user]
         for n in (1, 5, 40, 1_000):
             assert store.user_history(user, n) == mine[-n:]
+            history, seen = store.user_context(user, n, n)
+            assert history == [replace(e, event_id=None) for e in mine[-n:]] and seen == store.user_items(user, n)
             assert store.user_items(user, n) == {e.item_id for e in mine[-n:]}
             for before in (1, 4, 5, 117, 118, 301):  # segment edges (4 offsets each) and inside
                 earlier = [e for e in mine if (e.offset or 0) < before]

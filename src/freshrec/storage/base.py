@@ -117,7 +117,9 @@ class Store(Protocol):
     def user_context(self, user_id: UserId, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:
         """What a recommendation reads, in one round trip where the store is remote: the
         user's last ``n`` events (oldest first) and the items of their last ``seen``
-        events (an empty set for ``seen`` 0)."""
+        events (an empty set for ``seen`` 0). The events may lack their ``event_id`` and
+        ``context``, which a recommendation does not read: SQLite answers from its
+        per-user index alone, without the table's rows."""
         ...
 
     async def user_context_async(self, user_id: UserId, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:

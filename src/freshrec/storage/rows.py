@@ -19,7 +19,7 @@ from freshrec.storage.base import Erasure, UpsertResult
 EVENT_COLUMNS = "seq, event_id, user_id, item_id, type, value, ts, context"
 ITEM_COLUMNS = "item_id, title, description, categories, attributes, vector, created_at, updated_at"
 
-_TYPES = {t.value: t for t in EventType}  # a dict lookup is several times cheaper than EventType(value)
+TYPES = {t.value: t for t in EventType}  # a dict lookup is several times cheaper than EventType(value)
 
 
 def event_row(e: Event, now: float) -> tuple[Any, ...]:
@@ -40,7 +40,7 @@ def erasures_of(rows: list[Any]) -> list[Erasure]:
 def event_of(row: tuple[Any, ...]) -> Event:
     """An event from a row of :data:`EVENT_COLUMNS`."""
     seq, event_id, user_id, item_id, type_, value, ts, context = row
-    return Event(user_id, item_id, _TYPES[type_], ts, value, event_id, json.loads(context) if context else None, seq)
+    return Event(user_id, item_id, TYPES[type_], ts, value, event_id, json.loads(context) if context else None, seq)
 
 
 def item_row(item: Item) -> dict[str, Any]:
