@@ -1,0 +1,88 @@
+"""What a recommendation reads of a user in SQLite: from the per-user index alone, against
+the index's offsets and then the table's rows.
+
+    python benchmarks/history_read.py --store DATA/freshrec.db [--requests 2000] [--rounds 4]
+
+On an existing store (e.g. the one ``scale.py`` leaves in ``/tmp/freshrec-scale``), reads
+``user_context(user, 20, 500)`` (the model's history and the items ``exclude_seen`` leaves
+out, as the server asks) for the users of random events, in alternating rounds: as the store
+reads it (schema 3: offset, item, type, value and time come from the index), and as schema
+2 did (the offsets and items from the index, then the history's 20 rows from the table by
+offset). Both run on the same file and the same connection; the answers are checked to
+agree (less the event id and context, which the index does not hold). Writes RESULTS.md,
+section "history-read".
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from freshrec.domain import Event, ItemId
+from freshrec.storage import SQLiteStore
+from freshrec.storage.rows import EVENT_COLUMNS, event_of
+from harness import write_section
+
+HISTORY, SEEN = 20, 500  # the default history_length and serve's SEEN_WINDOW
+
+
+def from_rows(store: SQLiteStore, user_id: str, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:
+    """Schema 2's read: the index's offsets, then the history's rows from the table."""
+    with store._read() as conn:
+        keys = store._user_keys(conn, user_id, max(n, seen))
+        offsets = [key[0] for key in keys[:n]]
+        rows = conn.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE seq IN ({', '.join('?' * len(offsets))})", offsets
+        ).fetchall()
+    rows.sort(key=lambda row: row[0])
+    return [event_of(r) for r in rows], {key[1] for key in keys[:seen]}
+
+
+def bare(events: list[Event]) -> list[tuple[object, ...]]:
+    return [(e.item_id, e.offset, e.type, e.timestamp, e.value) for e in events]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--requests", type=int, default=2_000)
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    store = SQLiteStore(args.store)
+    last = store.last_offset()
+    rng = random.Random(0)
+    with store._read() as conn:
+        offsets = [rng.randint(1, last) for _ in range(args.requests)]
+        users = [r[0] for o in offsets for r in conn.execute("SELECT user_id FROM events WHERE seq = ?", (o,))]
+    for user in users[:200]:
+        ours, theirs = store.user_context(user, HISTORY, SEEN), from_rows(store, user, HISTORY, SEEN)
+        if bare(ours[0]) != bare(theirs[0]) or ours[1] != theirs[1]:
+            raise SystemExit(f"the two reads disagree for {user!r}")
+    reads: dict[str, Callable[[str, int, int], object]] = {
+        "index alone (schema 3)": store.user_context,
+        "index, then table rows (schema 2)": lambda u, n, s: from_rows(store, u, n, s),
+    }
+    times: dict[str, list[float]] = {name: [] for name in reads}
+    for round_ in range(args.rounds):
+        for name in list(reads) if round_ % 2 == 0 else list(reads)[::-1]:
+            started = time.perf_counter()
+            for user in users:
+                reads[name](user, HISTORY, SEEN)
+            times[name].append(1e6 * (time.perf_counter() - started) / len(users))
+            print(f"round {round_}: {name} {times[name][-1]:.0f} µs a read", flush=True)
+    body = (
+        f"`python benchmarks/history_read.py --store {args.store}` ({last:,} events, {len(users):,} users of "
+        f"random events, {args.rounds} alternating rounds), run on {dt.date.today()}.\n\n"
+        "| read of `user_context(user, 20, 500)` | µs a read, each round |\n| --- | --- |\n"
+        + "".join(f"| {name} | {', '.join(f'{t:.0f}' for t in ts)} |\n" for name, ts in times.items())
+    )
+    write_section("history-read", "What a recommendation reads of a user (SQLite)", body)
+    store.close()
+
+
+if __name__ == "__main__":
+    main()
