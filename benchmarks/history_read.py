@@ -8,8 +8,9 @@ On an existing store (e.g. the one ``scale.py`` leaves in ``/tmp/freshrec-scale`
 out, as the server asks) for the users of random events, in alternating rounds: as the store
 reads it (schema 3: offset, item, type, value and time come from the index), and as schema
 2 did (the offsets and items from the index, then the history's 20 rows from the table by
-offset). Both run on the same file and the same connection; the answers are checked to
-agree (less the event id and context, which the index does not hold). Writes RESULTS.md,
+offset). Both run on the same file and the same connection, after a pass over every user
+that reads their pages once and checks that the answers agree (less the event id and
+context, which the index does not hold). Writes RESULTS.md,
 section "history-read".
 """
 
@@ -58,7 +59,7 @@ def main() -> None:
     with store._read() as conn:
         offsets = [rng.randint(1, last) for _ in range(args.requests)]
         users = [r[0] for o in offsets for r in conn.execute("SELECT user_id FROM events WHERE seq = ?", (o,))]
-    for user in users[:200]:
+    for user in users:  # every user's pages read once before the timed rounds, and the answers compared
         ours, theirs = store.user_context(user, HISTORY, SEEN), from_rows(store, user, HISTORY, SEEN)
         if bare(ours[0]) != bare(theirs[0]) or ours[1] != theirs[1]:
             raise SystemExit(f"the two reads disagree for {user!r}")
