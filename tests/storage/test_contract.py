@@ -120,6 +120,13 @@ def test_user_context_is_history_and_seen_items_in_one_read(store: Store) -> Non
     history, seen = store.user_context("u1", 7, 0)
     assert seen == set() and len(history) == 6
     assert bare(history) == bare(store.user_history("u1", 7))
+    at = history[3].offset  # the learner's view at a point of the log: the events below an offset
+    history, seen = store.user_context("u1", 2, 5, before=at)
+    assert bare(history) == bare(store.user_history("u1", 2, before=at)) and [e.item_id for e in history] == [
+        "i1",
+        "i2",
+    ]
+    assert seen == {"i0", "i1", "i2"} and store.user_context("u1", 5, 5, before=1) == ([], set())
     assert store.user_context("nobody", 3, 5) == ([], set())
     assert isinstance(store.remote, bool)
 

@@ -94,6 +94,9 @@ def test_history_and_deletion_across_many_segments(monkeypatch: pytest.MonkeyPat
             for before in (1, 4, 5, 117, 118, 301):  # segment edges (4 offsets each) and inside
                 earlier = [e for e in mine if (e.offset or 0) < before]
                 assert store.user_history(user, n, before=before) == earlier[-n:]
+                history, seen = store.user_context(user, n, 3, before=before)
+                assert history == [replace(e, event_id=None) for e in earlier[-n:]]
+                assert seen == {e.item_id for e in earlier[-3:]}
     assert store.delete_user("u3") == users.count("u3")
     assert all(e.user_id != "u3" for e in store.read_events(0, 1_000))
 

@@ -145,7 +145,7 @@ class Learner:
         s = self.settings
 
         def reload(user_id: str, before: int) -> list[Event]:
-            return self.store.user_history(user_id, s.model.history_length, before=before)
+            return self.store.user_context(user_id, s.model.history_length, 0, before)[0]
 
         return Histories(s.model.history_length, user_ids, s.learn.max_users_in_memory, reload, mid_log)
 

@@ -114,12 +114,15 @@ class Store(Protocol):
         a projection, much cheaper than :meth:`user_history` for long histories."""
         ...
 
-    def user_context(self, user_id: UserId, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:
-        """What a recommendation reads, in one round trip where the store is remote: the
+    def user_context(
+        self, user_id: UserId, n: int, seen: int, before: Offset | None = None
+    ) -> tuple[list[Event], set[ItemId]]:
+        """What a model reads of a user, in one round trip where the store is remote: the
         user's last ``n`` events (oldest first) and the items of their last ``seen``
-        events (an empty set for ``seen`` 0). The events may lack their ``event_id`` and
-        ``context``, which a recommendation does not read: SQLite answers from its
-        per-user index alone, without the table's rows."""
+        events (an empty set for ``seen`` 0), of those below offset ``before`` if given (as
+        :meth:`user_history`: the learner's view at a point of the log). The events may
+        lack their ``event_id`` and ``context``, which no model reads: SQLite answers from
+        its per-user index alone, without the table's rows."""
         ...
 
     async def user_context_async(self, user_id: UserId, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:

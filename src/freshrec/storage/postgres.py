@@ -267,9 +267,12 @@ class PostgresStore(SharedSQL):
             ).fetchall()
         return {r[0] for r in rows}
 
-    def user_context(self, user_id: UserId, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:
+    def user_context(
+        self, user_id: UserId, n: int, seen: int, before: Offset | None = None
+    ) -> tuple[list[Event], set[ItemId]]:
+        bound = NO_BOUND if before is None else before
         with self._conn() as conn:
-            rows = conn.execute(_USER_CONTEXT, (user_id, seen, user_id, n)).fetchall()
+            rows = conn.execute(_USER_CONTEXT, (user_id, bound, seen, user_id, bound, n)).fetchall()
         return _user_context(rows)
 
     async def user_context_async(self, user_id: UserId, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:
@@ -278,7 +281,7 @@ class PostgresStore(SharedSQL):
         under load cost more latency than the read itself)."""
         pool = await self._async_pool()
         async with pool.connection() as conn:
-            cursor = await conn.execute(_USER_CONTEXT, (user_id, seen, user_id, n))
+            cursor = await conn.execute(_USER_CONTEXT, (user_id, NO_BOUND, seen, user_id, NO_BOUND, n))
             rows = await cursor.fetchall()
         return _user_context(rows)
 
@@ -350,12 +353,15 @@ class PostgresStore(SharedSQL):
 
 
 _USER_CONTEXT = (
-    "SELECT s.seen, h.* FROM (SELECT ARRAY(SELECT item_id FROM events WHERE user_id = %s"
+    "SELECT s.seen, h.* FROM (SELECT ARRAY(SELECT item_id FROM events WHERE user_id = %s AND seq < %s"
     " ORDER BY seq DESC LIMIT %s) AS seen) s"
-    f" LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events WHERE user_id = %s"
+    f" LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events WHERE user_id = %s AND seq < %s"
     " ORDER BY seq DESC LIMIT %s) h ON true"
 )
-"""A user's seen items and last events in one round trip (one row even without events)."""
+"""A user's seen items and last events (below an offset) in one round trip (one row even
+without events)."""
+NO_BOUND = 2**63 - 1
+"""The offset bound of a read of every event (the largest ``BIGINT``)."""
 
 
 def _user_context(rows: list[Any]) -> tuple[list[Event], set[ItemId]]:

@@ -263,9 +263,11 @@ class SQLiteStore(SharedSQL):
         with self._read() as conn:
             return {key[1] for key in self._user_keys(conn, user_id, n)}
 
-    def user_context(self, user_id: UserId, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:
+    def user_context(
+        self, user_id: UserId, n: int, seen: int, before: Offset | None = None
+    ) -> tuple[list[Event], set[ItemId]]:
         with self._read() as conn:
-            keys = self._user_keys(conn, user_id, max(n, seen))
+            keys = self._user_keys(conn, user_id, max(n, seen), before)
         history = [Event(user_id, item, TYPES[kind], ts, value, offset=seq) for seq, item, kind, value, ts in keys[:n]]
         history.reverse()
         return history, {key[1] for key in keys[:seen]}
