@@ -284,6 +284,7 @@ def test_checkpoints_leave_the_text_table_to_the_store(world: tuple[SQLiteStore,
 
 def test_catalog_items_no_event_named_join_the_model_for_servings_numbering(
     world: tuple[SQLiteStore, list, Path],  # type: ignore[type-arg]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store, _later, tmp = world
     learner = Learner(store, SETTINGS, Checkpoints(tmp / "checkpoints"))
@@ -301,6 +302,19 @@ def test_catalog_items_no_event_named_join_the_model_for_servings_numbering(
     assert learner.catch_up() == 1
     assert learner.items.ids[n:] == ["quiet-0", "quiet-1"] and learner.snapshot().item_ids[n:] == ["quiet-0", "quiet-1"]
     assert learner.model is not None and learner.model.n_items == n + 2 and not learner.model.net.active[n:].any()
+
+    # the ids are read again only once the catalog's version says it changed
+    reads: list[str] = []
+    embedded_ids = store.embedded_ids
+    monkeypatch.setattr(store, "embedded_ids", lambda encoder: reads.append(encoder) or embedded_ids(encoder))
+    for k, item in enumerate([None, {"item_id": "quiet-2", "title": "Nobody clicked this one either"}]):
+        if item is not None:
+            store.upsert_items([validator.item(item)])
+            embed_items(store, build_encoder(SETTINGS.encoder))
+        learner.items._catalog = Paced(0.0, CATALOG_SHARE)
+        store.append_events([validator.event({**event, "timestamp": 1_790_000_200 + k})])
+        assert learner.catch_up() == 1
+    assert len(reads) == 1 and learner.items.ids[n:] == ["quiet-0", "quiet-1", "quiet-2"]
 
 
 def test_user_ids_travel_with_checkpoints_and_snapshots_and_deletion_erases_them(

@@ -96,6 +96,26 @@ def test_user_history_is_the_last_n_oldest_first(store: Store) -> None:
     assert store.user_items("u1", 100) == {f"i{i}" for i in range(1, 20, 2)} and store.user_items("nobody", 5) == set()
 
 
+def test_the_catalog_version_grows_with_each_write_that_changed_the_catalog(store: Store) -> None:
+    versions = [store.catalog_version()]
+
+    def changed() -> bool:
+        versions.append(store.catalog_version())
+        return versions[-1] > versions[-2]
+
+    store.upsert_items([make_item("i1"), make_item("i2")])
+    assert changed()
+    store.upsert_items([make_item("i1")])  # as stored
+    store.append_events([make_event("u1", "i1")])
+    assert not changed()
+    store.upsert_items([make_item("i1", title="Another title")])
+    assert changed()
+    store.put_embeddings("enc", [text_hash(item_text("Another title", "", ()))], np.ones((1, 4), np.float32))
+    assert changed()
+    assert store.delete_item("i2") and changed()
+    assert not store.delete_item("i2") and not changed()
+
+
 def test_delete_user_removes_all_their_events_only(store: Store) -> None:
     store.append_events([make_event("u1", "a"), make_event("u2", "b"), make_event("u1", "c")])
     assert store.delete_user("u1") == 2

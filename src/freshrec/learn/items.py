@@ -24,6 +24,10 @@ most: where reading the catalog's ids takes longer than a fiftieth of that, the 
 spaced by fifty times what the last one took (3.6 s at a million items)."""
 CATALOG_SHARE = 0.02
 """The share of the learner's time the catalog reads may take (:class:`Paced`)."""
+CATALOG_ANYWAY_S = 600.0
+"""How long the learner trusts an unchanged :meth:`~freshrec.storage.base.Store.catalog_version`
+at most: a catalog written by a freshrec that did not count its writes yet (an API replica
+not yet upgraded) is still read within this time."""
 ABSENT_S = 10.0
 """How long ids found missing from the store are not looked up again."""
 
@@ -40,10 +44,14 @@ class ItemCodes:
         self.codes: dict[str, int] = {}
         self._absent: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=ABSENT_S, timer=time.monotonic)
         self._catalog = Paced(CATALOG_S, CATALOG_SHARE, due_now=False)
+        self._version: int | None = None
+        """The catalog's version at the last read of its ids (``None``: none yet)."""
+        self._read_at = time.monotonic()
 
     def load(self, item_ids: list[str] | None = None) -> np.ndarray:
         """Number the catalog's embedded items (in the order of ``item_ids``, a
         checkpoint's, when given) and return their text vectors, row by row."""
+        version = self.store.catalog_version()
         ids, vectors = self.store.item_vectors(self.encoder)
         if not ids:
             raise NoCatalog("no item has a text embedding yet: import items first (freshrec import items ...)")
@@ -51,6 +59,8 @@ class ItemCodes:
             index = {item_id: n for n, item_id in enumerate(ids)}
             vectors = np.stack([vectors[index[i]] if i in index else np.zeros(vectors.shape[1]) for i in item_ids])
             ids = item_ids
+        else:  # every embedded item has a code now (a checkpoint's list may lack the newer ones)
+            self._version, self._read_at = version, time.monotonic()
         self.ids = list(ids)
         self.codes = {item_id: n for n, item_id in enumerate(self.ids)}
         return vectors.astype(np.float32)
@@ -60,11 +70,18 @@ class ItemCodes:
         serving, which follows this numbering, finds its whole catalog in the model's
         tables; returns their text vectors, or ``None`` if there are none or the catalog
         is not due to be read yet (:data:`CATALOG_S`). Only the new items' vectors are
-        read (all of a million items' took the learner minutes)."""
+        read (all of a million items' took the learner minutes), and the ids only where
+        the catalog's version says it changed since they were last read (or
+        :data:`CATALOG_ANYWAY_S` ago)."""
         if not self._catalog.due():
             return None
         started = time.monotonic()
+        version = self.store.catalog_version()
+        if version == self._version and started - self._read_at < CATALOG_ANYWAY_S:
+            self._catalog.ran(time.monotonic() - started)
+            return None
         embedded = self.store.embedded_ids(self.encoder)
+        self._version, self._read_at = version, started
         self._catalog.ran(time.monotonic() - started)
         new = sorted(item_id for item_id in embedded if item_id not in self.codes)
         if not new:

@@ -57,6 +57,11 @@ POPULAR = (
 GET_ITEM = f"SELECT {ITEM_COLUMNS} FROM items WHERE item_id = ?"
 ALL_ITEMS = f"SELECT {ITEM_COLUMNS} FROM items ORDER BY item_id"
 DELETE_ITEM = "DELETE FROM items WHERE item_id = ?"
+CATALOG_VERSION = "SELECT n FROM catalog_version"
+CATALOG_CHANGED = "UPDATE catalog_version SET n = n + 1"
+"""The last statement of a catalog write: the row's lock is then held only until the
+commit, by a transaction that waits for no other lock (PostgreSQL: no deadlock with
+another writer holding item rows)."""
 CONTENT_HASHES = "SELECT item_id, content_hash FROM items WHERE item_id IN ({ids})"
 TEXTS_TO_EMBED = (
     "SELECT i.text_hash, i.title, i.description, i.categories FROM items i"
@@ -206,6 +211,7 @@ class SharedSQL:
             rows, result = changed_items(items, stored, now)
             if rows:
                 self._many(conn, upsert_items_sql(self.dialect.named), rows)
+                conn.execute(CATALOG_CHANGED)
         return result
 
     def get_item(self, item_id: ItemId) -> Item | None:
@@ -221,7 +227,10 @@ class SharedSQL:
 
     def delete_item(self, item_id: ItemId) -> bool:
         with self._write() as conn:
-            return bool(conn.execute(self.dialect(DELETE_ITEM), (item_id,)).rowcount > 0)
+            deleted = conn.execute(self.dialect(DELETE_ITEM), (item_id,)).rowcount > 0
+            if deleted:
+                conn.execute(CATALOG_CHANGED)
+            return bool(deleted)
 
     # -- embeddings --------------------------------------------------------
     def items_to_embed(self, encoder: str) -> list[tuple[str, str]]:
@@ -232,6 +241,8 @@ class SharedSQL:
         rows = embedding_rows(encoder, hashes, vectors)
         with self._write() as conn:
             self._many(conn, self.dialect(PUT_EMBEDDING), rows)
+            if rows:
+                conn.execute(CATALOG_CHANGED)
 
     def item_vectors(
         self, encoder: str, ids: Sequence[ItemId] | None = None
@@ -247,6 +258,10 @@ class SharedSQL:
     def embedded_ids(self, encoder: str) -> list[ItemId]:
         with self._read() as conn:
             return [r[0] for r in self._all(conn, EMBEDDED_IDS, (encoder,))]
+
+    def catalog_version(self) -> int:
+        with self._read() as conn:
+            return int(self._one(conn, CATALOG_VERSION))
 
     # -- published blobs -----------------------------------------------------
     def publish(self, name: str, data: bytes) -> int:

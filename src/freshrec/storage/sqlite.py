@@ -85,6 +85,8 @@ CREATE TABLE IF NOT EXISTS leases (
     token INTEGER NOT NULL,
     renewed_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS catalog_version (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL);
+INSERT INTO catalog_version (id, n) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
 CREATE TABLE IF NOT EXISTS erasures (
     user_id TEXT PRIMARY KEY,
     at INTEGER NOT NULL,
