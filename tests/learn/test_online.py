@@ -317,6 +317,32 @@ def test_catalog_items_no_event_named_join_the_model_for_servings_numbering(
     assert len(reads) == 1 and learner.items.ids[n:] == ["quiet-0", "quiet-1", "quiet-2"]
 
 
+def test_a_resumed_learner_takes_in_the_items_its_checkpoint_lacks_without_reading_the_ids_again(
+    world: tuple[SQLiteStore, list, Path],  # type: ignore[type-arg]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, _later, tmp = world
+    Learner(store, SETTINGS, Checkpoints(tmp / "checkpoints")).train()
+    validator = Validator(IngestSettings())
+    store.upsert_items([validator.item({"item_id": f"new-{k}", "title": f"Added after {k}"}) for k in range(2)])
+    embed_items(store, build_encoder(SETTINGS.encoder))
+    reads: list[str] = []
+    embedded_ids = store.embedded_ids
+    monkeypatch.setattr(store, "embedded_ids", lambda encoder: reads.append(encoder) or embedded_ids(encoder))
+    resumed = Learner(store, SETTINGS, Checkpoints(tmp / "checkpoints"))
+    resumed.resume()
+    n = len(resumed.items.ids)
+    assert "new-0" not in resumed.items.codes  # the checkpoint's numbering first
+    resumed.items._catalog = Paced(0.0, CATALOG_SHARE)
+    event = {"user_id": "u00001", "item_id": resumed.items.ids[0], "type": "click", "timestamp": 1_790_000_000}
+    store.append_events([validator.event(event)])
+    assert resumed.catch_up() == 1
+    assert resumed.items.ids[n:] == ["new-0", "new-1"] and not reads
+    assert resumed.model is not None and resumed.model.n_items == n + 2
+    _, vectors = store.item_vectors(encoder_key(SETTINGS.encoder), ["new-0", "new-1"])
+    torch.testing.assert_close(resumed.model.net.text[n:], torch.from_numpy(vectors))
+
+
 def test_user_ids_travel_with_checkpoints_and_snapshots_and_deletion_erases_them(
     world: tuple[SQLiteStore, list, Path],  # type: ignore[type-arg]
 ) -> None:

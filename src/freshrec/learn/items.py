@@ -47,20 +47,26 @@ class ItemCodes:
         self._version: int | None = None
         """The catalog's version at the last read of its ids (``None``: none yet)."""
         self._read_at = time.monotonic()
+        self._later: tuple[list[str], np.ndarray | None] = ([], None)
+        """Embedded items a checkpoint's list lacked, with their vectors, read by :meth:`load`."""
 
     def load(self, item_ids: list[str] | None = None) -> np.ndarray:
         """Number the catalog's embedded items (in the order of ``item_ids``, a
-        checkpoint's, when given) and return their text vectors, row by row."""
+        checkpoint's, when given) and return their text vectors, row by row. The embedded
+        items a checkpoint's list lacks are kept for :meth:`add_catalog` (they were read
+        here: a catalog unchanged since is not read again)."""
         version = self.store.catalog_version()
         ids, vectors = self.store.item_vectors(self.encoder)
         if not ids:
             raise NoCatalog("no item has a text embedding yet: import items first (freshrec import items ...)")
         if item_ids is not None:  # a checkpoint fixes the meaning of each table row
             index = {item_id: n for n, item_id in enumerate(ids)}
+            coded = set(item_ids)
+            later = [n for n, item_id in enumerate(ids) if item_id not in coded]
+            self._later = ([ids[n] for n in later], vectors[later].astype(np.float32))
             vectors = np.stack([vectors[index[i]] if i in index else np.zeros(vectors.shape[1]) for i in item_ids])
             ids = item_ids
-        else:  # every embedded item has a code now (a checkpoint's list may lack the newer ones)
-            self._version, self._read_at = version, time.monotonic()
+        self._version, self._read_at = version, time.monotonic()
         self.ids = list(ids)
         self.codes = {item_id: n for n, item_id in enumerate(self.ids)}
         return vectors.astype(np.float32)
@@ -72,21 +78,24 @@ class ItemCodes:
         is not due to be read yet (:data:`CATALOG_S`). Only the new items' vectors are
         read (all of a million items' took the learner minutes), and the ids only where
         the catalog's version says it changed since they were last read (or
-        :data:`CATALOG_ANYWAY_S` ago)."""
+        :data:`CATALOG_ANYWAY_S` ago): reading a million ids took the learner 3-5 s."""
         if not self._catalog.due():
             return None
         started = time.monotonic()
         version = self.store.catalog_version()
         if version == self._version and started - self._read_at < CATALOG_ANYWAY_S:
             self._catalog.ran(time.monotonic() - started)
-            return None
+            (ids, vectors), self._later = self._later, ([], None)
+            kept = [n for n, item_id in enumerate(ids) if item_id not in self.codes]
+            return self._coded([ids[n] for n in kept], None if vectors is None else vectors[kept])
         embedded = self.store.embedded_ids(self.encoder)
-        self._version, self._read_at = version, started
+        self._version, self._read_at, self._later = version, started, ([], None)
         self._catalog.ran(time.monotonic() - started)
         new = sorted(item_id for item_id in embedded if item_id not in self.codes)
-        if not new:
-            return None
-        ids, vectors = self.store.item_vectors(self.encoder, new)
+        return self._coded(*self.store.item_vectors(self.encoder, new)) if new else None
+
+    def _coded(self, ids: list[str], vectors: np.ndarray | None) -> np.ndarray | None:
+        """Give ``ids`` the next codes; their ``vectors``, or ``None`` if there are none."""
         for item_id in ids:
             self.codes[item_id] = len(self.ids)
             self.ids.append(item_id)
@@ -103,8 +112,6 @@ class ItemCodes:
         if not unknown:
             return None
         ids, vectors = self.store.item_vectors(self.encoder, sorted(unknown))
-        for item_id in ids:
-            self.codes[item_id] = len(self.ids)
-            self.ids.append(item_id)
+        added = self._coded(ids, vectors)
         self._absent.update((i, True) for i in unknown if i not in self.codes)
-        return vectors if ids else None
+        return added
