@@ -21,7 +21,9 @@ from freshrec.storage.base import Store
 CATALOG_S = 60.0
 """How often the learner takes in the catalog's new items that no event named yet, at
 most: where reading the catalog's ids takes longer than a fiftieth of that, the reads are
-spaced by fifty times what the last one took (3.6 s at a million items)."""
+spaced by fifty times what the last one took (a million items' ids took 3-6 s to read:
+2.5-5 minutes apart). A check of the catalog's version that finds it unchanged costs
+nothing to speak of and counts as a read."""
 CATALOG_SHARE = 0.02
 """The share of the learner's time the catalog reads may take (:class:`Paced`)."""
 CATALOG_ANYWAY_S = 600.0
@@ -78,7 +80,7 @@ class ItemCodes:
         is not due to be read yet (:data:`CATALOG_S`). Only the new items' vectors are
         read (all of a million items' took the learner minutes), and the ids only where
         the catalog's version says it changed since they were last read (or
-        :data:`CATALOG_ANYWAY_S` ago): reading a million ids took the learner 3-5 s."""
+        :data:`CATALOG_ANYWAY_S` ago): reading a million ids took the learner 3-6 s."""
         if not self._catalog.due():
             return None
         started = time.monotonic()
