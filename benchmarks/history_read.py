@@ -26,22 +26,17 @@ from pathlib import Path
 
 from freshrec.domain import Event, ItemId
 from freshrec.storage import SQLiteStore
-from freshrec.storage.rows import EVENT_COLUMNS, event_of
 from harness import write_section
 
 HISTORY, SEEN = 20, 500  # the default history_length and serve's SEEN_WINDOW
 
 
 def from_rows(store: SQLiteStore, user_id: str, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:
-    """Schema 2's read: the index's offsets, then the history's rows from the table."""
+    """Schema 2's read: the index's offsets, then the history's rows from the table (the
+    store's own row read, which ``user_history`` still uses)."""
     with store._read() as conn:
         keys = store._user_keys(conn, user_id, max(n, seen))
-        offsets = [key[0] for key in keys[:n]]
-        rows = conn.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE seq IN ({', '.join('?' * len(offsets))})", offsets
-        ).fetchall()
-    rows.sort(key=lambda row: row[0])
-    return [event_of(r) for r in rows], {key[1] for key in keys[:seen]}
+        return store._events(conn, [key[0] for key in keys[:n]]), {key[1] for key in keys[:seen]}
 
 
 def bare(events: list[Event]) -> list[tuple[object, ...]]:

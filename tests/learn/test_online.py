@@ -282,6 +282,14 @@ def test_checkpoints_leave_the_text_table_to_the_store(world: tuple[SQLiteStore,
         torch.testing.assert_close(after[name], before[name])
 
 
+def catalog_reads(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The encoders of the reads of the catalog's ids from now on (the store still answers them)."""
+    reads: list[str] = []
+    embedded_ids = store.embedded_ids
+    monkeypatch.setattr(store, "embedded_ids", lambda encoder: reads.append(encoder) or embedded_ids(encoder))
+    return reads
+
+
 def test_catalog_items_no_event_named_join_the_model_for_servings_numbering(
     world: tuple[SQLiteStore, list, Path],  # type: ignore[type-arg]
     monkeypatch: pytest.MonkeyPatch,
@@ -304,9 +312,7 @@ def test_catalog_items_no_event_named_join_the_model_for_servings_numbering(
     assert learner.model is not None and learner.model.n_items == n + 2 and not learner.model.net.active[n:].any()
 
     # the ids are read again only once the catalog's version says it changed
-    reads: list[str] = []
-    embedded_ids = store.embedded_ids
-    monkeypatch.setattr(store, "embedded_ids", lambda encoder: reads.append(encoder) or embedded_ids(encoder))
+    reads = catalog_reads(store, monkeypatch)
     for k, item in enumerate([None, {"item_id": "quiet-2", "title": "Nobody clicked this one either"}]):
         if item is not None:
             store.upsert_items([validator.item(item)])
@@ -326,9 +332,7 @@ def test_a_resumed_learner_takes_in_the_items_its_checkpoint_lacks_without_readi
     validator = Validator(IngestSettings())
     store.upsert_items([validator.item({"item_id": f"new-{k}", "title": f"Added after {k}"}) for k in range(2)])
     embed_items(store, build_encoder(SETTINGS.encoder))
-    reads: list[str] = []
-    embedded_ids = store.embedded_ids
-    monkeypatch.setattr(store, "embedded_ids", lambda encoder: reads.append(encoder) or embedded_ids(encoder))
+    reads = catalog_reads(store, monkeypatch)
     resumed = Learner(store, SETTINGS, Checkpoints(tmp / "checkpoints"))
     resumed.resume()
     n = len(resumed.items.ids)

@@ -227,10 +227,10 @@ class SharedSQL:
 
     def delete_item(self, item_id: ItemId) -> bool:
         with self._write() as conn:
-            deleted = conn.execute(self.dialect(DELETE_ITEM), (item_id,)).rowcount > 0
+            deleted: bool = conn.execute(self.dialect(DELETE_ITEM), (item_id,)).rowcount > 0
             if deleted:
                 conn.execute(CATALOG_CHANGED)
-            return bool(deleted)
+            return deleted
 
     # -- embeddings --------------------------------------------------------
     def items_to_embed(self, encoder: str) -> list[tuple[str, str]]:
