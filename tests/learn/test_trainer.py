@@ -135,3 +135,37 @@ def test_a_second_spike_restores_the_same_good_state_as_the_first(log: EventLog)
         for key, value in a["state"].items():
             for field, tensor in value.items():
                 assert torch.equal(b["state"][key][field], tensor), (key, field)
+
+
+def test_a_reverted_spike_names_the_rows_it_put_back(log: EventLog) -> None:
+    """Serving takes a delta after a revert, not the whole model: every row that differs from
+    what the last snapshot took is among the changed rows (those learned since the good
+    state, before and after that snapshot), and the rows nobody touched are not."""
+    from freshrec.model.deltas import ROW_STATE
+
+    m = model(log, spike_factor=1.5, epochs=4, batch_size=32, patience=4, full_softmax_max=1, negatives=2)
+    m.fit(Sequences(log).batch(np.arange(300), 6))
+    trainer = m.trainer
+    start = 0
+    while trainer.health.steps % 50 != 1:  # up to a fresh good state
+        trainer.step(batch(log, start, 4), dropout=False)
+        start += 4
+    for _ in range(2):  # rows changed since the good state, before the snapshot
+        trainer.step(batch(log, start, 4), dropout=False)
+        start += 4
+    with torch.no_grad():  # and a row the model writes itself (as a new item's seed)
+        m.net.item_id.weight[33] = 1.0
+    trainer.changed.add(torch.tensor([33]))
+    trainer.changed.take()
+    taken = {name: value.clone() for name, value in m.net.state_dict().items() if name in ROW_STATE}
+    trainer.step(batch(log, start, 4), dropout=False)  # and after it
+    with torch.no_grad():  # wreck the model outside any step: the revert puts every row back
+        m.net.item_id.weight.mul_(-50.0)
+    assert trainer.step(batch(log, 0, 64)) is None and trainer.health.reverted_spikes == 1
+    rows = trainer.changed.take()
+    assert rows is not None and 0 < len(rows) < m.net.item_id.num_embeddings
+    for name, value in m.net.state_dict().items():
+        if name in ROW_STATE:
+            differs = torch.nonzero((value != taken[name]).reshape(len(value), -1).any(1)).squeeze(1)
+            assert set(differs.tolist()) <= set(rows.tolist()), name
+    assert 33 in rows and len(set(range(30, 40)) - set(rows.tolist())) > 0  # items no event names, not sampled

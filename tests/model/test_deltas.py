@@ -320,6 +320,29 @@ def test_the_server_tells_what_each_whole_snapshot_cost_it_and_nothing_for_delta
     assert all(0.1 <= cost < 60 for cost in costs)
 
 
+def test_a_whole_snapshot_merged_with_a_delta_before_its_build_still_reports_its_cost() -> None:
+    """The learner spaces whole snapshots by what they cost serving: one that a delta joined
+    while it waited for the publisher (busy with the build before) must still say so."""
+    net = learner()
+    catalog = Catalog()
+    catalog.view = CatalogView(ids(40), before_text(net), ids(40), [()] * 40, np.ones(40, dtype=bool))
+    models = Models(Ranker(catalog), ClusterSettings(), Metrics())  # publisher not started: pending stays
+    costs: list[float] = []
+    models.on_whole = costs.append
+    first = snap(net)
+    assert models.receive(first.to_bytes(), "learner") is not None
+    step(net, [3])
+    second = snap(net, updates=1)
+    assert models.receive(delta_since(second, first).to_bytes(), "learner") is not None  # type: ignore[union-attr]
+    models.start()
+    try:
+        wait_for(lambda: models.ranker.scoring.snapshot is not None and models.ranker.scoring.snapshot.updates == 1)
+        wait_for(lambda: len(costs) == 1)
+    finally:
+        models.close()
+    assert models.ranker.scoring.snapshot.changed is None  # type: ignore[union-attr]  # built whole
+
+
 def test_a_build_waits_for_the_request_that_reads_the_table_it_would_write_over() -> None:
     """Rather than copy the whole table (half a second on a million items), a build waits
     for a request still reading the older table to end, then writes over that one."""

@@ -208,7 +208,8 @@ class Trainer:
     def _spike(self, value: float) -> bool:
         h = self.health
         if h.steps >= 20 and value > self.settings.spike_factor * h.mean_loss and self._good is not None:
-            self.restore(_copied(self._good))  # a copy: the optimizers take the state's tensors as theirs
+            self._load(_copied(self._good))  # a copy: the optimizers take the state's tensors as theirs
+            self.changed.back_to_mark()  # the rows changed since the good state was taken
             h.reverted_spikes += 1
             for batch, every_position, dropout in self._since_good:  # all but the spike: learned again
                 again = self._gradients(batch, every_position, dropout)
@@ -219,6 +220,7 @@ class Trainer:
         if h.steps % 50 == 0:
             self._good = _copied(self._live(), into=self._good)
             self._since_good = []
+            self.changed.mark()
         return False
 
     def _no_restore(self) -> None:
@@ -226,6 +228,7 @@ class Trainer:
         erased): until the next one is taken, within 50 steps, a spike is not caught."""
         self._good = None
         self._since_good = []
+        self.changed.unmark()
 
     @torch.no_grad()
     def forget_rows(self, rows: Tensor) -> None:
@@ -291,12 +294,15 @@ class Trainer:
     def restore(self, state: dict[str, Any]) -> None:
         """Back to ``state``; the text table stays the network's own (one that an older
         checkpoint carries is ignored: the store's is the truth)."""
+        self._load(state)
+        self.changed.everything()
+
+    def _load(self, state: dict[str, Any]) -> None:
         users = state["net"].get("user_id.weight")
         if users is not None:
             self.grow_users(users.shape[0])
         net = {**state["net"], "text": self.net.text}
         self.net.load_state_dict(upgrade_state(self.net, net))
-        self.changed.everything()
         for o, saved in zip(self.optimizers, state["optimizers"], strict=True):
             o.load_state_dict(_appended(o, saved))
         for s, saved in zip(self.schedules, state["schedules"], strict=True):

@@ -121,6 +121,9 @@ class Models:
             # a delta on the one not built yet, which it replaces: the rows of both changed
             if pending is not None and snapshot.parent == pending.serial:
                 snapshot = _merged(pending, snapshot)
+                parsed = self._parsed
+                if parsed is not None and parsed[0] == pending.serial:  # a whole one merged: its cost still counts
+                    self._parsed = (snapshot.serial, parsed[1])
             self._pending = self._latest = snapshot
             self._publishing.notify()
 
