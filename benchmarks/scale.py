@@ -17,6 +17,8 @@ p50 and p99 of the loaded requests (where the tail comes from: stalls or a slow 
 ``learn.warm_start_events`` setting). ``--reuse`` keeps the data folder of an earlier run
 of the same shop and the phases it finished (their figures are in ``phases.json`` there),
 runs the others and measures serving again: importing ten million events takes minutes.
+``--rounds N`` runs the load N times back to back (what minutes of it do: the model the
+learner serves drifts under the load's random events) and reports each later round's p99.
 """
 
 from __future__ import annotations
@@ -140,6 +142,21 @@ def wait_for_index(url: str, items: int, timeout: float) -> float:
     return time.monotonic() - started
 
 
+def later_rounds(url: str, args: argparse.Namespace) -> list[float]:
+    """The p99 (ms) of each round of the load after the first, until ``--rounds`` or one whose
+    p99 passes ten seconds (the server fell behind: the next would only take longer)."""
+    out: list[float] = []
+    for n in range(1, args.rounds):
+        load = run_load(
+            url, argparse.Namespace(rps=200.0, eps=500.0, seconds=args.seconds, users=args.users, items=args.items)
+        )
+        out.append(load["latency_ms"][2])
+        print(f"round {n + 1}: p50 / p99 {load['latency_ms'][0]:.1f} / {out[-1]:.1f} ms", flush=True)
+        if out[-1] > 10_000:
+            break
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=200_000)
@@ -149,6 +166,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--warm-start-events", type=int, default=None)
     parser.add_argument("--reuse", action="store_true", help="serve the data folder of an earlier run again")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="rounds of the load, back to back (the first is the table's)"
+    )
     args = parser.parse_args()
     if args.warm_start_events:
         os.environ["FRESHREC_LEARN__WARM_START_EVENTS"] = str(args.warm_start_events)
@@ -185,6 +205,8 @@ def main() -> None:
         print(
             "each second of the load, p50 / p99 ms:", ", ".join(f"{a:.0f}/{b:.0f}" for a, b in load["each_second_ms"])
         )
+        later = later_rounds(url, args)
+        spikes = metric(metrics_text(url), "freshrec_reverted_spikes_total")
         publish, since_start = published(after, before), published(after)
         api_mb = rss_mb(server.pid)
         learner_mb = rss_mb(learner_pid(server.pid))
@@ -195,7 +217,8 @@ def main() -> None:
     p_load = load["latency_ms"]
     limit = f" --warm-start-events {args.warm_start_events}" if args.warm_start_events else ""
     body = (
-        f"`python benchmarks/scale.py --items {args.items} --users {args.users} --events {args.events}{limit}`, "
+        f"`python benchmarks/scale.py --items {args.items} --users {args.users} --events {args.events}{limit}"
+        f"{f' --rounds {args.rounds}' if args.rounds > 1 else ''}`, "
         f"run on {dt.date.today()}, hashing encoder, default settings otherwise.\n\n"
         "| figure | value |\n| --- | --- |\n"
         f"| import items / events | {figures['import_items_s']:.1f} s / {figures['import_events_s']:.1f} s |\n"
@@ -216,6 +239,13 @@ def main() -> None:
             f"{p['delta']:,.0f} of {p['delta_mb']:.2f} MB (means) |\n"
             for when, p in (("under the load", publish), ("since the server started", since_start))
         )
+        + (
+            f"| {len(later)} later rounds of that load, back to back: recommendation p99 each | "
+            f"{', '.join(f'{r:,.1f}' for r in later)} ms |\n"
+            if later
+            else ""
+        )
+        + f"| loss spikes the learner reverted since the server started | {spikes:,.0f} |\n"
         + f"| memory after the load: API / learner process (RSS) | {api_mb:,.0f} MB / {learner_mb:,.0f} MB |\n"
         f"| data folder after the run | {size_mb(args.data):,.0f} MB |\n"
     )

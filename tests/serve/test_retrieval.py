@@ -17,9 +17,10 @@ from freshrec.domain import Event, EventType, Item
 from freshrec.encoders.hashing import HashingEncoder
 from freshrec.learn.recommender import build_freshrec
 from freshrec.model.snapshot import Snapshot
+from freshrec.serve import retrieval
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.ranker import Options, Ranker, encode
-from freshrec.serve.retrieval import BUILD_NICENESS
+from freshrec.serve.retrieval import BUILD_NICENESS, hits
 from freshrec.settings import LearnSettings, ModelSettings, RetrievalSettings
 from tests.serve.conftest import READ, make_settings, start_server, wait_for
 
@@ -82,10 +83,14 @@ def test_candidates_from_the_index_recall_what_exact_scoring_ranks_first() -> No
     assert explained[0].because and explained[0].explanation
 
 
-def test_a_build_calibrates_its_probes_on_the_latest_requests_to_the_recall_it_is_asked_for() -> None:
+def test_a_build_calibrates_its_probes_on_the_latest_requests_to_the_recall_it_is_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Searches leave their user vectors behind; the next build scores them exactly and
     probes the fewest lists that find ``target_recall`` of their top 10: what it measured
-    holds for other requests too, and a lower target probes fewer lists."""
+    holds for other requests too, and a lower target probes fewer lists. (Without the
+    calibration's hits, which on this untrained model hold most top 10s: one list does.)"""
+    monkeypatch.setattr(retrieval, "hits", lambda best, most: np.zeros(0, dtype=np.int64))
     snap = snapshot()
     ranker = Ranker(catalog(), RetrievalSettings(min_items=1_000, candidates=50, calibration_requests=200))
     ranker.publish(snap)
@@ -119,11 +124,55 @@ def test_a_build_calibrates_its_probes_on_the_latest_requests_to_the_recall_it_i
 
     def recall(n: int) -> float:
         index.index.nprobe = n
-        return float(np.mean([np.isin(b, f).mean() for b, f in zip(best, index._search(queries, 50), strict=True)]))
+        found = zip(best, index._search(queries, 50), strict=True)
+        return float(np.mean([np.isin(b, np.union1d(f, index.head)).mean() for b, f in found]))
 
     fewest = next(n for n in range(1, index.index.nlist + 1) if recall(n) >= 0.99)
     assert fewest <= probes[0.99] <= fewest + max(1, fewest // 8), (fewest, probes[0.99])
     index.index.nprobe = probes[0.99]
+    exact = Ranker(catalog(), RetrievalSettings(min_items=N + 1))
+    exact.publish(snap)
+    others = requests(100)
+    found = sum(len(set(ranked(exact, p, Options(10))) & set(ranked(ranker, p, Options(10)))) for p in others)
+    assert found / 1_000 >= 0.97, f"recall@10 {found / 1_000:.3f} on requests it was not calibrated on"
+
+
+def test_the_calibrations_hits_are_every_requests_candidates_and_cut_the_lists_probed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows in the exact top 10 of two or more calibration requests are scored for every
+    request: the fewest lists that reach the target are fewer, and requests the build did
+    not see find as much of their top 10 (measured by the served ranker against exact)."""
+    assert hits(np.array([[5, 1, 2], [2, 7, 5], [9, 5, 3]]), 10).tolist() == [2, 5]
+    assert hits(np.array([[5, 1, 2], [2, 7, 5], [9, 5, 3]]), 1).tolist() == [5]  # the most frequent
+    snap = snapshot()
+    settings = RetrievalSettings(min_items=1_000, candidates=50, calibration_requests=200)
+    ranker = Ranker(catalog(), settings)
+    ranker.publish(snap)
+    ranker.retrieval.wait()
+    rng = np.random.default_rng(3)
+
+    def requests(n: int) -> list[list[Event]]:
+        return [
+            [Event(f"u{u}", IDS[p], EventType.CLICK, T0 + j) for j, p in enumerate(rng.choice(N, size=5))]
+            for u in range(n)
+        ]
+
+    for past in requests(200):
+        ranked(ranker, past, Options(10))
+    scoring = ranker.scoring
+    assert scoring.vectors is not None and scoring.bias is not None
+    vectors, bias, queries = scoring.vectors.numpy(), scoring.bias.numpy(), np.array(ranker.retrieval.recent)
+    ranker.retrieval.build_now(vectors, bias, queries)
+    index = ranker.retrieval.index
+    assert index is not None and 0 < len(index.head) <= 50 and index.recall >= 0.99
+    with monkeypatch.context() as m:
+        m.setattr(retrieval, "hits", lambda best, most: np.zeros(0, dtype=np.int64))
+        alone = retrieval.Index(vectors, bias, settings, queries)
+    assert index.probes < alone.probes
+    request = ranker.plan(requests(1)[0], T0 + 100, Options(10))
+    encode([request])
+    assert request.candidates is not None and set(index.head.tolist()) <= set(request.candidates.tolist())
     exact = Ranker(catalog(), RetrievalSettings(min_items=N + 1))
     exact.publish(snap)
     others = requests(100)

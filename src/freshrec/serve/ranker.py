@@ -303,9 +303,12 @@ def _retrieve(requests: Sequence[Request]) -> None:
         for r, rows in zip(group, found, strict=True):
             newer = np.arange(index.n, len(r.allowed), dtype=np.int64)
             mine = rows[: r.wanted]
+            mine = mine[mine >= 0]
             # distinct already (a row is in one list), and below the newer ones: sorting is
-            # all a union needs (np.union1d hashed them: 54 against 11 µs for 730 rows)
-            r.candidates = np.concatenate([np.sort(mine[mine >= 0]), newer])
+            # all a union needs (np.union1d: 54 against 11 µs for 730 rows), but with the
+            # index's rows that every request takes (its calibration's hits)
+            found = np.union1d(mine, index.head) if len(index.head) else np.sort(mine)
+            r.candidates = np.concatenate([found, newer])
 
 
 def promoted(

@@ -89,6 +89,9 @@ class Index:
         self.index.train(rows[rng.choice(self.n, min(self.n, lists * 64), replace=False)])
         self.index.add(rows)
         self.index.nprobe = min(settings.probes, lists)
+        self.head = np.zeros(0, dtype=np.int64)
+        """Rows that are candidates for every request, ascending: the calibration's hits
+        (:meth:`_calibrate`)."""
         self.recall = float("nan")
         """Share of the exact top 10 among the candidates, on the calibration's requests."""
         if queries is not None and len(queries):
@@ -126,11 +129,13 @@ class Index:
         online needed 2,000 of 4,000 lists for 0.989 (9 ms against 22 ms exact), and a
         quarter found 0.925."""
         best = np.concatenate([_top10(vectors, bias, users[i : i + 64]) for i in range(0, len(users), 64)])
+        self.head = hits(best, self.settings.candidates)
 
         def recall(probes: int) -> float:
             self.index.nprobe = probes
             found = self._search(users, self.settings.candidates)
-            return float(np.mean([np.isin(b, f).mean() for b, f in zip(best, found, strict=True)]))
+            pairs = zip(best, found, strict=True)
+            return float(np.mean([np.isin(b, np.union1d(f, self.head)).mean() for b, f in pairs]))
 
         target, most = self.settings.target_recall, max(1, self.index.nlist // 2)
         below, probes = 0, min(4, most)
@@ -153,6 +158,24 @@ class Index:
                 "the candidate index finds %.3f of the exact top 10 with half its lists probed "
                 "(target_recall %.3f): the served vectors form few clusters", self.recall, self.settings.target_recall
             )  # fmt: skip
+
+
+def hits(best: npt.NDArray[np.int64], most: int) -> npt.NDArray[np.int64]:
+    """The rows in the exact top 10 of at least two of the requests ``best`` holds (one row
+    of ten per request), at most ``most`` of them (the most frequent), ascending.
+
+    Why: a model that learned what is popular gives its hits a bias that puts them in most
+    users' top 10, whatever their vectors; an inverted file finds them only by probing the
+    lists of each, one by one. On the million-item shop after five minutes of online
+    learning under load, half of 4,000 lists were probed for 0.985 of the exact top 10
+    (nine milliseconds a search: at 200 requests a second, more than the server's core,
+    and requests queued for minutes). Scored with every request's candidates, a few
+    hundred rows cost microseconds."""
+    rows, counts = np.unique(best, return_counts=True)
+    shared = counts >= 2
+    rows, counts = rows[shared], counts[shared]
+    keep = np.argsort(-counts, kind="stable")[:most]
+    return np.sort(rows[keep]).astype(np.int64)
 
 
 def _top10(vectors: npt.NDArray[np.float32], bias: npt.NDArray[np.float32], users: npt.NDArray[np.float32]) -> Any:
