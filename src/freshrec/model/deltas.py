@@ -117,10 +117,10 @@ class ChangedRows:
     It also keeps the rows changed since a :meth:`mark` (the trainer marks where it keeps
     a state to go back to): going back to that state (:meth:`back_to_mark`, a reverted
     loss spike) changes exactly those rows again. Why: counted as any row, every revert
-    sent serving a whole snapshot; on a million items under load that was 24 whole ones
-    in five minutes instead of one per ``snapshot_full_s`` at the most, each a second of a
-    core to parse and three to four to build, and requests stalled behind them (p99 195 to
-    849 ms in the seconds after)."""
+    made the next snapshot whole; on a million items under load the learner reverted 24
+    spikes in five minutes and ten whole snapshots reached the server (one per
+    ``snapshot_full_s`` at the most otherwise), each a second or two of a core to parse and
+    three to five to build, and requests stalled behind them (up to 849 ms)."""
 
     def __init__(self) -> None:
         self._parts: list[Tensor] = []
