@@ -54,6 +54,37 @@ def ranked(ranker: Ranker, past: list[Event], options: Options) -> list[str]:
     return [r.item_id for r in ranker.recommend(past, T0 + 100, options)]
 
 
+CALIBRATED = RetrievalSettings(min_items=1_000, candidates=50, calibration_requests=200)
+
+
+def clicks(rng: np.random.Generator, n: int) -> list[list[Event]]:
+    """``n`` users' histories of five random clicks."""
+    return [
+        [Event(f"u{u}", IDS[p], EventType.CLICK, T0 + j) for j, p in enumerate(rng.choice(N, size=5))] for u in range(n)
+    ]
+
+
+def after_traffic(snap: Snapshot, rng: np.random.Generator) -> tuple[Ranker, np.ndarray, np.ndarray, np.ndarray]:
+    """A ranker of ``snap`` with the index that has served 200 requests, and what its next
+    build calibrates on: the served vectors and biases and those requests' user vectors."""
+    ranker = Ranker(catalog(), CALIBRATED)
+    ranker.publish(snap)
+    ranker.retrieval.wait()
+    for past in clicks(rng, 200):
+        ranked(ranker, past, Options(10))
+    scoring = ranker.scoring
+    assert scoring.vectors is not None and scoring.bias is not None
+    return ranker, scoring.vectors.numpy(), scoring.bias.numpy(), np.array(ranker.retrieval.recent)
+
+
+def recall_on_others(ranker: Ranker, snap: Snapshot, others: list[list[Event]]) -> float:
+    """Recall@10 of ``ranker``'s lists against scoring every item, on ``others``' requests."""
+    exact = Ranker(catalog(), RetrievalSettings(min_items=N + 1))
+    exact.publish(snap)
+    found = sum(len(set(ranked(exact, p, Options(10))) & set(ranked(ranker, p, Options(10)))) for p in others)
+    return found / (10 * len(others))
+
+
 def test_candidates_from_the_index_recall_what_exact_scoring_ranks_first() -> None:
     snap = snapshot()
     exact = Ranker(catalog(), RetrievalSettings(min_items=N + 1))
@@ -92,24 +123,9 @@ def test_a_build_calibrates_its_probes_on_the_latest_requests_to_the_recall_it_i
     calibration's hits, which on this untrained model hold most top 10s: one list does.)"""
     monkeypatch.setattr(retrieval, "hits", lambda best, most: np.zeros(0, dtype=np.int64))
     snap = snapshot()
-    ranker = Ranker(catalog(), RetrievalSettings(min_items=1_000, candidates=50, calibration_requests=200))
-    ranker.publish(snap)
-    ranker.retrieval.wait()
     rng = np.random.default_rng(1)
-
-    def requests(n: int) -> list[list[Event]]:
-        return [
-            [Event(f"u{u}", IDS[p], EventType.CLICK, T0 + j) for j, p in enumerate(rng.choice(N, size=5))]
-            for u in range(n)
-        ]
-
-    for past in requests(200):
-        ranked(ranker, past, Options(10))
-    assert len(ranker.retrieval.recent) == 200
-    scoring = ranker.scoring
-    assert scoring.vectors is not None and scoring.bias is not None
-    vectors, bias = scoring.vectors.numpy(), scoring.bias.numpy()
-    queries = np.array(ranker.retrieval.recent)
+    ranker, vectors, bias, queries = after_traffic(snap, rng)
+    assert len(queries) == 200
     probes = {}
     for target in (0.5, 0.99):
         ranker.retrieval.settings = RetrievalSettings(min_items=1_000, candidates=50, target_recall=target)
@@ -130,11 +146,8 @@ def test_a_build_calibrates_its_probes_on_the_latest_requests_to_the_recall_it_i
     fewest = next(n for n in range(1, index.index.nlist + 1) if recall(n) >= 0.99)
     assert fewest <= probes[0.99] <= fewest + max(1, fewest // 8), (fewest, probes[0.99])
     index.index.nprobe = probes[0.99]
-    exact = Ranker(catalog(), RetrievalSettings(min_items=N + 1))
-    exact.publish(snap)
-    others = requests(100)
-    found = sum(len(set(ranked(exact, p, Options(10))) & set(ranked(ranker, p, Options(10)))) for p in others)
-    assert found / 1_000 >= 0.97, f"recall@10 {found / 1_000:.3f} on requests it was not calibrated on"
+    recall_at_10 = recall_on_others(ranker, snap, clicks(rng, 100))
+    assert recall_at_10 >= 0.97, f"recall@10 {recall_at_10:.3f} on requests it was not calibrated on"
 
 
 def test_the_calibrations_hits_are_every_requests_candidates_and_cut_the_lists_probed(
@@ -146,38 +159,20 @@ def test_the_calibrations_hits_are_every_requests_candidates_and_cut_the_lists_p
     assert hits(np.array([[5, 1, 2], [2, 7, 5], [9, 5, 3]]), 10).tolist() == [2, 5]
     assert hits(np.array([[5, 1, 2], [2, 7, 5], [9, 5, 3]]), 1).tolist() == [5]  # the most frequent
     snap = snapshot()
-    settings = RetrievalSettings(min_items=1_000, candidates=50, calibration_requests=200)
-    ranker = Ranker(catalog(), settings)
-    ranker.publish(snap)
-    ranker.retrieval.wait()
     rng = np.random.default_rng(3)
-
-    def requests(n: int) -> list[list[Event]]:
-        return [
-            [Event(f"u{u}", IDS[p], EventType.CLICK, T0 + j) for j, p in enumerate(rng.choice(N, size=5))]
-            for u in range(n)
-        ]
-
-    for past in requests(200):
-        ranked(ranker, past, Options(10))
-    scoring = ranker.scoring
-    assert scoring.vectors is not None and scoring.bias is not None
-    vectors, bias, queries = scoring.vectors.numpy(), scoring.bias.numpy(), np.array(ranker.retrieval.recent)
+    ranker, vectors, bias, queries = after_traffic(snap, rng)
     ranker.retrieval.build_now(vectors, bias, queries)
     index = ranker.retrieval.index
     assert index is not None and 0 < len(index.head) <= 50 and index.recall >= 0.99
     with monkeypatch.context() as m:
         m.setattr(retrieval, "hits", lambda best, most: np.zeros(0, dtype=np.int64))
-        alone = retrieval.Index(vectors, bias, settings, queries)
+        alone = retrieval.Index(vectors, bias, CALIBRATED, queries)
     assert index.probes < alone.probes
-    request = ranker.plan(requests(1)[0], T0 + 100, Options(10))
+    request = ranker.plan(clicks(rng, 1)[0], T0 + 100, Options(10))
     encode([request])
     assert request.candidates is not None and set(index.head.tolist()) <= set(request.candidates.tolist())
-    exact = Ranker(catalog(), RetrievalSettings(min_items=N + 1))
-    exact.publish(snap)
-    others = requests(100)
-    found = sum(len(set(ranked(exact, p, Options(10))) & set(ranked(ranker, p, Options(10)))) for p in others)
-    assert found / 1_000 >= 0.97, f"recall@10 {found / 1_000:.3f} on requests it was not calibrated on"
+    recall_at_10 = recall_on_others(ranker, snap, clicks(rng, 100))
+    assert recall_at_10 >= 0.97, f"recall@10 {recall_at_10:.3f} on requests it was not calibrated on"
 
 
 def test_items_added_after_the_index_was_built_are_always_candidates() -> None:
