@@ -112,8 +112,12 @@ def recommend_load(url: str, rate: float, seconds: float, users: int, out: Any, 
     out.put(asyncio.run(_open_loop(url, rate, seconds, request, {"X-API-Key": KEYS["read"]})))
 
 
-def event_load(url: str, rate: float, seconds: float, users: int, items: int, batch: int, out: Any) -> None:
-    rng = np.random.default_rng(2)
+def event_load(
+    url: str, rate: float, seconds: float, users: int, items: int, batch: int, out: Any, seed: int = 2
+) -> None:
+    """Clicks of random users on items drawn by popularity; ``seed`` picks them (the same
+    seed posts the same events again: a learner then learns them again)."""
+    rng = np.random.default_rng(seed)
     popularity = 1.0 / (1.0 + np.arange(items)) ** 0.8
     popularity /= popularity.sum()
     # drawn up front, in one call: a draw of one item with ``p`` costs a pass over the
@@ -151,7 +155,10 @@ def run_load(url: str, args: argparse.Namespace) -> dict[str, Any]:
     procs = [ctx.Process(target=recommend_load, args=(url, args.rps, args.seconds, args.users, recs_q, guest_items))]
     if args.eps > 0:
         procs.append(
-            ctx.Process(target=event_load, args=(url, args.eps, args.seconds, args.users, args.items, 10, events_q))
+            ctx.Process(
+                target=event_load,
+                args=(url, args.eps, args.seconds, args.users, args.items, 10, events_q, getattr(args, "seed", 2)),
+            )
         )
     for p in procs:
         p.start()

@@ -144,11 +144,16 @@ def wait_for_index(url: str, items: int, timeout: float) -> float:
 
 def later_rounds(url: str, args: argparse.Namespace) -> list[float]:
     """The p99 (ms) of each round of the load after the first, until ``--rounds`` or one whose
-    p99 passes ten seconds (the server fell behind: the next would only take longer)."""
+    p99 passes ten seconds (the server fell behind: the next would only take longer). Each
+    round posts other events than the rounds before (a round that repeated them had the
+    learner learn the same random clicks again and again)."""
     out: list[float] = []
     for n in range(1, args.rounds):
         load = run_load(
-            url, argparse.Namespace(rps=200.0, eps=500.0, seconds=args.seconds, users=args.users, items=args.items)
+            url,
+            argparse.Namespace(
+                rps=200.0, eps=500.0, seconds=args.seconds, users=args.users, items=args.items, seed=2 + n
+            ),
         )
         out.append(load["latency_ms"][2])
         print(f"round {n + 1}: p50 / p99 {load['latency_ms'][0]:.1f} / {out[-1]:.1f} ms", flush=True)
