@@ -33,6 +33,19 @@ def batch(log: EventLog, start: int, size: int = 32) -> Interactions:
     return Sequences(log).batch(np.arange(start, start + size) % 300, 6)
 
 
+def past_a_good_state(m: FreshRec, log: EventLog, size: int, steps: int) -> int:
+    """Step ``m``'s trainer on batches of ``size`` up to a fresh good state, then ``steps``
+    more; returns where the next batch starts."""
+    trainer, start = m.trainer, 0
+    while trainer.health.steps % 50 != 1:
+        trainer.step(batch(log, start, size), dropout=False)
+        start += size
+    for _ in range(steps):
+        trainer.step(batch(log, start, size), dropout=False)
+        start += size
+    return start
+
+
 @pytest.mark.parametrize("optimizer", ["adagrad", "ftrl", "sgd", "adam"])
 @pytest.mark.parametrize("users", [False, True])
 def test_a_sampled_step_with_sparse_table_gradients_equals_the_dense_step(
@@ -114,13 +127,7 @@ def test_a_second_spike_restores_the_same_good_state_as_the_first(log: EventLog)
     m = model(log, spike_factor=1.5, epochs=4, batch_size=32, patience=4)
     m.fit(Sequences(log).batch(np.arange(300), 6))
     trainer = m.trainer
-    start = 0
-    while trainer.health.steps % 50 != 1:  # up to a fresh good state
-        trainer.step(batch(log, start, 16), dropout=False)
-        start += 16
-    for _ in range(3):
-        trainer.step(batch(log, start, 16), dropout=False)
-        start += 16
+    past_a_good_state(m, log, 16, 3)
     states = []
     for _ in range(2):
         with torch.no_grad():  # wreck the model: every target now scores lowest
@@ -146,13 +153,7 @@ def test_a_reverted_spike_names_the_rows_it_put_back(log: EventLog) -> None:
     m = model(log, spike_factor=1.5, epochs=4, batch_size=32, patience=4, full_softmax_max=1, negatives=2)
     m.fit(Sequences(log).batch(np.arange(300), 6))
     trainer = m.trainer
-    start = 0
-    while trainer.health.steps % 50 != 1:  # up to a fresh good state
-        trainer.step(batch(log, start, 4), dropout=False)
-        start += 4
-    for _ in range(2):  # rows changed since the good state, before the snapshot
-        trainer.step(batch(log, start, 4), dropout=False)
-        start += 4
+    start = past_a_good_state(m, log, 4, 2)  # rows changed since the good state, before the snapshot
     with torch.no_grad():  # and a row the model writes itself (as a new item's seed)
         m.net.item_id.weight[33] = 1.0
     trainer.changed.add(torch.tensor([33]))
