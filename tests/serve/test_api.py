@@ -440,3 +440,32 @@ def test_a_post_behind_another_process_write_lock_gets_503_with_retry_after(serv
     finally:
         server.store._conn.execute(f"PRAGMA busy_timeout = {server.settings.storage.busy_timeout_ms}")
         other.close()
+
+
+def test_an_over_capacity_server_answers_503_at_once_instead_of_ranking_late(server: Server) -> None:
+    batcher = server.engine.service.batcher
+    user = str(server.events[0]["user_id"])
+    asks = (
+        ("GET", f"/v1/users/{user}/recommendations", {}, None),  # the fast lane's
+        ("GET", f"/v1/users/{user}/recommendations", {"Origin": "http://shop.test"}, None),  # FastAPI's route
+        ("POST", "/v1/recommendations", {}, {"history": [{"item_id": "i000001", "type": "click"}]}),  # a guest's
+    )
+    with server.client() as c:
+
+        def shed() -> float:
+            line = next(
+                s for s in c.get("/metrics").text.splitlines() if s.startswith("freshrec_recommendations_shed_")
+            )
+            return float(line.split()[-1])
+
+        before, deadline = shed(), batcher.deadline_s
+        batcher.deadline_s = 1e-6  # every request waits longer than that for its model pass
+        try:
+            answers = [c.request(method, path, headers=headers, json=body) for method, path, headers, body in asks]
+        finally:
+            batcher.deadline_s = deadline
+        for r in answers:
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+            assert "over capacity" in r.json()["detail"]
+        assert shed() == before + len(asks)
+        assert [c.request(m, p, headers=h, json=b).status_code for m, p, h, b in asks] == [200, 200, 200]

@@ -229,6 +229,39 @@ def test_a_failed_model_pass_fails_each_of_its_requests_and_the_next_batch_runs(
     assert [str(f) for f in failed] == ["broken pass", "broken pass"] and calls == [2, 1]
 
 
+def test_a_request_that_waited_past_the_deadline_is_refused_without_its_model_pass() -> None:
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from freshrec.serve.batching import Batcher, Overloaded
+
+    ran: list[list[str]] = []
+    shed: list[int] = []
+    batcher = Batcher(
+        run=lambda requests: ran.append([r.name for r in requests]), deadline_s=0.5, shed=lambda: shed.append(1)
+    )  # type: ignore[attr-defined]
+
+    async def main() -> list[object]:
+        now = time.monotonic()
+        late, fresh = (
+            SimpleNamespace(result=None, arrived=now - 0.6, name="late"),
+            SimpleNamespace(result=None, arrived=now, name="fresh"),
+        )
+        return await asyncio.gather(batcher.encode(late), batcher.encode(fresh), return_exceptions=True)  # type: ignore[arg-type]
+
+    late, fresh = asyncio.run(main())
+    assert isinstance(late, Overloaded) and "waited 6" in str(late) and fresh is None
+    assert ran == [["fresh"]] and shed == [1]
+    # nobody in time: no pass at all
+    old = SimpleNamespace(result=None, arrived=time.monotonic() - 1.0, name="old")
+
+    async def alone() -> list[object]:
+        return await asyncio.gather(batcher.encode(old), return_exceptions=True)  # type: ignore[arg-type]
+
+    assert isinstance(asyncio.run(alone())[0], Overloaded) and ran == [["fresh"]] and shed == [1, 1]
+
+
 def test_the_learners_safeguard_counts_become_prometheus_counters(tmp_path: Path) -> None:
     from freshrec.serve.service import Service
     from freshrec.storage import SQLiteStore

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from freshrec.ingest.validate import check_id
 from freshrec.serve.auth import AuthError, Keys, Role
+from freshrec.serve.batching import Overloaded
 from freshrec.serve.explain import Ranked
 from freshrec.serve.intake import Problem
 from freshrec.serve.metrics import Metrics
@@ -98,7 +99,10 @@ ANSWERS = {
     404: "No such item, job or path.",
     413: "The body is larger than `serve.max_body_mb`, or holds more records than the document's `maxItems`.",
     422: "A field or parameter is invalid; `errors` locates each (nothing was stored).",
-    503: "The store does not answer, or its write lock stayed busy (`Retry-After`; nothing was stored).",
+    503: (
+        "The store does not answer, its write lock stayed busy, or (recommendations) the server is over "
+        "capacity: the request waited longer than `serve.shed_after_ms` (`Retry-After`; nothing was stored)."
+    ),
 }
 
 
@@ -239,6 +243,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"detail": f"{exc}; nothing was stored, retry"}, status_code=503, headers={"Retry-After": "1"}
         )
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(Problem)
     async def problem(request: Request, exc: Problem) -> JSONResponse:

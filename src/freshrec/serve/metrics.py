@@ -44,6 +44,11 @@ class Metrics:
         self.recommendations = Counter(
             "freshrec_recommendations", "Recommendation lists served, by source", ["source"], registry=r
         )
+        self.shed = Counter(
+            "freshrec_recommendations_shed",
+            "Recommendation requests answered 503 for waiting longer than serve.shed_after_ms (over capacity)",
+            registry=r,
+        )
         self.lag_events = Gauge(
             "freshrec_learner_lag_events", "Stored events the served model has not learned", registry=r
         )

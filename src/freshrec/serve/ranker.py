@@ -10,6 +10,7 @@ list), :func:`encode` (the forward pass, batched over requests) and
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -234,6 +235,8 @@ class Request:
     """Its rows' blended scores: the batch's and where its rows start."""
     held: list[Event] | None = None
     """The history whose context's weights the blend uses (``None``: its own)."""
+    arrived: float = field(default_factory=time.monotonic)
+    """When it reached the server: a request that waited too long is refused (:mod:`~freshrec.serve.batching`)."""
 
     def histories(self) -> list[list[Event]]:
         past = self.past
@@ -304,9 +307,8 @@ def _retrieve(requests: Sequence[Request]) -> None:
             newer = np.arange(index.n, len(r.allowed), dtype=np.int64)
             mine = rows[: r.wanted]
             mine = mine[mine >= 0]
-            # distinct already (a row is in one list), and below the newer ones: sorting is
-            # all a union needs (np.union1d: 54 against 11 µs for 730 rows), but with the
-            # index's rows that every request takes (its calibration's hits)
+            # distinct already (a row is in one list), below the newer ones: sorting is a union
+            # (np.union1d: 54 against 11 µs for 730 rows), but with the calibration's hits
             found = np.union1d(mine, index.head) if len(index.head) else np.sort(mine)
             r.candidates = np.concatenate([found, newer])
 

@@ -81,10 +81,12 @@ class Index:
         scored = np.hstack([vectors, bias.reshape(-1, 1)]).astype(np.float64)
         norms = (scored**2).sum(1)
         extra = np.sqrt(np.maximum(norms.max() - norms, 0.0))[:, None]
-        rows = np.ascontiguousarray(np.hstack([scored, extra]), dtype=np.float32)
-        self.n, self.settings = len(rows), settings
+        # fast scan packs two 4-bit codes a byte: an even number of dimensions (a zero pads)
+        pad = np.zeros((len(scored), 1 + scored.shape[1] % 2))
+        rows = np.ascontiguousarray(np.hstack([scored, extra, pad[:, 1:]]), dtype=np.float32)
+        self.n, self.settings, self.dims = len(rows), settings, rows.shape[1]
         lists = max(1, min(int(4 * np.sqrt(self.n)), self.n // 39))  # faiss wants 39 points per centre
-        self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(rows.shape[1]), rows.shape[1], lists)
+        self.index = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(self.dims), self.dims, lists, self.dims, 4)
         rng = np.random.default_rng(0)
         self.index.train(rows[rng.choice(self.n, min(self.n, lists * 64), replace=False)])
         self.index.add(rows)
@@ -111,8 +113,8 @@ class Index:
         return self._search(users, k)
 
     def _search(self, users: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.int64]:
-        ones, zeros = np.ones((len(users), 1), np.float32), np.zeros((len(users), 1), np.float32)
-        queries = np.ascontiguousarray(np.hstack([users, ones, zeros]), dtype=np.float32)
+        queries = np.zeros((len(users), self.dims), np.float32)
+        queries[:, : users.shape[1]], queries[:, users.shape[1]] = users, 1.0
         _, rows = self.index.search(queries, min(k, self.n))
         return np.asarray(rows, dtype=np.int64)
 
@@ -137,7 +139,7 @@ class Index:
             pairs = zip(best, found, strict=True)
             return float(np.mean([np.isin(b, np.union1d(f, self.head)).mean() for b, f in pairs]))
 
-        target, most = self.settings.target_recall, max(1, self.index.nlist // 2)
+        target, most = self.settings.target_recall, self.index.nlist
         below, probes = 0, min(4, most)
         self.recall = recall(probes)
         while self.recall < target and probes < most:

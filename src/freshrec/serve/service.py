@@ -94,7 +94,8 @@ class Service:
         self.trending = Trending(clock=clock)
         self.trending.seed(store)
         counts = (self.popularity, self.trending)
-        self.batcher = Batcher()
+        shed_after = settings.serve.shed_after_ms / 1e3 if settings.serve.shed_after_ms else None
+        self.batcher = Batcher(deadline_s=shed_after, shed=self.metrics.shed.inc)
         self.intake = Intake(store, settings, self.validator, self.metrics, counts, self.live)
         self.models = Models(self.ranker, settings.cluster, self.metrics)
         self.experiment: Experiment | None = None
@@ -159,6 +160,7 @@ class Service:
         """Recommendations for a user, on the event loop: the model pass is shared with
         the requests that arrived at the same time (:mod:`freshrec.serve.batching`). With
         an experiment, the model of the user's arm ranks (:mod:`freshrec.serve.experiments`)."""
+        arrived = time.monotonic()
         user_id = self.validator.user_key(user_id)
         experiment = self.experiment
         route = experiment.route(user_id) if experiment is not None else None
@@ -170,7 +172,7 @@ class Service:
         history, seen = await self.store.user_context_async(user_id, length, SEEN_WINDOW * options.exclude_seen)
         if seen:
             options = replace(options, exclude=(*options.exclude, *seen))
-        version, items = await self._ranked(ranker, history, options)
+        version, items = await self._ranked(ranker, history, options, arrived)
         ids = [r.item_id for r in items]
         self.live.served_list(user_id, ids)
         if experiment is None or route is None:
@@ -181,13 +183,17 @@ class Service:
         """Recommendations for a history the store does not hold (:mod:`freshrec.serve.guests`):
         ranked like a stored user's by the default model (a guest has no id to assign an
         experiment's arm by), and nothing of it is kept, not even in the live figures."""
+        arrived = time.monotonic()
         scoring = self.ranker.scoring
         length = scoring.snapshot.settings.history_length if scoring.snapshot is not None else MODEL_LESS_HISTORY
-        version, items = await self._ranked(self.ranker, history[-length:], options)
+        version, items = await self._ranked(self.ranker, history[-length:], options, arrived)
         return Served(version, items, new_list_id(), DEFAULT_VARIANT)
 
-    async def _ranked(self, ranker: Ranker, history: list[Event], options: Options) -> tuple[str | None, list[Ranked]]:
+    async def _ranked(
+        self, ranker: Ranker, history: list[Event], options: Options, arrived: float
+    ) -> tuple[str | None, list[Ranked]]:
         request = ranker.plan(history, self.clock(), options, self.popularity.top)
+        request.arrived = arrived
         await self.batcher.encode(request)
         items = finish(request)
         self.metrics.recommendations.labels(request.source).inc()

@@ -319,6 +319,11 @@ class ServeSettings(Section):
     """Item batches larger than this are embedded in the background (a job)."""
     max_k: int = Field(default=200, ge=1)
     """Largest list a recommendation or similar-items request may ask for."""
+    shed_after_ms: float = Field(default=1000.0, ge=0)
+    """A recommendation request that waited this long for its model pass, on a server
+    asked for more than it can rank, is answered 503 with ``Retry-After`` instead of
+    being ranked late: the time goes to the requests still in time, where queueing
+    every request made every answer seconds late. 0: never."""
     publish_interval_ms: int = Field(default=250, ge=0)
     """The learner's updates reach the request handlers at most this often (building a
     serving copy of the model costs tens of milliseconds on a large catalog)."""

@@ -63,7 +63,7 @@ def router(service: Service, access: Access) -> APIRouter:
         RECOMMENDATIONS,
         response_model=Recommendations,
         dependencies=[access.reader],
-        responses=answers(422),
+        responses=answers(422, 503),
     )
     async def recommendations(
         user_id: Annotated[str, Path()],
@@ -88,7 +88,7 @@ def router(service: Service, access: Access) -> APIRouter:
         "/v1/recommendations",
         response_model=GuestRecommendations,
         dependencies=[access.reader],
-        responses=answers(400, 413, 422),
+        responses=answers(400, 413, 422, 503),
         openapi_extra={
             "requestBody": {
                 "required": True,
