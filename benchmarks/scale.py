@@ -142,12 +142,14 @@ def wait_for_index(url: str, items: int, timeout: float) -> float:
     return time.monotonic() - started
 
 
-def later_rounds(url: str, args: argparse.Namespace) -> list[float]:
-    """The p99 (ms) of each round of the load after the first, until ``--rounds`` or one whose
-    p99 passes ten seconds (the server fell behind: the next would only take longer). Each
-    round posts other events than the rounds before (a round that repeated them had the
-    learner learn the same random clicks again and again)."""
-    out: list[float] = []
+def later_rounds(url: str, args: argparse.Namespace) -> list[tuple[float, int]]:
+    """The p99 (ms) of the answered recommendations and the requests refused (503: the
+    server shed them, over capacity) of each round of the load after the first, until
+    ``--rounds`` or one whose p99 passes ten seconds (the server fell behind: the next
+    would only take longer). Each round posts other events than the rounds before (a
+    round that repeated them had the learner learn the same random clicks again and
+    again)."""
+    out: list[tuple[float, int]] = []
     for n in range(1, args.rounds):
         load = run_load(
             url,
@@ -155,9 +157,10 @@ def later_rounds(url: str, args: argparse.Namespace) -> list[float]:
                 rps=200.0, eps=500.0, seconds=args.seconds, users=args.users, items=args.items, seed=2 + n
             ),
         )
-        out.append(load["latency_ms"][2])
-        print(f"round {n + 1}: p50 / p99 {load['latency_ms'][0]:.1f} / {out[-1]:.1f} ms", flush=True)
-        if out[-1] > 10_000:
+        out.append((load["latency_ms"][2], load["errors"]))
+        print(f"round {n + 1}: p50 / p99 {load['latency_ms'][0]:.1f} / {out[-1][0]:.1f} ms, "
+              f"{load['errors']} errors", flush=True)  # fmt: skip
+        if out[-1][0] > 10_000:
             break
     return out
 
@@ -245,8 +248,8 @@ def main() -> None:
             for when, p in (("under the load", publish), ("since the server started", since_start))
         )
         + (
-            f"| {len(later)} later rounds of that load, back to back: recommendation p99 each | "
-            f"{', '.join(f'{r:,.1f}' for r in later)} ms |\n"
+            f"| {len(later)} later rounds of that load, back to back: recommendation p99 each (errors) | "
+            f"{', '.join(f'{p99:,.1f} ms ({errors})' for p99, errors in later)} |\n"
             if later
             else ""
         )
