@@ -222,5 +222,9 @@ def test_a_server_builds_the_index_in_the_background_says_so_and_ranks_its_candi
         with served.api(READ) as api:
             wait_for(lambda: re.search(r"^freshrec_candidate_index_items 120\.0$", api.metrics(), re.M), 60)
             assert re.search(r"^freshrec_candidate_index_recall ", api.metrics(), re.M)
+            index = served.engine.service.ranker.retrieval.index
+            assert index is not None and 0 < index.scanned <= 1
+            scanned = re.search(r"^freshrec_candidate_index_probes (\S+)$", api.metrics(), re.M)
+            assert scanned and float(scanned.group(1)) == index.probes / index.index.nlist
             user = str(served.events[-1]["user_id"])
             assert len(api.recommend(user, k=10)["items"]) == 10

@@ -114,6 +114,12 @@ class Metrics:
             "on the latest requests (NaN: not measured yet)",
             registry=r,
         )
+        self.candidate_index_probes = Gauge(
+            "freshrec_candidate_index_probes",
+            "Share of the candidate index's lists a search scans, as its build calibrated it (0: no index): "
+            "near 1, the served vectors have drifted apart and each request costs more",
+            registry=r,
+        )
         self.quarantined_users = Gauge(
             "freshrec_quarantined_users", "Users above the event rate limit: stored, not trained on", registry=r
         )

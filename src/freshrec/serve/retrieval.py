@@ -118,6 +118,11 @@ class Index:
     def probes(self) -> int:
         return int(self.index.nprobe)
 
+    @property
+    def scanned(self) -> float:
+        """The share of the lists a search scans."""
+        return self.probes / self.index.nlist
+
     def search(self, users: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.int64]:
         """``(len(users), k)`` rows with the highest scores for each user (``-1``: none);
         the users are kept in ``recent`` for the next build's calibration."""

@@ -89,6 +89,7 @@ class Service:
         self.ranker = Ranker(self.catalog, settings.serve.retrieval)
         self.metrics.candidate_index_items.set_function(lambda: self._index("n"))
         self.metrics.candidate_index_recall.set_function(lambda: self._index("recall"))
+        self.metrics.candidate_index_probes.set_function(lambda: self._index("scanned"))
         self.popularity = Popularity(clock=clock)
         self.popularity.seed(store)
         self.trending = Trending(clock=clock)
@@ -136,10 +137,11 @@ class Service:
                     log.warning("could not read the experiment's state: %s", exc)
 
     def _index(self, figure: str) -> float:
-        """The default model's candidate index's ``n`` or ``recall`` (0 and NaN without one)."""
+        """The default model's candidate index's ``n``, ``recall`` or ``scanned`` (NaN for
+        the recall without one, else 0)."""
         index = self.ranker.retrieval.index
         if index is None:
-            return 0.0 if figure == "n" else float("nan")
+            return float("nan") if figure == "recall" else 0.0
         return float(getattr(index, figure))
 
     def _arm_models(self) -> list[Models]:
