@@ -175,6 +175,42 @@ def test_the_calibrations_hits_are_every_requests_candidates_and_cut_the_lists_p
     assert recall_at_10 >= 0.97, f"recall@10 {recall_at_10:.3f} on requests it was not calibrated on"
 
 
+def test_a_first_index_is_calibrated_once_requests_arrive_and_later_builds_reuse_its_clustering(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server's first index has no requests to calibrate on: it is built again as soon as
+    ``calibration_requests`` of them came, not ``rebuild_s`` later; a build reuses the
+    clustering of the one before (until it is ``RETRAIN_S`` old, or the rows no longer fit)."""
+    snap = snapshot()
+    rng = np.random.default_rng(4)
+    ranker = Ranker(catalog(), CALIBRATED)
+    ranker.publish(snap)
+    ranker.retrieval.wait()
+    first = ranker.retrieval.index
+    assert first is not None and np.isnan(first.recall) and first.probes == CALIBRATED.probes
+    histories = clicks(rng, CALIBRATED.calibration_requests)
+    for past in histories[:-1]:
+        ranked(ranker, past, Options(10))
+    ranker.refresh()
+    ranker.retrieval.wait()
+    assert ranker.retrieval.index is first  # one request short
+    ranked(ranker, histories[-1], Options(10))
+    ranker.refresh()
+    ranker.retrieval.wait()
+    second = ranker.retrieval.index
+    assert second is not None and second is not first and second.recall >= CALIBRATED.target_recall
+    assert second.trained is first.trained and second.index.ntotal == first.index.ntotal == N
+    ranker.refresh()
+    ranker.retrieval.wait()
+    assert ranker.retrieval.index is second  # calibrated and young: kept
+    assert recall_on_others(ranker, snap, clicks(rng, 100)) >= 0.97
+    lists = second.index.nlist
+    assert second.trained.fits(second.dims, lists) and not second.trained.fits(second.dims + 2, lists)
+    assert not second.trained.fits(second.dims, 2 * lists)
+    monkeypatch.setattr(retrieval, "RETRAIN_S", 0.0)
+    assert not second.trained.fits(second.dims, lists)
+
+
 def test_items_added_after_the_index_was_built_are_always_candidates() -> None:
     snap = snapshot()
     c = catalog()

@@ -23,7 +23,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import faiss
 import numpy as np
@@ -41,6 +42,28 @@ per thread, as Linux does). A million items' build keeps a core busy for about 2
 every 80 s (four times its own time); at the requests' priority it competes with them
 for the processor as the learner process did before it was niced (p99 263 to 367 ms
 against 30 to 82 ms then, under 200 requests/s and 500 events/s)."""
+
+
+RETRAIN_S = 600.0
+"""How long one clustering (the lists' centres and the codes' tables) serves the builds that
+follow it. Training is two fifths of a build's time (a million items: 12.9 s of k-means and
+tables, 8.9 s to add the rows, then the calibration), and a build runs every minute or two;
+vectors that drifted from the centres cost more probes, which each build's calibration
+measures and pays, so the clustering is redone every ten minutes instead of every build."""
+
+
+@dataclass(frozen=True)
+class Trained:
+    """An empty, trained index (a copy: each build adds its rows to its own clone of it)
+    and when it was trained (``time.monotonic``)."""
+
+    index: faiss.IndexIVFPQFastScan
+    at: float
+
+    def fits(self, dims: int, lists: int) -> bool:
+        """Whether rows of ``dims`` dimensions that want about ``lists`` lists may reuse it."""
+        young = time.monotonic() - self.at < RETRAIN_S
+        return young and self.index.d == dims and abs(self.index.nlist - lists) <= lists // 4
 
 
 class Index:
@@ -86,9 +109,11 @@ class Index:
         settings: RetrievalSettings,
         queries: npt.NDArray[np.float32] | None = None,
         recent: deque[npt.NDArray[np.float32]] | None = None,
+        trained: Trained | None = None,
     ):
         """``queries``: user vectors to calibrate on; ``recent``: where searches leave
-        their user vectors (the next build calibrates on them)."""
+        their user vectors (the next build calibrates on them); ``trained``: an earlier
+        build's clustering, reused if it :meth:`~Trained.fits`."""
         started = time.perf_counter()
         self.recent = recent
         scored = np.hstack([vectors, bias.reshape(-1, 1)]).astype(np.float64)
@@ -99,9 +124,13 @@ class Index:
         rows = np.ascontiguousarray(np.hstack([scored, extra, pad[:, 1:]]), dtype=np.float32)
         self.n, self.settings, self.dims = len(rows), settings, rows.shape[1]
         lists = max(1, min(int(4 * np.sqrt(self.n)), self.n // 39))  # faiss wants 39 points per centre
-        self.index = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(self.dims), self.dims, lists, self.dims, 4)
-        rng = np.random.default_rng(0)
-        self.index.train(rows[rng.choice(self.n, min(self.n, lists * 64), replace=False)])
+        if trained is None or not trained.fits(self.dims, lists):
+            empty = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(self.dims), self.dims, lists, self.dims, 4)
+            rng = np.random.default_rng(0)
+            empty.train(rows[rng.choice(self.n, min(self.n, lists * 64), replace=False)])
+            trained = Trained(empty, time.monotonic())
+        self.trained = trained
+        self.index = cast(faiss.IndexIVFPQFastScan, faiss.clone_index(trained.index))
         self.index.add(rows)
         self.index.nprobe = min(settings.probes, lists)
         self.head = np.zeros(0, dtype=np.int64)
@@ -225,13 +254,18 @@ class Retrieval:
 
     def refresh(self, vectors: Callable[[], tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]], n: int) -> None:
         """Build a new index from ``vectors()`` in the background when the catalog is large,
-        the index is missing or older than ``rebuild_s``, and no build is running."""
+        the index is missing, older than ``rebuild_s`` or not calibrated while
+        ``calibration_requests`` requests are there to calibrate on, and no build is running."""
         index = self.index
         # a build may take at most a quarter of a core: a million items' takes tens of seconds
         young = index is not None and time.monotonic() - index.built_at < max(
             self.settings.rebuild_s, 4 * index.build_s
         )
         fresh = young and index is not None and n <= index.n * 1.1  # rows it lacks are candidates anyway
+        # an index built before there were requests to calibrate on (a server's first)
+        # probes `probes` lists, whatever they find: built again as soon as there are
+        if fresh and index is not None and np.isnan(index.recall):
+            fresh = len(self.recent) < self.settings.calibration_requests
         if not self.wanted(n) or fresh or not self._building.acquire(blocking=False):
             return
         layout = self._layout
@@ -248,13 +282,14 @@ class Retrieval:
             faiss.omp_set_num_threads(1)  # requests keep the other core
             latest = self.recent.copy()  # one C call: searches append meanwhile, and iterating would fail
             recent = np.array(latest, dtype=np.float32) if len(latest) >= MIN_CALIBRATION else None
-            index = Index(*vectors(), self.settings, recent, self.recent)
+            before = self.index
+            index = Index(*vectors(), self.settings, recent, self.recent, before.trained if before else None)
             if layout == self._layout:
                 self.index = index
             log.info(
-                "built the candidate index of %d items in %.1f s (%d of %d lists probed; recall@10 %.3f, %d requests)",
-                index.n, time.perf_counter() - started, index.probes, index.index.nlist, index.recall,
-                0 if recent is None else len(recent),
+                "built the candidate index of %d items in %.1f s (%d of %d lists probed; recall@10 %.3f, %d requests; "
+                "clustering %s)", index.n, time.perf_counter() - started, index.probes, index.index.nlist, index.recall,
+                0 if recent is None else len(recent), "reused" if before and index.trained is before.trained else "new",
             )  # fmt: skip
         except Exception:  # the catalog is scored exactly meanwhile
             log.exception("could not build the candidate index")
