@@ -13,7 +13,9 @@ import asyncio
 import json
 import math
 import multiprocessing as mp
+import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +150,19 @@ def each_second(results: list[tuple[float, int]], rate: float) -> list[tuple[flo
     return out
 
 
-def run_load(url: str, args: argparse.Namespace) -> dict[str, Any]:
+def cpu_s(pid: int) -> float:
+    """Processor seconds (user and system, every thread) a running process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_load(url: str, args: argparse.Namespace, watch: dict[str, int] | None = None) -> dict[str, Any]:
+    """The load of ``args`` against ``url``; with ``watch`` (names of processes and their
+    pids), ``cores``: the cores each used on average meanwhile, and the load generator's
+    own (its processes, started and ended within)."""
+    watch = watch or {}
+    before = {name: cpu_s(pid) for name, pid in watch.items()}
+    ours, started = os.times(), time.monotonic()
     ctx = mp.get_context("spawn")
     recs_q, events_q = ctx.Queue(), ctx.Queue()
     guest_items = args.items if getattr(args, "guests", False) else 0
@@ -166,9 +180,14 @@ def run_load(url: str, args: argparse.Namespace) -> dict[str, Any]:
     events = events_q.get() if args.eps > 0 else []
     for p in procs:
         p.join()
+    wall, now = time.monotonic() - started, os.times()
+    cores = {name: (cpu_s(pid) - before[name]) / wall for name, pid in watch.items()}
+    cores["load generator"] = sum(now[:4]) - sum(ours[:4])
+    cores["load generator"] /= wall
     latencies = [lat * 1000 for lat, status in recs if status == 200]
     event_latencies = [lat * 1000 for lat, status in events if status == 202]
     return {
+        "cores": cores,
         "requests": len(recs),
         "errors": sum(status != 200 for _, status in recs),
         "latency_ms": percentiles(latencies),

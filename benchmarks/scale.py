@@ -142,24 +142,30 @@ def wait_for_index(url: str, items: int, timeout: float) -> float:
     return time.monotonic() - started
 
 
-def later_rounds(url: str, args: argparse.Namespace) -> list[tuple[float, int]]:
+def shares(cores: dict[str, float]) -> str:
+    """The cores each process used during a round, as the table shows them."""
+    return " / ".join(f"{c:.2f}" for c in cores.values())
+
+
+def later_rounds(url: str, args: argparse.Namespace, watch: dict[str, int]) -> list[tuple[float, int, str]]:
     """The p99 (ms) of the answered recommendations and the requests refused (503: the
     server shed them, over capacity) of each round of the load after the first, until
     ``--rounds`` or one whose p99 passes ten seconds (the server fell behind: the next
     would only take longer). Each round posts other events than the rounds before (a
     round that repeated them had the learner learn the same random clicks again and
     again)."""
-    out: list[tuple[float, int]] = []
+    out: list[tuple[float, int, str]] = []
     for n in range(1, args.rounds):
         load = run_load(
             url,
             argparse.Namespace(
                 rps=200.0, eps=500.0, seconds=args.seconds, users=args.users, items=args.items, seed=2 + n
             ),
+            watch,
         )
-        out.append((load["latency_ms"][2], load["errors"]))
+        out.append((load["latency_ms"][2], load["errors"], shares(load["cores"])))
         print(f"round {n + 1}: p50 / p99 {load['latency_ms'][0]:.1f} / {out[-1][0]:.1f} ms, "
-              f"{load['errors']} errors", flush=True)  # fmt: skip
+              f"{load['errors']} errors, cores {load['cores']}", flush=True)  # fmt: skip
         if out[-1][0] > 10_000:
             break
     return out
@@ -206,14 +212,17 @@ def main() -> None:
                 client.recommend(f"u{user:05d}", k=10)
                 unloaded.append((time.perf_counter() - started) * 1000)
         before = metrics_text(url)
+        watch = {"API": server.pid, "learner": learner_pid(server.pid)}
         load = run_load(
-            url, argparse.Namespace(rps=200.0, eps=500.0, seconds=args.seconds, users=args.users, items=args.items)
+            url,
+            argparse.Namespace(rps=200.0, eps=500.0, seconds=args.seconds, users=args.users, items=args.items),
+            watch,
         )
         after = metrics_text(url)
         print(
             "each second of the load, p50 / p99 ms:", ", ".join(f"{a:.0f}/{b:.0f}" for a, b in load["each_second_ms"])
         )
-        later = later_rounds(url, args)
+        later = later_rounds(url, args, watch)
         spikes = metric(metrics_text(url), "freshrec_reverted_spikes_total")
         publish, since_start = published(after, before), published(after)
         api_mb = rss_mb(server.pid)
@@ -236,6 +245,7 @@ def main() -> None:
         f"| recommendation, unloaded (500, one at a time) | p50 {p_un[0]:.1f} ms, p99 {p_un[2]:.1f} ms |\n"
         f"| recommendation under 200 req/s + 500 events/s for {args.seconds:.0f} s | p50 {p_load[0]:.1f} ms, "
         f"p99 {p_load[2]:.1f} ms, {load['errors']} errors of {load['requests']:,} |\n"
+        f"| cores used meanwhile: API / learner / load generator | {shares(load['cores'])} |\n"
         f"| event posts (10 events each) under that load | p50 {load['event_latency_ms'][0]:.1f} ms, "
         f"p99 {load['event_latency_ms'][2]:.1f} ms, {load['event_errors']} errors of {load['event_requests']:,} |\n"
         + "".join(
@@ -248,8 +258,9 @@ def main() -> None:
             for when, p in (("under the load", publish), ("since the server started", since_start))
         )
         + (
-            f"| {len(later)} later rounds of that load, back to back: recommendation p99 each (errors) | "
-            f"{', '.join(f'{p99:,.1f} ms ({errors})' for p99, errors in later)} |\n"
+            f"| {len(later)} later rounds of that load, back to back: recommendation p99 each (errors; cores "
+            f"used by the API / learner / load generator) | "
+            f"{', '.join(f'{p99:,.1f} ms ({errors}; {cores})' for p99, errors, cores in later)} |\n"
             if later
             else ""
         )
