@@ -175,6 +175,29 @@ def test_the_calibrations_hits_are_every_requests_candidates_and_cut_the_lists_p
     assert recall_at_10 >= 0.97, f"recall@10 {recall_at_10:.3f} on requests it was not calibrated on"
 
 
+def test_where_the_codes_cannot_reach_the_target_the_calibration_probes_what_comes_close(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A target that even every list misses (the 4-bit codes misjudge close calls, here with
+    no shortlist beyond the candidates and no hits) does not make every request scan every
+    list: the fewest lists within ``SLACK`` of what all of them find, and a warning."""
+    monkeypatch.setattr(retrieval, "hits", lambda best, most: np.zeros(0, dtype=np.int64))
+    monkeypatch.setattr(retrieval, "SHORTLIST", 1)
+    _, vectors, bias, queries = after_traffic(snapshot(), np.random.default_rng(5))
+    settings = RetrievalSettings(min_items=1_000, candidates=12, target_recall=1.0)
+    with caplog.at_level("WARNING", logger=retrieval.__name__):
+        index = retrieval.Index(vectors, bias, settings, queries)
+    probes, lists = index.probes, index.index.nlist
+    best = np.argsort(-(queries @ vectors.T + bias), axis=1)[:, :10]
+    index.index.nprobe = lists
+    every = float(np.mean([np.isin(b, f).mean() for b, f in zip(best, index._search(queries, 12), strict=True)]))
+    assert every < 1.0 and every - retrieval.SLACK <= index.recall <= every and probes < lists / 2
+    assert f"with every list probed and {index.recall:.4f} with the {probes} of {lists}" in caplog.text
+    # the search itself: the fewest probes that reach a target, within an eighth of the last step
+    found = retrieval._fewest(lambda p: min(1.0, p / 100), 0.5, 1_000)
+    assert 50 <= found <= 56 and retrieval._fewest(lambda p: 0.3, 0.5, 1_000) == 1_000
+
+
 def test_a_first_index_is_calibrated_once_requests_arrive_and_later_builds_reuse_its_clustering(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -224,7 +247,8 @@ def test_items_added_after_the_index_was_built_are_always_candidates() -> None:
     request = ranker.plan([Event("u", IDS[3], EventType.CLICK, T0)], T0 + 1, Options(10))
     encode([request])
     assert request.candidates is not None and c.view.codes["late"] in request.candidates
-    assert len(request.candidates) < N / 10  # candidates, not the catalog
+    index = ranker.retrieval.index
+    assert index is not None and len(request.candidates) == index.shortlist(request.wanted) + 1 < N / 5
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="niceness per thread is Linux's")
