@@ -285,7 +285,9 @@ class RetrievalSettings(Section):
     """Catalogs with at least this many items rank the index's candidates; smaller ones
     score every item exactly."""
     candidates: int = Field(default=200, ge=10)
-    """Items scored exactly per request (plus the request's exclusions and ``k``)."""
+    """Candidates a request asks the index for (plus the request's exclusions and ``k``): it
+    returns four times as many by its codes' approximate scores, and all of them are scored
+    exactly (``freshrec.serve.retrieval.SHORTLIST``)."""
     rebuild_s: float = Field(default=60.0, gt=0)
     """The index is rebuilt in the background from the served vectors at most this often."""
     probes: int = Field(default=32, ge=1)
