@@ -182,8 +182,7 @@ def run_load(url: str, args: argparse.Namespace, watch: dict[str, int] | None = 
         p.join()
     wall, now = time.monotonic() - started, os.times()
     cores = {name: (cpu_s(pid) - before[name]) / wall for name, pid in watch.items()}
-    cores["load generator"] = sum(now[:4]) - sum(ours[:4])
-    cores["load generator"] /= wall
+    cores["load generator"] = (sum(now[:4]) - sum(ours[:4])) / wall
     latencies = [lat * 1000 for lat, status in recs if status == 200]
     event_latencies = [lat * 1000 for lat, status in events if status == 202]
     return {

@@ -128,13 +128,20 @@ def libraries(vectors: np.ndarray, bias: np.ndarray, users: np.ndarray) -> str:
         found = [search(built, q[i : i + 1]).ravel() for i in range(len(q))]
         return build_s, (time.perf_counter() - started) / len(q) * 1000, found
 
-    def floats(probes: int) -> Any:
-        """The inverted file of float vectors serving used before its codes, as many lists probed."""
-        lists = max(1, min(int(4 * np.sqrt(len(reduced))), len(reduced) // 39))
+    served: list[Index] = []
+
+    def codes() -> Index:
+        served.append(Index(vectors, bias, RetrievalSettings(), calibrate))
+        return served[0]
+
+    def floats() -> Any:
+        """The inverted file of float vectors serving used before its codes, with the served
+        index's lists and probes."""
+        lists = served[0].index.nlist
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(reduced.shape[1]), reduced.shape[1], lists)
         index.train(reduced[np.random.default_rng(0).choice(len(reduced), min(len(reduced), lists * 64), False)])
         index.add(reduced)
-        index.nprobe = probes
+        index.nprobe = served[0].probes
         return index
 
     def hnsw(rows: np.ndarray, metric: int) -> Any:
@@ -143,14 +150,11 @@ def libraries(vectors: np.ndarray, bias: np.ndarray, users: np.ndarray) -> str:
         graph.add(rows)
         return graph
 
-    built: list[Index] = []
     rows = [
         (f"faiss inverted file of 4-bit codes, calibrated (serving: {SHORTLIST * 200} candidates by code)",
-         *timed(lambda: built.append(Index(vectors, bias, RetrievalSettings(), calibrate)) or built[0],
-                lambda x, q: np.union1d(x.search(q, 200), x.head), users)),
+         *timed(codes, lambda x, q: np.union1d(x.search(q, 200), x.head), users)),
         ("faiss inverted file of the vectors, as many lists probed, the same hits (serving before)",
-         *timed(lambda: floats(built[0].probes), lambda x, q: np.union1d(x.search(q, 200)[1], built[0].head),
-                queries)),
+         *timed(floats, lambda x, q: np.union1d(x.search(q, 200)[1], served[0].head), queries)),
         ("faiss HNSW, reduced to Euclidean (serving before the inverted file)",
          *timed(lambda: hnsw(reduced, faiss.METRIC_L2), lambda x, q: x.search(q, 200)[1], queries)),
         ("faiss HNSW, inner product",

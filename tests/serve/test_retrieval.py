@@ -77,6 +77,19 @@ def after_traffic(snap: Snapshot, rng: np.random.Generator) -> tuple[Ranker, np.
     return ranker, scoring.vectors.numpy(), scoring.bias.numpy(), np.array(ranker.retrieval.recent)
 
 
+def no_hits(best: np.ndarray, most: int) -> np.ndarray:
+    """Stands in for :func:`retrieval.hits`: a calibration without them."""
+    return np.zeros(0, dtype=np.int64)
+
+
+def found_share(index: retrieval.Index, queries: np.ndarray, vectors: np.ndarray, bias: np.ndarray, k: int) -> float:
+    """The share of each query's exact top 10 among ``index``'s shortlist of ``k`` and its
+    hits, with the lists it probes now: what its calibration measures, computed apart."""
+    best = np.argsort(-(queries @ vectors.T + bias), axis=1)[:, :10]
+    found = zip(best, index._search(queries, k), strict=True)
+    return float(np.mean([np.isin(b, np.union1d(f, index.head)).mean() for b, f in found]))
+
+
 def recall_on_others(ranker: Ranker, snap: Snapshot, others: list[list[Event]]) -> float:
     """Recall@10 of ``ranker``'s lists against scoring every item, on ``others``' requests."""
     exact = Ranker(catalog(), RetrievalSettings(min_items=N + 1))
@@ -121,7 +134,7 @@ def test_a_build_calibrates_its_probes_on_the_latest_requests_to_the_recall_it_i
     probes the fewest lists that find ``target_recall`` of their top 10: what it measured
     holds for other requests too, and a lower target probes fewer lists. (Without the
     calibration's hits, which on this untrained model hold most top 10s: one list does.)"""
-    monkeypatch.setattr(retrieval, "hits", lambda best, most: np.zeros(0, dtype=np.int64))
+    monkeypatch.setattr(retrieval, "hits", no_hits)
     snap = snapshot()
     rng = np.random.default_rng(1)
     ranker, vectors, bias, queries = after_traffic(snap, rng)
@@ -136,12 +149,10 @@ def test_a_build_calibrates_its_probes_on_the_latest_requests_to_the_recall_it_i
     assert probes[0.5] < probes[0.99] <= index.index.nlist
     # the fewest probes that reach the target, found one by one: the calibration's doubling
     # and halving land within an eighth of its last step above them, not at a power of two
-    best = np.argsort(-(queries @ vectors.T + bias), axis=1)[:, :10]
 
     def recall(n: int) -> float:
         index.index.nprobe = n
-        found = zip(best, index._search(queries, 50), strict=True)
-        return float(np.mean([np.isin(b, np.union1d(f, index.head)).mean() for b, f in found]))
+        return found_share(index, queries, vectors, bias, 50)
 
     fewest = next(n for n in range(1, index.index.nlist + 1) if recall(n) >= 0.99)
     assert fewest <= probes[0.99] <= fewest + max(1, fewest // 8), (fewest, probes[0.99])
@@ -165,7 +176,7 @@ def test_the_calibrations_hits_are_every_requests_candidates_and_cut_the_lists_p
     index = ranker.retrieval.index
     assert index is not None and 0 < len(index.head) <= 50 and index.recall >= 0.99
     with monkeypatch.context() as m:
-        m.setattr(retrieval, "hits", lambda best, most: np.zeros(0, dtype=np.int64))
+        m.setattr(retrieval, "hits", no_hits)
         alone = retrieval.Index(vectors, bias, CALIBRATED, queries)
     assert index.probes < alone.probes
     request = ranker.plan(clicks(rng, 1)[0], T0 + 100, Options(10))
@@ -181,16 +192,15 @@ def test_where_the_codes_cannot_reach_the_target_the_calibration_probes_what_com
     """A target that even every list misses (the 4-bit codes misjudge close calls, here with
     no shortlist beyond the candidates and no hits) does not make every request scan every
     list: the fewest lists within ``SLACK`` of what all of them find, and a warning."""
-    monkeypatch.setattr(retrieval, "hits", lambda best, most: np.zeros(0, dtype=np.int64))
+    monkeypatch.setattr(retrieval, "hits", no_hits)
     monkeypatch.setattr(retrieval, "SHORTLIST", 1)
     _, vectors, bias, queries = after_traffic(snapshot(), np.random.default_rng(5))
     settings = RetrievalSettings(min_items=1_000, candidates=12, target_recall=1.0)
     with caplog.at_level("WARNING", logger=retrieval.__name__):
         index = retrieval.Index(vectors, bias, settings, queries)
     probes, lists = index.probes, index.index.nlist
-    best = np.argsort(-(queries @ vectors.T + bias), axis=1)[:, :10]
     index.index.nprobe = lists
-    every = float(np.mean([np.isin(b, f).mean() for b, f in zip(best, index._search(queries, 12), strict=True)]))
+    every = found_share(index, queries, vectors, bias, 12)
     assert every < 1.0 and every - retrieval.SLACK <= index.recall <= every and probes < lists / 2
     assert f"with every list probed and {index.recall:.4f} with the {probes} of {lists}" in caplog.text
     # the search itself: the fewest probes that reach a target, within an eighth of the last step
