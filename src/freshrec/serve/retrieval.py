@@ -92,7 +92,7 @@ class Index:
     random clicks has vectors with no clusters, and finding 0.99 of its top 10 took a third
     to half of the lists of a million items, 6-15 ms a search: more than a request's share
     of a core at 200 requests/s, and the server fell behind. Each dimension's residual
-    from its list's centre as a 4-bit code (one byte per two dimensions: 34 MB for a
+    from its list's centre as a 4-bit code (one byte per two dimensions: 33 MB for a
     million items against 264 MB), compared sixteen at a time by SIMD table look-ups, is
     scanned 6-8 times as fast (a million vectors in 64 dimensions around 2,000 centres:
     1,024 lists 1.3 against 8.0 ms, every list 3.9 against 29.4 ms) and finds about as
