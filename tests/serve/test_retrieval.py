@@ -21,7 +21,9 @@ from freshrec.serve import retrieval
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.ranker import Options, Ranker, encode
 from freshrec.serve.retrieval import BUILD_NICENESS, hits
+from freshrec.serve.service import latest_histories
 from freshrec.settings import LearnSettings, ModelSettings, RetrievalSettings
+from freshrec.storage import open_store
 from tests.serve.conftest import READ, make_settings, start_server, wait_for
 
 N = 6_000
@@ -244,6 +246,57 @@ def test_a_first_index_is_calibrated_once_requests_arrive_and_later_builds_reuse
     assert not second.trained.fits(second.dims, lists)
 
 
+def test_a_first_index_calibrates_on_stored_users_and_later_ones_on_requests() -> None:
+    """Before any request, a build calibrates on the stored users' histories the ranker is
+    given (``calibration_requests`` of them, ``history_length`` events each): the first index
+    is calibrated, finds the target on requests it did not see, and is not built again when
+    requests come; a build with enough requests calibrates on those."""
+    snap = snapshot()
+    rng = np.random.default_rng(6)
+    asked: list[tuple[int, int]] = []
+
+    def stored(users: int, length: int) -> tuple[list[list[Event]], float]:
+        asked.append((users, length))
+        return clicks(rng, users), T0 + 100
+
+    ranker = Ranker(catalog(), CALIBRATED, stored)
+    ranker.publish(snap)
+    ranker.retrieval.wait()
+    first = ranker.retrieval.index
+    assert asked == [(CALIBRATED.calibration_requests, snap.settings.history_length)]
+    assert first is not None and first.recall >= CALIBRATED.target_recall
+    assert recall_on_others(ranker, snap, clicks(rng, 100)) >= 0.97
+    for past in clicks(rng, CALIBRATED.calibration_requests):
+        ranked(ranker, past, Options(10))
+    ranker.refresh()
+    ranker.retrieval.wait()
+    assert ranker.retrieval.index is first  # calibrated already: young, kept
+    ranker.retrieval.index = None
+    ranker.refresh()  # builds again, with the requests there
+    ranker.retrieval.wait()
+    assert asked == [(CALIBRATED.calibration_requests, snap.settings.history_length)]  # not asked again
+    second = ranker.retrieval.index
+    assert second is not None and second.recall >= CALIBRATED.target_recall
+
+
+def test_latest_histories_are_those_of_the_users_who_acted_last(tmp_path: Path) -> None:
+    """What a first index calibrates on: the users whose events end the log, newest first,
+    each with their own last ``length`` events (older ones read from the user's history,
+    not only from the log's end)."""
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}")
+    try:
+        events = [Event(f"u{n % 50}", IDS[n], EventType.CLICK, T0 + n) for n in range(400)]
+        events += [Event("u7", IDS[500 + n], EventType.VIEW, T0 + 500 + n) for n in range(3)]
+        store.append_events(events)
+        latest = latest_histories(store, 4, 5)
+        assert [h[-1].user_id for h in latest] == ["u7", "u49", "u48", "u47"]
+        assert [e.item_id for e in latest[0]] == [IDS[307], IDS[357], IDS[500], IDS[501], IDS[502]]
+        assert all(len(h) == 5 and len({e.user_id for e in h}) == 1 for h in latest)
+        assert len(latest_histories(store, 1_000, 3)) == 50
+    finally:
+        store.close()
+
+
 def test_items_added_after_the_index_was_built_are_always_candidates() -> None:
     snap = snapshot()
     c = catalog()
@@ -298,3 +351,10 @@ def test_a_server_builds_the_index_in_the_background_says_so_and_ranks_its_candi
             assert scanned and float(scanned.group(1)) == index.probes / index.index.nlist
             user = str(served.events[-1]["user_id"])
             assert len(api.recommend(user, k=10)["items"]) == 10
+            # while the first index is built, the server says it is not ready
+            retrieval = served.engine.service.ranker.retrieval
+            with retrieval._building:
+                retrieval.index = None
+                assert not api.ready()
+                retrieval.index = index
+            assert api.ready()

@@ -138,7 +138,8 @@ class Client:
         return self.call(Routes.ready())  # type: ignore[no-any-return]
 
     def ready(self) -> bool:
-        """Whether the server is ready (its store answers, its catalog is loaded)."""
+        """Whether the server is ready (its store answers, its catalog is loaded, a large catalog's
+        first candidate index is built)."""
         try:
             self.call(Routes.ready())
         except (FreshrecError, httpx.TransportError):  # not ready, or not there at all

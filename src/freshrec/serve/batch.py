@@ -17,7 +17,7 @@ from freshrec.serve.catalog import Catalog
 from freshrec.serve.explain import Ranked
 from freshrec.serve.fallback import Popularity
 from freshrec.serve.ranker import Options, Ranker, encode, finish
-from freshrec.serve.service import MODEL_LESS_HISTORY, SEEN_WINDOW
+from freshrec.serve.service import MODEL_LESS_HISTORY, SEEN_WINDOW, latest_histories
 from freshrec.settings import Settings
 from freshrec.storage.base import Store
 
@@ -33,7 +33,9 @@ def recommend_users(
     before its first model."""
     catalog = Catalog()
     catalog.load(store, encoder_key(settings.encoder))
-    ranker = Ranker(catalog, settings.serve.retrieval)
+    ranker = Ranker(
+        catalog, settings.serve.retrieval, lambda n, length: (latest_histories(store, n, length), time.time())
+    )
     ranker.publish(snapshot)
     ranker.retrieval.wait()  # a large catalog's candidate index, started by the publish
     popularity = Popularity()

@@ -29,7 +29,7 @@ from freshrec.serve.explain import Because, Ranked, because_of, ranked
 from freshrec.serve.fallback import by_text, diversified
 from freshrec.serve.retrieval import Index, Retrieval
 from freshrec.serve.rules import parse
-from freshrec.serve.scoring import Behind, Scoring, build_scoring, history_tensors, top
+from freshrec.serve.scoring import Behind, Scoring, build_scoring, history_tensors, promoted, top, user_vectors
 from freshrec.settings import RetrievalSettings
 
 
@@ -56,14 +56,19 @@ over (see :meth:`Behind.spare_for`); a request takes milliseconds."""
 
 Popular = Callable[[], Sequence[tuple[ItemId, float]]]
 """Popular items, best first; called only for a user without history."""
+Stored = Callable[[int, int], tuple[list[list[Event]], float]]
+"""``(users, length)``: the last ``length`` events of up to ``users`` stored users, and now."""
 
 
 class Ranker:
     """Recommendations and similar items from the current :class:`Scoring`."""
 
-    def __init__(self, catalog: Catalog, retrieval: RetrievalSettings | None = None):
+    def __init__(self, catalog: Catalog, retrieval: RetrievalSettings | None = None, stored: Stored | None = None):
+        """``stored``: histories of stored users, which a candidate index built before
+        requests came calibrates on (:meth:`Retrieval.refresh`)."""
         self.catalog = catalog
         self.retrieval = Retrieval(retrieval or RetrievalSettings())
+        self.stored = stored
         self._snapshot: Snapshot | None = None
         self._lock = threading.Lock()
         self._spares: list[tuple[weakref.ref[Scoring], SequenceNet]] = []
@@ -103,10 +108,18 @@ class Ranker:
         self.blend.prepare(sc.view)
         if sc.vectors is not None and sc.bias is not None:
             vectors, bias = sc.vectors, sc.bias
-            self.retrieval.refresh(lambda: (vectors.numpy().copy(), bias.numpy().copy()), len(sc.view))
+            self.retrieval.refresh(
+                lambda: (vectors.numpy().copy(), bias.numpy().copy()), len(sc.view), lambda: self._stored_users(sc)
+            )
         if self.scoring.net is not None:
             self._spares.append((weakref.ref(self.scoring), self.scoring.net))
             del self._spares[:-4]
+
+    def _stored_users(self, sc: Scoring) -> npt.NDArray[np.float32] | None:
+        if self.stored is None or sc.snapshot is None:
+            return None
+        histories, now = self.stored(self.retrieval.settings.calibration_requests, sc.snapshot.settings.history_length)
+        return user_vectors(sc, histories, now)
 
     def _spare(self) -> SequenceNet | None:
         """A network whose scoring is gone: no request can be using it."""
@@ -311,27 +324,6 @@ def _retrieve(requests: Sequence[Request]) -> None:
             # (np.union1d: 54 against 11 µs for 730 rows), but with the calibration's hits
             found = np.union1d(mine, index.head) if len(index.head) else np.sort(mine)
             r.candidates = np.concatenate([found, newer])
-
-
-def promoted(
-    scores: npt.NDArray[np.floating],
-    allowed: npt.NDArray[np.bool_],
-    boosted: npt.NDArray[np.bool_],
-    chosen: list[int],
-    places: int,
-) -> list[int]:
-    """``chosen`` (the best allowed, best first) with at least ``places`` boosted items:
-    the best boosted ones not in it take the places of its worst unboosted ones, and the
-    list stays in score order (a boosted item shows at its own rank among them)."""
-    lifted = [c for c in chosen if boosted[c]]
-    missing = min(places, len(chosen)) - len(lifted)
-    if missing <= 0:
-        return chosen
-    others = allowed & boosted
-    others[lifted] = False
-    extra = top(scores, others, missing)
-    plain = [c for c in chosen if not boosted[c]][: len(chosen) - len(lifted) - len(extra)]
-    return sorted([*lifted, *extra, *plain], key=lambda c: (-scores[c], c))
 
 
 @torch.inference_mode()

@@ -250,6 +250,27 @@ def top(scores: npt.NDArray[np.floating], allowed: npt.NDArray[np.bool_], k: int
     return [int(c) for c in candidates[order]]
 
 
+def promoted(
+    scores: npt.NDArray[np.floating],
+    allowed: npt.NDArray[np.bool_],
+    boosted: npt.NDArray[np.bool_],
+    chosen: list[int],
+    places: int,
+) -> list[int]:
+    """``chosen`` (the best allowed, best first) with at least ``places`` boosted items:
+    the best boosted ones not in it take the places of its worst unboosted ones, and the
+    list stays in score order (a boosted item shows at its own rank among them)."""
+    lifted = [c for c in chosen if boosted[c]]
+    missing = min(places, len(chosen)) - len(lifted)
+    if missing <= 0:
+        return chosen
+    others = allowed & boosted
+    others[lifted] = False
+    extra = top(scores, others, missing)
+    plain = [c for c in chosen if not boosted[c]][: len(chosen) - len(lifted) - len(extra)]
+    return sorted([*lifted, *extra, *plain], key=lambda c: (-scores[c], c))
+
+
 def history_tensors(sc: Scoring, rows: Sequence[tuple[Sequence[Event], float, int]], length: int) -> HistoryTensors:
     """Right-aligned, left-padded tensors of several ``(history, now, user row)``
     rows (oldest event first), as wide as the longest history: the encoder reads
@@ -273,3 +294,20 @@ def history_tensors(sc: Scoring, rows: Sequence[tuple[Sequence[Event], float, in
         "time": torch.tensor(now, dtype=torch.float64),
         "user": torch.tensor([u for _, _, u in rows], dtype=torch.long),
     }
+
+
+@torch.inference_mode()
+def user_vectors(sc: Scoring, histories: Sequence[Sequence[Event]], now: float) -> npt.NDArray[np.float32] | None:
+    """The model's vectors for these histories (oldest event first) at time ``now``, as
+    requests with them would get (the known items' last ``history_length`` events, each
+    user's row); ``None`` without a model or a history of known items."""
+    if sc.net is None or sc.vectors is None or sc.snapshot is None:
+        return None
+    length = sc.snapshot.settings.history_length
+    rows = []
+    for history in histories:
+        if known := [e for e in history if e.item_id in sc.view.codes][-length:]:
+            rows.append((known, now, sc.user_rows.get(known[-1].user_id, -1)))
+    if not rows:
+        return None
+    return sc.net.users(sc.vectors, **history_tensors(sc, rows, length)).numpy()

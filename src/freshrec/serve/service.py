@@ -66,8 +66,18 @@ SEEN_WINDOW = 500
 """Most recent events of a user whose items ``exclude_seen`` leaves out."""
 MODEL_LESS_HISTORY = 20
 """Events of a user that rank by text similarity before any model exists."""
+LATEST_EVENTS = 8
+"""Events read from the log's end per user :func:`latest_histories` looks for."""
 TICK_S = 1.0
 """How often the figures are sampled."""
+
+
+def latest_histories(store: Store, users: int, length: int) -> list[list[Event]]:
+    """The last ``length`` events of up to ``users`` users, those whose events end the log
+    (a candidate index built before requests came calibrates on them)."""
+    recent = store.read_events(max(0, store.last_offset() - LATEST_EVENTS * users), LATEST_EVENTS * users)
+    latest = list(dict.fromkeys(e.user_id for e in reversed(recent)))[:users]
+    return [store.user_history(user_id, length) for user_id in latest]
 
 
 class Service:
@@ -86,7 +96,7 @@ class Service:
         self.live = Live(clock=clock)
         self.catalog = Catalog()
         self.catalog.load(store, encoder_key(settings.encoder))
-        self.ranker = Ranker(self.catalog, settings.serve.retrieval)
+        self.ranker = Ranker(self.catalog, settings.serve.retrieval, self._stored)
         self.metrics.candidate_index_items.set_function(lambda: self._index("n"))
         self.metrics.candidate_index_recall.set_function(lambda: self._index("recall"))
         self.metrics.candidate_index_probes.set_function(lambda: self._index("scanned"))
@@ -102,7 +112,9 @@ class Service:
         self.experiment: Experiment | None = None
         if settings.experiment.name:
             arm_models = {
-                arm: Models(Ranker(self.catalog, settings.serve.retrieval), settings.cluster, self.metrics, arm)
+                arm: Models(
+                    Ranker(self.catalog, settings.serve.retrieval, self._stored), settings.cluster, self.metrics, arm
+                )
                 for arm in settings.own_arms()
             }
             self.experiment = Experiment(store, settings, self.ranker, arm_models, self.metrics, clock)
@@ -143,6 +155,9 @@ class Service:
         if index is None:
             return float("nan") if figure == "recall" else 0.0
         return float(getattr(index, figure))
+
+    def _stored(self, users: int, length: int) -> tuple[list[list[Event]], float]:
+        return latest_histories(self.store, users, length), self.clock()
 
     def _arm_models(self) -> list[Models]:
         return list(self.experiment.arm_models.values()) if self.experiment is not None else []

@@ -32,11 +32,17 @@ def router(service: Service, access: Access) -> APIRouter:
         """200 while the store answers (the catalog is loaded before the server listens),
         with or without a learned model: until the first arrives, requests are answered by
         the text and popularity fallback, and a load balancer should send them. Whether a
-        model is served is ``model_served`` in the body, ``/v1/status`` and ``/metrics``."""
+        model is served is ``model_served`` in the body, ``/v1/status`` and ``/metrics``.
+
+        503 while a large catalog's first candidate index is built (seconds to a minute):
+        requests would score every item meanwhile, a million items' 15 ms each, and a
+        server sent its share of traffic then falls behind."""
         try:
             await service.read(service.store.last_offset)
         except Exception as exc:
             return JSONResponse({"detail": f"store unavailable: {type(exc).__name__}"}, status_code=503)
+        if service.ranker.retrieval.warming:
+            return JSONResponse({"detail": "building the candidate index"}, status_code=503)
         return JSONResponse({"status": "ready", **service.figures.status()})
 
     @routes.get("/metrics", include_in_schema=False)
