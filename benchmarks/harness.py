@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from freshrec.client import Client
+import httpx
+
+from freshrec.client import Client, FreshrecError
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
@@ -33,8 +35,11 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300.
     deadline = time.monotonic() + timeout
     with Client(url, timeout=2.0) as c:
         while True:
-            if c.ready() and (not model or c.readiness().get("model_served")):
-                return
+            try:
+                if c.readiness().get("model_served") or not model:
+                    return
+            except (FreshrecError, httpx.TransportError):  # not listening yet, or not ready (503)
+                pass
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError("the server did not become ready")
             time.sleep(0.05)

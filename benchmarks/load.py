@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -115,25 +116,50 @@ def recommend_load(url: str, rate: float, seconds: float, users: int, out: Any, 
 
 
 def event_load(
-    url: str, rate: float, seconds: float, users: int, items: int, batch: int, out: Any, seed: int = 2
+    url: str,
+    rate: float,
+    seconds: float,
+    users: int,
+    items: int,
+    batch: int,
+    out: Any,
+    seed: int = 2,
+    log: tuple[Path, int] | None = None,
 ) -> None:
     """Clicks of random users on items drawn by popularity; ``seed`` picks them (the same
-    seed posts the same events again: a learner then learns them again)."""
-    rng = np.random.default_rng(seed)
-    popularity = 1.0 / (1.0 + np.arange(items)) ** 0.8
-    popularity /= popularity.sum()
-    # drawn up front, in one call: a draw of one item with ``p`` costs a pass over the
-    # catalog (9 ms at 1,000,000 items), which made this process the bottleneck it measured
+    seed posts the same events again: a learner then learns them again). With ``log``
+    (a JSONL file of events and how many of them to skip), that file's events in order
+    instead, stamped by the server (their own times are dropped)."""
     posts = int(rate / batch * seconds) + 1
-    who = rng.integers(users, size=(posts, batch))
-    what = rng.choice(items, size=(posts, batch), p=popularity)
+    if log is not None:
+        path, skip = log
+        with path.open() as fh:
+            rows = [json.loads(line) for line in itertools.islice(fh, skip, skip + posts * batch)]
+        if len(rows) < posts * batch:
+            raise ValueError(f"{path} holds {skip + len(rows):,} events, {skip + posts * batch:,} wanted")
+        for row in rows:
+            row.pop("timestamp", None)
+        bodies = [json.dumps(rows[n * batch : (n + 1) * batch]).encode() for n in range(posts)]
+    else:
+        rng = np.random.default_rng(seed)
+        popularity = 1.0 / (1.0 + np.arange(items)) ** 0.8
+        popularity /= popularity.sum()
+        # drawn up front, in one call: a draw of one item with ``p`` costs a pass over the
+        # catalog (9 ms at 1,000,000 items), which made this process the bottleneck it measured
+        who = rng.integers(users, size=(posts, batch))
+        what = rng.choice(items, size=(posts, batch), p=popularity)
 
-    async def request(client: RawClient, n: int) -> int:
-        events = [
+    def body(n: int) -> bytes:
+        if log is not None:
+            return bodies[n]
+        clicks = [
             {"user_id": f"u{u:05d}", "item_id": f"i{i:06d}", "type": "click"}
             for u, i in zip(who[n], what[n], strict=True)
         ]
-        return await client.request("POST", "/v1/events", json.dumps(events).encode())
+        return json.dumps(clicks).encode()
+
+    async def request(client: RawClient, n: int) -> int:
+        return await client.request("POST", "/v1/events", body(n))
 
     out.put(asyncio.run(_open_loop(url, rate / batch, seconds, request, {"X-API-Key": KEYS["write"]})))
 
@@ -172,6 +198,7 @@ def run_load(url: str, args: argparse.Namespace, watch: dict[str, int] | None = 
             ctx.Process(
                 target=event_load,
                 args=(url, args.eps, args.seconds, args.users, args.items, 10, events_q, getattr(args, "seed", 2)),
+                kwargs={"log": getattr(args, "log", None)},
             )
         )
     for p in procs:

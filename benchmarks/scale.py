@@ -3,8 +3,9 @@
     python benchmarks/scale.py [--items 200000] [--users 5000] [--events 100000] [--data /tmp/freshrec-scale]
 
 With the hashing encoder (the text model's speed is measured by ``encode.py``):
-generates the shop (once: it is kept in ``DATA-shop-ITEMS-USERS-EVENTS`` beside the
-data folder), imports its items and events (timed), warm-starts the model
+generates the shop (once: it is kept in ``DATA-shop-ITEMS-USERS-EVENTS+TAIL`` beside the
+data folder; the log's last TAIL events are held back from the import for the load to
+post), imports its items and events (timed), warm-starts the model
 (``freshrec train``: time and peak RSS), then starts ``freshrec serve`` and measures
 recommendation latency unloaded (500 requests, one at a time) and under 200
 requests/s plus 500 events/s for 30 s, the publish figures (``/metrics``: building the
@@ -17,14 +18,21 @@ p50 and p99 of the loaded requests (where the tail comes from: stalls or a slow 
 ``learn.warm_start_events`` setting). ``--reuse`` keeps the data folder of an earlier run
 of the same shop and the phases it finished (their figures are in ``phases.json`` there),
 runs the others and measures serving again: importing ten million events takes minutes.
-``--rounds N`` runs the load N times back to back (what minutes of it do: the model the
-learner serves drifts under the load's random events) and reports each later round's p99.
+``--rounds N`` runs the load N times back to back (what minutes of it do to the model the
+learner serves) and reports each later round's p99.
+
+``--load`` says what the load's events are: ``log`` (the default), the shop's own next
+events, in order (its users go on as its log has them, and the model learns what a shop's
+model learns); ``random``, clicks of uniformly random users on items drawn by a popularity
+curve: noise, which over minutes moves the model's vectors apart (a stress case: its
+candidate index then needs half its lists).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import re
@@ -39,6 +47,11 @@ import numpy as np
 from freshrec.client import Client
 from harness import free_port, freshrec, wait_ready, write_section
 from load import KEYS, learner_pid, percentiles, rss_mb, run_load
+
+RPS, EPS = 200.0, 500.0
+"""The load: recommendations and events a second."""
+EVENTS = {"log": "the shop's next events", "random": "random users' clicks"}
+"""What the load's events are (``--load``)."""
 
 
 def env() -> dict[str, str]:
@@ -142,6 +155,15 @@ def wait_for_index(url: str, items: int, timeout: float) -> float:
     return time.monotonic() - started
 
 
+def hold_back(events: Path, keep: int, tail: Path) -> None:
+    """Keep the first ``keep`` lines of ``events`` there and move the rest to ``tail``."""
+    kept = events.with_suffix(".head")
+    with events.open() as fh, kept.open("w") as head, tail.open("w") as rest:
+        head.writelines(itertools.islice(fh, keep))
+        rest.writelines(fh)
+    kept.replace(events)
+
+
 def shares(cores: dict[str, float]) -> str:
     """The cores each process used during a round, as the table shows them."""
     return " / ".join(f"{c:.2f}" for c in cores.values())
@@ -159,7 +181,13 @@ def later_rounds(url: str, args: argparse.Namespace, watch: dict[str, int]) -> l
         load = run_load(
             url,
             argparse.Namespace(
-                rps=200.0, eps=500.0, seconds=args.seconds, users=args.users, items=args.items, seed=2 + n
+                rps=RPS,
+                eps=EPS,
+                seconds=args.seconds,
+                users=args.users,
+                items=args.items,
+                seed=2 + n,
+                log=(args.log, int(EPS * args.seconds * n)) if args.log else None,
             ),
             watch,
         )
@@ -183,17 +211,26 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="rounds of the load, back to back (the first is the table's)"
     )
+    parser.add_argument(
+        "--load", choices=["log", "random"], default="log",
+        help="the events the load posts: the shop's own, held back from its import, or random users' clicks",
+    )  # fmt: skip
     args = parser.parse_args()
+    args.log = None
     if args.warm_start_events:
         os.environ["FRESHREC_LEARN__WARM_START_EVENTS"] = str(args.warm_start_events)
     # the generated shop is kept beside the data folder: generating 200,000 items' events takes minutes
-    gen = args.data.parent / f"{args.data.name}-shop-{args.items}-{args.users}-{args.events}"
-    if not (gen / "events.jsonl").exists():
+    tail = int(EPS * (args.seconds + 1) * args.rounds)  # a round posts a batch more than its seconds' worth
+    gen = args.data.parent / f"{args.data.name}-shop-{args.items}-{args.users}-{args.events}+{tail}"
+    if not (gen / "tail.jsonl").exists():
         subprocess.run(
             freshrec(args.data, "generate", "--out", str(gen), "--items", str(args.items), "--users", str(args.users),
-                     "--events", str(args.events), "--days", "30"),
+                     "--events", str(args.events + tail), "--days", "30"),
             check=True, env=env(), stdout=subprocess.DEVNULL,
         )  # fmt: skip
+        hold_back(gen / "events.jsonl", args.events, gen / "tail.jsonl")
+    if args.load == "log":
+        args.log = gen / "tail.jsonl"
     figures = prepare(args, gen)
     checkpoint = max(p.stat().st_size for p in (args.data / "checkpoints").glob("*.state")) / 2**20
     port = free_port()
@@ -215,7 +252,14 @@ def main() -> None:
         watch = {"API": server.pid, "learner": learner_pid(server.pid)}
         load = run_load(
             url,
-            argparse.Namespace(rps=200.0, eps=500.0, seconds=args.seconds, users=args.users, items=args.items),
+            argparse.Namespace(
+                rps=RPS,
+                eps=EPS,
+                seconds=args.seconds,
+                users=args.users,
+                items=args.items,
+                log=(args.log, 0) if args.log else None,
+            ),
             watch,
         )
         after = metrics_text(url)
@@ -235,7 +279,7 @@ def main() -> None:
     limit = f" --warm-start-events {args.warm_start_events}" if args.warm_start_events else ""
     body = (
         f"`python benchmarks/scale.py --items {args.items} --users {args.users} --events {args.events}{limit}"
-        f"{f' --rounds {args.rounds}' if args.rounds > 1 else ''}`, "
+        f"{f' --rounds {args.rounds}' if args.rounds > 1 else ''}{' --load random' if args.load == 'random' else ''}`, "
         f"run on {dt.date.today()}, hashing encoder, default settings otherwise.\n\n"
         "| figure | value |\n| --- | --- |\n"
         f"| import items / events | {figures['import_items_s']:.1f} s / {figures['import_events_s']:.1f} s |\n"
@@ -243,7 +287,8 @@ def main() -> None:
         f"| checkpoint version | {checkpoint:,.1f} MB |\n"
         f"| `freshrec serve` start: ready / candidate index built | {ready:.1f} s / {ready + index:.1f} s |\n"
         f"| recommendation, unloaded (500, one at a time) | p50 {p_un[0]:.1f} ms, p99 {p_un[2]:.1f} ms |\n"
-        f"| recommendation under 200 req/s + 500 events/s for {args.seconds:.0f} s | p50 {p_load[0]:.1f} ms, "
+        f"| recommendation under 200 req/s + 500 events/s ({EVENTS[args.load]}) for {args.seconds:.0f} s | "
+        f"p50 {p_load[0]:.1f} ms, "
         f"p99 {p_load[2]:.1f} ms, {load['errors']} errors of {load['requests']:,} |\n"
         f"| cores used meanwhile: API / learner / load generator | {shares(load['cores'])} |\n"
         f"| event posts (10 events each) under that load | p50 {load['event_latency_ms'][0]:.1f} ms, "

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -260,7 +261,15 @@ def test_a_first_index_calibrates_on_stored_users_and_later_ones_on_requests() -
         return clicks(rng, users), T0 + 100
 
     ranker = Ranker(catalog(), CALIBRATED, stored)
+    refresh, served_before = ranker.retrieval.refresh, []
+
+    def refreshed(*args: Any) -> None:  # the build is claimed before the model is served: not ready meanwhile
+        served_before.append(ranker.scoring.snapshot is not None)
+        refresh(*args)
+
+    ranker.retrieval.refresh = refreshed  # type: ignore[method-assign]
     ranker.publish(snap)
+    assert served_before == [False] and (ranker.retrieval.warming or ranker.retrieval.index is not None)
     ranker.retrieval.wait()
     first = ranker.retrieval.index
     assert asked == [(CALIBRATED.calibration_requests, snap.settings.history_length)]
@@ -277,6 +286,38 @@ def test_a_first_index_calibrates_on_stored_users_and_later_ones_on_requests() -
     assert asked == [(CALIBRATED.calibration_requests, snap.settings.history_length)]  # not asked again
     second = ranker.retrieval.index
     assert second is not None and second.recall >= CALIBRATED.target_recall
+
+
+def test_an_old_index_that_still_finds_its_recall_is_kept_and_one_that_drifted_is_built_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past ``rebuild_s``, the index is first checked on the latest requests against the
+    newer vectors: kept (with the check's recall, counted as built now) while it finds what
+    its calibration did; built again when the vectors moved so that it no longer does.
+    (Without the calibration's hits, which on this untrained model hold most top 10s.)"""
+    monkeypatch.setattr(retrieval, "hits", no_hits)
+    ranker, vectors, bias, queries = after_traffic(snapshot(), np.random.default_rng(8))
+    served = ranker.retrieval
+    served.build_now(vectors, bias, queries)
+    index = served.index
+    assert index is not None and index.recall >= CALIBRATED.target_recall
+    served.settings = CALIBRATED.model_copy(update={"rebuild_s": 0.01})
+
+    def aged() -> float:
+        time.sleep(max(0.02, 4 * index.build_s))
+        return index.built_at
+
+    built = aged()
+    served.refresh(lambda: (vectors.copy(), bias.copy()), N)
+    served.wait()
+    assert served.index is index and index.built_at > built and index.recall >= CALIBRATED.target_recall
+    drifted = np.random.default_rng(9).permutation(vectors)  # every item another's vector
+    assert not index.holds(drifted, bias, queries)
+    aged()
+    served.refresh(lambda: (drifted, bias.copy()), N)
+    served.wait()
+    rebuilt = served.index
+    assert rebuilt is not None and rebuilt is not index and rebuilt.recall >= CALIBRATED.target_recall
 
 
 def test_latest_histories_are_those_of_the_users_who_acted_last(tmp_path: Path) -> None:

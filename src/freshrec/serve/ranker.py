@@ -102,15 +102,16 @@ class Ranker:
             self.retrieval.forget()
         previous, behind = self.scoring, self._behind
         tables = behind.spare_for(previous, SPARE_WAIT_S) if behind is not None else None
-        self.scoring = sc = build_scoring(snapshot, self.catalog.view, self._spare(), previous, tables)
+        sc = build_scoring(snapshot, self.catalog.view, self._spare(), previous, tables)
         whole = sc.snapshot is not None and sc.snapshot.changed is None
         self._behind = Behind.copy_of(sc) if whole else Behind.of(previous)
-        self.blend.prepare(sc.view)
-        if sc.vectors is not None and sc.bias is not None:
-            vectors, bias = sc.vectors, sc.bias
+        if sc.vectors is not None and sc.bias is not None:  # before the swap: a first index is building
+            vectors, bias = sc.vectors, sc.bias  # (not ready) from the moment its model is served
             self.retrieval.refresh(
                 lambda: (vectors.numpy().copy(), bias.numpy().copy()), len(sc.view), lambda: self._stored_users(sc)
             )
+        self.scoring = sc
+        self.blend.prepare(sc.view)
         if self.scoring.net is not None:
             self._spares.append((weakref.ref(self.scoring), self.scoring.net))
             del self._spares[:-4]

@@ -147,10 +147,14 @@ class Index:
         """Rows that are candidates for every request, ascending: the calibration's hits
         (:meth:`_calibrate`)."""
         self.recall = float("nan")
-        """Share of the exact top 10 among the candidates, on the calibration's requests."""
+        """Share of the exact top 10 among the candidates, on the calibration's requests (or
+        the latest :meth:`holds` check's)."""
         if queries is not None and len(queries):
             self._calibrate(vectors, bias, queries)
+        self.calibrated = self.recall
+        """What the calibration measured."""
         self.built_at = time.monotonic()
+        """When it was built or last found to hold (:meth:`holds`)."""
         self.build_s = time.perf_counter() - started
 
     @property
@@ -180,6 +184,33 @@ class Index:
         _, rows = self.index.search(queries, self.shortlist(k))
         return np.asarray(rows, dtype=np.int64)
 
+    def holds(
+        self, vectors: npt.NDArray[np.float32], bias: npt.NDArray[np.float32], users: npt.NDArray[np.float32]
+    ) -> bool:
+        """Whether this index still finds what it was calibrated to for ``users`` (recent
+        requests' vectors) whose exact top 10 is taken by ``vectors`` and ``bias``, a newer
+        snapshot's: ``target_recall``, or within :data:`SLACK` of its calibration's recall
+        where that fell short. If it does, it takes their hits (:func:`hits`) and the recall
+        it measured, and counts as built now.
+
+        Why: a million items' build costs about 20 s of a core and ran every minute or two,
+        beside the requests; a model that learns a shop's own events moves its vectors little
+        in that time, and scoring a few hundred requests exactly against every item and
+        searching them once costs a tenth of it. A model whose vectors drifted apart fails
+        the check and gets its build."""
+        best = _exact(vectors[: self.n], bias[: self.n], users)
+        head = hits(best, self.settings.candidates)
+        recall = self._found(best, users, head)
+        if recall < min(self.settings.target_recall, self.calibrated - SLACK):
+            return False
+        self.head, self.recall, self.built_at = head, recall, time.monotonic()
+        return True
+
+    def _found(self, best: npt.NDArray[np.int64], users: npt.NDArray[np.float32], head: npt.NDArray[np.int64]) -> float:
+        """The share of ``best`` (each user's exact top 10) among the user's shortlist and ``head``."""
+        found = zip(best, self._search(users, self.settings.candidates), strict=True)
+        return float(np.mean([np.isin(b, np.union1d(f, head)).mean() for b, f in found]))
+
     def _calibrate(
         self, vectors: npt.NDArray[np.float32], bias: npt.NDArray[np.float32], users: npt.NDArray[np.float32]
     ) -> None:
@@ -197,16 +228,14 @@ class Index:
         right after its warm start, with 230 rows a shortlist, every list found 0.986 of
         the top 10 and the first calibrated build probed all 4,000 of them, for 0.0008
         more than 1,024 found; requests took a whole core and queued (p50 138-381 ms)."""
-        best = np.concatenate([_top10(vectors, bias, users[i : i + 64]) for i in range(0, len(users), 64)])
+        best = _exact(vectors, bias, users)
         self.head = hits(best, self.settings.candidates)
         measured: dict[int, float] = {}
 
         def recall(probes: int) -> float:
             if probes not in measured:
                 self.index.nprobe = probes
-                found = self._search(users, self.settings.candidates)
-                pairs = zip(best, found, strict=True)
-                measured[probes] = float(np.mean([np.isin(b, np.union1d(f, self.head)).mean() for b, f in pairs]))
+                measured[probes] = self._found(best, users, self.head)
             return measured[probes]
 
         most = self.index.nlist
@@ -256,6 +285,13 @@ def hits(best: npt.NDArray[np.int64], most: int) -> npt.NDArray[np.int64]:
     return np.sort(rows[keep]).astype(np.int64)
 
 
+def _exact(
+    vectors: npt.NDArray[np.float32], bias: npt.NDArray[np.float32], users: npt.NDArray[np.float32]
+) -> npt.NDArray[np.int64]:
+    """Each user's exact top 10 rows (in no order), 64 users at a time."""
+    return np.concatenate([_top10(vectors, bias, users[i : i + 64]) for i in range(0, len(users), 64)])
+
+
 def _top10(vectors: npt.NDArray[np.float32], bias: npt.NDArray[np.float32], users: npt.NDArray[np.float32]) -> Any:
     scores = users @ vectors.T + bias
     return np.argpartition(-scores, min(10, scores.shape[1] - 1), axis=1)[:, :10]
@@ -289,7 +325,9 @@ class Retrieval:
     ) -> None:
         """Build a new index from ``vectors()`` in the background when the catalog is large,
         the index is missing, older than ``rebuild_s`` or not calibrated while
-        ``calibration_requests`` requests are there to calibrate on, and no build is running.
+        ``calibration_requests`` requests are there to calibrate on, and no build is running;
+        an index older than ``rebuild_s`` that still holds (:meth:`Index.holds`, on the
+        latest requests) is kept instead.
 
         A build calibrates on the latest requests' user vectors or, with fewer than
         :data:`MIN_CALIBRATION` of them (a server's first build, a quiet replica's), on
@@ -309,7 +347,9 @@ class Retrieval:
             fresh = len(self.recent) < self.settings.calibration_requests
         if not self.wanted(n) or fresh or not self._building.acquire(blocking=False):
             return
-        args = (vectors, stored, self._layout)
+        # one that grew old, but holds the catalog and was calibrated, is checked first (Index.holds)
+        fits = index is not None and n <= index.n * 1.1 and not np.isnan(index.calibrated)
+        args = (vectors, stored, self._layout, index if fits else None)
         threading.Thread(target=self._build, args=args, name="freshrec-index", daemon=True).start()
 
     @property
@@ -323,6 +363,7 @@ class Retrieval:
         vectors: Callable[[], tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]],
         stored: Callable[[], npt.NDArray[np.float32] | None],
         layout: int,
+        check: Index | None,
     ) -> None:
         try:
             started = time.perf_counter()
@@ -338,8 +379,16 @@ class Retrieval:
                 queries, source = stored(), "stored users"
                 if queries is None or len(queries) < MIN_CALIBRATION:
                     queries, source = None, "requests"
+            rows, bias = vectors()
+            if check is not None and queries is not None and source == "requests" and check.holds(rows, bias, queries):
+                log.info(
+                    "the candidate index still finds %.3f of the exact top 10 of %d requests (%d of %d lists "
+                    "probed): kept (checked in %.1f s)", check.recall, len(queries), check.probes, check.index.nlist,
+                    time.perf_counter() - started,
+                )  # fmt: skip
+                return
             before = self.index
-            index = Index(*vectors(), self.settings, queries, self.recent, before.trained if before else None)
+            index = Index(rows, bias, self.settings, queries, self.recent, before.trained if before else None)
             if layout == self._layout:
                 self.index = index
             log.info(
