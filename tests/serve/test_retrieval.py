@@ -18,10 +18,12 @@ from freshrec.domain import Event, EventType, Item
 from freshrec.encoders.hashing import HashingEncoder
 from freshrec.learn.recommender import build_freshrec
 from freshrec.model.snapshot import Snapshot
+from freshrec.serve import index as ann
 from freshrec.serve import retrieval
 from freshrec.serve.catalog import Catalog
+from freshrec.serve.index import hits
 from freshrec.serve.ranker import Options, Ranker, encode
-from freshrec.serve.retrieval import BUILD_NICENESS, hits
+from freshrec.serve.retrieval import BUILD_NICENESS
 from freshrec.serve.service import latest_histories
 from freshrec.settings import LearnSettings, ModelSettings, RetrievalSettings
 from freshrec.storage import open_store
@@ -81,11 +83,11 @@ def after_traffic(snap: Snapshot, rng: np.random.Generator) -> tuple[Ranker, np.
 
 
 def no_hits(best: np.ndarray, most: int) -> np.ndarray:
-    """Stands in for :func:`retrieval.hits`: a calibration without them."""
+    """Stands in for :func:`ann.hits`: a calibration without them."""
     return np.zeros(0, dtype=np.int64)
 
 
-def found_share(index: retrieval.Index, queries: np.ndarray, vectors: np.ndarray, bias: np.ndarray, k: int) -> float:
+def found_share(index: ann.Index, queries: np.ndarray, vectors: np.ndarray, bias: np.ndarray, k: int) -> float:
     """The share of each query's exact top 10 among ``index``'s shortlist of ``k`` and its
     hits, with the lists it probes now: what its calibration measures, computed apart."""
     best = np.argsort(-(queries @ vectors.T + bias), axis=1)[:, :10]
@@ -137,7 +139,7 @@ def test_a_build_calibrates_its_probes_on_the_latest_requests_to_the_recall_it_i
     probes the fewest lists that find ``target_recall`` of their top 10: what it measured
     holds for other requests too, and a lower target probes fewer lists. (Without the
     calibration's hits, which on this untrained model hold most top 10s: one list does.)"""
-    monkeypatch.setattr(retrieval, "hits", no_hits)
+    monkeypatch.setattr(ann, "hits", no_hits)
     snap = snapshot()
     rng = np.random.default_rng(1)
     ranker, vectors, bias, queries = after_traffic(snap, rng)
@@ -179,8 +181,8 @@ def test_the_calibrations_hits_are_every_requests_candidates_and_cut_the_lists_p
     index = ranker.retrieval.index
     assert index is not None and 0 < len(index.head) <= 50 and index.recall >= 0.99
     with monkeypatch.context() as m:
-        m.setattr(retrieval, "hits", no_hits)
-        alone = retrieval.Index(vectors, bias, CALIBRATED, queries)
+        m.setattr(ann, "hits", no_hits)
+        alone = ann.Index(vectors, bias, CALIBRATED, queries)
     assert index.probes < alone.probes
     request = ranker.plan(clicks(rng, 1)[0], T0 + 100, Options(10))
     encode([request])
@@ -195,20 +197,20 @@ def test_where_the_codes_cannot_reach_the_target_the_calibration_probes_what_com
     """A target that even every list misses (the 4-bit codes misjudge close calls, here with
     no shortlist beyond the candidates and no hits) does not make every request scan every
     list: the fewest lists within ``SLACK`` of what all of them find, and a warning."""
-    monkeypatch.setattr(retrieval, "hits", no_hits)
-    monkeypatch.setattr(retrieval, "SHORTLIST", 1)
+    monkeypatch.setattr(ann, "hits", no_hits)
+    monkeypatch.setattr(ann, "SHORTLIST", 1)
     _, vectors, bias, queries = after_traffic(snapshot(), np.random.default_rng(5))
     settings = RetrievalSettings(min_items=1_000, candidates=12, target_recall=1.0)
-    with caplog.at_level("WARNING", logger=retrieval.__name__):
-        index = retrieval.Index(vectors, bias, settings, queries)
+    with caplog.at_level("WARNING", logger=ann.__name__):
+        index = ann.Index(vectors, bias, settings, queries)
     probes, lists = index.probes, index.index.nlist
     index.index.nprobe = lists
     every = found_share(index, queries, vectors, bias, 12)
-    assert every < 1.0 and every - retrieval.SLACK <= index.recall <= every and probes < lists / 2
+    assert every < 1.0 and every - ann.SLACK <= index.recall <= every and probes < lists / 2
     assert f"with every list probed and {index.recall:.4f} with the {probes} of {lists}" in caplog.text
     # the search itself: the fewest probes that reach a target, within an eighth of the last step
-    found = retrieval._fewest(lambda p: min(1.0, p / 100), 0.5, 1_000)
-    assert 50 <= found <= 56 and retrieval._fewest(lambda p: 0.3, 0.5, 1_000) == 1_000
+    found = ann._fewest(lambda p: min(1.0, p / 100), 0.5, 1_000)
+    assert 50 <= found <= 56 and ann._fewest(lambda p: 0.3, 0.5, 1_000) == 1_000
 
 
 def test_a_first_index_is_calibrated_once_requests_arrive_and_later_builds_reuse_its_clustering(
@@ -243,7 +245,7 @@ def test_a_first_index_is_calibrated_once_requests_arrive_and_later_builds_reuse
     lists = second.index.nlist
     assert second.trained.fits(second.dims, lists) and not second.trained.fits(second.dims + 2, lists)
     assert not second.trained.fits(second.dims, 2 * lists)
-    monkeypatch.setattr(retrieval, "RETRAIN_S", 0.0)
+    monkeypatch.setattr(ann, "RETRAIN_S", 0.0)
     assert not second.trained.fits(second.dims, lists)
 
 
@@ -295,7 +297,7 @@ def test_an_old_index_that_still_finds_its_recall_is_kept_and_one_that_drifted_i
     newer vectors: kept (with the check's recall, counted as built now) while it finds what
     its calibration did; built again when the vectors moved so that it no longer does.
     (Without the calibration's hits, which on this untrained model hold most top 10s.)"""
-    monkeypatch.setattr(retrieval, "hits", no_hits)
+    monkeypatch.setattr(ann, "hits", no_hits)
     ranker, vectors, bias, queries = after_traffic(snapshot(), np.random.default_rng(8))
     served = ranker.retrieval
     served.build_now(vectors, bias, queries)

@@ -27,7 +27,8 @@ from freshrec.serve.blend import Blended, ServedBlend, contexts
 from freshrec.serve.catalog import Catalog, CatalogView
 from freshrec.serve.explain import Because, Ranked, because_of, ranked
 from freshrec.serve.fallback import by_text, diversified
-from freshrec.serve.retrieval import Index, Retrieval
+from freshrec.serve.index import Index
+from freshrec.serve.retrieval import Retrieval
 from freshrec.serve.rules import parse
 from freshrec.serve.scoring import Behind, Scoring, build_scoring, history_tensors, promoted, top, user_vectors
 from freshrec.settings import RetrievalSettings

@@ -287,9 +287,11 @@ class RetrievalSettings(Section):
     candidates: int = Field(default=200, ge=10)
     """Candidates a request asks the index for (plus the request's exclusions and ``k``): it
     returns four times as many by its codes' approximate scores, and all of them are scored
-    exactly (``freshrec.serve.retrieval.SHORTLIST``)."""
+    exactly (``freshrec.serve.index.SHORTLIST``)."""
     rebuild_s: float = Field(default=60.0, gt=0)
-    """The index is rebuilt in the background from the served vectors at most this often."""
+    """How often the index is looked at again in the background: checked on the latest
+    requests against the served vectors, and rebuilt from them only where it no longer
+    finds what its calibration did."""
     probes: int = Field(default=32, ge=1)
     """Lists of the inverted-file index a search scans until the index is calibrated on
     recent requests (the fewest lists that reach ``target_recall``)."""
@@ -297,7 +299,8 @@ class RetrievalSettings(Section):
     """The share of the exact top 10 a calibrated index must find among the candidates,
     on average over recent requests."""
     calibration_requests: int = Field(default=256, ge=1)
-    """Recent requests an index build calibrates on (each scored exactly against every item)."""
+    """Recent requests an index build calibrates on (each scored exactly against every item);
+    a server's first build, before requests came, takes as many stored users' histories."""
 
 
 class ServeSettings(Section):
