@@ -19,7 +19,6 @@ from freshrec.encoders.hashing import HashingEncoder
 from freshrec.learn.recommender import build_freshrec
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve import index as ann
-from freshrec.serve import retrieval
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.index import hits
 from freshrec.serve.ranker import Options, Ranker, encode

@@ -64,12 +64,18 @@ class Index:
     ``0 .. n - 1`` of one scoring, with its number of probed lists calibrated on recent
     requests.
 
-    Maximum inner product as nearest neighbours (Bachrach et al., 2014): item
-    ``[vector, bias, sqrt(M^2 - |vector|^2 - bias^2)]`` with ``M`` the largest norm,
-    query ``[user, 1, 0]``; every item then lies on a sphere of radius ``M`` and the
-    nearest items are those of the largest ``user . vector + bias``. The items are
-    clustered by k-means into about ``4 sqrt(n)`` lists; a search scans the lists whose
-    centres are nearest the query.
+    Maximum inner product, searched as such: item ``[vector, bias]``, query ``[user, 1]``,
+    faiss's inner-product inverted file. The items are clustered by k-means into about
+    ``4 sqrt(n)`` lists; a search scans the lists whose centres have the largest inner
+    product with the query.
+
+    Why not the reduction to nearest neighbours (Bachrach et al., 2014: item ``[vector,
+    bias, sqrt(M^2 - |vector|^2 - bias^2)]``, query ``[user, 1, 0]``, lists by Euclidean
+    distance), which this replaced: it needed twice the lists for the same recall. On the
+    million-item shop's model after minutes of its own events (500 random users' requests,
+    the hits of 256 others as candidates too, 920 rows a shortlist), 256 lists found 0.9738
+    of the exact top 10 reduced and 0.9898 as inner products, 512 lists 0.9920 and 0.9978,
+    at the same cost a list (0.46 and 0.43 ms a request at 256, batched by 8, one thread).
 
     Why codes, not the vectors (``IndexIVFFlat`` before): a model that learned minutes of
     random clicks has vectors with no clusters, and finding 0.99 of its top 10 took a third
@@ -109,16 +115,15 @@ class Index:
         build's clustering, reused if it :meth:`~Trained.fits`."""
         started = time.perf_counter()
         self.recent = recent
-        scored = np.hstack([vectors, bias.reshape(-1, 1)]).astype(np.float64)
-        norms = (scored**2).sum(1)
-        extra = np.sqrt(np.maximum(norms.max() - norms, 0.0))[:, None]
         # fast scan packs two 4-bit codes a byte: an even number of dimensions (a zero pads)
-        pad = np.zeros((len(scored), (scored.shape[1] + 1) % 2))
-        rows = np.ascontiguousarray(np.hstack([scored, extra, pad]), dtype=np.float32)
+        pad = np.zeros((len(vectors), (vectors.shape[1] + 1) % 2), dtype=np.float32)
+        rows = np.ascontiguousarray(np.hstack([vectors, bias.reshape(-1, 1), pad]), dtype=np.float32)
         self.n, self.settings, self.dims = len(rows), settings, rows.shape[1]
         lists = max(1, min(int(4 * np.sqrt(self.n)), self.n // 39))  # faiss wants 39 points per centre
         if trained is None or not trained.fits(self.dims, lists):
-            empty = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(self.dims), self.dims, lists, self.dims, 4)
+            empty = faiss.IndexIVFPQFastScan(
+                faiss.IndexFlatIP(self.dims), self.dims, lists, self.dims, 4, faiss.METRIC_INNER_PRODUCT
+            )
             rng = np.random.default_rng(0)
             empty.train(rows[rng.choice(self.n, min(self.n, lists * 64), replace=False)])
             trained = Trained(empty, time.monotonic())
