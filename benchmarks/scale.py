@@ -169,6 +169,15 @@ def shares(cores: dict[str, float]) -> str:
     return " / ".join(f"{c:.2f}" for c in cores.values())
 
 
+def round_args(args: argparse.Namespace, n: int) -> argparse.Namespace:
+    """The load of round ``n`` (from 0): its own events, random (seeded by the round) or the
+    log's next ones."""
+    return argparse.Namespace(
+        rps=RPS, eps=EPS, seconds=args.seconds, users=args.users, items=args.items, seed=2 + n,
+        log=(args.log, int(EPS * args.seconds * n)) if args.log else None,
+    )  # fmt: skip
+
+
 def later_rounds(url: str, args: argparse.Namespace, watch: dict[str, int]) -> list[tuple[float, int, str]]:
     """The p99 (ms) of the answered recommendations and the requests refused (503: the
     server shed them, over capacity) of each round of the load after the first, until
@@ -180,15 +189,7 @@ def later_rounds(url: str, args: argparse.Namespace, watch: dict[str, int]) -> l
     for n in range(1, args.rounds):
         load = run_load(
             url,
-            argparse.Namespace(
-                rps=RPS,
-                eps=EPS,
-                seconds=args.seconds,
-                users=args.users,
-                items=args.items,
-                seed=2 + n,
-                log=(args.log, int(EPS * args.seconds * n)) if args.log else None,
-            ),
+            round_args(args, n),
             watch,
         )
         out.append((load["latency_ms"][2], load["errors"], shares(load["cores"])))
@@ -252,14 +253,7 @@ def main() -> None:
         watch = {"API": server.pid, "learner": learner_pid(server.pid)}
         load = run_load(
             url,
-            argparse.Namespace(
-                rps=RPS,
-                eps=EPS,
-                seconds=args.seconds,
-                users=args.users,
-                items=args.items,
-                log=(args.log, 0) if args.log else None,
-            ),
+            round_args(args, 0),
             watch,
         )
         after = metrics_text(url)
