@@ -181,7 +181,7 @@ class Index:
         where that fell short. If it does, it takes their hits (:func:`hits`) and the recall
         it measured, and counts as built now.
 
-        Why: a million items' build costs about 20 s of a core and ran every minute or two,
+        Why: a million items' build costs 20-55 s of a core and ran every minute or two,
         beside the requests; a model that learns a shop's own events moves its vectors little
         in that time, and scoring a few hundred requests exactly against every item and
         searching them once costs a tenth of it. A model whose vectors drifted apart fails

@@ -35,15 +35,16 @@ MIN_CALIBRATION = 32
 """Recent requests needed to calibrate a build (fewer: ``probes`` lists are probed)."""
 BUILD_NICENESS = 10
 """The build thread runs this much nicer than the server (where the system sets niceness
-per thread, as Linux does). A million items' build keeps a core busy for about 20 s,
-every 80 s (four times its own time); at the requests' priority it competes with them
+per thread, as Linux does). A million items' build keeps a core busy for 20-55 s, at
+most a quarter of the time (every four times its own time); at the requests' priority it competes with them
 for the processor as the learner process did before it was niced (p99 263 to 367 ms
 against 30 to 82 ms then, under 200 requests/s and 500 events/s)."""
 
 
 class Retrieval:
-    """Keeps an :class:`Index` of the served vectors, rebuilt in a background thread at
-    most every ``rebuild_s`` and only for catalogs of at least ``min_items``."""
+    """Keeps an :class:`Index` of the served vectors for catalogs of at least ``min_items``,
+    checked in a background thread every ``rebuild_s`` and rebuilt there where it no longer
+    holds."""
 
     def __init__(self, settings: RetrievalSettings):
         self.settings = settings
@@ -79,21 +80,24 @@ class Retrieval:
         probes ``probes`` lists, whatever they find, and was built again once requests
         came, under their load (on the million-item shop, the first 30 s round of 200
         requests/s took p99 69.0 ms against 14.6-36.7 in the next three)."""
+        if not self.wanted(n):
+            return
         index = self.index
-        # a build may take at most a quarter of a core: a million items' takes tens of seconds
-        young = index is not None and time.monotonic() - index.built_at < max(
-            self.settings.rebuild_s, 4 * index.build_s
-        )
-        fresh = young and index is not None and n <= index.n * 1.1  # rows it lacks are candidates anyway
-        # an index calibrated on nothing (no stored users either) probes `probes` lists,
-        # whatever they find: built again as soon as there are requests to calibrate on
-        if fresh and index is not None and np.isnan(index.recall):
-            fresh = len(self.recent) < self.settings.calibration_requests
-        if not self.wanted(n) or fresh or not self._building.acquire(blocking=False):
+        if index is not None and n > index.n * 1.1:  # rows it lacks are candidates, but not too many
+            index = None
+        if index is not None:
+            # a build may take at most a quarter of a core: a million items' takes tens of seconds
+            young = time.monotonic() - index.built_at < max(self.settings.rebuild_s, 4 * index.build_s)
+            # one calibrated on nothing (no stored users either) probes `probes` lists, whatever
+            # they find: built again as soon as there are requests to calibrate on
+            waiting = np.isnan(index.calibrated) and len(self.recent) >= self.settings.calibration_requests
+            if young and not waiting:
+                return
+        if not self._building.acquire(blocking=False):
             return
         # one that grew old, but holds the catalog and was calibrated, is checked first (Index.holds)
-        fits = index is not None and n <= index.n * 1.1 and not np.isnan(index.calibrated)
-        args = (vectors, stored, self._layout, index if fits else None)
+        check = index if index is not None and not np.isnan(index.calibrated) else None
+        args = (vectors, stored, self._layout, check)
         threading.Thread(target=self._build, args=args, name="freshrec-index", daemon=True).start()
 
     @property
@@ -116,18 +120,16 @@ class Retrieval:
                 os.setpriority(os.PRIO_PROCESS, me, min(os.getpriority(os.PRIO_PROCESS, me) + BUILD_NICENESS, 19))
             faiss.omp_set_num_threads(1)  # requests keep the other core
             latest = self.recent.copy()  # one C call: searches append meanwhile, and iterating would fail
-            queries: npt.NDArray[np.float32] | None
-            if len(latest) >= MIN_CALIBRATION:
-                queries, source = np.array(latest, dtype=np.float32), "requests"
-            else:
-                queries, source = stored(), "stored users"
-                if queries is None or len(queries) < MIN_CALIBRATION:
-                    queries, source = None, "requests"
+            requests = np.array(latest, dtype=np.float32) if len(latest) >= MIN_CALIBRATION else None
+            queries = requests if requests is not None else stored()
+            if queries is not None and len(queries) < MIN_CALIBRATION:
+                queries = None
+            source = "requests" if requests is not None else "stored users"
             rows, bias = vectors()
-            if check is not None and queries is not None and source == "requests" and check.holds(rows, bias, queries):
+            if check is not None and requests is not None and check.holds(rows, bias, requests):
                 log.info(
                     "the candidate index still finds %.3f of the exact top 10 of %d requests (%d of %d lists "
-                    "probed): kept (checked in %.1f s)", check.recall, len(queries), check.probes, check.index.nlist,
+                    "probed): kept (checked in %.1f s)", check.recall, len(requests), check.probes, check.index.nlist,
                     time.perf_counter() - started,
                 )  # fmt: skip
                 return
