@@ -167,6 +167,15 @@ def test_popular_picks_skip_near_duplicates() -> None:
     assert picks == ["twin-0", "other"]  # not the second twin, though it is more popular
 
 
+def test_a_new_shop_tops_popular_items_up_with_the_newest_allowed_ones() -> None:
+    catalog = Catalog()
+    catalog.put([Item(f"i{n}", title=f"i{n}") for n in range(8)], np.eye(8, dtype=np.float32))
+    ranker = Ranker(catalog)
+    popular = [("i7", 3.0), ("i2", 1.0)]  # the newest item is among them: no place twice
+    picks = [r.item_id for r in ranker.recommend([], T0, Options(5, exclude=("i6",)), lambda: popular)]
+    assert picks[:2] == ["i7", "i2"] and sorted(picks[2:]) == ["i3", "i4", "i5"]
+
+
 def test_top_breaks_ties_by_lower_code() -> None:
     scores = np.array([1.0, 3.0, 3.0, 2.0, 3.0])
     allowed = np.array([True, True, False, True, True])

@@ -145,8 +145,11 @@ def diversified(
             codes.append(n)
             counts.append(count)
     if len(codes) < k:  # a new shop: top up with the newest items
-        taken = set(codes)
-        extra = [int(c) for c in np.flatnonzero(allowed)[::-1] if c not in taken][: k - len(codes)]
+        taken, wanted = set(codes), k - len(codes)
+        # at most len(taken) of the newest wanted + len(taken) are taken: a Python pass over
+        # the whole catalog took 3 ms a request at 20,000 items
+        newest = np.flatnonzero(allowed)[::-1][: wanted + len(taken)]
+        extra = [int(c) for c in newest if c not in taken][:wanted]
         codes += extra
         counts += [0.0] * len(extra)
     if not codes:
