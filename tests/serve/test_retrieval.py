@@ -400,3 +400,28 @@ def test_a_server_builds_the_index_in_the_background_says_so_and_ranks_its_candi
                 assert not api.ready()
                 retrieval.index = index
             assert api.ready()
+
+
+def test_search_threads_limit_the_calling_thread_and_leave_a_builds_thread_every_core() -> None:
+    """The server's event loop searches on ``torch_threads`` OpenMP threads; a thread started
+    later (an index build's) keeps faiss's default."""
+    import threading
+
+    import faiss
+
+    from freshrec.serve.index import search_threads
+
+    default = faiss.omp_get_max_threads()
+    seen: dict[str, int] = {}
+
+    def loop() -> None:
+        search_threads(1)
+        seen["loop"] = faiss.omp_get_max_threads()
+        build = threading.Thread(target=lambda: seen.setdefault("build", faiss.omp_get_max_threads()))
+        build.start()
+        build.join()
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    thread.join()
+    assert seen == {"loop": 1, "build": default} and faiss.omp_get_max_threads() == default

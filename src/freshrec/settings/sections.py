@@ -340,8 +340,9 @@ class ServeSettings(Section):
     learner's time, or of the server's beside it, goes to them
     (``freshrec.learn.sender.WHOLE_SHARE``). 0: always whole."""
     torch_threads: int = Field(default=1, ge=1)
-    """Torch threads of the server and of its learner process each: they share the
-    machine's cores, and one each keeps request latency flat on a small machine."""
+    """Torch threads of the server and of its learner process each, and the OpenMP threads
+    of the server's candidate searches: they share the machine's cores, and one each keeps
+    request latency flat on a small machine."""
     learner_niceness: int = Field(default=10, ge=0, le=19)
     """The learner process runs at this scheduling niceness (Unix ``nice``): where
     both want a core, requests get it first and learning catches up in the gaps.
