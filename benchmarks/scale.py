@@ -34,6 +34,7 @@ import argparse
 import datetime as dt
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -41,6 +42,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,9 +85,10 @@ def metric(text: str, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def quantile(text: str, name: str, q: float, since: str = "") -> float:
-    """The upper bound of the histogram bucket that holds quantile ``q`` (seconds), of the
-    observations made after the ``/metrics`` text ``since`` was read."""
+def quantile(text: str, name: str, q: float, since: str = "") -> str:
+    """The histogram bucket that holds quantile ``q`` of the observations made after the
+    ``/metrics`` text ``since`` was read, as the table writes it: "<= 50 ms", or "> 10000
+    ms" where it is the last bucket, which has no upper bound."""
 
     def buckets(t: str) -> dict[float, float]:
         return {float(b): float(c) for b, c in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)', t, re.M)}
@@ -93,10 +96,15 @@ def quantile(text: str, name: str, q: float, since: str = "") -> float:
     now, then = buckets(text), buckets(since)
     counts = [(bound, count - then.get(bound, 0.0)) for bound, count in now.items()]
     total = counts[-1][1] if counts else 0.0
-    return next((bound for bound, count in counts if total and count >= q * total), float("nan"))
+    n = next((n for n, (_, count) in enumerate(counts) if total and count >= q * total), None)
+    if n is None:
+        return "n/a"
+    if math.isinf(counts[n][0]):
+        return f"> {counts[n - 1][0] * 1000:.0f} ms" if n else "n/a"
+    return f"<= {counts[n][0] * 1000:.0f} ms"
 
 
-def published(text: str, since: str = "") -> dict[str, float]:
+def published(text: str, since: str = "") -> dict[str, Any]:
     """Publish figures from the ``/metrics`` text ``text``, of the publishes after ``since``
     was read: the time to build the serving copy (mean, p50 and p99 by histogram bucket),
     the lag from the learner's micro-batch to the swap, and the snapshots received whole
@@ -289,9 +297,8 @@ def main() -> None:
         f"p99 {load['event_latency_ms'][2]:.1f} ms, {load['event_errors']} errors of {load['event_requests']:,} |\n"
         + "".join(
             f"| publish ({when}): building the serving copy | mean {p['mean'] * 1000:.0f} ms, "
-            f"p50 <= {p['p50'] * 1000:.0f} ms, p99 <= {p['p99'] * 1000:.0f} ms over {p['count']:,.0f} publishes |\n"
-            f"| publish ({when}): end of a micro-batch to serving's swap | p50 <= {p['lag_p50'] * 1000:.0f} ms, "
-            f"p99 <= {p['lag_p99'] * 1000:.0f} ms |\n"
+            f"p50 {p['p50']}, p99 {p['p99']} over {p['count']:,.0f} publishes |\n"
+            f"| publish ({when}): end of a micro-batch to serving's swap | p50 {p['lag_p50']}, p99 {p['lag_p99']} |\n"
             f"| snapshots received ({when}) whole / as deltas | {p['whole']:,.0f} of {p['whole_mb']:.1f} MB / "
             f"{p['delta']:,.0f} of {p['delta_mb']:.2f} MB (means) |\n"
             for when, p in (("under the load", publish), ("since the server started", since_start))
