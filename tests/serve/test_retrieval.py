@@ -8,6 +8,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -402,26 +403,23 @@ def test_a_server_builds_the_index_in_the_background_says_so_and_ranks_its_candi
             assert api.ready()
 
 
-def test_search_threads_limit_the_calling_thread_and_leave_a_builds_thread_every_core() -> None:
-    """The server's event loop searches on ``torch_threads`` OpenMP threads; a thread started
-    later (an index build's) keeps faiss's default."""
-    import threading
-
+def test_search_threads_limit_the_calling_thread_only() -> None:
+    """The server's event loop searches on ``torch_threads`` OpenMP threads; the setting
+    stays with that thread (a thread started later gets faiss's default)."""
     import faiss
 
-    from freshrec.serve.index import search_threads
+    def in_thread(fn: Callable[[], None]) -> None:
+        thread = threading.Thread(target=fn)
+        thread.start()
+        thread.join()
 
-    default = faiss.omp_get_max_threads()
     seen: dict[str, int] = {}
+    in_thread(lambda: seen.setdefault("default", faiss.omp_get_max_threads()))
 
     def loop() -> None:
-        search_threads(1)
+        ann.search_threads(1)
         seen["loop"] = faiss.omp_get_max_threads()
-        build = threading.Thread(target=lambda: seen.setdefault("build", faiss.omp_get_max_threads()))
-        build.start()
-        build.join()
+        in_thread(lambda: seen.setdefault("later", faiss.omp_get_max_threads()))
 
-    thread = threading.Thread(target=loop)
-    thread.start()
-    thread.join()
-    assert seen == {"loop": 1, "build": default} and faiss.omp_get_max_threads() == default
+    in_thread(loop)
+    assert seen["loop"] == 1 and seen["later"] == seen["default"]
