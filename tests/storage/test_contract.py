@@ -124,6 +124,17 @@ def test_delete_user_removes_all_their_events_only(store: Store) -> None:
     assert store.delete_user("u1") == 0
 
 
+def test_upkeep_changes_no_answer(store: Store) -> None:
+    """What ``maintain`` derives (SQLite's sorted runs) only speeds reads up; with no more
+    to do it says so at once."""
+    store.append_events([make_event(f"u{n % 3}", f"i{n}") for n in range(30)])
+    before = [(store.user_context(u, 5, 20), store.user_history(u, 50)) for u in ("u0", "u1", "u2")]
+    while store.maintain(1.0):
+        pass
+    assert store.maintain(1.0) is False
+    assert [(store.user_context(u, 5, 20), store.user_history(u, 50)) for u in ("u0", "u1", "u2")] == before
+
+
 def test_user_context_is_history_and_seen_items_in_one_read(store: Store) -> None:
     store.append_events(
         [make_event("u1", f"i{n}", t=T0 + n, event_id=f"e{n}", context={"page": n}) for n in range(5)]

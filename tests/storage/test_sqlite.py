@@ -53,7 +53,7 @@ def test_older_files_are_upgraded_to_the_covering_user_index(tmp_path: Path, ver
         assert store.user_items("u1", 10) == {"i1"}
         assert [(e.item_id, e.offset) for e in store.user_context("u1", 5, 5)[0]] == [("i1", 1)]
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_module.SCHEMA_VERSION
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"events_user", "events_user_items"}.isdisjoint(indexes) and "events_user_history" in indexes
     plan = conn.execute(  # what a recommendation reads comes from the index alone
@@ -74,10 +74,11 @@ def test_history_and_deletion_across_many_segments(monkeypatch: pytest.MonkeyPat
     several statements, however many segments each spans)."""
     import random
 
+    from freshrec.storage import runs
     from freshrec.storage import sqlite as module
 
     monkeypatch.setattr(module, "SEGMENT_BITS", 2)
-    monkeypatch.setattr(module, "MERGED_SEGMENTS", merged)
+    monkeypatch.setattr(runs, "MERGED_SOURCES", merged)
     store = SQLiteStore(":memory:")
     rng = random.Random(1)
     users = [f"u{rng.randrange(6)}" for _ in range(300)]

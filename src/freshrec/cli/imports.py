@@ -103,6 +103,22 @@ def embed_interruptibly(state: App, store: Store) -> None:
         state.embed(store)
 
 
+def sort_histories(store: Store) -> None:
+    """Build what the store derives from the log to read a user's history fast (SQLite's
+    sorted runs of its per-user index: a minute on 10,000,000 events), so a server
+    started next reads in a few steps; an interruption keeps what is built."""
+    started = time.perf_counter()
+    with (
+        interruptible("sorting the per-user index", "what is sorted is kept; the learner sorts the rest"),
+        console.status("sorting the per-user index"),
+    ):
+        if not store.maintain(0.5):
+            return
+        while store.maintain(1.0):
+            pass
+    console.print(f"sorted the per-user index in {time.perf_counter() - started:.1f} s")
+
+
 def report(result: ImportReport) -> None:
     console.print(result.summary(), highlight=False)
     for line in result.errors:
@@ -165,6 +181,7 @@ def events_cmd(
                 chunk=signals_deferred,
             )
             report(result)
+        sort_histories(store)
 
 
 @app.command("movielens")
@@ -184,6 +201,7 @@ def movielens_cmd(
         with interruptible(f"the import of {folder}"):
             report(import_items(store, data.items, validator, strict=strict))
             report(import_events(store, data.events, validator, strict=strict, progress=True))
+        sort_histories(store)
         if embed:
             embed_interruptibly(state, store)
     console.print(f"done in {time.perf_counter() - started:.1f} s")

@@ -39,6 +39,7 @@ from freshrec.learn.items import NoCatalog
 from freshrec.learn.lease import Lease, LeaseHeld
 from freshrec.learn.online import Interrupted, Learner
 from freshrec.learn.sender import Sender
+from freshrec.learn.upkeep import Upkeep
 from freshrec.model.deltas import SnapshotDelta
 from freshrec.model.snapshot import Snapshot
 from freshrec.runtime import ARM_SNAPSHOT, SNAPSHOT, die_with_parent, last_steps, limit_threads
@@ -155,6 +156,7 @@ def run_learner(
     eraser = Eraser(
         store, forget, halt, allowed=lambda: lease.valid, report=lambda n: sender.message("erasures", n)
     ).start()
+    Upkeep(store, halt, allowed=lambda: lease.valid).start()
     arm_threads = [
         threading.Thread(
             target=_learn_arm, args=(other, other_sender, halt, lease), name=f"freshrec-arm-{arm}", daemon=True

@@ -234,6 +234,12 @@ class Store(Protocol):
         while on a large store)."""
         ...
 
+    def maintain(self, budget_s: float) -> bool:
+        """Work for about ``budget_s`` seconds on what the store derives from the log to
+        answer reads faster (SQLite: :mod:`freshrec.storage.runs`), in short transactions;
+        ``True`` if more is due. A learner calls it in the background, an import at its end."""
+        ...
+
     def prefetch(self) -> bool:
         """Bring what requests read into memory ahead of them (a server calls it once it
         serves a model); ``True`` if anything was asked for."""

@@ -32,13 +32,14 @@ from typing import Any
 
 from freshrec.domain import Event, ItemId, Offset, UserId
 from freshrec.settings import StorageSettings
+from freshrec.storage import runs
 from freshrec.storage.base import AppendResult, Erasure, StoreBusy
 from freshrec.storage.rows import EVENT_COLUMNS, TYPES, event_of, event_row
 from freshrec.storage.sql import RECORD_ERASURE, SQLITE, SharedSQL
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -95,8 +96,6 @@ CREATE TABLE IF NOT EXISTS erasures (
 """
 
 SEGMENT_BITS = 17  # 131,072 offsets per segment
-MERGED_SEGMENTS = 64
-"""The most segments one read of a user's older events spans."""
 MAX_BOUND = 10_000
 """The most values bound to one statement (SQLite allows 32,766)."""
 READER_CACHE_MB = 8  # page cache of each reading thread's connection (the OS caches the file too)
@@ -152,16 +151,17 @@ class SQLiteStore(SharedSQL):
         conn.execute(f"PRAGMA cache_size = {-1024 * int(settings.cache_mb)}")
         conn.execute(f"PRAGMA wal_autocheckpoint = {int(settings.wal_autocheckpoint)}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, 1, 2, SCHEMA_VERSION):
+        if version not in (0, 1, 2, 3, SCHEMA_VERSION):
             raise SchemaError(f"{self.path} has schema version {version}; this freshrec reads version {SCHEMA_VERSION}")
         with self.transaction():
-            if 0 < version < SCHEMA_VERSION:
-                log.info("%s: building the per-user index of schema version %d (once)", self.path, SCHEMA_VERSION)
+            if 0 < version < 3:
+                log.info("%s: building the per-user index of schema version 3 (once)", self.path)
             # version 2 put the item id in the per-user index, version 3 the rest of what
-            # a recommendation reads of a history: both come from the index alone
+            # a recommendation reads of a history: both come from the index alone;
+            # version 4 adds the sorted runs of that index (:mod:`freshrec.storage.runs`)
             conn.execute("DROP INDEX IF EXISTS events_user")
             conn.execute("DROP INDEX IF EXISTS events_user_items")
-            for statement in _SCHEMA.split(";"):
+            for statement in (_SCHEMA + runs.SCHEMA).split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -276,36 +276,8 @@ class SQLiteStore(SharedSQL):
 
     def _user_keys(
         self, conn: sqlite3.Connection, user_id: UserId, n: int, before: Offset | None = None
-    ) -> list[tuple[int, ItemId, str, float | None, float]]:
-        """The offset, item, type, value and time of the user's last ``n`` events (below
-        offset ``before``, if given), newest first, from the index alone.
-
-        The newest segment is read alone (in the index's order: an active user's events
-        end there), the older ones several at a time, which SQLite sorts: as many as the
-        user's events found so far say the rest needs (a quarter more), at most
-        :data:`MERGED_SEGMENTS`, and that many when none was found. A statement per
-        segment, reading whole rows, took 1.3 ms for a history and the items seen on a
-        10,000,000-event log (77 segments); 64 segments at a time after the newest, 0.5 ms
-        for a learner's 20 events before the log's head, and 0.42 ms when sized by the
-        events found (each segment holds about one of a user's events there)."""
-        keys: list[tuple[int, ItemId, str, float | None, float]] = []
-        below, bound = ("", ()) if before is None else (" AND seq < ?", (before,))
-        segments = list(self._segments(conn))
-        if before is not None:  # every offset of the segments above is at or past ``before``
-            segments = [s for s in segments if s <= (before - 1) >> SEGMENT_BITS]
-        start, size = 0, 1
-        while len(keys) < n and start < len(segments):
-            group = segments[start : start + size]
-            start += len(group)
-            keys += conn.execute(
-                f"SELECT seq, item_id, type, value, ts FROM events WHERE segment IN ({', '.join('?' * len(group))})"
-                f" AND user_id = ?{below} ORDER BY seq DESC LIMIT ?",
-                (*group, user_id, *bound, n - len(keys)),
-            ).fetchall()
-            # as many segments as the user's events per segment so far say the rest needs, a quarter more
-            wanted = math.ceil(1.25 * (n - len(keys)) * start / len(keys)) if keys else MERGED_SEGMENTS
-            size = min(MERGED_SEGMENTS, wanted)
-        return keys
+    ) -> list[runs.Key]:
+        return runs.user_keys(conn, user_id, n, self._high_water(conn) >> SEGMENT_BITS, before, SEGMENT_BITS)
 
     @staticmethod
     def _events(conn: sqlite3.Connection, offsets: list[int]) -> list[Event]:
@@ -331,6 +303,7 @@ class SQLiteStore(SharedSQL):
                 self._conn.execute("DELETE FROM events WHERE segment = ? AND user_id = ?", (s, user_id)).rowcount
                 for s in self._segments()
             )
+            runs.delete_user(self._conn, user_id)
             self._conn.execute(RECORD_ERASURE, (user_id, self._high_water(self._conn), time.time()))
         if deleted:
             self._checkpoint_wal()
@@ -348,6 +321,18 @@ class SQLiteStore(SharedSQL):
         with self._lock:
             if self._depth == 0:  # not inside a caller's transaction
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def maintain(self, budget_s: float) -> bool:
+        """Build the sorted runs of the per-user index (:mod:`freshrec.storage.runs`) a
+        step at a time, each its own short write transaction, for about ``budget_s``
+        seconds; ``True`` if work is left. Only the steps' transactions wait for writers."""
+        deadline = time.monotonic() + budget_s
+        while True:
+            with self.transaction():
+                if not runs.step(self._conn, (self._high_water() >> SEGMENT_BITS) - 1):
+                    return False
+            if time.monotonic() >= deadline:
+                return True
 
     def compact(self) -> None:
         """Deleted rows are already zeroed in the file's pages (``secure_delete``);
