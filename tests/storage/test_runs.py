@@ -169,6 +169,7 @@ def test_an_import_ends_with_every_run_built(tiny: None) -> None:
     store.append_events([make_event(USERS[n % 5], f"i{n}") for n in range(100)])
     sort_histories(store)
     assert not store.maintain(1.0)
-    spans = sorted((low, high) for _, low, high in runs_module.served_runs(store._conn))
-    assert spans == [(0, 15), (16, 23)]  # 24 closed segments of 25: a run of 2 x 2 x 2 x 2, one of 2 x 2 x 2
+    served = runs_module.served_runs(store._conn)
+    assert sorted((low, high) for _, low, high in served) == [(0, 15), (16, 23)]  # 24 closed segments of 25
+    assert sorted(run for run, _, _ in served) == [1, 2]  # each straight from the segments: no run merged again
     assert_reads_match_the_log(store)

@@ -173,7 +173,10 @@ def step(conn: sqlite3.Connection, closed: int) -> bool:
 
 def _plan(conn: sqlite3.Connection, runs: list[Run], closed: int) -> Run | None:
     """The next run to build: the oldest ``FANOUT`` consecutive pieces of one level (a
-    closed segment no run covers is a piece of level 0, a served run one of its level)."""
+    closed segment no run covers is a piece of level 0, a served run one of its level).
+    Segments go straight into a run of as high a level as they fill (at most
+    :data:`MERGED_SOURCES` of them), not through runs merged again: an import's end copies
+    each event once."""
     pieces: list[tuple[int, int, int]] = []  # level, low, high; oldest first
     served = iter([r for r in runs if r.state == "served"])
     run = next(served, None)
@@ -186,28 +189,32 @@ def _plan(conn: sqlite3.Connection, runs: list[Run], closed: int) -> Run | None:
         else:
             pieces.append((0, segment, segment))
             segment += 1
-    for i in range(len(pieces) - FANOUT + 1):
-        level = pieces[i][0]
-        if all(p[0] == level for p in pieces[i : i + FANOUT]):
-            low, high = pieces[i][1], pieces[i + FANOUT - 1][2]
-            number = conn.execute(
-                "INSERT INTO runs (run, low, high, level, state) VALUES"
-                " ((SELECT COALESCE(MAX(run), 0) + 1 FROM runs), ?, ?, ?, 'building') RETURNING run",
-                (low, high, level + 1),
-            ).fetchone()[0]
-            return Run(number, low, high, level + 1, "building", "")
+    levels = [piece[0] for piece in pieces]
+    for i, level in enumerate(levels):
+        same = len(list(itertools.takewhile(level.__eq__, levels[i:])))
+        if same < FANOUT:
+            continue
+        segments, size, level = level == 0, FANOUT, level + 1
+        while segments and size * FANOUT <= min(same, MERGED_SOURCES):
+            size, level = size * FANOUT, level + 1
+        low, high = pieces[i][1], pieces[i + size - 1][2]
+        number = conn.execute(
+            "INSERT INTO runs (run, low, high, level, state) VALUES"
+            " ((SELECT COALESCE(MAX(run), 0) + 1 FROM runs), ?, ?, ?, 'building') RETURNING run",
+            (low, high, level),
+        ).fetchone()[0]
+        return Run(number, low, high, level, "building", "")
     return None
 
 
 def _copy_some(conn: sqlite3.Connection, run: Run, runs: list[Run]) -> None:
     """Copy the next users' rows of ``run``'s pieces into it, sorted; the last step serves
     it and retires the runs it merges."""
-    if run.level == 1:
+    table, column = "user_runs", "run"
+    pieces = [r.run for r in runs if r.state == "served" and run.low <= r.low and r.high <= run.high]
+    if not pieces:  # it is built from segments
         table, column = "events", "segment"
         pieces = list(range(run.low, run.high + 1))
-    else:
-        table, column = "user_runs", "run"
-        pieces = [r.run for r in runs if r.state == "served" and run.low <= r.low and r.high <= run.high]
     # the nearest of the users CHUNK_ROWS / len(pieces) rows further in each piece
     ends = [
         conn.execute(
@@ -228,7 +235,7 @@ def _copy_some(conn: sqlite3.Connection, run: Run, runs: list[Run]) -> None:
         conn.execute("UPDATE runs SET next_user = ? WHERE run = ?", (end[0], run.run))
         return
     conn.execute("UPDATE runs SET state = 'served', next_user = '' WHERE run = ?", (run.run,))
-    if run.level > 1:
+    if table == "user_runs":
         conn.execute(
             f"UPDATE runs SET state = 'retired' WHERE run IN ({', '.join('?' * len(pieces))})",
             pieces,
