@@ -7,7 +7,7 @@ server's event loop under load. The segments that take no more inserts (all but 
 newest) are copied, in the background, into *runs* keyed by user first: a run of
 :data:`FANOUT` segments, then one of ``FANOUT`` such runs, and so on (tiered merging, as in
 a log-structured merge tree), so a read descends at most ``FANOUT - 1`` times a level
-(8 times on that log instead of 77). A run is a copy: the events and their segmented index
+(on that log, five segments and two runs instead of 77 segments). A run is a copy: the events and their segmented index
 stay the source of truth (a deletion removes a user from both), and what a run covers is
 read from the segments until the run is complete.
 
@@ -104,9 +104,10 @@ def user_keys(
     The newest source is read alone (in the index's order: an active user's events end
     there), the older ones several at a time (segments or runs, as they come), which
     SQLite sorts: as many as the user's events found so far say the rest needs (a quarter
-    more), at most :data:`MERGED_SOURCES`, and that many when none was found. A statement
-    per segment took 1.3 ms for a history and the items seen on a 10,000,000-event log (77
-    segments); 64 segments at a time after the newest, 0.5 ms."""
+    more), at most :data:`MERGED_SOURCES`, and that many when none was found. A history and
+    the items seen on a 10,000,000-event log (77 segments): a statement per segment 1.3 ms,
+    64 segments at a time after the newest 0.68-0.98 ms, the newest segments and two runs
+    (three statements) 0.40-0.49 ms (``benchmarks/history_read.py``)."""
     with _snapshot(conn):  # the runs read are those the statements below find
         served = served_runs(conn)
         top = newest if before is None else min(newest, (before - 1) >> bits)
