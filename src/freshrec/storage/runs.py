@@ -6,9 +6,10 @@ fast, but then a user's history spans every segment, one B-tree descent each: 77
 server's event loop under load. The segments that take no more inserts (all but the
 newest) are copied, in the background, into *runs* keyed by user first: a run of
 :data:`FANOUT` segments, then one of ``FANOUT`` such runs, and so on (tiered merging, as in
-a log-structured merge tree), so a read descends at most ``FANOUT - 1`` times a level
-(on that log, five segments and two runs instead of 77 segments). A run is a copy: the events and their segmented index
-stay the source of truth (a deletion removes a user from both), and what a run covers is
+a log-structured merge tree; segments not yet in a run go straight into one of up to 64),
+so a read descends at most ``FANOUT - 1`` times a level (on that log, into five segments
+and two runs instead of 77 segments). A run is a copy: the events and their segmented
+index stay the source of truth (a deletion removes a user from both), and what a run covers is
 read from the segments until the run is complete.
 
 Each step of the work is one short write transaction that copies or deletes about
