@@ -10,7 +10,9 @@ random page write per event once it outgrows what a batch touches, and ingest
 slowed from 100k to 25k events/s over the first million events; with the
 segment first, inserts only touch the current segment's small, cache-resident
 part of the index and the rate stays flat. A user's history is then read
-newest segments first, until enough events are found.
+newest segments first, until enough events are found; the segments that take no more
+inserts are also copied into runs sorted by user (:mod:`freshrec.storage.runs`), read
+in a few descents instead of one a segment.
 
 ``secure_delete`` is on so that deleting a user overwrites their rows in the
 file instead of leaving the bytes on free pages.
