@@ -234,6 +234,18 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def rss_parts_mb(pid: int) -> tuple[float, float, float]:
+    """A process's resident memory by kind, MB: anonymous (its heap and arrays), mapped files
+    (libraries, memory-mapped files), shared memory (SQLite's WAL index)."""
+    kinds = {"RssAnon:": 0.0, "RssFile:": 0.0, "RssShmem:": 0.0}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            key = line.split(maxsplit=1)[0] if line.strip() else ""
+            if key in kinds:
+                kinds[key] = int(line.split()[1]) / 1024
+    return kinds["RssAnon:"], kinds["RssFile:"], kinds["RssShmem:"]
+
+
 def learner_pid(pid: int) -> int:
     """The server's learner process (not multiprocessing's resource tracker)."""
     with open(f"/proc/{pid}/task/{pid}/children") as fh:

@@ -48,7 +48,7 @@ import numpy as np
 
 from freshrec.client import Client
 from harness import free_port, freshrec, wait_ready, write_section
-from load import KEYS, learner_pid, percentiles, rss_mb, run_load
+from load import KEYS, learner_pid, percentiles, rss_mb, rss_parts_mb, run_load
 
 RPS, EPS = 200.0, 500.0
 """The load: recommendations and events a second."""
@@ -259,6 +259,7 @@ def main() -> None:
                 unloaded.append((time.perf_counter() - started) * 1000)
         before = metrics_text(url)
         watch = {"API": server.pid, "learner": learner_pid(server.pid)}
+        memory = {name: [rss_parts_mb(pid)] for name, pid in watch.items()}
         load = run_load(
             url,
             round_args(args, 0),
@@ -273,6 +274,8 @@ def main() -> None:
         publish, since_start = published(after, before), published(after)
         api_mb = rss_mb(server.pid)
         learner_mb = rss_mb(learner_pid(server.pid))
+        for name, pid in watch.items():
+            memory[name].append(rss_parts_mb(pid))
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=180)
@@ -312,7 +315,12 @@ def main() -> None:
         )
         + f"| loss spikes the learner reverted since the server started | {spikes:,.0f} |\n"
         + f"| memory after the load: API / learner process (RSS) | {api_mb:,.0f} MB / {learner_mb:,.0f} MB |\n"
-        f"| data folder after the run | {size_mb(args.data):,.0f} MB |\n"
+        + "".join(
+            f"| {name} process's RSS before / after the load: anonymous, mapped files, shared | "
+            f"{' / '.join(', '.join(f'{mb:,.0f}' for mb in parts) + ' MB' for parts in memory[name])} |\n"
+            for name in memory
+        )
+        + f"| data folder after the run | {size_mb(args.data):,.0f} MB |\n"
     )
     name = "scale" if args.items == 200_000 else f"scale-{args.items}"
     write_section(name, f"A large shop on one machine ({args.items:,} items, issue 18)", body)
