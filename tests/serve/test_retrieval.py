@@ -91,7 +91,7 @@ def found_share(index: ann.Index, queries: np.ndarray, vectors: np.ndarray, bias
     """The share of each query's exact top 10 among ``index``'s shortlist of ``k`` and its
     hits, with the lists it probes now: what its calibration measures, computed apart."""
     best = np.argsort(-(queries @ vectors.T + bias), axis=1)[:, :10]
-    found = zip(best, index._search(queries, k), strict=True)
+    found = zip(best, index._search(queries, index.shortlist(k)), strict=True)
     return float(np.mean([np.isin(b, np.union1d(f, index.head)).mean() for b, f in found]))
 
 
@@ -132,6 +132,32 @@ def test_candidates_from_the_index_recall_what_exact_scoring_ranks_first() -> No
     assert explained[0].because and explained[0].explanation
 
 
+def test_a_request_that_excludes_items_gets_as_many_allowed_rows_of_its_shortlist_as_one_that_does_not() -> None:
+    """Each request excludes its user's exact top 100 (as ``exclude_seen`` passes a user's
+    seen items): its shortlist is only as many rows longer as it excludes, and holds every
+    allowed row among the ``factor * wanted`` best by the codes that the lists probed hold."""
+    snap = snapshot()
+    rng = np.random.default_rng(1)
+    ranker, vectors, bias, queries = after_traffic(snap, rng)
+    ranker.retrieval.build_now(vectors, bias, queries)
+    exact = Ranker(catalog(), RetrievalSettings(min_items=N + 1))
+    exact.publish(snap)
+    index = ranker.retrieval.index
+    assert index is not None
+    index.index.nprobe = 20  # lists that hold several times a shortlist (about 40 rows each)
+    for past in clicks(rng, 30):
+        first = ranked(exact, past, Options(100))
+        request = ranker.plan(past, T0 + 100, Options(10, exclude=tuple(first)))
+        assert request.excluded == 100 + len(past)
+        assert index.shortlist(request.wanted, request.excluded) == index.factor * request.wanted + request.excluded
+        encode([request])
+        assert request.candidates is not None and request.users is not None
+        by_codes = index._search(request.users[:1].numpy(), N)[0]
+        allowed = [r for r in by_codes if r >= 0 and request.allowed[r]][: index.factor * request.wanted]
+        assert set(allowed) <= set(request.candidates.tolist())
+        assert len(allowed) == index.factor * request.wanted
+
+
 def test_a_build_calibrates_its_probes_on_the_latest_requests_to_the_recall_it_is_asked_for(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -155,9 +181,13 @@ def test_a_build_calibrates_its_probes_on_the_latest_requests_to_the_recall_it_i
     # the fewest probes that reach the target, found one by one: the calibration's doubling
     # and halving land within an eighth of its last step above them, not at a power of two
 
-    def recall(n: int) -> float:
-        index.index.nprobe = n
-        return found_share(index, queries, vectors, bias, 50)
+    def recall(n: int) -> float:  # with the shortlist the probes were calibrated with
+        index.index.nprobe, factor = n, index.factor
+        index.factor = ann.SHORTLIST
+        try:
+            return found_share(index, queries, vectors, bias, 50)
+        finally:
+            index.factor = factor
 
     fewest = next(n for n in range(1, index.index.nlist + 1) if recall(n) >= 0.99)
     assert fewest <= probes[0.99] <= fewest + max(1, fewest // 8), (fewest, probes[0.99])
@@ -189,6 +219,28 @@ def test_the_calibrations_hits_are_every_requests_candidates_and_cut_the_lists_p
     assert request.candidates is not None and set(index.head.tolist()) <= set(request.candidates.tolist())
     recall_at_10 = recall_on_others(ranker, snap, clicks(rng, 100))
     assert recall_at_10 >= 0.97, f"recall@10 {recall_at_10:.3f} on requests it was not calibrated on"
+
+
+def test_a_build_keeps_the_shortest_shortlist_that_finds_as_much_and_merges_it_with_the_hits() -> None:
+    """After the probes, the calibration takes the shortest shortlist (1 to ``SHORTLIST``
+    times the candidates) that finds what the longest found: one row shorter finds less
+    where it is not the shortest. A request's candidates are its shortlist and the hits,
+    ascending, each once."""
+    _, vectors, bias, queries = after_traffic(snapshot(), np.random.default_rng(7))
+    factors = set()
+    for candidates, target in ((50, 0.99), (12, 0.999)):
+        settings = RetrievalSettings(min_items=1_000, candidates=candidates, target_recall=target)
+        index = ann.Index(vectors, bias, settings, queries)
+        factors.add(index.factor)
+        assert found_share(index, queries, vectors, bias, candidates) == index.recall
+        if index.factor > 1:
+            index.factor -= 1
+            assert found_share(index, queries, vectors, bias, candidates) < index.recall
+    assert min(factors) < ann.SHORTLIST and max(factors) > 1, factors
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        found = rng.choice(index.n, size=int(rng.integers(0, 300)), replace=False)
+        assert index.with_head(found).tolist() == np.union1d(found, index.head).tolist()
 
 
 def test_where_the_codes_cannot_reach_the_target_the_calibration_probes_what_comes_close(
@@ -354,7 +406,9 @@ def test_items_added_after_the_index_was_built_are_always_candidates() -> None:
     encode([request])
     assert request.candidates is not None and c.view.codes["late"] in request.candidates
     index = ranker.retrieval.index
-    assert index is not None and len(request.candidates) == index.shortlist(request.wanted) + 1 < N / 5
+    assert (
+        index is not None and len(request.candidates) == index.shortlist(request.wanted, request.excluded) + 1 < N / 5
+    )
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="niceness per thread is Linux's")

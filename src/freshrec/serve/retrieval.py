@@ -138,8 +138,9 @@ class Retrieval:
             if layout == self._layout:
                 self.index = index
             log.info(
-                "built the candidate index of %d items in %.1f s (%d of %d lists probed; recall@10 %.3f on %d %s; "
-                "clustering %s)", index.n, time.perf_counter() - started, index.probes, index.index.nlist, index.recall,
+                "built the candidate index of %d items in %.1f s (%d of %d lists probed, %d rows a candidate; "
+                "recall@10 %.3f on %d %s; clustering %s)", index.n, time.perf_counter() - started, index.probes,
+                index.index.nlist, index.factor, index.recall,
                 0 if queries is None else len(queries), source,
                 "reused" if before and index.trained is before.trained else "new",
             )  # fmt: skip

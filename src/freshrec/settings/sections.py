@@ -285,9 +285,9 @@ class RetrievalSettings(Section):
     """Catalogs with at least this many items rank the index's candidates; smaller ones
     score every item exactly."""
     candidates: int = Field(default=200, ge=10)
-    """Candidates a request asks the index for (plus the request's exclusions and ``k``): it
-    returns four times as many by its codes' approximate scores, and all of them are scored
-    exactly (``freshrec.serve.index.SHORTLIST``)."""
+    """Candidates a request asks the index for (plus ``k``): it returns up to four times as
+    many by its codes' approximate scores, and as many more as the request excludes, and all
+    of them are scored exactly (``freshrec.serve.index.SHORTLIST``)."""
     rebuild_s: float = Field(default=60.0, gt=0)
     """How often the index is looked at again in the background: checked on the latest
     requests against the served vectors, and rebuilt from them only where it no longer
