@@ -148,14 +148,22 @@ def test_a_request_that_excludes_items_gets_as_many_allowed_rows_of_its_shortlis
     for past in clicks(rng, 30):
         first = ranked(exact, past, Options(100))
         request = ranker.plan(past, T0 + 100, Options(10, exclude=tuple(first)))
-        assert request.excluded == 100 + len(past)
-        assert index.shortlist(request.wanted, request.excluded) == index.factor * request.wanted + request.excluded
+        codes = ranker.scoring.view.codes
+        codes_out = {codes[i] for i in first} | {codes[e.item_id] for e in past}
+        assert request.excluded.tolist() == sorted(codes_out)
+        shortlist = index.factor * request.wanted + len(request.excluded)
+        assert index.shortlist(request.wanted, len(request.excluded)) == shortlist
         encode([request])
         assert request.candidates is not None and request.users is not None
         by_codes = index._search(request.users[:1].numpy(), N)[0]
         allowed = [r for r in by_codes if r >= 0 and request.allowed[r]][: index.factor * request.wanted]
         assert set(allowed) <= set(request.candidates.tolist())
         assert len(allowed) == index.factor * request.wanted
+        # what finish takes of the mask it never makes whole on this path
+        rows = np.arange(N)
+        assert (request.allowed_at(rows) == request.allowed).all() and request.allowed[rows].sum() == N - len(codes_out)
+        got = ranked(ranker, past, Options(10, exclude=tuple(first)))
+        assert len(got) == 10 and not set(got) & set(first) and not set(got) & {e.item_id for e in past}
 
 
 def test_a_build_calibrates_its_probes_on_the_latest_requests_to_the_recall_it_is_asked_for(
@@ -407,7 +415,8 @@ def test_items_added_after_the_index_was_built_are_always_candidates() -> None:
     assert request.candidates is not None and c.view.codes["late"] in request.candidates
     index = ranker.retrieval.index
     assert (
-        index is not None and len(request.candidates) == index.shortlist(request.wanted, request.excluded) + 1 < N / 5
+        index is not None
+        and len(request.candidates) == index.shortlist(request.wanted, len(request.excluded)) + 1 < N / 5
     )
 
 

@@ -15,8 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from freshrec.domain import Event, EventType, ItemId
-from freshrec.serve.scoring import Scoring
+from freshrec.serve.blend import Blended
+from freshrec.serve.scoring import Scoring, top
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +117,30 @@ def ranked(
     explanation = sentence(because, placed_by) if explain else None
     reason = placed_by[0] if placed_by is not None else None
     return Ranked(sc.view.ids[code], score, sc.view.titles[code], explanation, because, reason)
+
+
+def reasons(
+    blended: tuple[Blended, int], allowed: npt.NDArray[np.bool_], codes: list[int]
+) -> list[tuple[str, float] | None]:
+    """Per listed item (``codes``), the blend's feature that raised its score most above
+    the items that would fill the list next (the next ``len(codes)`` ``allowed`` ones), and
+    that feature's weight; ``blended``: the batch's blended scores and where the list's row
+    is.
+
+    The question a list's reader asks is "why this one and not the others": against the
+    average allowed item (mostly items nobody would list), every listed item stands out
+    by the same strong feature, so every sentence said the same (on MovieLens-100K
+    co-occurrence placed 99.8% of listed items); against its close competitors, an item
+    ahead by popularity or by what follows what says so."""
+    if not codes:
+        return []
+    mixed, start = blended
+    allowed = allowed.copy()
+    allowed[codes] = False
+    foil = np.asarray(top(mixed.scores[start].numpy(), allowed, len(codes)), dtype=np.int64)
+    if not len(foil):  # the list took every allowed item
+        foil = np.asarray(codes, dtype=np.int64)
+    typical = mixed.parts(start, foil).mean(0)
+    lift = mixed.parts(start, np.asarray(codes, dtype=np.int64)) - typical
+    weights = mixed.weights(start)
+    return [(mixed.names[int(f)], float(weights[int(f)])) for f in lift.argmax(1)]
