@@ -226,24 +226,26 @@ def run_load(url: str, args: argparse.Namespace, watch: dict[str, int] | None = 
 
 
 # -- soak ---------------------------------------------------------------------------------
-def rss_mb(pid: int) -> float:
+def _status_mb(pid: int, keys: tuple[str, ...]) -> list[float]:
+    """Fields of ``/proc/PID/status`` given in kB, in MB (NaN where absent)."""
+    found: dict[str, float] = {}
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+            key, _, value = line.partition(":")
+            if key in keys:
+                found[key] = int(value.split()[0]) / 1024
+    return [found.get(key, float("nan")) for key in keys]
+
+
+def rss_mb(pid: int) -> float:
+    return _status_mb(pid, ("VmRSS",))[0]
 
 
 def rss_parts_mb(pid: int) -> tuple[float, float, float]:
     """A process's resident memory by kind, MB: anonymous (its heap and arrays), mapped files
     (libraries, memory-mapped files), shared memory (SQLite's WAL index)."""
-    kinds = {"RssAnon:": 0.0, "RssFile:": 0.0, "RssShmem:": 0.0}
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            key = line.split(maxsplit=1)[0] if line.strip() else ""
-            if key in kinds:
-                kinds[key] = int(line.split()[1]) / 1024
-    return kinds["RssAnon:"], kinds["RssFile:"], kinds["RssShmem:"]
+    anonymous, files, shared = _status_mb(pid, ("RssAnon", "RssFile", "RssShmem"))
+    return anonymous, files, shared
 
 
 def learner_pid(pid: int) -> int:

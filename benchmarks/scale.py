@@ -272,8 +272,7 @@ def main() -> None:
         later = later_rounds(url, args, watch)
         spikes = metric(metrics_text(url), "freshrec_reverted_spikes_total")
         publish, since_start = published(after, before), published(after)
-        api_mb = rss_mb(server.pid)
-        learner_mb = rss_mb(learner_pid(server.pid))
+        api_mb, learner_mb = rss_mb(watch["API"]), rss_mb(watch["learner"])
         for name, pid in watch.items():
             memory[name].append(rss_parts_mb(pid))
     finally:

@@ -136,7 +136,7 @@ class Index:
         self.factor = SHORTLIST
         """Rows a search returns per candidate asked for (:data:`SHORTLIST`, or fewer where
         the calibration found as much with fewer)."""
-        self._head = self._hits(np.zeros(0, dtype=np.int64))
+        self._head = self._head_of(np.zeros(0, dtype=np.int64))
         self.recall = float("nan")
         """Share of the exact top 10 among the candidates, on the calibration's requests (or
         the latest :meth:`holds` check's)."""
@@ -158,7 +158,7 @@ class Index:
         (:meth:`_calibrate`, :meth:`holds`)."""
         return self._head[0]
 
-    def _hits(self, head: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    def _head_of(self, head: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
         """``head`` and a mask of its rows: replaced as one value while requests read it."""
         member = np.zeros(self.n, dtype=bool)
         member[head] = True
@@ -225,7 +225,7 @@ class Index:
         recall = self._found(best, users, head)
         if recall < min(self.settings.target_recall, self.calibrated - SLACK):
             return False
-        self._head, self.recall, self.built_at = self._hits(head), recall, time.monotonic()
+        self._head, self.recall, self.built_at = self._head_of(head), recall, time.monotonic()
         return True
 
     def _found(self, best: npt.NDArray[np.int64], users: npt.NDArray[np.float32], head: npt.NDArray[np.int64]) -> float:
@@ -259,7 +259,7 @@ class Index:
         (a search of 4 users 0.41 ms at 400 rows, 0.45 at 800), and every row costs its
         share of the merge with the hits and the exact scores."""
         best = _exact(vectors, bias, users)
-        self._head = self._hits(hits(best, self.settings.candidates))
+        self._head = self._head_of(hits(best, self.settings.candidates))
         measured: dict[int, float] = {}
 
         def recall(probes: int) -> float:
