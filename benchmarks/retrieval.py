@@ -151,7 +151,7 @@ def libraries(vectors: np.ndarray, bias: np.ndarray, users: np.ndarray) -> str:
         return graph
 
     rows = [
-        (f"faiss inverted file of 4-bit codes, calibrated (serving: {SHORTLIST * 200} candidates by code)",
+        (f"faiss inverted file of 4-bit codes, calibrated (serving: up to {SHORTLIST * 200} candidates by code)",
          *timed(codes, lambda x, q: np.union1d(x.search(q, 200), x.head), users)),
         ("faiss inverted file of the vectors, as many lists probed, the same hits (serving before)",
          *timed(floats, lambda x, q: np.union1d(x.search(q, 200)[1], served[0].head), queries)),
@@ -180,9 +180,9 @@ def libraries(vectors: np.ndarray, bias: np.ndarray, users: np.ndarray) -> str:
     ]
     return (
         f"\nThe index, on the synthetic shop's served vectors ({len(vectors):,} items, one thread, "
-        f"{len(users):,} users; the exact top 10 found among 200 candidates, or the {SHORTLIST * 200} that serving "
-        "scores exactly of the index of codes; the inverted files' with the calibration's hits, which every request "
-        "scores):\n\n"
+        f"{len(users):,} users; the exact top 10 found among 200 candidates, or among the up to "
+        f"{SHORTLIST * 200} that serving scores exactly of the index of codes; the inverted files' with the "
+        "calibration's hits, which every request scores):\n\n"
         "| index | build s | query ms | recall@10 among the candidates |\n| --- | --- | --- | --- |\n"
         + "\n".join(lines)
         + "\n"
