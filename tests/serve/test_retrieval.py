@@ -382,6 +382,50 @@ def test_an_old_index_that_still_finds_its_recall_is_kept_and_one_that_drifted_i
     assert rebuilt is not None and rebuilt is not index and rebuilt.recall >= CALIBRATED.target_recall
 
 
+@pytest.mark.parametrize("items", [6, 500])
+def test_the_exact_top_10_what_calibrations_measure_against_is_each_users_best_rows(items: int) -> None:
+    """Over several chunks of users, and for catalogs of fewer than ten items (all of them)."""
+    rng = np.random.default_rng(3)
+    vectors, bias = rng.normal(size=(items, 8)).astype(np.float32), rng.normal(size=items).astype(np.float32)
+    users = rng.normal(size=(150, 8)).astype(np.float32)
+    best = ann._exact(vectors, bias, users)
+    expected = np.argsort(-(users @ vectors.T + bias), axis=1)[:, :10]
+    assert best.shape == (150, min(10, items)) and best.dtype == np.int64
+    assert all(set(b) == set(e) for b, e in zip(best, expected, strict=True))
+
+
+def test_a_check_that_falls_short_probes_more_lists_up_to_its_bound_before_a_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A check that finds less than its target with the lists probed now tries more, up to
+    :data:`~freshrec.serve.index.REPROBE` times those its calibration chose, and keeps the
+    index with the fewest that find enough; where even those fall short, it leaves the
+    index as it is, to be built again. (The index is made to probe too few lists here: as
+    if the requests had moved to where it needs more.)"""
+    monkeypatch.setattr(ann, "hits", no_hits)
+    ranker, vectors, bias, queries = after_traffic(snapshot(), np.random.default_rng(8))
+    ranker.retrieval.build_now(vectors, bias, queries)
+    index = ranker.retrieval.index
+    assert index is not None and index.recall >= CALIBRATED.target_recall
+    calibrated = index.calibrated_probes
+    assert calibrated >= 8
+    index.index.nprobe = calibrated // 2
+    assert found_share(index, queries, vectors, bias, CALIBRATED.candidates) < CALIBRATED.target_recall
+    assert index.holds(vectors, bias, queries)
+    assert calibrated // 2 < index.probes <= int(ann.REPROBE * calibrated)
+    assert found_share(index, queries, vectors, bias, CALIBRATED.candidates) >= CALIBRATED.target_recall
+    assert index.recall >= CALIBRATED.target_recall
+
+    index.calibrated_probes = index.index.nprobe = calibrated // 4  # its bound: fewer lists than it needs
+    bound = int(ann.REPROBE * index.calibrated_probes)
+    index.index.nprobe = bound
+    assert found_share(index, queries, vectors, bias, CALIBRATED.candidates) < CALIBRATED.target_recall
+    index.index.nprobe = calibrated // 4
+    built = index.built_at
+    assert not index.holds(vectors, bias, queries)
+    assert index.probes == calibrated // 4 and index.built_at == built
+
+
 def test_latest_histories_are_those_of_the_users_who_acted_last(tmp_path: Path) -> None:
     """What a first index calibrates on: the users whose events end the log, newest first,
     each with their own last ``length`` events (older ones read from the user's history,

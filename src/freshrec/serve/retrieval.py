@@ -129,8 +129,8 @@ class Retrieval:
             if check is not None and requests is not None and check.holds(rows, bias, requests):
                 log.info(
                     "the candidate index still finds %.3f of the exact top 10 of %d requests (%d of %d lists "
-                    "probed): kept (checked in %.1f s)", check.recall, len(requests), check.probes, check.index.nlist,
-                    time.perf_counter() - started,
+                    "probed, %d at its build): kept (checked in %.1f s)", check.recall, len(requests), check.probes,
+                    check.index.nlist, check.calibrated_probes, time.perf_counter() - started,
                 )  # fmt: skip
                 return
             before = self.index
