@@ -335,13 +335,18 @@ def test_a_first_index_calibrates_on_stored_users_and_later_ones_on_requests() -
     ranker.retrieval.wait()
     first = ranker.retrieval.index
     assert asked == [(CALIBRATED.calibration_requests, snap.settings.history_length)]
-    assert first is not None and first.recall >= CALIBRATED.target_recall
+    assert first is not None and first.recall >= CALIBRATED.target_recall and first.stand_in
     assert recall_on_others(ranker, snap, clicks(rng, 100)) >= 0.97
+    built = first.built_at
     for past in clicks(rng, CALIBRATED.calibration_requests):
         ranked(ranker, past, Options(10))
     ranker.refresh()
     ranker.retrieval.wait()
-    assert ranker.retrieval.index is first  # calibrated already: young, kept
+    assert ranker.retrieval.index is first  # young, but checked at once on the requests: calibrated on them
+    assert not first.stand_in and first.built_at > built and first.recall >= CALIBRATED.target_recall
+    ranker.refresh()
+    ranker.retrieval.wait()
+    assert first.built_at > built and ranker.retrieval.index is first  # young and calibrated: left alone
     ranker.retrieval.index = None
     ranker.refresh()  # builds again, with the requests there
     ranker.retrieval.wait()
@@ -424,6 +429,11 @@ def test_a_check_that_falls_short_probes_more_lists_up_to_its_bound_before_a_bui
     built = index.built_at
     assert not index.holds(vectors, bias, queries)
     assert index.probes == calibrated // 4 and index.built_at == built
+
+    index.stand_in = True  # calibrated on stored users: the first check on requests has no bound
+    assert index.holds(vectors, bias, queries)
+    assert bound < index.probes == index.calibrated_probes and not index.stand_in
+    assert found_share(index, queries, vectors, bias, CALIBRATED.candidates) >= CALIBRATED.target_recall
 
 
 def test_latest_histories_are_those_of_the_users_who_acted_last(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ build are always candidates, and so are the calibration's hits
 (:func:`~freshrec.serve.index.hits`). Each build measures its own recall on the latest
 requests (``/metrics``: ``freshrec_candidate_index_recall``) and probes as few lists as
 reach ``target_recall``; every ``rebuild_s`` the index is checked on the latest requests
-and rebuilt only where it no longer finds as much (:meth:`~freshrec.serve.index.Index.holds`).
+and rebuilt only where it no longer finds as much, even probing half as many lists again
+(:meth:`~freshrec.serve.index.Index.holds`).
 """
 
 from __future__ import annotations
@@ -89,8 +90,10 @@ class Retrieval:
             # a build may take at most a quarter of a core: a million items' takes tens of seconds
             young = time.monotonic() - index.built_at < max(self.settings.rebuild_s, 4 * index.build_s)
             # one calibrated on nothing (no stored users either) probes `probes` lists, whatever
-            # they find: built again as soon as there are requests to calibrate on
-            waiting = np.isnan(index.calibrated) and len(self.recent) >= self.settings.calibration_requests
+            # they find: built again as soon as there are requests to calibrate on; one calibrated
+            # on stored users is checked on them then, and calibrated again (Index.holds)
+            enough = len(self.recent) >= max(self.settings.calibration_requests, MIN_CALIBRATION)
+            waiting = (np.isnan(index.calibrated) or index.stand_in) and enough
             if young and not waiting:
                 return
         if not self._building.acquire(blocking=False):
@@ -126,15 +129,19 @@ class Retrieval:
                 queries = None
             source = "requests" if requests is not None else "stored users"
             rows, bias = vectors()
+            stand_in = check is not None and check.stand_in
+            built = check.calibrated_probes if check is not None else 0
             if check is not None and requests is not None and check.holds(rows, bias, requests):
                 log.info(
-                    "the candidate index still finds %.3f of the exact top 10 of %d requests (%d of %d lists "
-                    "probed, %d at its build): kept (checked in %.1f s)", check.recall, len(requests), check.probes,
-                    check.index.nlist, check.calibrated_probes, time.perf_counter() - started,
+                    "the candidate index %s %.3f of the exact top 10 of %d requests (%d of %d lists probed, "
+                    "%d at its build): kept (checked in %.1f s)", "was calibrated on requests: finds" if stand_in
+                    else "still finds", check.recall, len(requests), check.probes, check.index.nlist, built,
+                    time.perf_counter() - started,
                 )  # fmt: skip
                 return
             before = self.index
-            index = Index(rows, bias, self.settings, queries, self.recent, before.trained if before else None)
+            trained = before.trained if before else None
+            index = Index(rows, bias, self.settings, queries, self.recent, trained, stand_in=requests is None)
             if layout == self._layout:
                 self.index = index
             log.info(

@@ -291,7 +291,7 @@ class RetrievalSettings(Section):
     rebuild_s: float = Field(default=60.0, gt=0)
     """How often the index is looked at again in the background: checked on the latest
     requests against the served vectors, and rebuilt from them only where it no longer
-    finds what its calibration did."""
+    finds what its calibration did, even probing half as many lists again."""
     probes: int = Field(default=32, ge=1)
     """Lists of the inverted-file index a search scans until the index is calibrated on
     recent requests (the fewest lists that reach ``target_recall``)."""
