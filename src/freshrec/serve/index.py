@@ -62,14 +62,10 @@ SLACK = 0.002
 """How much recall a calibration gives up, where the target is out of reach, to probe fewer lists."""
 REPROBE = 1.5
 """An index whose check finds less than it was calibrated to may probe up to this many
-times the lists its build's calibration chose before it is built anew (:meth:`Index.holds`).
-
-Why: a build of a million items costs a core for 20-35 s beside the requests (p99 52.0
-and 284.2 ms in the round it ran, on the million-item shop under 200 requests/s and 500
-events/s), and the one built there probed 320 lists where the first probed 288 (1.11
-times): probing the old one's lists a little further finds as much for a fraction of
-that. Each extra list costs every search its scan (0.2 ms a search of 4 users at 64
-lists, 0.45 at 256), so past half as many again a build pays for itself."""
+times the lists its calibration chose before it is built anew (:meth:`Index.holds`). Why:
+a million items' build costs a core for 20-35 s beside the requests (p99 52.0 and 284.2 ms
+in the round it ran, on the million-item shop under load); every extra list costs each
+search its scan (0.2 ms a search of 4 users at 64 lists, 0.45 at 256)."""
 
 
 class Index:
@@ -162,6 +158,8 @@ class Index:
         """The lists its calibration chose to probe (:meth:`holds` may probe more)."""
         self.stand_in = stand_in
         """Whether it was calibrated on stand-ins for requests (until a check on requests)."""
+        self.checked = (self.recall, self.probes)
+        """What the latest :meth:`holds` found, and with how many lists (its calibration's at first)."""
         self.built_at = time.monotonic()
         """When it was built or last found to hold (:meth:`holds`)."""
         self.build_s = time.perf_counter() - started
@@ -245,11 +243,9 @@ class Index:
         searching them a few times costs a tenth of it. A model whose vectors drifted apart
         fails the check and gets its build.
 
-        Why a first index's probes are set by requests: calibrated on stored users (the
-        latest ones to act) before requests came, it probed 240 and 256 lists on the
-        million-item shop, and the requests of random users needed 352 and 416 lists of
-        the index built again for them: half as many again, or more, and that build, under
-        the load, bought nothing the old index's lists did not."""
+        Why requests set a first index's probes: calibrated on the latest stored users, it
+        probed 240 and 256 lists on the million-item shop, and the index built again under
+        the load for random users' requests 352 and 416: a build bought nothing."""
         best = _exact(vectors[: self.n], bias[: self.n], users)
         head = hits(best, self.settings.candidates)
         measured: dict[int, float] = {}
@@ -264,6 +260,7 @@ class Index:
         if self.stand_in:
             most = self.index.nlist
         probes = self.probes if recall(self.probes) >= target else _fewest(recall, target, most, self.probes)
+        self.checked = (recall(probes), probes)
         if recall(probes) < target:
             return False
         self._head, self.recall, self.built_at = self._head_of(head), recall(probes), time.monotonic()
@@ -385,11 +382,10 @@ def _exact(
 ) -> npt.NDArray[np.int64]:
     """Each user's exact top 10 rows (in no order), 32 users at a time into one buffer.
 
-    Why torch's ``topk``, not NumPy's ``argpartition``: the exact top 10 of 256 users among
-    a million items took 6.5-8.4 s of a core partitioning the scores against 1.7-1.8 s (the
-    scores' product alike), and every check of the index (:meth:`Index.holds`) and every
-    calibration pays it. Why one buffer: 64 users' fresh scores were 256 MB a time, each
-    page faulted in anew; 32 users' written over one buffer took 1.25 s against 1.73 s."""
+    Why torch's ``topk``: every check (:meth:`Index.holds`) and calibration pays this, and
+    256 users against a million items took 6.5-8.4 s of a core with NumPy's
+    ``argpartition``, 1.7-1.8 s with it, 1.25 s over one buffer (not 256 MB of fresh pages
+    for each 64 users)."""
     table = torch.from_numpy(np.require(vectors, np.float32, "W"))
     offsets = torch.from_numpy(np.require(bias, np.float32, "W"))
     k = min(10, len(table))
