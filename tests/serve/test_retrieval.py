@@ -3,6 +3,7 @@ exact scoring of every item by the same served model."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -356,7 +357,7 @@ def test_a_first_index_calibrates_on_stored_users_and_later_ones_on_requests() -
 
 
 def test_an_old_index_that_still_finds_its_recall_is_kept_and_one_that_drifted_is_built_again(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Past ``rebuild_s``, the index is first checked on the latest requests against the
     newer vectors: kept (with the check's recall, counted as built now) while it finds what
@@ -381,10 +382,16 @@ def test_an_old_index_that_still_finds_its_recall_is_kept_and_one_that_drifted_i
     drifted = np.random.default_rng(9).permutation(vectors)  # every item another's vector
     assert not index.holds(drifted, bias, queries)
     aged()
-    served.refresh(lambda: (drifted, bias.copy()), N)
-    served.wait()
+    with caplog.at_level(logging.INFO, logger="freshrec.serve.retrieval"):
+        served.refresh(lambda: (drifted, bias.copy()), N)
+        served.wait()
     rebuilt = served.index
     assert rebuilt is not None and rebuilt is not index and rebuilt.recall >= CALIBRATED.target_recall
+    found, probes = index.checked
+    bound = int(ann.REPROBE * index.calibrated_probes)
+    assert found < CALIBRATED.target_recall and index.calibrated_probes < probes <= bound
+    said = f"finds {found:.3f} of the exact top 10 of {len(queries)} requests with {probes} of {index.index.nlist}"
+    assert any(said in r.getMessage() and "building it again" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("items", [6, 500])

@@ -142,8 +142,8 @@ class Retrieval:
             if check is not None and requests is not None:
                 log.info(
                     "the candidate index finds %.3f of the exact top 10 of %d requests with %d of %d lists probed "
-                    "(%.3f with %d at its build): building it again", *check.checked, len(requests),
-                    check.index.nlist, check.calibrated, built,
+                    "(%.3f with %d at its build): building it again", check.checked[0], len(requests),
+                    check.checked[1], check.index.nlist, check.calibrated, built,
                 )  # fmt: skip
             before = self.index
             trained = before.trained if before else None
