@@ -12,6 +12,7 @@ an index built from older vectors costs recall, never a wrong score.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import deque
@@ -248,12 +249,7 @@ class Index:
         the load for random users' requests 352 and 416: a build bought nothing."""
         best = _exact(vectors[: self.n], bias[: self.n], users)
         head = hits(best, self.settings.candidates)
-        measured: dict[int, float] = {}
-
-        def recall(probes: int) -> float:
-            if probes not in measured:
-                measured[probes] = self._found(best, users, head, probes)
-            return measured[probes]
+        recall = self._recall(best, users, head)
 
         target = min(self.settings.target_recall, self.calibrated - SLACK)
         most = min(self.index.nlist, max(self.calibrated_probes + 1, int(REPROBE * self.calibrated_probes)))
@@ -277,6 +273,12 @@ class Index:
         server searches it meanwhile)."""
         shortlists = self._search(users, self.shortlist(self.settings.candidates), probes)
         return float(np.mean([np.isin(b, np.union1d(f, head)).mean() for b, f in zip(best, shortlists, strict=True)]))
+
+    def _recall(
+        self, best: npt.NDArray[np.int64], users: npt.NDArray[np.float32], head: npt.NDArray[np.int64]
+    ) -> Callable[[int], float]:
+        """:meth:`_found` as a function of the probes, each measured once (:func:`_fewest` asks again)."""
+        return functools.cache(lambda probes: self._found(best, users, head, probes))
 
     def _calibrate(
         self, vectors: npt.NDArray[np.float32], bias: npt.NDArray[np.float32], users: npt.NDArray[np.float32]
@@ -305,12 +307,7 @@ class Index:
         share of the merge with the hits and the exact scores."""
         best = _exact(vectors, bias, users)
         self._head = self._head_of(hits(best, self.settings.candidates))
-        measured: dict[int, float] = {}
-
-        def recall(probes: int) -> float:
-            if probes not in measured:
-                measured[probes] = self._found(best, users, self.head, probes)
-            return measured[probes]
+        recall = self._recall(best, users, self.head)
 
         most = self.index.nlist
         probes = _fewest(recall, self.settings.target_recall, most)

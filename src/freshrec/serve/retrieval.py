@@ -131,15 +131,15 @@ class Retrieval:
             rows, bias = vectors()
             stand_in = check is not None and check.stand_in
             built = check.calibrated_probes if check is not None else 0
-            if check is not None and requests is not None and check.holds(rows, bias, requests):
-                log.info(
-                    "the candidate index %s %.3f of the exact top 10 of %d requests (%d of %d lists probed, "
-                    "%d at its build): kept (checked in %.1f s)", "was calibrated on requests: finds" if stand_in
-                    else "still finds", check.recall, len(requests), check.probes, check.index.nlist, built,
-                    time.perf_counter() - started,
-                )  # fmt: skip
-                return
             if check is not None and requests is not None:
+                if check.holds(rows, bias, requests):
+                    log.info(
+                        "the candidate index %s %.3f of the exact top 10 of %d requests (%d of %d lists probed, "
+                        "%d at its build): kept (checked in %.1f s)", "was calibrated on requests: finds" if stand_in
+                        else "still finds", check.recall, len(requests), check.probes, check.index.nlist, built,
+                        time.perf_counter() - started,
+                    )  # fmt: skip
+                    return
                 log.info(
                     "the candidate index finds %.3f of the exact top 10 of %d requests with %d of %d lists probed "
                     "(%.3f with %d at its build): building it again", check.checked[0], len(requests),
