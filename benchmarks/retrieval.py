@@ -85,7 +85,7 @@ def measure_catalog(name: str, snap: Snapshot, catalog: Catalog, histories: list
     sc = rankers["index"].scoring
     assert sc.vectors is not None and sc.bias is not None
     started = time.perf_counter()
-    retrieval.build_now(sc.vectors.numpy(), sc.bias.numpy(), np.array(retrieval.recent.vectors))
+    retrieval.build_now(sc.vectors.numpy(), sc.bias.numpy(), np.array(retrieval.recent))
     build_s = time.perf_counter() - started
     index = retrieval.index
     assert index is not None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -116,17 +117,17 @@ class Index:
         bias: npt.NDArray[np.float32],
         settings: RetrievalSettings,
         queries: npt.NDArray[np.float32] | None = None,
-        remember: Callable[[npt.NDArray[np.float32]], object] | None = None,
+        recent: deque[npt.NDArray[np.float32]] | None = None,
         trained: Trained | None = None,
         stand_in: bool = False,
     ):
-        """``queries``: user vectors to calibrate on; ``remember``: takes each search's
-        user vectors (the next check or build calibrates on them); ``trained``: an earlier
+        """``queries``: user vectors to calibrate on; ``recent``: where searches leave
+        their user vectors (the next build calibrates on them); ``trained``: an earlier
         build's clustering, reused if it :meth:`~Trained.fits`; ``stand_in``: the queries
         stand in for requests not there yet (stored users'), and the first check on
         requests calibrates it again (:meth:`holds`)."""
         started = time.perf_counter()
-        self.remember = remember
+        self.recent = recent
         # fast scan packs two 4-bit codes a byte: an even number of dimensions (a zero pads)
         pad = np.zeros((len(vectors), (vectors.shape[1] + 1) % 2), dtype=np.float32)
         rows = np.ascontiguousarray(np.hstack([vectors, bias.reshape(-1, 1), pad]), dtype=np.float32)
@@ -210,9 +211,10 @@ class Index:
 
     def search(self, users: npt.NDArray[np.float32], k: int, excluded: int = 0) -> npt.NDArray[np.int64]:
         """``(len(users), shortlist(k, excluded))`` rows with the highest scores by their
-        codes for each user, best first (``-1``: none); the users go to ``remember``."""
-        if self.remember is not None:
-            self.remember(users)
+        codes for each user, best first (``-1``: none); the users are kept in ``recent`` for
+        the next build's calibration."""
+        if self.recent is not None:
+            self.recent.extend(users)
         return self._search(users, self.shortlist(k, excluded))
 
     def _search(self, users: npt.NDArray[np.float32], rows: int, probes: int | None = None) -> npt.NDArray[np.int64]:

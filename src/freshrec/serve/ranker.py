@@ -113,8 +113,6 @@ class Ranker:
                 lambda: (vectors.numpy().copy(), bias.numpy().copy()), len(sc.view), lambda: self._stored_users(sc)
             )
         self.scoring = sc
-        if whole and previous.snapshot is not None and previous.snapshot is not sc.snapshot:
-            self.retrieval.moved()  # the learner's item tower comes whole: every item's vector moved
         self.blend.prepare(sc.view)
         if self.scoring.net is not None:
             self._spares.append((weakref.ref(self.scoring), self.scoring.net))

@@ -42,39 +42,6 @@ for the processor as the learner process did before it was niced (p99 263 to 367
 against 30 to 82 ms then, under 200 requests/s and 500 events/s)."""
 
 
-class Recent:
-    """User vectors of the latest searches, which the next check or build calibrates on,
-    and how many came since the served vectors last moved all at once (:meth:`moved`)."""
-
-    def __init__(self, size: int):
-        self.vectors: deque[npt.NDArray[np.float32]] = deque(maxlen=size)
-        self.fresh = 0
-        """Users searched since the latest :meth:`moved`."""
-
-    def extend(self, users: npt.NDArray[np.float32]) -> None:
-        self.vectors.extend(users)
-        self.fresh += len(users)
-
-    def __len__(self) -> int:
-        return len(self.vectors)
-
-    def moved(self) -> None:
-        """Every item's served vector moved (a whole snapshot: the learner's item tower
-        with it). Why count from here: the users searched before were the older model's,
-        and their exact top 10 under the newer vectors is no request's; a check or a
-        calibration on them measures a model that serves nobody."""
-        self.fresh = 0
-
-    def take(self) -> tuple[npt.NDArray[np.float32] | None, bool]:
-        """The vectors to calibrate on, ``None`` with fewer than :data:`MIN_CALIBRATION`:
-        those since :meth:`moved` where at least that many came, else all there are (a
-        quiet server's); and whether they all came since."""
-        fresh, latest = self.fresh, self.vectors.copy()  # one C call: searches append meanwhile
-        kept = list(latest)[-fresh:] if MIN_CALIBRATION <= fresh < len(latest) else latest
-        vectors = np.array(kept, dtype=np.float32) if len(kept) >= MIN_CALIBRATION else None
-        return vectors, vectors is not None and len(kept) <= fresh
-
-
 class Retrieval:
     """Keeps an :class:`Index` of the served vectors for catalogs of at least ``min_items``,
     checked in a background thread every ``rebuild_s`` and rebuilt there where it no longer
@@ -83,9 +50,8 @@ class Retrieval:
     def __init__(self, settings: RetrievalSettings):
         self.settings = settings
         self.index: Index | None = None
-        self.recent = Recent(settings.calibration_requests)
-        self._moved = False
-        """Whether the served vectors moved since the index was last checked or built."""
+        self.recent: deque[npt.NDArray[np.float32]] = deque(maxlen=settings.calibration_requests)
+        """User vectors of the latest searches: the next build calibrates on them."""
         self._building = threading.Lock()
         self._layout = 0
         """Counts the catalog's re-layouts: an index built from an older one is thrown away."""
@@ -125,10 +91,9 @@ class Retrieval:
             young = time.monotonic() - index.built_at < max(self.settings.rebuild_s, 4 * index.build_s)
             # one calibrated on nothing (no stored users either) probes `probes` lists, whatever
             # they find: built again as soon as there are requests to calibrate on; one calibrated
-            # on stored users is checked on them then, and calibrated again (Index.holds); so is
-            # one whose served vectors all moved since (a whole snapshot, :meth:`moved`)
-            enough = self.recent.fresh >= max(self.settings.calibration_requests, MIN_CALIBRATION)
-            waiting = (np.isnan(index.calibrated) or index.stand_in or self._moved) and enough
+            # on stored users is checked on them then, and calibrated again (Index.holds)
+            enough = len(self.recent) >= max(self.settings.calibration_requests, MIN_CALIBRATION)
+            waiting = (np.isnan(index.calibrated) or index.stand_in) and enough
             if young and not waiting:
                 return
         if not self._building.acquire(blocking=False):
@@ -157,9 +122,8 @@ class Retrieval:
                 me = threading.get_native_id()
                 os.setpriority(os.PRIO_PROCESS, me, min(os.getpriority(os.PRIO_PROCESS, me) + BUILD_NICENESS, 19))
             faiss.omp_set_num_threads(1)  # requests keep the other core
-            requests, fresh = self.recent.take()
-            if fresh:
-                self._moved = False  # checked or built on the newest vectors' requests alone
+            latest = self.recent.copy()  # one C call: searches append meanwhile, and iterating would fail
+            requests = np.array(latest, dtype=np.float32) if len(latest) >= MIN_CALIBRATION else None
             queries = requests if requests is not None else stored()
             if queries is not None and len(queries) < MIN_CALIBRATION:
                 queries = None
@@ -183,7 +147,7 @@ class Retrieval:
                 )  # fmt: skip
             before = self.index
             trained = before.trained if before else None
-            index = Index(rows, bias, self.settings, queries, self.recent.extend, trained, stand_in=requests is None)
+            index = Index(rows, bias, self.settings, queries, self.recent, trained, stand_in=requests is None)
             if layout == self._layout:
                 self.index = index
             log.info(
@@ -197,16 +161,6 @@ class Retrieval:
             log.exception("could not build the candidate index")
         finally:
             self._building.release()
-
-    def moved(self) -> None:
-        """Every served vector moved (a whole snapshot): the index is checked on the requests
-        that come from now on, as soon as ``calibration_requests`` of them are in, however
-        young it is. Why: the learner's item tower comes with whole snapshots only, and it
-        moves every item's vector; an index that no longer finds what it did is built again
-        at once rather than up to ``rebuild_s`` later, and one checked on the older model's
-        requests was judged on scores no request has."""
-        self.recent.moved()
-        self._moved = True
 
     def forget(self) -> None:
         """The catalog's rows were laid out anew: the index's row numbers mean nothing now."""
@@ -225,4 +179,4 @@ class Retrieval:
         queries: npt.NDArray[np.float32] | None = None,
     ) -> None:
         """Build the index in this thread (benchmarks and tests), calibrated on ``queries``."""
-        self.index = Index(vectors, bias, self.settings, queries, self.recent.extend)
+        self.index = Index(vectors, bias, self.settings, queries, self.recent)
