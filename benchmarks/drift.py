@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -53,7 +54,10 @@ def served(settings: Settings, catalog: Catalog, version: int, scratch: Path) ->
     for suffix in (SUFFIX, ".json"):
         name = f"model-{version:06d}{suffix}"
         if not (folder / name).exists():
-            os.link(settings.data_dir / "checkpoints" / name, folder / name)
+            try:
+                os.link(settings.data_dir / "checkpoints" / name, folder / name)
+            except OSError:  # another file system
+                shutil.copyfile(settings.data_dir / "checkpoints" / name, folder / name)
     (folder / "CURRENT").write_text(str(version))
     ranker = Ranker(catalog, RetrievalSettings(min_items=2**62))  # no index of its own
     ranker.publish(Checkpoints(folder, key=settings.cluster.key()).served(settings))
