@@ -64,17 +64,14 @@ def served(settings: Settings, catalog: Catalog, version: int, scratch: Path) ->
     return ranker.scoring
 
 
-def found(index: Index, users: npt.NDArray[np.float32], rows: Rows, probes: int) -> float:
-    """The share of each user's exact top 10 under ``rows`` among the index's shortlist and hits."""
-    best = _exact(*rows, users)
-    head = hits(best, index.settings.candidates)
-    return index._found(best, users, head, probes)
-
-
 def line(index: Index, users: npt.NDArray[np.float32], rows: Rows) -> str:
+    """The share of each user's exact top 10 under ``rows`` among the index's shortlist and
+    hits, with 1, 1.5, 2 and 4 times the lists it probes and with every list."""
+    best = _exact(*rows, users)
+    found = index._recall(best, users, hits(best, index.settings.candidates))
     base, lists = index.probes, index.index.nlist
     probes = sorted({min(p, lists) for p in (base, int(1.5 * base), 2 * base, 4 * base, lists)})
-    return ", ".join(f"{p} lists {found(index, users, rows, p):.3f}" for p in probes)
+    return ", ".join(f"{p} lists {found(p):.3f}" for p in probes)
 
 
 def main() -> None:
