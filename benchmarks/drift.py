@@ -16,7 +16,11 @@ calibration chose and with every list:
 - after the rows whose ID part moved most (10,000, 30,000, 100,000 of them, and all that
   changed) are added to a clone of the index again with their ``--after`` values
   (``add_with_ids``; their older codes stay): what keeping the index current row by row
-  would give back, and what it costs.
+  would give back, and what it costs;
+- after the rows whose ID part moved further than the index's codes' typical error are
+  coded anew (:meth:`~freshrec.serve.index.Index.update`): what a server does between
+  builds (it adds up each row's moves over the deltas in between, so it codes these rows
+  and maybe more).
 
 The users are drawn at random from the log (the load's requests are random users'). Prints
 its figures; RESULTS.md quotes them with the command.
@@ -38,7 +42,8 @@ import torch
 from freshrec.encoders.base import encoder_key
 from freshrec.learn.checkpoints import SUFFIX, Checkpoints
 from freshrec.serve.catalog import Catalog
-from freshrec.serve.index import Index, _exact, hits
+from freshrec.serve.exact import hits, top_rows
+from freshrec.serve.index import Index
 from freshrec.serve.ranker import Ranker
 from freshrec.serve.scoring import Scoring, user_vectors
 from freshrec.settings import EncoderSettings, RetrievalSettings, Settings
@@ -67,7 +72,7 @@ def served(settings: Settings, catalog: Catalog, version: int, scratch: Path) ->
 def line(index: Index, users: npt.NDArray[np.float32], rows: Rows) -> str:
     """The share of each user's exact top 10 under ``rows`` among the index's shortlist and
     hits, with 1, 1.5, 2 and 4 times the lists it probes and with every list."""
-    best = _exact(*rows, users)
+    best = top_rows(*rows, users)
     found = index._recall(best, users, hits(best, index.settings.candidates))
     base, lists = index.probes, index.index.nlist
     probes = sorted({min(p, lists) for p in (base, int(1.5 * base), 2 * base, 4 * base, lists)})
@@ -139,6 +144,14 @@ def main() -> None:
         print(f"index on version {args.before} with the {len(picked):,} rows that moved most added again "
               f"(clone {cloned:.2f} s, add {time.perf_counter() - started - cloned:.2f} s, one thread):")  # fmt: skip
         print(f"  version {args.after}'s users and rows: {line(index, new_users[others], new)}")
+    index.index = first
+    over = np.flatnonzero(moved > index.error)
+    started = time.perf_counter()
+    index.update(over, new[0][over], new[1][over])
+    took = time.perf_counter() - started
+    print(f"index on version {args.before} with the {len(over):,} rows that moved further than its codes' "
+          f"typical error ({index.error:.4f}) coded anew, as a server does ({took:.2f} s):")  # fmt: skip
+    print(f"  version {args.after}'s users and rows: {line(index, new_users[others], new)}")
 
 
 if __name__ == "__main__":

@@ -186,6 +186,16 @@ def round_args(args: argparse.Namespace, n: int) -> argparse.Namespace:
     )  # fmt: skip
 
 
+def index_work(before: str, url: str) -> str:
+    """The candidate index's builds and rows coded anew since the ``/metrics`` text ``before``."""
+    after = metrics_text(url)
+    builds, rows = ("freshrec_candidate_index_builds", "freshrec_candidate_index_updated_rows")
+    return (
+        f"index builds {metric(after, builds) - metric(before, builds):.0f}, "
+        f"rows coded anew {metric(after, rows) - metric(before, rows):,.0f}"
+    )
+
+
 def later_rounds(url: str, args: argparse.Namespace, watch: dict[str, int]) -> list[tuple[float, int, str]]:
     """The p99 (ms) of the answered recommendations and the requests refused (503: the
     server shed them, over capacity) of each round of the load after the first, until
@@ -195,14 +205,15 @@ def later_rounds(url: str, args: argparse.Namespace, watch: dict[str, int]) -> l
     again)."""
     out: list[tuple[float, int, str]] = []
     for n in range(1, args.rounds):
+        before = metrics_text(url)
         load = run_load(
             url,
             round_args(args, n),
             watch,
         )
-        out.append((load["latency_ms"][2], load["errors"], shares(load["cores"])))
-        print(f"round {n + 1}: p50 / p99 {load['latency_ms'][0]:.1f} / {out[-1][0]:.1f} ms, "
-              f"{load['errors']} errors, cores {load['cores']}", flush=True)  # fmt: skip
+        out.append((load["latency_ms"][2], load["errors"], f"{shares(load['cores'])}; {index_work(before, url)}"))
+        print(f"round {n + 1}: p50 / p99 {load['latency_ms'][0]:.1f} / {load['latency_ms'][2]:.1f} ms, "
+              f"{load['errors']} errors, cores {load['cores']}, {index_work(before, url)}", flush=True)  # fmt: skip
         if out[-1][0] > 10_000:
             break
     return out
@@ -266,9 +277,11 @@ def main() -> None:
             watch,
         )
         after = metrics_text(url)
+        first = index_work(before, url)
         print(
             "each second of the load, p50 / p99 ms:", ", ".join(f"{a:.0f}/{b:.0f}" for a, b in load["each_second_ms"])
         )
+        print(f"round 1: {first}", flush=True)
         later = later_rounds(url, args, watch)
         spikes = metric(metrics_text(url), "freshrec_reverted_spikes_total")
         publish, since_start = published(after, before), published(after)
@@ -295,6 +308,7 @@ def main() -> None:
         f"p50 {p_load[0]:.1f} ms, "
         f"p99 {p_load[2]:.1f} ms, {load['errors']} errors of {load['requests']:,} |\n"
         f"| cores used meanwhile: API / learner / load generator | {shares(load['cores'])} |\n"
+        f"| candidate index meanwhile | {first} |\n"
         f"| event posts (10 events each) under that load | p50 {load['event_latency_ms'][0]:.1f} ms, "
         f"p99 {load['event_latency_ms'][2]:.1f} ms, {load['event_errors']} errors of {load['event_requests']:,} |\n"
         + "".join(
@@ -307,7 +321,7 @@ def main() -> None:
         )
         + (
             f"| {len(later)} later rounds of that load, back to back: recommendation p99 each (errors; cores "
-            f"used by the API / learner / load generator) | "
+            f"used by the API / learner / load generator; the candidate index's builds and rows coded anew) | "
             f"{', '.join(f'{p99:,.1f} ms ({errors}; {cores})' for p99, errors, cores in later)} |\n"
             if later
             else ""

@@ -15,16 +15,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from freshrec.domain import Event, EventType, Item
 from freshrec.encoders.hashing import HashingEncoder
 from freshrec.learn.recommender import build_freshrec
 from freshrec.model.snapshot import Snapshot
+from freshrec.serve import clustering
 from freshrec.serve import index as ann
 from freshrec.serve.catalog import Catalog
-from freshrec.serve.index import hits
+from freshrec.serve.exact import hits, top_rows
 from freshrec.serve.ranker import Options, Ranker, encode
-from freshrec.serve.retrieval import BUILD_NICENESS
+from freshrec.serve.retrieval import BUILD_NICENESS, Served
+from freshrec.serve.retrieval import served as served_rows
 from freshrec.serve.service import latest_histories
 from freshrec.settings import LearnSettings, ModelSettings, RetrievalSettings
 from freshrec.storage import open_store
@@ -81,6 +84,11 @@ def after_traffic(snap: Snapshot, rng: np.random.Generator) -> tuple[Ranker, np.
     scoring = ranker.scoring
     assert scoring.vectors is not None and scoring.bias is not None
     return ranker, scoring.vectors.numpy(), scoring.bias.numpy(), np.array(ranker.retrieval.recent)
+
+
+def table(vectors: np.ndarray, bias: np.ndarray) -> Served:
+    """What a ranker gives its retrieval: the served rows (these)."""
+    return served_rows(torch.from_numpy(vectors), torch.from_numpy(bias))
 
 
 def no_hits(best: np.ndarray, most: int) -> np.ndarray:
@@ -306,7 +314,7 @@ def test_a_first_index_is_calibrated_once_requests_arrive_and_later_builds_reuse
     lists = second.index.nlist
     assert second.trained.fits(second.dims, lists) and not second.trained.fits(second.dims + 2, lists)
     assert not second.trained.fits(second.dims, 2 * lists)
-    monkeypatch.setattr(ann, "RETRAIN_S", 0.0)
+    monkeypatch.setattr(clustering, "RETRAIN_S", 0.0)
     assert not second.trained.fits(second.dims, lists)
 
 
@@ -376,14 +384,14 @@ def test_an_old_index_that_still_finds_its_recall_is_kept_and_one_that_drifted_i
         return index.built_at
 
     built = aged()
-    served.refresh(lambda: (vectors.copy(), bias.copy()), N)
+    served.refresh(table(vectors, bias), N)
     served.wait()
     assert served.index is index and index.built_at > built and index.recall >= CALIBRATED.target_recall
     drifted = np.random.default_rng(9).permutation(vectors)  # every item another's vector
     assert not index.holds(drifted, bias, queries)
     aged()
     with caplog.at_level(logging.INFO, logger="freshrec.serve.retrieval"):
-        served.refresh(lambda: (drifted, bias.copy()), N)
+        served.refresh(table(drifted, bias), N)
         served.wait()
     rebuilt = served.index
     assert rebuilt is not None and rebuilt is not index and rebuilt.recall >= CALIBRATED.target_recall
@@ -400,7 +408,7 @@ def test_the_exact_top_10_what_calibrations_measure_against_is_each_users_best_r
     rng = np.random.default_rng(3)
     vectors, bias = rng.normal(size=(items, 8)).astype(np.float32), rng.normal(size=items).astype(np.float32)
     users = rng.normal(size=(150, 8)).astype(np.float32)
-    best = ann._exact(vectors, bias, users)
+    best = top_rows(vectors, bias, users)
     expected = np.argsort(-(users @ vectors.T + bias), axis=1)[:, :10]
     assert best.shape == (150, min(10, items)) and best.dtype == np.int64
     assert all(set(b) == set(e) for b, e in zip(best, expected, strict=True))
@@ -492,7 +500,7 @@ def test_the_background_build_runs_at_a_lower_priority_than_requests_and_only_it
     assert scoring.vectors is not None and scoring.bias is not None
     vectors, bias = scoring.vectors.numpy(), scoring.bias.numpy()
 
-    def tables() -> tuple[np.ndarray, np.ndarray]:  # called on the build's thread
+    def tables(rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:  # called on the build's thread
         seen.append((os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), threading.get_native_id()))
         return vectors, bias
 
@@ -512,6 +520,8 @@ def test_a_server_builds_the_index_in_the_background_says_so_and_ranks_its_candi
         with served.api(READ) as api:
             wait_for(lambda: re.search(r"^freshrec_candidate_index_items 120\.0$", api.metrics(), re.M), 60)
             assert re.search(r"^freshrec_candidate_index_recall ", api.metrics(), re.M)
+            assert re.search(r"^freshrec_candidate_index_builds [1-9]", api.metrics(), re.M)
+            assert re.search(r"^freshrec_candidate_index_updated_rows ", api.metrics(), re.M)
             index = served.engine.service.ranker.retrieval.index
             assert index is not None and 0 < index.scanned <= 1
             scanned = re.search(r"^freshrec_candidate_index_probes (\S+)$", api.metrics(), re.M)

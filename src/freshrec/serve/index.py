@@ -17,39 +17,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import cast
 
 import faiss
 import numpy as np
 import numpy.typing as npt
-import torch
 
+from freshrec.serve.clustering import Trained, padded_rows
+from freshrec.serve.exact import hits, top_rows
 from freshrec.settings import RetrievalSettings
 
 log = logging.getLogger(__name__)
-
-RETRAIN_S = 600.0
-"""How long one clustering (the lists' centres and the codes' tables) serves the builds that
-follow it. Training is two fifths of a build's time (a million items: 12.9 s of k-means and
-tables, 8.9 s to add the rows, then the calibration), and a build runs every minute or two;
-vectors that drifted from the centres cost more probes, which each build's calibration
-measures and pays, so the clustering is redone every ten minutes instead of every build."""
-
-
-@dataclass(frozen=True)
-class Trained:
-    """An empty, trained index (a copy: each build adds its rows to its own clone of it)
-    and when it was trained (``time.monotonic``)."""
-
-    index: faiss.IndexIVFPQFastScan
-    at: float
-
-    def fits(self, dims: int, lists: int) -> bool:
-        """Whether rows of ``dims`` dimensions that want about ``lists`` lists may reuse it."""
-        young = time.monotonic() - self.at < RETRAIN_S
-        return young and self.index.d == dims and abs(self.index.nlist - lists) <= lists // 4
-
 
 SHORTLIST = 4
 """A search returns up to this many times the candidates it is asked for, ranked by the
@@ -67,6 +45,13 @@ times the lists its calibration chose before it is built anew (:meth:`Index.hold
 a million items' build costs a core for 20-35 s beside the requests (p99 52.0 and 284.2 ms
 in the round it ran, on the million-item shop under load); every extra list costs each
 search its scan (0.2 ms a search of 4 users at 64 lists, 0.45 at 256)."""
+
+
+GROWTH = 0.25
+"""The share of rows coded anew (:meth:`Index.update`) past which an index is built again
+rather than updated: each search scans up to that much more."""
+ERROR_SAMPLE = 2_000
+"""Rows whose codes measure the codes' typical error (:attr:`Index.error`)."""
 
 
 class Index:
@@ -128,22 +113,23 @@ class Index:
         requests calibrates it again (:meth:`holds`)."""
         started = time.perf_counter()
         self.recent = recent
-        # fast scan packs two 4-bit codes a byte: an even number of dimensions (a zero pads)
-        pad = np.zeros((len(vectors), (vectors.shape[1] + 1) % 2), dtype=np.float32)
-        rows = np.ascontiguousarray(np.hstack([vectors, bias.reshape(-1, 1), pad]), dtype=np.float32)
+        rows = padded_rows(vectors, bias)
         self.n, self.settings, self.dims = len(rows), settings, rows.shape[1]
         lists = max(1, min(int(4 * np.sqrt(self.n)), self.n // 39))  # faiss wants 39 points per centre
         if trained is None or not trained.fits(self.dims, lists):
-            empty = faiss.IndexIVFPQFastScan(
-                faiss.IndexFlatIP(self.dims), self.dims, lists, self.dims, 4, faiss.METRIC_INNER_PRODUCT
-            )
-            rng = np.random.default_rng(0)
-            empty.train(rows[rng.choice(self.n, min(self.n, lists * 64), replace=False)])
-            trained = Trained(empty, time.monotonic())
+            trained = Trained.on(rows, lists)
         self.trained = trained
         self.index = cast(faiss.IndexIVFPQFastScan, faiss.clone_index(trained.index))
         self.index.add(rows)
         self.index.nprobe = min(settings.probes, lists)
+        sample = rows[np.random.default_rng(1).choice(self.n, min(self.n, ERROR_SAMPLE), replace=False)]
+        decoded = self.index.sa_decode(self.index.sa_encode(sample))
+        self.error = float(np.median(np.linalg.norm(decoded - sample, axis=1)))
+        """How far a row's code is from the row, typically (the median over a sample of
+        rows): a row that moved less since it was coded is as current as a code can be
+        (:meth:`update`)."""
+        self.updated = 0
+        """Rows coded anew since the build (:meth:`update`)."""
         self.factor = SHORTLIST
         """Rows a search returns per candidate asked for (:data:`SHORTLIST`, or fewer where
         the calibration found as much with fewer)."""
@@ -165,6 +151,40 @@ class Index:
         """When it was built or last found to hold (:meth:`holds`)."""
         self.build_s = time.perf_counter() - started
 
+    def update(
+        self, rows: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32], bias: npt.NDArray[np.float32]
+    ) -> None:
+        """Code ``rows`` anew from their served ``vectors`` and ``bias``, in a copy of the
+        index that then replaces it: a search running meanwhile reads either, never half of
+        one (called from the build's thread alone, as :meth:`holds` is). The older codes stay:
+        a search may find a row twice (:meth:`with_head` keeps it once), and by a code it
+        moved away from (its exact score then ranks it).
+
+        Why: the learner's sparse steps move the ID rows of every item they touch, sampled
+        negatives included (on the million-item shop, 335,850 items' rows in 75,870 events,
+        moves p50 0.064, p90 0.306, p99 1.06), and an index built 158 s earlier found 0.412
+        of the exact top 10 with every list probed; rows of the newer model's item tower
+        alone, 0.985 (``benchmarks/drift.py``). Coded anew, the 30,000 rows that moved most
+        gave back 0.963 with the lists the build probed, as much as all 335,850; a copy of
+        the index took 0.02 s and adding rows 12-33 µs a row, one thread, where a build
+        takes 20-55 s. The rows keep their lists' centres: the clustering ages as before,
+        which the checks (:meth:`holds`) measure.
+
+        Why not remove the older codes (``remove_ids``): in faiss 1.15, rows added to a
+        fast-scan list after a removal from it get wrong codes (28 of 100 rows on 6,000 items,
+        scores off by up to 17 against the same rows' codes in a fresh index), as if the
+        removal left the freed codes' bits behind."""
+        clone = cast(faiss.IndexIVFPQFastScan, faiss.clone_index(self.index))
+        clone.nprobe = self.index.nprobe
+        clone.add_with_ids(padded_rows(vectors, bias), np.ascontiguousarray(rows, dtype=np.int64))
+        self.index, self.updated = clone, self.updated + len(rows)
+
+    @property
+    def full(self) -> bool:
+        """Whether it holds :data:`GROWTH` times its rows' codes more than it was built with:
+        searches scan that much more (and find older codes), and a build is due."""
+        return self.updated > GROWTH * self.n
+
     @property
     def probes(self) -> int:
         return int(self.index.nprobe)
@@ -182,7 +202,7 @@ class Index:
         return head, member
 
     def with_head(self, found: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        """The rows of ``found`` (distinct, none negative) and the :attr:`head`, ascending.
+        """The rows of ``found`` (none negative) and the :attr:`head`, ascending, each once.
 
         Why not ``np.union1d``: it sorts both and drops the duplicates in five NumPy calls,
         0.17 ms a request of 1,000 rows and 200 hits on the million-item shop (9% of a
@@ -190,6 +210,8 @@ class Index:
         head, member = self._head
         rows = np.concatenate([head, found[~member[found]]])
         rows.sort()
+        if self.updated:  # a row coded anew may be found by both its codes
+            rows = rows[np.concatenate([[True], rows[1:] != rows[:-1]])]
         return rows
 
     @property
@@ -247,7 +269,7 @@ class Index:
         Why requests set a first index's probes: calibrated on the latest stored users, it
         probed 240 and 256 lists on the million-item shop, and the index built again under
         the load for random users' requests 352 and 416: a build bought nothing."""
-        best = _exact(vectors[: self.n], bias[: self.n], users)
+        best = top_rows(vectors[: self.n], bias[: self.n], users)
         head = hits(best, self.settings.candidates)
         recall = self._recall(best, users, head)
 
@@ -305,7 +327,7 @@ class Index:
         the top 10 of 256 requests with 400, 800, 1,600 or 3,200 rows a shortlist alike
         (a search of 4 users 0.41 ms at 400 rows, 0.45 at 800), and every row costs its
         share of the merge with the hits and the exact scores."""
-        best = _exact(vectors, bias, users)
+        best = top_rows(vectors, bias, users)
         self._head = self._head_of(hits(best, self.settings.candidates))
         recall = self._recall(best, users, self.head)
 
@@ -354,44 +376,3 @@ def search_threads(n: int) -> None:
     lists, 300,000 items) took p99 10.0 ms on two threads against 2.3-2.5 ms on one, and
     two threads used three times the processor time (their spinning)."""
     faiss.omp_set_num_threads(n)
-
-
-def hits(best: npt.NDArray[np.int64], most: int) -> npt.NDArray[np.int64]:
-    """The rows in the exact top 10 of at least two of the requests ``best`` holds (one row
-    of ten per request), at most ``most`` of them (the most frequent), ascending.
-
-    Why: a model that learned what is popular puts its hits in most users' top 10, whatever
-    their vectors point at; an inverted file finds them only by probing the lists of each.
-    Scored with every request's candidates, a few hundred rows cost microseconds. On the
-    million-item shop's model after minutes of online learning under load, the calibration
-    then probed 1,268 of 4,000 lists instead of 1,634 (recall 0.991 against 0.989; 12.2
-    against 15.2 ms a request, p50, one thread; every item scored: 20 ms); on the untrained
-    one, one list (352 in the run before them; ``benchmarks/retrieval.py``)."""
-    rows, counts = np.unique(best, return_counts=True)
-    shared = counts >= 2
-    rows, counts = rows[shared], counts[shared]
-    keep = np.argsort(-counts, kind="stable")[:most]
-    return np.sort(rows[keep]).astype(np.int64)
-
-
-def _exact(
-    vectors: npt.NDArray[np.float32], bias: npt.NDArray[np.float32], users: npt.NDArray[np.float32]
-) -> npt.NDArray[np.int64]:
-    """Each user's exact top 10 rows (in no order), 32 users at a time into one buffer.
-
-    Why torch's ``topk``: every check (:meth:`Index.holds`) and calibration pays this, and
-    256 users against a million items took 6.5-8.4 s of a core with NumPy's
-    ``argpartition``, 1.7-1.8 s with it, 1.25 s over one buffer (not 256 MB of fresh pages
-    for each 64 users)."""
-    table = torch.from_numpy(np.require(vectors, np.float32, "W"))
-    offsets = torch.from_numpy(np.require(bias, np.float32, "W"))
-    k = min(10, len(table))
-    scores = torch.empty((min(32, len(users)), len(table)))
-    top = []
-    for start in range(0, len(users), 32):
-        chunk = torch.from_numpy(np.require(users[start : start + 32], np.float32, ["C", "W"]))
-        out = scores[: len(chunk)]
-        torch.matmul(chunk, table.T, out=out)
-        out += offsets
-        top.append(torch.topk(out, k, dim=1, sorted=False).indices)
-    return torch.cat(top).numpy() if top else np.zeros((0, k), dtype=np.int64)

@@ -120,6 +120,15 @@ class Metrics:
             "near 1, the served vectors have drifted apart and each request costs more",
             registry=r,
         )
+        self.candidate_index_builds = Gauge(
+            "freshrec_candidate_index_builds", "Candidate indexes built since the server started", registry=r
+        )
+        self.candidate_index_updated = Gauge(
+            "freshrec_candidate_index_updated_rows",
+            "Rows of the candidate index coded anew from the served vectors since the server started (the rows "
+            "the learner moved further than the codes' error, between builds)",
+            registry=r,
+        )
         self.quarantined_users = Gauge(
             "freshrec_quarantined_users", "Users above the event rate limit: stored, not trained on", registry=r
         )

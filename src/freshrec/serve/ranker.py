@@ -29,9 +29,18 @@ from freshrec.serve.catalog import Catalog, CatalogView
 from freshrec.serve.explain import Because, Ranked, because_of, ranked, reasons
 from freshrec.serve.fallback import by_text, diversified
 from freshrec.serve.index import Index
-from freshrec.serve.retrieval import Retrieval
+from freshrec.serve.retrieval import Retrieval, served
 from freshrec.serve.rules import parse
-from freshrec.serve.scoring import Behind, Scoring, build_scoring, history_tensors, promoted, top, user_vectors
+from freshrec.serve.scoring import (
+    Behind,
+    Scoring,
+    build_scoring,
+    history_tensors,
+    moved,
+    promoted,
+    top,
+    user_vectors,
+)
 from freshrec.settings import RetrievalSettings
 
 
@@ -108,10 +117,9 @@ class Ranker:
         whole = sc.snapshot is not None and sc.snapshot.changed is None
         self._behind = Behind.copy_of(sc) if whole else Behind.of(previous)
         if sc.vectors is not None and sc.bias is not None:  # before the swap: a first index is building
-            vectors, bias = sc.vectors, sc.bias  # (not ready) from the moment its model is served
-            self.retrieval.refresh(
-                lambda: (vectors.numpy().copy(), bias.numpy().copy()), len(sc.view), lambda: self._stored_users(sc)
-            )
+            if self.retrieval.tracking:  # (not ready) from the moment its model is served
+                self.retrieval.moved(*moved(previous, sc))  # previous's table is intact until the swap
+            self.retrieval.refresh(served(sc.vectors, sc.bias), len(sc.view), lambda: self._stored_users(sc))
         self.scoring = sc
         self.blend.prepare(sc.view)
         if self.scoring.net is not None:
@@ -340,7 +348,7 @@ def _retrieve(requests: Sequence[Request]) -> None:
         for r, rows in zip(group, found, strict=True):
             newer = np.arange(index.n, len(r.base), dtype=np.int64)
             mine = rows[: index.shortlist(r.wanted, len(r.excluded))]
-            # distinct already (a row is in one list), below the newer ones
+            # each row once, below the newer ones
             r.candidates = np.concatenate([index.with_head(mine[mine >= 0]), newer])
 
 

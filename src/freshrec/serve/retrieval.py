@@ -6,11 +6,13 @@ build: the vectors drift little between two builds, and the candidates it finds 
 scored exactly with the current snapshot (bias, filters, exclusions and explanations
 as before), so a stale index costs recall, never a wrong score. Items added since the
 build are always candidates, and so are the calibration's hits
-(:func:`~freshrec.serve.index.hits`). Each build measures its own recall on the latest
+(:func:`~freshrec.serve.exact.hits`). Each build measures its own recall on the latest
 requests (``/metrics``: ``freshrec_candidate_index_recall``) and probes as few lists as
 reach ``target_recall``; every ``rebuild_s`` the index is checked on the latest requests
 and rebuilt only where it no longer finds as much, even probing half as many lists again
-(:meth:`~freshrec.serve.index.Index.holds`).
+(:meth:`~freshrec.serve.index.Index.holds`). Between builds, the rows the learner moved
+further than the codes' typical error since they were coded are coded anew every
+:data:`UPDATE_S` (:meth:`~freshrec.serve.index.Index.update`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from freshrec.serve.index import Index
 from freshrec.settings import RetrievalSettings
@@ -42,10 +45,34 @@ for the processor as the learner process did before it was niced (p99 263 to 367
 against 30 to 82 ms then, under 200 requests/s and 500 events/s)."""
 
 
+UPDATE_S = 5.0
+"""How often, at most, the rows that moved are coded anew in the index (a step of a few
+thousand rows takes a tenth of a second of the build's thread on a million items)."""
+UPDATE_SHARE = 0.05
+"""The most rows one such step codes anew, as a share of the index (the rows that moved
+most first; the others wait for the next step): on a million items, 50,000 rows, one to
+two seconds."""
+
+Served = Callable[[npt.NDArray[np.int64] | None], tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]
+"""The served vectors and biases: of the given rows, or copies of all (``None``)."""
+
+
+def served(vectors: torch.Tensor, bias: torch.Tensor) -> Served:
+    """The candidate index's view of a scoring's item table: copies of the rows it asks for
+    (all of them: ``None``)."""
+
+    def rows(which: npt.NDArray[np.int64] | None) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        if which is None:
+            return vectors.numpy().copy(), bias.numpy().copy()
+        return vectors.numpy()[which], bias.numpy()[which]
+
+    return rows
+
+
 class Retrieval:
     """Keeps an :class:`Index` of the served vectors for catalogs of at least ``min_items``,
     checked in a background thread every ``rebuild_s`` and rebuilt there where it no longer
-    holds."""
+    holds; in between, the rows that moved are coded anew there (:meth:`moved`)."""
 
     def __init__(self, settings: RetrievalSettings):
         self.settings = settings
@@ -55,6 +82,16 @@ class Retrieval:
         self._building = threading.Lock()
         self._layout = 0
         """Counts the catalog's re-layouts: an index built from an older one is thrown away."""
+        self._drift: npt.NDArray[np.float32] | None = None
+        """How far each row of the index moved since it was coded, at most (the sum of its moves)."""
+        self._pending: npt.NDArray[np.float32] | None = None
+        """The same for the index being built, since the build took the served vectors."""
+        self._drift_lock = threading.Lock()
+        self._updated_at = 0.0
+        self.builds = 0
+        """Indexes built since the start."""
+        self.updated = 0
+        """Rows coded anew since the start, in all indexes (:meth:`Index.update`)."""
 
     def wanted(self, n_items: int) -> bool:
         return n_items >= self.settings.min_items
@@ -63,17 +100,34 @@ class Retrieval:
         """The index to take candidates from for a catalog of ``n_items``, if any."""
         return self.index if self.wanted(n_items) else None
 
+    @property
+    def tracking(self) -> bool:
+        """Whether an index is there or building, whose rows' moves are worth measuring (:meth:`moved`)."""
+        return self._drift is not None or self._pending is not None
+
+    def moved(self, rows: npt.NDArray[np.int64], distances: npt.NDArray[np.float32]) -> None:
+        """Served ``rows`` (distinct) moved by ``distances`` with the snapshot about to be
+        served: counted against the index's codes (and the building one's), so that the
+        rows that moved further than the codes' error are coded anew."""
+        with self._drift_lock:
+            for drift in (self._drift, self._pending):
+                if drift is not None:
+                    inside = rows < len(drift)  # rows it lacks are candidates anyway
+                    drift[rows[inside]] += distances[inside]
+
     def refresh(
         self,
-        vectors: Callable[[], tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]],
+        vectors: Served,
         n: int,
         stored: Callable[[], npt.NDArray[np.float32] | None] = lambda: None,
     ) -> None:
-        """Build a new index from ``vectors()`` in the background when the catalog is large,
-        the index is missing, older than ``rebuild_s`` or not calibrated while
+        """Build a new index from ``vectors(None)`` in the background when the catalog is
+        large, the index is missing, older than ``rebuild_s`` or not calibrated while
         ``calibration_requests`` requests are there to calibrate on, and no build is running;
         an index older than ``rebuild_s`` that still holds (:meth:`Index.holds`, on the
-        latest requests) is kept instead.
+        latest requests) is kept instead. A younger one has the rows that moved coded anew
+        (:meth:`_update`), every :data:`UPDATE_S` at most, until it is
+        :attr:`~freshrec.serve.index.Index.full`: then it is built again.
 
         A build calibrates on the latest requests' user vectors or, with fewer than
         :data:`MIN_CALIBRATION` of them (a server's first build, a quiet replica's), on
@@ -89,18 +143,23 @@ class Retrieval:
         if index is not None:
             # a build may take at most a quarter of a core: a million items' takes tens of seconds
             young = time.monotonic() - index.built_at < max(self.settings.rebuild_s, 4 * index.build_s)
+            young = young and not index.full  # its lists grew by the rows coded anew: built again
             # one calibrated on nothing (no stored users either) probes `probes` lists, whatever
             # they find: built again as soon as there are requests to calibrate on; one calibrated
             # on stored users is checked on them then, and calibrated again (Index.holds)
             enough = len(self.recent) >= max(self.settings.calibration_requests, MIN_CALIBRATION)
             waiting = (np.isnan(index.calibrated) or index.stand_in) and enough
             if young and not waiting:
+                if time.monotonic() - self._updated_at >= UPDATE_S and self._building.acquire(blocking=False):
+                    threading.Thread(
+                        target=self._update, args=(index, vectors), name="freshrec-index", daemon=True
+                    ).start()
                 return
         if not self._building.acquire(blocking=False):
             return
         # one that grew old, but holds the catalog and was calibrated, is checked first (Index.holds)
-        check = index if index is not None and not np.isnan(index.calibrated) else None
-        args = (vectors, stored, self._layout, check)
+        check = index if index is not None and not np.isnan(index.calibrated) and not index.full else None
+        args = (vectors, n, stored, self._layout, check)
         threading.Thread(target=self._build, args=args, name="freshrec-index", daemon=True).start()
 
     @property
@@ -109,47 +168,78 @@ class Retrieval:
         against every item (a million items: 15 ms each), and ``/health/ready`` says so."""
         return self.index is None and self._building.locked()
 
+    def _update(self, index: Index, vectors: Served) -> None:
+        """Code anew, in ``index``, the rows that moved further than its codes' typical error
+        since they were coded: the furthest first, :data:`UPDATE_SHARE` of the index at most."""
+        try:
+            _in_background()
+            started = time.perf_counter()
+            with self._drift_lock:
+                drift = self._drift
+                if drift is None or self.index is not index:
+                    return
+                rows = np.flatnonzero(drift > index.error)
+                most = max(1, int(UPDATE_SHARE * index.n))
+                if len(rows) > most:
+                    rows = rows[np.argpartition(-drift[rows], most - 1)[:most]]
+                drift[rows] = 0.0  # moves from now on count against the values taken next
+            if len(rows):
+                index.update(rows, *vectors(rows))
+                self.updated += len(rows)
+                log.debug(
+                    "coded %d rows of the candidate index anew in %.2f s (%d since its build)", len(rows),
+                    time.perf_counter() - started, index.updated,
+                )  # fmt: skip
+        except Exception:  # the rows wait for the next step, or the next build
+            log.exception("could not update the candidate index")
+        finally:
+            self._updated_at = time.monotonic()
+            self._building.release()
+
     def _build(
         self,
-        vectors: Callable[[], tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]],
+        vectors: Served,
+        n: int,
         stored: Callable[[], npt.NDArray[np.float32] | None],
         layout: int,
         check: Index | None,
     ) -> None:
         try:
             started = time.perf_counter()
-            with contextlib.suppress(OSError, AttributeError):  # only this thread's (Linux)
-                me = threading.get_native_id()
-                os.setpriority(os.PRIO_PROCESS, me, min(os.getpriority(os.PRIO_PROCESS, me) + BUILD_NICENESS, 19))
-            faiss.omp_set_num_threads(1)  # requests keep the other core
+            _in_background()
             latest = self.recent.copy()  # one C call: searches append meanwhile, and iterating would fail
             requests = np.array(latest, dtype=np.float32) if len(latest) >= MIN_CALIBRATION else None
             queries = requests if requests is not None else stored()
             if queries is not None and len(queries) < MIN_CALIBRATION:
                 queries = None
             source = "requests" if requests is not None else "stored users"
-            rows, bias = vectors()
+            with self._drift_lock:  # moves from now on count against the values taken next
+                self._pending = np.zeros(n, dtype=np.float32)
+            rows, bias = vectors(None)
             stand_in = check is not None and check.stand_in
             built = check.calibrated_probes if check is not None else 0
             if check is not None and requests is not None:
                 if check.holds(rows, bias, requests):
                     log.info(
                         "the candidate index %s %.3f of the exact top 10 of %d requests (%d of %d lists probed, "
-                        "%d at its build): kept (checked in %.1f s)", "was calibrated on requests: finds" if stand_in
-                        else "still finds", check.recall, len(requests), check.probes, check.index.nlist, built,
+                        "%d at its build; %d rows coded anew since): kept (checked in %.1f s)",
+                        "was calibrated on requests: finds" if stand_in else "still finds", check.recall,
+                        len(requests), check.probes, check.index.nlist, built, check.updated,
                         time.perf_counter() - started,
                     )  # fmt: skip
                     return
                 log.info(
                     "the candidate index finds %.3f of the exact top 10 of %d requests with %d of %d lists probed "
-                    "(%.3f with %d at its build): building it again", check.checked[0], len(requests),
-                    check.checked[1], check.index.nlist, check.calibrated, built,
+                    "(%.3f with %d at its build; %d rows coded anew since): building it again", check.checked[0],
+                    len(requests), check.checked[1], check.index.nlist, check.calibrated, built, check.updated,
                 )  # fmt: skip
             before = self.index
             trained = before.trained if before else None
             index = Index(rows, bias, self.settings, queries, self.recent, trained, stand_in=requests is None)
-            if layout == self._layout:
-                self.index = index
+            with self._drift_lock:
+                if layout == self._layout:
+                    self.index, self._drift = index, self._pending
+                self.builds += 1
             log.info(
                 "built the candidate index of %d items in %.1f s (%d of %d lists probed, %d rows a candidate; "
                 "recall@10 %.3f on %d %s; clustering %s)", index.n, time.perf_counter() - started, index.probes,
@@ -160,12 +250,15 @@ class Retrieval:
         except Exception:  # the catalog is scored exactly meanwhile
             log.exception("could not build the candidate index")
         finally:
+            with self._drift_lock:
+                self._pending = None
             self._building.release()
 
     def forget(self) -> None:
         """The catalog's rows were laid out anew: the index's row numbers mean nothing now."""
-        self._layout += 1
-        self.index = None
+        with self._drift_lock:
+            self._layout += 1
+            self.index = self._drift = self._pending = None
 
     def wait(self) -> None:
         """Return once no index is being built (a batch run ranks with the index only when it is there)."""
@@ -179,4 +272,15 @@ class Retrieval:
         queries: npt.NDArray[np.float32] | None = None,
     ) -> None:
         """Build the index in this thread (benchmarks and tests), calibrated on ``queries``."""
-        self.index = Index(vectors, bias, self.settings, queries, self.recent)
+        index = Index(vectors, bias, self.settings, queries, self.recent)
+        with self._drift_lock:
+            self.index, self._drift = index, np.zeros(index.n, dtype=np.float32)
+
+
+def _in_background() -> None:
+    """The calling thread (the index's) runs :data:`BUILD_NICENESS` nicer, and its faiss
+    calls on one thread: requests keep the other core."""
+    with contextlib.suppress(OSError, AttributeError):  # only this thread's (Linux)
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, min(os.getpriority(os.PRIO_PROCESS, me) + BUILD_NICENESS, 19))
+    faiss.omp_set_num_threads(1)

@@ -100,6 +100,8 @@ class Service:
         self.metrics.candidate_index_items.set_function(lambda: self._index("n"))
         self.metrics.candidate_index_recall.set_function(lambda: self._index("recall"))
         self.metrics.candidate_index_probes.set_function(lambda: self._index("scanned"))
+        self.metrics.candidate_index_builds.set_function(lambda: self.ranker.retrieval.builds)
+        self.metrics.candidate_index_updated.set_function(lambda: self.ranker.retrieval.updated)
         self.popularity = Popularity(clock=clock)
         self.popularity.seed(store)
         self.trending = Trending(clock=clock)

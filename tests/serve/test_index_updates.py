@@ -1,0 +1,217 @@
+"""The candidate index kept current between its builds: the rows the learner moved further
+than the codes' error, coded anew (``Index.update``, ``Retrieval.moved``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import threading
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from freshrec.model.deltas import apply, delta_since
+from freshrec.model.snapshot import Snapshot
+from freshrec.serve import retrieval as background
+from freshrec.serve.exact import top_rows
+from freshrec.serve.index import Index
+from freshrec.serve.ranker import Ranker
+from freshrec.serve.retrieval import Retrieval, served
+from freshrec.serve.scoring import Scoring, moved
+from freshrec.settings import RetrievalSettings
+from tests.serve.test_retrieval import CALIBRATED, N, catalog, snapshot
+
+MOVED = np.arange(100, 4_100, 40)
+"""The rows the learner moves far (100 of them)."""
+NUDGED = np.arange(120, 4_120, 40)
+"""Rows it moves by a hair."""
+
+
+def with_rows(base: Snapshot, rows: np.ndarray, length: float, seed: int, tower: bool = False) -> Snapshot:
+    """``base`` with ``rows``' ID vectors drawn anew at about ``length`` (and active), and
+    with ``tower``, a new item tower too: what the learner sends whole."""
+    state = dict(base.state)
+    ids, active = state["item_id.weight"].clone(), state["active"].clone()
+    g = torch.Generator().manual_seed(seed)
+    ids[rows] += torch.randn(len(rows), ids.shape[1], generator=g) * length / np.sqrt(ids.shape[1])
+    active[rows] = True
+    state["item_id.weight"], state["active"] = ids, active
+    if tower:
+        state["adapter.weight"] = state["adapter.weight"] * 1.5
+    return dataclasses.replace(base, state=state, serial=secrets.randbits(62))
+
+
+def as_delta(base: Snapshot, later: Snapshot) -> Snapshot:
+    delta = delta_since(later, base)
+    assert delta is not None
+    return apply(base, delta)
+
+
+def tables(sc: Scoring) -> tuple[np.ndarray, np.ndarray]:
+    assert sc.vectors is not None and sc.bias is not None
+    return sc.vectors.numpy().copy(), sc.bias.numpy().copy()
+
+
+def test_rows_coded_anew_score_as_a_fresh_index_codes_them_and_come_back_once() -> None:
+    """Every list probed, each row coded anew gets the approximate score an index built on
+    the new rows with the same clustering gives it; the older codes stay beside, and a
+    request's candidates hold each row once."""
+    rng = np.random.default_rng(0)
+    vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
+    settings = RetrievalSettings(min_items=1_000)
+    index = Index(vectors, bias, settings)
+    later = vectors.copy()
+    later[MOVED] = 3 * rng.normal(size=(len(MOVED), 16))
+    index.update(MOVED, later[MOVED], bias[MOVED])
+    fresh = Index(later, bias, settings, trained=index.trained)
+    assert index.index.ntotal == N + len(MOVED) and index.updated == len(MOVED) and not index.full
+    users = rng.normal(size=(5, 16)).astype(np.float32)
+    queries = np.zeros((5, index.dims), np.float32)
+    queries[:, :16], queries[:, 16] = users, 1.0
+    params = faiss.SearchParametersIVF()
+    params.nprobe = index.index.nlist
+    got_scores, got = index.index.search(queries, index.index.ntotal, params=params)
+    want_scores, want = fresh.index.search(queries, N, params=params)
+    for gs, g, ws, w in zip(got_scores, got, want_scores, want, strict=True):
+        mine = {(int(r), float(x)) for r, x in zip(g, gs, strict=True)}
+        assert {(int(r), float(x)) for r, x in zip(w, ws, strict=True) if r in MOVED} <= mine
+        assert sorted(g[np.isin(g, MOVED, invert=True)]) == sorted(np.setdiff1d(np.arange(N), MOVED))
+    everything = index._search(users[:1], index.index.ntotal, probes=index.index.nlist)[0]
+    assert len(everything) == N + len(MOVED) and index.with_head(everything).tolist() == list(range(N))
+
+
+def test_the_codes_error_is_the_typical_distance_from_a_row_to_its_code() -> None:
+    rng = np.random.default_rng(1)
+    vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
+    small = Index(vectors, bias, RetrievalSettings(min_items=1_000))
+    large = Index(10 * vectors, 10 * bias, RetrievalSettings(min_items=1_000))
+    assert 0 < small.error < np.median(np.linalg.norm(vectors, axis=1))
+    assert large.error == pytest.approx(10 * small.error, rel=0.2)
+
+
+def test_a_deltas_moved_rows_are_its_changed_rows_by_how_far_they_went() -> None:
+    """A delta's rows, measured exactly; a whole snapshot with a new item tower reports the
+    rows whose own parts moved, not the tower's move of every row; a catalog change alone
+    moves nothing."""
+    base = snapshot()
+    ranker = Ranker(catalog(), RetrievalSettings(min_items=N + 1))
+    ranker.publish(base)
+    before = ranker.scoring
+    ranker.publish(as_delta(base, with_rows(base, MOVED, 2.0, seed=1)))
+    after = ranker.scoring
+    rows, distances = moved(before, after)
+    assert rows.tolist() == MOVED.tolist()
+    old, new = tables(before), tables(after)
+    expected = np.linalg.norm(np.hstack([new[0] - old[0], (new[1] - old[1])[:, None]])[MOVED], axis=1)
+    np.testing.assert_allclose(distances, expected, rtol=1e-5)
+
+    whole = with_rows(after.snapshot, NUDGED, 2.0, seed=2, tower=True)  # type: ignore[arg-type]
+    ranker.publish(whole)
+    rows, _ = moved(after, ranker.scoring)
+    assert rows.tolist() == NUDGED.tolist()
+    assert np.all(np.linalg.norm(tables(ranker.scoring)[0] - new[0], axis=1) > 0)  # the tower moved every row
+    assert moved(ranker.scoring, ranker.scoring)[0].size == 0
+
+
+def test_rows_a_publish_moved_far_are_coded_anew_and_found_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The publish of a delta that moves some rows far has them coded anew in the background
+    (and not the ones it moved by less than the codes' error): the index then finds as much
+    of the top 10 those rows now make as one built on them, which the codes of their old
+    values did not."""
+    monkeypatch.setattr(background, "UPDATE_S", 0.0)
+    base = snapshot()
+    ranker = Ranker(catalog(), CALIBRATED)
+    ranker.publish(base)
+    ranker.retrieval.wait()
+    ranker.retrieval.build_now(*tables(ranker.scoring))
+    index = ranker.retrieval.index
+    assert index is not None
+    stale = Index(*tables(ranker.scoring), CALIBRATED, trained=index.trained)
+    stale.index.nprobe = index.index.nprobe
+    far = with_rows(base, MOVED, 3.0, seed=3)
+    later = with_rows(far, NUDGED, index.error / 100, seed=4)
+    ranker.publish(as_delta(base, later))
+    ranker.retrieval.wait()
+    assert ranker.retrieval.index is index and index.updated == len(MOVED)
+    assert ranker.retrieval._drift is not None and np.all(ranker.retrieval._drift[MOVED] == 0)
+    assert np.all(ranker.retrieval._drift[NUDGED] > 0)
+
+    vectors, bias = tables(ranker.scoring)
+    users = np.random.default_rng(5).normal(size=(100, vectors.shape[1])).astype(np.float32)
+    best = top_rows(vectors, bias, users)
+    assert np.isin(best, MOVED).mean() > 0.5  # the moved rows make most of the top 10
+
+    def found(ix: Index) -> float:
+        shortlists = ix._search(users, ix.shortlist(CALIBRATED.candidates), probes=ix.probes)
+        return float(np.mean([np.isin(b, s).mean() for b, s in zip(best, shortlists, strict=True)]))
+
+    fresh = Index(vectors, bias, CALIBRATED, trained=index.trained)
+    fresh.index.nprobe = index.index.nprobe
+    assert found(index) >= found(fresh) - 0.01 and found(index) > found(stale) + 0.2
+
+
+def test_a_step_codes_the_rows_that_moved_furthest_first_and_the_rest_at_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(background, "UPDATE_S", 0.0)
+    monkeypatch.setattr(background, "UPDATE_SHARE", 50 / N)
+    rng = np.random.default_rng(6)
+    vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
+    retrieval = Retrieval(RetrievalSettings(min_items=1_000))
+    retrieval.build_now(vectors, bias)
+    index = retrieval.index
+    assert index is not None
+    distances = np.linspace(2, 4, len(MOVED)).astype(np.float32) * index.error
+    retrieval.moved(MOVED, distances)
+    table = served(torch.from_numpy(vectors), torch.from_numpy(bias))
+    retrieval.refresh(table, N)
+    retrieval.wait()
+    assert retrieval._drift is not None and index.updated == retrieval.updated == 50
+    assert np.all(retrieval._drift[MOVED[50:]] == 0) and np.all(retrieval._drift[MOVED[:50]] > 0)
+    retrieval.refresh(table, N)
+    retrieval.wait()
+    assert index.updated == 100 and not retrieval._drift.any()
+
+
+def test_moves_during_a_build_count_against_the_index_it_builds() -> None:
+    """A publish while the index is built (after the build took the served rows) is a move
+    the new index's codes lack; one before it is in them."""
+    rng = np.random.default_rng(7)
+    vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
+    retrieval = Retrieval(RetrievalSettings(min_items=1_000))
+    retrieval.build_now(vectors, bias)
+    first = retrieval.index
+    retrieval.index = None  # as if the catalog had grown past it
+    retrieval.moved(MOVED, np.ones(len(MOVED), np.float32))  # before the build: in its rows
+    taken = threading.Event()
+
+    def rows(which: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        assert which is None
+        taken.set()
+        retrieval.moved(NUDGED, np.full(len(NUDGED), 0.5, np.float32))  # a publish meanwhile
+        return vectors.copy(), bias.copy()
+
+    retrieval.refresh(rows, N)
+    retrieval.wait()
+    assert taken.is_set() and retrieval.index is not None and retrieval.index is not first
+    assert retrieval._drift is not None and retrieval._pending is None
+    assert np.flatnonzero(retrieval._drift).tolist() == NUDGED.tolist()
+
+
+def test_an_index_full_of_rows_coded_anew_is_built_again_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(background, "UPDATE_S", 0.0)
+    rng = np.random.default_rng(8)
+    vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
+    retrieval = Retrieval(RetrievalSettings(min_items=1_000))
+    retrieval.build_now(vectors, bias)
+    index = retrieval.index
+    assert index is not None
+    everything = np.arange(N)
+    index.update(everything, vectors, bias)
+    assert index.full and index.index.ntotal == 2 * N
+    retrieval.refresh(served(torch.from_numpy(vectors), torch.from_numpy(bias)), N)
+    retrieval.wait()
+    rebuilt = retrieval.index
+    assert rebuilt is not None and rebuilt is not index and rebuilt.index.ntotal == N and not rebuilt.full
