@@ -175,16 +175,16 @@ def test_a_step_codes_the_rows_that_moved_furthest_first_and_the_rest_at_the_nex
     assert index.updated == 100 and not retrieval._drift.any()
 
 
-def test_moves_during_a_build_count_against_the_index_it_builds() -> None:
-    """A publish while the index is built (after the build took the served rows) is a move
-    the new index's codes lack; one before it is in them."""
+def test_moves_after_the_publish_a_build_takes_count_against_the_index_it_builds() -> None:
+    """A publish after the one whose rows a build takes (while it waits for its thread, or
+    builds) is a move the new index's codes lack; one before it is in them."""
     rng = np.random.default_rng(7)
     vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
     retrieval = Retrieval(RetrievalSettings(min_items=1_000))
     retrieval.build_now(vectors, bias)
     first = retrieval.index
     retrieval.index = None  # as if the catalog had grown past it
-    retrieval.moved(MOVED, np.ones(len(MOVED), np.float32))  # before the build: in its rows
+    retrieval.moved(MOVED, np.ones(len(MOVED), np.float32))  # before the build's publish: in its rows
     taken = threading.Event()
 
     def rows(which: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -85,7 +85,7 @@ class Retrieval:
         self._drift: npt.NDArray[np.float32] | None = None
         """How far each row of the index moved since it was coded, at most (the sum of its moves)."""
         self._pending: npt.NDArray[np.float32] | None = None
-        """The same for the index being built, since the build took the served vectors."""
+        """The same for the index being built, since the publish whose vectors it takes."""
         self._drift_lock = threading.Lock()
         self._updated_at = 0.0
         self.builds = 0
@@ -157,9 +157,11 @@ class Retrieval:
                 return
         if not self._building.acquire(blocking=False):
             return
+        with self._drift_lock:  # moves of the publishes from now on are not in vectors(None)
+            self._pending = np.zeros(n, dtype=np.float32)
         # one that grew old, but holds the catalog and was calibrated, is checked first (Index.holds)
         check = index if index is not None and not np.isnan(index.calibrated) and not index.full else None
-        args = (vectors, n, stored, self._layout, check)
+        args = (vectors, stored, self._layout, check)
         threading.Thread(target=self._build, args=args, name="freshrec-index", daemon=True).start()
 
     @property
@@ -199,7 +201,6 @@ class Retrieval:
     def _build(
         self,
         vectors: Served,
-        n: int,
         stored: Callable[[], npt.NDArray[np.float32] | None],
         layout: int,
         check: Index | None,
@@ -213,8 +214,6 @@ class Retrieval:
             if queries is not None and len(queries) < MIN_CALIBRATION:
                 queries = None
             source = "requests" if requests is not None else "stored users"
-            with self._drift_lock:  # moves from now on count against the values taken next
-                self._pending = np.zeros(n, dtype=np.float32)
             rows, bias = vectors(None)
             stand_in = check is not None and check.stand_in
             built = check.calibrated_probes if check is not None else 0
