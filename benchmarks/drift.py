@@ -14,13 +14,11 @@ calibration chose and with every list:
 - with an index built on the ``--after`` model's ID rows and biases but the ``--before``
   model's item tower: what a whole snapshot's new tower alone takes away;
 - after the rows whose ID part moved most (10,000, 30,000, 100,000 of them, and all that
-  changed) are added to a clone of the index again with their ``--after`` values
-  (``add_with_ids``; their older codes stay): what keeping the index current row by row
-  would give back, and what it costs;
-- after the rows whose ID part moved further than the index's codes' typical error are
-  coded anew (:meth:`~freshrec.serve.index.Index.update`): what a server does between
-  builds (it adds up each row's moves over the deltas in between, so it codes these rows
-  and maybe more).
+  changed), or those that moved further than the index's codes' typical error (what a
+  server picks: it adds up each row's moves over the deltas in between, so it codes these
+  rows and maybe more), are coded anew with their ``--after`` values in a copy of the index
+  (:meth:`~freshrec.serve.index.Index.update`): what keeping the index current row by row
+  gives back, and what it costs.
 
 The users are drawn at random from the log (the load's requests are random users'). Prints
 its figures; RESULTS.md quotes them with the command.
@@ -132,26 +130,22 @@ def main() -> None:
     print("how far the changed rows' ID parts moved: p50 {:.4f}, p90 {:.4f}, p99 {:.4f}, most {:.4f}".format(
         *np.percentile(moved[ids], [50, 90, 99, 100])))  # fmt: skip
     first = index.index
-    for most in (10_000, 30_000, 100_000, len(ids)):
-        picked = np.argsort(-moved, kind="stable")[: min(most, len(ids))]
-        started = time.perf_counter()
-        twin = faiss.clone_index(first)  # as a server would: its searches go on in the original
-        cloned = time.perf_counter() - started
-        rows = np.zeros((len(picked), index.dims), np.float32)
-        rows[:, : new[0].shape[1]], rows[:, new[0].shape[1]] = new[0][picked], new[1][picked]
-        twin.add_with_ids(rows, picked.astype(np.int64))
-        index.index = twin
-        print(f"index on version {args.before} with the {len(picked):,} rows that moved most added again "
-              f"(clone {cloned:.2f} s, add {time.perf_counter() - started - cloned:.2f} s, one thread):")  # fmt: skip
-        print(f"  version {args.after}'s users and rows: {line(index, new_users[others], new)}")
-    index.index = first
     over = np.flatnonzero(moved > index.error)
-    started = time.perf_counter()
-    index.update(over, new[0][over], new[1][over])
-    took = time.perf_counter() - started
-    print(f"index on version {args.before} with the {len(over):,} rows that moved further than its codes' "
-          f"typical error ({index.error:.4f}) coded anew, as a server does ({took:.2f} s):")  # fmt: skip
-    print(f"  version {args.after}'s users and rows: {line(index, new_users[others], new)}")
+    order = np.argsort(-moved, kind="stable")
+    for most in (10_000, 30_000, 100_000, len(ids), -1):
+        picked = over if most < 0 else order[: min(most, len(ids))]
+        index.index = first  # each from the index as built: a server's searches go on in it meanwhile
+        started = time.perf_counter()
+        index.update(picked, new[0][picked], new[1][picked])
+        took = time.perf_counter() - started
+        what = (
+            f"the {len(picked):,} rows that moved further than its codes' typical error ({index.error:.4f}), "
+            "as a server picks them,"
+            if most < 0
+            else f"the {len(picked):,} rows that moved most"
+        )
+        print(f"index on version {args.before} with {what} coded anew ({took:.2f} s, one thread):")
+        print(f"  version {args.after}'s users and rows: {line(index, new_users[others], new)}")
 
 
 if __name__ == "__main__":

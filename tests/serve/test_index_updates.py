@@ -54,32 +54,32 @@ def tables(sc: Scoring) -> tuple[np.ndarray, np.ndarray]:
     return sc.vectors.numpy().copy(), sc.bias.numpy().copy()
 
 
-def test_rows_coded_anew_score_as_a_fresh_index_codes_them_and_come_back_once() -> None:
-    """Every list probed, each row coded anew gets the approximate score an index built on
-    the new rows with the same clustering gives it; the older codes stay beside, and a
-    request's candidates hold each row once."""
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_an_index_with_rows_coded_anew_is_the_index_built_on_the_new_rows(rounds: int) -> None:
+    """Every list probed, an index whose moved rows were coded anew (once, or three times
+    over, as they move on) finds what one built on the new rows with the same clustering
+    finds, at the same approximate scores, and holds each row once: what faiss's removal
+    leaves in a fast-scan list does not spoil the codes added after it."""
     rng = np.random.default_rng(0)
     vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
     settings = RetrievalSettings(min_items=1_000)
     index = Index(vectors, bias, settings)
     later = vectors.copy()
-    later[MOVED] = 3 * rng.normal(size=(len(MOVED), 16))
-    index.update(MOVED, later[MOVED], bias[MOVED])
+    for _ in range(rounds):
+        later[MOVED] = 3 * rng.normal(size=(len(MOVED), 16))
+        index.update(MOVED, later[MOVED], bias[MOVED])
     fresh = Index(later, bias, settings, trained=index.trained)
-    assert index.index.ntotal == N + len(MOVED) and index.updated == len(MOVED) and not index.full
+    assert index.index.ntotal == N and index.updated == rounds * len(MOVED)
     users = rng.normal(size=(5, 16)).astype(np.float32)
     queries = np.zeros((5, index.dims), np.float32)
     queries[:, :16], queries[:, 16] = users, 1.0
     params = faiss.SearchParametersIVF()
     params.nprobe = index.index.nlist
-    got_scores, got = index.index.search(queries, index.index.ntotal, params=params)
+    got_scores, got = index.index.search(queries, N, params=params)
     want_scores, want = fresh.index.search(queries, N, params=params)
     for gs, g, ws, w in zip(got_scores, got, want_scores, want, strict=True):
-        mine = {(int(r), float(x)) for r, x in zip(g, gs, strict=True)}
-        assert {(int(r), float(x)) for r, x in zip(w, ws, strict=True) if r in MOVED} <= mine
-        assert sorted(g[np.isin(g, MOVED, invert=True)]) == sorted(np.setdiff1d(np.arange(N), MOVED))
-    everything = index._search(users[:1], index.index.ntotal, probes=index.index.nlist)[0]
-    assert len(everything) == N + len(MOVED) and index.with_head(everything).tolist() == list(range(N))
+        assert sorted(g) == list(range(N))
+        np.testing.assert_array_equal(gs[np.argsort(g)], ws[np.argsort(w)])
 
 
 def test_the_codes_error_is_the_typical_distance_from_a_row_to_its_code() -> None:
@@ -198,20 +198,3 @@ def test_moves_after_the_publish_a_build_takes_count_against_the_index_it_builds
     assert taken.is_set() and retrieval.index is not None and retrieval.index is not first
     assert retrieval._drift is not None and retrieval._pending is None
     assert np.flatnonzero(retrieval._drift).tolist() == NUDGED.tolist()
-
-
-def test_an_index_full_of_rows_coded_anew_is_built_again_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(background, "UPDATE_S", 0.0)
-    rng = np.random.default_rng(8)
-    vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
-    retrieval = Retrieval(RetrievalSettings(min_items=1_000))
-    retrieval.build_now(vectors, bias)
-    index = retrieval.index
-    assert index is not None
-    everything = np.arange(N)
-    index.update(everything, vectors, bias)
-    assert index.full and index.index.ntotal == 2 * N
-    retrieval.refresh(served(torch.from_numpy(vectors), torch.from_numpy(bias)), N)
-    retrieval.wait()
-    rebuilt = retrieval.index
-    assert rebuilt is not None and rebuilt is not index and rebuilt.index.ntotal == N and not rebuilt.full

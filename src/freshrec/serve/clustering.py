@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
@@ -46,3 +47,30 @@ def padded_rows(vectors: npt.NDArray[np.float32], bias: npt.NDArray[np.float32])
     codes a byte."""
     pad = np.zeros((len(vectors), (vectors.shape[1] + 1) % 2), dtype=np.float32)
     return np.ascontiguousarray(np.hstack([vectors, bias.reshape(-1, 1), pad]), dtype=np.float32)
+
+
+def recode(index: faiss.IndexIVFPQFastScan, ids: npt.NDArray[np.int64], rows: npt.NDArray[np.float32]) -> None:
+    """Replace the codes of ``ids`` in ``index`` by those of ``rows`` (:func:`padded_rows`):
+    their older codes removed, the lists' last blocks cleaned, the new codes added.
+
+    Why clean: in faiss 1.15 a fast-scan list keeps the 4-bit codes of the entries a removal
+    moved out of its last block; the codes added next are written over them by a bitwise or,
+    so they read wrong (28 of 100 rows added after a removal from 6,000, scores off by up to
+    17, against the same rows in a fresh index). The codes left past each list's end are
+    unpacked, zeroed and packed again: one block of 32 entries a list, about 10 µs each."""
+    index.remove_ids(faiss.IDSelectorBatch(ids))
+    ivf = faiss.extract_index_ivf(index)
+    assert ivf.invlists is not None
+    lists: Any = faiss.downcast_InvertedLists(ivf.invlists)  # BlockInvertedLists: untyped there
+    packer = ivf.get_CodePacker()
+    per, size = lists.n_per_block, lists.block_size
+    flat = np.zeros((per, packer.code_size), np.uint8)
+    for number in range(lists.nlist):
+        n = lists.list_size(number)
+        if n % per:
+            codes = faiss.rev_swig_ptr(lists.get_codes(number), -(-n // per) * size)
+            block = codes[(n // per) * size :]
+            packer.unpack_all(faiss.swig_ptr(block), faiss.swig_ptr(flat))
+            flat[n % per :] = 0
+            packer.pack_all(faiss.swig_ptr(flat), faiss.swig_ptr(block))
+    index.add_with_ids(rows, ids)

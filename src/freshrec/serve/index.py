@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from freshrec.serve.clustering import Trained, padded_rows
+from freshrec.serve.clustering import Trained, padded_rows, recode
 from freshrec.serve.exact import hits, top_rows
 from freshrec.settings import RetrievalSettings
 
@@ -47,9 +47,6 @@ in the round it ran, on the million-item shop under load); every extra list cost
 search its scan (0.2 ms a search of 4 users at 64 lists, 0.45 at 256)."""
 
 
-GROWTH = 0.25
-"""The share of rows coded anew (:meth:`Index.update`) past which an index is built again
-rather than updated: each search scans up to that much more."""
 ERROR_SAMPLE = 2_000
 """Rows whose codes measure the codes' typical error (:attr:`Index.error`)."""
 
@@ -156,34 +153,20 @@ class Index:
     ) -> None:
         """Code ``rows`` anew from their served ``vectors`` and ``bias``, in a copy of the
         index that then replaces it: a search running meanwhile reads either, never half of
-        one (called from the build's thread alone, as :meth:`holds` is). The older codes stay:
-        a search may find a row twice (:meth:`with_head` keeps it once), and by a code it
-        moved away from (its exact score then ranks it).
+        one (called from the build's thread alone, as :meth:`holds` is).
 
         Why: the learner's sparse steps move the ID rows of every item they touch, sampled
-        negatives included (on the million-item shop, 335,850 items' rows in 75,870 events,
-        moves p50 0.064, p90 0.306, p99 1.06), and an index built 158 s earlier found 0.412
-        of the exact top 10 with every list probed; rows of the newer model's item tower
-        alone, 0.985 (``benchmarks/drift.py``). Coded anew, the 30,000 rows that moved most
-        gave back 0.963 with the lists the build probed, as much as all 335,850; a copy of
-        the index took 0.02 s and adding rows 12-33 µs a row, one thread, where a build
-        takes 20-55 s. The rows keep their lists' centres: the clustering ages as before,
-        which the checks (:meth:`holds`) measure.
-
-        Why not remove the older codes (``remove_ids``): in faiss 1.15, rows added to a
-        fast-scan list after a removal from it get wrong codes (28 of 100 rows on 6,000 items,
-        scores off by up to 17 against the same rows' codes in a fresh index), as if the
-        removal left the freed codes' bits behind."""
+        negatives included (on the million-item shop, 341,637 items' rows in 73,480 events,
+        moves p50 0.068, p90 0.307, p99 1.057), and an index built 150 s earlier found 0.462
+        of the exact top 10 with every list probed; with only the newer model's item tower
+        missing, 0.997 (``benchmarks/drift.py``). A copy of the index takes 0.01-0.03 s and
+        coding a row anew about 10-30 µs, one thread, where a build takes 20-55 s. The rows
+        keep their lists' centres: the clustering ages as before, which the checks
+        (:meth:`holds`) measure."""
         clone = cast(faiss.IndexIVFPQFastScan, faiss.clone_index(self.index))
         clone.nprobe = self.index.nprobe
-        clone.add_with_ids(padded_rows(vectors, bias), np.ascontiguousarray(rows, dtype=np.int64))
+        recode(clone, np.ascontiguousarray(rows, dtype=np.int64), padded_rows(vectors, bias))
         self.index, self.updated = clone, self.updated + len(rows)
-
-    @property
-    def full(self) -> bool:
-        """Whether it holds :data:`GROWTH` times its rows' codes more than it was built with:
-        searches scan that much more (and find older codes), and a build is due."""
-        return self.updated > GROWTH * self.n
 
     @property
     def probes(self) -> int:
@@ -202,7 +185,7 @@ class Index:
         return head, member
 
     def with_head(self, found: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        """The rows of ``found`` (none negative) and the :attr:`head`, ascending, each once.
+        """The rows of ``found`` (distinct, none negative) and the :attr:`head`, ascending.
 
         Why not ``np.union1d``: it sorts both and drops the duplicates in five NumPy calls,
         0.17 ms a request of 1,000 rows and 200 hits on the million-item shop (9% of a
@@ -210,8 +193,6 @@ class Index:
         head, member = self._head
         rows = np.concatenate([head, found[~member[found]]])
         rows.sort()
-        if self.updated:  # a row coded anew may be found by both its codes
-            rows = rows[np.concatenate([[True], rows[1:] != rows[:-1]])]
         return rows
 
     @property

@@ -348,7 +348,7 @@ def _retrieve(requests: Sequence[Request]) -> None:
         for r, rows in zip(group, found, strict=True):
             newer = np.arange(index.n, len(r.base), dtype=np.int64)
             mine = rows[: index.shortlist(r.wanted, len(r.excluded))]
-            # each row once, below the newer ones
+            # distinct already (a row is in one list), below the newer ones
             r.candidates = np.concatenate([index.with_head(mine[mine >= 0]), newer])
 
 

@@ -126,8 +126,7 @@ class Retrieval:
         ``calibration_requests`` requests are there to calibrate on, and no build is running;
         an index older than ``rebuild_s`` that still holds (:meth:`Index.holds`, on the
         latest requests) is kept instead. A younger one has the rows that moved coded anew
-        (:meth:`_update`), every :data:`UPDATE_S` at most, until it is
-        :attr:`~freshrec.serve.index.Index.full`: then it is built again.
+        (:meth:`_update`), every :data:`UPDATE_S` at most.
 
         A build calibrates on the latest requests' user vectors or, with fewer than
         :data:`MIN_CALIBRATION` of them (a server's first build, a quiet replica's), on
@@ -143,7 +142,6 @@ class Retrieval:
         if index is not None:
             # a build may take at most a quarter of a core: a million items' takes tens of seconds
             young = time.monotonic() - index.built_at < max(self.settings.rebuild_s, 4 * index.build_s)
-            young = young and not index.full  # its lists grew by the rows coded anew: built again
             # one calibrated on nothing (no stored users either) probes `probes` lists, whatever
             # they find: built again as soon as there are requests to calibrate on; one calibrated
             # on stored users is checked on them then, and calibrated again (Index.holds)
@@ -160,7 +158,7 @@ class Retrieval:
         with self._drift_lock:  # moves of the publishes from now on are not in vectors(None)
             self._pending = np.zeros(n, dtype=np.float32)
         # one that grew old, but holds the catalog and was calibrated, is checked first (Index.holds)
-        check = index if index is not None and not np.isnan(index.calibrated) and not index.full else None
+        check = index if index is not None and not np.isnan(index.calibrated) else None
         args = (vectors, stored, self._layout, check)
         threading.Thread(target=self._build, args=args, name="freshrec-index", daemon=True).start()
 
