@@ -18,7 +18,8 @@ calibration chose and with every list:
   server picks: it adds up each row's moves over the deltas in between, so it codes these
   rows and maybe more), are coded anew with their ``--after`` values in a copy of the index
   (:meth:`~freshrec.serve.index.Index.update`): what keeping the index current row by row
-  gives back, and what it costs.
+  gives back, and what it costs; and with the ``--before`` model's item tower, which the
+  rows that did not move keep in the index.
 
 The users are drawn at random from the log (the load's requests are random users'). Prints
 its figures; RESULTS.md quotes them with the command.
@@ -146,6 +147,12 @@ def main() -> None:
         )
         print(f"index on version {args.before} with {what} coded anew ({took:.2f} s, one thread):")
         print(f"  version {args.after}'s users and rows: {line(index, new_users[others], new)}")
+    print(f"with version {args.before}'s item tower, the index's own, the rows that moved further than:")
+    for share in (1.0, 0.5, 0.25, 0.0):
+        picked = np.flatnonzero(moved > share * index.error)
+        index.index = first
+        index.update(picked, old_tower[0][picked], old_tower[1][picked])
+        print(f"  {share:g} times its codes' error ({len(picked):,} rows): {line(index, new_users[others], new)}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import threading
+from typing import Any
 
 import faiss
 import numpy as np
@@ -18,7 +19,7 @@ from freshrec.serve import retrieval as background
 from freshrec.serve.exact import top_rows
 from freshrec.serve.index import Index
 from freshrec.serve.ranker import Ranker
-from freshrec.serve.retrieval import Retrieval, served
+from freshrec.serve.retrieval import Retrieval, ServedTable
 from freshrec.serve.scoring import Scoring, moved
 from freshrec.settings import RetrievalSettings
 from tests.serve.test_retrieval import CALIBRATED, N, catalog, snapshot
@@ -165,7 +166,7 @@ def test_a_step_codes_the_rows_that_moved_furthest_first_and_the_rest_at_the_nex
     assert index is not None
     distances = np.linspace(2, 4, len(MOVED)).astype(np.float32) * index.error
     retrieval.moved(MOVED, distances)
-    table = served(torch.from_numpy(vectors), torch.from_numpy(bias))
+    table = ServedTable(torch.from_numpy(vectors), torch.from_numpy(bias))
     retrieval.refresh(table, N)
     retrieval.wait()
     assert retrieval._drift is not None and index.updated == retrieval.updated == 50
@@ -187,14 +188,47 @@ def test_moves_after_the_publish_a_build_takes_count_against_the_index_it_builds
     retrieval.moved(MOVED, np.ones(len(MOVED), np.float32))  # before the build's publish: in its rows
     taken = threading.Event()
 
-    def rows(which: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        assert which is None
-        taken.set()
-        retrieval.moved(NUDGED, np.full(len(NUDGED), 0.5, np.float32))  # a publish meanwhile
-        return vectors.copy(), bias.copy()
+    class Taken(ServedTable):
+        def rows(self, which: Any = None, tower: Any = None) -> tuple[np.ndarray, np.ndarray]:
+            assert which is None
+            taken.set()
+            retrieval.moved(NUDGED, np.full(len(NUDGED), 0.5, np.float32))  # a publish meanwhile
+            return super().rows(which, tower)
 
-    retrieval.refresh(rows, N)
+    retrieval.refresh(Taken(torch.from_numpy(vectors), torch.from_numpy(bias)), N)
     retrieval.wait()
     assert taken.is_set() and retrieval.index is not None and retrieval.index is not first
     assert retrieval._drift is not None and retrieval._pending is None
     assert np.flatnonzero(retrieval._drift).tolist() == NUDGED.tolist()
+
+
+def test_rows_coded_anew_after_a_new_item_tower_keep_the_tower_the_index_was_built_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a whole snapshot with a newer item tower, the rows that moved are coded with
+    their ID parts as they are now and their text's part as the index's other rows have it:
+    the index is then the one built on those rows."""
+    monkeypatch.setattr(background, "UPDATE_S", 0.0)
+    base = snapshot()
+    ranker = Ranker(catalog(), RetrievalSettings(min_items=1_000))
+    ranker.publish(base)
+    ranker.retrieval.wait()
+    first, index = ranker.scoring, ranker.retrieval.index
+    assert index is not None and first.text_part is not None
+    ranker.publish(with_rows(base, MOVED, 3.0, seed=9, tower=True))
+    ranker.retrieval.wait()
+    now = ranker.scoring
+    assert now.text_part is not None and index.updated == len(MOVED)
+    vectors, bias = tables(first)
+    served, served_bias = tables(now)
+    vectors[MOVED] = served[MOVED] - now.text_part[0].numpy()[MOVED] + first.text_part[0].numpy()[MOVED]
+    bias[MOVED] = served_bias[MOVED] - now.text_part[1].numpy()[MOVED] + first.text_part[1].numpy()[MOVED]
+    expected = Index(vectors, bias, RetrievalSettings(min_items=1_000), trained=index.trained)
+    queries = np.zeros((3, index.dims), np.float32)
+    queries[:, : vectors.shape[1]], queries[:, vectors.shape[1]] = np.random.default_rng(10).normal(size=(3, 32)), 1
+    params = faiss.SearchParametersIVF()
+    params.nprobe = index.index.nlist
+    got_scores, got = index.index.search(queries, N, params=params)
+    want_scores, want = expected.index.search(queries, N, params=params)
+    for gs, g, ws, w in zip(got_scores, got, want_scores, want, strict=True):
+        np.testing.assert_allclose(gs[np.argsort(g)], ws[np.argsort(w)], rtol=1e-5, atol=1e-5)

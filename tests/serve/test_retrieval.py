@@ -26,8 +26,7 @@ from freshrec.serve import index as ann
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.exact import hits, top_rows
 from freshrec.serve.ranker import Options, Ranker, encode
-from freshrec.serve.retrieval import BUILD_NICENESS, Served
-from freshrec.serve.retrieval import served as served_rows
+from freshrec.serve.retrieval import BUILD_NICENESS, ServedTable
 from freshrec.serve.service import latest_histories
 from freshrec.settings import LearnSettings, ModelSettings, RetrievalSettings
 from freshrec.storage import open_store
@@ -86,9 +85,9 @@ def after_traffic(snap: Snapshot, rng: np.random.Generator) -> tuple[Ranker, np.
     return ranker, scoring.vectors.numpy(), scoring.bias.numpy(), np.array(ranker.retrieval.recent)
 
 
-def table(vectors: np.ndarray, bias: np.ndarray) -> Served:
+def table(vectors: np.ndarray, bias: np.ndarray) -> ServedTable:
     """What a ranker gives its retrieval: the served rows (these)."""
-    return served_rows(torch.from_numpy(vectors), torch.from_numpy(bias))
+    return ServedTable(torch.from_numpy(vectors), torch.from_numpy(bias))
 
 
 def no_hits(best: np.ndarray, most: int) -> np.ndarray:
@@ -498,14 +497,14 @@ def test_the_background_build_runs_at_a_lower_priority_than_requests_and_only_it
     seen: list[tuple[int, int]] = []
     scoring = ranker.scoring
     assert scoring.vectors is not None and scoring.bias is not None
-    vectors, bias = scoring.vectors.numpy(), scoring.bias.numpy()
 
-    def tables(rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:  # called on the build's thread
-        seen.append((os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), threading.get_native_id()))
-        return vectors, bias
+    class Watched(ServedTable):
+        def rows(self, which: Any = None, tower: Any = None) -> tuple[np.ndarray, np.ndarray]:
+            seen.append((os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), threading.get_native_id()))
+            return super().rows(which, tower)  # called on the build's thread
 
     ranker.retrieval.index = None
-    ranker.retrieval.refresh(tables, len(vectors))
+    ranker.retrieval.refresh(Watched(scoring.vectors, scoring.bias), len(scoring.vectors))
     ranker.retrieval.wait()
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert [nice for nice, _ in seen] == [min(base + BUILD_NICENESS, 19)]

@@ -29,7 +29,7 @@ from freshrec.serve.catalog import Catalog, CatalogView
 from freshrec.serve.explain import Because, Ranked, because_of, ranked, reasons
 from freshrec.serve.fallback import by_text, diversified
 from freshrec.serve.index import Index
-from freshrec.serve.retrieval import Retrieval, served
+from freshrec.serve.retrieval import Retrieval, ServedTable
 from freshrec.serve.rules import parse
 from freshrec.serve.scoring import (
     Behind,
@@ -119,7 +119,8 @@ class Ranker:
         if sc.vectors is not None and sc.bias is not None:  # before the swap: a first index is building
             if self.retrieval.tracking:  # (not ready) from the moment its model is served
                 self.retrieval.moved(*moved(previous, sc))  # previous's table is intact until the swap
-            self.retrieval.refresh(served(sc.vectors, sc.bias), len(sc.view), lambda: self._stored_users(sc))
+            table = ServedTable(sc.vectors, sc.bias, sc.text_part)
+            self.retrieval.refresh(table, len(sc.view), lambda: self._stored_users(sc))
         self.scoring = sc
         self.blend.prepare(sc.view)
         if self.scoring.net is not None:
