@@ -157,7 +157,7 @@ class Index:
 
         Why: the learner's sparse steps move the ID rows of every item they touch, sampled
         negatives included (on the million-item shop, 341,637 items' rows in 73,480 events,
-        moves p50 0.068, p90 0.307, p99 1.057), and an index built 150 s earlier found 0.462
+        moves p50 0.068, p90 0.307, p99 1.057), and an index built 150 s earlier found 0.464
         of the exact top 10 with every list probed; with only the newer model's item tower
         missing, 0.997 (``benchmarks/drift.py``). A copy of the index takes 0.01-0.03 s and
         coding a row anew about 10-30 µs, one thread, where a build takes 20-55 s. The rows
