@@ -187,12 +187,16 @@ def round_args(args: argparse.Namespace, n: int) -> argparse.Namespace:
 
 
 def index_work(before: str, url: str) -> str:
-    """The candidate index's builds and rows coded anew since the ``/metrics`` text ``before``."""
+    """The candidate index's builds and rows coded anew, and the whole snapshots served (each
+    brings a newer item tower, which the index's rows lack), since the ``/metrics`` text
+    ``before``."""
     after = metrics_text(url)
     builds, rows = ("freshrec_candidate_index_builds", "freshrec_candidate_index_updated_rows")
+    whole = 'freshrec_model_snapshots_received_total{kind="whole"}'
     return (
         f"index builds {metric(after, builds) - metric(before, builds):.0f}, "
-        f"rows coded anew {metric(after, rows) - metric(before, rows):,.0f}"
+        f"rows coded anew {metric(after, rows) - metric(before, rows):,.0f}, "
+        f"whole snapshots {metric(after, whole) - metric(before, whole):.0f}"
     )
 
 
@@ -321,7 +325,8 @@ def main() -> None:
         )
         + (
             f"| {len(later)} later rounds of that load, back to back: recommendation p99 each (errors; cores "
-            f"used by the API / learner / load generator; the candidate index's builds and rows coded anew) | "
+            f"used by the API / learner / load generator; the candidate index's builds and rows coded anew, "
+            "whole snapshots) | "
             f"{', '.join(f'{p99:,.1f} ms ({errors}; {cores})' for p99, errors, cores in later)} |\n"
             if later
             else ""

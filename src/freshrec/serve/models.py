@@ -134,6 +134,10 @@ class Models:
         parsed = self._parsed
         if parsed is not None and parsed[0] == snapshot.serial:
             self._parsed = None
+            log.debug(
+                "served a whole model snapshot of %d items in %.2f s (parsed in %.2f s)", len(snapshot.item_ids),
+                parsed[1] + time.perf_counter() - started, parsed[1],
+            )  # fmt: skip
             if self.settle is not None:
                 self.settle()
             if self.on_whole is not None:
