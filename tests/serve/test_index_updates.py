@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import threading
+import time
 from typing import Any
 
 import faiss
@@ -15,6 +16,7 @@ import torch
 
 from freshrec.model.deltas import apply, delta_since
 from freshrec.model.snapshot import Snapshot
+from freshrec.serve import index as ann
 from freshrec.serve import retrieval as background
 from freshrec.serve.exact import top_rows
 from freshrec.serve.index import Index
@@ -232,3 +234,33 @@ def test_rows_coded_anew_after_a_new_item_tower_keep_the_tower_the_index_was_bui
     want_scores, want = expected.index.search(queries, N, params=params)
     for gs, g, ws, w in zip(got_scores, got, want_scores, want, strict=True):
         np.testing.assert_allclose(gs[np.argsort(g)], ws[np.argsort(w)], rtol=1e-5, atol=1e-5)
+
+
+def test_a_check_on_an_index_a_build_would_make_again_probes_more_lists_instead() -> None:
+    """Where the index's rows are the served ones (none moved further than its codes' error),
+    its item tower the served one and its clustering young, a build would make the same
+    index: a check that falls short probes as many lists as it takes, past the bound on
+    other checks, and that becomes its calibration. (The index probes too few lists here,
+    as if the requests had moved to where it needs more.)"""
+    rng = np.random.default_rng(11)
+    vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
+    users = rng.normal(size=(200, 16)).astype(np.float32)
+    retrieval = Retrieval(RetrievalSettings(min_items=1_000, candidates=50, rebuild_s=0.01))
+    retrieval.build_now(vectors, bias, users)
+    index = retrieval.index
+    assert index is not None and index.calibrated_probes >= 8
+    retrieval.recent.extend(users)
+    index.calibrated_probes = index.index.nprobe = 2  # its bound: 3 lists, too few
+    table = ServedTable(torch.from_numpy(vectors), torch.from_numpy(bias))
+    assert retrieval._current(index, table)
+    retrieval.moved(MOVED, np.full(len(MOVED), 2 * index.error, np.float32))
+    assert retrieval._current(index, table)  # fewer than a step codes anew
+    retrieval.moved(np.arange(N), np.full(N, 2 * index.error, np.float32))
+    assert not retrieval._current(index, table)
+    retrieval._drift[:] = 0  # type: ignore[index]
+    assert not retrieval._current(index, ServedTable(table.vectors, table.bias, (table.vectors, table.bias)))
+    time.sleep(max(0.02, 4 * index.build_s))
+    retrieval.refresh(table, N)
+    retrieval.wait()
+    assert retrieval.index is index and index.probes > 3 and index.calibrated_probes == index.probes
+    assert index.recall >= 0.99 - ann.SLACK and retrieval.builds == 0

@@ -388,6 +388,7 @@ def test_an_old_index_that_still_finds_its_recall_is_kept_and_one_that_drifted_i
     assert served.index is index and index.built_at > built and index.recall >= CALIBRATED.target_recall
     drifted = np.random.default_rng(9).permutation(vectors)  # every item another's vector
     assert not index.holds(drifted, bias, queries)
+    served.moved(np.arange(N), np.linalg.norm(drifted - vectors, axis=1))  # as a ranker's publish says
     aged()
     with caplog.at_level(logging.INFO, logger="freshrec.serve.retrieval"):
         served.refresh(table(drifted, bias), N)

@@ -222,6 +222,17 @@ class Retrieval:
             self._updated_at = time.monotonic()
             self._building.release()
 
+    def _current(self, index: Index, table: ServedTable) -> bool:
+        """Whether a build now would make ``index`` again (then a check that falls short
+        probes more lists instead, :meth:`Index.holds`): its rows are coded as ``table``
+        serves them (no more moved further than its codes' error than a step codes anew),
+        with the item tower it was built with, and a build would reuse its clustering."""
+        drift = self._drift
+        if drift is None or self._tower is not table.tower:
+            return False
+        pending = int(np.count_nonzero(drift > index.error))
+        return pending <= UPDATE_SHARE * index.n and index.trained.fits(index.dims, index.index.nlist)
+
     def _build(
         self,
         table: ServedTable,
@@ -242,7 +253,8 @@ class Retrieval:
             stand_in = check is not None and check.stand_in
             built = check.calibrated_probes if check is not None else 0
             if check is not None and requests is not None:
-                if check.holds(rows, bias, requests):
+                current = self._current(check, table)
+                if check.holds(rows, bias, requests, current):
                     log.info(
                         "the candidate index %s %.3f of the exact top 10 of %d requests (%d of %d lists probed, "
                         "%d at its build; %d rows coded anew since): kept (checked in %.1f s)",
