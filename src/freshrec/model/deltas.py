@@ -78,13 +78,7 @@ def delta_since(current: Snapshot, previous: Snapshot) -> SnapshotDelta | None:
         or set(current.state) != set(previous.state)
     ):
         return None
-    changed = torch.zeros(len(current.item_ids), dtype=torch.bool)
-    changed[n0:] = True
-    for name in ROW_STATE:
-        if name in current.state:
-            new, old = current.state[name][:n0], previous.state[name]
-            changed[:n0] |= (new != old).reshape(n0, -1).any(1)
-    rows = torch.nonzero(changed).squeeze(1)
+    rows = changed_rows(current, previous)
     state = {
         name: tensor[rows] if name in ROW_STATE else tensor
         for name, tensor in current.state.items()
@@ -104,6 +98,19 @@ def delta_since(current: Snapshot, previous: Snapshot) -> SnapshotDelta | None:
         serial=current.serial,
         blend=current.blend,
     )
+
+
+def changed_rows(current: Snapshot, previous: Snapshot) -> Tensor:
+    """The item rows of ``current`` whose per-item state differs from ``previous``'s, and
+    those ``previous`` lacks, ascending (the rows of both follow ``current``'s item list)."""
+    n0 = min(len(previous.item_ids), len(current.item_ids))
+    changed = torch.zeros(len(current.item_ids), dtype=torch.bool)
+    changed[n0:] = True
+    for name in ROW_STATE:
+        if name in current.state and name in previous.state:
+            new, old = current.state[name][:n0], previous.state[name][:n0]
+            changed[:n0] |= (new != old).reshape(n0, -1).any(1)
+    return torch.nonzero(changed).squeeze(1)
 
 
 class ChangedRows:

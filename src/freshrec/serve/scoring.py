@@ -21,7 +21,7 @@ import torch
 
 from freshrec.domain import Event
 from freshrec.ingest.feedback import TYPE_CODES
-from freshrec.model.deltas import ITEM_TOWER, ROW_STATE
+from freshrec.model.deltas import ITEM_TOWER, ROW_STATE, changed_rows
 from freshrec.model.histories import left_padded
 from freshrec.model.sequence import HistoryTensors, Pair, SequenceNet, untouched
 from freshrec.model.snapshot import Snapshot
@@ -220,7 +220,8 @@ def moved(previous: Scoring, current: Scoring) -> tuple[npt.NDArray[np.int64], n
     elif after.changed is not None and after.parent == before.serial:
         rows = after.changed[after.changed < m]
     else:
-        rows = _changed(before, after, m)
+        rows = changed_rows(after, before)
+        rows = rows[rows < m]
     at = current.vectors[rows]
     step, bias_step = at - previous.vectors[rows], current.bias[rows] - previous.bias[rows]
     if any(a is not b for a, b in zip(_tower(before), _tower(after), strict=True)):
@@ -232,19 +233,6 @@ def moved(previous: Scoring, current: Scoring) -> tuple[npt.NDArray[np.int64], n
     # what the subtraction of the text's parts leaves of an unmoved row: rounding
     far = distances > 1e-5 * torch.linalg.vector_norm(at, dim=1)
     return rows[far].numpy().astype(np.int64), distances[far].numpy().astype(np.float32)
-
-
-def _changed(before: Snapshot, after: Snapshot, m: int) -> torch.Tensor:
-    """The first ``m`` rows whose per-item state differs between the two snapshots, and the
-    rows ``before`` lacks."""
-    changed = torch.zeros(min(m, len(after.item_ids)), dtype=torch.bool)
-    changed[len(before.item_ids) :] = True
-    n = min(len(changed), len(before.item_ids))
-    for name in ROW_STATE:
-        if name in after.state and name in before.state:
-            new, old = after.state[name][:n], before.state[name][:n]
-            changed[:n] |= (new != old).reshape(n, -1).any(1)
-    return torch.nonzero(changed).squeeze(1)
 
 
 def _rows(part: Pair, rows: torch.Tensor) -> Pair:
