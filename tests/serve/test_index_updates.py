@@ -212,7 +212,7 @@ def test_rows_coded_anew_after_a_new_item_tower_keep_the_tower_the_index_was_bui
     the index is then the one built on those rows."""
     monkeypatch.setattr(background, "UPDATE_S", 0.0)
     base = snapshot()
-    ranker = Ranker(catalog(), RetrievalSettings(min_items=1_000))
+    ranker = Ranker(catalog(), RetrievalSettings(min_items=1_000, tower_s=0))  # each tower served at once
     ranker.publish(base)
     ranker.retrieval.wait()
     first, index = ranker.scoring, ranker.retrieval.index
@@ -221,6 +221,7 @@ def test_rows_coded_anew_after_a_new_item_tower_keep_the_tower_the_index_was_bui
     ranker.retrieval.wait()
     now = ranker.scoring
     assert now.text_part is not None and index.updated == len(MOVED)
+    assert not torch.equal(now.text_part[0], first.text_part[0])  # the newer tower is served
     vectors, bias = tables(first)
     served, served_bias = tables(now)
     vectors[MOVED] = served[MOVED] - now.text_part[0].numpy()[MOVED] + first.text_part[0].numpy()[MOVED]

@@ -522,6 +522,8 @@ def test_a_server_builds_the_index_in_the_background_says_so_and_ranks_its_candi
             assert re.search(r"^freshrec_candidate_index_recall ", api.metrics(), re.M)
             assert re.search(r"^freshrec_candidate_index_builds [1-9]", api.metrics(), re.M)
             assert re.search(r"^freshrec_candidate_index_updated_rows ", api.metrics(), re.M)
+            age = re.search(r"^freshrec_item_tower_age_seconds (\S+)$", api.metrics(), re.M)
+            assert age and 0 <= float(age.group(1)) == pytest.approx(served.engine.service.ranker.tower.age_s, abs=5)
             index = served.engine.service.ranker.retrieval.index
             assert index is not None and 0 < index.scanned <= 1
             scanned = re.search(r"^freshrec_candidate_index_probes (\S+)$", api.metrics(), re.M)

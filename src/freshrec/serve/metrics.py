@@ -129,6 +129,12 @@ class Metrics:
             "the learner moved further than the codes' error, between builds)",
             registry=r,
         )
+        self.item_tower_age = Gauge(
+            "freshrec_item_tower_age_seconds",
+            "Seconds the item tower served (each item's text to its vector) has been served: kept while a "
+            "candidate index is, up to [serve.retrieval] tower_s",
+            registry=r,
+        )
         self.quarantined_users = Gauge(
             "freshrec_quarantined_users", "Users above the event rate limit: stored, not trained on", registry=r
         )

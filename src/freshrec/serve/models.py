@@ -135,8 +135,9 @@ class Models:
         if parsed is not None and parsed[0] == snapshot.serial:
             self._parsed = None
             log.debug(
-                "served a whole model snapshot of %d items in %.2f s (parsed in %.2f s)", len(snapshot.item_ids),
-                parsed[1] + time.perf_counter() - started, parsed[1],
+                "served a whole model snapshot of %d items in %.2f s (parsed in %.2f s; its item tower served for "
+                "%.0f s)", len(snapshot.item_ids), parsed[1] + time.perf_counter() - started, parsed[1],
+                self.ranker.tower.age_s,
             )  # fmt: skip
             if self.settle is not None:
                 self.settle()

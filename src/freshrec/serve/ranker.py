@@ -41,6 +41,7 @@ from freshrec.serve.scoring import (
     top,
     user_vectors,
 )
+from freshrec.serve.tower import Tower
 from freshrec.settings import RetrievalSettings
 
 
@@ -88,6 +89,7 @@ class Ranker:
         self._masks_lock = threading.Lock()
         self.blend = ServedBlend()
         """The learner's blend, fed by :class:`~freshrec.serve.models.Models` as snapshots arrive."""
+        self.tower = Tower()  # the item tower served, kept while a candidate index is
         self.scoring = build_scoring(None, catalog.view)
 
     def publish(self, snapshot: Snapshot | None) -> None:
@@ -113,7 +115,8 @@ class Ranker:
             self.retrieval.forget()
         previous, behind = self.scoring, self._behind
         tables = behind.spare_for(previous, SPARE_WAIT_S) if behind is not None else None
-        sc = build_scoring(snapshot, self.catalog.view, self._spare(), previous, tables)
+        tower = self.tower.pick(snapshot, self.retrieval.settings.tower_s if self.retrieval.tracking else 0.0)
+        sc = build_scoring(snapshot, self.catalog.view, self._spare(), previous, tables, tower)
         whole = sc.snapshot is not None and sc.snapshot.changed is None
         self._behind = Behind.copy_of(sc) if whole else Behind.of(previous)
         if sc.vectors is not None and sc.bias is not None:  # before the swap: a first index is building

@@ -50,6 +50,9 @@ class Scoring:
     (:meth:`~freshrec.model.sequence.SequenceNet.text_part`), kept for the deltas that
     follow: on a million items, recomputing it took 43% of a delta's build (its rows' text
     gathered, 384 numbers each, and projected), for 260 MB kept."""
+    tower: tuple[torch.Tensor, ...] = ()
+    """The item tower's tensors that made :attr:`text_part` (:func:`tower_of`): the
+    snapshot's own, or an earlier one's that serving kept (:func:`build_scoring`)."""
 
     @property
     def version(self) -> str | None:
@@ -84,7 +87,7 @@ class Behind:
         self.owner: Callable[[], Scoring | None] = (lambda: None) if copy else weakref.ref(scoring)
         vectors, bias, unit = scoring.vectors, scoring.bias, scoring.unit
         self.tables = (vectors.clone(), bias.clone(), unit.copy()) if copy else (vectors, bias, unit)
-        self.serial, self.view, self.tower = scoring.snapshot.serial, scoring.view, _tower(scoring.snapshot)
+        self.serial, self.view, self.tower = scoring.snapshot.serial, scoring.view, scoring.tower
 
     @classmethod
     def of(cls, scoring: Scoring) -> Behind | None:
@@ -116,7 +119,7 @@ class Behind:
             return None
         if snapshot.parent != self.serial or current.view is not self.view:
             return None
-        if any(a is not b for a, b in zip(self.tower, _tower(snapshot), strict=True)):
+        if not same(self.tower, current.tower):
             return None
         deadline = time.monotonic() + wait_s
         while self.owner() is not None:
@@ -126,8 +129,14 @@ class Behind:
         return Spare(*self.tables, snapshot.changed)
 
 
-def _tower(snapshot: Snapshot) -> list[torch.Tensor]:
-    return [tensor for name, tensor in sorted(snapshot.state.items()) if name.startswith(ITEM_TOWER)]
+def tower_of(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The item tower's entries of a snapshot's ``state`` (:data:`~freshrec.model.deltas.ITEM_TOWER`)."""
+    return {name: tensor for name, tensor in sorted(state.items()) if name.startswith(ITEM_TOWER)}
+
+
+def same(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> bool:
+    """Whether two towers are the very same tensors (snapshots share those they did not change)."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 @torch.no_grad()
@@ -137,6 +146,7 @@ def build_scoring(
     spare: SequenceNet | None = None,
     previous: Scoring | None = None,
     tables: Spare | None = None,
+    tower: dict[str, torch.Tensor] | None = None,
 ) -> Scoring:
     """The scoring of ``snapshot`` on ``view``; ``spare``, a network no request uses any
     more, is refilled with the snapshot's tensors if it has the same shapes.
@@ -150,12 +160,20 @@ def build_scoring(
     200,000-item catalog a whole table took about a quarter of a second on one thread.
     With ``tables`` (the table before ``previous``'s, which no request reads any more) the
     copy is saved too: those rows and the ones ``previous`` changed are written over it
-    (on a million items, the copies were half a gigabyte per delta)."""
+    (on a million items, the copies were half a gigabyte per delta).
+
+    ``tower`` (:func:`tower_of`, of the same shapes): serve the items with this item tower
+    instead of the snapshot's. Where it is ``previous``'s, on the same view, a whole
+    snapshot is built as a delta is, its rows whose per-item state changed alone
+    (:class:`~freshrec.serve.ranker.Ranker` keeps a tower for its candidate index)."""
     if snapshot is None or not len(view):
         return Scoring(view, None, None, None, None, unit_rows(view.text))
     s = snapshot.settings
     text = torch.from_numpy(view.text) if s.use_text else None
     state = dict(snapshot.state)
+    if tower is not None:
+        state.update(tower)
+    served = tuple(tower_of(state).values())
     n = len(snapshot.item_ids)
     aligned = starts_with(view, snapshot.item_ids)
     for name in ROW_STATE:  # items the learner lacks stay untouched
@@ -168,10 +186,9 @@ def build_scoring(
     if net is None:
         net = SequenceNet.from_state(state, text, s, rating_scale=snapshot.rating_scale)
     net.eval()
-    if aligned and _follows(snapshot, view, previous):
+    rows = _changed(snapshot, view, previous, served) if aligned else None
+    if rows is not None:
         assert previous is not None and previous.vectors is not None and previous.bias is not None
-        assert snapshot.changed is not None
-        rows = snapshot.changed
         if tables is not None and len(tables.vectors) == len(previous.vectors):
             vectors, bias, unit = tables.vectors, tables.bias, tables.unit
             rows = torch.unique(torch.cat([rows, tables.stale]))
@@ -187,7 +204,7 @@ def build_scoring(
         vectors, bias = net.item_table(text_part=part)
         unit = unit_rows(vectors.numpy())
     user_rows = {u: n for n, u in enumerate(snapshot.user_ids) if u is not None}
-    return Scoring(view, snapshot, net, vectors, bias, unit, user_rows, aligned, part)
+    return Scoring(view, snapshot, net, vectors, bias, unit, user_rows, aligned, part, served)
 
 
 @torch.no_grad()
@@ -224,7 +241,7 @@ def moved(previous: Scoring, current: Scoring) -> tuple[npt.NDArray[np.int64], n
         rows = rows[rows < m]
     at = current.vectors[rows]
     step, bias_step = at - previous.vectors[rows], current.bias[rows] - previous.bias[rows]
-    if any(a is not b for a, b in zip(_tower(before), _tower(after), strict=True)):
+    if not same(previous.tower, current.tower):
         if current.text_part is None or previous.text_part is None:
             return none  # the model's settings changed: its check measures what is left of the index
         step -= current.text_part[0][rows] - previous.text_part[0][rows]
@@ -239,18 +256,27 @@ def _rows(part: Pair, rows: torch.Tensor) -> Pair:
     return part[0][rows], part[1][rows]
 
 
-def _follows(snapshot: Snapshot, view: CatalogView, previous: Scoring | None) -> bool:
-    """Whether ``snapshot`` is a delta on ``previous``'s with the same items, item tower
-    and view, so that only its changed rows of the item table differ."""
+def _changed(
+    snapshot: Snapshot, view: CatalogView, previous: Scoring | None, tower: tuple[torch.Tensor, ...]
+) -> torch.Tensor | None:
+    """The rows in which ``snapshot``'s item table differs from ``previous``'s, where it
+    differs in some rows alone (``None``: build it whole): a delta on ``previous``'s
+    snapshot with the same items, or a whole snapshot served with ``previous``'s item
+    tower (its rows whose per-item state changed); on the same view and tower both."""
     if previous is None or previous.snapshot is None or previous.vectors is None or previous.view is not view:
-        return False
+        return None
+    if not same(previous.tower, tower):
+        return None
     before = previous.snapshot
-    return (
-        snapshot.changed is not None
-        and snapshot.parent == before.serial
-        and len(snapshot.item_ids) == len(before.item_ids)
-        and all(snapshot.state[k] is before.state[k] for k in snapshot.state if k.startswith(ITEM_TOWER))
-    )
+    if snapshot.changed is not None:  # a delta
+        if snapshot.parent == before.serial and len(snapshot.item_ids) == len(before.item_ids):
+            return snapshot.changed
+        return None
+    if not previous.aligned or previous.text_part is None or snapshot.settings != before.settings:
+        return None
+    if len(snapshot.item_ids) < len(before.item_ids):
+        return None
+    return changed_rows(snapshot, before)
 
 
 def _moved(name: str, learned: torch.Tensor, item_ids: list[str], view: CatalogView) -> torch.Tensor:

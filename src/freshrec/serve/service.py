@@ -102,6 +102,7 @@ class Service:
         self.metrics.candidate_index_probes.set_function(lambda: self._index("scanned"))
         self.metrics.candidate_index_builds.set_function(lambda: self.ranker.retrieval.builds)
         self.metrics.candidate_index_updated.set_function(lambda: self.ranker.retrieval.updated)
+        self.metrics.item_tower_age.set_function(lambda: self.ranker.tower.age_s)
         self.popularity = Popularity(clock=clock)
         self.popularity.seed(store)
         self.trending = Trending(clock=clock)

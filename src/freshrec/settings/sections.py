@@ -301,6 +301,11 @@ class RetrievalSettings(Section):
     calibration_requests: int = Field(default=256, ge=1)
     """Recent requests an index build calibrates on (each scored exactly against every item);
     a server's first build, before requests came, takes as many stored users' histories."""
+    tower_s: float = Field(default=600.0, ge=0)
+    """While an index is kept, a newer item tower (the adapter from each item's text to its
+    vector, which moves every item's vector: the index is built again after it) is served
+    at most this often; in between, the newest model's item rows and user encoder are
+    served with the tower served before. 0: each whole snapshot's tower at once."""
 
 
 class ServeSettings(Section):
