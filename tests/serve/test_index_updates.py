@@ -24,7 +24,7 @@ from freshrec.serve.ranker import Ranker
 from freshrec.serve.retrieval import Retrieval, ServedTable
 from freshrec.serve.scoring import Scoring, moved
 from freshrec.settings import RetrievalSettings
-from tests.serve.test_retrieval import CALIBRATED, N, catalog, snapshot
+from tests.serve.test_retrieval import CALIBRATED, N, catalog, no_hits, snapshot
 
 MOVED = np.arange(100, 4_100, 40)
 """The rows the learner moves far (100 of them)."""
@@ -265,3 +265,22 @@ def test_a_check_on_an_index_a_build_would_make_again_probes_more_lists_instead(
     retrieval.wait()
     assert retrieval.index is index and index.probes > 3 and index.calibrated_probes == index.probes
     assert index.recall >= 0.99 - ann.SLACK and retrieval.builds == 0
+
+
+def test_a_check_that_falls_short_takes_a_longer_shortlist_before_a_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the codes, not the lists probed, miss the exact top 10 (a shortlist too short for
+    how they blur close calls), a check takes more rows a candidate rather than failing: here
+    every list probed with one row a candidate finds too little, as an index calibrated on
+    an earlier model may."""
+    monkeypatch.setattr(ann, "hits", no_hits)
+    rng = np.random.default_rng(11)
+    vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
+    users = rng.normal(size=(200, 16)).astype(np.float32)
+    settings = RetrievalSettings(min_items=1_000, candidates=20)
+    index = Index(vectors, bias, settings, users)
+    best, none = top_rows(vectors, bias, users), np.zeros(0, dtype=np.int64)
+    assert index.factor > 1 and index._found(best, users, none, index.index.nlist, 1) < settings.target_recall
+    index.factor = 1
+    assert index.holds(vectors, bias, users)
+    assert 1 < index.factor <= ann.SHORTLIST and index.recall >= settings.target_recall - ann.SLACK
+    assert index.calibrated == index.recall and index.checked == (index.recall, index.probes)

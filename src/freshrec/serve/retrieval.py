@@ -257,9 +257,9 @@ class Retrieval:
                 if check.holds(rows, bias, requests, current):
                     log.info(
                         "the candidate index %s %.3f of the exact top 10 of %d requests (%d of %d lists probed, "
-                        "%d at its build; %d rows coded anew since): kept (checked in %.1f s)",
+                        "%d at its build; %d rows a candidate; %d rows coded anew since): kept (checked in %.1f s)",
                         "was calibrated on requests: finds" if stand_in else "still finds", check.recall,
-                        len(requests), check.probes, check.index.nlist, built, check.updated,
+                        len(requests), check.probes, check.index.nlist, built, check.factor, check.updated,
                         time.perf_counter() - started,
                     )  # fmt: skip
                     return
