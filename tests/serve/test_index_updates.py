@@ -178,6 +178,30 @@ def test_a_step_codes_the_rows_that_moved_furthest_first_and_the_rest_at_the_nex
     assert index.updated == 100 and not retrieval._drift.any()
 
 
+def test_moves_of_publishes_after_the_one_a_step_codes_wait_for_the_next_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A step codes the rows that moved far by the publish that started it, from that
+    publish's table: a publish while its thread waits for the processor adds moves that
+    table lacks, which the next step codes (counted as coded, they were lost)."""
+    monkeypatch.setattr(background, "UPDATE_S", 0.0)
+    rng = np.random.default_rng(12)
+    vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
+    retrieval = Retrieval(RetrievalSettings(min_items=1_000))
+    retrieval.build_now(vectors, bias)
+    index = retrieval.index
+    assert index is not None
+    go = threading.Event()
+    monkeypatch.setattr(background, "_in_background", lambda: go.wait(10))
+    retrieval.moved(MOVED, np.full(len(MOVED), 2 * index.error, np.float32))
+    retrieval.refresh(ServedTable(torch.from_numpy(vectors), torch.from_numpy(bias)), N)
+    retrieval.moved(NUDGED, np.full(len(NUDGED), 2 * index.error, np.float32))  # the next publish, meanwhile
+    go.set()
+    retrieval.wait()
+    assert index.updated == len(MOVED) and retrieval._drift is not None
+    assert np.all(retrieval._drift[NUDGED] > index.error) and not retrieval._drift[MOVED].any()
+
+
 def test_moves_after_the_publish_a_build_takes_count_against_the_index_it_builds() -> None:
     """A publish after the one whose rows a build takes (while it waits for its thread, or
     builds) is a move the new index's codes lack; one before it is in them."""

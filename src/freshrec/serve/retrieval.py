@@ -165,8 +165,9 @@ class Retrieval:
             waiting = (np.isnan(index.calibrated) or index.stand_in) and enough
             if young and not waiting:
                 if time.monotonic() - self._updated_at >= UPDATE_S and self._building.acquire(blocking=False):
+                    rows = self._far(index)  # now: the moves of the publishes after this one are not in table
                     threading.Thread(
-                        target=self._update, args=(index, table), name="freshrec-index", daemon=True
+                        target=self._update, args=(index, table, rows), name="freshrec-index", daemon=True
                     ).start()
                 return
         if not self._building.acquire(blocking=False):
@@ -184,10 +185,26 @@ class Retrieval:
         against every item (a million items: 15 ms each), and ``/health/ready`` says so."""
         return self.index is None and self._building.locked()
 
-    def _update(self, index: Index, table: ServedTable) -> None:
-        """Code anew, in ``index``, the rows that moved further than its codes' typical error
-        since they were coded: the furthest first, :data:`UPDATE_SHARE` of the index at most;
-        with the item tower's part of the rows it was built on, whatever tower serves now.
+    def _far(self, index: Index) -> npt.NDArray[np.int64]:
+        """The rows of ``index`` that moved further than its codes' typical error since they
+        were coded, the furthest first and :data:`UPDATE_SHARE` of the index at most; their
+        moves are counted as coded from now on. Taken at the publish whose table codes them
+        (:meth:`refresh`): taken later, in the thread, they would count the moves of the
+        publishes in between as coded, though that table lacks them."""
+        with self._drift_lock:
+            drift = self._drift
+            if drift is None or self.index is not index:
+                return np.zeros(0, dtype=np.int64)
+            rows = np.flatnonzero(drift > index.error)
+            most = max(1, int(UPDATE_SHARE * index.n))
+            if len(rows) > most:
+                rows = rows[np.argpartition(-drift[rows], most - 1)[:most]]
+            drift[rows] = 0.0
+            return rows
+
+    def _update(self, index: Index, table: ServedTable, rows: npt.NDArray[np.int64]) -> None:
+        """Code ``rows`` (:meth:`_far`) anew in ``index`` from ``table``, with the item tower's
+        part of the rows the index was built on, whatever tower serves now.
 
         Why that tower: after a whole snapshot, the rows not coded anew keep the older tower's
         part, and rows coded with the newer one beside them were misplaced against them. On
@@ -200,24 +217,16 @@ class Retrieval:
         try:
             _in_background()
             started = time.perf_counter()
-            with self._drift_lock:
-                drift = self._drift
-                if drift is None or self.index is not index:
-                    return
-                rows = np.flatnonzero(drift > index.error)
-                most = max(1, int(UPDATE_SHARE * index.n))
-                if len(rows) > most:
-                    rows = rows[np.argpartition(-drift[rows], most - 1)[:most]]
-                drift[rows] = 0.0  # moves from now on count against the values taken next
-            if len(rows):
+            if len(rows) and self.index is index:
                 index.update(rows, *table.rows(rows, self._tower))
                 self.updated += len(rows)
                 log.debug(
                     "coded %d rows of the candidate index anew in %.2f s (%d since its build)", len(rows),
                     time.perf_counter() - started, index.updated,
                 )  # fmt: skip
-        except Exception:  # the rows wait for the next step, or the next build
+        except Exception:
             log.exception("could not update the candidate index")
+            self.moved(rows, np.full(len(rows), 2 * index.error, dtype=np.float32))  # they wait for the next step
         finally:
             self._updated_at = time.monotonic()
             self._building.release()
