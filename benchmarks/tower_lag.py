@@ -79,10 +79,11 @@ def main() -> None:
     parser.add_argument("--sets", default="ml-100k,steam-reviews,ml-1m-part")
     parser.add_argument("--lags", default="0,5000,20000,100000,-1")
     args = parser.parse_args()
+    steam = args.shared / "steam-reviews"
     files = {
         "ml-100k": (args.shared / "ml-100k", None),
         "ml-1m-part": (args.shared / "ml-1m-part", None),
-        "steam-reviews": (args.shared / "steam-reviews" / "events.jsonl", args.shared / "steam-reviews" / "items.jsonl"),
+        "steam-reviews": (steam / "events.jsonl", steam / "items.jsonl"),
     }
     settings = load_settings()
     print("| data set | tower refreshed every | NDCG@10 | HR@10 | cold-item HR@10 | seconds |")
