@@ -57,6 +57,16 @@ def tables(sc: Scoring) -> tuple[np.ndarray, np.ndarray]:
     return sc.vectors.numpy().copy(), sc.bias.numpy().copy()
 
 
+def built(seed: int) -> tuple[Retrieval, Index, np.ndarray, np.ndarray]:
+    """A retrieval with an index built on random rows, and those rows."""
+    rng = np.random.default_rng(seed)
+    vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
+    retrieval = Retrieval(RetrievalSettings(min_items=1_000))
+    retrieval.build_now(vectors, bias)
+    assert retrieval.index is not None
+    return retrieval, retrieval.index, vectors, bias
+
+
 @pytest.mark.parametrize("rounds", [1, 3])
 def test_an_index_with_rows_coded_anew_is_the_index_built_on_the_new_rows(rounds: int) -> None:
     """Every list probed, an index whose moved rows were coded anew (once, or three times
@@ -160,12 +170,7 @@ def test_a_step_codes_the_rows_that_moved_furthest_first_and_the_rest_at_the_nex
 ) -> None:
     monkeypatch.setattr(background, "UPDATE_S", 0.0)
     monkeypatch.setattr(background, "UPDATE_SHARE", 50 / N)
-    rng = np.random.default_rng(6)
-    vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
-    retrieval = Retrieval(RetrievalSettings(min_items=1_000))
-    retrieval.build_now(vectors, bias)
-    index = retrieval.index
-    assert index is not None
+    retrieval, index, vectors, bias = built(seed=6)
     distances = np.linspace(2, 4, len(MOVED)).astype(np.float32) * index.error
     retrieval.moved(MOVED, distances)
     table = ServedTable(torch.from_numpy(vectors), torch.from_numpy(bias))
@@ -185,12 +190,7 @@ def test_moves_of_publishes_after_the_one_a_step_codes_wait_for_the_next_step(
     publish's table: a publish while its thread waits for the processor adds moves that
     table lacks, which the next step codes (counted as coded, they were lost)."""
     monkeypatch.setattr(background, "UPDATE_S", 0.0)
-    rng = np.random.default_rng(12)
-    vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
-    retrieval = Retrieval(RetrievalSettings(min_items=1_000))
-    retrieval.build_now(vectors, bias)
-    index = retrieval.index
-    assert index is not None
+    retrieval, index, vectors, bias = built(seed=12)
     go = threading.Event()
     monkeypatch.setattr(background, "_in_background", lambda: go.wait(10))
     retrieval.moved(MOVED, np.full(len(MOVED), 2 * index.error, np.float32))

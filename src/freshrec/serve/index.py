@@ -267,9 +267,9 @@ class Index:
         if self.stand_in or current:
             bounds.append(self.index.nlist)
         self.checked = (0.0, self.probes)
+        recalls = {factor: self._recall(best, users, head, factor) for factor in range(self.factor, SHORTLIST + 1)}
         for most in bounds:  # the fewest lists first, then the shortest shortlist that reaches the target
-            for factor in range(self.factor, SHORTLIST + 1):
-                recall = self._recall(best, users, head, factor)
+            for factor, recall in recalls.items():
                 probes = self.probes if recall(self.probes) >= target else _fewest(recall, target, most, self.probes)
                 if recall(probes) >= self.checked[0]:  # the best it found, with the most it tried
                     self.checked = (recall(probes), probes)
