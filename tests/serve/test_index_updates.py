@@ -14,16 +14,20 @@ import numpy as np
 import pytest
 import torch
 
+from freshrec.domain import Item
+from freshrec.encoders.hashing import HashingEncoder
 from freshrec.model.deltas import apply, delta_since
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve import index as ann
 from freshrec.serve import retrieval as background
 from freshrec.serve.exact import top_rows
 from freshrec.serve.index import Index
+from freshrec.serve.metrics import Metrics
+from freshrec.serve.models import Models
 from freshrec.serve.ranker import Ranker
 from freshrec.serve.retrieval import Retrieval, ServedTable
 from freshrec.serve.scoring import Scoring, moved
-from freshrec.settings import RetrievalSettings
+from freshrec.settings import ClusterSettings, RetrievalSettings
 from tests.serve.test_retrieval import CALIBRATED, N, catalog, no_hits, snapshot
 
 MOVED = np.arange(100, 4_100, 40)
@@ -283,7 +287,9 @@ def test_a_check_on_an_index_a_build_would_make_again_probes_more_lists_instead(
     retrieval.moved(np.arange(N), np.full(N, 2 * index.error, np.float32))
     assert not retrieval._current(index, table)
     retrieval._drift[:] = 0  # type: ignore[index]
-    assert not retrieval._current(index, ServedTable(table.vectors, table.bias, (table.vectors, table.bias)))
+    other = (table.vectors, table.bias)  # another tower, and what it makes of the text
+    assert not retrieval._current(index, ServedTable(table.vectors, table.bias, other, other))
+    assert retrieval._current(index, ServedTable(table.vectors, table.bias, other))  # made anew by the same one
     time.sleep(max(0.02, 4 * index.build_s))
     retrieval.refresh(table, N)
     retrieval.wait()
@@ -308,3 +314,61 @@ def test_a_check_that_falls_short_takes_a_longer_shortlist_before_a_build(monkey
     assert index.holds(vectors, bias, users)
     assert 1 < index.factor <= ann.SHORTLIST and index.recall >= settings.target_recall - ann.SLACK
     assert index.calibrated == index.recall and index.checked == (index.recall, index.probes)
+
+
+def test_a_row_a_later_delta_moved_before_a_build_rewrote_it_counts_as_moved(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each delta patches the served snapshot's per-item tables in place as it arrives, and a
+    build writes its delta's rows and the ones the build before wrote over the table two
+    builds old (``Spare``): a row the delta before changed, read after a later delta
+    (not built yet) moved it again, moves with this build, and that delta's own build then
+    finds it where it is. Its move counts all the same: every row's summed moves reach at
+    least how far it is from its code."""
+    monkeypatch.setattr(background, "UPDATE_S", 1e9)  # the moves stay counted, not coded
+    base = snapshot()
+    ranker = Ranker(catalog(), RetrievalSettings(min_items=1_000))
+    models = Models(ranker, ClusterSettings(), Metrics())  # publisher not started: built by hand
+    sent = [base, with_rows(base, MOVED, 1.0, seed=20)]
+    sent += [with_rows(sent[-1], NUDGED, 1.0, seed=21)]
+    sent += [with_rows(sent[-1], MOVED, 1.0, seed=22)]
+
+    def received(n: int) -> Snapshot:
+        got = models.parse((delta_since(sent[n], sent[n - 1]) if n else base).to_bytes(), "learner")  # type: ignore[union-attr]
+        assert got is not None
+        models.publish(got)
+        models._pending = None  # the publisher takes it
+        return got
+
+    ranker.publish(received(0))
+    ranker.retrieval.wait()
+    coded = tables(ranker.scoring)
+    ranker.publish(received(1))
+    second = received(2)
+    third = received(3)  # arrives before the build of the second reads its rows
+    ranker.publish(second)
+    ranker.publish(third)
+    drift, now = ranker.retrieval._drift, tables(ranker.scoring)
+    assert drift is not None
+    off = np.hypot(np.linalg.norm(now[0] - coded[0], axis=1), now[1] - coded[1])
+    assert (drift >= off * (1 - 1e-4)).all()
+    assert (drift[MOVED] > 0).all()
+
+
+def test_an_item_whose_text_changed_moves_in_the_index_and_the_others_stay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A catalog change rebuilds the item table with the same model: the rows it moved (here
+    an item's new text) count as moved, the others not; the index's item tower is still the
+    one served, so a check may probe every list before a build."""
+    monkeypatch.setattr(background, "UPDATE_S", 1e9)  # the moves stay counted, not coded
+    shop = catalog()
+    ranker = Ranker(shop, RetrievalSettings(min_items=1_000))
+    ranker.publish(snapshot())
+    ranker.retrieval.wait()
+    index, first = ranker.retrieval.index, ranker.scoring
+    assert index is not None
+    title = "a kitchen knife of another kind"
+    shop.put([Item("i00042", title=title, categories=("kitchen",))], HashingEncoder(48).encode([title]))
+    ranker.refresh()
+    now, drift = ranker.scoring, ranker.retrieval._drift
+    assert now.view is not first.view and drift is not None and ranker.retrieval.index is index
+    assert np.flatnonzero(drift).tolist() == [42]
+    table = ServedTable(now.vectors, now.bias, now.text_part, now.tower)  # type: ignore[arg-type]
+    assert now.text_part is not first.text_part and ranker.retrieval._current(index, table)

@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from freshrec.model.deltas import delta_since
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve import retrieval as background
+from freshrec.serve.metrics import Metrics
+from freshrec.serve.models import Models
 from freshrec.serve.ranker import Ranker
 from freshrec.serve.scoring import Scoring, build_scoring, tower_of
 from freshrec.serve.tower import Tower
-from freshrec.settings import RetrievalSettings
+from freshrec.settings import ClusterSettings, RetrievalSettings
 from tests.serve.test_index_updates import MOVED, NUDGED, as_delta, tables, with_rows
 from tests.serve.test_retrieval import N, catalog, snapshot
 
@@ -58,7 +61,8 @@ def test_a_whole_snapshot_is_served_with_the_kept_tower_and_the_index_stays_curr
     assert_same_tables(now, build_scoring(with_tower(whole, base), now.view))
     unchanged = np.setdiff1d(np.arange(N), MOVED)
     assert np.array_equal(tables(now)[0][unchanged], tables(first)[0][unchanged])
-    assert ranker.retrieval._current(index, background.ServedTable(now.vectors, now.bias, now.text_part))  # type: ignore[arg-type]
+    table = background.ServedTable(now.vectors, now.bias, now.text_part, now.tower)  # type: ignore[arg-type]
+    assert ranker.retrieval._current(index, table)
     assert ranker.retrieval.index is index and index.updated == len(MOVED) and ranker.retrieval.builds == 1
 
     later = with_rows(whole, NUDGED, 3.0, seed=2)
@@ -99,3 +103,35 @@ def test_a_tower_of_other_shapes_is_served_at_once() -> None:
     other = dataclasses.replace(base, state=wider)
     assert tower.pick(other, 600.0) == tower_of(other.state)
     assert tower.pick(None, 600.0) is None
+
+
+def test_a_whole_snapshot_after_a_delta_never_built_serves_and_moves_that_deltas_rows_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A delta is applied in place to the tables of the snapshot served (nothing else reads
+    them); when a whole snapshot replaces it before its build, the rows it changed differ
+    from what is served although they equal the served snapshot's patched tables: they are
+    served anew and counted as moved all the same."""
+    monkeypatch.setattr(background, "UPDATE_S", 1e9)  # the moves stay counted, not coded
+    base = snapshot()
+    ranker = Ranker(catalog(), RetrievalSettings(min_items=1_000))
+    models = Models(ranker, ClusterSettings(), Metrics())  # publisher not started
+    first = models.parse(base.to_bytes(), "learner")
+    assert first is not None
+    models.publish(first)
+    models._pending = None  # as if the publisher had built it
+    ranker.publish(first)
+    ranker.retrieval.wait()
+    assert ranker.retrieval._drift is not None
+    later = with_rows(base, MOVED, 3.0, seed=6)
+    delta = models.parse(delta_since(later, base).to_bytes(), "learner")  # type: ignore[union-attr]
+    assert delta is not None and delta.state["item_id.weight"] is first.state["item_id.weight"]
+    models.publish(delta)  # pending, never built: the learner's next whole snapshot replaces it
+    whole = models.parse(with_rows(later, NUDGED, 3.0, seed=7, tower=True).to_bytes(), "learner")
+    assert whole is not None
+    models.publish(whole)
+    assert models._pending is whole
+    ranker.publish(whole)
+    assert ranker.scoring.tower == tuple(tower_of(first.state).values())  # the kept tower
+    assert_same_tables(ranker.scoring, build_scoring(with_tower(whole, base), ranker.scoring.view))
+    assert (ranker.retrieval._drift[MOVED] > 0).all() and (ranker.retrieval._drift[NUDGED] > 0).all()

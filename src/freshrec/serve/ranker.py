@@ -122,7 +122,7 @@ class Ranker:
         if sc.vectors is not None and sc.bias is not None:  # before the swap: a first index is building
             if self.retrieval.tracking:  # (not ready) from the moment its model is served
                 self.retrieval.moved(*moved(previous, sc))  # previous's table is intact until the swap
-            table = ServedTable(sc.vectors, sc.bias, sc.text_part)
+            table = ServedTable(sc.vectors, sc.bias, sc.text_part, sc.tower)
             self.retrieval.refresh(table, len(sc.view), lambda: self._stored_users(sc))
         self.scoring = sc
         self.blend.prepare(sc.view)

@@ -33,6 +33,7 @@ import torch
 
 from freshrec.model.sequence import Pair
 from freshrec.serve.index import Index
+from freshrec.serve.scoring import same
 from freshrec.settings import RetrievalSettings
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,10 @@ class ServedTable:
     tower: Pair | None = None
     """What the item tower makes of each row's text (:attr:`Scoring.text_part
     <freshrec.serve.scoring.Scoring.text_part>`; ``None``: no text)."""
+    made_by: tuple[torch.Tensor, ...] = ()
+    """The item tower's tensors that made :attr:`tower` (:attr:`Scoring.tower
+    <freshrec.serve.scoring.Scoring.tower>`): a catalog change makes :attr:`tower` anew
+    with the same tower."""
 
     def rows(
         self, which: npt.NDArray[np.int64] | None = None, tower: Pair | None = None
@@ -102,6 +107,8 @@ class Retrieval:
         self._tower: Pair | None = None
         """The item tower's part of the rows the index was built on (:attr:`ServedTable.tower`):
         rows coded anew keep it, whatever tower serves now (:meth:`_update`)."""
+        self._made_by: tuple[torch.Tensor, ...] = ()
+        """The item tower that made :attr:`_tower` (:attr:`ServedTable.made_by`)."""
         self._drift_lock = threading.Lock()
         self._updated_at = 0.0
         self.builds = 0
@@ -235,9 +242,10 @@ class Retrieval:
         """Whether a build now would make ``index`` again (then a check that falls short
         probes more lists instead, :meth:`Index.holds`): its rows are coded as ``table``
         serves them (no more moved further than its codes' error than a step codes anew),
-        with the item tower it was built with, and a build would reuse its clustering."""
+        with the item tower it was built with (the same tensors: what they make of the text
+        is made anew when the catalog changes), and a build would reuse its clustering."""
         drift = self._drift
-        if drift is None or self._tower is not table.tower:
+        if drift is None or not same(self._made_by, table.made_by):
             return False
         pending = int(np.count_nonzero(drift > index.error))
         return pending <= UPDATE_SHARE * index.n and index.trained.fits(index.dims, index.index.nlist)
@@ -283,6 +291,7 @@ class Retrieval:
             with self._drift_lock:
                 if layout == self._layout:
                     self.index, self._drift, self._tower = index, self._pending, table.tower
+                    self._made_by = table.made_by
                 self.builds += 1
             log.info(
                 "built the candidate index of %d items in %.1f s (%d of %d lists probed, %d rows a candidate; "
@@ -303,6 +312,7 @@ class Retrieval:
         with self._drift_lock:
             self._layout += 1
             self.index = self._drift = self._pending = self._tower = None
+            self._made_by = ()
 
     def wait(self) -> None:
         """Return once no index is being built (a batch run ranks with the index only when it is there)."""
@@ -319,6 +329,7 @@ class Retrieval:
         index = Index(vectors, bias, self.settings, queries, self.recent)
         with self._drift_lock:
             self.index, self._drift, self._tower = index, np.zeros(index.n, dtype=np.float32), None
+            self._made_by = ()
 
 
 def _in_background() -> None:

@@ -21,7 +21,7 @@ import torch
 
 from freshrec.domain import Event
 from freshrec.ingest.feedback import TYPE_CODES
-from freshrec.model.deltas import ITEM_TOWER, ROW_STATE, changed_rows
+from freshrec.model.deltas import ITEM_TOWER, ROW_STATE
 from freshrec.model.histories import left_padded
 from freshrec.model.sequence import HistoryTensors, Pair, SequenceNet, untouched
 from freshrec.model.snapshot import Snapshot
@@ -29,6 +29,10 @@ from freshrec.serve.catalog import CatalogView, starts_with
 from freshrec.settings import ModelSettings
 
 SPARE_POLL_S = 0.002
+MOVED_CHUNK = 1 << 15
+"""Rows :func:`moved` compares at a time. Why: after a whole snapshot with a newer item tower
+it compares every row, less the towers' parts; on a million items, in one piece, 1.1 to 1.7 s
+of a core (seven temporaries of 256 MB), in these pieces 0.1 s."""
 
 
 @dataclass(frozen=True)
@@ -53,10 +57,10 @@ class Scoring:
     tower: tuple[torch.Tensor, ...] = ()
     """The item tower's tensors that made :attr:`text_part` (:func:`tower_of`): the
     snapshot's own, or an earlier one's that serving kept (:func:`build_scoring`)."""
-    changed: tuple[int, torch.Tensor] | None = None
-    """The serial of the snapshot of the scoring it was built from, and the rows whose
-    per-item state differs from it, where a whole snapshot was built from those rows alone
-    (:func:`moved` takes them: on a million items the comparison costs a fifth of a second)."""
+    written: torch.Tensor | None = None
+    """The rows of the item table its build wrote over the scoring before's table, where it
+    started from that table (a delta's): every row in which the two may differ (:func:`moved`).
+    ``None``: the table was built whole."""
 
     @property
     def version(self) -> str | None:
@@ -167,9 +171,16 @@ def build_scoring(
     (on a million items, the copies were half a gigabyte per delta).
 
     ``tower`` (:func:`tower_of`, of the same shapes): serve the items with this item tower
-    instead of the snapshot's. Where it is ``previous``'s, on the same view, a whole
-    snapshot is built as a delta is, its rows whose per-item state changed alone
-    (:class:`~freshrec.serve.ranker.Ranker` keeps a tower for its candidate index)."""
+    instead of the snapshot's (:class:`~freshrec.serve.ranker.Ranker` keeps a tower for its
+    candidate index). Where it is ``previous``'s, on the same view, what it makes of the
+    items' text is ``previous``'s too: on a million items, recomputing it is most of a
+    whole snapshot's build.
+
+    Why a whole snapshot's table is built whole, even with the tower kept: the served
+    snapshot's per-item tables are patched in place by the deltas that arrive after it
+    (:func:`~freshrec.model.deltas.apply`), so comparing a whole snapshot with it misses
+    the rows of a delta it replaced before that delta's build, and those rows kept their
+    older vectors."""
     if snapshot is None or not len(view):
         return Scoring(view, None, None, None, None, unit_rows(view.text))
     s = snapshot.settings
@@ -191,10 +202,9 @@ def build_scoring(
         net = SequenceNet.from_state(state, text, s, rating_scale=snapshot.rating_scale)
     net.eval()
     rows = _changed(snapshot, view, previous, served) if aligned else None
-    whole_rows = None
+    same_text = previous is not None and previous.view is view and same(previous.tower, served)
+    kept = previous.text_part if previous is not None and same_text else None
     if rows is not None:
-        if snapshot.changed is None and previous is not None and previous.snapshot is not None:
-            whole_rows = (previous.snapshot.serial, rows)
         assert previous is not None and previous.vectors is not None and previous.bias is not None
         if tables is not None and len(tables.vectors) == len(previous.vectors):
             vectors, bias, unit = tables.vectors, tables.bias, tables.unit
@@ -207,11 +217,11 @@ def build_scoring(
             vectors[rows], bias[rows] = changed, changed_bias
             unit[rows.numpy()] = unit_rows(changed.numpy())
     else:
-        part = net.text_part() if net.use_text else None
+        part = (kept if kept is not None else net.text_part()) if net.use_text else None
         vectors, bias = net.item_table(text_part=part)
         unit = unit_rows(vectors.numpy())
     user_rows = {u: n for n, u in enumerate(snapshot.user_ids) if u is not None}
-    return Scoring(view, snapshot, net, vectors, bias, unit, user_rows, aligned, part, served, whole_rows)
+    return Scoring(view, snapshot, net, vectors, bias, unit, user_rows, aligned, part, served, rows)
 
 
 @torch.no_grad()
@@ -219,46 +229,49 @@ def moved(previous: Scoring, current: Scoring) -> tuple[npt.NDArray[np.int64], n
     """The rows whose own part of ``[vector, bias]`` differs from ``previous``'s to
     ``current``'s, and how far it moved (Euclidean): the served rows, less what the item
     tower makes of the text where the tower changed (:attr:`Scoring.text_part`). The rows
-    looked at are a delta's changed ones, or those whose per-item state differs (a view
-    that does not follow the learner's numbering: all). Rows of a view laid out anew
+    looked at are those ``current``'s build wrote (:attr:`Scoring.written`), or all after a
+    whole build (:data:`MOVED_CHUNK` at a time). Rows of a view laid out anew
     (:meth:`~freshrec.serve.catalog.Catalog.align`) do not compare; their index is gone.
+
+    Why every row a build wrote, not its delta's: a delta's build also writes the rows the
+    one before changed, over the table two builds old (:class:`Spare`), and reads them from
+    tables that the deltas received meanwhile patched in place; a row such a delta changed
+    then moved with this build, and not with that delta's own, which finds it where it is.
 
     Why without the tower: rows coded anew keep the tower's part the index was built with
     (:meth:`~freshrec.serve.retrieval.Retrieval._update`), so a newer tower is no move of
     theirs. It moves every row (on the million-item shop, by 0.516 on average in 150 s of
     learning, the rows' mean length 1.260), and an index coded before it found 0.989 of the
     exact top 10 with the lists its calibration chose; the ID rows the learner's sparse
-    steps move are what the codes lose (0.462 without them; ``benchmarks/drift.py``).
-
-    Why not every row's served difference after a whole snapshot: on a million items that
-    took 1.0 s of a core in the publisher's thread; the rows whose state changed since the
-    snapshot before are a few thousand, found in one comparison of the state tables."""
+    steps move are what the codes lose (0.462 without them; ``benchmarks/drift.py``)."""
     none = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    before, after = previous.snapshot, current.snapshot
-    if before is None or after is None or before is after or previous.vectors is None or previous.bias is None:
+    if previous.snapshot is None or current.snapshot is None or previous.vectors is None or previous.bias is None:
         return none
     assert current.vectors is not None and current.bias is not None
+    now, before, towers = current.text_part, previous.text_part, same(previous.tower, current.tower)
+    if not towers and (now is None or before is None):
+        return none  # the model's settings changed: its check measures what is left of the index
     m = min(len(previous.vectors), len(current.vectors))
-    if not current.aligned or not previous.aligned:
-        rows = torch.arange(m)
-    elif after.changed is not None and after.parent == before.serial:
-        rows = after.changed[after.changed < m]
-    elif current.changed is not None and current.changed[0] == before.serial:
-        rows = current.changed[1][current.changed[1] < m]
-    else:
-        rows = changed_rows(after, before)
-        rows = rows[rows < m]
-    at = current.vectors[rows]
-    step, bias_step = at - previous.vectors[rows], current.bias[rows] - previous.bias[rows]
-    if not same(previous.tower, current.tower):
-        if current.text_part is None or previous.text_part is None:
-            return none  # the model's settings changed: its check measures what is left of the index
-        step -= current.text_part[0][rows] - previous.text_part[0][rows]
-        bias_step -= current.text_part[1][rows] - previous.text_part[1][rows]
-    distances = torch.hypot(torch.linalg.vector_norm(step, dim=1), bias_step)
-    # what the subtraction of the text's parts leaves of an unmoved row: rounding
-    far = distances > 1e-5 * torch.linalg.vector_norm(at, dim=1)
-    return rows[far].numpy().astype(np.int64), distances[far].numpy().astype(np.float32)
+    written = None if current.written is None else current.written[current.written < m]
+    rows, distances = [], []
+    for start in range(0, m if written is None else len(written), MOVED_CHUNK):
+        end = start + MOVED_CHUNK
+        at = torch.arange(start, min(end, m)) if written is None else written[start:end]
+        where = slice(start, min(end, m)) if written is None else at  # a slice reads the tables in place
+        vector = current.vectors[where]
+        step, bias_step = vector - previous.vectors[where], current.bias[where] - previous.bias[where]
+        if not towers and now is not None and before is not None:
+            step -= now[0][where]
+            step += before[0][where]
+            bias_step -= now[1][where] - before[1][where]
+        distance = torch.hypot(torch.linalg.vector_norm(step, dim=1), bias_step)
+        # what the subtraction of the text's parts leaves of an unmoved row: rounding
+        far = distance > 1e-5 * torch.linalg.vector_norm(vector, dim=1)
+        rows.append(at[far])
+        distances.append(distance[far])
+    if not rows:
+        return none
+    return torch.cat(rows).numpy().astype(np.int64), torch.cat(distances).numpy().astype(np.float32)
 
 
 def _rows(part: Pair, rows: torch.Tensor) -> Pair:
@@ -268,24 +281,16 @@ def _rows(part: Pair, rows: torch.Tensor) -> Pair:
 def _changed(
     snapshot: Snapshot, view: CatalogView, previous: Scoring | None, tower: tuple[torch.Tensor, ...]
 ) -> torch.Tensor | None:
-    """The rows in which ``snapshot``'s item table differs from ``previous``'s, where it
-    differs in some rows alone (``None``: build it whole): a delta on ``previous``'s
-    snapshot with the same items, or a whole snapshot served with ``previous``'s item
-    tower (its rows whose per-item state changed); on the same view and tower both."""
+    """The rows in which ``snapshot``'s item table differs from ``previous``'s, where it is a
+    delta on ``previous``'s snapshot with the same items, view and item tower (``None``:
+    build it whole)."""
     if previous is None or previous.snapshot is None or previous.vectors is None or previous.view is not view:
         return None
-    if not same(previous.tower, tower):
+    if not same(previous.tower, tower) or snapshot.changed is None:
         return None
-    before = previous.snapshot
-    if snapshot.changed is not None:  # a delta
-        if snapshot.parent == before.serial and len(snapshot.item_ids) == len(before.item_ids):
-            return snapshot.changed
-        return None
-    if not previous.aligned or previous.text_part is None or snapshot.settings != before.settings:
-        return None
-    if len(snapshot.item_ids) < len(before.item_ids):
-        return None
-    return changed_rows(snapshot, before)
+    if snapshot.parent == previous.snapshot.serial and len(snapshot.item_ids) == len(previous.snapshot.item_ids):
+        return snapshot.changed
+    return None
 
 
 def _moved(name: str, learned: torch.Tensor, item_ids: list[str], view: CatalogView) -> torch.Tensor:

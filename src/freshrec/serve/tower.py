@@ -19,7 +19,7 @@ class Tower:
     tower before found 0.972 of the top 10 with the lists its build probed, where 0.99 was
     wanted, so it was built again after each: 20 to 35 s of a core beside the requests.
     With the tower kept, the index stays as current as the rows coded anew make it, and a
-    whole snapshot is built as a delta is, its changed rows alone
+    whole snapshot's build reuses what the tower made of the items' text
     (:func:`~freshrec.serve.scoring.build_scoring`). The item rows, the user encoder and
     everything else still come from the newest snapshot. What a kept tower costs, in the
     prequential replay (``benchmarks/tower_lag.py``): one 5,000 to 100,000 learned events
