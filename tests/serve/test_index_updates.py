@@ -372,3 +372,35 @@ def test_an_item_whose_text_changed_moves_in_the_index_and_the_others_stay(monke
     assert np.flatnonzero(drift).tolist() == [42]
     table = ServedTable(now.vectors, now.bias, now.text_part, now.tower)  # type: ignore[arg-type]
     assert now.text_part is not first.text_part and ranker.retrieval._current(index, table)
+
+
+def test_a_check_codes_the_rows_that_moved_before_it_measures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A check first codes anew the rows that moved further than the codes' error since the
+    last step, as a build would take them: the rows the learner is moving most are the ones
+    most requests' top 10 hold, and without them the index looks as if it had drifted apart.
+    Here a hundred rows take the places of those most often in the users' top 10, and no
+    step runs before the check."""
+    monkeypatch.setattr(background, "UPDATE_S", 1e9)  # no step: only the check codes them
+    monkeypatch.setattr(ann, "hits", no_hits)
+    rng = np.random.default_rng(12)
+    vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
+    users = rng.normal(size=(200, 16)).astype(np.float32)
+    retrieval = Retrieval(RetrievalSettings(min_items=1_000, candidates=50, rebuild_s=0.01))
+    retrieval.build_now(vectors, bias, users)
+    index = retrieval.index
+    assert index is not None
+    retrieval.recent.extend(users)
+    counts = np.bincount(top_rows(vectors, bias, users).ravel(), minlength=N)
+    counts[MOVED] = -1
+    hot = np.argsort(-counts)[: len(MOVED)]
+    swapped = np.concatenate([MOVED, hot])
+    later, later_bias = vectors.copy(), bias.copy()
+    later[swapped], later_bias[swapped] = vectors[np.concatenate([hot, MOVED])], bias[np.concatenate([hot, MOVED])]
+    distances = np.hypot(np.linalg.norm(later - vectors, axis=1), later_bias - bias)[swapped]
+    retrieval.moved(swapped, distances.astype(np.float32))
+    assert np.isin(top_rows(later, later_bias, users), MOVED).mean() > 0.2  # the check fails without them
+    time.sleep(max(0.02, 4 * index.build_s))
+    retrieval.refresh(ServedTable(torch.from_numpy(later), torch.from_numpy(later_bias)), N)
+    retrieval.wait()
+    assert retrieval.index is index and retrieval.builds == 0 and index.updated == len(swapped)
+    assert index.recall >= 0.99 - ann.SLACK

@@ -148,7 +148,8 @@ class Retrieval:
         large, the index is missing, older than ``rebuild_s`` or not calibrated while
         ``calibration_requests`` requests are there to calibrate on, and no build is running;
         an index older than ``rebuild_s`` that still holds (:meth:`Index.holds`, on the
-        latest requests) is kept instead. A younger one has the rows that moved coded anew
+        latest requests, once the rows that moved are coded anew as a step would) is kept
+        instead. A younger one has the rows that moved coded anew
         (:meth:`_update`), every :data:`UPDATE_S` at most.
 
         A build calibrates on the latest requests' user vectors or, with fewer than
@@ -181,9 +182,11 @@ class Retrieval:
             return
         with self._drift_lock:  # moves of the publishes from now on are not in the table's rows
             self._pending = np.zeros(n, dtype=np.float32)
-        # one that grew old, but holds the catalog and was calibrated, is checked first (Index.holds)
+        # one that grew old, but holds the catalog and was calibrated, is checked first (Index.holds),
+        # its rows that moved coded anew before, as a step would
         check = index if index is not None and not np.isnan(index.calibrated) else None
-        args = (table, stored, self._layout, check)
+        far = self._far(check) if check is not None else np.zeros(0, dtype=np.int64)
+        args = (table, stored, self._layout, check, far)
         threading.Thread(target=self._build, args=args, name="freshrec-index", daemon=True).start()
 
     @property
@@ -210,6 +213,15 @@ class Retrieval:
             return rows
 
     def _update(self, index: Index, table: ServedTable, rows: npt.NDArray[np.int64]) -> None:
+        """A step: :meth:`_code`, in the build's thread."""
+        try:
+            _in_background()
+            self._code(index, table, rows)
+        finally:
+            self._updated_at = time.monotonic()
+            self._building.release()
+
+    def _code(self, index: Index, table: ServedTable, rows: npt.NDArray[np.int64]) -> None:
         """Code ``rows`` (:meth:`_far`) anew in ``index`` from ``table``, with the item tower's
         part of the rows the index was built on, whatever tower serves now.
 
@@ -222,7 +234,6 @@ class Retrieval:
         as with every changed row (341,637) coded so, or those that moved half or a quarter
         as far (``benchmarks/drift.py``)."""
         try:
-            _in_background()
             started = time.perf_counter()
             if len(rows) and self.index is index:
                 index.update(rows, *table.rows(rows, self._tower))
@@ -234,9 +245,6 @@ class Retrieval:
         except Exception:
             log.exception("could not update the candidate index")
             self.moved(rows, np.full(len(rows), 2 * index.error, dtype=np.float32))  # they wait for the next step
-        finally:
-            self._updated_at = time.monotonic()
-            self._building.release()
 
     def _current(self, index: Index, table: ServedTable) -> bool:
         """Whether a build now would make ``index`` again (then a check that falls short
@@ -256,10 +264,13 @@ class Retrieval:
         stored: Callable[[], npt.NDArray[np.float32] | None],
         layout: int,
         check: Index | None,
+        far: npt.NDArray[np.int64],
     ) -> None:
         try:
             started = time.perf_counter()
             _in_background()
+            if check is not None:
+                self._code(check, table, far)
             latest = self.recent.copy()  # one C call: searches append meanwhile, and iterating would fail
             requests = np.array(latest, dtype=np.float32) if len(latest) >= MIN_CALIBRATION else None
             queries = requests if requests is not None else stored()
