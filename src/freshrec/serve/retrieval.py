@@ -9,7 +9,8 @@ build are always candidates, and so are the calibration's hits
 (:func:`~freshrec.serve.exact.hits`). Each build measures its own recall on the latest
 requests (``/metrics``: ``freshrec_candidate_index_recall``) and probes as few lists as
 reach ``target_recall``; every ``rebuild_s`` the index is checked on the latest requests
-and rebuilt only where it no longer finds as much, even probing half as many lists again
+(the rows that moved since the last step coded anew first) and rebuilt only where it no
+longer finds as much, even probing half as many lists again
 (:meth:`~freshrec.serve.index.Index.holds`). Between builds, the rows the learner moved
 further than the codes' typical error since they were coded are coded anew every
 :data:`UPDATE_S` (:meth:`~freshrec.serve.index.Index.update`).
