@@ -71,6 +71,19 @@ def built(seed: int) -> tuple[Retrieval, Index, np.ndarray, np.ndarray]:
     return retrieval, retrieval.index, vectors, bias
 
 
+def checked_soon(seed: int) -> tuple[Retrieval, Index, np.ndarray, np.ndarray, np.ndarray]:
+    """A retrieval with an index built and calibrated on random rows and 200 users, kept as the
+    latest requests, checked at a refresh once it is old (``rebuild_s`` 0.01); the rows and users."""
+    rng = np.random.default_rng(seed)
+    vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
+    users = rng.normal(size=(200, 16)).astype(np.float32)
+    retrieval = Retrieval(RetrievalSettings(min_items=1_000, candidates=50, rebuild_s=0.01))
+    retrieval.build_now(vectors, bias, users)
+    assert retrieval.index is not None
+    retrieval.recent.extend(users)
+    return retrieval, retrieval.index, vectors, bias, users
+
+
 @pytest.mark.parametrize("rounds", [1, 3])
 def test_an_index_with_rows_coded_anew_is_the_index_built_on_the_new_rows(rounds: int) -> None:
     """Every list probed, an index whose moved rows were coded anew (once, or three times
@@ -271,14 +284,8 @@ def test_a_check_on_an_index_a_build_would_make_again_probes_more_lists_instead(
     index: a check that falls short probes as many lists as it takes, past the bound on
     other checks, and that becomes its calibration. (The index probes too few lists here,
     as if the requests had moved to where it needs more.)"""
-    rng = np.random.default_rng(11)
-    vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
-    users = rng.normal(size=(200, 16)).astype(np.float32)
-    retrieval = Retrieval(RetrievalSettings(min_items=1_000, candidates=50, rebuild_s=0.01))
-    retrieval.build_now(vectors, bias, users)
-    index = retrieval.index
-    assert index is not None and index.calibrated_probes >= 8
-    retrieval.recent.extend(users)
+    retrieval, index, vectors, bias, _ = checked_soon(11)
+    assert index.calibrated_probes >= 8
     index.calibrated_probes = index.index.nprobe = 2  # its bound: 3 lists, too few
     table = ServedTable(torch.from_numpy(vectors), torch.from_numpy(bias))
     assert retrieval._current(index, table)
@@ -382,14 +389,7 @@ def test_a_check_codes_the_rows_that_moved_before_it_measures(monkeypatch: pytes
     step runs before the check."""
     monkeypatch.setattr(background, "UPDATE_S", 1e9)  # no step: only the check codes them
     monkeypatch.setattr(ann, "hits", no_hits)
-    rng = np.random.default_rng(12)
-    vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
-    users = rng.normal(size=(200, 16)).astype(np.float32)
-    retrieval = Retrieval(RetrievalSettings(min_items=1_000, candidates=50, rebuild_s=0.01))
-    retrieval.build_now(vectors, bias, users)
-    index = retrieval.index
-    assert index is not None
-    retrieval.recent.extend(users)
+    retrieval, index, vectors, bias, users = checked_soon(12)
     counts = np.bincount(top_rows(vectors, bias, users).ravel(), minlength=N)
     counts[MOVED] = -1
     hot = np.argsort(-counts)[: len(MOVED)]

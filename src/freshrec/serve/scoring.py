@@ -32,7 +32,7 @@ SPARE_POLL_S = 0.002
 MOVED_CHUNK = 1 << 15
 """Rows :func:`moved` compares at a time. Why: after a whole snapshot with a newer item tower
 it compares every row, less the towers' parts; on a million items, in one piece, 1.1 to 1.7 s
-of a core (seven temporaries of 256 MB), in these pieces 0.1 s."""
+of a core (temporaries of 256 MB each), in these pieces 0.1 s."""
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ def build_scoring(
     net.eval()
     rows = _changed(snapshot, view, previous, served) if aligned else None
     same_text = previous is not None and previous.view is view and same(previous.tower, served)
-    kept = previous.text_part if previous is not None and same_text else None
+    kept = previous.text_part if same_text and previous is not None else None  # what the tower made of the text
     if rows is not None:
         assert previous is not None and previous.vectors is not None and previous.bias is not None
         if tables is not None and len(tables.vectors) == len(previous.vectors):
