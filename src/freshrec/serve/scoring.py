@@ -202,8 +202,9 @@ def build_scoring(
         net = SequenceNet.from_state(state, text, s, rating_scale=snapshot.rating_scale)
     net.eval()
     rows = _changed(snapshot, view, previous, served) if aligned else None
-    same_text = previous is not None and previous.view is view and same(previous.tower, served)
-    kept = previous.text_part if same_text and previous is not None else None  # what the tower made of the text
+    kept = None  # what the served tower made of the items' text, on the same view
+    if previous is not None and previous.view is view and same(previous.tower, served):
+        kept = previous.text_part
     if rows is not None:
         assert previous is not None and previous.vectors is not None and previous.bias is not None
         if tables is not None and len(tables.vectors) == len(previous.vectors):
