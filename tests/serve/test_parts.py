@@ -190,16 +190,57 @@ def test_requests_ready_together_share_one_model_pass() -> None:
     from freshrec.serve.batching import Batcher
 
     calls: list[int] = []
-    batcher = Batcher(run=lambda requests: calls.append(len(requests)))
+    batcher = Batcher(run=lambda requests: calls.append(len(requests)), finish=lambda r: [r.name])  # type: ignore[attr-defined]
 
-    async def main() -> None:
-        pending = [SimpleNamespace(result=None) for _ in range(3)]
-        await asyncio.gather(*(batcher.encode(r) for r in pending))  # type: ignore[arg-type]
-        await batcher.encode(SimpleNamespace(result=None))  # type: ignore[arg-type]
-        await batcher.encode(SimpleNamespace(result=["done"]))  # type: ignore[arg-type]  # needs no pass
+    async def main() -> list[object]:
+        pending = [SimpleNamespace(result=None, name=n) for n in range(3)]
+        lists = await asyncio.gather(*(batcher.rank(r) for r in pending))  # type: ignore[arg-type]
+        await batcher.rank(SimpleNamespace(result=None, name=3))  # type: ignore[arg-type]
+        settled = await batcher.rank(SimpleNamespace(result=["done"]))  # type: ignore[arg-type]  # needs no pass
+        return [*lists, settled]
 
-    asyncio.run(main())
-    assert calls == [3, 1]
+    try:
+        assert asyncio.run(main()) == [[0], [1], [2], ["done"]]
+        assert calls == [3, 1]
+    finally:
+        batcher.close()
+
+
+def test_requests_that_come_while_a_pass_runs_make_the_next_batch_and_the_loop_stays_free() -> None:
+    import asyncio
+    import threading
+    from types import SimpleNamespace
+
+    from freshrec.serve.batching import Batcher
+
+    release = threading.Event()
+    batches: list[list[int]] = []
+    threads: set[str] = set()
+
+    def run(requests: list[SimpleNamespace]) -> None:
+        threads.add(threading.current_thread().name)
+        batches.append([r.name for r in requests])
+        if len(batches) == 1:
+            assert release.wait(5), "the loop was blocked by the pass"
+
+    batcher = Batcher(run=run, finish=lambda r: [r.name])  # type: ignore[arg-type, attr-defined]
+
+    async def main() -> list[object]:
+        first = asyncio.ensure_future(batcher.rank(SimpleNamespace(result=None, name=0)))  # type: ignore[arg-type]
+        while not batches:  # the first pass runs; the loop goes on meanwhile
+            await asyncio.sleep(0.001)
+        later = [asyncio.ensure_future(batcher.rank(SimpleNamespace(result=None, name=n))) for n in (1, 2, 3)]  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        assert len(batches) == 1, "a second pass started beside the first"
+        release.set()
+        return await asyncio.gather(first, *later)
+
+    try:
+        assert asyncio.run(main()) == [[0], [1], [2], [3]]
+        assert batches == [[0], [1, 2, 3]]
+        assert len(threads) == 1 and threads != {threading.current_thread().name}
+    finally:
+        batcher.close()
 
 
 def test_a_failed_model_pass_fails_each_of_its_requests_and_the_next_batch_runs() -> None:
@@ -215,18 +256,31 @@ def test_a_failed_model_pass_fails_each_of_its_requests_and_the_next_batch_runs(
         if len(calls) == 1:
             raise RuntimeError("broken pass")
 
-    batcher = Batcher(run=run)  # type: ignore[arg-type]
+    def finish(request: SimpleNamespace) -> list[object]:
+        if request.name == "bad":
+            raise ValueError("broken list")
+        return [request.name]
 
-    async def main() -> list[object]:
+    batcher = Batcher(run=run, finish=finish)  # type: ignore[arg-type]
+
+    async def main() -> tuple[list[object], list[object]]:
         failed = await asyncio.gather(
-            *(batcher.encode(SimpleNamespace(result=None)) for _ in range(2)),  # type: ignore[arg-type]
+            *(batcher.rank(SimpleNamespace(result=None, name=n)) for n in range(2)),  # type: ignore[arg-type]
             return_exceptions=True,
         )
-        await batcher.encode(SimpleNamespace(result=None))  # type: ignore[arg-type]
-        return failed
+        # one request's failure after the pass is its own
+        mixed = await asyncio.gather(
+            *(batcher.rank(SimpleNamespace(result=None, name=n)) for n in ("bad", "good")),  # type: ignore[arg-type]
+            return_exceptions=True,
+        )
+        return failed, mixed
 
-    failed = asyncio.run(main())
-    assert [str(f) for f in failed] == ["broken pass", "broken pass"] and calls == [2, 1]
+    try:
+        failed, mixed = asyncio.run(main())
+    finally:
+        batcher.close()
+    assert [str(f) for f in failed] == ["broken pass", "broken pass"] and calls == [2, 2]
+    assert isinstance(mixed[0], ValueError) and mixed[1] == ["good"]
 
 
 def test_a_request_that_waited_past_the_deadline_is_refused_without_its_model_pass() -> None:
@@ -239,8 +293,11 @@ def test_a_request_that_waited_past_the_deadline_is_refused_without_its_model_pa
     ran: list[list[str]] = []
     shed: list[int] = []
     batcher = Batcher(
-        run=lambda requests: ran.append([r.name for r in requests]), deadline_s=0.5, shed=lambda: shed.append(1)
-    )  # type: ignore[attr-defined]
+        run=lambda requests: ran.append([r.name for r in requests]),  # type: ignore[attr-defined]
+        finish=lambda r: [],
+        deadline_s=0.5,
+        shed=lambda: shed.append(1),
+    )
 
     async def main() -> list[object]:
         now = time.monotonic()
@@ -248,18 +305,26 @@ def test_a_request_that_waited_past_the_deadline_is_refused_without_its_model_pa
             SimpleNamespace(result=None, arrived=now - 0.6, name="late"),
             SimpleNamespace(result=None, arrived=now, name="fresh"),
         )
-        return await asyncio.gather(batcher.encode(late), batcher.encode(fresh), return_exceptions=True)  # type: ignore[arg-type]
+        return await asyncio.gather(batcher.rank(late), batcher.rank(fresh), return_exceptions=True)  # type: ignore[arg-type]
 
     late, fresh = asyncio.run(main())
-    assert isinstance(late, Overloaded) and "waited 6" in str(late) and fresh is None
+    assert isinstance(late, Overloaded) and "waited 6" in str(late) and fresh == []
     assert ran == [["fresh"]] and shed == [1]
     # nobody in time: no pass at all
     old = SimpleNamespace(result=None, arrived=time.monotonic() - 1.0, name="old")
 
     async def alone() -> list[object]:
-        return await asyncio.gather(batcher.encode(old), return_exceptions=True)  # type: ignore[arg-type]
+        return await asyncio.gather(batcher.rank(old), return_exceptions=True)  # type: ignore[arg-type]
 
     assert isinstance(asyncio.run(alone())[0], Overloaded) and ran == [["fresh"]] and shed == [1, 1]
+    batcher.close()
+    # closed (the server stops): a request fails at once instead of waiting for ever
+    after = SimpleNamespace(result=None, arrived=time.monotonic(), name="after")
+
+    async def closed() -> list[object]:
+        return await asyncio.gather(batcher.rank(after), return_exceptions=True)  # type: ignore[arg-type]
+
+    assert isinstance(asyncio.run(closed())[0], RuntimeError) and ran == [["fresh"]]
 
 
 def test_the_learners_safeguard_counts_become_prometheus_counters(tmp_path: Path) -> None:

@@ -28,7 +28,6 @@ from freshrec.bus import RedisBus
 from freshrec.runtime import ARM_SNAPSHOT, SNAPSHOT, exit_cleanly, limit_threads
 from freshrec.serve.api import create_app
 from freshrec.serve.auth import Keys
-from freshrec.serve.index import search_threads
 from freshrec.serve.replica import Replica
 from freshrec.serve.service import Service
 from freshrec.settings import Settings
@@ -215,7 +214,6 @@ class Engine:
             refreeze = Refreeze()
             for models in (self.service.models, *arms.values()):
                 models.settle = refreeze
-        search_threads(self.settings.serve.torch_threads)  # this thread runs the event loop, which searches
         if self.replica is not None:
             self.replica.start()
         else:

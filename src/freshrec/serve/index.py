@@ -382,8 +382,9 @@ def _fewest(recall: Callable[[int], float], target: float, most: int, below: int
 
 def search_threads(n: int) -> None:
     """``n`` OpenMP threads for the index's searches made from the calling thread (the
-    server's event loop; faiss keeps the setting per thread, and a build's thread sets its
-    own, :meth:`Retrieval._build <freshrec.serve.retrieval.Retrieval._build>`).
+    server's model thread, :mod:`freshrec.serve.batching`; faiss keeps the setting per
+    thread, and a build's thread sets its own, :meth:`Retrieval._build
+    <freshrec.serve.retrieval.Retrieval._build>`).
 
     Why: faiss's OpenMP takes every core by default and waits for the slowest of its
     threads; with the learner busy on the other core a search of 4 users (300 of 2,000

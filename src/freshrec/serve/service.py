@@ -36,12 +36,13 @@ from freshrec.serve.experiments import Experiment, new_list_id
 from freshrec.serve.explain import Ranked
 from freshrec.serve.fallback import Popularity
 from freshrec.serve.figures import Figures
+from freshrec.serve.index import search_threads
 from freshrec.serve.intake import Intake
 from freshrec.serve.items import CatalogWriter
 from freshrec.serve.live import Live
 from freshrec.serve.metrics import Metrics
 from freshrec.serve.models import Models
-from freshrec.serve.ranker import Options, Ranker, finish
+from freshrec.serve.ranker import Options, Ranker
 from freshrec.serve.rules import RuleError, parse
 from freshrec.serve.trending import Trending
 from freshrec.settings import Settings
@@ -109,7 +110,11 @@ class Service:
         self.trending.seed(store)
         counts = (self.popularity, self.trending)
         shed_after = settings.serve.shed_after_ms / 1e3 if settings.serve.shed_after_ms else None
-        self.batcher = Batcher(deadline_s=shed_after, shed=self.metrics.shed.inc)
+        self.batcher = Batcher(
+            deadline_s=shed_after,
+            shed=self.metrics.shed.inc,
+            starting=lambda: search_threads(settings.serve.torch_threads),
+        )
         self.intake = Intake(store, settings, self.validator, self.metrics, counts, self.live)
         self.models = Models(self.ranker, settings.cluster, self.metrics)
         self.experiment: Experiment | None = None
@@ -167,6 +172,7 @@ class Service:
 
     def close(self) -> None:
         self._stop.set()
+        self.batcher.close()
         self.models.close()
         for models in self._arm_models():
             models.close()
@@ -214,8 +220,7 @@ class Service:
     ) -> tuple[str | None, list[Ranked]]:
         request = ranker.plan(history, self.clock(), options, self.popularity.top)
         request.arrived = arrived
-        await self.batcher.encode(request)
-        items = finish(request)
+        items = await self.batcher.rank(request)
         self.metrics.recommendations.labels(request.source).inc()
         return request.scoring.version, items
 
