@@ -262,7 +262,7 @@ class SequenceNet(nn.Module):
         )
         query = self.query + self.features(q_feats.float())
         if self.user_id is not None and user is not None and self.user_id.num_embeddings:
-            known = (user >= 0) & (user < self.user_id.num_embeddings)
+            known = (user >= 0) & (user < self.user_id.weight.shape[0])  # a traced pass reads it from the table
             rows = F.embedding(torch.where(known, user, 0), self.user_id.weight, sparse=sparse)
             query = query + rows * known.unsqueeze(1)
         query = query.unsqueeze(1)

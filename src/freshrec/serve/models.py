@@ -16,6 +16,7 @@ from freshrec.model.deltas import SnapshotDelta
 from freshrec.model.snapshot import Snapshot
 from freshrec.pacing import Paced
 from freshrec.serialization import Malformed
+from freshrec.serve import traced
 from freshrec.serve.metrics import Metrics
 from freshrec.serve.ranker import Ranker
 from freshrec.settings import ClusterSettings
@@ -130,6 +131,7 @@ class Models:
     def _publish(self, snapshot: Snapshot) -> None:
         started = time.perf_counter()
         self.ranker.publish(snapshot)
+        traced.prepare(self.ranker.scoring)  # a new network shape's graph, traced once
         self.metrics.publish_seconds.observe(time.perf_counter() - started)
         parsed = self._parsed
         if parsed is not None and parsed[0] == snapshot.serial:

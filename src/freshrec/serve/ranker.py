@@ -24,6 +24,7 @@ from cachetools import LRUCache
 from freshrec.domain import Event, ItemId
 from freshrec.model.sequence import HistoryTensors, SequenceNet
 from freshrec.model.snapshot import Snapshot
+from freshrec.serve import traced
 from freshrec.serve.blend import Blended, ServedBlend, contexts
 from freshrec.serve.catalog import Catalog, CatalogView
 from freshrec.serve.explain import Because, Ranked, because_of, ranked, reasons
@@ -293,9 +294,8 @@ class Request:
 
 @torch.inference_mode()
 def encode(requests: Sequence[Request]) -> None:
-    """User vectors of every request that needs the model, one forward pass per
-    model version: the per-operation overhead of a pass is paid once for all
-    of them, which is what keeps a busy server's latency flat."""
+    """User vectors of every request that needs the model, one (traced) pass per model
+    version: its fixed cost is paid once for all of them (:mod:`~freshrec.serve.traced`)."""
     groups: dict[int, list[Request]] = {}
     for r in requests:
         if r.result is None and r.users is None:
@@ -305,8 +305,8 @@ def encode(requests: Sequence[Request]) -> None:
         assert sc.net is not None and sc.vectors is not None and sc.snapshot is not None
         histories = [r.histories() for r in group]
         rows = [(h, r.now, r.user) for r, hs in zip(group, histories, strict=True) for h in hs]
-        t = history_tensors(sc, rows, sc.snapshot.settings.history_length)
-        users = sc.net.users(sc.vectors, **t)
+        t = history_tensors(sc, rows, sc.snapshot.settings.history_length, wide=True)
+        users = traced.users(sc, t)
         mixed = None
         if group[0].blend is not None:  # one ranker per scoring: all or none of the group
             assert sc.bias is not None

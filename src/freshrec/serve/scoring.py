@@ -68,8 +68,7 @@ class Scoring:
 
 
 def unit_rows(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.asarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+    return np.asarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -357,11 +356,13 @@ def promoted(
     return sorted([*lifted, *extra, *plain], key=lambda c: (-scores[c], c))
 
 
-def history_tensors(sc: Scoring, rows: Sequence[tuple[Sequence[Event], float, int]], length: int) -> HistoryTensors:
-    """Right-aligned, left-padded tensors of several ``(history, now, user row)``
-    rows (oldest event first), as wide as the longest history: the encoder reads
-    a shorter history in fewer steps."""
-    length = max(1, min(length, max(len(h) for h, _, _ in rows)))
+def history_tensors(
+    sc: Scoring, rows: Sequence[tuple[Sequence[Event], float, int]], length: int, wide: bool = False
+) -> HistoryTensors:
+    """Right-aligned, left-padded tensors of several ``(history, now, user row)`` rows
+    (oldest event first), as wide as the longest history (the encoder reads a shorter
+    history in fewer steps) or, ``wide``, ``length`` (:mod:`~freshrec.serve.traced`)."""
+    length = length if wide else max(1, min(length, max(len(h) for h, _, _ in rows)))
     codes = sc.view.codes
     pasts = [
         [
