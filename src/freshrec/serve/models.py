@@ -39,6 +39,11 @@ whole snapshot copies the whole table (half a second of a core); spaced by its s
 the next came five seconds later with 104,000 rows changed: 4 builds in 30 s under 200
 requests/s and 500 events/s (mean 688 ms), serving up to 10 s behind the learner."""
 
+SLOW_BUILD_S = 0.1
+"""A delta's build that takes longer is logged (debug), with the processor time it took: the
+rest is waiting, for the interpreter lock or for the requests still reading the table it
+writes over (:meth:`~freshrec.serve.scoring.Behind.spare_for`)."""
+
 
 class Models:
     """Receives snapshots (from the learner's pipe, the bus or the store) and has the
@@ -129,10 +134,16 @@ class Models:
             self._publishing.notify()
 
     def _publish(self, snapshot: Snapshot) -> None:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         self.ranker.publish(snapshot)
         traced.prepare(self.ranker.scoring)  # a new network shape's graph, traced once
-        self.metrics.publish_seconds.observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self.metrics.publish_seconds.observe(took)
+        if snapshot.changed is not None and took > SLOW_BUILD_S:
+            log.debug(
+                "built a model delta of %d changed rows in %.0f ms, %.0f ms of it this thread's processor time",
+                len(snapshot.changed), took * 1e3, (time.thread_time() - cpu) * 1e3,
+            )  # fmt: skip
         parsed = self._parsed
         if parsed is not None and parsed[0] == snapshot.serial:
             self._parsed = None
