@@ -404,3 +404,33 @@ def test_a_check_codes_the_rows_that_moved_before_it_measures(monkeypatch: pytes
     retrieval.wait()
     assert retrieval.index is index and retrieval.builds == 0 and index.updated == len(swapped)
     assert index.recall >= 0.99 - ann.SLACK
+
+
+def test_a_build_in_the_background_keeps_no_table_from_being_written_over() -> None:
+    """While a first index builds (calibrated on stored users, which it asks for), the second
+    delta after the model it builds on writes over that model's table, at once: the build
+    holds no scoring (a build's holding one made such a publish wait a second, then copy
+    the whole table: publishes of 2 s on a million items)."""
+    asked, go = threading.Event(), threading.Event()
+
+    def stored(users: int, length: int) -> tuple[list[list[Any]], float]:
+        asked.set()
+        assert go.wait(30)
+        return [], time.time()
+
+    base = snapshot()
+    ranker = Ranker(catalog(), CALIBRATED, stored)
+    try:
+        ranker.publish(base)
+        assert asked.wait(30), "the first build did not ask for stored users"
+        assert ranker.scoring.vectors is not None
+        first = ranker.scoring.vectors
+        one = with_rows(base, MOVED, 0.5, seed=3)
+        ranker.publish(as_delta(base, one))
+        started = time.monotonic()
+        ranker.publish(as_delta(one, with_rows(one, NUDGED, 0.5, seed=4)))
+        assert time.monotonic() - started < 0.5
+        assert ranker.scoring.vectors is first  # written over, not copied
+    finally:
+        go.set()
+        ranker.retrieval.wait()

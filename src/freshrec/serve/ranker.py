@@ -63,8 +63,7 @@ class Options:
 
 
 SPARE_WAIT_S = 1.0
-"""How long a build waits for the requests that still read the item table it would write
-over (see :meth:`Behind.spare_for`); a request takes milliseconds."""
+"""How long a build waits for the requests still reading the table it would write over (:meth:`Behind.spare_for`)."""
 
 
 Popular = Callable[[], Sequence[tuple[ItemId, float]]]
@@ -124,18 +123,21 @@ class Ranker:
             if self.retrieval.tracking:  # (not ready) from the moment its model is served
                 self.retrieval.moved(*moved(previous, sc))  # previous's table is intact until the swap
             table = ServedTable(sc.vectors, sc.bias, sc.text_part, sc.tower)
-            self.retrieval.refresh(table, len(sc.view), lambda: self._stored_users(sc))
+            self.retrieval.refresh(table, len(sc.view), self._stored_users)
         self.scoring = sc
         self.blend.prepare(sc.view)
         if self.scoring.net is not None:
             self._spares.append((weakref.ref(self.scoring), self.scoring.net))
             del self._spares[:-4]
 
-    def _stored_users(self, sc: Scoring) -> npt.NDArray[np.float32] | None:
-        if self.stored is None or sc.snapshot is None:
+    def _stored_users(self) -> npt.NDArray[np.float32] | None:
+        """Stored users' vectors by the scoring served once they are read (held for a build or a
+        read, a scoring kept its table from being written over: :meth:`Behind.spare_for`)."""
+        snapshot = self.scoring.snapshot
+        if self.stored is None or snapshot is None:
             return None
-        histories, now = self.stored(self.retrieval.settings.calibration_requests, sc.snapshot.settings.history_length)
-        return user_vectors(sc, histories, now)
+        histories, now = self.stored(self.retrieval.settings.calibration_requests, snapshot.settings.history_length)
+        return user_vectors(self.scoring, histories, now)
 
     def _spare(self) -> SequenceNet | None:
         """A network whose scoring is gone: no request can be using it."""
@@ -154,10 +156,9 @@ class Ranker:
         popular: Popular = lambda: (),
         held: Sequence[Event] | None = None,
     ) -> list[Ranked]:
-        """Top ``options.k`` items for a user with this history (oldest first). With
-        ``held``, the blend weighs the features with the weights of that history's context
-        (length, time since its last event) instead: what an explanation's leave-one-out
-        does, so that it measures what an event adds, not a switch of weights."""
+        """Top ``options.k`` items for a user with this history (oldest first). With ``held``,
+        the blend weighs the features with the weights of that history's context instead (an
+        explanation's leave-one-out: it measures what an event adds, not a switch of weights)."""
         request = self.plan(history, now, options, popular)
         if held is not None and request.past:
             request.held = [e for e in held if e.item_id in request.scoring.view.codes]
@@ -165,8 +166,7 @@ class Ranker:
         return finish(request)
 
     def plan(self, history: Sequence[Event], now: float, options: Options, popular: Popular = lambda: ()) -> Request:
-        """Everything of :meth:`recommend` up to the model's forward pass, which
-        :func:`encode` then runs for many requests at once.
+        """Everything of :meth:`recommend` up to the model's pass (:func:`encode`, batched).
 
         A user without a usable history gets ``popular()`` items, diversified;
         before any model is published, a user with history gets the items
