@@ -28,7 +28,7 @@ from freshrec.serve.ranker import Ranker
 from freshrec.serve.retrieval import Retrieval, ServedTable
 from freshrec.serve.scoring import Scoring, moved
 from freshrec.settings import ClusterSettings, RetrievalSettings
-from tests.serve.test_retrieval import CALIBRATED, N, catalog, no_hits, snapshot
+from tests.serve.test_retrieval import CALIBRATED, T0, N, catalog, clicks, no_hits, snapshot
 
 MOVED = np.arange(100, 4_100, 40)
 """The rows the learner moves far (100 of them)."""
@@ -410,13 +410,14 @@ def test_a_build_in_the_background_keeps_no_table_from_being_written_over() -> N
     """While a first index builds (calibrated on stored users, which it asks for), the second
     delta after the model it builds on writes over that model's table, at once: the build
     holds no scoring (a build's holding one made such a publish wait a second, then copy
-    the whole table: publishes of 2 s on a million items)."""
+    the whole table: publishes of 2 s on a million items). The build still calibrates on
+    the stored users, by the model it was started with."""
     asked, go = threading.Event(), threading.Event()
 
     def stored(users: int, length: int) -> tuple[list[list[Any]], float]:
         asked.set()
         assert go.wait(30)
-        return [], time.time()
+        return clicks(np.random.default_rng(1), users), T0 + 100
 
     base = snapshot()
     ranker = Ranker(catalog(), CALIBRATED, stored)
@@ -434,3 +435,5 @@ def test_a_build_in_the_background_keeps_no_table_from_being_written_over() -> N
     finally:
         go.set()
         ranker.retrieval.wait()
+    index = ranker.retrieval.index
+    assert index is not None and index.stand_in and index.calibrated >= CALIBRATED.target_recall

@@ -9,6 +9,7 @@ list), :func:`encode` (the forward pass, batched over requests) and
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import weakref
@@ -93,9 +94,8 @@ class Ranker:
         self.scoring = build_scoring(None, catalog.view)
 
     def publish(self, snapshot: Snapshot | None) -> None:
-        """Serve ``snapshot`` from now on (called from the publisher thread); its blend,
-        if it brings one, too (:class:`~freshrec.serve.models.Models` hands blends over
-        as snapshots arrive, and publishes them without)."""
+        """Serve ``snapshot`` from now on (the publisher's thread); its blend, if it brings one,
+        too (:class:`~freshrec.serve.models.Models` hands blends over as they arrive)."""
         if snapshot is not None and snapshot.blend is not None:
             self.blend.take(snapshot.blend, snapshot.settings)
         with self._lock:
@@ -123,21 +123,21 @@ class Ranker:
             if self.retrieval.tracking:  # (not ready) from the moment its model is served
                 self.retrieval.moved(*moved(previous, sc))  # previous's table is intact until the swap
             table = ServedTable(sc.vectors, sc.bias, sc.text_part, sc.tower)
-            self.retrieval.refresh(table, len(sc.view), self._stored_users)
+            self.retrieval.refresh(table, len(sc.view), functools.partial(self._stored_users, weakref.ref(sc)))
         self.scoring = sc
         self.blend.prepare(sc.view)
         if self.scoring.net is not None:
             self._spares.append((weakref.ref(self.scoring), self.scoring.net))
             del self._spares[:-4]
 
-    def _stored_users(self) -> npt.NDArray[np.float32] | None:
-        """Stored users' vectors by the scoring served once they are read (held for a build or a
-        read, a scoring kept its table from being written over: :meth:`Behind.spare_for`)."""
-        snapshot = self.scoring.snapshot
+    def _stored_users(self, made: weakref.ref[Scoring]) -> npt.NDArray[np.float32] | None:
+        """Stored users' vectors by the scoring ``made`` (or the one served, if it is gone), held
+        weakly: held by a build, it kept its table from being written over (:meth:`Behind.spare_for`)."""
+        snapshot = (made() or self.scoring).snapshot
         if self.stored is None or snapshot is None:
             return None
         histories, now = self.stored(self.retrieval.settings.calibration_requests, snapshot.settings.history_length)
-        return user_vectors(self.scoring, histories, now)
+        return user_vectors(made() or self.scoring, histories, now)
 
     def _spare(self) -> SequenceNet | None:
         """A network whose scoring is gone: no request can be using it."""
