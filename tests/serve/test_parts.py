@@ -243,6 +243,37 @@ def test_requests_that_come_while_a_pass_runs_make_the_next_batch_and_the_loop_s
         batcher.close()
 
 
+def test_a_batch_a_closed_loop_left_behind_does_not_hold_up_the_next_loops_requests() -> None:
+    import asyncio
+    import threading
+    from types import SimpleNamespace
+
+    from freshrec.serve.batching import Batcher
+
+    release = threading.Event()
+
+    def run(requests: list[SimpleNamespace]) -> None:
+        if requests[0].name == "first":
+            release.wait(5)
+
+    batcher = Batcher(run=run, finish=lambda r: [r.name])  # type: ignore[arg-type, attr-defined]
+
+    async def first() -> None:
+        waiting = asyncio.ensure_future(batcher.rank(SimpleNamespace(result=None, name="first")))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)  # its pass is running when the loop closes
+        assert not waiting.done()
+
+    async def second() -> list[object]:
+        return await asyncio.wait_for(batcher.rank(SimpleNamespace(result=None, name="second")), 5)  # type: ignore[arg-type]
+
+    try:
+        asyncio.run(first())
+        release.set()
+        assert asyncio.run(second()) == ["second"]
+    finally:
+        batcher.close()
+
+
 def test_a_failed_model_pass_fails_each_of_its_requests_and_the_next_batch_runs() -> None:
     import asyncio
     from types import SimpleNamespace

@@ -14,9 +14,12 @@ exact scoring of the candidates): on the event loop it held the loop in each of 
 steps, and the requests' HTTP parsing, store reads and answers waited behind it.
 Under 200 requests/s and 500 events/s on the million-item shop the loop's thread was
 busy in 81% of the samples, a good half of it in those steps, and queued (p99 50-250
-ms). Torch, faiss and NumPy release the interpreter lock in their kernels, so the
-pass and the loop's work overlap on two cores; and a batch now takes every request
-that came while the previous one ran, which shares the pass's fixed costs more.
+ms). The search and the encoder's traced pass (:mod:`~freshrec.serve.traced`) each give
+the interpreter lock up once for their whole work, so they overlap with the loop's on
+two cores; and a batch takes every request that came while the previous one ran, which
+shares the pass's fixed costs more. (Tried before the pass was traced, a thread of its
+own made requests slower: the eager pass gave the lock up at each of its hundred small
+operations, and waited for it at each.)
 
 A server asked for more than it can rank falls behind: requests wait longer and
 longer, and ranking a request its client gave up on long ago takes the time of the
@@ -70,8 +73,9 @@ class Batcher:
         self.deadline_s = deadline_s
         self.shed = shed
         self.pending: list[tuple[Request, asyncio.Future[list[Ranked]]]] = []
-        self._busy = False
-        """A batch is being ranked, or a flush is due: the requests coming meanwhile wait for it."""
+        self._busy: asyncio.AbstractEventLoop | None = None
+        """The loop for which a batch is being ranked, or a flush is due: the requests coming
+        meanwhile wait for it (another loop's, one closed meanwhile, does not hold them up)."""
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="freshrec-model", initializer=starting)
 
     async def rank(self, request: Request) -> list[Ranked]:
@@ -82,8 +86,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[Ranked]] = loop.create_future()
         self.pending.append((request, done))
-        if not self._busy:
-            self._busy = True
+        if self._busy is not loop:
+            self._busy = loop
             loop.call_soon(self._flush, loop)
         return await done
 
@@ -146,7 +150,7 @@ class Batcher:
         if self.pending:
             loop.call_soon(self._flush, loop)
         else:
-            self._busy = False
+            self._busy = None
 
     def close(self) -> None:
         self._thread.shutdown(wait=True, cancel_futures=True)
