@@ -12,9 +12,9 @@ Why a graph per shape, bound to a network at each call: a published snapshot's t
 replace a network's (``load_state_dict(assign=True)``), and its item and user tables
 grow; tracing takes 45-60 ms of Python (the interpreter lock) and 50-65 ms more for the
 graph's first two runs, which the executor profiles and optimises. So the graph of a
-shape is traced once (on the publisher's thread, :func:`prepare`), and re-bound, a few
-hundred microseconds, when a request comes for a network other than the one it was
-bound to last (a snapshot a second, at most a few).
+shape is traced once (on the publisher's thread, :func:`prepare`), and bound anew, a few
+hundred microseconds, at the first request of each scoring served (a few a second at
+most).
 
 Histories are padded to the network's full history length for the graph: the width of
 its inputs is traced into it. Padded positions change nothing (the encoder masks them);
