@@ -119,30 +119,31 @@ def _example(length: int, rows: int = 1) -> list[Tensor]:
     return [item, kind, value, at, torch.full((rows,), float(length), dtype=torch.float64), torch.full((rows,), -1)]
 
 
-def prepare(sc: Scoring) -> None:
-    """Trace the graph of the shape of ``sc``'s network if there is none yet (the publisher's
-    thread calls this with each scoring it serves, so that no request waits for a trace)."""
+def prepare(sc: Scoring) -> _Graph | None:
+    """The graph of the shape of ``sc``'s network, traced if there is none yet (the
+    publisher's thread calls this with each scoring it serves, so that no request waits for
+    a trace); ``None`` without a network or where tracing failed."""
     if sc.net is None or sc.vectors is None or not len(sc.vectors):
-        return
+        return None
     key = _key(sc.net)
-    with _tracing, torch.inference_mode():
-        if key not in _graphs:
-            try:
-                _graphs[key] = _Graph(sc.net, sc.vectors)
-            except Exception as exc:  # serve with the eager pass, as before
-                log.warning("the user encoder could not be traced (%s); requests use its eager pass", exc)
-                _graphs[key] = None
+    if key not in _graphs:
+        with _tracing, torch.inference_mode():
+            if key not in _graphs:
+                try:
+                    _graphs[key] = _Graph(sc.net, sc.vectors)
+                except Exception as exc:  # serve with the eager pass, as before
+                    log.warning("the user encoder could not be traced (%s); requests use its eager pass", exc)
+                    _graphs[key] = None
+    return _graphs[key]
 
 
 def users(sc: Scoring, t: HistoryTensors) -> Tensor:
     """User vectors of ``t`` by ``sc``'s network: by its shape's traced graph where there
-    is one and ``t`` is as wide as the network's history length, else by the network."""
+    is one and ``t`` is as wide as the network's history length, else by the network (a
+    network built outside a publisher, a script's ranker, is traced at its first pass)."""
     net, table = sc.net, sc.vectors
     assert net is not None and table is not None
-    key = _key(net)
-    if key not in _graphs:  # a network built outside a publisher (a script's ranker)
-        prepare(sc)
-    graph = _graphs.get(key)
+    graph = prepare(sc)
     if graph is None or t["hist_item"].shape[1] != net.settings.history_length:
         return net.users(table, **t)
     with graph.lock:
