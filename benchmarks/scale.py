@@ -19,7 +19,9 @@ p50 and p99 of the loaded requests (where the tail comes from: stalls or a slow 
 of the same shop and the phases it finished (their figures are in ``phases.json`` there),
 runs the others and measures serving again: importing ten million events takes minutes.
 ``--rounds N`` runs the load N times back to back (what minutes of it do to the model the
-learner serves) and reports each later round's p99.
+learner serves) and reports each later round's p99. ``--sweep 200:0,100:500`` then runs
+one more round at each of these requests/s and events/s (what one machine sustains, and
+what the learner's events cost the requests).
 
 ``--load`` says what the load's events are: ``log`` (the default), the shop's own next
 events, in order (its users go on as its log has them, and the model learns what a shop's
@@ -177,13 +179,38 @@ def shares(cores: dict[str, float]) -> str:
     return " / ".join(f"{c:.2f}" for c in cores.values())
 
 
-def round_args(args: argparse.Namespace, n: int) -> argparse.Namespace:
-    """The load of round ``n`` (from 0): its own events, random (seeded by the round) or the
-    log's next ones."""
+def round_args(args: argparse.Namespace, n: int, rps: float = RPS, eps: float = EPS) -> argparse.Namespace:
+    """The load of round ``n`` (from 0; the sweep's rounds follow the others): its own
+    events, random (seeded by the round) or the log's next ones."""
+    rates = [(RPS, EPS)] * args.rounds + args.sweep
+    posted = sum(e for _, e in rates[:n]) * args.seconds  # the log's events the rounds before posted
     return argparse.Namespace(
-        rps=RPS, eps=EPS, seconds=args.seconds, users=args.users, items=args.items, seed=2 + n,
-        log=(args.log, int(EPS * args.seconds * n)) if args.log else None,
+        rps=rps, eps=eps, seconds=args.seconds, users=args.users, items=args.items, seed=2 + n,
+        log=(args.log, int(posted)) if args.log else None,
     )  # fmt: skip
+
+
+def rates(text: str) -> list[tuple[float, float]]:
+    """``--sweep``'s ``RPS:EPS`` pairs."""
+    try:
+        return [(float(r), float(e)) for r, e in (pair.split(":") for pair in text.split(",") if pair)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected RPS:EPS pairs separated by commas, got {text!r}") from None
+
+
+def swept(url: str, args: argparse.Namespace, watch: dict[str, int]) -> list[str]:
+    """One round at each of ``--sweep``'s rates, after the others: each one's line of the table."""
+    out = []
+    for n, (rps, eps) in enumerate(args.sweep, start=args.rounds):
+        before = metrics_text(url)
+        load = run_load(url, round_args(args, n, rps, eps), watch)
+        p50, _, p99, _ = load["latency_ms"]
+        out.append(
+            f"{rps:.0f} req/s + {eps:.0f} events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms ({load['errors']} errors; "
+            f"{shares(load['cores'])}; {index_work(before, url)})"
+        )
+        print(f"sweep: {out[-1]}", flush=True)
+    return out
 
 
 def index_work(before: str, url: str) -> str:
@@ -239,12 +266,16 @@ def main() -> None:
         "--load", choices=["log", "random"], default="log",
         help="the events the load posts: the shop's own, held back from its import, or random users' clicks",
     )  # fmt: skip
+    parser.add_argument(
+        "--sweep", type=rates, default=[], help="RPS:EPS pairs, one more round at each rate after the others"
+    )
     args = parser.parse_args()
     args.log = None
     if args.warm_start_events:
         os.environ["FRESHREC_LEARN__WARM_START_EVENTS"] = str(args.warm_start_events)
     # the generated shop is kept beside the data folder: generating 200,000 items' events takes minutes
-    tail = int(EPS * (args.seconds + 1) * args.rounds)  # a round posts a batch more than its seconds' worth
+    # a round posts a batch more than its seconds' worth
+    tail = int((args.seconds + 1) * (EPS * args.rounds + sum(e for _, e in args.sweep)))
     gen = args.data.parent / f"{args.data.name}-shop-{args.items}-{args.users}-{args.events}+{tail}"
     if not (gen / "tail.jsonl").exists():
         subprocess.run(
@@ -287,6 +318,7 @@ def main() -> None:
         )
         print(f"round 1: {first}", flush=True)
         later = later_rounds(url, args, watch)
+        sweep = swept(url, args, watch)
         spikes = metric(metrics_text(url), "freshrec_reverted_spikes_total")
         publish, since_start = published(after, before), published(after)
         api_mb, learner_mb = rss_mb(watch["API"]), rss_mb(watch["learner"])
@@ -300,7 +332,9 @@ def main() -> None:
     limit = f" --warm-start-events {args.warm_start_events}" if args.warm_start_events else ""
     body = (
         f"`python benchmarks/scale.py --items {args.items} --users {args.users} --events {args.events}{limit}"
-        f"{f' --rounds {args.rounds}' if args.rounds > 1 else ''}{' --load random' if args.load == 'random' else ''}`, "
+        f"{f' --seconds {args.seconds:g}' if args.seconds != 30 else ''}"
+        f"{f' --rounds {args.rounds}' if args.rounds > 1 else ''}{' --load random' if args.load == 'random' else ''}"
+        f"{' --sweep ' + ','.join(f'{r:.0f}:{e:.0f}' for r, e in args.sweep) if args.sweep else ''}`, "
         f"run on {dt.date.today()}, hashing encoder, default settings otherwise.\n\n"
         "| figure | value |\n| --- | --- |\n"
         f"| import items / events | {figures['import_items_s']:.1f} s / {figures['import_events_s']:.1f} s |\n"
@@ -329,6 +363,12 @@ def main() -> None:
             "whole snapshots) | "
             f"{', '.join(f'{p99:,.1f} ms ({errors}; {cores})' for p99, errors, cores in later)} |\n"
             if later
+            else ""
+        )
+        + (
+            "| then a round at each rate: recommendation p50 and p99 (errors; cores used by the API / learner / "
+            f"load generator; the candidate index's work) | {'; '.join(sweep)} |\n"
+            if sweep
             else ""
         )
         + f"| loss spikes the learner reverted since the server started | {spikes:,.0f} |\n"
