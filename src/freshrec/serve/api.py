@@ -7,6 +7,7 @@ names the record and field exactly as ``freshrec import`` would; their schemas
 are still published in the OpenAPI document.
 """
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,6 +19,7 @@ from freshrec.serve.http import Access, Guard, answers, install_error_handlers
 from freshrec.serve.lane import FastLane
 from freshrec.serve.routes import dashboard, events, experiments, items, jobs, operations, users
 from freshrec.serve.service import Service
+from freshrec.serve.watchdog import LoopWatch
 
 
 def create_app(service: Service, keys: Keys, lane: bool = True) -> FastAPI:
@@ -29,7 +31,12 @@ def create_app(service: Service, keys: Keys, lane: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.start()
+        watch = LoopWatch(service.metrics.loop_lag)
+        beat = asyncio.create_task(watch.beat())
+        watch.start()
         yield
+        beat.cancel()
+        watch.close()
         service.close()
         await service.store.aclose()
 

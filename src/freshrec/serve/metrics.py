@@ -90,6 +90,12 @@ class Metrics:
             "freshrec_model_updates", "Online updates of the served model since its checkpoint", registry=r
         )
         self.training_loss = Gauge("freshrec_training_loss", "Loss of the learner's last micro-batch", registry=r)
+        self.loop_lag = Histogram(
+            "freshrec_event_loop_lag_seconds",
+            "How much later than asked the server's event loop ran a 10 ms timer: its pauses",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.publish_seconds = Histogram(
             "freshrec_model_publish_seconds",
             "Time to make a new model snapshot servable",
