@@ -333,8 +333,11 @@ def test_health_metrics_and_openapi(server: Server) -> None:
             "freshrec_http_request_duration_seconds_bucket",
             "freshrec_learner_lag_seconds",
             "freshrec_training_loss",
+            "freshrec_event_loop_lag_seconds_count",
         ):
             assert wanted in names
+        beats = re.search(r"^freshrec_event_loop_lag_seconds_count (\S+)$", metrics, re.M)
+        assert beats is not None and float(beats[1]) > 0  # the loop's beat runs in a real server
         assert 'route="/v1/users/{user_id}/recommendations"' in metrics
     with server.client(None) as c:
         spec = c.get("/openapi.json").json()

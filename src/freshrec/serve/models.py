@@ -136,6 +136,12 @@ class Models:
     def _publish(self, snapshot: Snapshot) -> None:
         started, cpu = time.perf_counter(), time.thread_time()
         self.ranker.publish(snapshot)
+        if self.arm is None:  # as soon as it is served: /health/ready says so from now on
+            self.metrics.model_served.set(1)
+            self.metrics.model_version.set(snapshot.checkpoint)
+            self.metrics.model_updates.set(snapshot.updates)
+            if snapshot.loss is not None:
+                self.metrics.training_loss.set(snapshot.loss)
         traced.prepare(self.ranker.scoring)  # a new network shape's graph, traced once
         took = time.perf_counter() - started
         self.metrics.publish_seconds.observe(took)
@@ -157,13 +163,6 @@ class Models:
             if self.on_whole is not None:
                 self.on_whole(parsed[1] + time.perf_counter() - started)
         self.metrics.publish_lag_seconds.observe(max(0.0, time.time() - snapshot.created))
-        if self.arm is not None:
-            return
-        self.metrics.model_served.set(1)
-        self.metrics.model_version.set(snapshot.checkpoint)
-        self.metrics.model_updates.set(snapshot.updates)
-        if snapshot.loss is not None:
-            self.metrics.training_loss.set(snapshot.loss)
 
     def _publisher(self) -> None:
         paced = Paced(0.0, PUBLISH_SHARE, longest_s=PUBLISH_LONGEST_S)

@@ -1,0 +1,63 @@
+"""The event loop's pauses: measured into a histogram, reported with the stack that held the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram
+
+from freshrec.serve.metrics import LATENCY_BUCKETS
+from freshrec.serve.watchdog import LoopWatch
+
+
+def held_up(seconds: float) -> None:
+    time.sleep(seconds)  # the loop's thread is busy: no callback runs
+
+
+def run(watch: LoopWatch, pause_s: float) -> None:
+    async def main() -> None:
+        beat = asyncio.create_task(watch.beat())
+        watch.start()
+        await asyncio.sleep(0.1)
+        held_up(pause_s)
+        await asyncio.sleep(0.1)
+        beat.cancel()
+
+    try:
+        asyncio.run(main())
+    finally:
+        watch.close()
+
+
+def lag() -> tuple[CollectorRegistry, Histogram]:
+    registry = CollectorRegistry()
+    return registry, Histogram("lag_seconds", "lag", buckets=LATENCY_BUCKETS, registry=registry)
+
+
+def test_a_pause_of_the_loop_is_measured_and_reported_with_the_stack_that_held_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry, histogram = lag()
+    watch = LoopWatch(histogram, period_s=0.01, report_s=0.15)
+    caplog.set_level(logging.DEBUG, logger="freshrec.serve.watchdog")
+    run(watch, 0.5)
+    assert registry.get_sample_value("lag_seconds_count") >= 10  # the beat ran before and after
+    assert registry.get_sample_value("lag_seconds_bucket", {"le": "0.25"}) < registry.get_sample_value(
+        "lag_seconds_count"
+    )  # one sleep ended 0.5 s late
+    assert registry.get_sample_value("lag_seconds_sum") >= 0.45
+    reports = [r.getMessage() for r in caplog.records if "event loop has not run" in r.getMessage()]
+    assert watch.reports == len(reports) >= 1
+    assert any("MainThread: held_up (test_watchdog.py" in r for r in reports), reports
+
+
+def test_without_debug_logging_only_the_histogram_is_kept(caplog: pytest.LogCaptureFixture) -> None:
+    registry, histogram = lag()
+    watch = LoopWatch(histogram, period_s=0.01, report_s=0.15)
+    caplog.set_level(logging.INFO, logger="freshrec.serve.watchdog")
+    run(watch, 0.3)
+    assert watch.reports == 0 and not caplog.records
+    assert registry.get_sample_value("lag_seconds_sum") >= 0.25
