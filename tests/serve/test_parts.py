@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from freshrec.domain import Event, EventType, Item
@@ -46,6 +48,34 @@ def test_popularity_decays_with_a_half_life() -> None:
     assert top["new"] / top["old"] == pytest.approx(2.0) and "x" not in top
     pop.forget("new")
     assert [i for i, _ in pop.top()] == ["old"]
+
+
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.lists(st.integers(0, 30), max_size=8), st.floats(0.0, 40.0)),
+        st.tuples(st.just("forget"), st.integers(0, 30), st.just(0.0)),
+        st.tuples(st.just("top"), st.just(0), st.just(0.0)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=_STEPS, size=st.integers(1, 6))
+def test_popularity_ranks_as_a_sort_of_every_count_would(steps: list[tuple[str, object, float]], size: int) -> None:
+    """Each ranking looks at the items ranked before and those counted since, unless a count
+    fell: it must equal a sort of every count (ties by id), after any adds (some of them
+    rescaling: a half-life of one second and up to 40 s between them), forgets and rankings."""
+    clock = Clock(0.0)
+    pop = Popularity(half_life_s=1.0, clock=clock, size=size, refresh_s=-1.0)
+    for kind, arg, wait in steps:
+        if kind == "add":
+            clock.t += wait
+            pop.add([click("u", f"i{n:02d}") for n in arg])  # type: ignore[union-attr]
+        elif kind == "forget":
+            pop.forget(f"i{arg:02d}")
+        every = sorted(pop.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]
+        assert pop.top() == every
 
 
 def test_popularity_weighs_events_of_the_same_moment_alike_while_another_add_rescales() -> None:
