@@ -323,6 +323,29 @@ def test_a_check_that_falls_short_takes_a_longer_shortlist_before_a_build(monkey
     assert index.calibrated == index.recall and index.checked == (index.recall, index.probes)
 
 
+def test_a_check_that_needs_more_lists_takes_the_shortlist_that_needs_the_fewest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A search costs the lists it scans: a check that must probe more lists than the index
+    does takes the shortlist (1 to ``SHORTLIST`` times the candidates) that reaches the
+    target with the fewest, not the shortest one that reaches it at all (here one row a
+    candidate would, with many more lists: the codes blur close calls)."""
+    monkeypatch.setattr(ann, "hits", no_hits)
+    rng = np.random.default_rng(11)
+    vectors, bias = rng.normal(size=(N, 16)).astype(np.float32), rng.normal(size=N).astype(np.float32)
+    users = rng.normal(size=(200, 16)).astype(np.float32)
+    settings = RetrievalSettings(min_items=1_000, candidates=20, target_recall=0.92)
+    index = Index(vectors, bias, settings, users)
+    best, none = top_rows(vectors, bias, users), np.zeros(0, dtype=np.int64)
+    index.factor, index.calibrated_probes, index.index.nprobe = 1, 2, 2  # as if the requests had moved
+    one = index._recall(best, users, none, 1)
+    alone = ann._fewest(one, settings.target_recall, index.index.nlist, 2)
+    assert one(alone) >= settings.target_recall  # one row a candidate would do, with `alone` lists
+    assert index.holds(vectors, bias, users, current=True)
+    assert index.factor > 1 and index.probes < alone
+    assert index.recall == index._found(best, users, none, index.probes, index.factor) >= settings.target_recall
+
+
 def test_a_row_a_later_delta_moved_before_a_build_rewrote_it_counts_as_moved(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each delta patches the served snapshot's per-item tables in place as it arrives, and a
     build writes its delta's rows and the ones the build before wrote over the table two
