@@ -34,6 +34,35 @@ newline, and the snapshot's bytes."""
 
 
 PARENT_WATCH = "freshrec-parent-watch"
+LOG_LEVEL = "FRESHREC_LOG_LEVEL"
+"""The environment variable of ``freshrec --log-level``: the processes a command starts read it too."""
+LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMAT = "%(asctime)s %(process)d %(threadName)s %(name)s %(levelname)s %(message)s"
+
+
+def log_to_stderr(level: str | None = None) -> None:
+    """Write freshrec's log records of ``level`` and above to stderr, each with its time,
+    process, thread and logger, and export the level to the processes started from here
+    (``freshrec --log-level``; ``None``: :data:`LOG_LEVEL`'s, if set). Without either,
+    Python's default stays: warnings and errors, bare. Why: what the server does in the
+    background (index builds and checks, snapshots taken in, the event loop's pauses with
+    the threads that held it, :mod:`freshrec.serve.watchdog`) is logged at info and debug."""
+    level = (level or os.environ.get(LOG_LEVEL) or "").lower()
+    if not level:
+        return
+    if level not in LEVELS:
+        raise ValueError(f"unknown log level {level!r}; the levels are {', '.join(LEVELS)}")
+    os.environ[LOG_LEVEL] = level
+    logger = logging.getLogger("freshrec")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())
+
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler :func:`log_to_stderr` adds (once)."""
 
 
 def limit_threads(n: int) -> None:

@@ -18,6 +18,7 @@ from freshrec.cli.serve import serve_cmd
 from freshrec.cli.train import learn_cmd, model_app, train_cmd
 from freshrec.datasets.synthetic import GeneratorSettings, generate
 from freshrec.domain import iso
+from freshrec.runtime import LEVELS, LOG_LEVEL, log_to_stderr
 from freshrec.settings import SettingsError, load_settings
 
 app = typer.Typer(
@@ -49,10 +50,20 @@ def root(
     config: Annotated[
         Path | None, typer.Option("--config", envvar="FRESHREC_CONFIG", help="TOML settings file (see freshrec.toml).")
     ] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            "--log-level",
+            envvar=LOG_LEVEL,
+            help=f"Log freshrec's records of this level and above to stderr ({', '.join(LEVELS)}). "
+            "[default: warnings and errors]",
+        ),
+    ] = None,
 ) -> None:
     try:
+        log_to_stderr(log_level)
         ctx.obj = App(load_settings(config=config, data_dir=data))
-    except SettingsError as exc:
+    except (SettingsError, ValueError) as exc:
         fail(str(exc), 2)
 
 

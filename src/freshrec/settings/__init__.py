@@ -65,8 +65,9 @@ __all__ = [
 ]
 
 ENV_PREFIX = "FRESHREC_"
-TOP_LEVEL = ("FRESHREC_DATA", "FRESHREC_CONFIG")
-"""Variables that are not ``<SECTION>__<KEY>``: the data directory and the TOML file."""
+TOP_LEVEL = ("FRESHREC_DATA", "FRESHREC_CONFIG", "FRESHREC_LOG_LEVEL")
+"""Variables that are not ``<SECTION>__<KEY>``: the data directory, the TOML file and the
+log level (:func:`freshrec.runtime.log_to_stderr`)."""
 
 
 class SettingsError(ValueError):
