@@ -3,7 +3,7 @@
 Why: on the million-item shop, the p99 of recommendations under load came from pauses of
 the whole process, not from its throughput: p50 4.4-5.9 ms at 50 to 200 requests/s, but
 p99 53-820 ms, with the API process using 0.43-0.87 of its two cores, and the seconds of
-one round alternated p99 8-19 ms with 205-255 ms. A pause of the loop delays every request
+one round alternated p99 8-34 ms with 205-255 ms. A pause of the loop delays every request
 in flight at once; what the requests' latency cannot say is when the loop stood still and
 which thread was running then.
 """
