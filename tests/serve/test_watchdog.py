@@ -61,3 +61,37 @@ def test_without_debug_logging_only_the_histogram_is_kept(caplog: pytest.LogCapt
     run(watch, 0.3)
     assert watch.reports == 0 and not caplog.records
     assert registry.get_sample_value("lag_seconds_sum") >= 0.25
+
+
+def slow_pass(requests: list[object]) -> None:
+    time.sleep(0.4)  # the model's thread is busy: the requests wait, not the loop
+
+
+def test_a_slow_model_pass_is_reported_with_the_model_threads_stack(caplog: pytest.LogCaptureFixture) -> None:
+    """The requests of a batch wait for its pass in the model's thread while the loop runs
+    on: the watch reports a pass that runs past ``report_s`` too, with that thread's stack."""
+    from types import SimpleNamespace
+
+    from freshrec.serve.batching import Batcher
+
+    watch = LoopWatch(lag()[1], period_s=0.01, report_s=0.15)
+    batcher = Batcher(run=slow_pass, finish=lambda r: ["ranked"], watched=watch.busy)
+    caplog.set_level(logging.DEBUG, logger="freshrec.serve.watchdog")
+
+    async def main() -> list[object]:
+        beat = asyncio.create_task(watch.beat())
+        watch.start()
+        ranked = await asyncio.gather(*(batcher.rank(SimpleNamespace(result=None)) for _ in range(2)))  # type: ignore[arg-type]
+        beat.cancel()
+        return ranked
+
+    try:
+        assert asyncio.run(main()) == [["ranked"], ["ranked"]]
+    finally:
+        watch.close()
+        batcher.close()
+    reports = [r.getMessage() for r in caplog.records]
+    passes = [r for r in reports if r.startswith("the model pass of 2 requests has run for")]
+    assert len(passes) == 1 and "freshrec-model_0: slow_pass (test_watchdog.py" in passes[0], reports
+    assert not [r for r in reports if "event loop" in r]  # the loop ran on meanwhile
+    assert watch._running == {}  # nothing left watched after the pass

@@ -19,7 +19,6 @@ from freshrec.serve.http import Access, Guard, answers, install_error_handlers
 from freshrec.serve.lane import FastLane
 from freshrec.serve.routes import dashboard, events, experiments, items, jobs, operations, users
 from freshrec.serve.service import Service
-from freshrec.serve.watchdog import LoopWatch
 
 
 def create_app(service: Service, keys: Keys, lane: bool = True) -> FastAPI:
@@ -31,12 +30,11 @@ def create_app(service: Service, keys: Keys, lane: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.start()
-        watch = LoopWatch(service.metrics.loop_lag)
-        beat = asyncio.create_task(watch.beat())
-        watch.start()
+        beat = asyncio.create_task(service.watch.beat())
+        service.watch.start()
         yield
         beat.cancel()
-        watch.close()
+        service.watch.close()
         service.close()
         await service.store.aclose()
 

@@ -35,6 +35,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 
 from freshrec.serve.explain import Ranked
 from freshrec.serve.ranker import Request, encode, finish
@@ -67,8 +68,10 @@ class Batcher:
         deadline_s: float | None = None,
         shed: Callable[[], None] = lambda: None,
         starting: Callable[[], None] = lambda: None,
+        watched: Callable[[str], AbstractContextManager[None]] = lambda what: nullcontext(),
     ):
         self.run = run
+        self.watched = watched
         self.finish = finish
         self.deadline_s = deadline_s
         self.shed = shed
@@ -113,17 +116,18 @@ class Batcher:
         ranked.add_done_callback(lambda f: self._answer(loop, batch, f))
 
     def _pass(self, requests: list[Request]) -> list[Outcome]:
-        try:
-            self.run(requests)
-        except Exception as exc:  # every request of the batch fails with the cause
-            return [exc] * len(requests)
-        out: list[Outcome] = []
-        for request in requests:  # one request's failure is its own
+        with self.watched(f"the model pass of {len(requests)} requests has run"):
             try:
-                out.append(self.finish(request))
-            except Exception as exc:
-                out.append(exc)
-        return out
+                self.run(requests)
+            except Exception as exc:  # every request of the batch fails with the cause
+                return [exc] * len(requests)
+            out: list[Outcome] = []
+            for request in requests:  # one request's failure is its own
+                try:
+                    out.append(self.finish(request))
+                except Exception as exc:
+                    out.append(exc)
+            return out
 
     def _answer(
         self,

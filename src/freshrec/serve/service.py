@@ -45,6 +45,7 @@ from freshrec.serve.models import Models
 from freshrec.serve.ranker import Options, Ranker
 from freshrec.serve.rules import RuleError, parse
 from freshrec.serve.trending import Trending
+from freshrec.serve.watchdog import LoopWatch
 from freshrec.settings import Settings
 from freshrec.storage.base import Store
 
@@ -110,10 +111,12 @@ class Service:
         self.trending.seed(store)
         counts = (self.popularity, self.trending)
         shed_after = settings.serve.shed_after_ms / 1e3 if settings.serve.shed_after_ms else None
+        self.watch = LoopWatch(self.metrics.loop_lag)
         self.batcher = Batcher(
             deadline_s=shed_after,
             shed=self.metrics.shed.inc,
             starting=lambda: search_threads(settings.serve.torch_threads),
+            watched=self.watch.busy,
         )
         self.intake = Intake(store, settings, self.validator, self.metrics, counts, self.live)
         self.models = Models(self.ranker, settings.cluster, self.metrics)

@@ -16,6 +16,8 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 from prometheus_client import Histogram
@@ -37,7 +39,9 @@ class LoopWatch:
     is :data:`REPORT_S` overdue, with what every thread was running then, and how late the
     watching thread itself woke: as late as the loop, the interpreter lock was held
     (a call that does not give it up, or its holder not scheduled); on time, the loop
-    itself was busy, and its stack says with what."""
+    itself was busy, and its stack says with what. Work the requests wait for in other
+    threads (the model's pass, :mod:`freshrec.serve.batching`) is watched the same way
+    while it runs (:meth:`busy`): a pause there holds up the requests, not the loop."""
 
     def __init__(self, lag: Histogram, period_s: float = PERIOD_S, report_s: float = REPORT_S):
         self.lag = lag
@@ -48,6 +52,8 @@ class LoopWatch:
         self._beat = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._running: dict[int, tuple[str, float]] = {}
+        """What :meth:`busy` watches now, by thread: its name and when it started."""
 
     async def beat(self) -> None:
         """Run on the loop until cancelled."""
@@ -56,6 +62,20 @@ class LoopWatch:
             await asyncio.sleep(self.period_s)
             self._beat = now = time.monotonic()
             self.lag.observe(max(0.0, now - asked - self.period_s))
+
+    @contextmanager
+    def busy(self, what: str) -> Iterator[None]:
+        """Watch the work of this block (``what`` names it in a report) while it runs, where
+        the watching thread runs (debug level)."""
+        if self._thread is None:
+            yield
+            return
+        me = threading.get_ident()
+        self._running[me] = (what, time.monotonic())
+        try:
+            yield
+        finally:
+            del self._running[me]
 
     def start(self) -> None:
         if self._thread is None and log.isEnabledFor(logging.DEBUG):
@@ -69,19 +89,21 @@ class LoopWatch:
             self._thread.join()
 
     def _watch(self) -> None:
-        reported = None
+        reported: set[float] = set()  # the start (or the loop's last beat) of each pause reported
         woke = time.monotonic()
         while not self._stop.wait(self.period_s):
             now = time.monotonic()
-            late, overdue = now - woke - self.period_s, now - self._beat
-            woke = now
-            if overdue >= self.report_s and reported != self._beat:
-                reported = self._beat
-                self.reports += 1
-                log.debug(
-                    "the event loop has not run for %.0f ms (this thread woke %.0f ms late); threads: %s",
-                    overdue * 1000, max(0.0, late) * 1000, stacks(),
-                )  # fmt: skip
+            late, woke = max(0.0, now - woke - self.period_s), now
+            going = [("the event loop has not run", self._beat), *self._running.values()]  # one C call: no race
+            reported &= {since for _, since in going}
+            for what, since in going:
+                if now - since >= self.report_s and since not in reported:
+                    reported.add(since)
+                    self.reports += 1
+                    log.debug(
+                        "%s for %.0f ms (this thread woke %.0f ms late); threads: %s",
+                        what, (now - since) * 1000, late * 1000, stacks(),
+                    )  # fmt: skip
 
 
 def stacks() -> str:
