@@ -85,7 +85,6 @@ class Popularity:
             for item_id, count in decayed:
                 self.counts[item_id] = self.counts.get(item_id, 0.0) + count * scale
             self._top_at, self._whole = -math.inf, True
-        self.top()  # at start-up: ranking every item is not left to a request
 
     def add(self, events: Iterable[Event]) -> None:
         # Growing weights instead of decaying counts: one multiplication per event

@@ -107,6 +107,7 @@ class Service:
         self.metrics.item_tower_age.set_function(lambda: self.ranker.tower.age_s)
         self.popularity = Popularity(clock=clock)
         self.popularity.seed(store)
+        self.popularity.top()  # ranking every item at start-up, not in a request (trending's counters never rank)
         self.trending = Trending(clock=clock)
         self.trending.seed(store)
         counts = (self.popularity, self.trending)
