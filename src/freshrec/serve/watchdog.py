@@ -18,6 +18,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from types import FrameType
 
 from prometheus_client import Histogram
@@ -30,14 +31,19 @@ REPORT_S = 0.1
 """A loop that has not run for this long is reported (a debug line with every thread's stack)."""
 FRAMES = 4
 """The innermost frames of each thread that a report shows."""
+LOOKS = 4
+"""The most looks at the threads' stacks one report shows: after :data:`REPORT_S`, then
+each time the pause has lasted twice as long as at the last look."""
 
 
 class LoopWatch:
     """A beat on the event loop (:meth:`beat`, a task) observes into ``lag`` how much
     later than asked each of its sleeps ended: the time the loop could not run its
-    callbacks. A thread beside it (:meth:`start`) logs, at debug level, each time the beat
-    is :data:`REPORT_S` overdue, with what every thread was running then, and how late the
-    watching thread itself woke: as late as the loop, the interpreter lock was held
+    callbacks. A thread beside it (:meth:`start`) logs, at debug level, each pause of
+    :data:`REPORT_S` or more once it has ended: how long it lasted (a report made as the pause
+    reached :data:`REPORT_S` gave every pause that length), what every thread was running at
+    :data:`REPORT_S` and at a few later looks, and how late the watching thread itself woke
+    at each: as late as the loop, the interpreter lock was held
     (a call that does not give it up, or its holder not scheduled); on time, the loop
     itself was busy, and its stack says with what. Work the requests wait for in other
     threads (the model's pass, :mod:`freshrec.serve.batching`) is watched the same way
@@ -89,21 +95,40 @@ class LoopWatch:
             self._thread.join()
 
     def _watch(self) -> None:
-        reported: set[float] = set()  # the start (or the loop's last beat) of each pause reported
+        pending: dict[float, _Pause] = {}  # by the start (or the loop's last beat) of each pause
         woke = time.monotonic()
         while not self._stop.wait(self.period_s):
             now = time.monotonic()
             late, woke = max(0.0, now - woke - self.period_s), now
             going = [("the event loop has not run", self._beat), *self._running.values()]  # one C call: no race
-            reported &= {since for _, since in going}
+            for since in pending.keys() - {since for _, since in going}:
+                self._report(pending.pop(since), now)
             for what, since in going:
-                if now - since >= self.report_s and since not in reported:
-                    reported.add(since)
-                    self.reports += 1
-                    log.debug(
-                        "%s for %.0f ms (this thread woke %.0f ms late); threads: %s",
-                        what, (now - since) * 1000, late * 1000, stacks(),
-                    )  # fmt: skip
+                held, pause = now - since, pending.get(since)
+                if pause is None and held >= self.report_s:
+                    pause = pending[since] = _Pause(what, since)
+                if pause is not None and held >= pause.next_look and len(pause.looks) < LOOKS:
+                    pause.looks.append(
+                        f"at {held * 1000:.0f} ms (this thread woke {late * 1000:.0f} ms late): {stacks()}"
+                    )
+                    pause.next_look = 2 * held
+        for pause in pending.values():
+            self._report(pause, time.monotonic())
+
+    def _report(self, pause: _Pause, ended: float) -> None:
+        self.reports += 1
+        log.debug("%s for %.0f ms; threads %s", pause.what, (ended - pause.since) * 1000, "; then ".join(pause.looks))
+
+
+@dataclass
+class _Pause:
+    """A pause being watched: what it is, since when, and what the threads ran at each look."""
+
+    what: str
+    since: float
+    looks: list[str] = field(default_factory=list)
+    next_look: float = 0.0
+    """How long the pause must have lasted for the next look (twice as long as at the last)."""
 
 
 def stacks() -> str:
