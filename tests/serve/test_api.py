@@ -6,6 +6,7 @@ import asyncio
 import json
 import pickle
 import re
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from freshrec.client import AsyncClient, FreshrecError, Recommendations
 from freshrec.model.snapshot import Snapshot
+from freshrec.serve.api import SWITCH_INTERVAL_S
 from tests.serve.conftest import ADMIN, READ, WRITE, Server, wait_for
 
 
@@ -338,6 +340,7 @@ def test_health_metrics_and_openapi(server: Server) -> None:
             assert wanted in names
         beats = re.search(r"^freshrec_event_loop_lag_seconds_count (\S+)$", metrics, re.M)
         assert beats is not None and float(beats[1]) > 0  # the loop's beat runs in a real server
+        assert sys.getswitchinterval() == SWITCH_INTERVAL_S  # the loop waits 1 ms, not 5, for the lock
         assert 'route="/v1/users/{user_id}/recommendations"' in metrics
     with server.client(None) as c:
         spec = c.get("/openapi.json").json()

@@ -173,3 +173,24 @@ def test_an_import_ends_with_every_run_built(tiny: None) -> None:
     assert sorted((low, high) for _, low, high in served) == [(0, 15), (16, 23)]  # 24 closed segments of 25
     assert sorted(run for run, _, _ in served) == [1, 2]  # each straight from the segments: no run merged again
     assert_reads_match_the_log(store)
+
+
+ids = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=12)  # quotes, brackets, any script
+reals = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+@pytest.mark.usefixtures("tiny")
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(USERS[:2]), ids, reals, st.none() | reals), min_size=1, max_size=30))
+def test_a_read_gives_back_every_value_exactly(rows: list[tuple[str, str, float, float | None]]) -> None:
+    """Items, times and values as they were appended, from the segments and from the runs
+    (a read takes each statement's rows as one JSON row: its numbers must not be rounded)."""
+    store = SQLiteStore(":memory:")
+    store.append_events([make_event(u, item, t=t, value=value) for u, item, t, value in rows])
+    for built in (False, True):
+        while built and store.maintain(1.0):
+            pass
+        for user in USERS[:2]:
+            mine = [replace(e, event_id=None) for e in store.read_events(0, 100) if e.user_id == user]
+            assert store.user_context(user, 100, 100) == (mine, {e.item_id for e in mine})
+            assert store.user_history(user, 100) == mine

@@ -295,10 +295,12 @@ class SQLiteStore(SharedSQL):
 
     async def user_context_async(self, user_id: UserId, n: int, seen: int) -> tuple[list[Event], set[ItemId]]:
         """:meth:`user_context` on the event loop: page-cache reads cost less than a hop to a
-        worker thread. A read of 90-130 ms now and then holds the loop that long (2-3 times
-        in six minutes on the million-item shop under load), but in a worker thread every
-        read waited for the interpreter lock among the model's and the loop's threads: p50
-        7.1-11.5 ms against 3.5-4.5 ms, the API at 1.0-1.2 cores against 0.7-0.9."""
+        worker thread. In a worker thread, every read waited for the interpreter lock among
+        the model's and the loop's threads (the million-item shop under load: p50 7.1-11.5 ms
+        against 3.5-4.5 ms, the API at 1.0-1.2 cores against 0.7-0.9). Reads of 100 ms and
+        more on the loop were such waits too, one a step while a thread computed in Python
+        beside it: a statement's rows are read as one (:func:`freshrec.storage.runs.user_keys`),
+        and the server shortens the switch interval (:data:`freshrec.serve.api.SWITCH_INTERVAL_S`)."""
         return self.user_context(user_id, n, seen)
 
     async def aclose(self) -> None:
