@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,3 +57,32 @@ def test_an_unknown_log_level_is_refused_with_the_levels_named(freshrec_logger: 
     assert "unknown log level 'loud'" in out and "debug, info, warning, error" in out
     with pytest.raises(ValueError, match="unknown log level"):
         runtime.log_to_stderr("verbose")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="niceness per thread is Linux's")
+def test_a_background_thread_is_nicer_than_the_main_thread_and_its_own_threads_no_nicer() -> None:
+    """Background work (snapshots parsed and built, index steps) yields the processor to the
+    requests' threads; a thread it starts inherits its niceness, and does not add more."""
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen: dict[str, int] = {}
+
+    def inner() -> None:
+        runtime.in_background()
+        seen["inner"] = nice()
+
+    def outer() -> None:
+        runtime.in_background()
+        seen["outer"] = nice()
+        thread = threading.Thread(target=inner)
+        thread.start()
+        thread.join()
+
+    main = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    thread = threading.Thread(target=outer)
+    thread.start()
+    thread.join()
+    assert seen == {"outer": min(19, main + runtime.BACKGROUND_NICE), "inner": min(19, main + runtime.BACKGROUND_NICE)}
+    assert nice() == main  # the calling thread's own is left as it was

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pickle
 import re
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 from freshrec.client import AsyncClient, FreshrecError, Recommendations
 from freshrec.model.snapshot import Snapshot
+from freshrec.runtime import BACKGROUND_NICE
 from freshrec.serve.api import SWITCH_INTERVAL_S
 from tests.serve.conftest import ADMIN, READ, WRITE, Server, wait_for
 
@@ -341,6 +344,11 @@ def test_health_metrics_and_openapi(server: Server) -> None:
         beats = re.search(r"^freshrec_event_loop_lag_seconds_count (\S+)$", metrics, re.M)
         assert beats is not None and float(beats[1]) > 0  # the loop's beat runs in a real server
         assert sys.getswitchinterval() == SWITCH_INTERVAL_S  # the loop waits 1 ms, not 5, for the lock
+    if sys.platform == "linux":  # the background's threads yield the processor to the requests' (runtime.in_background)
+        nice = {t.name: os.getpriority(os.PRIO_PROCESS, t.native_id or 0) for t in threading.enumerate()}
+        main = os.getpriority(os.PRIO_PROCESS, os.getpid())
+        assert nice["freshrec-publisher"] == nice["freshrec-receiver"] == min(19, main + BACKGROUND_NICE), nice
+        assert nice["freshrec-model_0"] == main, nice
         assert 'route="/v1/users/{user_id}/recommendations"' in metrics
     with server.client(None) as c:
         spec = c.get("/openapi.json").json()

@@ -21,12 +21,13 @@ from freshrec.domain import Event, EventType, Item
 from freshrec.encoders.hashing import HashingEncoder
 from freshrec.learn.recommender import build_freshrec
 from freshrec.model.snapshot import Snapshot
+from freshrec.runtime import BACKGROUND_NICE
 from freshrec.serve import clustering
 from freshrec.serve import index as ann
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.exact import hits, top_rows
 from freshrec.serve.ranker import Options, Ranker, encode
-from freshrec.serve.retrieval import BUILD_NICENESS, ServedTable
+from freshrec.serve.retrieval import ServedTable
 from freshrec.serve.service import latest_histories
 from freshrec.settings import LearnSettings, ModelSettings, RetrievalSettings
 from freshrec.storage import open_store
@@ -508,7 +509,7 @@ def test_the_background_build_runs_at_a_lower_priority_than_requests_and_only_it
     ranker.retrieval.refresh(Watched(scoring.vectors, scoring.bias), len(scoring.vectors))
     ranker.retrieval.wait()
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    assert [nice for nice, _ in seen] == [min(base + BUILD_NICENESS, 19)]
+    assert [nice for nice, _ in seen] == [min(base + BACKGROUND_NICE, 19)]
     assert seen[0][1] != threading.get_native_id() and ranker.retrieval.index is not None
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import uvicorn
 
 from freshrec.bus import RedisBus
-from freshrec.runtime import ARM_SNAPSHOT, SNAPSHOT, exit_cleanly, limit_threads
+from freshrec.runtime import ARM_SNAPSHOT, SNAPSHOT, exit_cleanly, in_background, limit_threads
 from freshrec.serve.api import create_app
 from freshrec.serve.auth import Keys
 from freshrec.serve.replica import Replica
@@ -153,7 +153,9 @@ class Engine:
             threading.Thread(target=store.prefetch, name="freshrec-prefetch", daemon=True).start()
 
     def _receive(self) -> None:
-        """Snapshots and state from the learner process, until it closes the pipe."""
+        """Snapshots and state from the learner process, until it closes the pipe (parsed in
+        the background: :func:`~freshrec.runtime.in_background`)."""
+        in_background()
         while True:
             try:
                 data = self.updates.recv_bytes()

@@ -12,6 +12,8 @@ from typing import Any
 
 from cachetools import FIFOCache
 
+from freshrec.runtime import in_background
+
 log = logging.getLogger(__name__)
 
 
@@ -48,6 +50,7 @@ class Jobs:
         return job
 
     def _run(self, job: Job, work: Callable[[Job], None]) -> None:
+        in_background()
         with self._run_lock:
             try:
                 work(job)

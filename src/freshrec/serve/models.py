@@ -15,6 +15,7 @@ from freshrec.model import deltas
 from freshrec.model.deltas import SnapshotDelta
 from freshrec.model.snapshot import Snapshot
 from freshrec.pacing import Paced
+from freshrec.runtime import in_background
 from freshrec.serialization import Malformed
 from freshrec.serve import traced
 from freshrec.serve.metrics import Metrics
@@ -165,6 +166,7 @@ class Models:
         self.metrics.publish_lag_seconds.observe(max(0.0, time.time() - snapshot.created))
 
     def _publisher(self) -> None:
+        in_background()  # builds yield the processor to requests (a whole one: seconds on a million items)
         paced = Paced(0.0, PUBLISH_SHARE, longest_s=PUBLISH_LONGEST_S)
         while True:
             with self._publishing:

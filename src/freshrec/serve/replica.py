@@ -27,6 +27,7 @@ import threading
 import redis
 
 from freshrec.bus import BusError, RedisBus
+from freshrec.runtime import in_background
 from freshrec.serve.models import Models
 from freshrec.serve.service import Service
 from freshrec.storage.base import Store
@@ -69,6 +70,7 @@ class Replica:
         self._thread.start()
 
     def _run(self) -> None:
+        in_background()
         while not self._stop.wait(self.poll_s):
             try:
                 self.tick()

@@ -18,9 +18,7 @@ further than the codes' typical error since they were coded are coded anew every
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -33,6 +31,7 @@ import numpy.typing as npt
 import torch
 
 from freshrec.model.sequence import Pair
+from freshrec.runtime import in_background
 from freshrec.serve.index import Index
 from freshrec.serve.scoring import same
 from freshrec.settings import RetrievalSettings
@@ -41,14 +40,6 @@ log = logging.getLogger(__name__)
 
 MIN_CALIBRATION = 32
 """Recent requests needed to calibrate a build (fewer: ``probes`` lists are probed)."""
-BUILD_NICENESS = 10
-"""The build thread runs this much nicer than the server (where the system sets niceness
-per thread, as Linux does). A million items' build keeps a core busy for 20-55 s, at
-most a quarter of the time (every four times its own time); at the requests' priority it competes with them
-for the processor as the learner process did before it was niced (p99 263 to 367 ms
-against 30 to 82 ms then, under 200 requests/s and 500 events/s)."""
-
-
 UPDATE_S = 5.0
 """How often, at most, the rows that moved are coded anew in the index: on the million-item
 shop under 200 requests/s and 500 events/s, each step coded 3,700-29,000 rows in 0.28-0.80 s
@@ -345,9 +336,10 @@ class Retrieval:
 
 
 def _in_background() -> None:
-    """The calling thread (the index's) runs :data:`BUILD_NICENESS` nicer, and its faiss
-    calls on one thread: requests keep the other core."""
-    with contextlib.suppress(OSError, AttributeError):  # only this thread's (Linux)
-        me = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, me, min(os.getpriority(os.PRIO_PROCESS, me) + BUILD_NICENESS, 19))
+    """The calling thread (the index's) runs nicer (:func:`~freshrec.runtime.in_background`),
+    and its faiss calls on one thread: requests keep the other core. A million items' build
+    keeps a core busy for 20-55 s, at most a quarter of the time; at the requests' priority it
+    competed with them for the processor as the learner process did before it was niced (p99
+    263 to 367 ms against 30 to 82 ms then, under 200 requests/s and 500 events/s)."""
+    in_background()
     faiss.omp_set_num_threads(1)
