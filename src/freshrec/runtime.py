@@ -74,12 +74,16 @@ def in_background() -> None:
     long as it runs: :data:`BACKGROUND_NICE` nicer than the main thread (on Linux, where
     niceness is per thread, and threads inherit their starter's; elsewhere nothing).
 
-    Why: on two cores, a whole snapshot of a million items kept a core busy for 3 s in the
-    server (parsing and validating it, its item table, the candidate index's update), and
-    the requests in those seconds, which need the event loop's thread and the model's,
-    waited for the processor: p99 103-241 ms in the rounds with one, 11-30 ms without.
-    Background work that yields the processor to requests still gets it whenever they
-    leave it (on average they use about half of it)."""
+    Why: on two cores the server's background work (a whole snapshot of a million items
+    parsed, validated and built into its item table: 3 s of a core; the candidate index's
+    builds: 20-55 s) competes with the requests' threads (the event loop's, the model's)
+    for the processor. Niced, the index's build thread took p99 under 200 requests/s and
+    500 events/s from 263-367 ms to 30-82 ms; for the snapshot's threads, the round with a
+    whole snapshot had p99 98.7 ms against 103.2 and 106.1 ms in two runs before (random
+    clicks on the million-item shop; within the runs' spread: what holds those requests up
+    is not the processor alone). The background still gets the processor whenever the
+    requests leave it, and they use about half of it.
+    """
     if sys.platform != "linux":
         return
     me = threading.get_native_id()

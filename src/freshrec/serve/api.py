@@ -8,7 +8,6 @@ are still published in the OpenAPI document.
 """
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,19 +20,6 @@ from freshrec.serve.lane import FastLane
 from freshrec.serve.routes import dashboard, events, experiments, items, jobs, operations, users
 from freshrec.serve.service import Service
 
-SWITCH_INTERVAL_S = 0.001
-"""How long another thread of the server may keep the interpreter lock once the event loop
-asks for it back (Python's default is 5 ms), while the server runs.
-
-Why: the loop gives the lock up in every call into C that may wait (a socket's send or
-receive, each step of a SQLite statement), and a thread that computes in Python (the
-model's pass, parsing a whole snapshot, the index's checks) takes it each time and keeps it
-until forced to give it back: a convoy, each hand-over costing the loop up to the interval.
-On the million-item shop, a user's read beside a thread that computes took p50 26 ms and
-p99 73 ms at 5 ms, 5.7 and 11.7 ms at 1 ms (0.25 / 0.67 ms alone;
-``benchmarks/read_beside_compute.py``); requests wait for such hand-overs in their sockets'
-calls too."""
-
 
 def create_app(service: Service, keys: Keys, lane: bool = True) -> FastAPI:
     """The application over ``service``; its lifespan starts and closes the service.
@@ -43,19 +29,14 @@ def create_app(service: Service, keys: Keys, lane: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch, SWITCH_INTERVAL_S))
-        try:
-            service.start()
-            beat = asyncio.create_task(service.watch.beat())
-            service.watch.start()
-            yield
-            beat.cancel()
-            service.watch.close()
-            service.close()
-            await service.store.aclose()
-        finally:
-            sys.setswitchinterval(switch)
+        service.start()
+        beat = asyncio.create_task(service.watch.beat())
+        service.watch.start()
+        yield
+        beat.cancel()
+        service.watch.close()
+        service.close()
+        await service.store.aclose()
 
     app = FastAPI(
         title="freshrec",

@@ -141,11 +141,11 @@ def _one_row(conn: sqlite3.Connection, select: str, params: tuple[object, ...]) 
     Why: Python's sqlite3 gives the interpreter lock up for each step of a statement, a row
     each, and a thread that computes in Python beside the reader (in the server: the
     model's pass, parsing a snapshot) may take it at each step and keep it for the switch
-    interval. On the million-item shop beside such a thread, a recommendation's read of a
-    user (196 rows on average) took p50 98 ms and p99 465 ms row by row, 26 and 73 ms as
-    one row a statement (``benchmarks/read_beside_compute.py``, Python's switch interval;
-    alone 0.20 against 0.25 ms). ``quote`` writes a real number exactly (JSON's numbers keep
-    15 digits)."""
+    interval. On the million-item shop beside such a thread, at the server's switch
+    interval (0.5 ms), a recommendation's read of a user (195 rows on average) took p50 5.5,
+    p99 45, at most 83 ms row by row; as one row a statement 2.7, 6.3 and 20 ms (alone 0.19
+    against 0.23 ms; ``benchmarks/read_beside_compute.py``). ``quote`` writes a real number
+    exactly (JSON's numbers keep 15 digits)."""
     (text,) = conn.execute(
         f"SELECT json_group_array(json_array(seq, item_id, type, quote(value), quote(ts))) FROM ({select})", params
     ).fetchone()
