@@ -174,6 +174,11 @@ def hold_back(events: Path, keep: int, tail: Path) -> None:
     kept.replace(events)
 
 
+def seconds(load: dict[str, Any]) -> str:
+    """Each second's p50 / p99 of a load (where a round's tail comes from: a few seconds, or all)."""
+    return ", ".join(f"{a:.0f}/{b:.0f}" for a, b in load["each_second_ms"])
+
+
 def shares(cores: dict[str, float]) -> str:
     """The cores each process used during a round, as the table shows them."""
     return " / ".join(f"{c:.2f}" for c in cores.values())
@@ -209,7 +214,7 @@ def swept(url: str, args: argparse.Namespace, watch: dict[str, int]) -> list[str
             f"{rps:.0f} req/s + {eps:.0f} events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms ({load['errors']} errors; "
             f"{shares(load['cores'])}; {index_work(before, url)})"
         )
-        print(f"sweep: {out[-1]}", flush=True)
+        print(f"sweep: {out[-1]}\n  each second, p50 / p99 ms: {seconds(load)}", flush=True)
     return out
 
 
@@ -245,6 +250,7 @@ def later_rounds(url: str, args: argparse.Namespace, watch: dict[str, int]) -> l
         out.append((load["latency_ms"][2], load["errors"], f"{shares(load['cores'])}; {index_work(before, url)}"))
         print(f"round {n + 1}: p50 / p99 {load['latency_ms'][0]:.1f} / {load['latency_ms'][2]:.1f} ms, "
               f"{load['errors']} errors, cores {load['cores']}, {index_work(before, url)}", flush=True)  # fmt: skip
+        print(f"  each second, p50 / p99 ms: {seconds(load)}", flush=True)
         if out[-1][0] > 10_000:
             break
     return out
@@ -313,9 +319,7 @@ def main() -> None:
         )
         after = metrics_text(url)
         first = index_work(before, url)
-        print(
-            "each second of the load, p50 / p99 ms:", ", ".join(f"{a:.0f}/{b:.0f}" for a, b in load["each_second_ms"])
-        )
+        print(f"each second of the load, p50 / p99 ms: {seconds(load)}")
         print(f"round 1: {first}", flush=True)
         later = later_rounds(url, args, watch)
         sweep = swept(url, args, watch)
