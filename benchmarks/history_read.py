@@ -32,6 +32,16 @@ from harness import write_section
 HISTORY, SEEN = 20, 500  # the default history_length and serve's SEEN_WINDOW
 
 
+def event_users(store: SQLiteStore, n: int) -> list[tuple[str, int]]:
+    """The user and offset of ``n`` random events of ``store``'s log (seeded: the same each
+    run; an offset that holds no event, deleted, is left out)."""
+    rng, last = random.Random(0), store.last_offset()
+    with store._read() as conn:
+        offsets = [rng.randint(1, last) for _ in range(n)]
+        found = [r for o in offsets for r in conn.execute("SELECT user_id, seq FROM events WHERE seq = ?", (o,))]
+    return [(str(r[0]), int(r[1])) for r in found]
+
+
 def segments_alone(read: Callable[[], tuple[list[Event], set[ItemId]]]) -> tuple[list[Event], set[ItemId]]:
     """``read()`` as schema 3 answered it: no run served, every segment looked in."""
     served, runs.served_runs = runs.served_runs, lambda conn: []
@@ -56,11 +66,7 @@ def main() -> None:
         spans = [f"{low}-{high}" for _, low, high in runs.served_runs(conn)]
     print(f"runs built in {built:.1f} s; served: segments {', '.join(spans) or 'none'}")
     last = store.last_offset()
-    rng = random.Random(0)
-    with store._read() as conn:
-        events = [rng.randint(1, last) for _ in range(args.requests)]
-        found = [r for o in events for r in conn.execute("SELECT user_id, seq FROM events WHERE seq = ?", (o,))]
-    pairs = [(str(r[0]), int(r[1])) for r in found]
+    pairs = event_users(store, args.requests)
     reads: dict[str, Callable[[str, int], object]] = {
         "a recommendation's, `user_context(user, 20, 500)`: the newest segments, then the runs (schema 4)": (
             lambda u, at: store.user_context(u, HISTORY, SEEN)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import random
 import sys
 import threading
 import time
@@ -33,8 +32,7 @@ import numpy as np
 from freshrec.serve.engine import SWITCH_INTERVAL_S
 from freshrec.storage import SQLiteStore
 from harness import write_section
-
-HISTORY, SEEN = 20, 500  # the default history_length and serve's SEEN_WINDOW
+from history_read import HISTORY, SEEN, event_users
 
 
 def compute(stop: threading.Event) -> None:
@@ -76,11 +74,8 @@ def main() -> None:
     args = parser.parse_args()
     store = SQLiteStore(args.store)
     last = store.last_offset()
-    rng = random.Random(0)
-    with store._read() as conn:
-        offsets = [rng.randint(1, last) for _ in range(args.requests)]
-        users = [str(r[0]) for o in offsets for r in conn.execute("SELECT user_id FROM events WHERE seq = ?", (o,))]
-    rows = [len(store.user_context(u, HISTORY, SEEN)[1]) for u in users]  # every user's pages read once
+    users = [user for user, _ in event_users(store, args.requests)]
+    seen = [len(store.user_context(u, HISTORY, SEEN)[1]) for u in users]  # every user's pages read once
     default = sys.getswitchinterval()
     cases = {
         "alone": (False, default),
@@ -97,7 +92,7 @@ def main() -> None:
             print(f"round {round_}: {name}: p50 {np.percentile(got, 50):.2f} ms, max {max(got):.1f} ms", flush=True)
     body = (
         f"`python benchmarks/read_beside_compute.py --store {args.store}` ({last:,} events; {len(users):,} users "
-        f"of random events, {np.mean(rows):.0f} items seen each on average, {args.rounds} alternating rounds), "
+        f"of random events, {np.mean(seen):.0f} items seen each on average, {args.rounds} alternating rounds), "
         f"run on {dt.date.today()}.\n\n"
         "| `user_context(user, 20, 500)` | p50 ms | p99 ms | p99.9 ms | max ms |\n| --- | --- | --- | --- | --- |\n"
         + "".join(
