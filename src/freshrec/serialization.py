@@ -29,6 +29,7 @@ import io
 import json
 import math
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,11 @@ def dumps(state: Any, key: bytes | None = None) -> bytes:
     return MAGIC + b"unsigned\n" + body
 
 
-def loads(data: bytes | memoryview, key: bytes | None = None, max_bytes: int = MAX_BYTES) -> Any:
-    """What :func:`dumps` wrote. With ``key``, only a blob signed with it.
+def loads(
+    data: bytes | memoryview, key: bytes | None = None, max_bytes: int = MAX_BYTES, reuse: StringLists | None = None
+) -> Any:
+    """What :func:`dumps` wrote. With ``key``, only a blob signed with it. With ``reuse``, a
+    long string list an earlier blob carried too is handed back, not decoded again.
 
     ``data`` may be a view of a larger buffer (a message's tail): it is not copied whole
     (a copy of a large snapshot holds the interpreter lock: 150 MB, about 0.1 s on the
@@ -106,7 +110,7 @@ def loads(data: bytes | memoryview, key: bytes | None = None, max_bytes: int = M
         raise
     except Exception as exc:  # json and NumPy raise their own errors on bad bytes
         raise Malformed(f"unreadable: {exc}") from exc
-    return _decode(skeleton, tensors)
+    return _decode(skeleton, tensors, reuse)
 
 
 def load(path: Path, key: bytes | None = None) -> Any:
@@ -230,9 +234,9 @@ def _plain(x: list[Any]) -> bool:
     return all(type(v) is str or v is None for v in x)
 
 
-def _decode(x: Any, tensors: dict[str, torch.Tensor]) -> Any:
+def _decode(x: Any, tensors: dict[str, torch.Tensor], reuse: StringLists | None = None) -> Any:
     if isinstance(x, list):
-        return x if _plain(x) else [_decode(v, tensors) for v in x]
+        return x if _plain(x) else [_decode(v, tensors, reuse) for v in x]
     if isinstance(x, dict):
         if len(x) != 1:
             raise Malformed("unexpected object in the skeleton")
@@ -244,17 +248,17 @@ def _decode(x: Any, tensors: dict[str, torch.Tensor]) -> Any:
         if tag == _DICT and isinstance(value, list) and all(isinstance(p, list) and len(p) == 2 for p in value):
             out = {}
             for k, v in value:
-                k = _decode(k, tensors)
+                k = _decode(k, tensors, reuse)
                 if not isinstance(k, str | int | float | bool) and k is not None:
                     raise Malformed("a dict key that is not a scalar")
-                out[k] = _decode(v, tensors)
+                out[k] = _decode(v, tensors, reuse)
             return out
         if tag == _TUPLE and isinstance(value, list):
-            return tuple(_decode(v, tensors) for v in value)
+            return tuple(_decode(v, tensors, reuse) for v in value)
         if tag == _ROWS and isinstance(value, list) and len(value) == 3:
             return _rows(value, tensors)
         if tag == _STRINGS and isinstance(value, list) and len(value) == 2:
-            return _strings_in(value, tensors)
+            return _strings_in(value, tensors, reuse)
         raise Malformed(f"unexpected tag {tag!r} in the skeleton")
     return x  # JSON scalars
 
@@ -290,31 +294,74 @@ def _strings_out(x: list[str], tensors: dict[str, torch.Tensor]) -> list[str]:
     return refs
 
 
-def _strings_in(value: list[Any], tensors: dict[str, torch.Tensor]) -> list[str]:
-    """The list :func:`_strings_out` wrote, decoded a piece at a time (:data:`STRINGS_PIECE`)."""
+def _strings_in(value: list[Any], tensors: dict[str, torch.Tensor], reuse: StringLists | None) -> list[str]:
+    """The list :func:`_strings_out` wrote, checked, then decoded (or reused: ``reuse``)."""
     if not all(isinstance(n, str) and n in tensors for n in value):
         raise Malformed("reference to a missing tensor")
     blob, ends = (tensors[n] for n in value)
     if blob.dtype != torch.uint8 or blob.dim() != 1 or ends.dtype != torch.int64 or ends.dim() != 1:
         raise Malformed("a string list must be bytes and their ends")
-    data, where = blob.numpy().tobytes(), ends.numpy()
+    data, where = blob.numpy(), ends.numpy()
     if len(where) and (where[0] < 0 or where[-1] != len(data) or bool((where[1:] < where[:-1]).any())):
         raise Malformed("a string list's ends must ascend to its length")
+    return reuse.decoded(data, where) if reuse is not None else _decoded(data, where)
+
+
+def _decoded(data: np.ndarray, where: np.ndarray, first: int = 0) -> list[str]:
+    """The strings of ``data`` ending at ``where`` (checked), from the ``first`` on, a piece
+    at a time (:data:`STRINGS_PIECE`)."""
     out: list[str] = []
-    start = 0
+    start = int(where[first - 1]) if first else 0
+    raw = data[start:].tobytes()
     try:
-        for first in range(0, len(where), STRINGS_PIECE):
-            piece = where[first : first + STRINGS_PIECE].tolist()
-            text = data[start : piece[-1]].decode("utf-8", "surrogatepass")
-            bounds = zip([start, *piece[:-1]], piece, strict=True)
+        for at in range(first, len(where), STRINGS_PIECE):
+            piece = (where[at : at + STRINGS_PIECE] - start).tolist()
+            begin = int(where[at - 1]) - start if at else 0
+            text = raw[begin : piece[-1]].decode("utf-8", "surrogatepass")
+            bounds = zip([begin, *piece[:-1]], piece, strict=True)
             if text.isascii():  # one byte a character: the byte offsets cut the text
-                out += [text[a - start : b - start] for a, b in bounds]
+                out += [text[a - begin : b - begin] for a, b in bounds]
             else:
-                out += [data[a:b].decode("utf-8", "surrogatepass") for a, b in bounds]
-            start = piece[-1]
+                out += [raw[a:b].decode("utf-8", "surrogatepass") for a, b in bounds]
     except UnicodeDecodeError as exc:
         raise Malformed(f"a string list is not UTF-8: {exc}") from exc
     return out
+
+
+class StringLists:
+    """The long string lists a reader decoded last (:data:`KEEP` of them), handed back when
+    a later blob carries one again: the same list, or a new one that starts with it and
+    adds the strings after it.
+
+    Why: a server takes in a whole model snapshot every few minutes, and its million item
+    ids are nearly always those of the one before, or those and a few more (a catalog grows
+    at its end). Decoding them held the interpreter lock 0.1 s per snapshot, and checking
+    them again 0.15 s more (:meth:`freshrec.model.snapshot.Snapshot.validate`), while
+    requests waited for it; comparing their bytes with the last ones' lets the lock go
+    (NumPy), and the same list is known valid by identity. Item lists are never changed in
+    place (:func:`freshrec.serve.catalog.starts_with`), so handing one out twice is safe."""
+
+    KEEP = 2
+
+    def __init__(self) -> None:
+        self._known: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
+        self._lock = threading.Lock()
+
+    def decoded(self, data: np.ndarray, where: np.ndarray) -> list[str]:
+        """The list of ``data``'s strings ending at ``where`` (both checked)."""
+        with self._lock:
+            for n, (old_data, old_where, old) in enumerate(self._known):
+                size, count = len(old_data), len(old_where)
+                same = len(data) >= size and len(where) >= count
+                if same and np.array_equal(where[:count], old_where) and np.array_equal(data[:size], old_data):
+                    out = old if len(where) == count else old + _decoded(data, where, count)
+                    del self._known[n]
+                    break
+            else:
+                out = _decoded(data, where)
+            self._known.insert(0, (data, where, out))
+            del self._known[self.KEEP :]
+            return out
 
 
 _ARRAYS: list[Any] = [np.ndarray, np.dtype, np._core.multiarray._reconstruct]  # type: ignore[attr-defined]

@@ -32,7 +32,7 @@ from torch import Tensor
 from freshrec import serialization
 from freshrec.model.blend import check_part, raw_part
 from freshrec.model.sequence import SequenceNet, untouched
-from freshrec.model.snapshot import Snapshot, check_tensor, expected_state
+from freshrec.model.snapshot import CHECKED_IDS, Snapshot, check_tensor, expected_state
 
 ROW_STATE = ("item_id.weight", "item_bias.weight", "active", "interactions", "last_seen")
 """Per-item entries of the network's state."""
@@ -223,8 +223,7 @@ def apply(base: Snapshot, delta: SnapshotDelta, in_place: bool = False) -> Snaps
     # are (:func:`freshrec.serve.catalog.starts_with`) without comparing a million ids
     item_ids = [*base.item_ids, *delta.new_item_ids] if delta.new_item_ids else base.item_ids
     n, n0 = len(item_ids), len(base.item_ids)
-    new = set(delta.new_item_ids)
-    if len(new) != len(delta.new_item_ids) or (new and not new.isdisjoint(base.item_ids)):
+    if delta.new_item_ids and CHECKED_IDS.problem(item_ids) is not None:  # the base's ids were checked
         raise bad("the delta's new item ids repeat an id")
     rows = delta.rows
     if rows.dtype != torch.int64 or rows.dim() != 1:
@@ -283,11 +282,16 @@ def _check_tensors(base: Snapshot, delta: SnapshotDelta, n: int) -> None:
 
 
 def read(
-    data: bytes | memoryview, key: bytes | None = None, max_bytes: int = serialization.MAX_BYTES
+    data: bytes | memoryview,
+    key: bytes | None = None,
+    max_bytes: int = serialization.MAX_BYTES,
+    reuse: serialization.StringLists | None = None,
 ) -> Snapshot | SnapshotDelta:
     """A whole snapshot or a delta from its bytes; the delta's tensors are checked when
-    it is applied (:func:`apply`), against the snapshot it names."""
-    raw = serialization.loads(data, key, max_bytes)
+    it is applied (:func:`apply`), against the snapshot it names. ``reuse``: the item ids
+    of the snapshots read before, handed back where they are the same
+    (:class:`~freshrec.serialization.StringLists`)."""
+    raw = serialization.loads(data, key, max_bytes, reuse)
     if isinstance(raw, dict) and raw.get("kind") == KIND:
         return _delta(raw)
     return Snapshot.from_raw(raw)

@@ -16,7 +16,7 @@ from freshrec.model.deltas import SnapshotDelta
 from freshrec.model.snapshot import Snapshot
 from freshrec.pacing import Paced
 from freshrec.runtime import in_background
-from freshrec.serialization import Malformed
+from freshrec.serialization import Malformed, StringLists
 from freshrec.serve import traced
 from freshrec.serve.metrics import Metrics
 from freshrec.serve.ranker import Ranker
@@ -69,6 +69,8 @@ class Models:
         """Called on the publisher thread after each whole snapshot's build (the server's own
         process tidies its memory then: :class:`freshrec.serve.engine.Refreeze`); what it
         takes counts in what ``on_whole`` is told."""
+        self._strings = StringLists()
+        """The item ids of the last snapshots parsed: a whole one's are nearly always the same."""
         self._parsed: tuple[int, float] | None = None
         """The serial of the last whole snapshot parsed, and the seconds that took."""
         self._thread: threading.Thread | None = None
@@ -87,7 +89,7 @@ class Models:
         whole snapshot follows within ``[serve] snapshot_full_s``."""
         try:
             started = time.perf_counter()
-            got = deltas.read(data, self.cluster.key(), self.cluster.snapshot_max_mb << 20)
+            got = deltas.read(data, self.cluster.key(), self.cluster.snapshot_max_mb << 20, self._strings)
             kind = "delta" if isinstance(got, SnapshotDelta) else "whole"
             self.metrics.snapshots_received.labels(kind).inc()
             self.metrics.snapshot_bytes.labels(kind).inc(len(data))
