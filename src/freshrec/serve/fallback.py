@@ -66,6 +66,8 @@ class Popularity:
         self.refresh_s = refresh_s
         self.origin = clock()
         self.counts: dict[ItemId, float] = {}
+        self._sum = 0.0
+        """The sum of :attr:`counts`, kept as they change (:meth:`total`)."""
         self._top: list[tuple[ItemId, float]] = []
         self._top_at = -math.inf
         self._touched: set[ItemId] = set()
@@ -84,6 +86,7 @@ class Popularity:
             scale = math.exp(self.rate * (self.clock() - self.origin))  # now, in this object's units
             for item_id, count in decayed:
                 self.counts[item_id] = self.counts.get(item_id, 0.0) + count * scale
+                self._sum += count * scale
             self._top_at, self._whole = -math.inf, True
 
     def add(self, events: Iterable[Event]) -> None:
@@ -95,25 +98,35 @@ class Popularity:
             for e in events:
                 if e.type not in NOT_POPULARITY:
                     self.counts[e.item_id] = self.counts.get(e.item_id, 0.0) + weight
+                    self._sum += weight
                     if touched is not None:
                         touched.add(e.item_id)
             if touched is not None and len(touched) > len(self.counts) // 4:  # no ranking asked for a while
                 self._touched, self._whole = set(), True
             if weight > 1e6:
                 self.counts = {k: v / weight for k, v in self.counts.items()}
+                self._sum = math.fsum(self.counts.values())  # exact again, now and then
                 self.origin = self.clock()
                 self._whole = True  # the order stays, but rounding may break near ties otherwise
 
     def forget(self, item_id: ItemId) -> None:
         with self._lock:
-            self.counts.pop(item_id, None)
+            self._sum = max(0.0, self._sum - self.counts.pop(item_id, 0.0))
             self._top_at, self._whole = -math.inf, True
 
-    def current(self) -> dict[ItemId, float]:
-        """Every item's decayed count as of now."""
+    def current(self, ids: Iterable[ItemId] | None = None) -> dict[ItemId, float]:
+        """Every item's decayed count as of now; with ``ids``, those items' (the counted ones)."""
         with self._lock:
             scale = math.exp(-self.rate * (self.clock() - self.origin))
-            return {item_id: count * scale for item_id, count in self.counts.items()}
+            counts = self.counts
+            if ids is None:
+                return {item_id: count * scale for item_id, count in counts.items()}
+            return {item_id: counts[item_id] * scale for item_id in ids if item_id in counts}
+
+    def total(self) -> float:
+        """The sum of every item's decayed count as of now, without visiting each."""
+        with self._lock:
+            return self._sum * math.exp(-self.rate * (self.clock() - self.origin))
 
     def top(self) -> list[tuple[ItemId, float]]:
         """The most popular items, best first (the highest counts, ties by id); ranked
