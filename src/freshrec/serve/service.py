@@ -44,7 +44,7 @@ from freshrec.serve.metrics import Metrics
 from freshrec.serve.models import Models
 from freshrec.serve.ranker import Options, Ranker
 from freshrec.serve.rules import RuleError, parse
-from freshrec.serve.trending import Trending
+from freshrec.serve.trending import WINDOWS, Trending
 from freshrec.serve.watchdog import LoopWatch
 from freshrec.settings import Settings
 from freshrec.storage.base import Store
@@ -110,6 +110,8 @@ class Service:
         self.popularity.top()  # ranking every item at start-up, not in a request (trending's counters never rank)
         self.trending = Trending(clock=clock)
         self.trending.seed(store)
+        for window in WINDOWS:  # likewise: later rankings look at what trended and what was counted since
+            self.trending.top(window)
         counts = (self.popularity, self.trending)
         shed_after = settings.serve.shed_after_ms / 1e3 if settings.serve.shed_after_ms else None
         self.watch = LoopWatch(self.metrics.loop_lag)
