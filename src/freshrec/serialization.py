@@ -352,8 +352,8 @@ class StringLists:
         with self._lock:
             for n, (old_data, old_where, old) in enumerate(self._known):
                 size, count = len(old_data), len(old_where)
-                same = len(data) >= size and len(where) >= count
-                if same and np.array_equal(where[:count], old_where) and np.array_equal(data[:size], old_data):
+                longer = len(data) >= size and len(where) >= count
+                if longer and np.array_equal(where[:count], old_where) and np.array_equal(data[:size], old_data):
                     out = old if len(where) == count else old + _decoded(data, where, count)
                     del self._known[n]
                     break
