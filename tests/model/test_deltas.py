@@ -292,6 +292,29 @@ def test_the_first_delta_after_a_whole_snapshot_writes_over_a_copy_made_with_the
     np.testing.assert_allclose(ranker.scoring.unit, expected.unit, rtol=1e-6, atol=1e-6)
 
 
+def test_a_whole_snapshot_after_a_delta_copies_its_table_into_the_one_no_request_reads() -> None:
+    """The copy a whole snapshot's build makes for the next delta goes into the table that
+    no request reads any more (the whole one before it, which the delta's build left), not
+    into new memory: half a gigabyte on a million items, per whole snapshot."""
+    net = learner()
+    catalog, ranker, models, sent, _ = published_by_hand(net)
+    old = ranker.scoring.vectors  # the table alone: its scoring is let go
+    step(net, [2, 5])
+    got = models.parse(delta_since(snap(net, updates=1), sent).to_bytes(), "learner")  # type: ignore[union-attr]
+    assert got is not None
+    ranker.publish(got)
+    step(net, [7])
+    whole = models.parse(snap(net, updates=2).to_bytes(), "learner")
+    assert whole is not None and whole.changed is None
+    ranker.publish(whole)
+    copy = ranker._behind.tables  # type: ignore[union-attr]
+    assert copy[0] is old and copy[0] is not ranker.scoring.vectors
+    assert torch.equal(copy[0], ranker.scoring.vectors) and torch.equal(copy[1], ranker.scoring.bias)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(copy[2], ranker.scoring.unit)
+    expected = build_scoring(whole, catalog.view)
+    torch.testing.assert_close(ranker.scoring.vectors, expected.vectors)
+
+
 def test_the_server_tells_what_each_whole_snapshot_cost_it_and_nothing_for_deltas() -> None:
     """Settling after a whole snapshot's build (the server's collector) counts in its cost."""
     net = learner()

@@ -43,7 +43,7 @@ requests/s and 500 events/s (mean 688 ms), serving up to 10 s behind the learner
 SLOW_BUILD_S = 0.1
 """A delta's build that takes longer is logged (debug), with the processor time it took: the
 rest is waiting, for the interpreter lock or for the requests still reading the table it
-writes over (:meth:`~freshrec.serve.scoring.Behind.spare_for`)."""
+writes over (:meth:`~freshrec.serve.spare.Behind.spare_for`)."""
 
 
 class Models:

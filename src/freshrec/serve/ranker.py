@@ -34,7 +34,6 @@ from freshrec.serve.index import Index
 from freshrec.serve.retrieval import Retrieval, ServedTable
 from freshrec.serve.rules import parse
 from freshrec.serve.scoring import (
-    Behind,
     Scoring,
     build_scoring,
     history_tensors,
@@ -43,6 +42,7 @@ from freshrec.serve.scoring import (
     top,
     user_vectors,
 )
+from freshrec.serve.spare import Behind
 from freshrec.serve.tower import Tower
 from freshrec.settings import RetrievalSettings
 
@@ -118,7 +118,7 @@ class Ranker:
         tower = self.tower.pick(snapshot, self.retrieval.settings.tower_s if self.retrieval.tracking else 0.0)
         sc = build_scoring(snapshot, self.catalog.view, self._spare(), previous, tables, tower)
         whole = sc.snapshot is not None and sc.snapshot.changed is None
-        self._behind = Behind.copy_of(sc) if whole else Behind.of(previous)
+        self._behind = Behind.copy_of(sc, into=tables) if whole else Behind.of(previous)
         if sc.vectors is not None and sc.bias is not None:  # before the swap: a first index is building
             if self.retrieval.tracking:  # (not ready) from the moment its model is served
                 self.retrieval.moved(*moved(previous, sc))  # previous's table is intact until the swap

@@ -10,10 +10,9 @@ never mixes two model versions and never waits for a publish.
 
 from __future__ import annotations
 
-import time
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +27,9 @@ from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import CatalogView, starts_with
 from freshrec.settings import ModelSettings
 
-SPARE_POLL_S = 0.002
+if TYPE_CHECKING:
+    from freshrec.serve.spare import Spare
+
 MOVED_CHUNK = 1 << 15
 """Rows :func:`moved` compares at a time. Why: after a whole snapshot with a newer item tower
 it compares every row, less the towers' parts; on a million items, in one piece, 1.1 to 1.7 s
@@ -69,71 +70,6 @@ class Scoring:
 
 def unit_rows(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return np.asarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), dtype=np.float32)
-
-
-@dataclass(frozen=True)
-class Spare:
-    """The item table of a scoring no request uses any more, to be written over: the one
-    before ``previous``, with the rows that changed from it to ``previous``."""
-
-    vectors: torch.Tensor
-    bias: torch.Tensor
-    unit: npt.NDArray[np.float32]
-    stale: torch.Tensor
-
-
-class Behind:
-    """The item table of the scoring before the current one, kept to be written over (see
-    :func:`build_scoring`) once no request holds that scoring (it is held weakly); or, after
-    a whole snapshot's build, a copy of the current one's (:meth:`copy_of`)."""
-
-    def __init__(self, scoring: Scoring, copy: bool = False):
-        assert scoring.snapshot is not None and scoring.vectors is not None and scoring.bias is not None
-        self.copy = copy
-        """Whether the table is a copy of ``scoring``'s, which no scoring holds."""
-        self.owner: Callable[[], Scoring | None] = (lambda: None) if copy else weakref.ref(scoring)
-        vectors, bias, unit = scoring.vectors, scoring.bias, scoring.unit
-        self.tables = (vectors.clone(), bias.clone(), unit.copy()) if copy else (vectors, bias, unit)
-        self.serial, self.view, self.tower = scoring.snapshot.serial, scoring.view, scoring.tower
-
-    @classmethod
-    def of(cls, scoring: Scoring) -> Behind | None:
-        return cls(scoring) if scoring.snapshot is not None and scoring.vectors is not None else None
-
-    @classmethod
-    def copy_of(cls, scoring: Scoring) -> Behind | None:
-        """A copy of ``scoring``'s table, made now for the first delta on its snapshot to
-        write its rows over. Why: that delta has no older table to take (the one before a
-        whole snapshot differs from it everywhere), and its build, copying then, took 0.25
-        to 0.64 s on a million items under load, with requests waiting behind it; made right
-        after the whole snapshot's build, the copy counts in that build's cost, which the
-        learner spaces whole snapshots by."""
-        return cls(scoring, copy=True) if scoring.snapshot is not None and scoring.vectors is not None else None
-
-    def spare_for(self, current: Scoring, wait_s: float = 0.0) -> Spare | None:
-        """The table, if ``current`` differs from it in the rows ``current``'s delta changed
-        alone (same view and item tower) and no request holds its scoring, waiting up to
-        ``wait_s`` for the requests that do to end. Why wait: the alternative is a copy of
-        the whole table, which on a million items took half a second of a core the
-        requests need, and under load requests held it more often, so copies made them
-        slower still."""
-        snapshot = current.snapshot
-        if self.copy:  # of ``current``'s own table: no row differs
-            if snapshot is None or snapshot.serial != self.serial or current.view is not self.view:
-                return None
-            return Spare(*self.tables, torch.empty(0, dtype=torch.long))
-        if snapshot is None or snapshot.changed is None:
-            return None
-        if snapshot.parent != self.serial or current.view is not self.view:
-            return None
-        if not same(self.tower, current.tower):
-            return None
-        deadline = time.monotonic() + wait_s
-        while self.owner() is not None:
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(SPARE_POLL_S)
-        return Spare(*self.tables, snapshot.changed)
 
 
 def tower_of(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -234,7 +170,7 @@ def moved(previous: Scoring, current: Scoring) -> tuple[npt.NDArray[np.int64], n
     (:meth:`~freshrec.serve.catalog.Catalog.align`) do not compare; their index is gone.
 
     Why every row a build wrote, not its delta's: a delta's build also writes the rows the
-    one before changed, over the table two builds old (:class:`Spare`), and reads them from
+    one before changed, over the table two builds old (:class:`~freshrec.serve.spare.Spare`), and reads them from
     tables that the deltas received meanwhile patched in place; a row such a delta changed
     then moved with this build, and not with that delta's own, which finds it where it is.
 
