@@ -30,7 +30,7 @@ class Spare:
 
 class Behind:
     """The item table of the scoring before the current one, kept to be written over (see
-    :func:`build_scoring`) once no request holds that scoring (it is held weakly); or, after
+    :func:`~freshrec.serve.scoring.build_scoring`) once no request holds that scoring (it is held weakly); or, after
     a whole snapshot's build, a copy of the current one's (:meth:`copy_of`)."""
 
     def __init__(self, scoring: Scoring, copy: bool = False, into: Spare | None = None):
@@ -65,9 +65,9 @@ class Behind:
         Made in ``into`` (a table no request reads any more) where it has the same shapes,
         not in new memory: on a million items the copy is half a gigabyte, and new memory,
         touched for the first time page by page while the table it replaces is given back,
-        slowed the process's other threads (a thread asking for the interpreter lock beside
-        one cloning a table of that size in a loop waited 2.4-2.6 ms at p99 against 0.8 ms
-        beside one copying into a kept table)."""
+        slowed the process's other threads (``benchmarks/fresh_memory.py``: a thread asking
+        for the interpreter lock beside one copying a table of that size into new memory in a
+        loop waited up to 10.6-16.9 ms, beside copies into a kept table up to 6.8 ms)."""
         if scoring.snapshot is None or scoring.vectors is None:
             return None
         return cls(scoring, copy=True, into=into)
