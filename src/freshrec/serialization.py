@@ -234,7 +234,7 @@ def _plain(x: list[Any]) -> bool:
     return all(type(v) is str or v is None for v in x)
 
 
-def _decode(x: Any, tensors: dict[str, torch.Tensor], reuse: StringLists | None = None) -> Any:
+def _decode(x: Any, tensors: dict[str, torch.Tensor], reuse: StringLists | None) -> Any:
     if isinstance(x, list):
         return x if _plain(x) else [_decode(v, tensors, reuse) for v in x]
     if isinstance(x, dict):
