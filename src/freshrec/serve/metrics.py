@@ -9,8 +9,12 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
-"""Histogram bounds in seconds; 75 ms sits under the 100 ms a publish's lag should stay
-below, so that a p99 read from the buckets can show that it does."""
+"""Histogram bounds in seconds of requests and of the event loop's pauses."""
+PUBLISH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 10.0)
+"""Histogram bounds in seconds of a publish's build and lag: 75 ms sits under the 100 ms a
+lag should stay below, so that a p99 read from the buckets can show that it does; and between
+100 ms and a second, where a million items' deltas are built under load, there are more
+(with the requests' bounds a p99 read ``<= 500 ms`` whether it was 260 or 500)."""
 
 
 class Metrics:
@@ -99,13 +103,13 @@ class Metrics:
         self.publish_seconds = Histogram(
             "freshrec_model_publish_seconds",
             "Time to make a new model snapshot servable",
-            buckets=LATENCY_BUCKETS,
+            buckets=PUBLISH_BUCKETS,
             registry=r,
         )
         self.publish_lag_seconds = Histogram(
             "freshrec_model_publish_lag_seconds",
             "From the learner's snapshot (the end of its micro-batch) to serving's swap",
-            buckets=LATENCY_BUCKETS,
+            buckets=PUBLISH_BUCKETS,
             registry=r,
         )
         self.catalog_items = Gauge("freshrec_catalog_items", "Recommendable items", registry=r)
