@@ -396,6 +396,7 @@ def test_builds_are_spaced_by_their_cost_and_what_arrives_meanwhile_is_built_onc
     from freshrec.serve import models as serving_models
 
     monkeypatch.setattr(serving_models, "PUBLISH_SHARE", 0.002)  # 500 times a delta's build between two
+    monkeypatch.setattr(serving_models, "PUBLISH_BURST_S", 0.0)  # no time to spare
     net = learner()
     catalog = Catalog()
     catalog.view = CatalogView(ids(40), before_text(net), ids(40), [()] * 40, np.ones(40, dtype=bool))
@@ -425,6 +426,38 @@ def test_builds_are_spaced_by_their_cost_and_what_arrives_meanwhile_is_built_onc
     assert builds(metrics) == 3  # the whole one, the first delta, then the other two as one
 
 
+def test_deltas_are_built_as_they_come_while_the_builds_took_less_than_their_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The share holds on average: a delta that comes when the builds before it left time
+    to spare is built at once, not put off by the cost of the build before it."""
+    from freshrec.serve import models as serving_models
+
+    monkeypatch.setattr(serving_models, "PUBLISH_SHARE", 1e-5)  # spaced by cost alone: seconds between two
+    monkeypatch.setattr(serving_models, "PUBLISH_LONGEST_S", 60.0)
+    monkeypatch.setattr(serving_models, "PUBLISH_BURST_S", 10.0)  # but with ample time to spare
+    net = learner()
+    catalog = Catalog()
+    catalog.view = CatalogView(ids(40), before_text(net), ids(40), [()] * 40, np.ones(40, dtype=bool))
+    metrics = Metrics()
+    models = Models(Ranker(catalog), ClusterSettings(), metrics)
+    served = models.ranker
+    models.start()
+    try:
+        sent = snap(net)
+        assert models.receive(sent.to_bytes(), "learner") is not None
+        for n in range(1, 4):
+            step(net, [n])
+            now = snap(net, updates=n)
+            assert models.receive(delta_since(now, sent).to_bytes(), "learner") is not None  # type: ignore[union-attr]
+            sent = now
+            wait_for(lambda n=n: served.scoring.snapshot is not None and served.scoring.snapshot.updates == n, 5.0)
+        wait_for(lambda: builds(metrics) >= 4)
+    finally:
+        models.close()
+    assert builds(metrics) == 4  # the whole one and each delta on its own
+
+
 def builds(metrics: Metrics) -> float:
     """Serving copies built, as ``/metrics`` counts them."""
     return next(s.value for s in metrics.publish_seconds.collect()[0].samples if s.name.endswith("_count"))
@@ -434,6 +467,7 @@ def test_a_costly_build_puts_the_next_off_by_at_most_the_longest_wait(monkeypatc
     from freshrec.serve import models as serving_models
 
     monkeypatch.setattr(serving_models, "PUBLISH_SHARE", 1e-6)  # by cost alone: hours between two builds
+    monkeypatch.setattr(serving_models, "PUBLISH_BURST_S", 0.0)
     monkeypatch.setattr(serving_models, "PUBLISH_LONGEST_S", 0.2)
     net = learner()
     catalog = Catalog()

@@ -14,7 +14,7 @@ import torch
 from freshrec.model import deltas
 from freshrec.model.deltas import SnapshotDelta
 from freshrec.model.snapshot import Snapshot
-from freshrec.pacing import Paced
+from freshrec.pacing import Budgeted
 from freshrec.runtime import in_background
 from freshrec.serialization import Malformed, StringLists
 from freshrec.serve import traced
@@ -25,18 +25,25 @@ from freshrec.settings import ClusterSettings
 log = logging.getLogger(__name__)
 
 PUBLISH_SHARE = 0.1
-"""Building serving copies takes at most this share of the server's time: after a build
-that took ``t`` of the processor, the next starts ``t / PUBLISH_SHARE`` later at the
-earliest, and the deltas that arrive meanwhile are merged into one. Builds hold the
-interpreter lock that requests need: on a million items one took 35 ms alone and 50 to
-300 ms under 200 requests/s, and four a second (``publish_interval_ms``) left requests
-queueing behind them. On small catalogs a build takes milliseconds and this never waits.
-Only deltas' builds count: a whole snapshot's (seconds on a million items, and rare: the
-learner spaces them by their cost) would hold back the deltas after it for half a minute."""
+"""Building serving copies of deltas takes at most this share of the server's time, on
+average (:class:`~freshrec.pacing.Budgeted`): where the builds before took more, the next
+waits, and the deltas that arrive meanwhile are merged into one. Builds compete with
+requests for the processor and, in their Python steps, for the interpreter lock: on a
+million items one took 35 ms alone and 50 to 300 ms under 200 requests/s, and four a second
+(``publish_interval_ms``) left requests queueing behind them. On small catalogs a build
+takes milliseconds and this never waits. Only deltas' builds count: a whole snapshot's
+(seconds on a million items, and rare: the learner spaces them by their cost) would hold
+back the deltas after it for half a minute."""
+PUBLISH_BURST_S = 0.1
+"""The most processor time the builds may take back to back, after a quiet while: a delta
+that comes when the builds before it took less than their share is built at once (on a
+million items under load, a build took 10-30 ms of the processor). Before, every build put
+the next off by ten times its own cost whatever the builds had taken: p99 of a micro-batch's
+lag to serving 250-500 ms."""
 PUBLISH_LONGEST_S = 1.0
 """But a build waits at most this long: the deltas that arrive meanwhile merge, and the
 next build costs more the longer it waits. On a million items, the first delta after a
-whole snapshot copies the whole table (half a second of a core); spaced by its share alone,
+whole snapshot copied the whole table (half a second of a core); spaced by its share alone,
 the next came five seconds later with 104,000 rows changed: 4 builds in 30 s under 200
 requests/s and 500 events/s (mean 688 ms), serving up to 10 s behind the learner."""
 
@@ -169,7 +176,7 @@ class Models:
 
     def _publisher(self) -> None:
         in_background()  # builds yield the processor to requests (a whole one: seconds on a million items)
-        paced = Paced(0.0, PUBLISH_SHARE, longest_s=PUBLISH_LONGEST_S)
+        paced = Budgeted(PUBLISH_SHARE, PUBLISH_BURST_S, longest_s=PUBLISH_LONGEST_S)
         while True:
             with self._publishing:
                 while (self._pending is None or not paced.due()) and not self._closed:
