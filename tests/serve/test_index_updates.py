@@ -348,11 +348,11 @@ def test_a_check_that_needs_more_lists_takes_the_shortlist_that_needs_the_fewest
 
 def test_a_row_a_later_delta_moved_before_a_build_rewrote_it_counts_as_moved(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each delta patches the served snapshot's per-item tables in place as it arrives, and a
-    build writes its delta's rows and the ones the build before wrote over the table two
-    builds old (``Spare``): a row the delta before changed, read after a later delta
-    (not built yet) moved it again, moves with this build, and that delta's own build then
-    finds it where it is. Its move counts all the same: every row's summed moves reach at
-    least how far it is from its code."""
+    build computes its delta's rows over the table two builds old (``Spare``), with the rows
+    the build before changed copied from that one's table: a row the delta before changed,
+    which a later delta (not built yet) moved again, moves with the later delta's build.
+    Its move counts all the same: every row's summed moves reach at least how far it is from
+    its code."""
     monkeypatch.setattr(background, "UPDATE_S", 1e9)  # the moves stay counted, not coded
     base = snapshot()
     ranker = Ranker(catalog(), RetrievalSettings(min_items=1_000))
