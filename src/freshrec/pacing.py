@@ -1,7 +1,8 @@
-"""Work spaced by its own cost: the learner's reads of the whole catalog and its
-checkpoints, and serving's builds of each model it is sent, all grow with the
-catalog, and at a fixed interval they would take more and more of a process's
-time until it fell behind (the learner behind the log, requests behind builds)."""
+"""Work spaced by its own cost (:class:`Paced`) or held to a share of the time
+(:class:`Budgeted`): the learner's reads of the whole catalog and its checkpoints, and
+serving's builds of each model it is sent, all grow with the catalog, and at a fixed
+interval they would take more and more of a process's time until it fell behind (the
+learner behind the log, requests behind builds)."""
 
 from __future__ import annotations
 

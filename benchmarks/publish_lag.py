@@ -1,0 +1,149 @@
+"""How far serving's model lags the learner's micro-batches on a large catalog, and what the
+builds take of the interpreter lock meanwhile.
+
+    python benchmarks/publish_lag.py [--items 1000000] [--rows 5000] [--seconds 30]
+
+Builds a network of ``--items`` items, a catalog, the server's snapshot intake
+(:class:`~freshrec.serve.models.Models` with its publisher thread) and its candidate index
+(each build then measures its rows' moves for the index, and the index codes them anew every
+few seconds, as a server's does), and hands it a whole snapshot. Then, for ``--seconds``, it
+plays the learner: every 250 ms (``publish_interval_ms``) a micro-batch moves ``--rows``
+random item rows (the learner's sparse steps move those of its sampled negatives too) and a
+dense layer, and its delta's bytes are taken in as the server's receiver takes them.
+Meanwhile one thread computes in Python half of the time, as a server's event loop under
+load does, and another asks for the interpreter lock every millisecond and records how late
+it gets it. Reports the lag from each delta's making to the swap that serves it (p50, p99,
+longest), the builds (how many, their processor time) and the lock's waits. Writes the
+``publish-lag`` section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+
+from freshrec.domain import Item
+from freshrec.model.deltas import delta_of
+from freshrec.model.sequence import SequenceNet
+from freshrec.model.snapshot import Snapshot, prepare_validation
+from freshrec.serve import engine
+from freshrec.serve.catalog import Catalog
+from freshrec.serve.metrics import Metrics
+from freshrec.serve.models import Models
+from freshrec.serve.ranker import Ranker
+from freshrec.settings import ClusterSettings, ModelSettings
+from harness import write_section
+
+INTERVAL_S = 0.25
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, default=5_000)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    sys.setswitchinterval(engine.SWITCH_INTERVAL_S)  # as the server sets it
+    torch.manual_seed(0)
+    n, settings = args.items, ModelSettings()
+    ids = [f"i{j:07d}" for j in range(n)]
+    text = torch.randn(n, 384)
+    net = SequenceNet(n, text, settings)
+    with torch.no_grad():
+        net.item_id.weight.normal_(0, 0.1)
+        net.active[:] = True
+    catalog = Catalog()
+    catalog.put([Item(i, title=f"title {i}", categories=("c",)) for i in ids], text.numpy())
+    ranker = Ranker(catalog)
+    models = Models(ranker, ClusterSettings(), Metrics())
+    prepare_validation()
+    lags: list[float] = []
+    builds: list[tuple[float, float]] = []
+    observe, publish = models.metrics.publish_lag_seconds.observe, ranker.publish
+
+    def lag(seconds: float) -> None:
+        lags.append(seconds)
+        observe(seconds)
+
+    def timed(snapshot: Snapshot | None) -> None:
+        started, cpu = time.perf_counter(), time.thread_time()
+        publish(snapshot)
+        builds.append((time.perf_counter() - started, time.thread_time() - cpu))
+
+    models.metrics.publish_lag_seconds.observe = lag  # type: ignore[method-assign]
+    ranker.publish = timed  # type: ignore[method-assign]
+    models.start()
+    whole = Snapshot.of(net, ids, [], checkpoint=1, updates=0, offset=0)
+    models.receive(whole.to_bytes(), "learner")
+    while ranker.scoring.snapshot is None:
+        time.sleep(0.05)
+    ranker.retrieval.wait()  # the index's first build (tens of seconds on a million items)
+    lags.clear()
+    builds.clear()
+
+    late: list[float] = []
+    stop = threading.Event()
+
+    def ask() -> None:  # wants the lock often, as the event loop does
+        while not stop.is_set():
+            started = time.perf_counter()
+            time.sleep(0.001)
+            late.append(time.perf_counter() - started - 0.001)
+
+    def busy() -> None:  # half of the time in Python, as the event loop under load
+        while not stop.is_set():
+            started = time.perf_counter()
+            while time.perf_counter() - started < 0.0025:
+                sum(range(100))
+            time.sleep(0.0025)
+
+    for work in (ask, busy):
+        threading.Thread(target=work, daemon=True).start()
+    parent, rng = (whole.serial, n), np.random.default_rng(0)
+    ends = time.perf_counter() + args.seconds
+    updates = 0
+    while time.perf_counter() < ends:
+        due = time.perf_counter() + INTERVAL_S
+        rows = torch.from_numpy(np.unique(rng.integers(0, n, args.rows)))
+        with torch.no_grad():
+            net.item_id.weight[rows] += 0.01 * torch.randn(len(rows), settings.dim)
+            net.item_bias.weight[rows] -= 0.01
+            net.query += 0.001
+        updates += 1
+        delta = delta_of(net, parent, rows, item_ids=ids, user_ids=[], checkpoint=1, updates=updates, offset=0)
+        models.receive(delta.to_bytes(), "learner")
+        parent = (delta.serial, n)
+        time.sleep(max(0.0, due - time.perf_counter()))
+    time.sleep(1.0)  # the last build
+    stop.set()
+    models.close()
+    report(args, lags, builds, late)
+
+
+def report(args: argparse.Namespace, lags: list[float], builds: list[tuple[float, float]], late: list[float]) -> None:
+    lag_ms, wall, cpu = np.asarray(lags) * 1e3, [w for w, _ in builds], [c for _, c in builds]
+    waits = np.asarray(late) * 1e3
+    figures = (
+        f"{len(lag_ms)} deltas served, lag p50 {np.percentile(lag_ms, 50):.0f} ms, p99 "
+        f"{np.percentile(lag_ms, 99):.0f} ms, longest {lag_ms.max():.0f} ms; {len(builds)} builds, mean "
+        f"{np.mean(wall) * 1e3:.1f} ms ({np.mean(cpu) * 1e3:.1f} ms of the processor); lock waits p99 "
+        f"{np.percentile(waits, 99):.2f} ms, longest {waits.max():.1f} ms"
+    )
+    print(figures)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    body = (
+        f"`python benchmarks/publish_lag.py --items {args.items} --rows {args.rows} --seconds {args.seconds:g}`, "
+        f"run on {dt.date.today()} at {commit}: {figures}.\n"
+    )
+    write_section("publish-lag", f"Publish lag on {args.items:,} items (issue 18)", body)
+
+
+if __name__ == "__main__":
+    main()
