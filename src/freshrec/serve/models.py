@@ -37,9 +37,11 @@ back the deltas after it for half a minute."""
 PUBLISH_BURST_S = 0.1
 """The most processor time the builds may take back to back, after a quiet while: a delta
 that comes when the builds before it took less than their share is built at once (on a
-million items under load, a build took 10-30 ms of the processor). Before, every build put
-the next off by ten times its own cost whatever the builds had taken: p99 of a micro-batch's
-lag to serving 250-500 ms."""
+million items a delta of 5,000 to 15,000 rows took 11 to 34 ms of the processor:
+``benchmarks/publish_lag.py``). Before, every build put the next off by ten times its own
+cost, whatever the builds had taken: with deltas of 15,000 rows the deltas that came
+meanwhile merged into builds of 130-160 ms, which put the next off by the longest wait, and
+serving lagged p99 0.5-0.7 s behind the learner (now 0.34-0.35 s)."""
 PUBLISH_LONGEST_S = 1.0
 """But a build waits at most this long: the deltas that arrive meanwhile merge, and the
 next build costs more the longer it waits. On a million items, the first delta after a
