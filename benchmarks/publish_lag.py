@@ -124,6 +124,7 @@ def main() -> None:
     time.sleep(1.0)  # the last build
     stop.set()
     models.close()
+    ranker.retrieval.wait()  # an index step still running in C++ would abort the interpreter's exit
     report(args, lags, builds, late)
 
 
