@@ -1,5 +1,6 @@
 """What the benchmark scripts share: the freshrec command line, a free port, waiting
-for a server to be ready, and writing a marked section of RESULTS.md."""
+for a server to be ready, a server's snapshot intake of a large catalog in this process,
+and writing a marked section of RESULTS.md."""
 
 from __future__ import annotations
 
@@ -9,10 +10,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from freshrec.client import Client, FreshrecError
+
+if TYPE_CHECKING:
+    from freshrec.model.sequence import SequenceNet
+    from freshrec.serve.models import Models
+    from freshrec.serve.ranker import Ranker
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
@@ -27,6 +34,40 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def large_intake(n: int, learned: float) -> tuple[list[str], SequenceNet, Ranker, Models]:
+    """A network of ``n`` items (``learned`` of them with ID rows learned, at random), their
+    catalog, and a server's snapshot intake of it (publisher not started), with the switch
+    interval and the validation a server sets as it starts; seeded. Imported here: the load
+    generators' processes import the benchmark that starts them, and need none of this."""
+    import torch
+
+    from freshrec.domain import Item
+    from freshrec.model.sequence import SequenceNet
+    from freshrec.model.snapshot import prepare_validation
+    from freshrec.serve import engine
+    from freshrec.serve.catalog import Catalog
+    from freshrec.serve.metrics import Metrics
+    from freshrec.serve.models import Models
+    from freshrec.serve.ranker import Ranker
+    from freshrec.settings import ClusterSettings, ModelSettings
+
+    sys.setswitchinterval(engine.SWITCH_INTERVAL_S)
+    torch.manual_seed(0)
+    settings = ModelSettings()
+    ids = [f"i{j:07d}" for j in range(n)]
+    text = torch.randn(n, 384)
+    net = SequenceNet(n, text, settings)
+    with torch.no_grad():
+        rows = torch.randperm(n)[: round(n * learned)]
+        net.item_id.weight[rows] = torch.randn(len(rows), settings.dim) * 0.1
+        net.active[rows] = True
+    catalog = Catalog()
+    catalog.put([Item(i, title=f"title {i}", categories=("c",)) for i in ids], text.numpy())
+    ranker = Ranker(catalog)
+    prepare_validation()
+    return ids, net, ranker, Models(ranker, ClusterSettings(), Metrics())
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300.0, model: bool = True) -> None:

@@ -26,22 +26,12 @@ import datetime as dt
 import gc
 import statistics
 import subprocess
-import sys
 import threading
 import time
 
-import torch
-
-from freshrec.domain import Item
-from freshrec.model.sequence import SequenceNet
-from freshrec.model.snapshot import Snapshot, prepare_validation
+from freshrec.model.snapshot import Snapshot
 from freshrec.serve import engine
-from freshrec.serve.catalog import Catalog
-from freshrec.serve.metrics import Metrics
-from freshrec.serve.models import Models
-from freshrec.serve.ranker import Ranker
-from freshrec.settings import ClusterSettings, ModelSettings
-from harness import write_section
+from harness import large_intake, write_section
 
 
 def main() -> None:
@@ -49,22 +39,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    sys.setswitchinterval(engine.SWITCH_INTERVAL_S)  # as the server sets it
-    torch.manual_seed(0)
-    n, settings = args.items, ModelSettings()
-    ids = [f"i{j:07d}" for j in range(n)]
-    text = torch.randn(n, 384)
-    net = SequenceNet(n, text, settings)
-    with torch.no_grad():
-        learned = torch.randperm(n)[: n // 2]
-        net.item_id.weight[learned] = torch.randn(len(learned), settings.dim) * 0.1
-        net.active[learned] = True
-    catalog = Catalog()
-    catalog.put([Item(i, title=f"title {i}", categories=("c",)) for i in ids], text.numpy())
-    ranker = Ranker(catalog)
-    models = Models(ranker, ClusterSettings(), Metrics())
+    n = args.items
+    ids, net, ranker, models = large_intake(n, learned=0.5)  # half the rows learned, as in a large shop's
     models.settle = engine.Refreeze()
-    prepare_validation()  # as a server does when it starts
     gc.collect()
     gc.freeze()  # as the server does once it is up
 

@@ -22,24 +22,16 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 import torch
 
-from freshrec.domain import Item
 from freshrec.model.deltas import delta_of
-from freshrec.model.sequence import SequenceNet
-from freshrec.model.snapshot import Snapshot, prepare_validation
-from freshrec.serve import engine
-from freshrec.serve.catalog import Catalog
-from freshrec.serve.metrics import Metrics
-from freshrec.serve.models import Models
-from freshrec.serve.ranker import Ranker
-from freshrec.settings import ClusterSettings, ModelSettings
-from harness import write_section
+from freshrec.model.snapshot import Snapshot
+from freshrec.settings import ModelSettings
+from harness import large_intake, write_section
 
 INTERVAL_S = 0.25
 
@@ -50,20 +42,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=5_000)
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
-    sys.setswitchinterval(engine.SWITCH_INTERVAL_S)  # as the server sets it
-    torch.manual_seed(0)
-    n, settings = args.items, ModelSettings()
-    ids = [f"i{j:07d}" for j in range(n)]
-    text = torch.randn(n, 384)
-    net = SequenceNet(n, text, settings)
-    with torch.no_grad():
-        net.item_id.weight.normal_(0, 0.1)
-        net.active[:] = True
-    catalog = Catalog()
-    catalog.put([Item(i, title=f"title {i}", categories=("c",)) for i in ids], text.numpy())
-    ranker = Ranker(catalog)
-    models = Models(ranker, ClusterSettings(), Metrics())
-    prepare_validation()
+    n, dim = args.items, ModelSettings().dim
+    ids, net, ranker, models = large_intake(n, learned=1.0)
     lags: list[float] = []
     builds: list[tuple[float, float]] = []
     observe, publish = models.metrics.publish_lag_seconds.observe, ranker.publish
@@ -113,7 +93,7 @@ def main() -> None:
         due = time.perf_counter() + INTERVAL_S
         rows = torch.from_numpy(np.unique(rng.integers(0, n, args.rows)))
         with torch.no_grad():
-            net.item_id.weight[rows] += 0.01 * torch.randn(len(rows), settings.dim)
+            net.item_id.weight[rows] += 0.01 * torch.randn(len(rows), dim)
             net.item_bias.weight[rows] -= 0.01
             net.query += 0.001
         updates += 1

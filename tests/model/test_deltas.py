@@ -398,10 +398,7 @@ def test_builds_are_spaced_by_their_cost_and_what_arrives_meanwhile_is_built_onc
     monkeypatch.setattr(serving_models, "PUBLISH_SHARE", 0.002)  # 500 times a delta's build between two
     monkeypatch.setattr(serving_models, "PUBLISH_BURST_S", 0.0)  # no time to spare
     net = learner()
-    catalog = Catalog()
-    catalog.view = CatalogView(ids(40), before_text(net), ids(40), [()] * 40, np.ones(40, dtype=bool))
-    metrics = Metrics()
-    models = Models(Ranker(catalog), ClusterSettings(), metrics)
+    models, metrics = intake(net)
     served = models.ranker
 
     def built(updates: int) -> bool:
@@ -437,10 +434,7 @@ def test_deltas_are_built_as_they_come_while_the_builds_took_less_than_their_sha
     monkeypatch.setattr(serving_models, "PUBLISH_LONGEST_S", 60.0)
     monkeypatch.setattr(serving_models, "PUBLISH_BURST_S", 10.0)  # but with ample time to spare
     net = learner()
-    catalog = Catalog()
-    catalog.view = CatalogView(ids(40), before_text(net), ids(40), [()] * 40, np.ones(40, dtype=bool))
-    metrics = Metrics()
-    models = Models(Ranker(catalog), ClusterSettings(), metrics)
+    models, metrics = intake(net)
     served = models.ranker
     models.start()
     try:
@@ -458,6 +452,14 @@ def test_deltas_are_built_as_they_come_while_the_builds_took_less_than_their_sha
     assert builds(metrics) == 4  # the whole one and each delta on its own
 
 
+def intake(net: SequenceNet) -> tuple[Models, Metrics]:
+    """A server's snapshot intake of ``net``'s 40 items (its publisher not started) and its metrics."""
+    catalog = Catalog()
+    catalog.view = CatalogView(ids(40), before_text(net), ids(40), [()] * 40, np.ones(40, dtype=bool))
+    metrics = Metrics()
+    return Models(Ranker(catalog), ClusterSettings(), metrics), metrics
+
+
 def builds(metrics: Metrics) -> float:
     """Serving copies built, as ``/metrics`` counts them."""
     return next(s.value for s in metrics.publish_seconds.collect()[0].samples if s.name.endswith("_count"))
@@ -470,9 +472,7 @@ def test_a_costly_build_puts_the_next_off_by_at_most_the_longest_wait(monkeypatc
     monkeypatch.setattr(serving_models, "PUBLISH_BURST_S", 0.0)
     monkeypatch.setattr(serving_models, "PUBLISH_LONGEST_S", 0.2)
     net = learner()
-    catalog = Catalog()
-    catalog.view = CatalogView(ids(40), before_text(net), ids(40), [()] * 40, np.ones(40, dtype=bool))
-    models = Models(Ranker(catalog), ClusterSettings(), Metrics())
+    models, _ = intake(net)
     served = models.ranker
     models.start()
     try:
