@@ -178,18 +178,18 @@ class Models:
 
     def _publisher(self) -> None:
         in_background()  # builds yield the processor to requests (a whole one: seconds on a million items)
-        paced = Budgeted(PUBLISH_SHARE, PUBLISH_BURST_S, longest_s=PUBLISH_LONGEST_S)
+        budget = Budgeted(PUBLISH_SHARE, PUBLISH_BURST_S, longest_s=PUBLISH_LONGEST_S)
         while True:
             with self._publishing:
-                while (self._pending is None or not paced.due()) and not self._closed:
-                    self._publishing.wait(None if self._pending is None else paced.wait_s())
+                while (self._pending is None or not budget.due()) and not self._closed:
+                    self._publishing.wait(None if self._pending is None else budget.wait_s())
                 snapshot, self._pending = self._pending, None
             if snapshot is None:  # closed
                 return
             started = time.thread_time()  # its cost: not the waits for the lock or a spare table
             self._publish(snapshot)
             if snapshot.changed is not None:  # whole ones are spaced by the learner (by their cost)
-                paced.ran(time.thread_time() - started)
+                budget.ran(time.thread_time() - started)
 
     def close(self) -> None:
         with self._publishing:
