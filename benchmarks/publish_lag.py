@@ -30,7 +30,6 @@ import torch
 
 from freshrec.model.deltas import delta_of
 from freshrec.model.snapshot import Snapshot
-from freshrec.settings import ModelSettings
 from harness import large_intake, write_section
 
 INTERVAL_S = 0.25
@@ -42,7 +41,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=5_000)
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
-    n, dim = args.items, ModelSettings().dim
+    n = args.items
     ids, net, ranker, models = large_intake(n, learned=1.0)
     lags: list[float] = []
     builds: list[tuple[float, float]] = []
@@ -93,7 +92,7 @@ def main() -> None:
         due = time.perf_counter() + INTERVAL_S
         rows = torch.from_numpy(np.unique(rng.integers(0, n, args.rows)))
         with torch.no_grad():
-            net.item_id.weight[rows] += 0.01 * torch.randn(len(rows), dim)
+            net.item_id.weight[rows] += 0.01 * torch.randn(len(rows), net.item_id.embedding_dim)
             net.item_bias.weight[rows] -= 0.01
             net.query += 0.001
         updates += 1

@@ -399,24 +399,16 @@ def test_builds_are_spaced_by_their_cost_and_what_arrives_meanwhile_is_built_onc
     monkeypatch.setattr(serving_models, "PUBLISH_BURST_S", 0.0)  # no time to spare
     net = learner()
     models, metrics = intake(net)
-    served = models.ranker
-
-    def built(updates: int) -> bool:
-        return served.scoring.snapshot is not None and served.scoring.snapshot.updates == updates
-
     models.start()
     try:
         sent = snap(net)
         assert models.receive(sent.to_bytes(), "learner") is not None
-        wait_for(lambda: built(0))  # a whole one: not spaced here (the learner spaces those)
+        wait_for(lambda: built(models, 0))  # a whole one: not spaced here (the learner spaces those)
         for n in range(1, 4):
-            step(net, [n])
-            now = snap(net, updates=n)
-            assert models.receive(delta_since(now, sent).to_bytes(), "learner") is not None  # type: ignore[union-attr]
-            sent = now
+            sent = sent_delta(net, models, sent, n)
             if n == 1:
-                wait_for(lambda: built(1))  # the first delta at once, the next two after its cost
-        wait_for(lambda: built(3), 30.0)
+                wait_for(lambda: built(models, 1))  # the first delta at once, the next two after its cost
+        wait_for(lambda: built(models, 3), 30.0)
         wait_for(lambda: builds(metrics) >= 3)  # the publisher counts a build just after its swap
     finally:
         models.close()
@@ -435,18 +427,14 @@ def test_deltas_are_built_as_they_come_while_the_builds_took_less_than_their_sha
     monkeypatch.setattr(serving_models, "PUBLISH_BURST_S", 10.0)  # but with ample time to spare
     net = learner()
     models, metrics = intake(net)
-    served = models.ranker
     models.start()
     try:
         sent = snap(net)
         assert models.receive(sent.to_bytes(), "learner") is not None
         for n in range(1, 4):
-            step(net, [n])
-            now = snap(net, updates=n)
-            assert models.receive(delta_since(now, sent).to_bytes(), "learner") is not None  # type: ignore[union-attr]
-            sent = now
+            sent = sent_delta(net, models, sent, n)
             # (niced, the publisher may build slowly beside other processes: a minute at most)
-            wait_for(lambda n=n: served.scoring.snapshot is not None and served.scoring.snapshot.updates == n, 60.0)
+            wait_for(lambda n=n: built(models, n), 60.0)
         wait_for(lambda: builds(metrics) >= 4, 60.0)
     finally:
         models.close()
@@ -459,6 +447,21 @@ def intake(net: SequenceNet) -> tuple[Models, Metrics]:
     catalog.view = CatalogView(ids(40), before_text(net), ids(40), [()] * 40, np.ones(40, dtype=bool))
     metrics = Metrics()
     return Models(Ranker(catalog), ClusterSettings(), metrics), metrics
+
+
+def sent_delta(net: SequenceNet, models: Models, sent: Snapshot, n: int) -> Snapshot:
+    """A micro-batch's step of ``net`` (update ``n``), received by ``models`` as a delta on
+    ``sent``; the snapshot it now is."""
+    step(net, [n])
+    now = snap(net, updates=n)
+    assert models.receive(delta_since(now, sent).to_bytes(), "learner") is not None  # type: ignore[union-attr]
+    return now
+
+
+def built(models: Models, updates: int) -> bool:
+    """Whether ``models``' ranker serves the snapshot of ``updates`` updates."""
+    snapshot = models.ranker.scoring.snapshot
+    return snapshot is not None and snapshot.updates == updates
 
 
 def builds(metrics: Metrics) -> float:
@@ -474,17 +477,13 @@ def test_a_costly_build_puts_the_next_off_by_at_most_the_longest_wait(monkeypatc
     monkeypatch.setattr(serving_models, "PUBLISH_LONGEST_S", 0.2)
     net = learner()
     models, _ = intake(net)
-    served = models.ranker
     models.start()
     try:
         sent = snap(net)
         models.receive(sent.to_bytes(), "learner")
         for n in (1, 2):
-            step(net, [n])
-            now = snap(net, updates=n)
-            assert models.receive(delta_since(now, sent).to_bytes(), "learner") is not None  # type: ignore[union-attr]
-            sent = now
-            wait_for(lambda n=n: served.scoring.snapshot is not None and served.scoring.snapshot.updates == n, 5.0)
+            sent = sent_delta(net, models, sent, n)
+            wait_for(lambda n=n: built(models, n), 5.0)
     finally:
         models.close()
 
