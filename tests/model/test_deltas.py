@@ -441,6 +441,42 @@ def test_deltas_are_built_as_they_come_while_the_builds_took_less_than_their_sha
     assert builds(metrics) == 4  # the whole one and each delta on its own
 
 
+def test_a_build_that_fails_leaves_the_model_before_served_and_the_next_one_is_built(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A publisher thread that died with one build's error would serve the model before it for
+    good, while the server still reads ready."""
+    net = learner()
+    models, metrics = intake(net)
+    publish, failing = models.ranker.publish, threading.Event()
+
+    def flaky(snapshot: Snapshot | None) -> None:
+        if failing.is_set():
+            failing.clear()
+            raise RuntimeError("out of memory")
+        publish(snapshot)
+
+    monkeypatch.setattr(models.ranker, "publish", flaky)
+    models.start()
+    try:
+        sent = snap(net)
+        models.receive(sent.to_bytes(), "learner")
+        wait_for(lambda: built(models, 0), 60.0)
+        failing.set()
+        sent = sent_delta(net, models, sent, 1)
+        wait_for(lambda: metrics.failed_builds._value.get() == 1, 60.0)
+        assert built(models, 0)  # the one before stays served
+        sent_delta(net, models, sent, 2)
+        wait_for(lambda: built(models, 2), 60.0)  # on the delta of the one that failed: built whole
+    finally:
+        models.close()
+    assert "could not build the serving copy of model 1.1; the one before stays" in caplog.text
+    served = models.ranker.scoring
+    whole = build_scoring(served.snapshot, served.view)
+    assert served.vectors is not None and whole.vectors is not None
+    torch.testing.assert_close(served.vectors, whole.vectors)
+
+
 def intake(net: SequenceNet) -> tuple[Models, Metrics]:
     """A server's snapshot intake of ``net``'s 40 items (its publisher not started) and its metrics."""
     catalog = Catalog()

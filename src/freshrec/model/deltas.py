@@ -31,6 +31,7 @@ from torch import Tensor
 
 from freshrec import serialization
 from freshrec.model.blend import check_part, raw_part
+from freshrec.model.rows import put, take
 from freshrec.model.sequence import SequenceNet, untouched
 from freshrec.model.snapshot import CHECKED_IDS, Snapshot, check_tensor, expected_state
 
@@ -80,7 +81,7 @@ def delta_since(current: Snapshot, previous: Snapshot) -> SnapshotDelta | None:
         return None
     rows = changed_rows(current, previous)
     state = {
-        name: tensor[rows] if name in ROW_STATE else tensor
+        name: take(tensor, rows) if name in ROW_STATE else tensor
         for name, tensor in current.state.items()
         if not name.startswith(ITEM_TOWER)
     }
@@ -183,7 +184,7 @@ def delta_of(net: SequenceNet, parent: tuple[int, int], changed: Tensor, **info:
     item_ids, user_ids = info.pop("item_ids"), info.pop("user_ids")
     rows = torch.unique(torch.cat([changed, torch.arange(n0, len(item_ids))]))
     state = {
-        name: tensor[rows] if name in ROW_STATE else tensor.detach().clone()
+        name: take(tensor, rows) if name in ROW_STATE else tensor.detach().clone()
         for name, tensor in net.state_dict().items()
         if name != "text" and not name.startswith(ITEM_TOWER)
     }
@@ -246,7 +247,7 @@ def apply(base: Snapshot, delta: SnapshotDelta, in_place: bool = False) -> Snaps
                 table = torch.cat([table, untouched(name, table, n - n0)])
             elif not in_place:
                 table = table.clone()
-            table[rows] = tensor
+            put(table, rows, tensor)
             state[name] = table
         else:
             state[name] = tensor

@@ -203,7 +203,7 @@ class SequenceNet(nn.Module):
     def text_part(self, rows: Tensor | None = None) -> Pair:
         """What the items' text adds to their vectors and biases (``rows`` only, if given):
         the item tower's alone, which deltas leave as it was (serving keeps it between them)."""
-        text = self.text if rows is None else self.text[rows]
+        text = self.text if rows is None else self.text.index_select(0, rows)  # (faster than text[rows])
         return self.adapter(text), self.text_bias(text).squeeze(1)
 
     def item_table(self, rows: Tensor | None = None, sparse: bool = False, text_part: Pair | None = None) -> Pair:

@@ -84,6 +84,11 @@ class Metrics:
             "Model deltas skipped because they apply to a snapshot this server did not get",
             registry=r,
         )
+        self.failed_builds = Counter(
+            "freshrec_model_builds_failed",
+            "Model snapshots whose serving copy could not be built (the one before stays served)",
+            registry=r,
+        )
         self.model_served = Gauge(
             "freshrec_model_served",
             "1 once a learned model ranks (before: the text and popularity fallback)",

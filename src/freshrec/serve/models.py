@@ -187,7 +187,11 @@ class Models:
             if snapshot is None:  # closed
                 return
             started = time.thread_time()  # its cost: not the waits for the lock or a spare table
-            self._publish(snapshot)
+            try:
+                self._publish(snapshot)
+            except Exception:  # the thread must live on: the next snapshot may build (a delta's then whole)
+                log.exception("could not build the serving copy of model %s; the one before stays", snapshot.version)
+                self.metrics.failed_builds.inc()
             if snapshot.changed is not None:  # whole ones are spaced by the learner (by their cost)
                 budget.ran(time.thread_time() - started)
 

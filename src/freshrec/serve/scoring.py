@@ -22,6 +22,7 @@ from freshrec.domain import Event
 from freshrec.ingest.feedback import TYPE_CODES
 from freshrec.model.deltas import ITEM_TOWER, ROW_STATE
 from freshrec.model.histories import left_padded
+from freshrec.model.rows import put, take
 from freshrec.model.sequence import HistoryTensors, Pair, SequenceNet, untouched
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import CatalogView, starts_with
@@ -154,7 +155,8 @@ def build_scoring(
         part = previous.text_part
         if len(rows):
             changed, changed_bias = net.item_table(rows, text_part=None if part is None else _rows(part, rows))
-            vectors[rows], bias[rows] = changed, changed_bias
+            put(vectors, rows, changed)
+            put(bias, rows, changed_bias)
             unit[rows.numpy()] = unit_rows(changed.numpy())
     else:
         part = (kept if kept is not None else net.text_part()) if net.use_text else None
@@ -198,12 +200,13 @@ def moved(previous: Scoring, current: Scoring) -> tuple[npt.NDArray[np.int64], n
         end = start + MOVED_CHUNK
         at = torch.arange(start, min(end, m)) if written is None else written[start:end]
         where = slice(start, min(end, m)) if written is None else at  # a slice reads the tables in place
-        vector = current.vectors[where]
-        step, bias_step = vector - previous.vectors[where], current.bias[where] - previous.bias[where]
+        vector = _take(current.vectors, where)
+        step = vector - _take(previous.vectors, where)
+        bias_step = _take(current.bias, where) - _take(previous.bias, where)
         if not towers and now is not None and before is not None:
-            step -= now[0][where]
-            step += before[0][where]
-            bias_step -= now[1][where] - before[1][where]
+            step -= _take(now[0], where)
+            step += _take(before[0], where)
+            bias_step -= _take(now[1], where) - _take(before[1], where)
         distance = torch.hypot(torch.linalg.vector_norm(step, dim=1), bias_step)
         # what the subtraction of the text's parts leaves of an unmoved row: rounding
         far = distance > 1e-5 * torch.linalg.vector_norm(vector, dim=1)
@@ -215,18 +218,23 @@ def moved(previous: Scoring, current: Scoring) -> tuple[npt.NDArray[np.int64], n
 
 
 def _rows(part: Pair, rows: torch.Tensor) -> Pair:
-    return part[0][rows], part[1][rows]
+    return take(part[0], rows), take(part[1], rows)
+
+
+def _take(table: torch.Tensor, where: torch.Tensor | slice) -> torch.Tensor:
+    return table[where] if isinstance(where, slice) else take(table, where)
 
 
 def _level(spare: Spare, previous: Scoring, rows: torch.Tensor) -> None:
     """Bring ``spare`` level with ``previous``'s table, but for ``rows`` (which the build
     computes anew): copy the rows ``previous``'s build changed, which ``spare`` lacks."""
     assert previous.vectors is not None and previous.bias is not None
-    behind = spare.stale[~torch.isin(spare.stale, rows)]
+    behind = spare.stale[~torch.isin(spare.stale, rows, assume_unique=True)]  # both ascend, unique
     if len(behind):
-        spare.vectors[behind], spare.bias[behind] = previous.vectors[behind], previous.bias[behind]
+        put(spare.vectors, behind, take(previous.vectors, behind))
+        put(spare.bias, behind, take(previous.bias, behind))
         at = behind.numpy()
-        spare.unit[at] = previous.unit[at]
+        spare.unit[at] = previous.unit.take(at, axis=0)
 
 
 def _changed(
