@@ -155,7 +155,7 @@ def test_serving_recomputes_only_the_changed_rows_and_gets_the_whole_rebuilds_ta
     assert following.vectors is not None and whole.vectors is not None and first.vectors is not None
     torch.testing.assert_close(following.vectors, whole.vectors)
     torch.testing.assert_close(following.bias, whole.bias)
-    np.testing.assert_allclose(following.unit, whole.unit, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(following.norms, whole.norms, rtol=1e-6, atol=1e-6)
     moved = (following.vectors != first.vectors).any(1).nonzero().squeeze(1).tolist()
     assert moved == [2, 30]  # the others were copied, not recomputed
     assert first.vectors is not following.vectors  # and the previous table was left to its readers
@@ -257,7 +257,7 @@ def test_serving_writes_each_delta_over_the_table_no_request_reads_any_more() ->
         expected = build_scoring(got, catalog.view)  # whole, with the item tower serving keeps
         torch.testing.assert_close(ranker.scoring.vectors, expected.vectors)
         torch.testing.assert_close(ranker.scoring.bias, expected.bias)
-        np.testing.assert_allclose(ranker.scoring.unit, expected.unit, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(ranker.scoring.norms, expected.norms, rtol=1e-6, atol=1e-6)
     assert held is not None and torch.equal(held.vectors, kept)  # type: ignore[arg-type]
     a, b = tables[0], tables[1]
     assert [t is a for t in tables] == [True, False, True, False, True, False]  # two tables take turns
@@ -289,13 +289,13 @@ def test_the_first_delta_after_a_whole_snapshot_writes_over_a_copy_made_with_the
     expected = build_scoring(got, catalog.view)
     torch.testing.assert_close(ranker.scoring.vectors, expected.vectors)
     torch.testing.assert_close(ranker.scoring.bias, expected.bias)
-    np.testing.assert_allclose(ranker.scoring.unit, expected.unit, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ranker.scoring.norms, expected.norms, rtol=1e-6, atol=1e-6)
 
 
 def test_a_whole_snapshot_after_a_delta_copies_its_table_into_the_one_no_request_reads() -> None:
     """The copy a whole snapshot's build makes for the next delta goes into the table that
     no request reads any more (the whole one before it, which the delta's build left), not
-    into new memory: half a gigabyte on a million items, per whole snapshot."""
+    into new memory: a quarter of a gigabyte on a million items, per whole snapshot."""
     net = learner()
     catalog, ranker, models, sent, _ = published_by_hand(net)
     old = ranker.scoring.vectors  # the table alone: its scoring is let go
@@ -310,7 +310,7 @@ def test_a_whole_snapshot_after_a_delta_copies_its_table_into_the_one_no_request
     copy = ranker._behind.tables  # type: ignore[union-attr]
     assert copy[0] is old and copy[0] is not ranker.scoring.vectors
     assert torch.equal(copy[0], ranker.scoring.vectors) and torch.equal(copy[1], ranker.scoring.bias)  # type: ignore[arg-type]
-    np.testing.assert_array_equal(copy[2], ranker.scoring.unit)
+    np.testing.assert_array_equal(copy[2], ranker.scoring.norms)
     expected = build_scoring(whole, catalog.view)
     torch.testing.assert_close(ranker.scoring.vectors, expected.vectors)
 

@@ -17,7 +17,7 @@ from freshrec.settings import ModelSettings
 def scoring(net: SequenceNet, items: int) -> Scoring:
     """A scoring of ``net`` with a table of ``items`` rows (the pass reads nothing else)."""
     table = torch.randn(items, net.settings.dim, generator=torch.Generator().manual_seed(items))
-    return Scoring(None, None, net, table, None, np.zeros((0, 0), np.float32))  # type: ignore[arg-type]
+    return Scoring(None, None, net, table, None, np.zeros(0, np.float32))  # type: ignore[arg-type]
 
 
 def network(settings: ModelSettings, items: int, users: int, seed: int) -> SequenceNet:

@@ -166,13 +166,14 @@ def by_text(sc: Scoring, known: Sequence[Event], allowed: npt.NDArray[np.bool_],
     past = [e for e in known[-20:] if e.type not in (EventType.DISLIKE, EventType.IMPRESSION)] or list(known[-20:])
     rows = [sc.view.codes[e.item_id] for e in past]
     weights = np.linspace(0.5, 1.0, len(rows), dtype=np.float32)  # recent events count more
-    user = (sc.unit[rows] * weights[:, None]).sum(0)
-    scores = sc.unit @ (user / max(float(np.linalg.norm(user)), 1e-12))
+    unit = sc.unit(rows)
+    user = (unit * weights[:, None]).sum(0)
+    scores = sc.cosines(user / max(float(np.linalg.norm(user)), 1e-12))
     out = []
     for c in top(scores, allowed, k):
         because: tuple[Because, ...] = ()
         if explain:
-            sims = sc.unit[rows] @ sc.unit[c]
+            sims = unit @ sc.unit([c])[0]
             j = int(np.argmax(sims))
             because = (because_of(sc, past[j], float(sims[j])),)
         out.append(ranked(sc, c, float(scores[c]), because, explain))
@@ -203,7 +204,7 @@ def diversified(
         return []
     relevance = np.asarray(counts, dtype=np.float64)
     relevance = relevance / relevance.max() if relevance.max() > 0 else relevance
-    vectors = sc.unit[codes]
+    vectors = sc.unit(codes)
     chosen: list[int] = []
     redundancy = np.full(len(codes), -np.inf)
     for _ in range(min(k, len(codes))):

@@ -226,7 +226,7 @@ class Ranker:
         if rule:
             allowed &= self.matching(rule, sc.view)
         allowed[n] = False
-        scores = sc.unit @ sc.unit[n]
+        scores = sc.cosines(sc.unit([n])[0])
         return [Ranked(sc.view.ids[c], float(scores[c]), sc.view.titles[c], None) for c in top(scores, allowed, k)]
 
 

@@ -2,7 +2,7 @@
 
 A :class:`Scoring` pairs one model snapshot with one catalog view and holds
 everything derived from them (an inference copy of the network, the item
-table, unit item vectors for similarity). The publisher thread builds a new
+table, its rows' lengths for similarity). The publisher thread builds a new
 one on every publish and swaps it in with one assignment; request threads
 read ``ranker.scoring`` once and use that object to the end, so a request
 never mixes two model versions and never waits for a publish.
@@ -44,8 +44,11 @@ class Scoring:
     net: SequenceNet | None
     vectors: torch.Tensor | None
     bias: torch.Tensor | None
-    unit: npt.NDArray[np.float32]
-    """Unit item vectors: the model's when there is one, else the text embeddings."""
+    norms: npt.NDArray[np.float32]
+    """The length of each item's row of :meth:`rows` (at least ``1e-12``). Why lengths rather
+    than a unit-length copy of the table: on a million items that copy was 256 MB more per
+    table (three are kept), and every delta's build wrote and copied its rows: a quarter of
+    the build's processor time (``benchmarks/publish_lag.py``)."""
     user_rows: dict[str, int] = field(default_factory=dict)
     """Row of each user in the model's user table (only with ``use_user_ids``)."""
     aligned: bool = False
@@ -68,9 +71,24 @@ class Scoring:
     def version(self) -> str | None:
         return self.snapshot.version if self.snapshot is not None else None
 
+    def rows(self) -> npt.NDArray[np.float32]:
+        """The items' vectors that similarity compares: the model's when there is one, else
+        the text embeddings."""
+        return self.vectors.numpy() if self.vectors is not None else self.view.text
 
-def unit_rows(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    return np.asarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+    def unit(self, codes: Sequence[int] | npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """The rows ``codes`` of :meth:`rows` at unit length."""
+        at = np.asarray(codes, dtype=np.int64)
+        return np.asarray(self.rows()[at] / self.norms[at, None], dtype=np.float32)
+
+    def cosines(self, direction: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Every item's cosine with ``direction``, a vector of unit length."""
+        return np.asarray((self.rows() @ direction) / self.norms, dtype=np.float32)
+
+
+def lengths(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Each row's Euclidean length, at least ``1e-12`` (what a zero row divides by)."""
+    return np.asarray(np.maximum(np.linalg.norm(x, axis=1), 1e-12), dtype=np.float32)
 
 
 def tower_of(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -122,7 +140,7 @@ def build_scoring(
     the rows of a delta it replaced before that delta's build, and those rows kept their
     older vectors."""
     if snapshot is None or not len(view):
-        return Scoring(view, None, None, None, None, unit_rows(view.text))
+        return Scoring(view, None, None, None, None, lengths(view.text))
     s = snapshot.settings
     text = torch.from_numpy(view.text) if s.use_text else None
     state = dict(snapshot.state)
@@ -148,22 +166,22 @@ def build_scoring(
     if rows is not None:
         assert previous is not None and previous.vectors is not None and previous.bias is not None
         if tables is not None and len(tables.vectors) == len(previous.vectors):
-            vectors, bias, unit = tables.vectors, tables.bias, tables.unit
+            vectors, bias, norms = tables.vectors, tables.bias, tables.norms
             _level(tables, previous, rows)
         else:
-            vectors, bias, unit = previous.vectors.clone(), previous.bias.clone(), previous.unit.copy()
+            vectors, bias, norms = previous.vectors.clone(), previous.bias.clone(), previous.norms.copy()
         part = previous.text_part
         if len(rows):
             changed, changed_bias = net.item_table(rows, text_part=None if part is None else _rows(part, rows))
             put(vectors, rows, changed)
             put(bias, rows, changed_bias)
-            unit[rows.numpy()] = unit_rows(changed.numpy())
+            norms[rows.numpy()] = lengths(changed.numpy())
     else:
         part = (kept if kept is not None else net.text_part()) if net.use_text else None
         vectors, bias = net.item_table(text_part=part)
-        unit = unit_rows(vectors.numpy())
+        norms = lengths(vectors.numpy())
     user_rows = {u: n for n, u in enumerate(snapshot.user_ids) if u is not None}
-    return Scoring(view, snapshot, net, vectors, bias, unit, user_rows, aligned, part, served, rows)
+    return Scoring(view, snapshot, net, vectors, bias, norms, user_rows, aligned, part, served, rows)
 
 
 @torch.no_grad()
@@ -234,7 +252,7 @@ def _level(spare: Spare, previous: Scoring, rows: torch.Tensor) -> None:
         put(spare.vectors, behind, take(previous.vectors, behind))
         put(spare.bias, behind, take(previous.bias, behind))
         at = behind.numpy()
-        spare.unit[at] = previous.unit.take(at, axis=0)
+        spare.norms[at] = previous.norms[at]
 
 
 def _changed(

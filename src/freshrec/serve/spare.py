@@ -1,5 +1,5 @@
 """Item tables no request reads any more, written over by the next build instead of
-copying a table: on a million items a table is half a gigabyte (:class:`Behind`)."""
+copying a table: on a million items a table is a quarter of a gigabyte (:class:`Behind`)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class Spare:
 
     vectors: torch.Tensor
     bias: torch.Tensor
-    unit: npt.NDArray[np.float32]
+    norms: npt.NDArray[np.float32]
     stale: torch.Tensor
 
 
@@ -38,15 +38,15 @@ class Behind:
         self.copy = copy
         """Whether the table is a copy of ``scoring``'s, which no scoring holds."""
         self.owner: Callable[[], Scoring | None] = (lambda: None) if copy else weakref.ref(scoring)
-        vectors, bias, unit = scoring.vectors, scoring.bias, scoring.unit
-        self.tables = (vectors, bias, unit)
-        if copy and into is not None and fits(into, vectors, bias, unit):
+        vectors, bias, norms = scoring.vectors, scoring.bias, scoring.norms
+        self.tables = (vectors, bias, norms)
+        if copy and into is not None and fits(into, vectors, bias, norms):
             into.vectors.copy_(vectors)
             into.bias.copy_(bias)
-            np.copyto(into.unit, unit)
-            self.tables = (into.vectors, into.bias, into.unit)
+            np.copyto(into.norms, norms)
+            self.tables = (into.vectors, into.bias, into.norms)
         elif copy:
-            self.tables = (vectors.clone(), bias.clone(), unit.copy())
+            self.tables = (vectors.clone(), bias.clone(), norms.copy())
         self.serial, self.view, self.tower = scoring.snapshot.serial, scoring.view, scoring.tower
 
     @classmethod
@@ -63,7 +63,7 @@ class Behind:
         learner spaces whole snapshots by.
 
         Made in ``into`` (a table no request reads any more) where it has the same shapes,
-        not in new memory: on a million items the copy is half a gigabyte, and new memory,
+        not in new memory: on a million items the copy is a quarter of a gigabyte, and new memory,
         touched for the first time page by page while the table it replaces is given back,
         slowed the process's other threads (``benchmarks/fresh_memory.py``: a thread asking
         for the interpreter lock beside one copying a table of that size into new memory in a
@@ -98,9 +98,9 @@ class Behind:
         return Spare(*self.tables, snapshot.changed)
 
 
-def fits(spare: Spare, vectors: torch.Tensor, bias: torch.Tensor, unit: npt.NDArray[np.float32]) -> bool:
+def fits(spare: Spare, vectors: torch.Tensor, bias: torch.Tensor, norms: npt.NDArray[np.float32]) -> bool:
     """Whether ``spare``'s tables have the shapes and types of these."""
     pairs = ((spare.vectors, vectors), (spare.bias, bias))
     return all(a.shape == b.shape and a.dtype == b.dtype for a, b in pairs) and (
-        spare.unit.shape == unit.shape and spare.unit.dtype == unit.dtype and spare.unit.flags.writeable
+        spare.norms.shape == norms.shape and spare.norms.dtype == norms.dtype and spare.norms.flags.writeable
     )
