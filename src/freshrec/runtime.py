@@ -82,7 +82,8 @@ def in_background() -> None:
     whole snapshot had p99 98.7 ms against 103.2 and 106.1 ms in two runs before (random
     clicks on the million-item shop; within the runs' spread: what holds those requests up
     is not the processor alone). The background still gets the processor whenever the
-    requests leave it, and they use about half of it.
+    requests leave it, and they use about half of it. Not for work that holds the interpreter
+    lock often and must keep pace (the model's builds: :meth:`~freshrec.serve.models.Models._publisher`).
     """
     if sys.platform != "linux":
         return

@@ -431,9 +431,10 @@ def test_deltas_are_built_as_they_come_while_the_builds_took_less_than_their_sha
     try:
         sent = snap(net)
         assert models.receive(sent.to_bytes(), "learner") is not None
+        wait_for(lambda: built(models, 0), 60.0)  # else the first delta may merge into it
         for n in range(1, 4):
             sent = sent_delta(net, models, sent, n)
-            # (niced, the publisher may build slowly beside other processes: a minute at most)
+            # (beside other processes a build may be slow: a minute at most)
             wait_for(lambda n=n: built(models, n), 60.0)
         wait_for(lambda: builds(metrics) >= 4, 60.0)
     finally:

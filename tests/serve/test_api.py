@@ -345,8 +345,8 @@ def test_health_metrics_and_openapi(server: Server) -> None:
     if sys.platform == "linux":  # the background's threads yield the processor to the requests' (runtime.in_background)
         nice = {t.name: os.getpriority(os.PRIO_PROCESS, t.native_id or 0) for t in threading.enumerate()}
         main = os.getpriority(os.PRIO_PROCESS, os.getpid())
-        assert nice["freshrec-publisher"] == nice["freshrec-receiver"] == min(19, main + BACKGROUND_NICE), nice
-        assert nice["freshrec-model_0"] == main, nice
+        assert nice["freshrec-receiver"] == min(19, main + BACKGROUND_NICE), nice
+        assert nice["freshrec-model_0"] == nice["freshrec-publisher"] == main, nice  # (the budget holds builds)
         assert 'route="/v1/users/{user_id}/recommendations"' in metrics
     with server.client(None) as c:
         spec = c.get("/openapi.json").json()

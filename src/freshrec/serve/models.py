@@ -15,7 +15,6 @@ from freshrec.model import deltas
 from freshrec.model.deltas import SnapshotDelta
 from freshrec.model.snapshot import Snapshot
 from freshrec.pacing import Budgeted
-from freshrec.runtime import in_background
 from freshrec.serialization import Malformed, StringLists
 from freshrec.serve import traced
 from freshrec.serve.metrics import Metrics
@@ -177,7 +176,12 @@ class Models:
         self.metrics.publish_lag_seconds.observe(max(0.0, time.time() - snapshot.created))
 
     def _publisher(self) -> None:
-        in_background()  # builds yield the processor to requests (a whole one: seconds on a million items)
+        # Not niced (:func:`~freshrec.runtime.in_background`): the budget holds the deltas'
+        # builds to their share, and a niced thread that the scheduler leaves waiting while it
+        # holds the interpreter lock holds every request up with it. Beside two busy processes
+        # on a million items (``benchmarks/publish_lag.py``, 15,000-row deltas), niced: the
+        # lock's waits p99 7.4-8.2 ms, a build 154-168 ms of wall time for 13 ms of the
+        # processor, serving p99 304-383 ms behind; not niced: 4.6-4.7 ms, 34-35 ms, 98-135 ms.
         budget = Budgeted(PUBLISH_SHARE, PUBLISH_BURST_S, longest_s=PUBLISH_LONGEST_S)
         while True:
             with self._publishing:
