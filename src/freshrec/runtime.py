@@ -83,7 +83,9 @@ def in_background() -> None:
     clicks on the million-item shop; within the runs' spread: what holds those requests up
     is not the processor alone). The background still gets the processor whenever the
     requests leave it, and they use about half of it. Not for work that holds the interpreter
-    lock often and must keep pace (the model's builds: :meth:`~freshrec.serve.models.Models._publisher`).
+    lock often and must keep pace (taking the model in: :meth:`~freshrec.serve.models.Models._publisher`,
+    :meth:`~freshrec.serve.engine.Engine._receive`): a niced thread that the scheduler leaves
+    waiting while it holds the lock holds every other thread up with it.
     """
     if sys.platform != "linux":
         return

@@ -19,7 +19,6 @@ import pytest
 
 from freshrec.client import AsyncClient, FreshrecError, Recommendations
 from freshrec.model.snapshot import Snapshot
-from freshrec.runtime import BACKGROUND_NICE
 from tests.serve.conftest import ADMIN, READ, WRITE, Server, wait_for
 
 
@@ -342,11 +341,10 @@ def test_health_metrics_and_openapi(server: Server) -> None:
             assert wanted in names
         beats = re.search(r"^freshrec_event_loop_lag_seconds_count (\S+)$", metrics, re.M)
         assert beats is not None and float(beats[1]) > 0  # the loop's beat runs in a real server
-    if sys.platform == "linux":  # the background's threads yield the processor to the requests' (runtime.in_background)
+    if sys.platform == "linux":  # threads that hold the interpreter lock often are not niced (runtime.in_background)
         nice = {t.name: os.getpriority(os.PRIO_PROCESS, t.native_id or 0) for t in threading.enumerate()}
         main = os.getpriority(os.PRIO_PROCESS, os.getpid())
-        assert nice["freshrec-receiver"] == min(19, main + BACKGROUND_NICE), nice
-        assert nice["freshrec-model_0"] == nice["freshrec-publisher"] == main, nice  # (the budget holds builds)
+        assert nice["freshrec-model_0"] == nice["freshrec-publisher"] == nice["freshrec-receiver"] == main, nice
         assert 'route="/v1/users/{user_id}/recommendations"' in metrics
     with server.client(None) as c:
         spec = c.get("/openapi.json").json()

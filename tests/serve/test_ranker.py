@@ -144,6 +144,13 @@ def test_filters_and_a_deleted_item(trained: tuple[FreshRec, Snapshot]) -> None:
     assert ranker.similar("kitchen-1", 5) is None
     similar = ranker.similar("garden-0", 29)
     assert similar is not None and "garden-0" not in {r.item_id for r in similar} and len(similar) == 28
+    sc = ranker.scoring  # the cosines of the served vectors (by the rows' lengths kept), best first
+    assert sc.vectors is not None
+    vectors = sc.vectors.numpy()
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    cosines = [float(unit[sc.view.codes[r.item_id]] @ unit[sc.view.codes["garden-0"]]) for r in similar]
+    assert [r.score for r in similar] == pytest.approx(cosines, abs=1e-5)
+    assert cosines == sorted(cosines, reverse=True)
 
 
 def test_before_any_model_text_similarity_and_popularity_serve() -> None:

@@ -27,7 +27,6 @@ import threading
 import redis
 
 from freshrec.bus import BusError, RedisBus
-from freshrec.runtime import in_background
 from freshrec.serve.models import Models
 from freshrec.serve.service import Service
 from freshrec.storage.base import Store
@@ -70,7 +69,7 @@ class Replica:
         self._thread.start()
 
     def _run(self) -> None:
-        in_background()
+        # not niced, as the server's receiver is not (:meth:`freshrec.serve.engine.Engine._receive`)
         while not self._stop.wait(self.poll_s):
             try:
                 self.tick()
