@@ -74,18 +74,19 @@ def in_background() -> None:
     long as it runs: :data:`BACKGROUND_NICE` nicer than the main thread (on Linux, where
     niceness is per thread, and threads inherit their starter's; elsewhere nothing).
 
-    Why: on two cores the server's background work (a whole snapshot of a million items
-    parsed, validated and built into its item table: 3 s of a core; the candidate index's
-    builds: 20-55 s) competes with the requests' threads (the event loop's, the model's)
-    for the processor. Niced, the index's build thread took p99 under 200 requests/s and
-    500 events/s from 263-367 ms to 30-82 ms; for the snapshot's threads, the round with a
-    whole snapshot had p99 98.7 ms against 103.2 and 106.1 ms in two runs before (random
-    clicks on the million-item shop; within the runs' spread: what holds those requests up
-    is not the processor alone). The background still gets the processor whenever the
-    requests leave it, and they use about half of it. Not for work that holds the interpreter
-    lock often and must keep pace (taking the model in: :meth:`~freshrec.serve.models.Models._publisher`,
-    :meth:`~freshrec.serve.engine.Engine._receive`): a niced thread that the scheduler leaves
-    waiting while it holds the lock holds every other thread up with it.
+    Why: on two cores the server's background work (the candidate index's builds: 20-55 s
+    on a million items; bulk imports) competes with the requests' threads (the event loop's,
+    the model's) for the processor. Niced, the index's build thread took p99 under 200
+    requests/s and 500 events/s from 263-367 ms to 30-82 ms. The background still gets the
+    processor whenever the requests leave it, and they use about half of it.
+
+    Not for work that holds the interpreter lock often and must keep pace: taking the model
+    in (:meth:`~freshrec.serve.models.Models._publisher`,
+    :meth:`~freshrec.serve.engine.Engine._receive`). A niced thread that the scheduler leaves
+    waiting while it holds the lock holds every other thread up with it; niced, those threads
+    had gained requests nothing beyond the runs' spread (a round with a whole snapshot p99
+    98.7 ms against 103.2 and 106.1 ms), and beside busy processes their lock waits ran to
+    212-254 ms (``benchmarks/publish_lag.py``).
     """
     if sys.platform != "linux":
         return
