@@ -16,8 +16,9 @@ later snapshots with the same items cost no remapping.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import InitVar, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,14 @@ PIECE = 1 << 16
 """A new item list is compared with the view's ids in pieces of this many: comparing a
 million ids at once is one step of the interpreter that holds its lock throughout (42 ms),
 while the server's requests wait; between pieces they get it back."""
+HEADROOM = 1 << 16
+"""Spare rows of text embeddings the catalog keeps beyond its items (at most; an eighth of
+them on a smaller catalog), so that adding items writes them there instead of copying every
+row: on a million items of 384 numbers, 1.5 GB copied per write."""
+
+Derived = tuple[dict[ItemId, int], dict[str, npt.NDArray[np.int64]]]
+"""A view's row of each item and rows of each category (:attr:`CatalogView.codes`,
+:attr:`CatalogView.by_category`)."""
 
 
 @dataclass(frozen=True)
@@ -45,18 +54,34 @@ class CatalogView:
     """Each row's item attributes (for business rules; rows beyond the list have none)."""
     created: list[float | None] = field(default_factory=list)
     """Each row's ``created_at`` (for business rules)."""
+    grown_from: weakref.ref[CatalogView] | None = field(default=None, repr=False, compare=False)
+    """A view whose ids and text embeddings are this one's first rows, unchanged (``None``:
+    none known): a scoring of that view is extended by the rows added since, not built
+    again (:func:`~freshrec.serve.scoring.build_scoring`)."""
+    known: InitVar[Derived | None] = None
+    """:attr:`codes` and :attr:`by_category` where the writer has them (``None``: made from the
+    rows). Why: made from the rows, on a million items they took 1.2 s of a core per write
+    (``benchmarks/catalog_change.py``), though a write changes a few rows."""
     codes: dict[ItemId, int] = field(init=False)
     by_category: dict[str, npt.NDArray[np.int64]] = field(init=False)
+    """The rows of each category (casefolded), ascending."""
     led_by: tuple[Sequence[ItemId], int] | None = field(init=False, default=None, repr=False, compare=False)
     """The last item list found to start the view, and its length (see :func:`starts_with`)."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "codes", {item_id: n for n, item_id in enumerate(self.ids)})
-        index: dict[str, list[int]] = {}
-        for n, cats in enumerate(self.categories):
-            for c in cats:
-                index.setdefault(c.casefold(), []).append(n)
-        object.__setattr__(self, "by_category", {c: np.array(v, dtype=np.int64) for c, v in index.items()})
+    def __post_init__(self, known: Derived | None) -> None:
+        if known is None:
+            index: dict[str, list[int]] = {}
+            for n, cats in enumerate(self.categories):
+                for c in dict.fromkeys(c.casefold() for c in cats):
+                    index.setdefault(c, []).append(n)
+            by_category = {c: np.array(v, dtype=np.int64) for c, v in index.items()}
+            known = {item_id: n for n, item_id in enumerate(self.ids)}, by_category
+        object.__setattr__(self, "codes", known[0])
+        object.__setattr__(self, "by_category", known[1])
+
+    def derived(self) -> Derived:
+        """What a view with the same ids and categories takes as ``known``."""
+        return self.codes, self.by_category
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -98,6 +123,8 @@ class Catalog:
     def __init__(self) -> None:
         self.view = _empty()
         self._lock = threading.Lock()
+        self._spare: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
+        """The text table with spare rows and the current view's rows of it (:meth:`_text`)."""
 
     def load(self, store: Store, encoder: str) -> None:
         """Every embedded item of the store; items no longer in it are marked dead.
@@ -112,7 +139,7 @@ class Catalog:
             view = self.view
             alive = np.array([i in present for i in view.ids], dtype=bool)
             if not np.array_equal(alive, view.alive):
-                self.view = replace(view, alive=alive)
+                self.view = replace(view, alive=alive, known=view.derived(), grown_from=view.grown_from)
 
     def put(self, items: Sequence[Item], vectors: npt.NDArray[np.float32]) -> None:
         """Add or replace items (row ``n`` of ``vectors`` belongs to ``items[n]``)."""
@@ -128,24 +155,43 @@ class Catalog:
         ids, titles, cats = list(old.ids), list(old.titles), list(old.categories)
         attributes = [*old.attributes, *([{}] * (len(old.ids) - len(old.attributes)))]
         created = [*old.created, *([None] * (len(old.ids) - len(old.created)))]
-        new = list(dict.fromkeys(item.item_id for item in items if item.item_id not in old.codes))
-        width = vectors.shape[1]
-        base = old.text if len(old) else np.zeros((0, width), np.float32)
-        text = np.concatenate([base, np.zeros((len(new), width), np.float32)])
-        alive = np.concatenate([old.alive, np.ones(len(new), dtype=bool)])
         codes = dict(old.codes)
-        for item_id in new:
-            codes[item_id] = len(ids)
-            ids.append(item_id)
-            titles.append("")
-            cats.append(())
-            attributes.append({})
-            created.append(None)
-        for item, vector in zip(items, vectors, strict=True):
-            n = codes[item.item_id]
-            text[n], titles[n], cats[n], alive[n] = vector, item.title, item.categories, True
+        for item in items:
+            if item.item_id not in codes:
+                codes[item.item_id] = len(ids)
+                ids.append(item.item_id)
+                titles.append("")
+                cats.append(())
+                attributes.append({})
+                created.append(None)
+        latest = {codes[item.item_id]: (item, vector) for item, vector in zip(items, vectors, strict=True)}
+        rewrites = any(n < len(old) and not np.array_equal(old.text[n], vector) for n, (_, vector) in latest.items())
+        text = self._text(old, len(ids), rewrites, vectors.shape[1])
+        alive = np.concatenate([old.alive, np.ones(len(ids) - len(old), dtype=bool)])
+        was = {n: cats[n] for n in latest}
+        for n, (item, vector) in latest.items():
+            if rewrites or n >= len(old):  # else the same numbers: views before read that row
+                text[n] = vector
+            titles[n], cats[n], alive[n] = item.title, item.categories, True
             attributes[n], created[n] = item.attributes, item.created_at
-        self.view = CatalogView(ids, text, titles, cats, alive, attributes, created)
+        by_category = _reindexed(old.by_category, was, {n: cats[n] for n in latest})
+        grown_from = None if rewrites or not len(old) else weakref.ref(old)
+        self.view = CatalogView(ids, text, titles, cats, alive, attributes, created, grown_from, (codes, by_category))
+
+    def _text(self, old: CatalogView, n: int, rewrites: bool, width: int) -> npt.NDArray[np.float32]:
+        """The text embeddings' table of a view of ``n`` rows that starts with ``old``'s:
+        ``old``'s own rows and the spare ones after them (:data:`HEADROOM`) where they
+        are the catalog's last and no row of ``old`` is written (a view never changes),
+        else a copy with spare rows again. Rows past ``old``'s are for the caller to fill."""
+        spare = self._spare
+        if not rewrites and spare is not None and old.text is spare[1] and n <= len(spare[0]):
+            rows = spare[0]
+        else:
+            rows = np.empty((n + min(HEADROOM, max(n // 8, 16)), width), dtype=np.float32)
+            rows[: len(old)] = old.text if len(old) else 0.0
+        text = rows[:n]
+        self._spare = rows, text
+        return text
 
     def align(self, item_ids: Sequence[ItemId]) -> bool:
         """Lay the view out with ``item_ids`` (the learner's numbering) as its first rows;
@@ -180,8 +226,39 @@ class Catalog:
                 return False
             alive = old.alive.copy()
             alive[n] = False
-            self.view = replace(old, alive=alive)
+            self.view = replace(old, alive=alive, known=old.derived(), grown_from=weakref.ref(old))
             return True
+
+
+def _reindexed(
+    by_category: dict[str, npt.NDArray[np.int64]],
+    was: dict[int, tuple[str, ...]],
+    now: dict[int, tuple[str, ...]],
+) -> dict[str, npt.NDArray[np.int64]]:
+    """``by_category`` with rows moved from the categories they ``was`` in to those they are
+    in ``now`` (casefolded); the categories no row changed keep their arrays."""
+    gone: dict[str, list[int]] = {}
+    added: dict[str, list[int]] = {}
+    for n, cats in now.items():
+        before = dict.fromkeys(c.casefold() for c in was[n])
+        after = dict.fromkeys(c.casefold() for c in cats)
+        for c in before.keys() - after.keys():
+            gone.setdefault(c, []).append(n)
+        for c in after.keys() - before.keys():
+            added.setdefault(c, []).append(n)
+    out = dict(by_category)
+    for c in gone.keys() | added.keys():  # by place, not by set operations: those hash or sort every row
+        rows = out.get(c, np.zeros(0, dtype=np.int64))
+        if c in gone:  # rows it holds
+            rows = np.delete(rows, np.searchsorted(rows, sorted(gone[c])))
+        if c in added:  # rows it lacks
+            new = np.array(sorted(added[c]), dtype=np.int64)
+            rows = np.insert(rows, np.searchsorted(rows, new), new)
+        if len(rows):
+            out[c] = rows
+        else:
+            out.pop(c, None)
+    return out
 
 
 def starts_with(view: CatalogView, item_ids: Sequence[ItemId]) -> bool:
