@@ -4,6 +4,7 @@ codes and categories carried over) equals one made from its rows, and views neve
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -101,6 +102,9 @@ def test_adding_items_writes_the_spare_rows_and_a_rewrite_copies() -> None:
     rewritten = catalog.view
     assert not np.shares_memory(added.text, rewritten.text)  # a row the views before hold: copied
     assert added.text[3, 0] == 1.0 and rewritten.text[3, 0] == 3.0 and rewritten.text[100, 0] == 2.0
+    with pytest.raises(ValueError, match="as many rows"):
+        catalog.put([Item("a"), Item("b")], np.ones((1, WIDTH), np.float32))
+    assert catalog.view is rewritten
 
 
 def test_items_added_extend_the_served_table_as_a_whole_build_would() -> None:

@@ -150,6 +150,9 @@ class Catalog:
         if not items:
             return
         old = self.view
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(items):
+            raise ValueError(f"{len(items)} items need as many rows of vectors, not an array of shape {vectors.shape}")
         if len(old) and vectors.shape[1] != old.text.shape[1]:
             raise ValueError(f"item vectors have width {vectors.shape[1]}, the catalog {old.text.shape[1]}")
         ids, titles, cats = list(old.ids), list(old.titles), list(old.categories)
@@ -164,15 +167,20 @@ class Catalog:
                 cats.append(())
                 attributes.append({})
                 created.append(None)
-        latest = {codes[item.item_id]: (item, vector) for item, vector in zip(items, vectors, strict=True)}
-        rewrites = any(n < len(old) and not np.array_equal(old.text[n], vector) for n, (_, vector) in latest.items())
+        latest = {codes[item.item_id]: j for j, item in enumerate(items)}  # an id's last write wins
+        rows = np.fromiter(latest, dtype=np.int64, count=len(latest))
+        which = np.fromiter(latest.values(), dtype=np.int64, count=len(latest))
+        held = rows < len(old)
+        rewrites = not np.array_equal(old.text[rows[held]], vectors[which[held]]) if held.any() else False
         text = self._text(old, len(ids), rewrites, vectors.shape[1])
+        written = slice(None) if rewrites else ~held  # else the same numbers: views before read those rows
+        text[rows[written]] = vectors[which[written]]
         alive = np.concatenate([old.alive, np.ones(len(ids) - len(old), dtype=bool)])
+        alive[rows] = True
         was = {n: cats[n] for n in latest}
-        for n, (item, vector) in latest.items():
-            if rewrites or n >= len(old):  # else the same numbers: views before read that row
-                text[n] = vector
-            titles[n], cats[n], alive[n] = item.title, item.categories, True
+        for n, j in latest.items():
+            item = items[j]
+            titles[n], cats[n] = item.title, item.categories
             attributes[n], created[n] = item.attributes, item.created_at
         by_category = _reindexed(old.by_category, was, {n: cats[n] for n in latest})
         grown_from = None if rewrites or not len(old) else weakref.ref(old)
