@@ -185,9 +185,8 @@ def build_scoring(
         # new tensors, even with no row added: a later build writes into a table no request reads
         vectors, bias = torch.cat([previous.vectors, new_vectors]), torch.cat([previous.bias, new_bias])
         norms = np.concatenate([previous.norms, lengths(new_vectors.numpy())])
-        part = None
-        if added is not None and previous.text_part is not None:
-            part = torch.cat([previous.text_part[0], added[0]]), torch.cat([previous.text_part[1], added[1]])
+        was = previous.text_part
+        part = None if added is None or was is None else (torch.cat([was[0], added[0]]), torch.cat([was[1], added[1]]))
     else:
         part = (kept if kept is not None else net.text_part()) if net.use_text else None
         vectors, bias = net.item_table(text_part=part)
@@ -285,17 +284,13 @@ def _changed(
 def _grown(
     view: CatalogView, snapshot: Snapshot, previous: Scoring | None, tower: tuple[torch.Tensor, ...], text: bool
 ) -> bool:
-    """Whether ``view`` is ``previous``'s view with rows added after its own
-    (:attr:`CatalogView.grown_from`) and ``snapshot`` and the item tower are ``previous``'s:
-    ``previous``'s item table then holds the rows a build would compute again but for those
-    added (else it is built whole). Why: a shop adds items all day, and on a million items
-    the whole table of each write took 2-3 s of a core (``benchmarks/catalog_change.py``)."""
+    """Whether ``view`` is ``previous``'s with rows added (:attr:`CatalogView.grown_from`), with its snapshot and item
+    tower: its table holds all but the added rows (else one is built whole). Why: a shop adds items all day, and
+    on a million items a whole table per write took 2-3 s of a core (``benchmarks/catalog_change.py``)."""
     if previous is None or previous.snapshot is not snapshot or previous.vectors is None or not previous.aligned:
         return False
     grown_from = view.grown_from() if view.grown_from is not None else None
-    if grown_from is None or grown_from is not previous.view or not same(previous.tower, tower):
-        return False
-    return not text or previous.text_part is not None
+    return grown_from is previous.view and same(previous.tower, tower) and (not text or previous.text_part is not None)
 
 
 def _moved(name: str, learned: torch.Tensor, item_ids: list[str], view: CatalogView) -> torch.Tensor:
