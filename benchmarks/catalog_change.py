@@ -28,8 +28,7 @@ import time
 import numpy as np
 
 from freshrec.domain import Item
-from freshrec.model.snapshot import Snapshot
-from harness import large_intake, write_section
+from harness import large_intake, lock_waits, serve_whole, write_section
 
 
 def main() -> None:
@@ -39,22 +38,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args()
     ids, net, ranker, models = large_intake(args.items, learned=1.0)
-    models.start()
-    models.receive(Snapshot.of(net, ids, [], checkpoint=1, updates=0, offset=0).to_bytes(), "learner")
-    while ranker.scoring.snapshot is None:
-        time.sleep(0.05)
-    ranker.retrieval.wait()  # the index's first build (tens of seconds on a million items)
-
-    late: list[float] = []
+    serve_whole(net, ids, ranker, models)
     stop = threading.Event()
-
-    def ask() -> None:  # wants the lock often, as the event loop does
-        while not stop.is_set():
-            started = time.perf_counter()
-            time.sleep(0.001)
-            late.append(time.perf_counter() - started - 0.001)
-
-    threading.Thread(target=ask, daemon=True).start()
+    late = lock_waits(stop)
     rng, width = np.random.default_rng(0), ranker.catalog.view.text.shape[1]
     put: list[tuple[float, float]] = []
     refresh: list[tuple[float, float]] = []

@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from freshrec.client import Client, FreshrecError
 
 if TYPE_CHECKING:
     from freshrec.model.sequence import SequenceNet
+    from freshrec.model.snapshot import Snapshot
     from freshrec.serve.models import Models
     from freshrec.serve.ranker import Ranker
 
@@ -68,6 +70,36 @@ def large_intake(n: int, learned: float) -> tuple[list[str], SequenceNet, Ranker
     ranker = Ranker(catalog)
     prepare_validation()
     return ids, net, ranker, Models(ranker, ClusterSettings(), Metrics())
+
+
+def serve_whole(net: SequenceNet, ids: list[str], ranker: Ranker, models: Models) -> Snapshot:
+    """Start ``models``' publisher, hand it a whole snapshot of ``net``, and return the snapshot
+    once it is served and the candidate index's first build is done (tens of seconds on a
+    million items)."""
+    from freshrec.model.snapshot import Snapshot
+
+    models.start()
+    whole = Snapshot.of(net, ids, [], checkpoint=1, updates=0, offset=0)
+    models.receive(whole.to_bytes(), "learner")
+    while ranker.scoring.snapshot is None:
+        time.sleep(0.05)
+    ranker.retrieval.wait()
+    return whole
+
+
+def lock_waits(stop: threading.Event) -> list[float]:
+    """How late (s) a thread that asks for the interpreter lock every millisecond, as the event
+    loop does, gets it, until ``stop`` is set: what requests would wait."""
+    late: list[float] = []
+
+    def ask() -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            time.sleep(0.001)
+            late.append(time.perf_counter() - started - 0.001)
+
+    threading.Thread(target=ask, daemon=True).start()
+    return late
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300.0, model: bool = True) -> None:

@@ -30,7 +30,7 @@ import torch
 
 from freshrec.model.deltas import delta_of
 from freshrec.model.snapshot import Snapshot
-from harness import large_intake, write_section
+from harness import large_intake, lock_waits, serve_whole, write_section
 
 INTERVAL_S = 0.25
 
@@ -58,23 +58,12 @@ def main() -> None:
 
     models.metrics.publish_lag_seconds.observe = lag  # type: ignore[method-assign]
     ranker.publish = timed  # type: ignore[method-assign]
-    models.start()
-    whole = Snapshot.of(net, ids, [], checkpoint=1, updates=0, offset=0)
-    models.receive(whole.to_bytes(), "learner")
-    while ranker.scoring.snapshot is None:
-        time.sleep(0.05)
-    ranker.retrieval.wait()  # the index's first build (tens of seconds on a million items)
+    whole = serve_whole(net, ids, ranker, models)
     lags.clear()
     builds.clear()
 
-    late: list[float] = []
     stop = threading.Event()
-
-    def ask() -> None:  # wants the lock often, as the event loop does
-        while not stop.is_set():
-            started = time.perf_counter()
-            time.sleep(0.001)
-            late.append(time.perf_counter() - started - 0.001)
+    late = lock_waits(stop)
 
     def busy() -> None:  # half of the time in Python, as the event loop under load
         while not stop.is_set():
@@ -83,8 +72,7 @@ def main() -> None:
                 sum(range(100))
             time.sleep(0.0025)
 
-    for work in (ask, busy):
-        threading.Thread(target=work, daemon=True).start()
+    threading.Thread(target=busy, daemon=True).start()
     parent, rng = (whole.serial, n), np.random.default_rng(0)
     ends = time.perf_counter() + args.seconds
     updates = 0
