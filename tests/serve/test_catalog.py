@@ -3,6 +3,9 @@ codes and categories carried over) equals one made from its rows, and views neve
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -74,10 +77,10 @@ def test_a_view_made_from_the_last_equals_one_made_from_its_rows(ops: list[tuple
             assert isinstance(arg, list)
             catalog.align([f"i{k}" for k in arg])
         same_view(catalog.view, rebuilt(catalog.view))
-        parent = catalog.view.grown_from() if catalog.view.grown_from is not None else None
-        if parent is not None:  # its rows are the view's first, unchanged
-            assert catalog.view.ids[: len(parent)] == parent.ids
-            np.testing.assert_array_equal(catalog.view.text[: len(parent)], parent.text)
+        for earlier, _ in kept:  # a view of the same lineage: its rows are the view's first, unchanged
+            if earlier.lineage is catalog.view.lineage:
+                assert catalog.view.ids[: len(earlier)] == earlier.ids
+                np.testing.assert_array_equal(catalog.view.text[: len(earlier)], earlier.text)
         for name in ("shoes", "hats"):
             mask = catalog.view.in_categories([name.upper()])
             expected = [any(c.casefold() == name for c in cats) for cats in catalog.view.categories]
@@ -144,6 +147,47 @@ def test_items_added_extend_the_served_table_as_a_whole_build_would() -> None:
     catalog.remove("i4")
     ranker.refresh()
     served_as_whole([])
+    catalog.put([Item("new2")], np.ones((1, width), np.float32))  # writes while a build ran: one build extends
+    catalog.remove("new0")
+    catalog.put([Item("new3"), Item("i6", title="edited")], catalog.view.text[[0, 6]].copy())
+    ranker.refresh()
+    served_as_whole([42, 43])
     catalog.put([Item("i5")], np.full((1, width), 2.0, np.float32))  # a row's text changed: built whole
     ranker.refresh()
     served_as_whole(None)
+
+
+def test_refreshes_asked_for_while_a_build_runs_share_the_next_one() -> None:
+    """Each caller returns after a build that began after its call (so it serves what it
+    wrote), and callers that came during one build share one more, not one each."""
+    catalog = Catalog()
+    catalog.put([Item("i0")], np.ones((1, WIDTH), np.float32))
+    ranker = Ranker(catalog)
+    entered, release = threading.Event(), threading.Event()
+    built: list[int] = []
+    build = ranker._build
+
+    def slow_build() -> None:  # the build's end held back, the first time
+        build()
+        built.append(len(ranker.scoring.view))
+        if len(built) == 1:
+            entered.set()
+            release.wait(10)
+
+    ranker._build = slow_build  # type: ignore[method-assign]
+    first = threading.Thread(target=ranker.refresh)
+    first.start()
+    assert entered.wait(10)
+    callers = []
+    for k in range(1, 6):  # items written, each by its own caller, while the first build runs
+        catalog.put([Item(f"i{k}")], np.ones((1, WIDTH), np.float32))
+        callers.append(threading.Thread(target=ranker.refresh))
+        callers[-1].start()
+    time.sleep(0.05)  # the callers wait for the build's lock
+    release.set()
+    for thread in [first, *callers]:
+        thread.join(10)
+    assert built == [1, 6]  # one build for the five, which saw every item
+    assert [ranker.scoring.view.ids[k] for k in range(6)] == [f"i{k}" for k in range(6)]
+    ranker.refresh()  # nothing began after this call: it builds
+    assert built == [1, 6, 6]

@@ -16,7 +16,6 @@ later snapshots with the same items cost no remapping.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Sequence
 from dataclasses import InitVar, dataclass, field, replace
 from typing import Any
@@ -54,10 +53,12 @@ class CatalogView:
     """Each row's item attributes (for business rules; rows beyond the list have none)."""
     created: list[float | None] = field(default_factory=list)
     """Each row's ``created_at`` (for business rules)."""
-    grown_from: weakref.ref[CatalogView] | None = field(default=None, repr=False, compare=False)
-    """A view whose ids and text embeddings are this one's first rows, unchanged (``None``:
-    none known): a scoring of that view is extended by the rows added since, not built
-    again (:func:`~freshrec.serve.scoring.build_scoring`)."""
+    lineage: object = field(default_factory=object, repr=False, compare=False)
+    """Shared by the views a catalog made one from another by adding items, editing items'
+    fields but their text, and removing items: an earlier view's ids and text embeddings
+    are a later one's first rows, unchanged. A scoring of an earlier view is extended by
+    the rows added since, not built again (:func:`~freshrec.serve.scoring.build_scoring`),
+    whatever the number of writes in between (several, when they came while a build ran)."""
     known: InitVar[Derived | None] = None
     """:attr:`codes` and :attr:`by_category` where the writer has them (``None``: made from the
     rows). Why: made from the rows, on a million items they took 1.2 s of a core per write
@@ -139,7 +140,7 @@ class Catalog:
             view = self.view
             alive = np.array([i in present for i in view.ids], dtype=bool)
             if not np.array_equal(alive, view.alive):
-                self.view = replace(view, alive=alive, known=view.derived(), grown_from=view.grown_from)
+                self.view = replace(view, alive=alive, known=view.derived())
 
     def put(self, items: Sequence[Item], vectors: npt.NDArray[np.float32]) -> None:
         """Add or replace items (row ``n`` of ``vectors`` belongs to ``items[n]``)."""
@@ -183,8 +184,8 @@ class Catalog:
             titles[n], cats[n] = item.title, item.categories
             attributes[n], created[n] = item.attributes, item.created_at
         by_category = _reindexed(old.by_category, was, {n: cats[n] for n in latest})
-        grown_from = None if rewrites or not len(old) else weakref.ref(old)
-        self.view = CatalogView(ids, text, titles, cats, alive, attributes, created, grown_from, (codes, by_category))
+        lineage = object() if rewrites or not len(old) else old.lineage
+        self.view = CatalogView(ids, text, titles, cats, alive, attributes, created, lineage, (codes, by_category))
 
     def _text(self, old: CatalogView, n: int, rewrites: bool, width: int) -> npt.NDArray[np.float32]:
         """The text embeddings' table of a view of ``n`` rows that starts with ``old``'s:
@@ -234,7 +235,7 @@ class Catalog:
                 return False
             alive = old.alive.copy()
             alive[n] = False
-            self.view = replace(old, alive=alive, known=old.derived(), grown_from=weakref.ref(old))
+            self.view = replace(old, alive=alive, known=old.derived())
             return True
 
 

@@ -284,13 +284,13 @@ def _changed(
 def _grown(
     view: CatalogView, snapshot: Snapshot, previous: Scoring | None, tower: tuple[torch.Tensor, ...], text: bool
 ) -> bool:
-    """Whether ``view`` is ``previous``'s with rows added (:attr:`CatalogView.grown_from`), with its snapshot and item
+    """Whether ``view`` is ``previous``'s with rows added (:attr:`CatalogView.lineage`), with its snapshot and item
     tower: its table holds all but the added rows (else one is built whole). Why: a shop adds items all day, and
     on a million items a whole table per write took 2-3 s of a core (``benchmarks/catalog_change.py``)."""
     if previous is None or previous.snapshot is not snapshot or previous.vectors is None or not previous.aligned:
         return False
-    grown_from = view.grown_from() if view.grown_from is not None else None
-    return grown_from is previous.view and same(previous.tower, tower) and (not text or previous.text_part is not None)
+    grown = view.lineage is previous.view.lineage and len(view) >= len(previous.view)
+    return grown and same(previous.tower, tower) and (not text or previous.text_part is not None)
 
 
 def _moved(name: str, learned: torch.Tensor, item_ids: list[str], view: CatalogView) -> torch.Tensor:
