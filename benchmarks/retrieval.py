@@ -48,7 +48,8 @@ from freshrec.learn.recommender import build_freshrec
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.index import SHORTLIST, Index
-from freshrec.serve.ranker import Options, Ranker, encode
+from freshrec.serve.ranker import Options, Ranker
+from freshrec.serve.request import encode
 from freshrec.settings import EncoderSettings, LearnSettings, RetrievalSettings, Settings
 from freshrec.storage import open_store
 from harness import write_section

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from freshrec import serialization
+from freshrec.domain import Item
 from freshrec.learn.sender import Sender
 from freshrec.model import deltas
 from freshrec.model.deltas import ITEM_TOWER, SnapshotDelta, apply, delta_since
@@ -262,6 +263,36 @@ def test_serving_writes_each_delta_over_the_table_no_request_reads_any_more() ->
     a, b = tables[0], tables[1]
     assert [t is a for t in tables] == [True, False, True, False, True, False]  # two tables take turns
     assert tables[3] is b and tables[5] is not b  # not the one the request held: a copy instead
+
+
+def test_deltas_on_a_catalog_with_items_the_learner_lacks_patch_the_padded_tables_in_place() -> None:
+    """Items added to the catalog that the model has not taken in yet: each delta's build
+    copies its changed rows into the per-item tables padded for them by the build before
+    (untouched rows after the learner's), and serves what a whole build of its snapshot
+    serves."""
+    net = learner()
+    catalog, ranker, models, sent, _ = published_by_hand(net)
+    catalog.put([Item("new0"), Item("new1")], np.ones((2, WIDTH), np.float32))
+    ranker.refresh()
+    padded = ranker.scoring.net.item_id.weight  # type: ignore[union-attr]
+    assert padded.shape[0] == 42 and not padded[40:].any()
+    for n, rows in enumerate([[1], [2, 3], [3], [39, 0]]):
+        step(net, rows)
+        now = snap(net, updates=n + 1)
+        got = models.parse(delta_since(now, sent).to_bytes(), "learner")  # type: ignore[union-attr]
+        assert got is not None
+        models.publish(got)
+        ranker.publish(got)
+        sent = now
+        served = ranker.scoring.net
+        assert served is not None and served.item_id.weight.data_ptr() == padded.data_ptr()  # patched, not copied
+        for name in ("item_id.weight", "item_bias.weight", "active", "interactions", "last_seen"):
+            mine, learned = served.state_dict()[name], got.state[name]
+            torch.testing.assert_close(mine[:40], learned)
+            assert (mine[40:] == (float("-inf") if name == "last_seen" else 0)).all()
+        expected = build_scoring(got, catalog.view)
+        torch.testing.assert_close(ranker.scoring.vectors, expected.vectors)
+        torch.testing.assert_close(ranker.scoring.bias, expected.bias)
 
 
 def test_the_first_delta_after_a_whole_snapshot_writes_over_a_copy_made_with_the_whole_build() -> None:

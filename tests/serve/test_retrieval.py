@@ -26,7 +26,8 @@ from freshrec.serve import clustering
 from freshrec.serve import index as ann
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.exact import hits, top_rows
-from freshrec.serve.ranker import Options, Ranker, encode
+from freshrec.serve.ranker import Options, Ranker
+from freshrec.serve.request import encode
 from freshrec.serve.retrieval import ServedTable
 from freshrec.serve.service import latest_histories
 from freshrec.settings import LearnSettings, ModelSettings, RetrievalSettings

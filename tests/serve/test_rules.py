@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from freshrec.serve.request import promoted
 from freshrec.serve.rules import MAX_DEPTH, Fields, RuleError, parse
-from freshrec.serve.scoring import promoted
 
 GAME = Fields(
     "g1",

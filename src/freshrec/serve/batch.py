@@ -16,7 +16,8 @@ from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.explain import Ranked
 from freshrec.serve.fallback import Popularity
-from freshrec.serve.ranker import Options, Ranker, encode, finish
+from freshrec.serve.ranker import Options, Ranker
+from freshrec.serve.request import encode, finish
 from freshrec.serve.service import MODEL_LESS_HISTORY, SEEN_WINDOW, latest_histories
 from freshrec.settings import Settings
 from freshrec.storage.base import Store

@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 
 from freshrec.serve.explain import Ranked
-from freshrec.serve.ranker import Request, encode, finish
+from freshrec.serve.request import Request, encode, finish
 
 
 class Overloaded(Exception):

@@ -2,7 +2,7 @@
 
 They are leave-one-out attributions: the scores are recomputed for the
 history without each of its events (one batched forward pass, see
-:func:`freshrec.serve.ranker.encode`), and the event whose absence lowers an
+:func:`freshrec.serve.request.encode`), and the event whose absence lowers an
 item's score most is the one named, with that drop as its weight. With the
 blend, the sentence also says which of its features raised the item most above
 the items that would fill the list next (why this one rather than them): what

@@ -149,17 +149,17 @@ def build_scoring(
     served = tuple(tower_of(state).values())
     n = len(snapshot.item_ids)
     aligned = starts_with(view, snapshot.item_ids)
+    rows = _changed(snapshot, view, previous, served) if aligned else None
     for name in ROW_STATE:  # items the learner lacks stay untouched
         learned = state[name]
         if aligned and len(view) > n:
-            state[name] = torch.cat([learned, untouched(name, learned, len(view) - n)])
+            state[name] = _padded(name, learned, len(view), previous if rows is not None else None, rows)
         elif not aligned:
             state[name] = _moved(name, learned, snapshot.item_ids, view)
     net = _refill(spare, state, text, s, snapshot.rating_scale)
     if net is None:
         net = SequenceNet.from_state(state, text, s, rating_scale=snapshot.rating_scale)
     net.eval()
-    rows = _changed(snapshot, view, previous, served) if aligned else None
     grown = aligned and rows is None and _grown(view, snapshot, previous, served, net.use_text)
     kept = None  # what the served tower made of the items' text, on the same view
     if previous is not None and previous.view is view and same(previous.tower, served):
@@ -293,6 +293,25 @@ def _grown(
     return grown and same(previous.tower, tower) and (not text or previous.text_part is not None)
 
 
+def _padded(
+    name: str, learned: torch.Tensor, size: int, previous: Scoring | None, rows: torch.Tensor | None
+) -> torch.Tensor:
+    """``learned`` with untouched rows up to ``size`` (the view's items the learner lacks):
+    ``previous``'s network's, with the ``rows`` this delta changed copied in, where it is a
+    delta on ``previous``'s snapshot and view. Why: else each delta's build padded a copy of
+    every per-item table; on a million items, with one item added to the catalog and not yet
+    to the model, a build took 383 ms instead of 16 (``benchmarks/publish_lag.py --added 1``).
+    The networks share these tables as they share a snapshot's (the deltas patch those in
+    place): they only make item rows in a build, and requests read the built item table."""
+    if previous is not None and previous.net is not None and rows is not None:
+        kept: torch.Tensor | None = previous.net.state_dict(keep_vars=True).get(name)
+        if kept is not None and kept.shape == (size, *learned.shape[1:]) and kept.dtype == learned.dtype:
+            table, at = kept.detach(), rows[rows < len(learned)]
+            put(table, at, take(learned, at))
+            return table
+    return torch.cat([learned, untouched(name, learned, size - len(learned))])
+
+
 def _moved(name: str, learned: torch.Tensor, item_ids: list[str], view: CatalogView) -> torch.Tensor:
     """``learned``'s rows (in the order of ``item_ids``) at the view's rows of those ids."""
     pairs = [(k, view.codes[i]) for k, i in enumerate(item_ids) if i in view.codes]
@@ -333,27 +352,6 @@ def top(scores: npt.NDArray[np.floating], allowed: npt.NDArray[np.bool_], k: int
         candidates, values = candidates[keep], values[keep]
     order = np.lexsort((candidates, -values))
     return [int(c) for c in candidates[order]]
-
-
-def promoted(
-    scores: npt.NDArray[np.floating],
-    allowed: npt.NDArray[np.bool_],
-    boosted: npt.NDArray[np.bool_],
-    chosen: list[int],
-    places: int,
-) -> list[int]:
-    """``chosen`` (the best allowed, best first) with at least ``places`` boosted items:
-    the best boosted ones not in it take the places of its worst unboosted ones, and the
-    list stays in score order (a boosted item shows at its own rank among them)."""
-    lifted = [c for c in chosen if boosted[c]]
-    missing = min(places, len(chosen)) - len(lifted)
-    if missing <= 0:
-        return chosen
-    others = allowed & boosted
-    others[lifted] = False
-    extra = top(scores, others, missing)
-    plain = [c for c in chosen if not boosted[c]][: len(chosen) - len(lifted) - len(extra)]
-    return sorted([*lifted, *extra, *plain], key=lambda c: (-scores[c], c))
 
 
 def history_tensors(
