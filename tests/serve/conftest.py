@@ -105,7 +105,12 @@ def start_server(data: Path, settings: Settings, events: int = 1_500) -> Iterato
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("served")
     settings = make_settings(
-        data, max_events_per_request=100, max_body_mb=1.0, background_items=5, rules={"cheap": "attributes.price < 20"}
+        data,
+        max_events_per_request=100,
+        max_body_mb=1.0,
+        background_items=5,
+        rules={"cheap": "attributes.price < 20"},
+        queue_header="X-Request-Start",
     )
     yield from start_server(data, settings)
 

@@ -479,3 +479,17 @@ def test_an_over_capacity_server_answers_503_at_once_instead_of_ranking_late(ser
             assert "over capacity" in r.json()["detail"]
         assert shed() == before + len(asks)
         assert [c.request(m, p, headers=h, json=b).status_code for m, p, h, b in asks] == [200, 200, 200]
+
+        def asked(stamp: str) -> list[int]:  # the three requests, as received by a proxy at ``stamp``
+            stamped = [(m, p, {**h, "X-Request-Start": stamp}, b) for m, p, h, b in asks]
+            return [c.request(m, p, headers=h, json=b).status_code for m, p, h, b in stamped]
+
+        now = time.time()
+        before = shed()
+        for stamp in (f"t={now - 5:.3f}", f"{(now - 5) * 1e3:.0f}", f"t={(now - 5) * 1e6:.0f}"):  # queued 5 s
+            assert asked(stamp) == [503, 503, 503], stamp
+        assert shed() == before + 3 * len(asks)
+        # in time, a clock a minute off, a proxy's clock slightly ahead, or no time: ranked
+        for stamp in (f"t={now:.3f}", f"t={now - 7200:.3f}", f"t={now + 0.5:.3f}", "t=soon", "nan"):
+            assert asked(stamp) == [200, 200, 200], stamp
+        assert shed() == before + 3 * len(asks)

@@ -388,6 +388,26 @@ def test_a_request_that_waited_past_the_deadline_is_refused_without_its_model_pa
     assert isinstance(asyncio.run(closed())[0], RuntimeError) and ran == [["fresh"]]
 
 
+def test_a_proxys_time_of_arrival_is_read_in_its_units_and_a_far_one_is_ignored() -> None:
+    import time
+
+    from freshrec.serve.batching import SKEW_S, Batcher, Overloaded, arrival
+
+    wall, mono = time.time(), time.monotonic()
+    for stamp in (f"t={wall - 3:.6f}", f"{(wall - 3) * 1e3:.0f}", f" t={(wall - 3) * 1e6:.0f} "):
+        assert abs((mono - arrival(stamp)) - 3.0) < 0.1, stamp
+    for stamp in (None, "", "t=", "soon", "inf", "-1", f"t={wall + 5:.3f}", f"t={wall - SKEW_S - 5:.3f}"):
+        assert abs(arrival(stamp) - time.monotonic()) < 0.1, stamp  # now
+    shed: list[int] = []
+    batcher = Batcher(deadline_s=0.5, shed=lambda: shed.append(1))
+    batcher.check(time.monotonic() - 0.4)
+    with pytest.raises(Overloaded, match="waited 6"):
+        batcher.check(time.monotonic() - 0.6)
+    assert shed == [1]
+    Batcher(deadline_s=None).check(0.0)  # no deadline: never refused
+    batcher.close()
+
+
 def test_the_learners_safeguard_counts_become_prometheus_counters(tmp_path: Path) -> None:
     from freshrec.serve.service import Service
     from freshrec.storage import SQLiteStore

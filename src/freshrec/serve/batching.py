@@ -32,6 +32,7 @@ client learns at once that it should fall back (``[serve] shed_after_ms``).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,29 @@ class Overloaded(Exception):
 
 
 Outcome = list[Ranked] | BaseException
+
+SKEW_S = 60.0
+"""A proxy's time of a request further than this from this host's clock is ignored (:func:`arrival`)."""
+
+
+def arrival(stamp: str | None) -> float:
+    """When the request reached the proxy in front, on this process's monotonic clock, from
+    the proxy's ``stamp`` (``[t=]`` seconds, milliseconds or microseconds since the epoch,
+    told apart by their size); now where there is none, it does not parse, or it is further
+    than :data:`SKEW_S` from this host's clock (a proxy's clock slightly ahead counts as now)."""
+    now, wall = time.monotonic(), time.time()
+    if not stamp:
+        return now
+    text = stamp.strip().removeprefix("t=")
+    try:
+        value = float(text)
+    except ValueError:
+        return now
+    if not math.isfinite(value):
+        return now
+    since = value / (1e6 if value > 1e14 else 1e3 if value > 1e11 else 1.0)
+    waited = wall - since
+    return now - waited if 0 < waited <= SKEW_S else now
 
 
 class Batcher:
@@ -80,6 +104,14 @@ class Batcher:
         """The loop for which a batch is being ranked, or a flush is due: the requests coming
         meanwhile wait for it (another loop's, one closed meanwhile, does not hold them up)."""
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="freshrec-model", initializer=starting)
+
+    def check(self, arrived: float) -> None:
+        """Refuse (:class:`Overloaded`) a request that arrived at ``arrived`` (monotonic) and
+        already waited longer than the deadline: one that queued in front of the server."""
+        waited = time.monotonic() - arrived
+        if self.deadline_s is not None and waited > self.deadline_s:
+            self.shed()
+            raise Overloaded(waited, self.deadline_s)
 
     async def rank(self, request: Request) -> list[Ranked]:
         """The request's list: at once if planning settled it (no model pass), else after

@@ -59,6 +59,7 @@ class FastLane:
         self.route = route
         self.handlers = handlers
         self.answered = 0
+        self._queue_header = service.settings.serve.queue_header.lower().encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = self._read(scope) if scope["type"] == "http" else None
@@ -105,7 +106,14 @@ class FastLane:
         if None in flags or any(len(one.get(name, "")) > MAX_RULE for name in ("filter", "boost")):
             return None
         categories, exclude = values.get("categories", []), values.get("exclude", [])
-        return parts[3], int(k), flags[0], categories, exclude, flags[1], one.get("filter", ""), one.get("boost", "")
+        rule, boost = one.get("filter", ""), one.get("boost", "")
+        return parts[3], int(k), flags[0], categories, exclude, flags[1], rule, boost, self._queued(scope)
+
+    def _queued(self, scope: Scope) -> str | None:
+        """The ``serve.queue_header`` header's value (its first), if any."""
+        if not self._queue_header:
+            return None
+        return next((v.decode("latin-1") for n, v in scope["headers"] if n == self._queue_header), None)
 
     def _may_read(self, scope: Scope) -> bool:
         """A key of a role that may read, found as FastAPI's security schemes find it;

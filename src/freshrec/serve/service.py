@@ -30,7 +30,7 @@ from freshrec.encoders import encoder_key
 from freshrec.experiments import DEFAULT_VARIANT
 from freshrec.ingest.validate import Validator
 from freshrec.model.snapshot import prepare_validation
-from freshrec.serve.batching import Batcher
+from freshrec.serve.batching import Batcher, arrival
 from freshrec.serve.catalog import Catalog
 from freshrec.serve.experiments import Experiment, new_list_id
 from freshrec.serve.explain import Ranked
@@ -188,11 +188,13 @@ class Service:
             self._ticker.join()
 
     # -- users -------------------------------------------------------------------
-    async def recommend(self, user_id: UserId, options: Options) -> Served:
+    async def recommend(self, user_id: UserId, options: Options, queued: str | None = None) -> Served:
         """Recommendations for a user, on the event loop: the model pass is shared with
         the requests that arrived at the same time (:mod:`freshrec.serve.batching`). With
-        an experiment, the model of the user's arm ranks (:mod:`freshrec.serve.experiments`)."""
-        arrived = time.monotonic()
+        an experiment, the model of the user's arm ranks (:mod:`freshrec.serve.experiments`).
+        ``queued``: the value of the ``serve.queue_header`` header (:func:`arrival`)."""
+        arrived = arrival(queued)
+        self.batcher.check(arrived)
         user_id = self.validator.user_key(user_id)
         experiment = self.experiment
         route = experiment.route(user_id) if experiment is not None else None
@@ -211,11 +213,12 @@ class Service:
             return Served(version, items, new_list_id(), DEFAULT_VARIANT)
         return Served(version, items, experiment.served(route, user_id, ids), route.variant)
 
-    async def recommend_guest(self, history: list[Event], options: Options) -> Served:
+    async def recommend_guest(self, history: list[Event], options: Options, queued: str | None = None) -> Served:
         """Recommendations for a history the store does not hold (:mod:`freshrec.serve.guests`):
         ranked like a stored user's by the default model (a guest has no id to assign an
         experiment's arm by), and nothing of it is kept, not even in the live figures."""
-        arrived = time.monotonic()
+        arrived = arrival(queued)
+        self.batcher.check(arrived)
         scoring = self.ranker.scoring
         length = scoring.snapshot.settings.history_length if scoring.snapshot is not None else MODEL_LESS_HISTORY
         version, items = await self._ranked(self.ranker, history[-length:], options, arrived)

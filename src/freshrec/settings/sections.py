@@ -334,6 +334,15 @@ class ServeSettings(Section):
     asked for more than it can rank, is answered 503 with ``Retry-After`` instead of
     being ranked late: the time goes to the requests still in time, where queueing
     every request made every answer seconds late. 0: never."""
+    queue_header: str = Field(default="", max_length=100, pattern=r"^[A-Za-z0-9-]*$")
+    """A header in which the proxy in front of the server says when it received the
+    request, such as ``X-Request-Start`` (nginx: ``proxy_set_header X-Request-Start
+    "t=${msec}";``; Heroku's router sets it too): seconds, milliseconds or microseconds
+    since the epoch, ``t=`` before them or not. A request's wait for ``shed_after_ms`` then
+    counts from there, and one that waited longer in the proxy's queue is refused before the
+    server reads anything for it: a queue in front of the server, which it cannot see
+    otherwise, no longer gets answers its clients gave up on. Off ("") by default: the
+    proxy's clock must agree with this host's (a time more than a minute off is ignored)."""
     publish_interval_ms: int = Field(default=250, ge=0)
     """The learner's updates reach the request handlers at most this often (building a
     serving copy of the model costs tens of milliseconds on a large catalog)."""

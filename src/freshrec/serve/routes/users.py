@@ -36,15 +36,17 @@ async def recommended(
     explain: bool = False,
     rule: str = "",
     boost: str = "",
+    queued: str | None = None,
 ) -> dict[str, Any]:
     """The body of ``GET /v1/users/{user_id}/recommendations`` for parameters that passed
-    their type and range checks: the route and the fast lane both answer with it."""
+    their type and range checks: the route and the fast lane both answer with it.
+    ``queued``: the ``serve.queue_header`` header's value, if any."""
     user_id = valid_id(user_id, "user_id", service.settings.ingest.max_id_length)
     named = service.settings.serve.rules
     rule, boosted = valid_rule(rule, named), valid_boost(boost, named)
     excluded, only = tuple(split_values(exclude)), tuple(split_values(categories))
     options = Options(k, excluded, only, exclude_seen, explain, rule, boosted)
-    served = await service.recommend(user_id, options)
+    served = await service.recommend(user_id, options, queued)
     return {
         "user_id": user_id,
         "model_version": served.version,
@@ -56,6 +58,11 @@ async def recommended(
 
 def router(service: Service, access: Access) -> APIRouter:
     routes = APIRouter(tags=["users"])
+    header = service.settings.serve.queue_header
+
+    def queued_at(request: Request) -> str | None:
+        return request.headers.get(header) if header else None
+
     max_id = service.settings.ingest.max_id_length
     K = Annotated[int, Query(ge=1, le=service.settings.serve.max_k, description="Length of the list.")]
 
@@ -66,6 +73,7 @@ def router(service: Service, access: Access) -> APIRouter:
         responses=answers(422, 503),
     )
     async def recommendations(
+        request: Request,
         user_id: Annotated[str, Path()],
         k: K = 10,
         exclude_seen: bool = True,
@@ -80,8 +88,9 @@ def router(service: Service, access: Access) -> APIRouter:
         # trip through psycopg's async pool) and computes, and the hop to a worker
         # thread cost more than it saved. Most requests do not get here: the fast lane
         # (freshrec.serve.lane) answers them with the same function.
+        queued = queued_at(request)
         return JSONResponse(
-            await recommended(service, user_id, k, exclude_seen, categories, exclude, explain, rule, boost)
+            await recommended(service, user_id, k, exclude_seen, categories, exclude, explain, rule, boost, queued)
         )
 
     @routes.post(
@@ -106,7 +115,7 @@ def router(service: Service, access: Access) -> APIRouter:
         about them is stored, logged or remembered."""
         settings = service.settings.serve
         history, options = guests.parse(await read_json(request), service.validator, settings.max_k, settings.rules)
-        served = await service.recommend_guest(history, options)
+        served = await service.recommend_guest(history, options, queued_at(request))
         return JSONResponse(
             {
                 "model_version": served.version,
