@@ -491,6 +491,45 @@ def test_items_added_after_the_index_was_built_are_always_candidates() -> None:
     )
 
 
+def test_a_relayout_keeps_the_index_where_it_moves_only_rows_added_after_it_and_drops_it_elsewhere() -> None:
+    """The learner took in an item the catalog added after another (an event named it
+    first): the view is laid out anew past the index's rows, which stay as they were. A
+    layout that moves a row the index holds makes it build one anew. Each ranker compares
+    the view it serves with the one before, whoever laid it out: another ranker on the
+    catalog (an experiment's arm) that lays it out in its own numbering again keeps its index."""
+
+    def learned(ids: list[str]) -> Snapshot:
+        model = build_freshrec(len(ids), text(ids), ModelSettings(dim=32, history_length=8), LearnSettings())
+        return Snapshot.of(model.net, ids, [], checkpoint=1, updates=0, offset=0)
+
+    c = catalog()
+    ranker, arm = Ranker(c, RetrievalSettings(min_items=1_000)), Ranker(c, RetrievalSettings(min_items=1_000))
+    for r in (ranker, arm):
+        r.publish(snapshot())
+        r.retrieval.wait()
+        sc = r.scoring
+        assert sc.vectors is not None and sc.bias is not None
+        r.retrieval.build_now(sc.vectors.numpy(), sc.bias.numpy())
+    index, arms = ranker.retrieval.index, arm.retrieval.index
+    first, second = "i90000", "i90001"
+    c.put(
+        [Item(i, title=t) for i, t in zip([first, second], titles([first, second]), strict=True)], text([first, second])
+    )
+    ranker.publish(learned([*IDS, second]))
+    assert c.view.ids[N:] == [second, first] and ranker.retrieval.index is index  # rows past the index's
+    request = ranker.plan([Event("u", IDS[3], EventType.CLICK, T0)], T0 + 1, Options(10))
+    encode([request])
+    assert request.candidates is not None and {N, N + 1} <= set(request.candidates.tolist())
+    arm.refresh()
+    assert arm.retrieval.index is arms
+    ranker.publish(learned([*IDS[:5], *IDS[6:], second, IDS[5]]))  # row 5 holds another item now
+    assert c.view.ids[5] == IDS[6] and ranker.retrieval.index is not index
+    arm.refresh()  # the arm lays the catalog out in its model's numbering again: its index's rows are as they were
+    assert c.view.ids[:N] == IDS and arm.retrieval.index is arms
+    for r in (ranker, arm):
+        r.retrieval.wait()
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="niceness per thread is Linux's")
 def test_the_background_build_runs_at_a_lower_priority_than_requests_and_only_its_thread() -> None:
     snap = snapshot()

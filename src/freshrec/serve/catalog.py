@@ -288,3 +288,19 @@ def starts_with(view: CatalogView, item_ids: Sequence[ItemId]) -> bool:
     if found:
         object.__setattr__(view, "led_by", (item_ids, n))
     return found
+
+
+def first_moved(before: CatalogView, after: CatalogView, upto: int) -> int:
+    """The first of the first ``upto`` rows that holds another item in ``after`` than in
+    ``before`` (or that ``after`` lacks); ``upto`` where none does. Views of one lineage
+    hold the same items in the rows they share; others are compared in pieces
+    (:data:`PIECE`), between which requests go on."""
+    n = min(upto, len(before), len(after))
+    if before.lineage is after.lineage:
+        return n
+    for start in range(0, n, PIECE):
+        end = min(start + PIECE, n)
+        a, b = before.ids[start:end], after.ids[start:end]
+        if a != b:
+            return start + next(k for k, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+    return n

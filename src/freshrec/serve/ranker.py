@@ -23,7 +23,7 @@ from freshrec.domain import Event, ItemId
 from freshrec.model.sequence import SequenceNet
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.blend import ServedBlend
-from freshrec.serve.catalog import Catalog, CatalogView
+from freshrec.serve.catalog import Catalog, CatalogView, first_moved
 from freshrec.serve.explain import Ranked
 from freshrec.serve.fallback import by_text, diversified
 from freshrec.serve.request import Request, encode, finish
@@ -111,14 +111,20 @@ class Ranker:
     def _build(self) -> None:
         self._builds += 1  # before the catalog's view is read (:meth:`refresh`)
         snapshot = self._snapshot
-        if snapshot is not None and len(self.catalog.view) and self.catalog.align(snapshot.item_ids):
+        if snapshot is not None and len(self.catalog.view):
             # the catalog follows the learner's numbering: re-laid out only when the
             # learner's item list changed, so a publish applies the tables as they are
+            self.catalog.align(snapshot.item_ids)
+        previous, behind, view = self.scoring, self._behind, self.catalog.view
+        covered = self.retrieval.covered
+        if covered and first_moved(previous.view, view, covered) < covered:
+            # by this ranker's re-layout or another's (an experiment's arms share the catalog); one
+            # that moved only rows added after the index's build (the learner took in items
+            # the catalog added later than others) leaves its rows as they were
             self.retrieval.forget()
-        previous, behind = self.scoring, self._behind
         tables = behind.spare_for(previous, SPARE_WAIT_S) if behind is not None else None
         tower = self.tower.pick(snapshot, self.retrieval.settings.tower_s if self.retrieval.tracking else 0.0)
-        sc = build_scoring(snapshot, self.catalog.view, self._spare(), previous, tables, tower)
+        sc = build_scoring(snapshot, view, self._spare(), previous, tables, tower)
         whole = sc.snapshot is not None and sc.snapshot.changed is None
         self._behind = Behind.copy_of(sc, into=tables) if whole else Behind.of(previous)
         if sc.vectors is not None and sc.bias is not None:  # before the swap: a first index is building

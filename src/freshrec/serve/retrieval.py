@@ -310,6 +310,12 @@ class Retrieval:
                 self._pending = None
             self._building.release()
 
+    @property
+    def covered(self) -> int:
+        """The catalog rows the index, or the one being built, holds (0: none)."""
+        with self._drift_lock:
+            return max((len(d) for d in (self._drift, self._pending) if d is not None), default=0)
+
     def forget(self) -> None:
         """The catalog's rows were laid out anew: the index's row numbers mean nothing now."""
         with self._drift_lock:

@@ -201,8 +201,9 @@ def moved(previous: Scoring, current: Scoring) -> tuple[npt.NDArray[np.int64], n
     ``current``'s, and how far it moved (Euclidean): the served rows, less what the item
     tower makes of the text where the tower changed (:attr:`Scoring.text_part`). The rows
     looked at are those ``current``'s build computed (:attr:`Scoring.written`), or all after a
-    whole build (:data:`MOVED_CHUNK` at a time). Rows of a view laid out anew
-    (:meth:`~freshrec.serve.catalog.Catalog.align`) do not compare; their index is gone.
+    whole build (:data:`MOVED_CHUNK` at a time). Rows are compared by place: where the view
+    was laid out anew (:meth:`~freshrec.serve.catalog.Catalog.align`), an index that holds a
+    row that moved is gone, and the rows past an index's do not count for it.
 
     Why a delta's rows are enough: the rest of its table is ``previous``'s, copied where the
     table two builds old lacked it (:class:`~freshrec.serve.spare.Spare`), not computed again
