@@ -18,7 +18,9 @@ longest), the builds (how many, their processor time) and the lock's waits. Writ
 
 ``--added N`` first adds N items to the catalog, which the learner's snapshots do not have
 (as between a shop's new item and the learner taking it in, up to minutes on a large
-catalog): serving pads the model's per-item tables for them. Writes ``publish-lag-added``.
+catalog): serving pads the model's per-item tables for them. Halfway through, the learner
+takes them in (a delta that adds them); that delta's build is reported apart. Writes
+``publish-lag-added``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def main() -> None:
     ids, net, ranker, models = large_intake(n, learned=1.0)
     lags: list[float] = []
     builds: list[tuple[float, float]] = []
+    intake: list[tuple[float, float]] = []  # the build of the delta that took the added items in
     observe, publish = models.metrics.publish_lag_seconds.observe, ranker.publish
 
     def lag(seconds: float) -> None:
@@ -60,15 +63,18 @@ def main() -> None:
     def timed(snapshot: Snapshot | None) -> None:
         started, cpu = time.perf_counter(), time.thread_time()
         publish(snapshot)
-        builds.append((time.perf_counter() - started, time.thread_time() - cpu))
+        took = (time.perf_counter() - started, time.thread_time() - cpu)
+        grew = snapshot is not None and len(snapshot.item_ids) > n and not intake
+        (intake if grew else builds).append(took)
 
     models.metrics.publish_lag_seconds.observe = lag  # type: ignore[method-assign]
     ranker.publish = timed  # type: ignore[method-assign]
     whole = serve_whole(net, ids, ranker, models)
+    width = ranker.catalog.view.text.shape[1]
+    added = [Item(f"added{k}", title=f"added {k}") for k in range(args.added)]
+    added_text = np.random.default_rng(1).standard_normal((args.added, width)).astype(np.float32)
     if args.added:  # items the catalog has and the learner has not taken in yet
-        width = ranker.catalog.view.text.shape[1]
-        added = [Item(f"added{k}", title=f"added {k}") for k in range(args.added)]
-        ranker.catalog.put(added, np.random.default_rng(1).standard_normal((args.added, width)).astype(np.float32))
+        ranker.catalog.put(added, added_text)
         ranker.refresh()
     lags.clear()
     builds.clear()
@@ -89,6 +95,9 @@ def main() -> None:
     updates = 0
     while time.perf_counter() < ends:
         due = time.perf_counter() + INTERVAL_S
+        if added and ends - time.perf_counter() < args.seconds / 2:  # halfway: the learner takes them in
+            net.grow(torch.from_numpy(added_text))
+            ids, added = [*ids, *(item.item_id for item in added)], []
         rows = torch.from_numpy(np.unique(rng.integers(0, n, args.rows)))
         with torch.no_grad():
             net.item_id.weight[rows] += 0.01 * torch.randn(len(rows), net.item_id.embedding_dim)
@@ -97,16 +106,22 @@ def main() -> None:
         updates += 1
         delta = delta_of(net, parent, rows, item_ids=ids, user_ids=[], checkpoint=1, updates=updates, offset=0)
         models.receive(delta.to_bytes(), "learner")
-        parent = (delta.serial, n)
+        parent = (delta.serial, len(ids))
         time.sleep(max(0.0, due - time.perf_counter()))
     time.sleep(1.0)  # the last build
     stop.set()
     models.close()
     ranker.retrieval.wait()  # an index step still running in C++ would abort the interpreter's exit
-    report(args, lags, builds, late)
+    report(args, lags, builds, late, intake)
 
 
-def report(args: argparse.Namespace, lags: list[float], builds: list[tuple[float, float]], late: list[float]) -> None:
+def report(
+    args: argparse.Namespace,
+    lags: list[float],
+    builds: list[tuple[float, float]],
+    late: list[float],
+    intake: list[tuple[float, float]],
+) -> None:
     lag_ms, wall, cpu = np.asarray(lags) * 1e3, [w for w, _ in builds], [c for _, c in builds]
     waits = np.asarray(late) * 1e3
     figures = (
@@ -115,6 +130,11 @@ def report(args: argparse.Namespace, lags: list[float], builds: list[tuple[float
         f"{np.mean(wall) * 1e3:.1f} ms ({np.mean(cpu) * 1e3:.1f} ms of the processor); lock waits p99 "
         f"{np.percentile(waits, 99):.2f} ms, longest {waits.max():.1f} ms"
     )
+    if intake:
+        figures += (
+            f"; the build of the delta that took the {args.added:,} added items in {intake[0][0] * 1e3:,.0f} ms "
+            f"({intake[0][1] * 1e3:,.0f} ms of the processor)"
+        )
     print(figures)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     added = f" --added {args.added}" if args.added else ""

@@ -295,6 +295,25 @@ def test_deltas_on_a_catalog_with_items_the_learner_lacks_patch_the_padded_table
         torch.testing.assert_close(ranker.scoring.bias, expected.bias)
 
 
+def test_a_delta_that_adds_items_the_catalog_serves_already_recomputes_the_changed_rows_alone() -> None:
+    net = learner()
+    catalog, ranker, models, sent, _ = published_by_hand(net)
+    catalog.put([Item("i40"), Item("i41")], np.ones((2, WIDTH), np.float32))
+    ranker.refresh()
+    grow(net, 1)  # the learner takes "i40" in (an event named it), not yet "i41"
+    step(net, [2, 40])
+    got = models.parse(delta_since(snap(net, updates=1), sent).to_bytes(), "learner")  # type: ignore[union-attr]
+    assert got is not None and got.item_ids == ids(41)
+    models.publish(got)
+    ranker.publish(got)
+    served = ranker.scoring
+    assert catalog.view.ids == ids(42) and served.written is not None and served.written.tolist() == [2, 40]
+    expected = build_scoring(got, catalog.view)
+    torch.testing.assert_close(served.vectors, expected.vectors)
+    torch.testing.assert_close(served.bias, expected.bias)
+    np.testing.assert_allclose(served.norms, expected.norms, rtol=1e-6, atol=1e-6)
+
+
 def test_the_first_delta_after_a_whole_snapshot_writes_over_a_copy_made_with_the_whole_build() -> None:
     """After a whole snapshot there is no older table a delta could write over, so a copy
     of the whole one's is made with its build: the first delta takes that copy at once,
