@@ -191,3 +191,47 @@ def test_refreshes_asked_for_while_a_build_runs_share_the_next_one() -> None:
     assert [ranker.scoring.view.ids[k] for k in range(6)] == [f"i{k}" for k in range(6)]
     ranker.refresh()  # nothing began after this call: it builds
     assert built == [1, 6, 6]
+
+
+def test_a_caller_that_waited_for_a_build_that_failed_gets_one_that_ends_well(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two callers wait while a build runs; the next build, one caller's, fails: that caller
+    gets the error, and the other builds again instead of returning without its item served."""
+    from freshrec.serve import ranker as ranker_module
+
+    catalog = Catalog()
+    catalog.put([Item("i0")], np.ones((1, WIDTH), np.float32))
+    ranker = Ranker(catalog)
+    entered, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+    real = ranker_module.build_scoring
+
+    def build_scoring(*args: object, **kwargs: object) -> object:
+        calls.append(len(calls))
+        if len(calls) == 1:  # the first build: held back until the callers wait
+            entered.set()
+            release.wait(10)
+        elif len(calls) == 2:
+            raise MemoryError("the second build fails")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ranker_module, "build_scoring", build_scoring)
+    first = threading.Thread(target=ranker.refresh)
+    first.start()
+    assert entered.wait(10)
+    catalog.put([Item("i1")], np.ones((1, WIDTH), np.float32))
+    failed: list[BaseException] = []
+
+    def refresh() -> None:
+        try:
+            ranker.refresh()
+        except MemoryError as exc:
+            failed.append(exc)
+
+    callers = [threading.Thread(target=refresh) for _ in range(2)]
+    for thread in callers:
+        thread.start()
+    time.sleep(0.05)  # both wait for the build's lock
+    release.set()
+    for thread in [first, *callers]:
+        thread.join(10)
+    assert len(failed) == 1 and len(calls) == 3 and ranker.scoring.view.ids == ["i0", "i1"]

@@ -80,8 +80,10 @@ class Ranker:
         self._lock = threading.Lock()
         self._spares: list[tuple[weakref.ref[Scoring], SequenceNet]] = []
         self._behind: Behind | None = None
-        self._builds = 0
+        self._begun = 0
         """Builds begun (:meth:`refresh`)."""
+        self._built = 0
+        """The number (in :attr:`_begun`) of the last build that ended well."""
         self._masks: LRUCache[tuple[str, int], tuple[CatalogView, npt.NDArray[np.bool_]]] = LRUCache(64)
         self._masks_lock = threading.Lock()
         self.blend = ServedBlend()
@@ -100,16 +102,18 @@ class Ranker:
 
     def refresh(self) -> None:
         """Pick up catalog changes with the current model: returns once a build that began
-        after the call has ended. Callers that come while a build runs share the next one.
+        after the call has ended well (or raises its own build's error). Callers that come
+        while a build runs share the next one.
         Why: on a million items a build takes about a second of a core, and items posted
         one by one, several at a time, had one build each, one after another."""
-        started = self._builds
+        asked = self._begun
         with self._lock:
-            if self._builds == started:  # else a build began after the call, and read the catalog then
+            if self._built <= asked:  # else a build that began after the call, reading the catalog then, ended well
                 self._build()
 
     def _build(self) -> None:
-        self._builds += 1  # before the catalog's view is read (:meth:`refresh`)
+        self._begun += 1  # before the catalog's view is read (:meth:`refresh`)
+        number = self._begun
         snapshot = self._snapshot
         if snapshot is not None and len(self.catalog.view):
             # the catalog follows the learner's numbering: re-laid out only when the
@@ -137,6 +141,7 @@ class Ranker:
         if self.scoring.net is not None:
             self._spares.append((weakref.ref(self.scoring), self.scoring.net))
             del self._spares[:-4]
+        self._built = number
 
     def _stored_users(self, made: weakref.ref[Scoring]) -> npt.NDArray[np.float32] | None:
         """Stored users' vectors by the scoring ``made`` (or the one served, if it is gone), held
