@@ -272,13 +272,16 @@ class SQLiteStore(SharedSQL):
     ) -> tuple[list[Event], set[ItemId]]:
         with self._read() as conn:
             keys = self._user_keys(conn, user_id, max(n, seen), before)
-        history = [Event(user_id, item, TYPES[kind], ts, value, offset=seq) for seq, item, kind, value, ts in keys[:n]]
+        history = [
+            Event(user_id, item, TYPES[kind], ts, value, offset=seq)
+            for seq, item, kind, value, ts in map(runs.decoded, keys[:n])
+        ]
         history.reverse()
         return history, {key[1] for key in keys[:seen]}
 
     def _user_keys(
         self, conn: sqlite3.Connection, user_id: UserId, n: int, before: Offset | None = None
-    ) -> list[runs.Key]:
+    ) -> list[runs.Found]:
         return runs.user_keys(conn, user_id, n, self._high_water(conn) >> SEGMENT_BITS, before, SEGMENT_BITS)
 
     @staticmethod
