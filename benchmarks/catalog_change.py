@@ -60,7 +60,7 @@ def main() -> None:
                 step()
                 timings.append((time.perf_counter() - started, time.thread_time() - cpu))
         else:
-            writers = [threading.Thread(target=lambda add=add: (add(), ranker.refresh())) for add in puts]
+            writers = [threading.Thread(target=lambda w=write: (w(), ranker.refresh())) for write in puts]
             started, cpu = time.perf_counter(), time.process_time()
             for writer in writers:
                 writer.start()

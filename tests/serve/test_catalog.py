@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -157,12 +158,38 @@ def test_items_added_extend_the_served_table_as_a_whole_build_would() -> None:
     served_as_whole(None)
 
 
+def one_item() -> tuple[Catalog, Ranker]:
+    catalog = Catalog()
+    catalog.put([Item("i0")], np.ones((1, WIDTH), np.float32))
+    return catalog, Ranker(catalog)
+
+
+def while_held(
+    ranker: Ranker, entered: threading.Event, release: threading.Event, callers: Callable[[], list[threading.Thread]]
+) -> None:
+    """Refresh in a thread; once its build is held (``entered``), ``callers()`` starts the
+    threads that wait for the build's lock; then the build goes on (``release``) and every
+    thread is joined."""
+    first = threading.Thread(target=ranker.refresh)
+    first.start()
+    assert entered.wait(10)
+    started = callers()
+    time.sleep(0.05)  # the callers wait for the build's lock
+    release.set()
+    for thread in [first, *started]:
+        thread.join(10)
+
+
+def started(target: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread
+
+
 def test_refreshes_asked_for_while_a_build_runs_share_the_next_one() -> None:
     """Each caller returns after a build that began after its call (so it serves what it
     wrote), and callers that came during one build share one more, not one each."""
-    catalog = Catalog()
-    catalog.put([Item("i0")], np.ones((1, WIDTH), np.float32))
-    ranker = Ranker(catalog)
+    catalog, ranker = one_item()
     entered, release = threading.Event(), threading.Event()
     built: list[int] = []
     build = ranker._build
@@ -175,18 +202,15 @@ def test_refreshes_asked_for_while_a_build_runs_share_the_next_one() -> None:
             release.wait(10)
 
     ranker._build = slow_build  # type: ignore[method-assign]
-    first = threading.Thread(target=ranker.refresh)
-    first.start()
-    assert entered.wait(10)
-    callers = []
-    for k in range(1, 6):  # items written, each by its own caller, while the first build runs
-        catalog.put([Item(f"i{k}")], np.ones((1, WIDTH), np.float32))
-        callers.append(threading.Thread(target=ranker.refresh))
-        callers[-1].start()
-    time.sleep(0.05)  # the callers wait for the build's lock
-    release.set()
-    for thread in [first, *callers]:
-        thread.join(10)
+
+    def callers() -> list[threading.Thread]:
+        threads = []
+        for k in range(1, 6):  # items written, each by its own caller, while the first build runs
+            catalog.put([Item(f"i{k}")], np.ones((1, WIDTH), np.float32))
+            threads.append(started(ranker.refresh))
+        return threads
+
+    while_held(ranker, entered, release, callers)
     assert built == [1, 6]  # one build for the five, which saw every item
     assert [ranker.scoring.view.ids[k] for k in range(6)] == [f"i{k}" for k in range(6)]
     ranker.refresh()  # nothing began after this call: it builds
@@ -198,9 +222,7 @@ def test_a_caller_that_waited_for_a_build_that_failed_gets_one_that_ends_well(mo
     gets the error, and the other builds again instead of returning without its item served."""
     from freshrec.serve import ranker as ranker_module
 
-    catalog = Catalog()
-    catalog.put([Item("i0")], np.ones((1, WIDTH), np.float32))
-    ranker = Ranker(catalog)
+    catalog, ranker = one_item()
     entered, release = threading.Event(), threading.Event()
     calls: list[int] = []
     real = ranker_module.build_scoring
@@ -215,10 +237,6 @@ def test_a_caller_that_waited_for_a_build_that_failed_gets_one_that_ends_well(mo
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ranker_module, "build_scoring", build_scoring)
-    first = threading.Thread(target=ranker.refresh)
-    first.start()
-    assert entered.wait(10)
-    catalog.put([Item("i1")], np.ones((1, WIDTH), np.float32))
     failed: list[BaseException] = []
 
     def refresh() -> None:
@@ -227,11 +245,9 @@ def test_a_caller_that_waited_for_a_build_that_failed_gets_one_that_ends_well(mo
         except MemoryError as exc:
             failed.append(exc)
 
-    callers = [threading.Thread(target=refresh) for _ in range(2)]
-    for thread in callers:
-        thread.start()
-    time.sleep(0.05)  # both wait for the build's lock
-    release.set()
-    for thread in [first, *callers]:
-        thread.join(10)
+    def callers() -> list[threading.Thread]:  # an item written, then two callers
+        catalog.put([Item("i1")], np.ones((1, WIDTH), np.float32))
+        return [started(refresh), started(refresh)]
+
+    while_held(ranker, entered, release, callers)
     assert len(failed) == 1 and len(calls) == 3 and ranker.scoring.view.ids == ["i0", "i1"]

@@ -150,10 +150,12 @@ def build_scoring(
     n = len(snapshot.item_ids)
     aligned = starts_with(view, snapshot.item_ids)
     rows = _changed(snapshot, view, previous, served) if aligned else None
+    before = previous.net if rows is not None and previous is not None else None  # its per-item tables
+    padded = before.state_dict(keep_vars=True) if before is not None else {}
     for name in ROW_STATE:  # items the learner lacks stay untouched
         learned = state[name]
         if aligned and len(view) > n:
-            state[name] = _padded(name, learned, len(view), previous if rows is not None else None, rows)
+            state[name] = _padded(name, learned, len(view), padded.get(name), rows)
         elif not aligned:
             state[name] = _moved(name, learned, snapshot.item_ids, view)
     net = _refill(spare, state, text, s, snapshot.rating_scale)
@@ -296,21 +298,19 @@ def _grown(
 
 
 def _padded(
-    name: str, learned: torch.Tensor, size: int, previous: Scoring | None, rows: torch.Tensor | None
+    name: str, learned: torch.Tensor, size: int, before: torch.Tensor | None, rows: torch.Tensor | None
 ) -> torch.Tensor:
     """``learned`` with untouched rows up to ``size`` (the view's items the learner lacks):
-    ``previous``'s network's, with the ``rows`` this delta changed copied in, where it is a
-    delta on ``previous``'s snapshot and view. Why: else each delta's build padded a copy of
-    every per-item table; on a million items, with one item added to the catalog and not yet
-    to the model, a build took 383 ms instead of 16 (``benchmarks/publish_lag.py --added 1``).
+    ``before`` (the previous scoring's) with the ``rows`` this delta changed copied in. Why:
+    else each delta's build padded a copy of every per-item table; on a million items, with
+    one item the model lacked, a build took 383 ms instead of 16 (``publish_lag.py --added 1``).
     The networks share these tables as they share a snapshot's (the deltas patch those in
     place): they only make item rows in a build, and requests read the built item table."""
-    if previous is not None and previous.net is not None and rows is not None:
-        kept: torch.Tensor | None = previous.net.state_dict(keep_vars=True).get(name)
-        if kept is not None and kept.shape == (size, *learned.shape[1:]) and kept.dtype == learned.dtype:
-            table, at = kept.detach(), rows[rows < len(learned)]
-            put(table, at, take(learned, at))
-            return table
+    fits = before is not None and before.shape == (size, *learned.shape[1:]) and before.dtype == learned.dtype
+    if before is not None and rows is not None and fits:
+        table, at = before.detach(), rows[rows < len(learned)]
+        put(table, at, take(learned, at))
+        return table
     return torch.cat([learned, untouched(name, learned, size - len(learned))])
 
 

@@ -193,8 +193,7 @@ class Service:
         the requests that arrived at the same time (:mod:`freshrec.serve.batching`). With
         an experiment, the model of the user's arm ranks (:mod:`freshrec.serve.experiments`).
         ``queued``: the value of the ``serve.queue_header`` header (:func:`arrival`)."""
-        arrived = arrival(queued)
-        self.batcher.check(arrived)
+        arrived = self._arrived(queued)
         user_id = self.validator.user_key(user_id)
         experiment = self.experiment
         route = experiment.route(user_id) if experiment is not None else None
@@ -217,12 +216,20 @@ class Service:
         """Recommendations for a history the store does not hold (:mod:`freshrec.serve.guests`):
         ranked like a stored user's by the default model (a guest has no id to assign an
         experiment's arm by), and nothing of it is kept, not even in the live figures."""
-        arrived = arrival(queued)
-        self.batcher.check(arrived)
+        arrived = self._arrived(queued)
         scoring = self.ranker.scoring
         length = scoring.snapshot.settings.history_length if scoring.snapshot is not None else MODEL_LESS_HISTORY
         version, items = await self._ranked(self.ranker, history[-length:], options, arrived)
         return Served(version, items, new_list_id(), DEFAULT_VARIANT)
+
+    def _arrived(self, queued: str | None) -> float:
+        """When the request arrived (:func:`arrival`); one that already waited too long in a
+        proxy's queue is refused here, before anything is read for it."""
+        if queued is None:  # it arrived now
+            return time.monotonic()
+        arrived = arrival(queued)
+        self.batcher.check(arrived)
+        return arrived
 
     async def _ranked(
         self, ranker: Ranker, history: list[Event], options: Options, arrived: float
