@@ -19,6 +19,7 @@ from freshrec.model.deltas import ITEM_TOWER, SnapshotDelta, apply, delta_since
 from freshrec.model.sequence import SequenceNet
 from freshrec.model.snapshot import Snapshot
 from freshrec.serialization import Malformed
+from freshrec.serve import ranker as ranker_module
 from freshrec.serve.catalog import Catalog, CatalogView, starts_with
 from freshrec.serve.metrics import Metrics
 from freshrec.serve.models import Models
@@ -293,6 +294,81 @@ def test_deltas_on_a_catalog_with_items_the_learner_lacks_patch_the_padded_table
         expected = build_scoring(got, catalog.view)
         torch.testing.assert_close(ranker.scoring.vectors, expected.vectors)
         torch.testing.assert_close(ranker.scoring.bias, expected.bias)
+
+
+def test_items_added_between_deltas_grow_the_tables_into_spare_rows_and_no_delta_writes_a_held_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A shop adds items while deltas arrive: a build for an added item writes its rows into
+    the spare rows of the tables the build before made (item table, rows' lengths, text part,
+    padded per-item tables), and the table kept for the next delta grows with them. Requests
+    that never end hold some of those scorings: no delta writes over the memory they read,
+    though it is shared with the tables extended from theirs. Every table served equals a
+    whole build."""
+    monkeypatch.setattr(ranker_module, "SPARE_WAIT_S", 0.02)
+    net = learner()
+    catalog, ranker, models, sent, _ = published_by_hand(net)
+    rng = np.random.default_rng(0)
+    held: list[tuple[Any, ...]] = []
+    shared = {"table": 0, "padded": 0}
+    nets: list[SequenceNet] = []
+    for n in range(9):
+        for k in range(2):
+            catalog.put([Item(f"new{n}-{k}")], rng.standard_normal((1, WIDTH)).astype(np.float32))
+            before = ranker.scoring
+            ranker.refresh()
+            grown = ranker.scoring
+            assert grown.vectors is not None and before.vectors is not None and grown.net is not None
+            assert grown.written is not None and grown.written.tolist() == [len(before.vectors)]
+            if grown.vectors.data_ptr() == before.vectors.data_ptr():
+                shared["table"] += 1
+                assert grown.grown_from[0]() is before and grown.bias.data_ptr() == before.bias.data_ptr()  # type: ignore[union-attr]
+                assert np.shares_memory(grown.norms, before.norms)
+            padded, was = grown.net.item_id.weight, before.net.item_id.weight  # type: ignore[union-attr]
+            shared["padded"] += padded.data_ptr() == was.data_ptr() and len(padded) == len(was) + 1
+            nets.append(grown.net)  # a network no scoring uses any more, refilled with more items
+            if n % 3 == k:
+                held.append((grown, grown.vectors.clone(), grown.bias.clone(), grown.norms.copy()))  # type: ignore[union-attr]
+            expected = build_scoring(grown.snapshot, catalog.view)
+            torch.testing.assert_close(grown.vectors, expected.vectors)
+        step(net, [n, 20 + n])
+        now = snap(net, updates=n + 1)
+        got = models.parse(delta_since(now, sent).to_bytes(), "learner")  # type: ignore[union-attr]
+        assert got is not None
+        models.publish(got)
+        ranker.publish(got)
+        sent = now
+        expected = build_scoring(got, catalog.view)
+        torch.testing.assert_close(ranker.scoring.vectors, expected.vectors)
+        torch.testing.assert_close(ranker.scoring.bias, expected.bias)
+        np.testing.assert_allclose(ranker.scoring.norms, expected.norms, rtol=1e-6, atol=1e-6)
+    # the second add of each round found spare rows, but where the block had none left
+    assert shared["table"] >= 8 and shared["padded"] >= 12
+    assert len({id(net) for net in nets}) <= 8
+    for sc, vectors, bias, norms in held:
+        assert torch.equal(sc.vectors, vectors) and torch.equal(sc.bias, bias)
+        np.testing.assert_array_equal(sc.norms, norms)
+
+
+def test_deltas_that_add_items_extend_the_received_tables_into_spare_rows() -> None:
+    """Each time the learner takes new items in, serving's copy of the snapshot gets its
+    rows: the first such delta copies the per-item tables into blocks with spare rows, the
+    later ones write there. The tables equal the learner's."""
+    net = learner()
+    _, _, models, sent, _ = published_by_hand(net)
+    addresses = []
+    for n in range(3):
+        grow(net, 1)
+        step(net, [n, 40 + n])
+        now = snap(net, updates=n + 1)
+        got = models.parse(delta_since(now, sent).to_bytes(), "learner")  # type: ignore[union-attr]
+        assert got is not None and len(got.item_ids) == 41 + n
+        for name in ("item_id.weight", "item_bias.weight", "active", "interactions", "last_seen"):
+            assert torch.equal(got.state[name], now.state[name])
+        addresses.append(got.state["item_id.weight"].data_ptr())
+        models.publish(got)
+        sent = now
+    assert addresses[0] == addresses[1] == addresses[2]
 
 
 def test_a_delta_that_adds_items_the_catalog_serves_already_recomputes_the_changed_rows_alone() -> None:

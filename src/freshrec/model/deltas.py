@@ -31,7 +31,7 @@ from torch import Tensor
 
 from freshrec import serialization
 from freshrec.model.blend import check_part, raw_part
-from freshrec.model.rows import put, take
+from freshrec.model.rows import Room, put, take
 from freshrec.model.sequence import SequenceNet, untouched
 from freshrec.model.snapshot import CHECKED_IDS, Snapshot, check_tensor, expected_state
 
@@ -209,14 +209,16 @@ def merge(first: Snapshot | SnapshotDelta, second: SnapshotDelta) -> Snapshot | 
     return dataclasses.replace(second, parent=first.parent, new_item_ids=new_item_ids, rows=rows, state=state)
 
 
-def apply(base: Snapshot, delta: SnapshotDelta, in_place: bool = False) -> Snapshot:
+def apply(base: Snapshot, delta: SnapshotDelta, in_place: bool = False, room: Room | None = None) -> Snapshot:
     """The whole snapshot ``delta`` describes, on ``base`` (which it must name); its
     tensors checked against ``base``'s settings first. ``base`` is left as it was, unless
-    ``in_place``: then its per-item tables are patched and become the new snapshot's
-    (where no item was added). Why: a copy of a million items' tables per delta was a
-    quarter of a gigabyte, several times a second, on the cores requests need; serving
-    reads them only to rebuild its item table's changed rows (requests read that table),
-    so nothing needs them as they were."""
+    ``in_place``: then its per-item tables are patched and become the new snapshot's,
+    extended into ``room``'s spare rows where the delta adds items (copied without a room).
+    Why: a copy of a million items' tables per delta was a quarter of a gigabyte, several
+    times a second, on the cores requests need; serving reads them only to rebuild its item
+    table's changed rows (requests read that table), so nothing needs them as they were.
+    A delta that adds items comes each time the learner takes in a catalog's new items: its
+    copies were the longest wait of serving behind the learner (``publish_lag.py --added``)."""
     bad = serialization.Malformed
     if delta.parent != base.serial:
         raise bad("the delta applies to another snapshot")
@@ -243,7 +245,9 @@ def apply(base: Snapshot, delta: SnapshotDelta, in_place: bool = False) -> Snaps
     for name, tensor in delta.state.items():
         if name in ROW_STATE:
             table = base.state[name]
-            if n > n0:
+            if n > n0 and in_place and room is not None:
+                table = room.extended(table, untouched(name, table, n - n0))
+            elif n > n0:
                 table = torch.cat([table, untouched(name, table, n - n0)])
             elif not in_place:
                 table = table.clone()

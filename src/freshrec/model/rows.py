@@ -9,7 +9,22 @@ nine such steps (``benchmarks/publish_lag.py``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import numpy as np
 from torch import Tensor
+
+Table = TypeVar("Table", Tensor, np.ndarray[Any, Any])
+
+HEADROOM = 1 << 16
+"""The most spare rows a table with room (:class:`Room`, and the catalog's text table) keeps
+beyond its rows; an eighth of its rows on a smaller table."""
+
+
+def spare_rows(n: int) -> int:
+    """The spare rows a table of ``n`` rows gets when it is made anew to grow."""
+    return min(HEADROOM, max(n // 8, 16))
 
 
 def take(table: Tensor, rows: Tensor) -> Tensor:
@@ -23,3 +38,61 @@ def put(table: Tensor, rows: Tensor, values: Tensor) -> None:
         got, into = f"{tuple(values.shape)} {values.dtype}", f"{tuple(table.shape)} {table.dtype}"
         raise ValueError(f"cannot put rows of {got} into a table of {into}")
     table.detach().numpy()[rows.numpy()] = values.detach().numpy()
+
+
+class Room:
+    """Tables that grow at their end into spare rows, not by a copy of every row.
+
+    :meth:`extended` returns a table with rows added after ``table``'s. Where ``table`` is
+    the longest one it handed out of a block with room left, the rows are written into the
+    block's spare rows and the result is a longer view of the same memory: ``table``'s
+    readers never read past its end, so they see no change. Else a new block is made, with
+    :func:`spare_rows` to spare. Why: on a million items a per-item table is up to a quarter
+    of a gigabyte, and a catalog that gained an item, or a snapshot that took it in, copied
+    each of them whole (``benchmarks/catalog_change.py``).
+
+    A table is known by its memory (its first row's address and its length), not by the
+    object: a network that takes a table as a parameter wraps it in another. Not
+    thread-safe: one owner calls it (a ranker under its build lock, the snapshot intake on
+    its thread)."""
+
+    def __init__(self) -> None:
+        self._blocks: dict[int, tuple[int, Any]] = {}
+        """By the address of each block's first row: the rows handed out, and the block."""
+
+    def extended(self, table: Table, more: Table) -> Table:
+        """``table`` followed by the rows ``more`` (same row shape and type)."""
+        n, k = len(table), len(more)
+        if tuple(more.shape[1:]) != tuple(table.shape[1:]) or more.dtype != table.dtype:
+            got, into = f"{tuple(more.shape)} {more.dtype}", f"{tuple(table.shape)} {table.dtype}"
+            raise ValueError(f"cannot add rows of {got} to a table of {into}")
+        known = self._blocks.get(_address(table))
+        if known is not None and known[0] == n and n + k <= len(known[1]) and _whole_rows(table):
+            block = known[1]
+        else:
+            shape = (n + k + spare_rows(n + k), *table.shape[1:])
+            if isinstance(table, Tensor):
+                block = table.detach().new_empty(shape)
+                block[:n] = table.detach()
+            else:
+                block = np.empty(shape, dtype=table.dtype)
+                block[:n] = table
+        block[n : n + k] = more.detach() if isinstance(more, Tensor) else more
+        self._blocks[_address(block)] = (n + k, block)
+        grown: Table = block[: n + k]
+        return grown
+
+    def keep(self, tables: Iterable[Any]) -> None:
+        """Forget the blocks that none of ``tables`` starts (they grow by a copy, if ever): the
+        blocks of tables no one holds any more are given back."""
+        live = {_address(t) for t in tables}
+        self._blocks = {at: known for at, known in self._blocks.items() if at in live}
+
+
+def _address(table: Tensor | np.ndarray[Any, Any]) -> int:
+    return int(table.data_ptr()) if isinstance(table, Tensor) else int(table.__array_interface__["data"][0])
+
+
+def _whole_rows(table: Tensor | np.ndarray[Any, Any]) -> bool:
+    """Whether ``table`` is laid out as its block is: contiguous rows (a block's first rows are)."""
+    return table.is_contiguous() if isinstance(table, Tensor) else bool(table.flags.c_contiguous)

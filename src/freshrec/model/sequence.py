@@ -384,8 +384,11 @@ def _query_output(layer: nn.TransformerEncoderLayer, x: Tensor, mask: Tensor) ->
 
 
 def _masks(size: int) -> tuple[Tensor, Tensor]:
-    """The causal attention mask and the identity, ``size`` x ``size``."""
-    return torch.ones(size, size, dtype=torch.bool).tril(), torch.eye(size, dtype=torch.bool)
+    """The causal attention mask and the identity, ``size`` x ``size``, on the CPU even where a
+    network is made on the meta device (:meth:`SequenceNet.from_state`): there ``tril`` runs
+    PyTorch's Python reference, 0.9 s the first time in a process, about 1 ms after."""
+    cpu = torch.device("cpu")
+    return torch.ones(size, size, dtype=torch.bool, device=cpu).tril(), torch.eye(size, dtype=torch.bool, device=cpu)
 
 
 def untouched(name: str, like: Tensor, n: int) -> Tensor:

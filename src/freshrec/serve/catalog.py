@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from freshrec.domain import Item, ItemId
+from freshrec.model.rows import spare_rows
 from freshrec.serve.rules import Check, Fields
 from freshrec.storage.base import Store
 
@@ -31,10 +32,6 @@ PIECE = 1 << 16
 """A new item list is compared with the view's ids in pieces of this many: comparing a
 million ids at once is one step of the interpreter that holds its lock throughout (42 ms),
 while the server's requests wait; between pieces they get it back."""
-HEADROOM = 1 << 16
-"""Spare rows of text embeddings the catalog keeps beyond its items (at most; an eighth of
-them on a smaller catalog), so that adding items writes them there instead of copying every
-row: on a million items of 384 numbers, 1.5 GB copied per write."""
 
 Derived = tuple[dict[ItemId, int], dict[str, npt.NDArray[np.int64]]]
 """A view's row of each item and rows of each category (:attr:`CatalogView.codes`,
@@ -140,7 +137,7 @@ class Catalog:
             view = self.view
             alive = np.array([i in present for i in view.ids], dtype=bool)
             if not np.array_equal(alive, view.alive):
-                self.view = replace(view, alive=alive, known=view.derived())
+                self.view = _led(view, replace(view, alive=alive, known=view.derived()))
 
     def put(self, items: Sequence[Item], vectors: npt.NDArray[np.float32]) -> None:
         """Add or replace items (row ``n`` of ``vectors`` belongs to ``items[n]``)."""
@@ -185,18 +182,20 @@ class Catalog:
             attributes[n], created[n] = item.attributes, item.created_at
         by_category = _reindexed(old.by_category, was, {n: cats[n] for n in latest})
         lineage = object() if rewrites or not len(old) else old.lineage
-        self.view = CatalogView(ids, text, titles, cats, alive, attributes, created, lineage, (codes, by_category))
+        view = CatalogView(ids, text, titles, cats, alive, attributes, created, lineage, (codes, by_category))
+        self.view = _led(old, view)
 
     def _text(self, old: CatalogView, n: int, rewrites: bool, width: int) -> npt.NDArray[np.float32]:
         """The text embeddings' table of a view of ``n`` rows that starts with ``old``'s:
-        ``old``'s own rows and the spare ones after them (:data:`HEADROOM`) where they
-        are the catalog's last and no row of ``old`` is written (a view never changes),
-        else a copy with spare rows again. Rows past ``old``'s are for the caller to fill."""
+        ``old``'s own rows and the spare ones after them where they are the catalog's last and
+        no row of ``old`` is written (a view never changes), else a copy with spare rows again
+        (:func:`~freshrec.model.rows.spare_rows`). Rows past ``old``'s are for the caller to
+        fill. Why: on a million items of 384 numbers, a copy is 1.5 GB per write."""
         spare = self._spare
         if not rewrites and spare is not None and old.text is spare[1] and n <= len(spare[0]):
             rows = spare[0]
         else:
-            rows = np.empty((n + min(HEADROOM, max(n // 8, 16)), width), dtype=np.float32)
+            rows = np.empty((n + spare_rows(n), width), dtype=np.float32)
             rows[: len(old)] = old.text if len(old) else 0.0
         text = rows[:n]
         self._spare = rows, text
@@ -235,7 +234,7 @@ class Catalog:
                 return False
             alive = old.alive.copy()
             alive[n] = False
-            self.view = replace(old, alive=alive, known=old.derived())
+            self.view = _led(old, replace(old, alive=alive, known=old.derived()))
             return True
 
 
@@ -268,6 +267,15 @@ def _reindexed(
         else:
             out.pop(c, None)
     return out
+
+
+def _led(old: CatalogView, new: CatalogView) -> CatalogView:
+    """``new``, knowing the item list found to start ``old`` where ``new`` is of its lineage
+    (it starts with ``old``'s rows). Why: else each item a shop adds has the next build compare
+    a million ids with the learner's list again (34 ms of the interpreter, in pieces)."""
+    if old.led_by is not None and new.lineage is old.lineage:
+        object.__setattr__(new, "led_by", old.led_by)
+    return new
 
 
 def starts_with(view: CatalogView, item_ids: Sequence[ItemId]) -> bool:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 import torch
 
 from freshrec.model import deltas
-from freshrec.model.deltas import SnapshotDelta
+from freshrec.model.deltas import ROW_STATE, SnapshotDelta
+from freshrec.model.rows import Room
 from freshrec.model.snapshot import Snapshot
 from freshrec.pacing import Budgeted
 from freshrec.serialization import Malformed, StringLists
@@ -67,6 +68,9 @@ class Models:
         self.metrics = metrics
         self._pending: Snapshot | None = None
         self._latest: Snapshot | None = None
+        self._room = Room()
+        """Spare rows past the newest snapshot's per-item tables, for the deltas that add items."""
+        self._applying = threading.Lock()
         """The newest snapshot received: the one the next delta must name."""
         self._closed = False
         self._publishing = threading.Condition()
@@ -103,6 +107,8 @@ class Models:
             self.metrics.snapshot_bytes.labels(kind).inc(len(data))
             if not isinstance(got, SnapshotDelta):
                 self._parsed = (got.serial, time.perf_counter() - started)
+                with self._applying:
+                    self._room.keep(())  # the blocks of the tables it replaces are given back
                 return self._blend_taken(got)
             latest = self._latest
             if latest is None or latest.serial != got.parent:
@@ -110,7 +116,10 @@ class Models:
                 self.metrics.skipped_deltas.inc()
                 self.ranker.blend.forget()  # what that delta counted is missing too
                 return None
-            return self._blend_taken(deltas.apply(latest, got, in_place=True))  # nothing reads latest's tables
+            with self._applying:  # nothing reads latest's tables
+                served = deltas.apply(latest, got, in_place=True, room=self._room)
+                self._room.keep(served.state[name] for name in ROW_STATE if name in served.state)
+            return self._blend_taken(served)
         except Malformed as exc:
             log.warning("refused a model snapshot from the %s: %s", source, exc)
             self.metrics.rejected_models.labels(source).inc()

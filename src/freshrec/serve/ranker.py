@@ -20,6 +20,8 @@ import numpy.typing as npt
 from cachetools import LRUCache
 
 from freshrec.domain import Event, ItemId
+from freshrec.model.deltas import ROW_STATE
+from freshrec.model.rows import Room
 from freshrec.model.sequence import SequenceNet
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.blend import ServedBlend
@@ -80,6 +82,8 @@ class Ranker:
         self._lock = threading.Lock()
         self._spares: list[tuple[weakref.ref[Scoring], SequenceNet]] = []
         self._behind: Behind | None = None
+        self._room = Room()
+        """Spare rows for the tables a build extends as the catalog gains items (:func:`build_scoring`)."""
         self._begun = 0
         """Builds begun (:meth:`refresh`)."""
         self._built = 0
@@ -128,9 +132,15 @@ class Ranker:
             self.retrieval.forget()
         tables = behind.spare_for(previous, SPARE_WAIT_S) if behind is not None else None
         tower = self.tower.pick(snapshot, self.retrieval.settings.tower_s if self.retrieval.tracking else 0.0)
-        sc = build_scoring(snapshot, view, self._spare(), previous, tables, tower)
-        whole = sc.snapshot is not None and sc.snapshot.changed is None
-        self._behind = Behind.copy_of(sc, into=tables) if whole else Behind.of(previous)
+        sc = build_scoring(snapshot, view, self._spare(), previous, tables, tower, self._room)
+        if sc.snapshot is not None and sc.snapshot is previous.snapshot and sc.written is not None:
+            # previous's table extended: the table kept for previous's first delta serves sc's
+            self._behind = behind.grown(previous, sc, self._room) if behind is not None else None
+        elif sc.snapshot is not None and sc.snapshot.changed is None:
+            self._behind = Behind.copy_of(sc, into=tables)
+        else:
+            self._behind = Behind.of(previous)
+        self._room.keep(self._tables(sc))
         if sc.vectors is not None and sc.bias is not None:  # before the swap: a first index is building
             if self.retrieval.tracking:  # (not ready) from the moment its model is served
                 self.retrieval.moved(*moved(previous, sc))  # previous's table is intact until the swap
@@ -142,6 +152,14 @@ class Ranker:
             self._spares.append((weakref.ref(self.scoring), self.scoring.net))
             del self._spares[:-4]
         self._built = number
+
+    def _tables(self, sc: Scoring) -> list[object]:
+        """The tables a later build may extend: ``sc``'s, its network's per-item ones, the kept one's."""
+        tables: list[object] = [sc.vectors, sc.bias, sc.norms, *(sc.text_part or ())]
+        if sc.net is not None:
+            tables += [t for name, t in sc.net.state_dict(keep_vars=True).items() if name in ROW_STATE]
+        tables += self._behind.tables if self._behind is not None else ()
+        return [t for t in tables if t is not None]
 
     def _stored_users(self, made: weakref.ref[Scoring]) -> npt.NDArray[np.float32] | None:
         """Stored users' vectors by the scoring ``made`` (or the one served, if it is gone), held

@@ -10,6 +10,7 @@ never mixes two model versions and never waits for a publish.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -22,11 +23,11 @@ from freshrec.domain import Event
 from freshrec.ingest.feedback import TYPE_CODES
 from freshrec.model.deltas import ITEM_TOWER, ROW_STATE
 from freshrec.model.histories import left_padded
-from freshrec.model.rows import put, take
-from freshrec.model.sequence import HistoryTensors, Pair, SequenceNet, untouched
+from freshrec.model.rows import Room, put, take
+from freshrec.model.sequence import HistoryTensors, Pair, SequenceNet
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import CatalogView, starts_with
-from freshrec.settings import ModelSettings
+from freshrec.serve.network import moved_rows, padded, refilled
 
 if TYPE_CHECKING:
     from freshrec.serve.spare import Spare
@@ -66,6 +67,10 @@ class Scoring:
     """The rows of the item table its build computed anew, where it started from the scoring
     before's table or one brought level with it (a delta's): every row in which the two may
     differ (:func:`moved`). ``None``: the table was built whole."""
+    grown_from: tuple[weakref.ref[Scoring], ...] = ()
+    """The earlier scorings whose item tables are the first rows of this one's, in the same
+    memory (extended into spare rows, :class:`~freshrec.model.rows.Room`): the table is
+    written over (:class:`~freshrec.serve.spare.Behind`) only once they are gone too."""
 
     @property
     def version(self) -> str | None:
@@ -109,6 +114,7 @@ def build_scoring(
     previous: Scoring | None = None,
     tables: Spare | None = None,
     tower: dict[str, torch.Tensor] | None = None,
+    room: Room | None = None,
 ) -> Scoring:
     """The scoring of ``snapshot`` on ``view``; ``spare``, a network no request uses any
     more, is refilled with the snapshot's tensors if it has the same shapes.
@@ -150,19 +156,21 @@ def build_scoring(
     n = len(snapshot.item_ids)
     aligned = starts_with(view, snapshot.item_ids)
     rows = _changed(snapshot, view, previous, served) if aligned else None
-    before = previous.net if rows is not None and previous is not None else None  # its per-item tables
-    padded = before.state_dict(keep_vars=True) if before is not None else {}
+    grown = aligned and rows is None and _grown(view, snapshot, previous, served, text is not None)
+    room = room or Room()
+    before = previous.net if (rows is not None or grown) and previous is not None else None  # its per-item tables
+    tables_before = before.state_dict(keep_vars=True) if before is not None else {}
     for name in ROW_STATE:  # items the learner lacks stay untouched
         learned = state[name]
         if aligned and len(view) > n:
-            state[name] = _padded(name, learned, len(view), padded.get(name), rows)
+            state[name] = padded(name, learned, len(view), tables_before.get(name), rows, room)
         elif not aligned:
-            state[name] = _moved(name, learned, snapshot.item_ids, view)
-    net = _refill(spare, state, text, s, snapshot.rating_scale)
+            state[name] = moved_rows(name, learned, snapshot.item_ids, view)
+    net = refilled(spare, state, text, s, snapshot.rating_scale)
     if net is None:
         net = SequenceNet.from_state(state, text, s, rating_scale=snapshot.rating_scale)
     net.eval()
-    grown = aligned and rows is None and _grown(view, snapshot, previous, served, net.use_text)
+    grown_from: tuple[weakref.ref[Scoring], ...] = ()
     kept = None  # what the served tower made of the items' text, on the same view
     if previous is not None and previous.view is view and same(previous.tower, served):
         kept = previous.text_part
@@ -184,17 +192,21 @@ def build_scoring(
         rows = torch.arange(len(previous.vectors), len(view))
         added = net.text_part(rows) if net.use_text else None
         new_vectors, new_bias = net.item_table(rows, text_part=added)
-        # new tensors, even with no row added: a later build writes into a table no request reads
-        vectors, bias = torch.cat([previous.vectors, new_vectors]), torch.cat([previous.bias, new_bias])
-        norms = np.concatenate([previous.norms, lengths(new_vectors.numpy())])
-        was = previous.text_part
-        part = None if added is None or was is None else (torch.cat([was[0], added[0]]), torch.cat([was[1], added[1]]))
+        # into spare rows past previous's, which its requests never read; new tensors, even
+        # with no row added (a later build may write over previous's table, see grown_from)
+        vectors, bias = room.extended(previous.vectors, new_vectors), room.extended(previous.bias, new_bias)
+        norms = room.extended(previous.norms, lengths(new_vectors.numpy()))
+        was, part = previous.text_part, None
+        if added is not None and was is not None:
+            part = room.extended(was[0], added[0]), room.extended(was[1], added[1])
+        if vectors.data_ptr() == previous.vectors.data_ptr():
+            grown_from = (weakref.ref(previous), *previous.grown_from)
     else:
         part = (kept if kept is not None else net.text_part()) if net.use_text else None
         vectors, bias = net.item_table(text_part=part)
         norms = lengths(vectors.numpy())
     user_rows = {u: n for n, u in enumerate(snapshot.user_ids) if u is not None}
-    return Scoring(view, snapshot, net, vectors, bias, norms, user_rows, aligned, part, served, rows)
+    return Scoring(view, snapshot, net, vectors, bias, norms, user_rows, aligned, part, served, rows, grown_from)
 
 
 @torch.no_grad()
@@ -295,52 +307,6 @@ def _grown(
         return False
     grown = view.lineage is previous.view.lineage and len(view) >= len(previous.view)
     return grown and same(previous.tower, tower) and (not text or previous.text_part is not None)
-
-
-def _padded(
-    name: str, learned: torch.Tensor, size: int, before: torch.Tensor | None, rows: torch.Tensor | None
-) -> torch.Tensor:
-    """``learned`` with untouched rows up to ``size`` (the view's items the learner lacks):
-    ``before`` (the previous scoring's) with the ``rows`` this delta changed copied in. Why:
-    else each delta's build padded a copy of every per-item table; on a million items, with
-    one item the model lacked, a build took 383 ms instead of 16 (``publish_lag.py --added 1``).
-    The networks share these tables as they share a snapshot's (the deltas patch those in
-    place): they only make item rows in a build, and requests read the built item table."""
-    fits = before is not None and before.shape == (size, *learned.shape[1:]) and before.dtype == learned.dtype
-    if before is not None and rows is not None and fits:
-        table, at = before.detach(), rows[rows < len(learned)]
-        put(table, at, take(learned, at))
-        return table
-    return torch.cat([learned, untouched(name, learned, size - len(learned))])
-
-
-def _moved(name: str, learned: torch.Tensor, item_ids: list[str], view: CatalogView) -> torch.Tensor:
-    """``learned``'s rows (in the order of ``item_ids``) at the view's rows of those ids."""
-    pairs = [(k, view.codes[i]) for k, i in enumerate(item_ids) if i in view.codes]
-    values = untouched(name, learned, len(view))
-    if pairs:
-        model_rows, view_rows = map(list, zip(*pairs, strict=True))
-        values[torch.tensor(view_rows)] = learned[torch.tensor(model_rows)]
-    return values
-
-
-def _refill(
-    net: SequenceNet | None, state: dict[str, torch.Tensor], text: torch.Tensor | None, s: ModelSettings, scale: float
-) -> SequenceNet | None:
-    """``net`` made of ``state``'s tensors, or ``None`` if it has other shapes. Half a
-    millisecond, against twelve for building a network (Python work that holds the
-    interpreter lock while requests wait)."""
-    if net is None or net.settings != s or net.rating_scale != scale:
-        return None
-    current = net.state_dict(keep_vars=True)
-    if any(name not in current or current[name].shape != value.shape for name, value in state.items()):
-        return None
-    if text is not None and (not net.use_text or net.text.shape != text.shape):
-        return None
-    net.load_state_dict(state, strict=False, assign=True)
-    if text is not None:
-        net.text = text.float()
-    return net
 
 
 def top(scores: npt.NDArray[np.floating], allowed: npt.NDArray[np.bool_], k: int) -> list[int]:
