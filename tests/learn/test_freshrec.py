@@ -16,7 +16,7 @@ from freshrec.learn.recommender import build_freshrec
 from freshrec.model import sequence
 from freshrec.model.base import FIELDS, Interactions
 from freshrec.model.freshrec import FreshRec
-from freshrec.model.sequence import tensors
+from freshrec.model.histories import tensors
 from freshrec.settings import LearnSettings, ModelSettings
 from tests.evaluate.helpers import tiny_log
 
@@ -280,3 +280,28 @@ def test_the_validation_loss_is_computed_a_slice_at_a_time_and_equals_the_whole(
     sliced = m._evaluate(events)  # in eval mode from here on
     with torch.no_grad():
         assert sliced == pytest.approx(float(m.trainer.loss(events)), rel=1e-5)
+
+
+@pytest.mark.parametrize("update", [{}, {"use_text": False}, {"use_ids": False}])
+def test_the_item_table_without_autograd_equals_the_one_with_it(update: dict[str, bool]) -> None:
+    """Serving builds item tables with no gradient recorded, in place (no temporary per
+    term); the learner's steps build them with autograd: the numbers must agree, whole and
+    for some rows, with the text part given or computed."""
+    torch.manual_seed(3)
+    net = sequence.SequenceNet(30, torch.randn(30, 8), MODEL.model_copy(update=update))
+    with torch.no_grad():
+        net.item_id.weight.normal_()
+        net.item_bias.weight.normal_()
+        net.active[::3] = True
+    rows = torch.tensor([0, 4, 9, 29])
+    for which in (None, rows):
+        with torch.enable_grad():
+            want = [t.detach() for t in net.item_table(which)]
+        with torch.no_grad():
+            got = net.item_table(which)
+            given = net.item_table(which, text_part=net.text_part(which)) if net.use_text else got
+        for mine in (*got, *given):
+            assert not mine.requires_grad
+        for mine in (got, given):
+            torch.testing.assert_close(mine[0], want[0])
+            torch.testing.assert_close(mine[1], want[1])

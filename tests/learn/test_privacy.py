@@ -10,7 +10,7 @@ from freshrec.evaluate.log import EventLog
 from freshrec.evaluate.replay import Sequences
 from freshrec.learn.privacy import epsilon
 from freshrec.learn.recommender import FreshRec
-from freshrec.model.sequence import tensors
+from freshrec.model.histories import tensors
 from freshrec.settings import PrivacySettings
 from tests.learn.test_freshrec import LEARN, log, model
 

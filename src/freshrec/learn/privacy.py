@@ -56,7 +56,8 @@ from torch.func import functional_call, grad, vmap
 
 from freshrec.learn.trainer import Trainer, example_terms
 from freshrec.model.base import Interactions
-from freshrec.model.sequence import SequenceNet, tensors
+from freshrec.model.histories import tensors
+from freshrec.model.sequence import SequenceNet
 from freshrec.settings import PrivacySettings
 
 ALPHAS = [1 + x / 100.0 for x in range(1, 10)] + [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))

@@ -31,7 +31,8 @@ from freshrec.ingest.feedback import TYPE_CODES, FeedbackWeights
 from freshrec.learn.optim import build_optimizer, build_schedule, clip_gradients, takes_sparse
 from freshrec.model.base import Interactions
 from freshrec.model.deltas import ChangedRows
-from freshrec.model.sequence import SequenceNet, compact, tensors, upgrade_state
+from freshrec.model.histories import compact, tensors
+from freshrec.model.sequence import SequenceNet, upgrade_state
 from freshrec.settings import LearnSettings
 
 RATING = TYPE_CODES[EventType.RATING]

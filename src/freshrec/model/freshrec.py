@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from freshrec.model.base import FloatArray, Interactions
 from freshrec.model.blend import Features, Gate, feature_names, new_signals, seen_mask
 from freshrec.model.deltas import ChangedRows
-from freshrec.model.sequence import SequenceNet, compact, tensors
+from freshrec.model.histories import compact, tensors
+from freshrec.model.sequence import SequenceNet
 from freshrec.model.signals import CountSignals
 from freshrec.model.similarity import nearest
 from freshrec.settings import LearnSettings, ModelSettings

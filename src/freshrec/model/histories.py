@@ -4,15 +4,21 @@ event type codes, values and times, padded on the left (``-1`` and ``nan``).
 Built here for everyone: :func:`left_padded` from per-user histories (the
 learner's packed ones, a request's history read from the store), and
 :func:`gathered` from index arrays into a whole log's columns (the replay
-evaluator, vectorised over every query of a chunk).
+evaluator, vectorised over every query of a chunk); :func:`tensors` hands a batch of
+them to the network (:class:`~freshrec.model.sequence.SequenceNet`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict
 
 import numpy as np
 import numpy.typing as npt
+import torch
+from torch import Tensor
+
+from freshrec.model.base import Interactions
 
 Step = tuple[int, int, float, float]
 """One history event: item code, event type code, value (``nan``: none), time."""
@@ -58,3 +64,36 @@ def gathered(
         np.where(valid, value[at], np.nan).astype(np.float32),
         np.where(valid, time[at], np.nan).astype(np.float64),
     )
+
+
+class HistoryTensors(TypedDict):
+    """The keyword arguments of :meth:`SequenceNet.users` for a batch of users."""
+
+    hist_item: Tensor
+    hist_type: Tensor
+    hist_value: Tensor
+    hist_time: Tensor
+    time: Tensor
+    user: Tensor
+
+
+def tensors(batch: Interactions) -> HistoryTensors:
+    """A batch's histories as the network's keyword arguments."""
+    return {
+        "hist_item": torch.from_numpy(np.ascontiguousarray(batch.hist_item)).long(),
+        "hist_type": torch.from_numpy(np.ascontiguousarray(batch.hist_type)).long(),
+        "hist_value": torch.from_numpy(np.ascontiguousarray(batch.hist_value)).float(),
+        "hist_time": torch.from_numpy(np.ascontiguousarray(batch.hist_time)).double(),
+        "time": torch.from_numpy(np.ascontiguousarray(batch.time)).double(),
+        "user": torch.from_numpy(np.ascontiguousarray(batch.user)).long(),
+    }
+
+
+def compact(history: HistoryTensors, extra: Tensor) -> Tensor:
+    """The sorted rows of the item table that ``history`` and ``extra`` name, with the
+    histories renumbered into them (in place): a step on a large catalog computes those
+    rows of :meth:`SequenceNet.item_table` alone."""
+    hist = history["hist_item"]
+    rows: Tensor = torch.unique(torch.cat([hist[hist >= 0], extra]))
+    history["hist_item"] = torch.where(hist >= 0, torch.searchsorted(rows, hist.clamp(min=0)), hist)
+    return rows

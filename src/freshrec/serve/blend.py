@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from freshrec.model.base import Interactions
 from freshrec.model.blend import Features, Gate, blended, contributions, feature_names, new_signals
 from freshrec.model.counted import Counted
-from freshrec.model.sequence import HistoryTensors
+from freshrec.model.histories import HistoryTensors
 from freshrec.model.signals import GRAM_MAX_ITEMS, CountSignals
 from freshrec.model.similarity import SimilarityCache, SimilarityRows, nearest, unit_rows
 from freshrec.serve.catalog import CatalogView

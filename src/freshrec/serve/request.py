@@ -14,7 +14,7 @@ import numpy.typing as npt
 import torch
 
 from freshrec.domain import Event
-from freshrec.model.sequence import HistoryTensors
+from freshrec.model.histories import HistoryTensors
 from freshrec.serve import traced
 from freshrec.serve.blend import Blended, ServedBlend, contexts
 from freshrec.serve.explain import Because, Ranked, because_of, ranked, reasons

@@ -22,9 +22,9 @@ import torch
 from freshrec.domain import Event
 from freshrec.ingest.feedback import TYPE_CODES
 from freshrec.model.deltas import ITEM_TOWER, ROW_STATE
-from freshrec.model.histories import left_padded
+from freshrec.model.histories import HistoryTensors, left_padded
 from freshrec.model.rows import Room, put, take
-from freshrec.model.sequence import HistoryTensors, Pair, SequenceNet
+from freshrec.model.sequence import Pair, SequenceNet
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import CatalogView, starts_with
 from freshrec.serve.network import moved_rows, padded, refilled

@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from freshrec.model.sequence import HistoryTensors, SequenceNet
+from freshrec.model.histories import HistoryTensors
+from freshrec.model.sequence import SequenceNet
 from freshrec.serve.scoring import Scoring
 
 log = logging.getLogger(__name__)
