@@ -78,6 +78,9 @@ def test_a_view_made_from_the_last_equals_one_made_from_its_rows(ops: list[tuple
             assert isinstance(arg, list)
             catalog.align([f"i{k}" for k in arg])
         same_view(catalog.view, rebuilt(catalog.view))
+        if catalog.view.led_by is not None:  # carried over from an earlier view: still true of this one
+            led, n = catalog.view.led_by
+            assert catalog.view.ids[:n] == list(led[:n])
         for earlier, _ in kept:  # a view of the same lineage: its rows are the view's first, unchanged
             if earlier.lineage is catalog.view.lineage:
                 assert catalog.view.ids[: len(earlier)] == earlier.ids

@@ -143,6 +143,11 @@ def build_scoring(
     items' text is ``previous``'s too: on a million items, recomputing it is most of a
     whole snapshot's build.
 
+    On a view grown from ``previous``'s (items added, :attr:`CatalogView.lineage`), the added
+    rows alone are computed and written into ``room``'s spare rows past ``previous``'s tables
+    (:class:`~freshrec.model.rows.Room`; the caller keeps it from build to build), which then
+    share their first rows with this scoring's (:attr:`Scoring.grown_from`).
+
     Why a whole snapshot's table is built whole, even with the tower kept: the served
     snapshot's per-item tables are patched in place by the deltas that arrive after it
     (:func:`~freshrec.model.deltas.apply`), so comparing a whole snapshot with it misses
