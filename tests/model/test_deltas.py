@@ -237,6 +237,18 @@ def published_by_hand(net: SequenceNet) -> tuple[Catalog, Ranker, Models, Snapsh
     return catalog, ranker, models, sent, first
 
 
+def delivered(
+    net: SequenceNet, rows: list[int], updates: int, sent: Snapshot, models: Models
+) -> tuple[Snapshot, Snapshot]:
+    """``net`` after a step on ``rows``: the learner's snapshot, and what the server parsed of
+    its delta on ``sent``."""
+    step(net, rows)
+    now = snap(net, updates=updates)
+    got = models.parse(delta_since(now, sent).to_bytes(), "learner")  # type: ignore[union-attr]
+    assert got is not None
+    return now, got
+
+
 def test_serving_writes_each_delta_over_the_table_no_request_reads_any_more() -> None:
     """A chain of deltas received as bytes: their per-item tables are patched in place and
     the item table of two publishes ago is written over, unless a request still holds its
@@ -245,10 +257,8 @@ def test_serving_writes_each_delta_over_the_table_no_request_reads_any_more() ->
     catalog, ranker, models, sent, first = published_by_hand(net)
     tables, held = [ranker.scoring.vectors], None  # the tables alone: no scoring is kept alive
     for n, rows in enumerate([[1], [2, 3], [3], [7], [1, 9]]):
-        step(net, rows)
-        now = snap(net, updates=n + 1)
-        got = models.parse(delta_since(now, sent).to_bytes(), "learner")  # type: ignore[union-attr]
-        assert got is not None and got.state["item_id.weight"] is first.state["item_id.weight"]  # patched in place
+        now, got = delivered(net, rows, n + 1, sent, models)
+        assert got.state["item_id.weight"] is first.state["item_id.weight"]  # patched in place
         models.publish(got)
         ranker.publish(got)
         sent = now
@@ -278,10 +288,7 @@ def test_deltas_on_a_catalog_with_items_the_learner_lacks_patch_the_padded_table
     padded = ranker.scoring.net.item_id.weight  # type: ignore[union-attr]
     assert padded.shape[0] == 42 and not padded[40:].any()
     for n, rows in enumerate([[1], [2, 3], [3], [39, 0]]):
-        step(net, rows)
-        now = snap(net, updates=n + 1)
-        got = models.parse(delta_since(now, sent).to_bytes(), "learner")  # type: ignore[union-attr]
-        assert got is not None
+        now, got = delivered(net, rows, n + 1, sent, models)
         models.publish(got)
         ranker.publish(got)
         sent = now
@@ -331,10 +338,7 @@ def test_items_added_between_deltas_grow_the_tables_into_spare_rows_and_no_delta
                 held.append((grown, grown.vectors.clone(), grown.bias.clone(), grown.norms.copy()))  # type: ignore[union-attr]
             expected = build_scoring(grown.snapshot, catalog.view)
             torch.testing.assert_close(grown.vectors, expected.vectors)
-        step(net, [n, 20 + n])
-        now = snap(net, updates=n + 1)
-        got = models.parse(delta_since(now, sent).to_bytes(), "learner")  # type: ignore[union-attr]
-        assert got is not None
+        now, got = delivered(net, [n, 20 + n], n + 1, sent, models)
         models.publish(got)
         ranker.publish(got)
         sent = now
@@ -359,10 +363,8 @@ def test_deltas_that_add_items_extend_the_received_tables_into_spare_rows() -> N
     addresses = []
     for n in range(3):
         grow(net, 1)
-        step(net, [n, 40 + n])
-        now = snap(net, updates=n + 1)
-        got = models.parse(delta_since(now, sent).to_bytes(), "learner")  # type: ignore[union-attr]
-        assert got is not None and len(got.item_ids) == 41 + n
+        now, got = delivered(net, [n, 40 + n], n + 1, sent, models)
+        assert len(got.item_ids) == 41 + n
         for name in ("item_id.weight", "item_bias.weight", "active", "interactions", "last_seen"):
             assert torch.equal(got.state[name], now.state[name])
         addresses.append(got.state["item_id.weight"].data_ptr())
@@ -499,10 +501,7 @@ def test_a_build_waits_for_the_request_that_reads_the_table_it_would_write_over(
     _, ranker, models, sent, _ = published_by_hand(net)
     oldest = ranker.scoring.vectors
     for n in range(2):
-        step(net, [n + 1])
-        now = snap(net, updates=n + 1)
-        got = models.parse(delta_since(now, sent).to_bytes(), "learner")  # type: ignore[union-attr]
-        assert got is not None
+        now, got = delivered(net, [n + 1], n + 1, sent, models)
         if n == 0:
             held = [ranker.scoring]  # a request reading the oldest table
         else:
