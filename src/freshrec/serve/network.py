@@ -35,7 +35,7 @@ def padded(
         return table
     if before is not None and fits and rows is None and len(learned) <= len(before) <= size:
         return room.extended(before.detach(), untouched(name, learned, size - len(before)))
-    return torch.cat([learned, untouched(name, learned, size - len(learned))])
+    return room.extended(learned, untouched(name, learned, size - len(learned)))  # a copy, with spare rows
 
 
 def moved_rows(name: str, learned: torch.Tensor, item_ids: list[str], view: CatalogView) -> torch.Tensor:
