@@ -130,14 +130,16 @@ class Ranker:
             # that moved only rows added after the index's build (the learner took in items
             # the catalog added later than others) leaves its rows as they were
             self.retrieval.forget()
-        tables = behind.spare_for(previous, SPARE_WAIT_S) if behind is not None else None
+        # the table to write over, asked for only by a build that needs it: finding it may wait
+        # for requests, and a build for items added to the catalog extends tables instead
+        tables = functools.cache(lambda: behind.spare_for(previous, SPARE_WAIT_S) if behind is not None else None)
         tower = self.tower.pick(snapshot, self.retrieval.settings.tower_s if self.retrieval.tracking else 0.0)
         sc = build_scoring(snapshot, view, self._spare(), previous, tables, tower, self._room)
         if sc.snapshot is not None and sc.snapshot is previous.snapshot and sc.written is not None:
             # previous's table extended: the table kept for previous's first delta serves sc's
             self._behind = behind.grown(previous, sc, self._room) if behind is not None else None
         elif sc.snapshot is not None and sc.snapshot.changed is None:
-            self._behind = Behind.copy_of(sc, into=tables)
+            self._behind = Behind.copy_of(sc, into=tables())
         else:
             self._behind = Behind.of(previous)
         self._room.keep(self._tables(sc))

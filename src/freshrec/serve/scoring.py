@@ -11,7 +11,7 @@ never mixes two model versions and never waits for a publish.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -115,7 +115,7 @@ def build_scoring(
     view: CatalogView,
     spare: SequenceNet | None = None,
     previous: Scoring | None = None,
-    tables: Spare | None = None,
+    tables: Callable[[], Spare | None] | None = None,
     tower: dict[str, torch.Tensor] | None = None,
     room: Room | None = None,
 ) -> Scoring:
@@ -129,8 +129,9 @@ def build_scoring(
     When ``snapshot`` came as a delta on ``previous``'s snapshot, on the same view,
     only the rows it changed are recomputed in a copy of ``previous``'s item table: on a
     200,000-item catalog a whole table took about a quarter of a second on one thread.
-    With ``tables`` (the table before ``previous``'s, which no request reads any more) the
-    copy is saved too: the rows ``previous`` changed are copied over it from ``previous``'s
+    With ``tables`` (a call that gives the table before ``previous``'s once no request reads it
+    any more, or ``None``; made only for such a delta's build, since it may wait) the copy is
+    saved too: the rows ``previous`` changed are copied over it from ``previous``'s
     table, and this delta's computed (on a million items, the copies were half a gigabyte per
     delta). Why copy those rows rather than compute them again: copied, the new table differs
     from ``previous``'s in this delta's rows alone, which :func:`moved` then compares; each
@@ -184,9 +185,10 @@ def build_scoring(
         kept = previous.text_part
     if rows is not None:
         assert previous is not None and previous.vectors is not None and previous.bias is not None
-        if tables is not None and len(tables.vectors) == len(previous.vectors):
-            vectors, bias, norms = tables.vectors, tables.bias, tables.norms
-            _level(tables, previous, rows)
+        over = tables() if tables is not None else None  # the table no request reads any more
+        if over is not None and len(over.vectors) == len(previous.vectors):
+            vectors, bias, norms = over.vectors, over.bias, over.norms
+            _level(over, previous, rows)
         else:
             vectors, bias, norms = previous.vectors.clone(), previous.bias.clone(), previous.norms.copy()
         part = previous.text_part
