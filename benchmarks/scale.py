@@ -109,7 +109,8 @@ def quantile(text: str, name: str, q: float, since: str = "") -> str:
 def published(text: str, since: str = "") -> dict[str, Any]:
     """Publish figures from the ``/metrics`` text ``text``, of the publishes after ``since``
     was read: the time to build the serving copy (mean, p50 and p99 by histogram bucket),
-    the lag from the learner's micro-batch to the swap, and the snapshots received whole
+    the lag from the learner's micro-batch to the swap and to the snapshot's parse (before
+    the publisher's wait and build), and the snapshots received whole
     and as deltas with their mean sizes."""
 
     def grown(name: str) -> float:
@@ -118,9 +119,13 @@ def published(text: str, since: str = "") -> dict[str, Any]:
     build, lag = "freshrec_model_publish_seconds", "freshrec_model_publish_lag_seconds"
     count = grown(f"{build}_count")
     out = {"count": count, "mean": grown(f"{build}_sum") / max(count, 1)}
+    received = "freshrec_model_receive_lag_seconds"
+    out["received_mean"] = grown(f"{received}_sum") / max(grown(f"{received}_count"), 1)
+    out["lag_mean"] = grown(f"{lag}_sum") / max(grown(f"{lag}_count"), 1)
     for q in (0.5, 0.99):
         out[f"p{round(q * 100)}"] = quantile(text, build, q, since)
         out[f"lag_p{round(q * 100)}"] = quantile(text, lag, q, since)
+        out[f"received_p{round(q * 100)}"] = quantile(text, received, q, since)
     for kind in ("whole", "delta"):
         n = grown(f'freshrec_model_snapshots_received_total{{kind="{kind}"}}')
         out[kind] = n
@@ -356,7 +361,9 @@ def main() -> None:
         + "".join(
             f"| publish ({when}): building the serving copy | mean {p['mean'] * 1000:.0f} ms, "
             f"p50 {p['p50']}, p99 {p['p99']} over {p['count']:,.0f} publishes |\n"
-            f"| publish ({when}): end of a micro-batch to serving's swap | p50 {p['lag_p50']}, p99 {p['lag_p99']} |\n"
+            f"| publish ({when}): end of a micro-batch to serving's swap (of it, to the snapshot parsed) | mean "
+            f"{p['lag_mean'] * 1000:.0f} ms, p50 {p['lag_p50']}, p99 {p['lag_p99']} (mean "
+            f"{p['received_mean'] * 1000:.0f} ms, p50 {p['received_p50']}, p99 {p['received_p99']}) |\n"
             f"| snapshots received ({when}) whole / as deltas | {p['whole']:,.0f} of {p['whole_mb']:.1f} MB / "
             f"{p['delta']:,.0f} of {p['delta_mb']:.2f} MB (means) |\n"
             for when, p in (("under the load", publish), ("since the server started", since_start))

@@ -538,6 +538,7 @@ def test_builds_are_spaced_by_their_cost_and_what_arrives_meanwhile_is_built_onc
     finally:
         models.close()
     assert builds(metrics) == 3  # the whole one, the first delta, then the other two as one
+    assert builds(metrics, "receive_lag_seconds") == 4  # each timed as it was parsed, merged or not
 
 
 def test_deltas_are_built_as_they_come_while_the_builds_took_less_than_their_share(
@@ -626,9 +627,11 @@ def built(models: Models, updates: int) -> bool:
     return snapshot is not None and snapshot.updates == updates
 
 
-def builds(metrics: Metrics) -> float:
-    """Serving copies built, as ``/metrics`` counts them."""
-    return next(s.value for s in metrics.publish_seconds.collect()[0].samples if s.name.endswith("_count"))
+def builds(metrics: Metrics, histogram: str = "publish_seconds") -> float:
+    """Serving copies built, as ``/metrics`` counts them (``histogram``: another count, of
+    :class:`Metrics`'s histograms)."""
+    samples = getattr(metrics, histogram).collect()[0].samples
+    return next(s.value for s in samples if s.name.endswith("_count"))
 
 
 def test_a_costly_build_puts_the_next_off_by_at_most_the_longest_wait(monkeypatch: pytest.MonkeyPatch) -> None:

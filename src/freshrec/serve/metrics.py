@@ -117,6 +117,13 @@ class Metrics:
             buckets=PUBLISH_BUCKETS,
             registry=r,
         )
+        self.receive_lag_seconds = Histogram(
+            "freshrec_model_receive_lag_seconds",
+            "From the learner's snapshot to its parse by serving: the send and the parse, the part of the publish "
+            "lag before the build",
+            buckets=PUBLISH_BUCKETS,
+            registry=r,
+        )
         self.catalog_items = Gauge("freshrec_catalog_items", "Recommendable items", registry=r)
         self.candidate_index_items = Gauge(
             "freshrec_candidate_index_items",

@@ -129,6 +129,7 @@ class Models:
         """``snapshot`` without its blend, which the ranker's copy takes now, in the order
         snapshots arrive (the publisher may skip some; their counts must not be)."""
         self.ranker.blend.take(snapshot.blend, snapshot.settings)
+        self.metrics.receive_lag_seconds.observe(max(0.0, time.time() - snapshot.created))
         return dataclasses.replace(snapshot, blend=None)
 
     def receive(self, data: bytes | memoryview, source: str) -> Snapshot | None:
