@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from freshrec.serve import engine
+from freshrec.runtime import SWITCH_INTERVAL_S
 
 
 def run(mode: str, seconds: float) -> str:
@@ -68,7 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
-    sys.setswitchinterval(engine.SWITCH_INTERVAL_S)  # as the server sets it
+    sys.setswitchinterval(SWITCH_INTERVAL_S)  # as the server sets it
     torch.set_num_threads(1)
     for mode in ("nothing copying", "into new memory", "into a kept table", "into new memory"):
         print(run(mode, args.seconds), flush=True)

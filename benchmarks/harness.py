@@ -48,14 +48,14 @@ def large_intake(n: int, learned: float) -> tuple[list[str], SequenceNet, Ranker
     from freshrec.domain import Item
     from freshrec.model.sequence import SequenceNet
     from freshrec.model.snapshot import prepare_validation
-    from freshrec.serve import engine
+    from freshrec.runtime import SWITCH_INTERVAL_S
     from freshrec.serve.catalog import Catalog
     from freshrec.serve.metrics import Metrics
     from freshrec.serve.models import Models
     from freshrec.serve.ranker import Ranker
     from freshrec.settings import ClusterSettings, ModelSettings
 
-    sys.setswitchinterval(engine.SWITCH_INTERVAL_S)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     torch.manual_seed(0)
     settings = ModelSettings()
     ids = [f"i{j:07d}" for j in range(n)]

@@ -13,7 +13,7 @@ On an existing store (e.g. the one ``scale.py`` leaves in ``/tmp/freshrec-scale`
 ``user_context(user, 20, 500)`` (the model's history and the items ``exclude_seen`` leaves
 out, as the server asks) for the users of random events: alone, and beside a thread that
 runs a Python loop (the worst case: it never gives the lock up by itself), at Python's
-switch interval and at the server's (:data:`freshrec.serve.engine.SWITCH_INTERVAL_S`), in
+switch interval and at the server's (:data:`freshrec.runtime.SWITCH_INTERVAL_S`), in
 alternating rounds after a pass that reads every user's pages once. Writes RESULTS.md,
 section "read-beside-compute".
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from freshrec.serve.engine import SWITCH_INTERVAL_S
+from freshrec.runtime import SWITCH_INTERVAL_S
 from freshrec.storage import SQLiteStore
 from harness import write_section
 from history_read import HISTORY, SEEN, event_users

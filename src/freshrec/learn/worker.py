@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
@@ -42,7 +43,15 @@ from freshrec.learn.sender import Sender
 from freshrec.learn.upkeep import Upkeep
 from freshrec.model.deltas import SnapshotDelta
 from freshrec.model.snapshot import Snapshot
-from freshrec.runtime import ARM_SNAPSHOT, SNAPSHOT, die_with_parent, last_steps, limit_threads, log_to_stderr
+from freshrec.runtime import (
+    ARM_SNAPSHOT,
+    SNAPSHOT,
+    SWITCH_INTERVAL_S,
+    die_with_parent,
+    last_steps,
+    limit_threads,
+    log_to_stderr,
+)
 from freshrec.settings import Settings
 from freshrec.storage import Store, open_store
 from freshrec.storage.base import LeaseState
@@ -62,6 +71,7 @@ def learner_main(settings: Settings, pipe: Connection, commands: Queue[Any], hal
     # process through ``halt``, after its last micro-batch and checkpoint.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)  # the process is this learner's own
     log_to_stderr()  # the server's --log-level
     store = open_store(settings.store_url, settings.storage)
     writing = threading.Lock()  # every sender writes to the one pipe: one message at a time

@@ -25,7 +25,7 @@ from typing import Any
 import uvicorn
 
 from freshrec.bus import RedisBus
-from freshrec.runtime import ARM_SNAPSHOT, SNAPSHOT, exit_cleanly, limit_threads
+from freshrec.runtime import ARM_SNAPSHOT, SNAPSHOT, SWITCH_INTERVAL_S, exit_cleanly, limit_threads, widen
 from freshrec.serve.api import create_app
 from freshrec.serve.auth import Keys
 from freshrec.serve.replica import Replica
@@ -34,15 +34,6 @@ from freshrec.settings import Settings
 from freshrec.storage.base import Store
 
 log = logging.getLogger("freshrec")
-
-SWITCH_INTERVAL_S = 0.0005
-"""How long a thread of the server may hold the interpreter lock while another waits for
-it (Python's default: 5 ms). A request's store reads and model pass each give the lock
-up and wait to take it back; with a model build or event posts in other threads, each
-such wait took up to the whole interval, several per request. On a million items under
-200 requests/s and 500 events/s requests then queued for seconds (p50 15 s); with 0.5 ms,
-p50 83 ms in the same run otherwise."""
-
 
 FULL_COLLECT_S = 3600.0
 """How often :class:`Refreeze` also collects what the frozen objects left as garbage."""
@@ -122,6 +113,7 @@ class Engine:
                 raise ValueError("role 'all' needs the learner's process entry point")
             ctx = mp.get_context("spawn")
             self.updates, self._send_end = ctx.Pipe(duplex=False)
+            widen(self.updates)
             self.commands: Any = ctx.Queue()
             self.halt = ctx.Event()
             self.process = ctx.Process(

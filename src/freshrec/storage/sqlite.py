@@ -302,7 +302,7 @@ class SQLiteStore(SharedSQL):
         the model's and the loop's threads (the million-item shop under load: p50 7.1-11.5 ms
         against 3.5-4.5 ms, the API at 1.0-1.2 cores against 0.7-0.9). Reads of 100 ms and
         more on the loop were such waits too, one a step while a thread computed in Python
-        beside it (even at the server's switch interval, :data:`freshrec.serve.engine.SWITCH_INTERVAL_S`):
+        beside it (even at the server's switch interval, :data:`freshrec.runtime.SWITCH_INTERVAL_S`):
         a statement's rows are read as one (:func:`freshrec.storage.runs.user_keys`)."""
         return self.user_context(user_id, n, seen)
 
