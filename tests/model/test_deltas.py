@@ -110,11 +110,16 @@ def test_a_delta_on_another_snapshot_or_that_does_not_fit_is_refused() -> None:
     with pytest.raises(Malformed, match="another snapshot"):
         apply(snap(learner()), delta)
     nan = {**delta.state, "query": torch.full_like(delta.state["query"], float("nan"))}
+    seen = delta.state["last_seen"]
+    future = {**delta.state, "last_seen": torch.full_like(seen, float("inf"))}  # only minus infinity is allowed
+    never = {**delta.state, "last_seen": torch.full_like(seen, float("-inf"))}
+    assert apply(before, deltas.read(dataclasses.replace(delta, state=never).to_bytes())) is not None  # type: ignore[arg-type]
     short = {**delta.state, "item_id.weight": delta.state["item_id.weight"][:0]}
     missing = {k: v for k, v in delta.state.items() if k != "query"}
     cases = {
         "ascend": dataclasses.replace(delta, rows=torch.tensor([40])),
-        "not finite": dataclasses.replace(delta, state=nan),
+        "'query' holds values that are not finite": dataclasses.replace(delta, state=nan),
+        "'last_seen' holds values that are not finite": dataclasses.replace(delta, state=future),
         "item_id.weight": dataclasses.replace(delta, state=short),
         "expected": dataclasses.replace(delta, state=missing),
         "every new item": dataclasses.replace(delta, new_item_ids=["new"]),

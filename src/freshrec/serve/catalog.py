@@ -16,15 +16,16 @@ later snapshots with the same items cost no remapping.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from freshrec.domain import Item, ItemId
 from freshrec.model.rows import spare_rows
+from freshrec.serve.columns import Codes, Column
 from freshrec.serve.rules import Check, Fields
 from freshrec.storage.base import Store
 
@@ -33,23 +34,29 @@ PIECE = 1 << 16
 million ids at once is one step of the interpreter that holds its lock throughout (42 ms),
 while the server's requests wait; between pieces they get it back."""
 
-Derived = tuple[dict[ItemId, int], dict[str, npt.NDArray[np.int64]]]
+T = TypeVar("T")
+
+Derived = tuple[Codes, dict[str, npt.NDArray[np.int64]]]
 """A view's row of each item and rows of each category (:attr:`CatalogView.codes`,
 :attr:`CatalogView.by_category`)."""
 
 
 @dataclass(frozen=True)
 class CatalogView:
-    ids: list[ItemId]
+    """The catalog at one moment. Its columns are given as sequences and held as
+    :class:`~freshrec.serve.columns.Column` (a list given is copied), which the views a
+    catalog makes one from another share (:mod:`freshrec.serve.columns`)."""
+
+    ids: Sequence[ItemId]
     text: npt.NDArray[np.float32]
     """``(n, width)`` frozen text embeddings."""
-    titles: list[str]
-    categories: list[tuple[str, ...]]
+    titles: Sequence[str]
+    categories: Sequence[tuple[str, ...]]
     alive: npt.NDArray[np.bool_]
-    attributes: list[dict[str, Any]] = field(default_factory=list)
-    """Each row's item attributes (for business rules; rows beyond the list have none)."""
-    created: list[float | None] = field(default_factory=list)
-    """Each row's ``created_at`` (for business rules)."""
+    attributes: Sequence[dict[str, Any]] = ()
+    """Each row's item attributes (for business rules; given shorter, the rows past it have none)."""
+    created: Sequence[float | None] = ()
+    """Each row's ``created_at`` (for business rules; given shorter, ``None`` past it)."""
     lineage: object = field(default_factory=object, repr=False, compare=False)
     """Shared by the views a catalog made one from another by adding items, editing items'
     fields but their text, and removing items: an earlier view's ids and text embeddings
@@ -60,20 +67,26 @@ class CatalogView:
     """:attr:`codes` and :attr:`by_category` where the writer has them (``None``: made from the
     rows). Why: made from the rows, on a million items they took 1.2 s of a core per write
     (``benchmarks/catalog_change.py``), though a write changes a few rows."""
-    codes: dict[ItemId, int] = field(init=False)
+    codes: Codes = field(init=False)
     by_category: dict[str, npt.NDArray[np.int64]] = field(init=False)
     """The rows of each category (casefolded), ascending."""
     led_by: tuple[Sequence[ItemId], int] | None = field(init=False, default=None, repr=False, compare=False)
     """The last item list found to start the view, and its length (see :func:`starts_with`)."""
 
     def __post_init__(self, known: Derived | None) -> None:
+        n = len(self.ids)
+        pads: dict[str, object] = {"attributes": {}}  # rows past a list given shorter: None elsewhere
+        for name in ("ids", "titles", "categories", "attributes", "created"):
+            given = getattr(self, name)
+            if not isinstance(given, Column):
+                object.__setattr__(self, name, Column([*given, *[pads.get(name)] * (n - len(given))]))
         if known is None:
             index: dict[str, list[int]] = {}
             for n, cats in enumerate(self.categories):
                 for c in dict.fromkeys(c.casefold() for c in cats):
                     index.setdefault(c, []).append(n)
             by_category = {c: np.array(v, dtype=np.int64) for c, v in index.items()}
-            known = {item_id: n for n, item_id in enumerate(self.ids)}, by_category
+            known = Codes({item_id: n for n, item_id in enumerate(self.ids)}), by_category
         object.__setattr__(self, "codes", known[0])
         object.__setattr__(self, "by_category", known[1])
 
@@ -153,35 +166,35 @@ class Catalog:
             raise ValueError(f"{len(items)} items need as many rows of vectors, not an array of shape {vectors.shape}")
         if len(old) and vectors.shape[1] != old.text.shape[1]:
             raise ValueError(f"item vectors have width {vectors.shape[1]}, the catalog {old.text.shape[1]}")
-        ids, titles, cats = list(old.ids), list(old.titles), list(old.categories)
-        attributes = [*old.attributes, *([{}] * (len(old.ids) - len(old.attributes)))]
-        created = [*old.created, *([None] * (len(old.ids) - len(old.created)))]
-        codes = dict(old.codes)
-        for item in items:
-            if item.item_id not in codes:
-                codes[item.item_id] = len(ids)
-                ids.append(item.item_id)
-                titles.append("")
-                cats.append(())
-                attributes.append({})
-                created.append(None)
-        latest = {codes[item.item_id]: j for j, item in enumerate(items)}  # an id's last write wins
+        n0 = len(old)
+        added: dict[ItemId, int] = {}  # new ids' rows, in the order they came
+        latest: dict[int, int] = {}  # an id's last write wins
+        for j, item in enumerate(items):
+            row = old.codes.get(item.item_id)
+            latest[added.setdefault(item.item_id, n0 + len(added)) if row is None else row] = j
+        n = n0 + len(added)
         rows = np.fromiter(latest, dtype=np.int64, count=len(latest))
         which = np.fromiter(latest.values(), dtype=np.int64, count=len(latest))
-        held = rows < len(old)
+        held = rows < n0
         rewrites = not np.array_equal(old.text[rows[held]], vectors[which[held]]) if held.any() else False
-        text = self._text(old, len(ids), rewrites, vectors.shape[1])
+        text = self._text(old, n, rewrites, vectors.shape[1])
         written = slice(None) if rewrites else ~held  # else the same numbers: views before read those rows
         text[rows[written]] = vectors[which[written]]
-        alive = np.concatenate([old.alive, np.ones(len(ids) - len(old), dtype=bool)])
+        alive = np.concatenate([old.alive, np.ones(len(added), dtype=bool)])
         alive[rows] = True
-        was = {n: cats[n] for n in latest}
-        for n, j in latest.items():
-            item = items[j]
-            titles[n], cats[n] = item.title, item.categories
-            attributes[n], created[n] = item.attributes, item.created_at
-        by_category = _reindexed(old.by_category, was, {n: cats[n] for n in latest})
-        lineage = object() if rewrites or not len(old) else old.lineage
+
+        def column(before: Sequence[Any], value: Callable[[Item], Any]) -> Column[Any]:
+            edits = {row: value(items[j]) for row, j in latest.items() if row < n0}
+            return _column(before).written(edits, [value(items[latest[row]]) for row in range(n0, n)])
+
+        ids = _column(old.ids).written({}, list(added))
+        titles, cats = column(old.titles, lambda i: i.title), column(old.categories, lambda i: i.categories)
+        attributes = column(old.attributes, lambda i: i.attributes)
+        created = column(old.created, lambda i: i.created_at)
+        was = {row: old.categories[row] if row < n0 else () for row in latest}
+        by_category = _reindexed(old.by_category, was, {row: items[j].categories for row, j in latest.items()})
+        codes = old.codes.added(list(added))
+        lineage = object() if rewrites or not n0 else old.lineage
         view = CatalogView(ids, text, titles, cats, alive, attributes, created, lineage, (codes, by_category))
         self.view = _led(old, view)
 
@@ -219,10 +232,11 @@ class Catalog:
             text[known] = old.text[rows[known]]
             alive = np.zeros(len(ids), dtype=bool)
             alive[known] = old.alive[rows[known]]
-            titles = [old.titles[r] if r >= 0 else "" for r in rows]
-            cats = [old.categories[r] if r >= 0 else () for r in rows]
-            attributes = [old.attributes[r] if 0 <= r < len(old.attributes) else {} for r in rows]
-            created = [old.created[r] if 0 <= r < len(old.created) else None for r in rows]
+            was = old.titles[:], old.categories[:], old.attributes[:], old.created[:]  # plain lists: read fast
+            titles = [was[0][r] if r >= 0 else "" for r in rows]
+            cats = [was[1][r] if r >= 0 else () for r in rows]
+            attributes = [was[2][r] if r >= 0 else {} for r in rows]
+            created = [was[3][r] if r >= 0 else None for r in rows]
             self.view = CatalogView(ids, text, titles, cats, alive, attributes, created)
             return True
 
@@ -267,6 +281,12 @@ def _reindexed(
         else:
             out.pop(c, None)
     return out
+
+
+def _column(given: Sequence[T]) -> Column[T]:
+    """A view's column, as :class:`CatalogView` holds it."""
+    assert isinstance(given, Column)
+    return given
 
 
 def _led(old: CatalogView, new: CatalogView) -> CatalogView:

@@ -40,7 +40,8 @@ def padded(
 
 def moved_rows(name: str, learned: torch.Tensor, item_ids: list[str], view: CatalogView) -> torch.Tensor:
     """``learned``'s rows (in the order of ``item_ids``) at the view's rows of those ids."""
-    pairs = [(k, view.codes[i]) for k, i in enumerate(item_ids) if i in view.codes]
+    codes = view.codes
+    pairs = [(k, row) for k, i in enumerate(item_ids) if (row := codes.get(i)) is not None]
     values = untouched(name, learned, len(view))
     if pairs:
         model_rows, view_rows = map(list, zip(*pairs, strict=True))
