@@ -62,6 +62,8 @@ def test_codes_hold_a_views_ids_alone_whatever_the_views_after_it_added(
     for codes, ids in made:
         expected = {item_id: row for row, item_id in enumerate(ids)}
         assert dict(codes) == expected and len(codes) == len(ids)
+        asked = [*ids, "zzz", *made[-1][1]]
+        assert codes.rows_of(asked) == [expected.get(i, -1) for i in asked]
         for item_id in {i for batch in batches for i in batch} | {"zzz"}:
             assert (item_id in codes) == (item_id in expected)
             assert codes.get(item_id) == expected.get(item_id)

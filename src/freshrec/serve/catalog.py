@@ -99,19 +99,17 @@ class CatalogView:
 
     def fields(self, row: int) -> Fields:
         """What a business rule reads of the item in ``row``."""
-        return Fields(
-            self.ids[row],
-            self.titles[row],
-            self.categories[row],
-            self.created[row] if row < len(self.created) else None,
-            self.attributes[row] if row < len(self.attributes) else {},
-        )
+        return Fields(self.ids[row], self.titles[row], self.categories[row], self.created[row], self.attributes[row])
 
     def matching(self, check: Check) -> npt.NDArray[np.bool_]:
-        """Mask of the live rows whose item satisfies ``check`` (a parsed rule)."""
+        """Mask of the live rows whose item satisfies ``check`` (a parsed rule). The columns
+        are read as plain lists first: a row read through a :class:`Column` is a call of
+        Python's, five per item."""
         mask = np.zeros(len(self.ids), dtype=bool)
-        for row in np.flatnonzero(self.alive):
-            mask[row] = check(self.fields(int(row)))
+        ids, titles, cats = self.ids[:], self.titles[:], self.categories[:]
+        created, attributes = self.created[:], self.attributes[:]
+        for row in np.flatnonzero(self.alive).tolist():
+            mask[row] = check(Fields(ids[row], titles[row], cats[row], created[row], attributes[row]))
         return mask
 
     def in_categories(self, names: Sequence[str]) -> npt.NDArray[np.bool_]:
@@ -226,7 +224,7 @@ class Catalog:
             ids = list(item_ids)
             listed = set(ids)
             ids += [i for i in old.ids if i not in listed]
-            rows = np.array([old.codes.get(i, -1) for i in ids], dtype=np.int64)
+            rows = np.array(old.codes.rows_of(ids), dtype=np.int64)
             known = rows >= 0
             text = np.zeros((len(ids), width), dtype=np.float32)
             text[known] = old.text[rows[known]]

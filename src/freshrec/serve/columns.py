@@ -14,7 +14,7 @@ current view); a column written from an older one copies its rows first.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
@@ -116,6 +116,12 @@ class Codes(Mapping[str, int]):
 
     def __iter__(self) -> Iterator[str]:
         return (item_id for item_id, row in list(self._rows.items()) if row < self._n)
+
+    def rows_of(self, ids: Iterable[str], missing: int = -1) -> list[int]:
+        """Each id's row, ``missing`` for the ids this view lacks: for long lists, without a
+        call of Python's per id."""
+        get, n = self._rows.get, self._n
+        return [row if (row := get(item_id)) is not None and row < n else missing for item_id in ids]
 
     def added(self, ids: Sequence[str]) -> Codes:
         """These codes with ``ids`` (new ones) given the rows after them, in order."""

@@ -40,8 +40,7 @@ def padded(
 
 def moved_rows(name: str, learned: torch.Tensor, item_ids: list[str], view: CatalogView) -> torch.Tensor:
     """``learned``'s rows (in the order of ``item_ids``) at the view's rows of those ids."""
-    codes = view.codes
-    pairs = [(k, row) for k, i in enumerate(item_ids) if (row := codes.get(i)) is not None]
+    pairs = [(k, row) for k, row in enumerate(view.codes.rows_of(item_ids)) if row >= 0]
     values = untouched(name, learned, len(view))
     if pairs:
         model_rows, view_rows = map(list, zip(*pairs, strict=True))
