@@ -25,14 +25,9 @@ import numpy.typing as npt
 
 from freshrec.domain import Item, ItemId
 from freshrec.model.rows import spare_rows
-from freshrec.serve.columns import Codes, Column
+from freshrec.serve.columns import PIECE, Codes, Column
 from freshrec.serve.rules import Check, Fields
 from freshrec.storage.base import Store
-
-PIECE = 1 << 16
-"""A new item list is compared with the view's ids in pieces of this many: comparing a
-million ids at once is one step of the interpreter that holds its lock throughout (42 ms),
-while the server's requests wait; between pieces they get it back."""
 
 T = TypeVar("T")
 
