@@ -285,8 +285,9 @@ def test_the_validation_loss_is_computed_a_slice_at_a_time_and_equals_the_whole(
 @pytest.mark.parametrize("update", [{}, {"use_text": False}, {"use_ids": False}])
 def test_the_item_table_without_autograd_equals_the_one_with_it(update: dict[str, bool]) -> None:
     """Serving builds item tables with no gradient recorded, in place (no temporary per
-    term); the learner's steps build them with autograd: the numbers must agree, whole and
-    for some rows, with the text part given or computed."""
+    term), into tables it gives where it has them; the learner's steps build them with
+    autograd: the numbers must agree, whole and for some rows, with the text part given or
+    computed."""
     torch.manual_seed(3)
     net = sequence.SequenceNet(30, torch.randn(30, 8), MODEL.model_copy(update=update))
     with torch.no_grad():
@@ -300,8 +301,14 @@ def test_the_item_table_without_autograd_equals_the_one_with_it(update: dict[str
         with torch.no_grad():
             got = net.item_table(which)
             given = net.item_table(which, text_part=net.text_part(which)) if net.use_text else got
-        for mine in (*got, *given):
+            n = len(net.active) if which is None else len(which)
+            out = torch.full((n, net.item_id.embedding_dim), float("nan")), torch.full((n,), float("nan"))
+            into = net.item_table(which, out=out)
+        assert into[0].data_ptr() == out[0].data_ptr() and into[1].data_ptr() == out[1].data_ptr()
+        with pytest.raises(ValueError, match="where nothing records gradients"):
+            net.item_table(which, out=out)
+        for mine in (*got, *given, *into):
             assert not mine.requires_grad
-        for mine in (got, given):
+        for mine in (got, given, into):
             torch.testing.assert_close(mine[0], want[0])
             torch.testing.assert_close(mine[1], want[1])

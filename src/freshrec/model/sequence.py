@@ -178,12 +178,16 @@ class SequenceNet(nn.Module):
         text = self.text if rows is None else self.text.index_select(0, rows)  # (faster than text[rows])
         return self.adapter(text), self.text_bias(text).squeeze(1)
 
-    def item_table(self, rows: Tensor | None = None, sparse: bool = False, text_part: Pair | None = None) -> Pair:
+    def item_table(
+        self, rows: Tensor | None = None, sparse: bool = False, text_part: Pair | None = None, out: Pair | None = None
+    ) -> Pair:
         """Vectors ``(n, d)`` and biases ``(n,)`` of every item, or of ``rows`` only (a
         training step on a large catalog needs a few thousand of them); ``text_part``: what
         :meth:`text_part` gave for the same rows. ``sparse``: the ID and bias tables'
         gradients are sparse, ``rows`` only. Why: a dense gradient is a whole table, and the
-        optimizer then walks every row of it (most of a step's time on a million items)."""
+        optimizer then walks every row of it (most of a step's time on a million items).
+        ``out``: tables of those shapes to write them into, where nothing records gradients
+        (serving's, with spare rows after them: :class:`~freshrec.model.rows.Room`)."""
         if rows is None:
             ids, item_bias = self.item_id.weight, self.item_bias.weight
         else:
@@ -191,7 +195,9 @@ class SequenceNet(nn.Module):
             item_bias = F.embedding(rows, self.item_bias.weight, sparse=sparse)
         active = (self.active if rows is None else self.active[rows]).unsqueeze(1).float()
         if not torch.is_grad_enabled():
-            return self._served_table(ids, item_bias, active, text_part, rows)
+            return self._served_table(ids, item_bias, active, text_part, rows, out)
+        if out is not None:
+            raise ValueError("item_table writes into given tables only where nothing records gradients")
         vectors, bias = torch.zeros_like(ids), torch.zeros(ids.shape[0], device=ids.device)
         if self.use_text:
             from_text, text_bias = text_part if text_part is not None else self.text_part(rows)
@@ -202,17 +208,30 @@ class SequenceNet(nn.Module):
         return vectors, bias
 
     def _served_table(
-        self, ids: Tensor, item_bias: Tensor, active: Tensor, text_part: Pair | None, rows: Tensor | None
+        self,
+        ids: Tensor,
+        item_bias: Tensor,
+        active: Tensor,
+        text_part: Pair | None,
+        rows: Tensor | None,
+        out: Pair | None = None,
     ) -> Pair:
         """:meth:`item_table` where nothing records gradients: each output made in one pass,
-        without a table-sized temporary for each term. Why: serving builds a whole
-        million-item table for each whole snapshot, and each temporary was a quarter of a
-        gigabyte of fresh memory, written and read again (229-614 ms against 58-105 ms)."""
-        own_bias = item_bias.squeeze(1) * active.squeeze(1)
+        without a table-sized temporary for each term (into ``out`` if given). Why: serving
+        builds a whole million-item table for each whole snapshot, and each temporary was a
+        quarter of a gigabyte of fresh memory, written and read again (229-614 ms against
+        58-105 ms)."""
+        into, into_bias = out if out is not None else (None, None)
+        own_bias = torch.mul(item_bias.squeeze(1), active.squeeze(1), out=into_bias)
         if not self.use_text:
-            return ids * active if self.use_ids else torch.zeros_like(ids), own_bias
+            if self.use_ids:
+                return torch.mul(ids, active, out=into), own_bias
+            return (torch.zeros_like(ids) if into is None else into.zero_()), own_bias
         from_text, text_bias = text_part if text_part is not None else self.text_part(rows)
-        vectors = torch.addcmul(from_text, ids, active) if self.use_ids else from_text.clone()
+        if self.use_ids:
+            vectors = torch.addcmul(from_text, ids, active, out=into)
+        else:
+            vectors = from_text.clone() if into is None else into.copy_(from_text)
         return vectors, own_bias.add_(text_bias)
 
     # -- users -------------------------------------------------------------

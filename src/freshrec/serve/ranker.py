@@ -139,7 +139,7 @@ class Ranker:
             # previous's table extended: the table kept for previous's first delta serves sc's
             self._behind = behind.grown(previous, sc, self._room) if behind is not None else None
         elif sc.snapshot is not None and sc.snapshot.changed is None:
-            self._behind = Behind.copy_of(sc, into=tables())
+            self._behind = Behind.copy_of(sc, into=tables(), room=self._room)
         else:
             self._behind = Behind.of(previous)
         self._room.keep(self._tables(sc))

@@ -35,7 +35,7 @@ class Behind:
     :func:`~freshrec.serve.scoring.build_scoring`) once no request holds that scoring (it is held weakly); or, after
     a whole snapshot's build, a copy of the current one's (:meth:`copy_of`)."""
 
-    def __init__(self, scoring: Scoring, copy: bool = False, into: Spare | None = None):
+    def __init__(self, scoring: Scoring, copy: bool = False, into: Spare | None = None, room: Room | None = None):
         assert scoring.snapshot is not None and scoring.vectors is not None and scoring.bias is not None
         self.copy = copy
         """Whether the table is a copy of ``scoring``'s, which no scoring holds."""
@@ -50,8 +50,9 @@ class Behind:
             into.bias.copy_(bias)
             np.copyto(into.norms, norms)
             self.tables = (into.vectors, into.bias, into.norms)
-        elif copy:
-            self.tables = (vectors.clone(), bias.clone(), norms.copy())
+        elif copy:  # with spare rows (``room``), which the first item added after it writes its rows into
+            room = room or Room()
+            self.tables = (room.copied(vectors), room.copied(bias), room.copied(norms))
         self.serial, self.view, self.tower = scoring.snapshot.serial, scoring.view, scoring.tower
 
     @classmethod
@@ -59,7 +60,7 @@ class Behind:
         return cls(scoring) if scoring.snapshot is not None and scoring.vectors is not None else None
 
     @classmethod
-    def copy_of(cls, scoring: Scoring, into: Spare | None = None) -> Behind | None:
+    def copy_of(cls, scoring: Scoring, into: Spare | None = None, room: Room | None = None) -> Behind | None:
         """A copy of ``scoring``'s table, made now for the first delta on its snapshot to
         write its rows over. Why: that delta has no older table to take (the one before a
         whole snapshot differs from it everywhere), and its build, copying then, took 0.25
@@ -72,10 +73,11 @@ class Behind:
         touched for the first time page by page while the table it replaces is given back,
         slowed the process's other threads (``benchmarks/fresh_memory.py``: a thread asking
         for the interpreter lock beside one copying a table of that size into new memory in a
-        loop waited up to 10.6-16.9 ms, beside copies into a kept table up to 6.8 ms)."""
+        loop waited up to 10.6-16.9 ms, beside copies into a kept table up to 6.8 ms). Else in
+        ``room``, with spare rows (:meth:`grown` then extends it in place)."""
         if scoring.snapshot is None or scoring.vectors is None:
             return None
-        return cls(scoring, copy=True, into=into)
+        return cls(scoring, copy=True, into=into, room=room)
 
     def spare_for(self, current: Scoring, wait_s: float = 0.0) -> Spare | None:
         """The table, if ``current`` differs from it in the rows ``current``'s delta changed
