@@ -214,10 +214,10 @@ def build_scoring(
             grown_from = (weakref.ref(previous), *previous.grown_from)
     else:  # into blocks with spare rows, which the first item added after it writes its rows into
         part = (kept if kept is not None else net.text_part()) if net.use_text else None
-        width, rows_n = net.item_id.embedding_dim, len(view)
-        out = room.made(rows_n, torch.empty(0, width)), room.made(rows_n, torch.empty(0))
+        size = len(view)  # rows shaped as the ID table's and the biases' (a column of its table)
+        out = room.made(size, net.item_id.weight), room.made(size, net.item_bias.weight[:, 0])
         vectors, bias = net.item_table(text_part=part, out=out)
-        norms = lengths(vectors.numpy(), out=room.made(rows_n, np.empty(0, dtype=np.float32)))
+        norms = lengths(vectors.numpy(), out=room.made(size, np.empty(0, dtype=np.float32)))
     user_rows = {u: n for n, u in enumerate(snapshot.user_ids) if u is not None}
     return Scoring(view, snapshot, net, vectors, bias, norms, user_rows, aligned, part, served, rows, grown_from)
 
