@@ -17,6 +17,8 @@ from freshrec.model import sequence
 from freshrec.model.base import FIELDS, Interactions
 from freshrec.model.freshrec import FreshRec
 from freshrec.model.histories import tensors
+from freshrec.model.rows import Room
+from freshrec.serve.network import text_part_made
 from freshrec.settings import LearnSettings, ModelSettings
 from tests.evaluate.helpers import tiny_log
 
@@ -312,3 +314,17 @@ def test_the_item_table_without_autograd_equals_the_one_with_it(update: dict[str
         for mine in (got, given, into):
             torch.testing.assert_close(mine[0], want[0])
             torch.testing.assert_close(mine[1], want[1])
+
+
+@pytest.mark.parametrize("adapter", ["linear", "mlp"])
+def test_the_text_part_made_in_spare_rows_is_the_networks_own(adapter: str) -> None:
+    """Serving writes a whole model's text part into a block with spare rows (the first item
+    added after it grows it in place): the very numbers of :meth:`SequenceNet.text_part`."""
+    torch.manual_seed(4)
+    net = sequence.SequenceNet(40, torch.randn(40, 8), MODEL.model_copy(update={"adapter": adapter})).eval()
+    room = Room()
+    with torch.no_grad():
+        want, got = net.text_part(), text_part_made(net, room)
+        grown = room.extended(got[0], torch.zeros(1, MODEL.dim))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert got[1].shape == (40,) and grown.data_ptr() == got[0].data_ptr()

@@ -360,8 +360,8 @@ def test_items_added_between_deltas_grow_the_tables_into_spare_rows_and_no_delta
 
 
 def test_the_first_item_added_after_a_whole_model_writes_its_rows_into_spare_rows() -> None:
-    """A whole model's served tables (item table, biases, rows' lengths) and the copy kept for
-    its first delta are made with spare rows: the first item added after it copies none of
+    """A whole model's served tables (item table, biases, rows' lengths, what the text adds to
+    them) and the copy kept for its first delta are made with spare rows: the first item added after it copies none of
     them (on a million items, 0.3-1.0 s of copies), also after deltas and another whole model."""
     net = learner()
     catalog, ranker, models, sent, _ = published_by_hand(net)
@@ -378,6 +378,9 @@ def test_the_first_item_added_after_a_whole_model_writes_its_rows_into_spare_row
         now = ranker._behind.tables  # type: ignore[union-attr]
         assert now[0].data_ptr() == kept[0].data_ptr() and len(now[0]) == len(kept[0]) + 1
         assert np.shares_memory(now[2], kept[2])
+        assert whole.text_part is not None and grown.text_part is not None  # what the text adds, too
+        for was, part in zip(whole.text_part, grown.text_part, strict=True):
+            assert part.data_ptr() == was.data_ptr() and len(part) == len(was) + 1
         expected = build_scoring(grown.snapshot, catalog.view)
         torch.testing.assert_close(grown.vectors, expected.vectors)
         np.testing.assert_allclose(grown.norms, expected.norms, rtol=1e-6, atol=1e-6)

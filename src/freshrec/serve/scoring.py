@@ -27,7 +27,7 @@ from freshrec.model.rows import Room, put, take
 from freshrec.model.sequence import Pair, SequenceNet
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import CatalogView, starts_with
-from freshrec.serve.network import moved_rows, padded, refilled
+from freshrec.serve.network import moved_rows, padded, refilled, text_part_made
 
 if TYPE_CHECKING:
     from freshrec.serve.spare import Spare
@@ -213,7 +213,7 @@ def build_scoring(
         if vectors.data_ptr() == previous.vectors.data_ptr():
             grown_from = (weakref.ref(previous), *previous.grown_from)
     else:  # into blocks with spare rows, which the first item added after it writes its rows into
-        part = (kept if kept is not None else net.text_part()) if net.use_text else None
+        part = (kept if kept is not None else text_part_made(net, room)) if net.use_text else None
         size = len(view)  # rows shaped as the ID table's and the biases' (a column of its table)
         out = room.made(size, net.item_id.weight), room.made(size, net.item_bias.weight[:, 0])
         vectors, bias = net.item_table(text_part=part, out=out)
