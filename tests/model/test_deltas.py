@@ -361,8 +361,9 @@ def test_items_added_between_deltas_grow_the_tables_into_spare_rows_and_no_delta
 
 def test_the_first_item_added_after_a_whole_model_writes_its_rows_into_spare_rows() -> None:
     """A whole model's served tables (item table, biases, rows' lengths, what the text adds to
-    them) and the copy kept for its first delta are made with spare rows: the first item added after it copies none of
-    them (on a million items, 0.3-1.0 s of copies), also after deltas and another whole model."""
+    them) and the copy kept for its first delta are made with spare rows: the first item added
+    after it copies none of them (on a million items, 0.3-1.0 s of copies), also after deltas
+    and another whole model."""
     net = learner()
     catalog, ranker, models, sent, _ = published_by_hand(net)
     rng = np.random.default_rng(0)
