@@ -91,8 +91,13 @@ def text_part_made(net: SequenceNet, room: Room) -> tuple[torch.Tensor, torch.Te
     if isinstance(last, nn.Sequential):
         hidden, last = last[:-1](hidden), last[-1]
     assert isinstance(last, nn.Linear) and last.bias is not None and net.text_bias.bias is not None
-    n = len(net.text)
-    vectors, bias = room.made(n, net.item_id.weight), room.made(n, net.item_bias.weight[:, 0])
+    vectors, bias = pair_made(net, room, len(net.text))
     torch.addmm(last.bias, hidden, last.weight.t(), out=vectors)
     torch.addmm(net.text_bias.bias, net.text, net.text_bias.weight.t(), out=bias.unsqueeze(1))
     return vectors, bias
+
+
+def pair_made(net: SequenceNet, room: Room, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unset vectors ``(n, d)`` and biases ``(n,)`` made in ``room`` (:meth:`Room.made`),
+    shaped as ``net``'s ID table and its bias table's column: an item table to write into."""
+    return room.made(n, net.item_id.weight), room.made(n, net.item_bias.weight[:, 0])

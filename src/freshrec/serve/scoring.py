@@ -27,7 +27,7 @@ from freshrec.model.rows import Room, put, take
 from freshrec.model.sequence import Pair, SequenceNet
 from freshrec.model.snapshot import Snapshot
 from freshrec.serve.catalog import CatalogView, starts_with
-from freshrec.serve.network import moved_rows, padded, refilled, text_part_made
+from freshrec.serve.network import moved_rows, padded, pair_made, refilled, text_part_made
 
 if TYPE_CHECKING:
     from freshrec.serve.spare import Spare
@@ -214,10 +214,8 @@ def build_scoring(
             grown_from = (weakref.ref(previous), *previous.grown_from)
     else:  # into blocks with spare rows, which the first item added after it writes its rows into
         part = (kept if kept is not None else text_part_made(net, room)) if net.use_text else None
-        size = len(view)  # rows shaped as the ID table's and the biases' (a column of its table)
-        out = room.made(size, net.item_id.weight), room.made(size, net.item_bias.weight[:, 0])
-        vectors, bias = net.item_table(text_part=part, out=out)
-        norms = lengths(vectors.numpy(), out=room.made(size, np.empty(0, dtype=np.float32)))
+        vectors, bias = net.item_table(text_part=part, out=pair_made(net, room, len(view)))
+        norms = lengths(vectors.numpy(), out=room.made(len(view), np.empty(0, dtype=np.float32)))
     user_rows = {u: n for n, u in enumerate(snapshot.user_ids) if u is not None}
     return Scoring(view, snapshot, net, vectors, bias, norms, user_rows, aligned, part, served, rows, grown_from)
 
